@@ -1,0 +1,313 @@
+"""Command line of ``convocate``: the non-interactive client of the agents.
+
+Every verb is a parser (``_add_*``) and an adapter (``_cmd_*``) that builds
+the call and prints the result; :func:`main` alone catches the project's
+error, prints it to stderr and returns its exit code. With no arguments
+``convocate`` opens the operator's TUI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from convocate.client import AgentClient, Cluster, SessionRef
+from convocate.common.errors import BadRequest, ConvocateError
+from convocate.common.model import SessionView
+from convocate.common.paths import Paths
+from convocate.common.version import __version__
+from convocate.render import session_summary, sessions_table, wire_with_agent
+
+PROG = "convocate"
+
+USAGE = f"""\
+usage: {PROG} [<command> [options]]
+
+Drive Claude Code sessions on the cluster's agents. Without a command, opens
+the operator's TUI. Sessions are named by UUID, unique UUID prefix, or name.
+
+commands:
+  ls [--json]                     list sessions on every agent
+  agents                          list registered agents and whether they answer
+  new NAME [options]              create (and start) a session
+  attach REF [--read-only]        attach this terminal; detach with Ctrl-b d
+  kill REF                        stop a session's container
+  restart REF                     (re)start a session from the current image
+  delete REF                      move a stopped session to the agent's trash
+  clone REF NAME                  copy a session's home into a new session
+  edit REF [options]              change name, port, DNS name, CPUs, memory
+  background REF                  detach every operator; the session keeps running
+  override REF                    take over a locked or attached session
+  send REF TEXT [--no-enter]      type TEXT into a session
+  capture REF [--lines N]         print a session's screen
+  version                         print the version
+  help                            print this help
+
+Every command accepts --json to print the agent's result as JSON.
+Set CONVOCATE_ROOT to relocate /etc/convocate (tests, the demo).
+"""
+
+Command = Callable[[argparse.Namespace, Cluster], Awaitable[int]]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _view(result: Any, agent_id: str) -> SessionView:
+    return SessionView.from_wire(result, agent_id)
+
+
+def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClient) -> None:
+    """Print a lifecycle result: JSON with --json, else one line."""
+    if args.json:
+        _print_json(wire_with_agent(result, client.agent_id) if isinstance(result, dict) and "uuid" in result
+                    else result)
+    else:
+        print(f"{verb} {session_summary(_view(result, client.agent_id))}")
+
+
+# --- ls and agents ----------------------------------------------------------------
+async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
+    listing = await cluster.list()
+    if args.json:
+        _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in listing.sessions])
+    else:
+        print(sessions_table([s.view for s in listing.sessions]))
+    for agent_id, error in sorted(listing.errors.items()):
+        print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
+    if listing.errors and not listing.sessions and len(listing.errors) == len(cluster.clients):
+        return next(iter(listing.errors.values())).exit_code
+    return 0
+
+
+async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
+    async def probe(client: AgentClient) -> dict[str, Any]:
+        row: dict[str, Any] = {"agent_id": client.agent_id, "address": client.record.endpoint}
+        try:
+            row.update(status="ok", **(await client.call("ping")))
+        except ConvocateError as e:
+            row.update(status="unavailable", error=str(e))
+        return row
+
+    rows = await asyncio.gather(*(probe(c) for c in cluster.clients.values()))
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            detail = f"version {row.get('version')}" if row["status"] == "ok" else row.get("error", "")
+            print(f"{row['agent_id']}  {row['address']}  {row['status']}  {detail}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+# --- create and attach ------------------------------------------------------------------
+def _pick_agent(cluster: Cluster, agent_id: str | None) -> AgentClient:
+    if agent_id:
+        return cluster.client(agent_id)
+    if len(cluster.clients) == 1:
+        return next(iter(cluster.clients.values()))
+    raise BadRequest(f"several agents are registered ({', '.join(sorted(cluster.clients))}); choose one with --agent")
+
+
+def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for attr, key in (("port", "port"), ("protocol", "protocol"), ("dns", "dns_name"), ("cpus", "cpus"),
+                      ("memory", "memory_mb")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
+    client = _pick_agent(cluster, args.agent)
+    params = {"name": args.name, **_lifecycle_params(args), "start": not args.no_start}
+    result = await client.call("create", params)
+    _report(args, "created", result, client)
+    if args.attach:
+        view = _view(result, client.agent_id)
+        return await _attach(SessionRef(client, view), read_only=False, start=True)
+    return 0
+
+
+async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
+    from convocate.terminal import attach_terminal
+
+    view = ref.view
+    if not view.running:
+        if not start:
+            raise BadRequest(f'session "{view.meta.name}" is not running; start it with `{PROG} restart`')
+        print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
+        await ref.client.call("restart", {"id": view.meta.uuid})
+    await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only)
+    print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
+    return 0
+
+
+async def _cmd_attach(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    return await _attach(ref, read_only=args.read_only, start=not args.no_start)
+
+
+# --- simple lifecycle verbs --------------------------------------------------------------
+def _simple(op: str, verb: str) -> Command:
+    async def run(args: argparse.Namespace, cluster: Cluster) -> int:
+        ref = await cluster.resolve(args.ref)
+        result = await ref.client.call(op, {"id": ref.view.meta.uuid})
+        if op == "delete":
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"deleted {ref.view.meta.name} ({ref.view.meta.uuid[:8]}) on {ref.client.agent_id}; "
+                      f"its home is in the agent's trash as {result.get('trash', '?')}")
+        elif op == "override":
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"override {session_summary(_view(result['session'], ref.client.agent_id))}: "
+                      f"detached {result['detached']} client(s)"
+                      + (f", cleared a stale lock of {result['cleared_lock']}" if result["cleared_lock"] else ""))
+        else:
+            _report(args, verb, result, ref.client)
+        return 0
+
+    return run
+
+
+async def _cmd_clone(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("clone", {"source_id": ref.view.meta.uuid, "name": args.name})
+    _report(args, "cloned into", result, ref.client)
+    return 0
+
+
+async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    params = {"id": ref.view.meta.uuid, **_lifecycle_params(args)}
+    if args.name is not None:
+        params["name"] = args.name
+    if len(params) == 1:
+        raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus or --memory")
+    result = await ref.client.call("edit", params)
+    _report(args, "edited", result, ref.client)
+    if ref.view.running and any(k in params for k in ("port", "protocol", "cpus", "memory_mb")):
+        print(f"{PROG}: port and limits take effect at the next `{PROG} restart`", file=sys.stderr)
+    return 0
+
+
+async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("send", {"id": ref.view.meta.uuid, "text": " ".join(args.text),
+                                            "enter": not args.no_enter})
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("capture", {"id": ref.view.meta.uuid, "lines": args.lines})
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(result["text"])
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, help="published port: 0 none, -1 auto (lowest free >= 1001)")
+    p.add_argument("--protocol", choices=["tcp", "udp"], help="port protocol [tcp]")
+    p.add_argument("--dns", help="DNS name for the session (RFC 1123)")
+    p.add_argument("--cpus", type=float, help="CPU limit in cores [agent default]")
+    p.add_argument("--memory", type=int, help="memory limit in MiB [agent default]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("ls", parents=[common], help="list sessions")
+    p.set_defaults(func=_cmd_ls)
+    p = sub.add_parser("agents", parents=[common], help="list agents")
+    p.set_defaults(func=_cmd_agents)
+
+    p = sub.add_parser("new", parents=[common], help="create a session")
+    p.add_argument("name")
+    p.add_argument("--agent", help="agent ID (required when several are registered)")
+    _add_limits(p)
+    p.add_argument("--no-start", action="store_true", help="create without starting")
+    p.add_argument("--attach", action="store_true", help="attach right after starting")
+    p.set_defaults(func=_cmd_new)
+
+    p = sub.add_parser("attach", parents=[common], help="attach to a session")
+    p.add_argument("ref")
+    p.add_argument("--read-only", action="store_true", help="observe without typing")
+    p.add_argument("--no-start", action="store_true", help="fail instead of starting a stopped session")
+    p.set_defaults(func=_cmd_attach)
+
+    for op, verb in (("kill", "killed"), ("restart", "restarted"), ("delete", "deleted"),
+                     ("background", "backgrounded"), ("override", "override")):
+        p = sub.add_parser(op, parents=[common], help=f"{op} a session")
+        p.add_argument("ref")
+        p.set_defaults(func=_simple(op, verb))
+
+    p = sub.add_parser("clone", parents=[common], help="clone a session")
+    p.add_argument("ref")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_clone)
+
+    p = sub.add_parser("edit", parents=[common], help="edit a session")
+    p.add_argument("ref")
+    p.add_argument("--name", help="new name")
+    _add_limits(p)
+    p.set_defaults(func=_cmd_edit)
+
+    p = sub.add_parser("send", parents=[common], help="type text into a session")
+    p.add_argument("ref")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--no-enter", action="store_true", help="do not press Enter after the text")
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("capture", parents=[common], help="print a session's screen")
+    p.add_argument("ref")
+    p.add_argument("--lines", type=int, default=0, help="also include N lines of history")
+    p.set_defaults(func=_cmd_capture)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    cluster = Cluster(Paths.from_env())
+    try:
+        return await args.func(args, cluster)
+    finally:
+        await cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``convocate`` command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("help", "--help", "-h"):
+        sys.stdout.write(USAGE)
+        return 0
+    if argv and argv[0] in ("version", "--version"):
+        print(f"{PROG} version v{__version__}")
+        return 0
+    if not argv:
+        print(f"{PROG}: the interactive TUI is not part of this version yet; use `{PROG} ls`, "
+              f"`{PROG} new NAME --attach` and `{PROG} attach REF` (see `{PROG} help`)", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except ConvocateError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

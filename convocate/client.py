@@ -1,0 +1,255 @@
+"""Shell-side client of the agents: one SSH connection per agent, a channel per call.
+
+:class:`AgentClient` holds a persistent asyncssh connection to one agent,
+authenticated with the shell's key for it and checking the pinned host key.
+Every RPC call and every attach opens a new channel on that connection
+(DESIGN §2). :class:`Cluster` does the same for every registered agent at
+once and finds sessions across them by UUID, unique UUID prefix, or name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from convocate.common import keys, messages
+from convocate.common.errors import (
+    ConfigError,
+    ConvocateError,
+    HostKeyMismatch,
+    NotFound,
+    ProtocolError,
+    Unreachable,
+)
+from convocate.common.model import SessionView
+from convocate.common.paths import CLAUDE_USER, Paths
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
+from convocate.registry import AgentRecord, load_registry
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class AmbiguousReference(ConvocateError):
+    """A session reference matched more than one session."""
+
+    code = "bad_request"
+    exit_code = 2
+
+
+class AgentClient:
+    """A persistent SSH connection to one agent.
+
+    Args:
+        record: The registry entry (address, port, key, pinned host key).
+        connect_timeout: Seconds allowed for TCP connect plus SSH handshake.
+    """
+
+    def __init__(self, record: AgentRecord, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+        self.record = record
+        self.connect_timeout = connect_timeout
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def agent_id(self) -> str:
+        return self.record.agent_id
+
+    async def connect(self) -> asyncssh.SSHClientConnection:
+        """Open the connection if it is not open.
+
+        Raises:
+            ConfigError: the key or the pinned host key cannot be read.
+            HostKeyMismatch: the agent presented another host key.
+            Unreachable: the agent cannot be reached or refused the login.
+        """
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            rec = self.record
+            client_key = keys.load_private_key(rec.key_path)
+            host_key = keys.load_public_key(rec.known_host_path)
+            try:
+                self._conn = await asyncssh.connect(
+                    rec.address, rec.port, username=CLAUDE_USER,
+                    client_keys=[client_key], known_hosts=([host_key], [], []), agent_path=None,
+                    server_host_key_algs=["ssh-ed25519"], preferred_auth=["publickey"],
+                    encoding=None, connect_timeout=self.connect_timeout,
+                    keepalive_interval=15, keepalive_count_max=3, config=None,
+                )
+            except asyncssh.HostKeyNotVerifiable as e:
+                raise HostKeyMismatch(messages.HOST_KEY_MISMATCH.format(
+                    agent=rec.agent_id, address=rec.endpoint, path=rec.known_host_path)) from e
+            except asyncssh.PermissionDenied as e:
+                raise Unreachable(messages.AGENT_UNREACHABLE.format(
+                    agent=rec.agent_id, address=rec.endpoint,
+                    detail=f"login refused ({e.reason}); is this shell's key in the agent's authorized_keys?")) from e
+            except (TimeoutError, OSError, asyncssh.Error) as e:
+                detail = str(e) or type(e).__name__
+                raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=rec.agent_id, address=rec.endpoint,
+                                                                    detail=detail)) from e
+            return self._conn
+
+    async def call(self, op: str, params: dict[str, Any] | None = None) -> Any:
+        """Run one op on a new channel and return its result.
+
+        Raises:
+            ConvocateError: the agent's error, rebuilt from its ``code``; or
+                Unreachable / ProtocolError for transport problems.
+        """
+        conn = await self.connect()
+        try:
+            process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
+        except (OSError, asyncssh.Error) as e:
+            await self._drop()
+            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
+                                                                detail=e)) from e
+        try:
+            process.stdin.write(encode_line(Request(op, params or {}).to_wire()))
+            process.stdin.write_eof()
+            async for frame in read_frames(process.stdout):
+                if not isinstance(frame, bytes):
+                    raise ProtocolError(f"agent {self.agent_id}: response line too long")
+                return Response.parse(frame).raise_for_error()
+            raise ProtocolError(f"agent {self.agent_id} closed the channel without answering {op}")
+        except (OSError, asyncssh.Error) as e:
+            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
+                                                                detail=e)) from e
+        finally:
+            process.close()
+
+    async def open_attach(self, session_id: str, *, cols: int, rows: int, term: str,
+                          read_only: bool = False) -> asyncssh.SSHClientProcess:
+        """Open an attach channel and send its header; the caller relays the bytes.
+
+        Raises:
+            Unreachable: the channel could not be opened.
+        """
+        conn = await self.connect()
+        try:
+            process = await conn.create_process(subsystem=ATTACH_SUBSYSTEM, encoding=None)
+        except (OSError, asyncssh.Error) as e:
+            await self._drop()
+            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
+                                                                detail=e)) from e
+        header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
+        process.stdin.write(encode_line(header))
+        return process
+
+    async def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        """Close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+
+@dataclass
+class SessionRef:
+    """A session found in the cluster: which agent holds it, and its metadata."""
+
+    client: AgentClient
+    view: SessionView
+
+
+@dataclass
+class ClusterListing:
+    """Result of listing every agent.
+
+    Attributes:
+        sessions: Every session of every reachable agent, newest access first.
+        errors: Agent ID → the error that kept it out of the listing.
+    """
+
+    sessions: list[SessionRef]
+    errors: dict[str, ConvocateError]
+
+
+class Cluster:
+    """Every agent registered on this shell host.
+
+    Args:
+        paths: Installation layout (the registry is ``/etc/convocate/agents``).
+
+    Raises:
+        ConfigError: no agent is registered.
+    """
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        records, self.registry_errors = load_registry(paths)
+        for error in self.registry_errors:
+            log.warning("%s", error)
+        if not records:
+            raise ConfigError(messages.NO_AGENTS.format(path=paths.agents_dir))
+        self.clients = {r.agent_id: AgentClient(r) for r in records}
+
+    def client(self, agent_id: str) -> AgentClient:
+        """The client for one agent.
+
+        Raises:
+            NotFound: no such agent is registered.
+        """
+        try:
+            return self.clients[agent_id]
+        except KeyError:
+            raise NotFound(f'agent "{agent_id}" is not registered (known: {", ".join(sorted(self.clients))})') from None
+
+    async def list(self) -> ClusterListing:
+        """``list`` on every agent in parallel."""
+        async def one(client: AgentClient) -> list[SessionRef]:
+            result = await client.call("list")
+            if not isinstance(result, list):
+                raise ProtocolError(f"agent {client.agent_id}: list returned {type(result).__name__}")
+            return [SessionRef(client, SessionView.from_wire(obj, client.agent_id)) for obj in result]
+
+        clients = list(self.clients.values())
+        results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)
+        sessions: list[SessionRef] = []
+        errors: dict[str, ConvocateError] = {}
+        for client, result in zip(clients, results, strict=False):
+            if isinstance(result, ConvocateError):
+                errors[client.agent_id] = result
+            elif isinstance(result, BaseException):
+                errors[client.agent_id] = ProtocolError(f"agent {client.agent_id}: {result}")
+            else:
+                sessions.extend(result)
+        sessions.sort(key=lambda s: s.view.meta.last_accessed, reverse=True)
+        return ClusterListing(sessions, errors)
+
+    async def resolve(self, ref: str) -> SessionRef:
+        """Find one session by UUID, unique UUID prefix, or exact name.
+
+        Raises:
+            NotFound: nothing matches (the unreachable agents are named).
+            AmbiguousReference: several sessions match.
+        """
+        listing = await self.list()
+        exact = [s for s in listing.sessions if s.view.meta.uuid == ref]
+        if exact:
+            return exact[0]
+        by_prefix = [s for s in listing.sessions if len(ref) >= 4 and s.view.meta.uuid.startswith(ref.lower())]
+        by_name = [s for s in listing.sessions if s.view.meta.name == ref]
+        for matches in (by_name, by_prefix):
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                shown = ", ".join(f"{m.view.meta.uuid[:8]} ({m.view.meta.name}@{m.client.agent_id})" for m in matches)
+                raise AmbiguousReference(messages.AMBIGUOUS_SESSION.format(ref=ref, count=len(matches), matches=shown))
+        detail = messages.NO_SUCH_SESSION.format(ref=ref)
+        if listing.errors:
+            detail += "; unreachable: " + "; ".join(str(e) for e in listing.errors.values())
+        raise NotFound(detail)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)

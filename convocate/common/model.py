@@ -1,0 +1,338 @@
+"""The session metadata model, its validation rules and the session states.
+
+A session is a UUIDv4, a home directory on an agent holding ``session.json``,
+and a container. :class:`SessionMeta` is what ``session.json`` stores;
+:class:`SessionView` adds what only the agent knows at the moment of asking
+(running, attached, state) and is the metadata object on the wire (DESIGN §3).
+All functions here are pure.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest
+from convocate.common.timefmt import format_rfc3339, parse_rfc3339
+
+# Session states (DESIGN §4).
+STATE_STOPPED = "-"
+STATE_LOCKED = "L"
+STATE_RUNNING = "R"
+STATE_CONNECTED = "C"
+STATE_ORPHAN = "O"
+
+PROTOCOLS = ("tcp", "udp")
+PORT_NONE = 0
+PORT_AUTO = -1
+#: Lowest port the agent hands out for ``port: -1`` (DESIGN §3).
+AUTO_PORT_LOW = 1001
+PORT_MAX = 65535
+
+NAME_MAX = 64
+_NAME = re.compile(r"^[A-Za-z0-9 _.\-]{1,64}$")
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_NAME_MAX = 253
+
+
+def validate_uuid(value: Any, field_name: str = "id") -> str:
+    """Check that ``value`` is a canonical UUIDv4 before it touches a path.
+
+    Accepts the lowercase hyphenated form only (``uuid.uuid4()`` rendered by
+    ``str``), so one session has exactly one spelling and ``..``, ``/`` or NUL
+    can never reach the filesystem.
+
+    Args:
+        value: The candidate, usually a request parameter.
+        field_name: The parameter name used in the error.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        BadRequest: ``value`` is not a string in canonical UUIDv4 form (RFC 9562 §5.4).
+    """
+    if not isinstance(value, str) or not _UUID4.match(value):
+        shown = value if isinstance(value, str) else repr(value)
+        raise BadRequest(messages.BAD_UUID.format(field=field_name, value=shown))
+    return value
+
+
+def is_uuid4(value: str) -> bool:
+    """Whether ``value`` is a canonical UUIDv4 (e.g. a directory name under the session base)."""
+    return bool(_UUID4.match(value))
+
+
+def new_uuid() -> str:
+    """A fresh random UUIDv4 in canonical form."""
+    return str(uuidlib.uuid4())
+
+
+def validate_name(value: Any, field_name: str = "name") -> str:
+    """Check a session name: 1-64 of letters, digits, space, ``_``, ``-``, ``.`` (DESIGN §3).
+
+    Leading and trailing spaces are refused rather than trimmed, so what the
+    operator typed is what is stored.
+
+    Raises:
+        BadRequest: the name breaks the rule.
+    """
+    if not isinstance(value, str) or not _NAME.match(value) or value != value.strip():
+        raise BadRequest(messages.BAD_NAME.format(field=field_name, value=value))
+    return value
+
+
+def validate_port(value: Any) -> int:
+    """Check a requested port: 0 none, -1 auto, 1-65535 explicit (DESIGN §3).
+
+    Raises:
+        BadRequest: out of range or not an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not (PORT_AUTO <= value <= PORT_MAX):
+        raise BadRequest(messages.BAD_PORT.format(value=value))
+    return value
+
+
+def validate_protocol(value: Any) -> str:
+    """Check a port protocol: ``tcp`` or ``udp``; the empty string means ``tcp``.
+
+    Raises:
+        BadRequest: any other value.
+    """
+    if value == "":
+        return "tcp"
+    if value not in PROTOCOLS:
+        raise BadRequest(messages.BAD_PROTOCOL.format(value=value))
+    return value
+
+
+def normalize_dns_name(value: Any) -> str:
+    """Lowercase and check a session DNS name; ``""`` means none.
+
+    Rules (RFC 1123 §2.1, RFC 1035 §2.3.4): dot-separated labels of 1-63
+    characters from ``a-z 0-9 -``, not starting or ending with ``-``, at most
+    253 characters in all. A trailing dot is refused (names are relative to
+    the cluster's domain).
+
+    Returns:
+        The lowercased name.
+
+    Raises:
+        BadRequest: the name breaks a rule; the message says which.
+    """
+    if not isinstance(value, str):
+        raise BadRequest(messages.WRONG_TYPE.format(field="dns_name", expected="a string", got=type(value).__name__))
+    name = value.lower()
+    if name == "":
+        return ""
+
+    def bad(reason: str) -> BadRequest:
+        return BadRequest(messages.BAD_DNS_NAME.format(value=value, reason=reason))
+
+    if len(name) > DNS_NAME_MAX:
+        raise bad(f"longer than {DNS_NAME_MAX} characters")
+    for label in name.split("."):
+        if label == "":
+            raise bad("empty label")
+        if len(label) > 63:
+            raise bad(f"label {label[:16]!r}... is longer than 63 characters")
+        if not _DNS_LABEL.match(label):
+            raise bad(f"label {label!r} must be a-z, 0-9 and '-', not starting or ending with '-'")
+    return name
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    """What ``session.json`` stores for one session.
+
+    Attributes:
+        uuid: The session's UUIDv4.
+        name: Display name, see :func:`validate_name`.
+        created_at: Creation time, ns since the epoch.
+        last_accessed: Last attach or lifecycle change, ns since the epoch.
+        port: Published port, 0 for none.
+        protocol: ``tcp`` or ``udp``.
+        dns_name: Lowercase DNS name, ``""`` for none.
+        cpus: CPU reservation and limit, in cores (float).
+        memory_mb: Memory reservation and limit, in MiB.
+        image: Image tag the container last started from, ``""`` if never started.
+    """
+
+    uuid: str
+    name: str
+    created_at: int
+    last_accessed: int
+    port: int = 0
+    protocol: str = "tcp"
+    dns_name: str = ""
+    cpus: float = 0.0
+    memory_mb: int = 0
+    image: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The object written to ``session.json``."""
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "created_at": format_rfc3339(self.created_at),
+            "last_accessed": format_rfc3339(self.last_accessed),
+            "port": self.port,
+            "protocol": self.protocol,
+            "dns_name": self.dns_name,
+            "cpus": self.cpus,
+            "memory_mb": self.memory_mb,
+            "image": self.image,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, *, expected_uuid: str | None = None) -> SessionMeta:
+        """Rebuild metadata from a ``session.json`` object, checking every field.
+
+        Files written by the original agents lack the extension fields; those
+        take their zero values.
+
+        Args:
+            obj: The decoded JSON.
+            expected_uuid: The UUID of the directory the file was found in; a
+                file naming another UUID is refused.
+
+        Raises:
+            BadRequest: a field is missing, mistyped or breaks its rule.
+        """
+        if not isinstance(obj, dict):
+            raise BadRequest("session metadata must be a JSON object")
+        sid = validate_uuid(obj.get("uuid"), "uuid")
+        if expected_uuid is not None and sid != expected_uuid:
+            raise BadRequest(f'uuid "{sid}" does not match its directory "{expected_uuid}"')
+        try:
+            created = parse_rfc3339(obj["created_at"])
+            accessed = parse_rfc3339(obj.get("last_accessed") or obj["created_at"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadRequest(f"bad or missing timestamp: {e}") from e
+        port = obj.get("port", 0) or 0
+        validate_port(port)
+        if port == PORT_AUTO:
+            raise BadRequest("stored port cannot be -1 (auto)")
+        cpus = obj.get("cpus", 0) or 0
+        memory = obj.get("memory_mb", 0) or 0
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus < 0:
+            raise BadRequest(f"bad cpus {cpus!r}")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise BadRequest(f"bad memory_mb {memory!r}")
+        image = obj.get("image", "") or ""
+        if not isinstance(image, str):
+            raise BadRequest(f"bad image {image!r}")
+        return cls(
+            uuid=sid,
+            name=validate_name(obj.get("name")),
+            created_at=created,
+            last_accessed=accessed,
+            port=port,
+            protocol=validate_protocol(obj.get("protocol", "tcp") or "tcp"),
+            dns_name=normalize_dns_name(obj.get("dns_name", "") or ""),
+            cpus=float(cpus),
+            memory_mb=memory,
+            image=image,
+        )
+
+    def with_changes(self, **changes: Any) -> SessionMeta:
+        """A copy with ``changes`` applied (fields are not re-validated)."""
+        return replace(self, **changes)
+
+
+def derive_state(*, running: bool, attached_count: int, locked: bool) -> str:
+    """Derive a session's one-character state (DESIGN §4).
+
+    Args:
+        running: The container is up.
+        attached_count: Operators attached right now.
+        locked: A lock file with a live holder exists.
+
+    Returns:
+        ``C`` up and attached, ``R`` up, ``L`` locked and not up, ``-`` otherwise.
+        (``O`` is decided by the shell, which alone sees orphan directories.)
+    """
+    if running:
+        return STATE_CONNECTED if attached_count > 0 else STATE_RUNNING
+    return STATE_LOCKED if locked else STATE_STOPPED
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """The session metadata object on the wire: stored fields plus live state.
+
+    Attributes:
+        meta: The stored metadata.
+        running: The container is up.
+        attached_count: Operators attached through this agent.
+        locked: A lifecycle lock with a live holder exists.
+        activity: Activity state (``working``, ``waiting``, ``idle``, ...) or ``""``.
+        agent_id: The agent the session lives on (filled in by shell-side clients).
+    """
+
+    meta: SessionMeta
+    running: bool = False
+    attached_count: int = 0
+    locked: bool = False
+    activity: str = ""
+    agent_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        """One of ``- L R C`` (see :func:`derive_state`)."""
+        return derive_state(running=self.running, attached_count=self.attached_count, locked=self.locked)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The metadata object of DESIGN §3; ``port``/``protocol``/``dns_name`` omitted when unset."""
+        m = self.meta
+        wire: dict[str, Any] = {
+            "uuid": m.uuid,
+            "name": m.name,
+            "created_at": format_rfc3339(m.created_at),
+            "last_accessed": format_rfc3339(m.last_accessed),
+        }
+        if m.port:
+            wire["port"] = m.port
+            wire["protocol"] = m.protocol
+        if m.dns_name:
+            wire["dns_name"] = m.dns_name
+        wire.update(
+            running=self.running,
+            attached=self.attached_count > 0,
+            state=self.state,
+            image=m.image,
+            cpus=m.cpus,
+            memory_mb=m.memory_mb,
+            attached_count=self.attached_count,
+            activity=self.activity,
+        )
+        return wire
+
+    @classmethod
+    def from_wire(cls, obj: Any, agent_id: str = "") -> SessionView:
+        """Rebuild a view from an agent's metadata object (original or extended).
+
+        Raises:
+            BadRequest: the object is not valid session metadata.
+        """
+        if not isinstance(obj, dict):
+            raise BadRequest("session metadata must be a JSON object")
+        meta = SessionMeta.from_json(obj)
+        running = bool(obj.get("running", False))
+        count = obj.get("attached_count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            count = 1 if obj.get("attached") else 0
+        state = obj.get("state")
+        return cls(
+            meta=meta,
+            running=running,
+            attached_count=count,
+            locked=state == STATE_LOCKED,
+            activity=str(obj.get("activity", "") or ""),
+            agent_id=agent_id,
+        )

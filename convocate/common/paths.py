@@ -1,0 +1,186 @@
+"""Every host path convocate uses, declared once (DESIGN §4, §5).
+
+Nothing else in the code spells ``/etc/convocate-agent`` or ``/home/claude``.
+A root prefix taken from the environment variable ``CONVOCATE_ROOT`` relocates
+all of them, so tests and the demo run a whole cluster under a directory:
+``$CONVOCATE_ROOT/etc/convocate-agent/agent-id``, ``$CONVOCATE_ROOT/home/claude/<uuid>/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from convocate.common.model import validate_uuid
+
+ROOT_ENV = "CONVOCATE_ROOT"
+
+#: The ``claude`` account that owns sessions on every host (DESIGN §4).
+CLAUDE_USER = "claude"
+CLAUDE_UID = 1337
+CLAUDE_GID = 1337
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The filesystem layout of one convocate installation.
+
+    Args:
+        root: Prefix of every path; ``/`` on a real host.
+    """
+
+    root: Path = Path("/")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Paths:
+        """Build the layout for ``$CONVOCATE_ROOT`` (``/`` when unset or empty)."""
+        env = os.environ if environ is None else environ
+        value = env.get(ROOT_ENV, "")
+        return cls(Path(value).absolute() if value else Path("/"))
+
+    @property
+    def relocated(self) -> bool:
+        """True under a ``CONVOCATE_ROOT`` prefix: system users and units must not be touched."""
+        return self.root != Path("/")
+
+    def _p(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    # --- agent host: /etc/convocate-agent (DESIGN §4) ----------------------------
+    @property
+    def agent_etc(self) -> Path:
+        return self._p("etc", "convocate-agent")
+
+    @property
+    def agent_id_file(self) -> Path:
+        return self.agent_etc / "agent-id"
+
+    @property
+    def agent_host_key(self) -> Path:
+        return self.agent_etc / "ssh_host_ed25519_key"
+
+    @property
+    def agent_authorized_keys(self) -> Path:
+        return self.agent_etc / "authorized_keys"
+
+    @property
+    def shell_host_file(self) -> Path:
+        return self.agent_etc / "shell-host"
+
+    @property
+    def agent_to_shell_key(self) -> Path:
+        return self.agent_etc / "agent_to_shell_ed25519_key"
+
+    @property
+    def shell_known_host(self) -> Path:
+        return self.agent_etc / "shell_known_host"
+
+    @property
+    def current_image_file(self) -> Path:
+        return self.agent_etc / "current-image"
+
+    @property
+    def agent_settings(self) -> Path:
+        return self.agent_etc / "settings.json"
+
+    @property
+    def agent_rsyslog_tls(self) -> Path:
+        return self.agent_etc / "rsyslog-tls"
+
+    @property
+    def session_env_file(self) -> Path:
+        """Root-only ``KEY=VALUE`` file (e.g. ``ANTHROPIC_API_KEY``) passed to every session container."""
+        return self.agent_etc / "session.env"
+
+    # --- agent host: sessions under /home/claude ----------------------------------
+    @property
+    def session_base(self) -> Path:
+        return self._p("home", CLAUDE_USER)
+
+    @property
+    def skel_dir(self) -> Path:
+        return self.session_base / ".skel"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.session_base / ".trash"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where create and clone assemble a home before renaming it into place."""
+        return self.session_base / ".staging"
+
+    @property
+    def claude_shared_dir(self) -> Path:
+        """Claude credentials and settings shared read-only with every session."""
+        return self.session_base / ".claude-shared"
+
+    def session_dir(self, session_id: str) -> Path:
+        """``/home/claude/<uuid>``; the UUID is validated before it becomes a path."""
+        return self.session_base / validate_uuid(session_id)
+
+    def session_file(self, session_id: str) -> Path:
+        return self.session_dir(session_id) / "session.json"
+
+    def lock_file(self, session_id: str) -> Path:
+        """``/home/claude/<uuid>.lock``, holding the PID of the lifecycle operation in progress."""
+        return self.session_base / f"{validate_uuid(session_id)}.lock"
+
+    # --- shell host: /etc/convocate (DESIGN §5) ----------------------------------
+    @property
+    def shell_etc(self) -> Path:
+        return self._p("etc", "convocate")
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.shell_etc / "agents"
+
+    def agent_dir(self, agent_id: str) -> Path:
+        """``/etc/convocate/agents/<agent-id>/``: one registered agent."""
+        return self.agents_dir / agent_id
+
+    def agent_address_file(self, agent_id: str) -> Path:
+        """Host name or address of the agent."""
+        return self.agent_dir(agent_id) / "address"
+
+    def agent_port_file(self, agent_id: str) -> Path:
+        """The agent's SSH port (222 when absent)."""
+        return self.agent_dir(agent_id) / "port"
+
+    def shell_to_agent_key(self, agent_id: str) -> Path:
+        """Private key this shell authenticates to the agent with."""
+        return self.agent_dir(agent_id) / "shell_to_agent_ed25519_key"
+
+    def agent_known_host(self, agent_id: str) -> Path:
+        """The agent's pinned host key."""
+        return self.agent_dir(agent_id) / "known_host"
+
+    @property
+    def status_host_key(self) -> Path:
+        return self.shell_etc / "status_host_ed25519_key"
+
+    @property
+    def status_authorized_keys(self) -> Path:
+        return self.shell_etc / "status_authorized_keys"
+
+    @property
+    def rsyslog_ca_dir(self) -> Path:
+        return self.shell_etc / "rsyslog-ca"
+
+    @property
+    def run_dir(self) -> Path:
+        return self._p("run", "convocate")
+
+    @property
+    def status_socket(self) -> Path:
+        return self.run_dir / "status.sock"
+
+    @property
+    def shell_state_dir(self) -> Path:
+        return self._p("var", "lib", "convocate")
+
+    @property
+    def dnsmasq_hosts(self) -> Path:
+        return self.shell_state_dir / "dnsmasq-hosts"

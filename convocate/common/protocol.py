@@ -1,0 +1,446 @@
+"""Newline-delimited JSON framing and the request, response and event messages.
+
+The three convocate subsystems (DESIGN §3) carry one UTF-8 JSON object per
+line, at most :data:`MAX_LINE_BYTES` long. :class:`LineDecoder` splits a byte
+stream into lines without touching a socket; :func:`read_frames` drives it from
+any reader with an ``async read(n)``. The message classes parse and render the
+envelope and nothing else: the meaning of ``params`` belongs to
+:mod:`convocate.common.ops`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from convocate.common import messages
+from convocate.common.errors import (
+    WIRE_CODES,
+    BadRequest,
+    ConvocateError,
+    InternalError,
+    ProtocolError,
+    error_from_code,
+)
+from convocate.common.timefmt import format_rfc3339
+
+#: Largest line, newline excluded, any convocate peer accepts (DESIGN §3): 1 MiB.
+MAX_LINE_BYTES = 1 << 20
+
+#: Bytes asked of a reader per call by :func:`read_frames`.
+READ_CHUNK = 64 * 1024
+
+# Subsystem names (DESIGN §2).
+RPC_SUBSYSTEM = "convocate-agent-rpc"
+ATTACH_SUBSYSTEM = "convocate-agent-attach"
+STATUS_SUBSYSTEM = "convocate-status"
+
+
+class LineTooLong(BadRequest):
+    """A line exceeded :data:`MAX_LINE_BYTES`; its bytes were discarded."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(messages.MALFORMED_REQUEST.format(detail=messages.LINE_TOO_LONG.format(limit=limit)))
+        self.limit = limit
+
+
+class LineDecoder:
+    """Split a byte stream into newline-terminated lines of bounded length.
+
+    Feed it chunks as they arrive; it returns the complete lines. A line
+    longer than ``max_line`` is not buffered: its bytes are dropped up to the
+    next newline and a :class:`LineTooLong` takes its place in the output, so
+    one oversized request costs a bounded amount of memory and the stream
+    stays in step for the next line.
+
+    Args:
+        max_line: Maximum line length in bytes, newline excluded.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._max = max_line
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        """Add ``data`` and return every line it completed.
+
+        Args:
+            data: The next chunk of the stream.
+
+        Returns:
+            Complete lines without their ``\\n`` (a trailing ``\\r`` is kept),
+            in stream order, with a :class:`LineTooLong` instance standing for
+            each oversized line.
+        """
+        out: list[bytes | LineTooLong] = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            if self._discarding:
+                self._discarding = False
+            elif len(self._buf) + (nl - start) > self._max:
+                self._buf.clear()
+                out.append(LineTooLong(self._max))
+            else:
+                self._buf += data[start:nl]
+                out.append(bytes(self._buf))
+                self._buf.clear()
+            start = nl + 1
+        rest = len(data) - start
+        if self._discarding:
+            return out
+        if len(self._buf) + rest > self._max:
+            self._buf.clear()
+            self._discarding = True
+            out.append(LineTooLong(self._max))
+        else:
+            self._buf += data[start:]
+        return out
+
+    def pending(self) -> bytes:
+        """Return and forget the bytes after the last complete line."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+    @property
+    def discarding(self) -> bool:
+        """True while the rest of an oversized line is being skipped."""
+        return self._discarding
+
+
+class ByteReader(Protocol):
+    """Anything with ``async read(n) -> bytes`` that returns ``b""`` at EOF."""
+
+    async def read(self, n: int = -1) -> bytes: ...  # pragma: no cover - protocol
+
+
+async def read_frames(reader: ByteReader, decoder: LineDecoder | None = None) -> AsyncIterator[bytes | LineTooLong]:
+    """Yield the lines of ``reader`` until EOF.
+
+    An unterminated last line is yielded too (a client that writes one request
+    without a newline and closes its side is still answered).
+
+    Args:
+        reader: The byte stream, e.g. an asyncssh ``SSHReader`` opened with
+            ``encoding=None``.
+        decoder: The decoder to use; a new one with the default limit if omitted.
+
+    Yields:
+        Lines as bytes, or :class:`LineTooLong` for each oversized line.
+    """
+    decoder = decoder or LineDecoder()
+    while True:
+        chunk = await reader.read(READ_CHUNK)
+        if not chunk:
+            break
+        for item in decoder.feed(chunk):
+            yield item
+    if not decoder.discarding:
+        tail = decoder.pending()
+        if tail.strip():
+            yield tail
+
+
+def encode_line(obj: Any) -> bytes:
+    """Render ``obj`` as one compact JSON line, newline included.
+
+    Args:
+        obj: A JSON-serialisable value.
+
+    Returns:
+        UTF-8 bytes ending in ``\\n``.
+
+    Raises:
+        ProtocolError: the rendering exceeds :data:`MAX_LINE_BYTES`.
+    """
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(data) > MAX_LINE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit")
+    return data + b"\n"
+
+
+def decode_object(line: bytes, what: str = "request") -> dict[str, Any]:
+    """Parse one line as a JSON object.
+
+    Args:
+        line: One frame, without its newline.
+        what: Word used in the error message.
+
+    Returns:
+        The decoded object.
+
+    Raises:
+        BadRequest: the line is not UTF-8, not JSON, or not an object; the
+            message names the problem without a prefix, for the caller to frame.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"{what} is not valid UTF-8 ({e.reason})") from e
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"{what} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadRequest(f"{what} nests too deeply") from e
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {json_type(obj)}")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; RFC 8259 §6 does not.
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+
+
+def json_type(value: Any) -> str:
+    """Name the JSON type of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+NO_ID = object()
+
+
+@dataclass(frozen=True)
+class Request:
+    """An RPC request ``{"op", "params", "id"}`` (DESIGN §3).
+
+    Attributes:
+        op: Operation name, e.g. ``"list"``.
+        params: The op's parameters, not yet validated against the op.
+        id: The caller's correlation value (ext); echoed in the response.
+            :data:`NO_ID` when the request carried none.
+    """
+
+    op: str
+    params: dict[str, Any] = field(default_factory=dict)
+    id: Any = NO_ID
+
+    @property
+    def has_id(self) -> bool:
+        """Whether the request carried an ``id`` (which may be ``null``)."""
+        return self.id is not NO_ID
+
+    @classmethod
+    def parse(cls, line: bytes) -> Request:
+        """Parse one request line.
+
+        A missing ``params`` means ``{}``; any other top-level field is an error.
+
+        Raises:
+            BadRequest: ``malformed request: ...`` naming what was wrong.
+        """
+        try:
+            obj = decode_object(line)
+        except BadRequest as e:
+            raise BadRequest(messages.MALFORMED_REQUEST.format(detail=e.message)) from e
+        unknown = sorted(set(obj) - {"op", "params", "id"})
+        if unknown:
+            raise BadRequest(messages.MALFORMED_REQUEST.format(detail=messages.UNKNOWN_FIELD.format(field=unknown[0])))
+        op = obj.get("op")
+        if not isinstance(op, str):
+            detail = messages.MISSING_FIELD.format(field="op") if op is None else messages.WRONG_TYPE.format(
+                field="op", expected="a string", got=json_type(op)
+            )
+            raise BadRequest(messages.MALFORMED_REQUEST.format(detail=detail))
+        params = obj.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise BadRequest(
+                messages.MALFORMED_REQUEST.format(
+                    detail=messages.WRONG_TYPE.format(field="params", expected="an object", got=json_type(params))
+                )
+            )
+        return cls(op=op, params=params, id=obj.get("id", NO_ID))
+
+    @staticmethod
+    def salvage_id(line: bytes) -> Any:
+        """Best-effort ``id`` of a request that failed to parse, so the error can carry it."""
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            return NO_ID
+        return obj.get("id", NO_ID) if isinstance(obj, dict) else NO_ID
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the JSON object for this request."""
+        wire: dict[str, Any] = {"op": self.op, "params": self.params}
+        if self.has_id:
+            wire["id"] = self.id
+        return wire
+
+
+@dataclass(frozen=True)
+class Response:
+    """An RPC response ``{"ok", "result", "error", "code", "id"}`` (DESIGN §3)."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    code: str | None = None
+    id: Any = NO_ID
+
+    @classmethod
+    def success(cls, result: Any = None, request_id: Any = NO_ID) -> Response:
+        """A successful response carrying ``result`` (omitted on the wire when ``None``)."""
+        return cls(ok=True, result=result, id=request_id)
+
+    @classmethod
+    def failure(cls, error: ConvocateError, request_id: Any = NO_ID) -> Response:
+        """An error response carrying the error's message and stable code.
+
+        Codes outside the wire set of DESIGN §3 (a local ``config`` error, say)
+        travel as ``internal``; the message still says what is wrong.
+        """
+        code = error.code if error.code in WIRE_CODES else InternalError.code
+        return cls(ok=False, error=error.message, code=code, id=request_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the JSON object, omitting absent fields as the original agents do."""
+        wire: dict[str, Any] = {"ok": self.ok}
+        if self.ok:
+            if self.result is not None:
+                wire["result"] = self.result
+        else:
+            wire["error"] = self.error or ""
+            if self.code:
+                wire["code"] = self.code
+        if self.id is not NO_ID:
+            wire["id"] = self.id
+        return wire
+
+    @classmethod
+    def parse(cls, line: bytes) -> Response:
+        """Parse a response line received from an agent.
+
+        Raises:
+            ProtocolError: the line is not a response object.
+        """
+        try:
+            obj = decode_object(line, what="response")
+        except BadRequest as e:
+            raise ProtocolError(f"malformed response: {e.message}") from e
+        ok = obj.get("ok")
+        if not isinstance(ok, bool):
+            raise ProtocolError('malformed response: field "ok" must be a boolean')
+        error = obj.get("error")
+        if not ok and not isinstance(error, str):
+            raise ProtocolError('malformed response: an error response needs a string "error"')
+        code = obj.get("code")
+        return cls(ok=ok, result=obj.get("result"), error=error, code=code if isinstance(code, str) else None,
+                   id=obj.get("id", NO_ID))
+
+    def raise_for_error(self) -> Any:
+        """Return ``result`` or raise the error the agent reported.
+
+        Raises:
+            ConvocateError: the subclass matching ``code``.
+        """
+        if self.ok:
+            return self.result
+        raise error_from_code(self.code, self.error or "")
+
+
+# Event types (DESIGN §3, convocate-status).
+AGENT_STARTED = "agent.started"
+AGENT_HEARTBEAT = "agent.heartbeat"
+AGENT_SHUTDOWN = "agent.shutdown"
+CONTAINER_CREATED = "container.created"
+CONTAINER_EDITED = "container.edited"
+CONTAINER_STARTED = "container.started"
+CONTAINER_STOPPED = "container.stopped"
+CONTAINER_DELETED = "container.deleted"
+SESSION_ATTACHED = "session.attached"
+SESSION_DETACHED = "session.detached"
+SESSION_ACTIVITY = "session.activity"
+
+EVENT_TYPES = frozenset(
+    {
+        AGENT_STARTED,
+        AGENT_HEARTBEAT,
+        AGENT_SHUTDOWN,
+        CONTAINER_CREATED,
+        CONTAINER_EDITED,
+        CONTAINER_STARTED,
+        CONTAINER_STOPPED,
+        CONTAINER_DELETED,
+        SESSION_ATTACHED,
+        SESSION_DETACHED,
+        SESSION_ACTIVITY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A status event ``{"type", "agent_id", "session_id", "timestamp", "data"}``.
+
+    Attributes:
+        type: One of :data:`EVENT_TYPES`.
+        agent_id: The 8-character ID of the agent it happened on.
+        session_id: The session's UUID, or ``None`` for agent-level events.
+        timestamp: RFC 3339 UTC time with nanoseconds.
+        data: Type-specific payload (metadata for container events), or ``None``.
+    """
+
+    type: str
+    agent_id: str
+    session_id: str | None = None
+    timestamp: str = ""
+    data: Any = None
+
+    @classmethod
+    def now(cls, type: str, agent_id: str, session_id: str | None = None, data: Any = None) -> Event:
+        """Build an event stamped with the current time."""
+        return cls(type=type, agent_id=agent_id, session_id=session_id, timestamp=format_rfc3339(time.time_ns()),
+                   data=data)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the JSON object, omitting ``session_id`` and ``data`` when absent."""
+        wire: dict[str, Any] = {"type": self.type, "agent_id": self.agent_id}
+        if self.session_id is not None:
+            wire["session_id"] = self.session_id
+        wire["timestamp"] = self.timestamp
+        if self.data is not None:
+            wire["data"] = self.data
+        return wire
+
+    @classmethod
+    def parse(cls, line: bytes) -> Event:
+        """Parse an event line.
+
+        Raises:
+            BadRequest: the line is not an event object.
+        """
+        try:
+            obj = decode_object(line, what="event")
+        except BadRequest as e:
+            raise BadRequest(f"malformed event: {e.message}") from e
+        kind, agent = obj.get("type"), obj.get("agent_id")
+        if not isinstance(kind, str) or not isinstance(agent, str):
+            raise BadRequest('malformed event: an event needs string "type" and "agent_id"')
+        sid = obj.get("session_id")
+        return cls(type=kind, agent_id=agent, session_id=sid if isinstance(sid, str) else None,
+                   timestamp=str(obj.get("timestamp", "")), data=obj.get("data"))

@@ -1,0 +1,47 @@
+"""Text rendering of sessions for the CLI (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from convocate.common.model import SessionView
+
+COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "PORT", "DNS", "CREATED", "LAST ACCESSED")
+
+
+def local_time(ns: int) -> str:
+    """``YYYY-MM-DD HH:MM`` in the local time zone."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
+
+
+def session_row(index: int, view: SessionView) -> tuple[str, ...]:
+    """One table row for a session."""
+    m = view.meta
+    port = f"{m.port}/{m.protocol}" if m.port else "-"
+    return (str(index), view.state, m.name, view.agent_id, m.uuid[:8], port, m.dns_name or "-",
+            local_time(m.created_at), local_time(m.last_accessed))
+
+
+def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = COLUMNS) -> str:
+    """Left-aligned columns separated by two spaces, header first."""
+    all_rows = [header, *rows]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip() for r in all_rows)
+
+
+def sessions_table(views: list[SessionView]) -> str:
+    """The ``convocate ls`` table, in the given order, numbered from 1."""
+    return format_table(session_row(i, v) for i, v in enumerate(views, start=1))
+
+
+def session_summary(view: SessionView) -> str:
+    """``name (uuid8) on agent, state``: one line for a lifecycle result."""
+    m = view.meta
+    return f"{m.name} ({m.uuid[:8]}) on {view.agent_id}, state {view.state}"
+
+
+def wire_with_agent(view_wire: dict[str, Any], agent_id: str) -> dict[str, Any]:
+    """A session's wire metadata with the agent it lives on added."""
+    return {**view_wire, "agent_id": agent_id}

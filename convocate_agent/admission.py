@@ -1,0 +1,143 @@
+"""Admission control: capacity layer 1 (DESIGN §4).
+
+Before a session's container starts, the CPU and memory reservations of the
+running sessions plus the request must fit within 90% of the host's CPUs and
+memory. The arithmetic is a pure function; :class:`Admission` runs the check
+and records the reservation under one lock, so concurrent starts cannot
+overcommit between checking and starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from convocate.common import messages
+from convocate.common.errors import AdmissionDenied
+
+#: Share of the host that sessions may reserve, and the slice's cap (DESIGN §4).
+LIMIT_FRACTION = 0.9
+#: Tolerance for float sums of CPU reservations (cores).
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """CPU and memory reserved by one or more sessions.
+
+    Attributes:
+        cpus: Cores (float).
+        memory_mb: MiB.
+    """
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+
+    def __add__(self, other: Reservation) -> Reservation:
+        return Reservation(self.cpus + other.cpus, self.memory_mb + other.memory_mb)
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """What the host has.
+
+    Attributes:
+        cpus: Usable CPUs (``sched_getaffinity``), in cores.
+        memory_mb: ``MemTotal`` from ``/proc/meminfo``, in MiB.
+    """
+
+    cpus: float
+    memory_mb: int
+
+    @property
+    def limits(self) -> Reservation:
+        """The most sessions may reserve together: 90% of each axis."""
+        return Reservation(self.cpus * LIMIT_FRACTION, int(self.memory_mb * LIMIT_FRACTION))
+
+    @classmethod
+    def probe(cls, meminfo: str = "/proc/meminfo") -> HostResources:
+        """Read this host's CPUs and memory."""
+        return cls(float(len(os.sched_getaffinity(0))), read_meminfo(meminfo).get("MemTotal", 0) // 1024)
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """``/proc/meminfo`` as field → KiB."""
+    out: dict[str, int] = {}
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            words = rest.split()
+            if words and words[0].isdigit():
+                out[name] = int(words[0])
+    return out
+
+
+def check_admission(host: HostResources, reserved: Reservation, request: Reservation) -> None:
+    """Refuse ``request`` if it does not fit beside ``reserved`` within the 90% limits.
+
+    Args:
+        host: The host's totals.
+        reserved: Sum of the reservations already admitted.
+        request: What the new session asks for.
+
+    Raises:
+        AdmissionDenied: the first axis (cpus, then memory) that would exceed
+            its limit, with the figures asked, reserved and allowed.
+    """
+    limits = host.limits
+    if reserved.cpus + request.cpus > limits.cpus + _EPSILON:
+        raise AdmissionDenied(messages.ADMISSION_DENIED.format(
+            axis="cpus", asked=f"{request.cpus:g} cores", reserved=f"{reserved.cpus:g} cores",
+            allowed=f"{limits.cpus:g} cores", total=f"{host.cpus:g} cores"))
+    if reserved.memory_mb + request.memory_mb > limits.memory_mb:
+        raise AdmissionDenied(messages.ADMISSION_DENIED.format(
+            axis="memory", asked=f"{request.memory_mb} MiB", reserved=f"{reserved.memory_mb} MiB",
+            allowed=f"{limits.memory_mb} MiB", total=f"{host.memory_mb} MiB"))
+
+
+class Admission:
+    """Serialises admission decisions and holds reservations until the container runs.
+
+    Args:
+        host: The host's totals.
+        running: Coroutine returning session UUID → reservation of every
+            running session (read from Docker, one call).
+    """
+
+    def __init__(self, host: HostResources, running: Callable[[], Awaitable[dict[str, Reservation]]]) -> None:
+        self.host = host
+        self._running = running
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, Reservation] = {}
+
+    async def reserved(self, exclude: str | None = None) -> Reservation:
+        """Sum of running and in-flight reservations, optionally leaving one session out."""
+        running = await self._running()
+        total = Reservation()
+        for sid, r in {**running, **self._pending}.items():
+            if sid != exclude:
+                total = total + r
+        return total
+
+    @contextlib.asynccontextmanager
+    async def admit(self, session_id: str, request: Reservation) -> AsyncIterator[None]:
+        """Check and reserve ``request`` for ``session_id`` for the duration of the block.
+
+        The session's own current reservation (a restart of a running session)
+        is not counted against it. Inside the block the caller starts the
+        container; once it runs, Docker's list reports it and the pending
+        entry is dropped.
+
+        Raises:
+            AdmissionDenied: it does not fit.
+        """
+        async with self._lock:
+            check_admission(self.host, await self.reserved(exclude=session_id), request)
+            self._pending[session_id] = request
+        try:
+            yield
+        finally:
+            self._pending.pop(session_id, None)

@@ -1,0 +1,191 @@
+"""The ``convocate-agent-attach`` subsystem: a raw terminal relay into a session's tmux.
+
+The client writes one JSON header line ``{"id", "cols", "rows", "read_only",
+"term"}``; then the channel is a byte pipe to ``tmux attach-session`` running
+in the container under a Docker exec with a TTY. Bytes the client sent right
+after the header are forwarded first. SSH ``window-change`` requests resize
+the exec's TTY. The relay ends when tmux's client exits (detach, prefix + d):
+the channel closes cleanly and the session keeps running. If the SSH side goes
+away first, the orphaned tmux client is found and detached.
+
+The client's EOF is never turned into a half-close towards Docker: that would
+end Docker's stream while tmux's client lived on (MACHINE-NOTES: attach).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncssh
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest, ConvocateError, InternalError
+from convocate.common.model import validate_uuid
+from convocate.common.protocol import LineDecoder, LineTooLong, Response, decode_object, encode_line, json_type
+from convocate_agent.rpc import DataReader
+from convocate_agent.service import AgentService, AttachRequest
+
+log = logging.getLogger(__name__)
+
+#: Longest attach header accepted, in bytes.
+HEADER_MAX = 4096
+#: Largest terminal dimension accepted (tmux's own limit is 10000).
+DIMENSION_MAX = 10000
+RELAY_CHUNK = 64 * 1024
+
+
+def parse_header(line: bytes) -> AttachRequest:
+    """Decode and check an attach header.
+
+    ``cols``/``rows`` of 0 (or absent) mean 80×24.
+
+    Raises:
+        BadRequest: ``bad attach header: ...`` naming the field.
+    """
+
+    def bad(detail: str) -> BadRequest:
+        return BadRequest(messages.ATTACH_BAD_HEADER.format(detail=detail))
+
+    try:
+        obj = decode_object(line, what="header")
+    except BadRequest as e:
+        raise bad(e.message) from e
+    unknown = sorted(set(obj) - {"id", "cols", "rows", "read_only", "term"})
+    if unknown:
+        raise bad(messages.UNKNOWN_FIELD.format(field=unknown[0]))
+    if "id" not in obj:
+        raise bad(messages.MISSING_FIELD.format(field="id"))
+    try:
+        session_id = validate_uuid(obj["id"])
+    except BadRequest as e:
+        raise bad(e.message) from e
+    size = {}
+    for key, default in (("cols", 80), ("rows", 24)):
+        value = obj.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(messages.WRONG_TYPE.format(field=key, expected="an integer", got=json_type(value)))
+        if not (0 <= value <= DIMENSION_MAX):
+            raise bad(messages.BAD_RANGE.format(field=key, value=value, low=0, high=DIMENSION_MAX, unit=""))
+        size[key] = value or default
+    read_only = obj.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise bad(messages.WRONG_TYPE.format(field="read_only", expected="a boolean", got=json_type(read_only)))
+    term = obj.get("term", "xterm-256color")
+    if not isinstance(term, str):
+        raise bad(messages.WRONG_TYPE.format(field="term", expected="a string", got=json_type(term)))
+    return AttachRequest(session_id, size["cols"], size["rows"], read_only, term or "xterm-256color")
+
+
+async def _read_header(stdin: DataReader) -> tuple[bytes | LineTooLong | None, bytes]:
+    """Read up to the first newline; returns ``(header, bytes after it)``, header None at EOF."""
+    decoder = LineDecoder(HEADER_MAX)
+    while True:
+        chunk = await stdin.read(RELAY_CHUNK)
+        if not chunk:
+            return None, b""
+        frames = decoder.feed(chunk)
+        if frames:
+            if isinstance(frames[0], LineTooLong):
+                return frames[0], b""
+            # The stream's first newline is in this chunk; what follows it is terminal input.
+            return frames[0], chunk[chunk.index(b"\n") + 1:]
+
+
+async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: AgentService, caller: str) -> None:
+    """Run one attach: header, relay, clean-up. Always ends by closing the channel."""
+    pending_size: list[tuple[int, int]] = []
+
+    async def remember_size(cols: int, rows: int) -> None:
+        pending_size.append((cols, rows))
+
+    reader = DataReader(process.stdin, remember_size)
+    try:
+        header, leftover = await _read_header(reader)
+        if header is None:
+            process.exit(0)
+            return
+        if isinstance(header, LineTooLong):
+            raise BadRequest(messages.ATTACH_BAD_HEADER.format(detail=messages.LINE_TOO_LONG.format(limit=HEADER_MAX)))
+        request = parse_header(header)
+        stream = await service.open_attach(request)
+    except ConvocateError as e:
+        log.info("attach caller=%s refused: %s", caller, e)
+        await _refuse(process, e)
+        return
+    except (BrokenPipeError, ConnectionError, asyncssh.Error):
+        process.exit(0)
+        return
+    except Exception as e:  # a bug must not take the agent down
+        log.exception("attach failed unexpectedly")
+        await _refuse(process, InternalError(f"internal error: {type(e).__name__}: {e}"))
+        return
+
+    sid = request.session_id
+    log.info("attach caller=%s session=%s %dx%d%s", caller, sid, request.cols, request.rows,
+             " read-only" if request.read_only else "")
+    runtime = service.runtime
+
+    async def resize(cols: int, rows: int) -> None:
+        try:
+            await runtime.resize_exec(stream.exec_id, cols, rows)
+        except ConvocateError as e:
+            log.info("attach %s: resize to %dx%d failed: %s", sid, cols, rows, e)
+
+    async def client_to_session() -> None:
+        if leftover:
+            stream.writer.write(leftover)
+            await stream.writer.drain()
+        for cols, rows in pending_size:
+            await resize(cols, rows)
+        relay = DataReader(process.stdin, resize)
+        while True:
+            data = await relay.read(RELAY_CHUNK)
+            if not data:
+                return  # client EOF: keep showing output, never half-close Docker's stream
+            stream.writer.write(data)
+            await stream.writer.drain()
+
+    async def session_to_client() -> None:
+        while True:
+            data = await stream.reader.read(RELAY_CHUNK)
+            if not data:
+                return
+            process.stdout.write(data)
+            await process.stdout.drain()
+
+    inbound = asyncio.create_task(client_to_session())
+    outbound = asyncio.create_task(session_to_client())
+    closed = asyncio.create_task(process.channel.wait_closed())
+    detached_by_tmux = False
+    try:
+        await asyncio.wait({outbound, closed}, return_when=asyncio.FIRST_COMPLETED)
+        detached_by_tmux = outbound.done() and outbound.exception() is None and not closed.done()
+    finally:
+        for task in (inbound, outbound, closed):
+            task.cancel()
+        results = await asyncio.gather(inbound, outbound, closed, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, (BrokenPipeError, ConnectionError,
+                                                                          asyncssh.Error, asyncio.CancelledError)):
+                log.warning("attach %s relay error: %s: %s", sid, type(result).__name__, result)
+        stream.close()
+        if not detached_by_tmux:
+            # The operator vanished: tmux's client would stay attached forever.
+            with contextlib.suppress(ConvocateError):
+                if await runtime.detach_exec_client(sid, stream.exec_id):
+                    log.info("attach %s: detached the tmux client of a vanished operator", sid)
+        service.close_attach(sid)
+        log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
+        with contextlib.suppress(Exception):
+            process.exit(0)
+
+
+async def _refuse(process: asyncssh.SSHServerProcess, error: ConvocateError) -> None:
+    """Write the error line of DESIGN §3 and close the channel."""
+    with contextlib.suppress(Exception):
+        process.stdout.write(encode_line(Response.failure(error).to_wire()))
+        await process.stdout.drain()
+    with contextlib.suppress(Exception):
+        process.exit(1)

@@ -1,0 +1,117 @@
+"""Command line of ``convocate-agent``: install, serve, version, help.
+
+Parsers build a config and call the logic; only :func:`main` catches the
+project's error, prints it to stderr and returns its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from convocate.common.errors import ConvocateError
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
+from convocate.common.version import __version__
+
+PROG = "convocate-agent"
+
+USAGE = f"""\
+usage: {PROG} <command> [options]
+
+The convocate agent: runs Claude Code session containers on this host and
+serves them to shell hosts over SSH (subsystems convocate-agent-rpc and
+convocate-agent-attach).
+
+commands:
+  install    bootstrap this host (agent ID, host key, session dirs); idempotent
+  serve      run the agent (the systemd unit runs this)
+  version    print the version
+  help       print this help
+
+Run '{PROG} <command> --help' for a command's options.
+Set CONVOCATE_ROOT to relocate every path under a directory (tests, demo).
+"""
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the agent", description="Serve the agent's SSH subsystems until stopped.")
+    p.add_argument("--listen", default=":222", help="SSH listen address HOST:PORT [%(default)s]")
+    p.add_argument("--host-key", type=Path, help="ed25519 host key [/etc/convocate-agent/ssh_host_ed25519_key]")
+    p.add_argument("--auth-keys", type=Path, help="authorized keys [/etc/convocate-agent/authorized_keys]")
+    p.add_argument("--shell-host", help="shell host for status events [read from /etc/convocate-agent/shell-host]")
+    p.add_argument("--shell-port", type=int, default=223, help="shell status port [%(default)s]")
+    p.add_argument("--shell-key", type=Path, help="status client key [/etc/convocate-agent/agent_to_shell_ed25519_key]")
+    p.add_argument("--shell-known-host", type=Path,
+                   help="pinned shell status host key [/etc/convocate-agent/shell_known_host]")
+    p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _add_install(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("install", help="bootstrap this host", description="Idempotent bootstrap of an agent host.")
+    p.set_defaults(func=_cmd_install)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from convocate_agent.install import install
+
+    report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID)
+    for step in report.steps:
+        print(step)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from convocate_agent.server import AgentServer, ServeConfig
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    config = ServeConfig(
+        paths=Paths.from_env(), listen=args.listen, host_key=args.host_key, auth_keys=args.auth_keys,
+        shell_host=args.shell_host, shell_port=args.shell_port, shell_key=args.shell_key,
+        shell_known_host=args.shell_known_host,
+    )
+
+    async def run() -> None:
+        server = AgentServer(config)
+        await server.start()
+        await server.serve_forever()
+
+    asyncio.run(run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    _add_install(sub)
+    _add_serve(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``convocate-agent`` command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("help", "--help", "-h"):
+        sys.stdout.write(USAGE)
+        return 0
+    if argv[0] in ("version", "--version"):
+        print(f"{PROG} version v{__version__}")
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConvocateError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1

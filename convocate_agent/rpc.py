@@ -1,0 +1,128 @@
+"""The ``convocate-agent-rpc`` subsystem: newline-JSON requests in, responses out.
+
+A client may send one request and close its side (the original clients do),
+or keep the channel open and send several; requests on one channel are
+answered in order. Every failure becomes an error response with a stable
+``code``; nothing a client sends can stop the agent. Each op is logged with
+the caller's key fingerprint, its outcome and its duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
+from convocate.common.ops import decode_params
+from convocate.common.protocol import NO_ID, LineTooLong, Request, Response, encode_line, read_frames
+from convocate_agent.service import AgentService
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class RpcDispatcher:
+    """Maps op names to :class:`AgentService` methods and turns outcomes into responses.
+
+    Args:
+        service: The agent's operations.
+    """
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+        self.handlers: dict[str, Handler] = {
+            "ping": service.ping,
+            "list": service.list,
+            "get": service.get,
+            "create": service.create,
+            "edit": service.edit,
+            "clone": service.clone,
+            "delete": service.delete,
+            "kill": service.kill,
+            "background": service.background,
+            "override": service.override,
+            "restart": service.restart,
+            "settings-get": service.settings_get,
+            "settings-set": service.settings_set,
+            "capture": service.capture,
+            "send": service.send,
+            "capacity": service.capacity,
+        }
+
+    async def handle_frame(self, frame: bytes | LineTooLong, caller: str) -> Response:
+        """Answer one received frame (a request line, or an oversized-line marker).
+
+        Never raises: every error, including a bug, becomes an error response.
+        """
+        started = time.monotonic()
+        request_id: Any = Request.salvage_id(frame) if isinstance(frame, bytes) else NO_ID
+        op = "?"
+        try:
+            if isinstance(frame, LineTooLong):
+                raise frame
+            request = Request.parse(frame)
+            request_id, op = request.id, request.op
+            params = decode_params(request.op, request.params)
+            handler = self.handlers.get(request.op)
+            if handler is None:  # declared in OPS but not wired: a bug, not a client error
+                raise BadRequest(messages.UNKNOWN_OP.format(op=request.op))
+            result = await handler(params)
+            response = Response.success(result, request_id)
+        except ConvocateError as e:
+            response = Response.failure(e, request_id)
+        except Exception as e:  # a bug must not take the agent down
+            log.exception("op %s failed unexpectedly", op)
+            response = Response.failure(InternalError(f"internal error: {type(e).__name__}: {e}"), request_id)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        outcome = "ok" if response.ok else f"{response.code}: {response.error}"
+        log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
+        return response
+
+
+def _printable(op: str) -> str:
+    return op if op.isprintable() and len(op) <= 64 else repr(op[:64])
+
+
+class DataReader:
+    """Wraps an asyncssh stdin so channel requests (window change, break, signal) do not end a read loop.
+
+    Args:
+        stdin: The channel's ``SSHReader`` opened with ``encoding=None``.
+        on_resize: Called with ``(cols, rows)`` when the client's terminal size changes.
+    """
+
+    def __init__(self, stdin: asyncssh.SSHReader, on_resize: Callable[[int, int], Awaitable[None]] | None = None) -> None:
+        self._stdin = stdin
+        self._on_resize = on_resize
+
+    async def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                return await self._stdin.read(n)
+            except asyncssh.TerminalSizeChanged as e:
+                if self._on_resize is not None:
+                    await self._on_resize(e.width, e.height)
+            except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+                continue
+
+
+async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: str) -> None:
+    """Answer requests on one channel until the client closes its side, then close."""
+    try:
+        async for frame in read_frames(DataReader(process.stdin)):
+            response = await dispatcher.handle_frame(frame, caller)
+            try:
+                line = encode_line(response.to_wire())
+            except ProtocolError as e:
+                line = encode_line(Response.failure(InternalError(f"result too large: {e}"), response.id).to_wire())
+            process.stdout.write(line)
+            await process.stdout.drain()
+    except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
+        log.info("rpc channel from %s ended: %s", caller, e)
+    process.exit(0)

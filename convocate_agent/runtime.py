@@ -1,0 +1,506 @@
+"""Session containers through the Docker Engine API (docker SDK).
+
+Every docker SDK call is blocking HTTP over the engine's Unix socket, so each
+runs on this module's own thread pool, never on the event loop. Docker's
+errors are translated here, once, into :class:`DockerError` (or ``None`` for
+"no such container" where absence is an answer).
+
+Containers are named ``convocate-session-<uuid>`` and labelled with the
+session UUID, the agent ID, the session's CPU and memory reservation, and,
+under a relocated root (tests, the demo), that root, so every container an
+installation made can be found with one label query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from convocate.common import messages
+from convocate.common.errors import DockerError
+from convocate.common.paths import Paths
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONTAINER_PREFIX = "convocate-session-"
+LABEL_SESSION = "convocate.session"
+LABEL_AGENT = "convocate.agent"
+LABEL_ROOT = "convocate.root"
+LABEL_CPUS = "convocate.cpus"
+LABEL_MEMORY = "convocate.memory_mb"
+
+#: tmux session that the image's entrypoint creates (packaging/image/).
+TMUX_SESSION = "main"
+#: Where the session home is mounted in the container.
+CONTAINER_HOME = "/home/claude"
+#: Where the host's shared Claude credentials are mounted, read-only.
+CONTAINER_CLAUDE_SHARED = "/opt/convocate/claude-shared"
+#: argv[0] given to attach execs, so a restarted agent can find the ones its predecessor left.
+ATTACH_MARKER = "convocate-attach"
+#: Seconds ``docker stop`` waits after SIGTERM before SIGKILL (DESIGN §3, kill).
+STOP_TIMEOUT_S = 10
+
+_TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def container_name(session_id: str) -> str:
+    """``convocate-session-<uuid>``."""
+    return CONTAINER_PREFIX + session_id
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What one Docker list call tells about a session container.
+
+    Attributes:
+        session_id: The session UUID (from the label).
+        container_id: Docker's ID.
+        running: The container is up.
+        status: Docker's status word (``running``, ``exited``, ``created`` ...).
+        image: Image reference it was created from.
+        cpus: CPU reservation recorded at start, in cores.
+        memory_mb: Memory reservation recorded at start, in MiB.
+    """
+
+    session_id: str
+    container_id: str
+    running: bool
+    status: str
+    image: str
+    cpus: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything needed to start one session container.
+
+    Attributes:
+        session_id: The session UUID.
+        image: Image tag (from ``current-image``).
+        home: Host path of the session home, mounted at ``/home/claude``.
+        cpus: CPU limit in cores (Docker ``NanoCpus``).
+        memory_mb: Memory limit in MiB (Docker ``Memory``; swap not allowed beyond it).
+        port: Port published on the host (same number), 0 for none.
+        protocol: ``tcp`` or ``udp``.
+        hostname: Container hostname.
+        agent_command: Command the supervisor runs.
+        environment: Extra environment (e.g. ``ANTHROPIC_API_KEY`` from the root-only env file).
+        claude_shared: Host directory with shared Claude credentials, mounted read-only, or None.
+        uid: UID of the ``claude`` user inside the container.
+        gid: GID of the ``claude`` user inside the container.
+    """
+
+    session_id: str
+    image: str
+    home: Path
+    cpus: float
+    memory_mb: int
+    port: int = 0
+    protocol: str = "tcp"
+    hostname: str = ""
+    agent_command: str = "claude"
+    environment: dict[str, str] = field(default_factory=dict)
+    claude_shared: Path | None = None
+    uid: int = 1337
+    gid: int = 1337
+
+
+@dataclass
+class ExecStream:
+    """A started exec with a TTY, as an asyncio stream pair.
+
+    Attributes:
+        exec_id: Docker's exec ID (for resize and inspect).
+        reader: Bytes from the exec's terminal.
+        writer: Bytes to the exec's terminal.
+    """
+
+    exec_id: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    _wrapper: Any = None
+
+    def close(self) -> None:
+        """Close the socket and the SDK's wrapper around it (both hold the fd)."""
+        self.writer.close()
+        try:
+            if self._wrapper is not None:
+                self._wrapper.close()
+        except OSError:
+            pass
+
+
+class DockerRuntime:
+    """Starts, stops, inspects and attaches to session containers.
+
+    Args:
+        agent_id: This agent's ID, put in every container's labels.
+        paths: Installation layout; a relocated root is recorded in a label.
+        client: A docker SDK client; by default one from the environment
+            (``DOCKER_HOST`` or the local socket).
+        workers: Threads for blocking SDK calls.
+    """
+
+    def __init__(self, agent_id: str, paths: Paths, client: docker.DockerClient | None = None, workers: int = 16) -> None:
+        self.agent_id = agent_id
+        self.paths = paths
+        self._client = client
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._workers = workers
+
+    # --- plumbing ----------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.DockerClient.from_env(timeout=60, max_pool_size=self._workers)
+            except docker.errors.DockerException as e:
+                raise DockerError(f"cannot reach dockerd: {e}") from e
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking SDK call on the pool, translating Docker's errors.
+
+        Raises:
+            DockerError: the engine refused the call or cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except docker.errors.APIError as e:
+            raise DockerError(f"{what}: {e.explanation or e}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+            raise DockerError(f"{what}: cannot reach dockerd: {e}") from e
+
+    def labels_filter(self) -> dict[str, Any]:
+        """Label filter matching this agent's session containers."""
+        return {"label": [f"{LABEL_AGENT}={self.agent_id}"]}
+
+    def close(self) -> None:
+        """Release the thread pool and the HTTP connections."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
+
+    # --- queries ----------------------------------------------------------------
+    async def ping(self) -> str:
+        """The engine's API version.
+
+        Raises:
+            DockerError: dockerd cannot be reached.
+        """
+        info = await self._call("docker version", self.api.version)
+        return str(info.get("ApiVersion", ""))
+
+    async def containers(self) -> dict[str, ContainerState]:
+        """Every session container of this agent, running or not, in ONE engine call.
+
+        Returns:
+            Session UUID → state.
+        """
+        rows = await self._call("list containers", self.api.containers, all=True, filters=self.labels_filter())
+        out: dict[str, ContainerState] = {}
+        for row in rows:
+            state = _state_from_row(row)
+            if state is not None:
+                out[state.session_id] = state
+        return out
+
+    async def container(self, session_id: str) -> ContainerState | None:
+        """One session's container, or None if it has none."""
+        filters = {"label": [f"{LABEL_AGENT}={self.agent_id}", f"{LABEL_SESSION}={session_id}"]}
+        rows = await self._call("list containers", self.api.containers, all=True, filters=filters)
+        states = [s for s in (_state_from_row(r) for r in rows) if s is not None]
+        return states[0] if states else None
+
+    # --- lifecycle --------------------------------------------------------------
+    async def start(self, spec: SessionSpec) -> ContainerState:
+        """Create and start a session's container, replacing a stopped one.
+
+        Raises:
+            DockerError: the engine refused (unknown image, port taken, ...).
+        """
+        await self.remove(spec.session_id)
+        labels = {
+            LABEL_SESSION: spec.session_id,
+            LABEL_AGENT: self.agent_id,
+            LABEL_CPUS: f"{spec.cpus:g}",
+            LABEL_MEMORY: str(spec.memory_mb),
+        }
+        if self.paths.relocated:
+            labels[LABEL_ROOT] = str(self.paths.root)
+        env = dict(spec.environment)
+        env.update(
+            CLAUDE_UID=str(spec.uid),
+            CLAUDE_GID=str(spec.gid),
+            CONVOCATE_SESSION_ID=spec.session_id,
+            CONVOCATE_AGENT_COMMAND=spec.agent_command,
+        )
+        mounts = [Mount(target=CONTAINER_HOME, source=str(spec.home), type="bind")]
+        if spec.claude_shared is not None:
+            mounts.append(Mount(target=CONTAINER_CLAUDE_SHARED, source=str(spec.claude_shared), type="bind",
+                                read_only=True))
+        memory = spec.memory_mb * 1024 * 1024
+        kwargs: dict[str, Any] = dict(
+            name=container_name(spec.session_id),
+            hostname=spec.hostname or None,
+            labels=labels,
+            environment=env,
+            mounts=mounts,
+            init=True,
+            detach=True,
+            nano_cpus=int(spec.cpus * 1e9),
+            mem_limit=memory,
+            memswap_limit=memory,
+            stop_signal="SIGTERM",
+        )
+        if spec.port:
+            kwargs["ports"] = {f"{spec.port}/{spec.protocol}": spec.port}
+        container = await self._call(f"create container for session {spec.session_id}",
+                                     self.client.containers.create, spec.image, **kwargs)
+        try:
+            await self._call(f"start container for session {spec.session_id}", container.start)
+        except DockerError:
+            await self.remove(spec.session_id)
+            raise
+        return ContainerState(spec.session_id, container.id, True, "running", spec.image, spec.cpus, spec.memory_mb)
+
+    async def wait_ready(self, session_id: str, timeout: float = 15.0) -> float:
+        """Wait until the session's tmux session accepts attaches.
+
+        Returns:
+            Seconds waited.
+
+        Raises:
+            DockerError: the container exited, or the timeout passed; the
+                message carries the container's last log lines.
+        """
+        started = time.monotonic()
+        delay = 0.01
+        while True:
+            code, _ = await self.exec(session_id, ["tmux", "has-session", "-t", TMUX_SESSION])
+            if code == 0:
+                return time.monotonic() - started
+            state = await self.container(session_id)
+            if state is None or not state.running:
+                detail = f"container {state.status if state else 'vanished'}; {await self._tail_logs(session_id)}"
+                raise DockerError(messages.SESSION_NOT_READY.format(id=session_id, seconds=time.monotonic() - started,
+                                                                    detail=detail))
+            if time.monotonic() - started > timeout:
+                raise DockerError(messages.SESSION_NOT_READY.format(id=session_id, seconds=timeout,
+                                                                    detail=await self._tail_logs(session_id)))
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    async def _tail_logs(self, session_id: str, lines: int = 5) -> str:
+        try:
+            raw = await self._call("container logs", self.api.logs, container_name(session_id), tail=lines)
+        except DockerError as e:
+            return str(e)
+        text = raw.decode("utf-8", "replace").strip().replace("\n", " | ")
+        return f"last log lines: {text}" if text else "no log output"
+
+    async def stop(self, session_id: str, timeout: int = STOP_TIMEOUT_S) -> bool:
+        """Stop a session's container: SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+        Returns:
+            True if it was running.
+        """
+        state = await self.container(session_id)
+        if state is None or not state.running:
+            return False
+        try:
+            await self._call(f"stop session {session_id}", self.api.stop, state.container_id, timeout=timeout)
+        except DockerError as e:
+            if isinstance(e.__cause__, docker.errors.NotFound):
+                return False
+            raise
+        return True
+
+    async def remove(self, session_id: str) -> bool:
+        """Force-remove a session's container if it has one. Returns True if one was removed."""
+        state = await self.container(session_id)
+        if state is None:
+            return False
+        try:
+            await self._call(f"remove container of session {session_id}", self.api.remove_container,
+                             state.container_id, force=True)
+        except DockerError as e:
+            if isinstance(e.__cause__, docker.errors.NotFound):
+                return False
+            raise
+        return True
+
+    # --- inside the container ---------------------------------------------------
+    async def exec(self, session_id: str, cmd: list[str], *, uid: int = 1337, gid: int = 1337) -> tuple[int, bytes]:
+        """Run a command in the session's container as the session user.
+
+        Returns:
+            ``(exit code, combined stdout and stderr)``; exit code -1 when the
+            container is not running.
+        """
+
+        def run() -> tuple[int, bytes]:
+            try:
+                created = self.api.exec_create(container_name(session_id), cmd, user=f"{uid}:{gid}",
+                                               environment={"HOME": CONTAINER_HOME})
+            except docker.errors.APIError as e:
+                if e.status_code in (404, 409):  # no such container / not running
+                    return -1, str(e.explanation or e).encode()
+                raise
+            output = self.api.exec_start(created["Id"])
+            code = self.api.exec_inspect(created["Id"]).get("ExitCode")
+            return (code if isinstance(code, int) else -1), output or b""
+
+        return await self._call(f"exec in session {session_id}", run)
+
+    async def tmux(self, session_id: str, *args: str) -> bytes:
+        """Run ``tmux ARGS`` in the session's container.
+
+        Raises:
+            DockerError: tmux failed; the message carries its output.
+        """
+        code, out = await self.exec(session_id, ["tmux", *args])
+        if code != 0:
+            raise DockerError(f"tmux {args[0]} in session {session_id} failed ({code}): "
+                              f"{out.decode('utf-8', 'replace').strip()}")
+        return out
+
+    async def detach_all(self, session_id: str) -> int:
+        """Detach every tmux client of the session; returns how many there were."""
+        out = await self.tmux(session_id, "list-clients", "-t", TMUX_SESSION, "-F", "#{client_tty}")
+        count = len(out.split())
+        if count:
+            await self.tmux(session_id, "detach-client", "-s", TMUX_SESSION)
+        return count
+
+    async def open_attach(self, session_id: str, *, cols: int, rows: int, term: str, read_only: bool,
+                          uid: int = 1337, gid: int = 1337) -> ExecStream:
+        """Start ``tmux attach-session`` in the container on a TTY and return its stream.
+
+        The command sets the pty size with ``stty`` before tmux starts, so tmux
+        draws once at the right size (MACHINE-NOTES: attach).
+
+        Args:
+            session_id: The session UUID.
+            cols: Terminal width in columns.
+            rows: Terminal height in rows.
+            term: ``TERM`` for the tmux client.
+            read_only: Attach with ``tmux attach -r`` (an observer).
+
+        Raises:
+            DockerError: the exec could not be created or started.
+        """
+        if not _TERM.match(term):
+            term = "xterm-256color"
+        attach = "tmux attach-session " + ("-r " if read_only else "") + f"-t {TMUX_SESSION}"
+        script = f"stty rows {int(rows)} cols {int(cols)} 2>/dev/null; exec {attach}"
+
+        def start() -> tuple[str, Any]:
+            created = self.api.exec_create(container_name(session_id), ["sh", "-c", script, ATTACH_MARKER],
+                                           stdin=True, tty=True, user=f"{uid}:{gid}",
+                                           environment={"TERM": term, "HOME": CONTAINER_HOME, "LANG": "C.UTF-8"})
+            wrapper = self.api.exec_start(created["Id"], socket=True, tty=True)
+            return created["Id"], wrapper
+
+        exec_id, wrapper = await self._call(f"attach to session {session_id}", start)
+        raw: socket.socket = getattr(wrapper, "_sock", wrapper)
+        reader, writer = await asyncio.open_connection(sock=raw, limit=1 << 20)
+        return ExecStream(exec_id, reader, writer, wrapper)
+
+    async def resize_exec(self, exec_id: str, cols: int, rows: int) -> None:
+        """Resize an exec's TTY (Docker ``POST /exec/{id}/resize``)."""
+        if cols > 0 and rows > 0:
+            await self._call("resize attach", self.api.exec_resize, exec_id, height=rows, width=cols)
+
+    async def detach_exec_client(self, session_id: str, exec_id: str) -> bool:
+        """Detach the tmux client an exec started, when its stream was closed under it.
+
+        Docker cannot kill an exec; closing its socket leaves tmux's client
+        attached forever. The exec's host PID (``exec_inspect``) is mapped to its
+        PID inside the container (``NSpid`` in ``/proc/<pid>/status``) and
+        matched against ``tmux list-clients``.
+
+        Returns:
+            True if a client was detached.
+        """
+        try:
+            info = await self._call("inspect attach", self.api.exec_inspect, exec_id)
+        except DockerError:
+            return False
+        if not info.get("Running") or not info.get("Pid"):
+            return False
+        inner = _namespaced_pid(int(info["Pid"]))
+        if inner is None:
+            return False
+        code, out = await self.exec(session_id, ["tmux", "list-clients", "-F", "#{client_pid} #{client_tty}"])
+        if code != 0:
+            return False
+        for line in out.decode("utf-8", "replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == str(inner):
+                code, _ = await self.exec(session_id, ["tmux", "detach-client", "-t", parts[1]])
+                return code == 0
+        return False
+
+    async def stale_attach_execs(self, session_id: str) -> list[str]:
+        """IDs of running attach execs in a container (from a previous agent process)."""
+        try:
+            info = await self._call("inspect container", self.api.inspect_container, container_name(session_id))
+        except DockerError:
+            return []
+        found = []
+        for exec_id in info.get("ExecIDs") or []:
+            try:
+                ex = await self._call("inspect exec", self.api.exec_inspect, exec_id)
+            except DockerError:
+                continue
+            if ex.get("Running") and ATTACH_MARKER in (ex.get("ProcessConfig") or {}).get("arguments", []):
+                found.append(exec_id)
+        return found
+
+
+def _state_from_row(row: dict[str, Any]) -> ContainerState | None:
+    labels = row.get("Labels") or {}
+    sid = labels.get(LABEL_SESSION)
+    if not sid:
+        return None
+    try:
+        cpus = float(labels.get(LABEL_CPUS, "0"))
+        memory = int(labels.get(LABEL_MEMORY, "0"))
+    except ValueError:
+        cpus, memory = 0.0, 0
+    status = str(row.get("State", ""))
+    return ContainerState(sid, row.get("Id", ""), status == "running", status, str(row.get("Image", "")), cpus, memory)
+
+
+def _namespaced_pid(host_pid: int) -> int | None:
+    """The innermost PID of ``host_pid`` (last ``NSpid`` field), or None if unknown."""
+    try:
+        with open(f"/proc/{host_pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None

@@ -1,0 +1,522 @@
+"""The agent's operations on sessions: what each RPC op does.
+
+:class:`AgentService` ties the session store, the lifecycle locks, the Docker
+runtime, admission control and the event sink together. Every method takes
+already-decoded params (see :mod:`convocate.common.ops`) and returns a
+JSON-ready result or raises a :class:`~convocate.common.errors.ConvocateError`.
+Lifecycle ops hold the session's lock for their whole duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from convocate.common import messages
+from convocate.common.errors import ConfigError, Conflict, DockerError, NotFound
+from convocate.common.fsutil import read_token
+from convocate.common.model import (
+    AUTO_PORT_LOW,
+    PORT_AUTO,
+    PORT_MAX,
+    SessionMeta,
+    SessionView,
+    new_uuid,
+)
+from convocate.common.ops import OPS
+from convocate.common.paths import Paths
+from convocate.common.protocol import (
+    CONTAINER_CREATED,
+    CONTAINER_DELETED,
+    CONTAINER_EDITED,
+    CONTAINER_STARTED,
+    CONTAINER_STOPPED,
+    SESSION_ATTACHED,
+    SESSION_DETACHED,
+    Event,
+)
+from convocate.common.timefmt import format_rfc3339, now_ns
+from convocate.common.version import PROTOCOL_VERSION, __version__
+from convocate_agent.admission import Admission, HostResources, Reservation, read_meminfo
+from convocate_agent.locks import SessionLocks
+from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
+from convocate_agent.settings import Settings, save_settings
+from convocate_agent.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+#: Seconds a started session may take to accept attaches.
+READY_TIMEOUT_S = 20.0
+
+
+class EventSink(Protocol):
+    """Where the agent's status events go (the status emitter, or the log)."""
+
+    def publish(self, event: Event) -> None: ...  # pragma: no cover - protocol
+
+
+class LogEventSink:
+    """Writes every event to the agent's log; used when no shell host is configured."""
+
+    def publish(self, event: Event) -> None:
+        log.info("event %s session=%s", event.type, event.session_id or "-")
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    """A decoded attach header (DESIGN §3, convocate-agent-attach).
+
+    Attributes:
+        session_id: The session UUID.
+        cols: Terminal width; 0 means 80.
+        rows: Terminal height; 0 means 24.
+        read_only: Attach as an observer.
+        term: ``TERM`` of the operator's terminal.
+    """
+
+    session_id: str
+    cols: int = 80
+    rows: int = 24
+    read_only: bool = False
+    term: str = "xterm-256color"
+
+
+class AgentService:
+    """Implements the RPC ops for one agent.
+
+    Args:
+        paths: Installation layout.
+        agent_id: This agent's 8-character ID.
+        settings: Current settings (replaced by ``settings-set``).
+        store: Session directories.
+        locks: Lifecycle locks.
+        runtime: Docker access.
+        host: The host's CPU and memory totals.
+        events: Where lifecycle events go.
+        uid: UID of the ``claude`` user in sessions.
+        gid: GID of the ``claude`` user in sessions.
+    """
+
+    def __init__(self, *, paths: Paths, agent_id: str, settings: Settings, store: SessionStore, locks: SessionLocks,
+                 runtime: DockerRuntime, host: HostResources, events: EventSink, uid: int, gid: int) -> None:
+        self.paths = paths
+        self.agent_id = agent_id
+        self.settings = settings
+        self.store = store
+        self.locks = locks
+        self.runtime = runtime
+        self.host = host
+        self.events = events
+        self.uid = uid
+        self.gid = gid
+        self.admission = Admission(host, self._running_reservations)
+        self._attached: dict[str, int] = {}
+        self._names_lock = asyncio.Lock()
+
+    # --- helpers ---------------------------------------------------------------
+    async def _running_reservations(self) -> dict[str, Reservation]:
+        return {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.runtime.containers()).items()
+                if c.running}
+
+    def _view(self, meta: SessionMeta, container: ContainerState | None, locked: bool | None = None) -> SessionView:
+        running = bool(container and container.running)
+        return SessionView(
+            meta=meta,
+            running=running,
+            attached_count=self._attached.get(meta.uuid, 0) if running else 0,
+            locked=self.locks.is_locked(meta.uuid) if locked is None else locked,
+        )
+
+    async def _wire(self, meta: SessionMeta, locked: bool | None = None) -> dict[str, Any]:
+        return self._view(meta, await self.runtime.container(meta.uuid), locked).to_wire()
+
+    def _emit(self, kind: str, session_id: str | None = None, data: Any = None) -> None:
+        self.events.publish(Event.now(kind, self.agent_id, session_id, data))
+
+    def current_image(self) -> str:
+        """The tag new containers start from (``/etc/convocate-agent/current-image``).
+
+        Raises:
+            ConfigError: the file is missing or empty.
+        """
+        image = read_token(self.paths.current_image_file)
+        if not image:
+            raise ConfigError(messages.NO_IMAGE.format(path=self.paths.current_image_file))
+        return image
+
+    def _session_environment(self) -> dict[str, str]:
+        """``KEY=VALUE`` lines of the root-only session env file (e.g. ``ANTHROPIC_API_KEY``)."""
+        env: dict[str, str] = {}
+        try:
+            text = self.paths.session_env_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return env
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            key = key.strip().removeprefix("export ").strip()
+            if key.isidentifier():
+                env[key] = value.strip().strip('"').strip("'")
+        return env
+
+    async def _require_running(self, session_id: str) -> ContainerState:
+        self.store.load(session_id)
+        state = await self.runtime.container(session_id)
+        if state is None or not state.running:
+            raise Conflict(messages.SESSION_NOT_RUNNING.format(id=session_id))
+        return state
+
+    # --- names and ports -----------------------------------------------------------
+    def _check_dns(self, dns_name: str, others: list[SessionMeta]) -> None:
+        if not dns_name:
+            return
+        for other in others:
+            if other.dns_name == dns_name:
+                raise Conflict(messages.DNS_NAME_IN_USE.format(dns_name=dns_name, owner=other.uuid))
+
+    def _resolve_port(self, port: int, protocol: str, others: list[SessionMeta]) -> int:
+        """Turn a requested port into the one to store (DESIGN §3 port rules).
+
+        Args:
+            port: 0 none, -1 auto, 1-65535 explicit.
+            protocol: ``tcp`` or ``udp``.
+            others: The agent's other sessions.
+
+        Raises:
+            Conflict: an explicit port is used by another session or busy on the host;
+                no free port is left for auto.
+        """
+        if port == 0:
+            return 0
+        used = {o.port: o for o in others if o.port and o.protocol == protocol}
+        if port == PORT_AUTO:
+            for candidate in range(AUTO_PORT_LOW, PORT_MAX + 1):
+                if candidate not in used and _port_free_on_host(candidate, protocol):
+                    return candidate
+            raise Conflict(messages.NO_FREE_PORT.format(protocol=protocol, low=AUTO_PORT_LOW))
+        if port in used:
+            raise Conflict(messages.PORT_IN_USE.format(port=port, protocol=protocol, owner=used[port].uuid))
+        if not _port_free_on_host(port, protocol):
+            raise Conflict(messages.PORT_BUSY_ON_HOST.format(port=port, protocol=protocol))
+        return port
+
+    def _others(self, exclude: str) -> list[SessionMeta]:
+        sessions, _ = self.store.load_all()
+        return [m for m in sessions if m.uuid != exclude]
+
+    # --- ops ------------------------------------------------------------------------
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "version": __version__,
+            "server_time": format_rfc3339(now_ns()),
+            "protocol": PROTOCOL_VERSION,
+            "capabilities": sorted(OPS) + ["attach.read_only", "rpc.multi_request"],
+        }
+
+    async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every session, newest ``last_accessed`` first; one Docker call for all of them."""
+        containers = await self.runtime.containers()
+        sessions, broken = self.store.load_all()
+        for b in broken:
+            log.warning("skipping session %s: %s", b.uuid, b.reason)
+        locked = self.locks.locked_ids()
+        sessions.sort(key=lambda m: m.last_accessed, reverse=True)
+        return [self._view(m, containers.get(m.uuid), m.uuid in locked).to_wire() for m in sessions]
+
+    async def get(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self._wire(self.store.load(params["id"]))
+
+    async def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Make a session; start it too when ``start`` is true (admission-checked first)."""
+        settings = self.settings
+        session_id = new_uuid()
+        start = params.get("start", False)
+        with self.locks.hold(session_id, "create"):
+            async with self._names_lock:
+                others = self._others(session_id)
+                dns_name = params.get("dns_name", "")
+                self._check_dns(dns_name, others)
+                protocol = params.get("protocol", "tcp")
+                port = self._resolve_port(params.get("port", 0), protocol, others)
+                now = now_ns()
+                meta = SessionMeta(
+                    uuid=session_id, name=params["name"], created_at=now, last_accessed=now, port=port,
+                    protocol=protocol, dns_name=dns_name, cpus=params.get("cpus", settings.default_cpus),
+                    memory_mb=params.get("memory_mb", settings.default_memory_mb),
+                )
+                if start:
+                    image = self.current_image()  # fail before anything is made
+                await asyncio.to_thread(self.store.create, meta)
+            if not start:
+                wire = self._view(meta, None, False).to_wire()
+                self._emit(CONTAINER_CREATED, session_id, wire)
+                return wire
+            try:
+                meta = await self._start(meta, image)
+            except BaseException:
+                # The caller asked for a running session and gets an error: leave nothing behind.
+                await self.runtime.remove(session_id)
+                await asyncio.to_thread(self.store.trash, session_id)
+                raise
+            wire = self._view(meta, ContainerState(session_id, "", True, "running", image, meta.cpus, meta.memory_mb),
+                              False).to_wire()
+            self._emit(CONTAINER_CREATED, session_id, wire)
+            self._emit(CONTAINER_STARTED, session_id, wire)
+            return wire
+
+    async def _start(self, meta: SessionMeta, image: str) -> SessionMeta:
+        """Admit, start and wait for a session's container; persists the image used."""
+        spec = SessionSpec(
+            session_id=meta.uuid, image=image, home=self.paths.session_dir(meta.uuid), cpus=meta.cpus,
+            memory_mb=meta.memory_mb, port=meta.port, protocol=meta.protocol,
+            hostname=meta.dns_name.split(".")[0] if meta.dns_name else f"session-{meta.uuid[:8]}",
+            agent_command=self.settings.agent_command, environment=self._session_environment(),
+            claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
+            uid=self.uid, gid=self.gid,
+        )
+        async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
+            await self.runtime.start(spec)
+            waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
+        log.info("session %s ready in %.0f ms (image %s)", meta.uuid, waited * 1000, image)
+        meta = meta.with_changes(image=image, last_accessed=now_ns())
+        self.store.save(meta)
+        return meta
+
+    async def edit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Change name, port, protocol, DNS name, CPUs or memory; limits and ports apply at the next restart."""
+        session_id = params["id"]
+        with self.locks.hold(session_id, "edit"):
+            async with self._names_lock:
+                meta = self.store.load(session_id)
+                others = self._others(session_id)
+                changes: dict[str, Any] = {}
+                for key in ("name", "cpus", "memory_mb"):
+                    if key in params:
+                        changes[key] = params[key]
+                if "dns_name" in params and params["dns_name"] != meta.dns_name:
+                    self._check_dns(params["dns_name"], others)
+                    changes["dns_name"] = params["dns_name"]
+                protocol = params.get("protocol", meta.protocol)
+                port = params.get("port", meta.port)
+                if (port, protocol) != (meta.port, meta.protocol):
+                    changes["port"] = self._resolve_port(port, protocol, others)
+                    changes["protocol"] = protocol
+                meta = meta.with_changes(**changes)
+                self.store.save(meta)
+            wire = await self._wire(meta, locked=False)
+        self._emit(CONTAINER_EDITED, session_id, wire)
+        return wire
+
+    async def clone(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Copy a session's home into a new session (new UUID, no port, no DNS name)."""
+        source_id = params["source_id"]
+        source = self.store.load(source_id)
+        session_id = new_uuid()
+        with self.locks.hold(source_id, "clone"), self.locks.hold(session_id, "clone"):
+            now = now_ns()
+            meta = SessionMeta(uuid=session_id, name=params["name"], created_at=now, last_accessed=now,
+                               cpus=source.cpus, memory_mb=source.memory_mb)
+            await asyncio.to_thread(self.store.clone, source_id, meta)
+        wire = self._view(meta, None, False).to_wire()
+        self._emit(CONTAINER_CREATED, session_id, wire)
+        return wire
+
+    async def delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Move a stopped session's home to the trash and remove its container."""
+        session_id = params["id"]
+        self.store.load(session_id)
+        with self.locks.hold(session_id, "delete"):
+            state = await self.runtime.container(session_id)
+            if state is not None and state.running:
+                raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
+            await self.runtime.remove(session_id)
+            trashed = await asyncio.to_thread(self.store.trash, session_id)
+        self._emit(CONTAINER_DELETED, session_id)
+        return {"uuid": session_id, "trash": trashed.name}
+
+    async def kill(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stop a session's container (SIGTERM, SIGKILL after 10 s). Stopping a stopped session is a no-op."""
+        session_id = params["id"]
+        meta = self.store.load(session_id)
+        with self.locks.hold(session_id, "kill"):
+            was_running = await self.runtime.stop(session_id)
+            meta = self.store.touch(session_id) if was_running else meta
+            wire = await self._wire(meta, locked=False)
+        if was_running:
+            self._emit(CONTAINER_STOPPED, session_id, wire)
+        return wire
+
+    async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        """(Re)start a session's container from the current image; admission-checked."""
+        session_id = params["id"]
+        meta = self.store.load(session_id)
+        with self.locks.hold(session_id, "restart"):
+            image = self.current_image()
+            if await self.runtime.stop(session_id):
+                self._emit(CONTAINER_STOPPED, session_id, self._view(meta, None, True).to_wire())
+            meta = await self._start(meta, image)
+            wire = await self._wire(meta, locked=False)
+        self._emit(CONTAINER_STARTED, session_id, wire)
+        return wire
+
+    async def background(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Detach every operator from the session; it keeps running."""
+        session_id = params["id"]
+        await self._require_running(session_id)
+        await self.runtime.detach_all(session_id)
+        return await self._wire(self.store.load(session_id))
+
+    async def override(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Take a session over: clear a stale lock, and detach whoever is attached."""
+        session_id = params["id"]
+        meta = self.store.load(session_id)
+        cleared = self.locks.clear_stale(session_id)
+        detached = 0
+        state = await self.runtime.container(session_id)
+        if state is not None and state.running:
+            detached = await self.runtime.detach_all(session_id)
+        wire = await self._wire(meta)
+        return {"session": wire, "cleared_lock": cleared.describe() if cleared else "", "detached": detached}
+
+    async def settings_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.settings.to_json()
+
+    async def settings_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate a partial update, persist it atomically, and return the new settings."""
+        updated = self.settings.updated(params)
+        await asyncio.to_thread(save_settings, self.paths.agent_settings, updated)
+        self.settings = updated
+        log.info("settings changed: %s", ", ".join(sorted(params)) or "nothing")
+        return updated.to_json()
+
+    async def capture(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The session pane's text; ``lines`` > 0 includes that many lines of history."""
+        session_id = params["id"]
+        await self._require_running(session_id)
+        args = ["capture-pane", "-p", "-J", "-t", TMUX_SESSION]
+        if params.get("lines", 0) > 0:
+            args += ["-S", f"-{params['lines']}"]
+        out = await self.runtime.tmux(session_id, *args)
+        return {"uuid": session_id, "text": out.decode("utf-8", "replace")}
+
+    async def send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Type ``text`` into the session (tmux ``send-keys -l``), then Enter if asked."""
+        session_id = params["id"]
+        await self._require_running(session_id)
+        if params["text"]:
+            await self.runtime.tmux(session_id, "send-keys", "-t", TMUX_SESSION, "-l", "--", params["text"])
+        if params.get("enter", False):
+            await self.runtime.tmux(session_id, "send-keys", "-t", TMUX_SESSION, "Enter")
+        return {"uuid": session_id, "sent": len(params["text"]), "enter": params.get("enter", False)}
+
+    async def capacity(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Host totals, reservations of running sessions, live usage and the 90% limits."""
+        running = await self._running_reservations()
+        reserved = Reservation()
+        for r in running.values():
+            reserved = reserved + r
+        limits = self.host.limits
+        meminfo = await asyncio.to_thread(read_meminfo)
+        load1, load5, load15 = os.getloadavg()
+        return {
+            "host": {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb},
+            "limits": {"cpus": limits.cpus, "memory_mb": limits.memory_mb, "fraction": 0.9},
+            "reserved": {"cpus": reserved.cpus, "memory_mb": reserved.memory_mb, "sessions": len(running)},
+            "usage": {
+                "load1": load1, "load5": load5, "load15": load15,
+                "memory_used_mb": (meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0)) // 1024,
+                "memory_available_mb": meminfo.get("MemAvailable", 0) // 1024,
+            },
+        }
+
+    # --- attach ----------------------------------------------------------------
+    async def open_attach(self, request: AttachRequest) -> ExecStream:
+        """Start an attach exec for ``request`` and count the operator as attached.
+
+        Raises:
+            NotFound: no such session.
+            Conflict: the session is not running.
+            DockerError: the exec could not be started.
+        """
+        await self._require_running(request.session_id)
+        stream = await self.runtime.open_attach(request.session_id, cols=request.cols, rows=request.rows,
+                                                term=request.term, read_only=request.read_only,
+                                                uid=self.uid, gid=self.gid)
+        sid = request.session_id
+        self._attached[sid] = self._attached.get(sid, 0) + 1
+        try:
+            meta = self.store.touch(sid)
+        except (NotFound, ConfigError, OSError) as e:
+            log.warning("attach %s: cannot record last access: %s", sid, e)
+        else:
+            self._emit(SESSION_ATTACHED, sid, {"read_only": request.read_only,
+                                               "attached_count": self._attached[sid], "name": meta.name})
+        return stream
+
+    def close_attach(self, session_id: str) -> None:
+        """Count an operator as detached."""
+        count = max(0, self._attached.get(session_id, 0) - 1)
+        if count:
+            self._attached[session_id] = count
+        else:
+            self._attached.pop(session_id, None)
+        self._emit(SESSION_DETACHED, session_id, {"attached_count": count})
+
+    # --- start-up -------------------------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        """Clean up after a crash and re-discover containers; run once before serving.
+
+        Removes half-built homes and stale locks, removes stopped containers whose
+        session is gone, and detaches tmux clients left by a previous agent's attaches.
+
+        Returns:
+            Counts of what was found and cleaned, for the start-up log.
+        """
+        staged = self.store.sweep_staging()
+        stale = self.locks.sweep()
+        report = {"staging_removed": len(staged), "stale_locks": len(stale), "containers": 0, "running": 0,
+                  "orphan_containers_removed": 0, "stale_attaches": 0}
+        try:
+            containers = await self.runtime.containers()
+        except DockerError as e:
+            log.warning("cannot re-discover containers: %s", e)
+            return report
+        report["containers"] = len(containers)
+        for sid, state in containers.items():
+            if not self.store.exists(sid):
+                if state.running:
+                    log.warning("container %s runs for session %s, whose directory is gone; left running",
+                                state.container_id[:12], sid)
+                else:
+                    await self.runtime.remove(sid)
+                    report["orphan_containers_removed"] += 1
+                continue
+            if state.running:
+                report["running"] += 1
+                for exec_id in await self.runtime.stale_attach_execs(sid):
+                    if await self.runtime.detach_exec_client(sid, exec_id):
+                        report["stale_attaches"] += 1
+        return report
+
+
+def _port_free_on_host(port: int, protocol: str) -> bool:
+    """Whether ``port`` can be bound on all IPv4 addresses for ``protocol`` right now."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True

@@ -1,0 +1,142 @@
+"""The agent's settings: defaults for new sessions and the agent's own cadences.
+
+Persisted in ``/etc/convocate-agent/settings.json`` (atomically), read at start
+and changed through the ``settings-get``/``settings-set`` ops. A missing file
+means all defaults; an invalid file stops the agent with a message naming the
+field, rather than running with half of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest, ConfigError
+from convocate.common.fsutil import atomic_write
+from convocate.common.ops import CPUS_MAX, CPUS_MIN, MEMORY_MAX_MB, MEMORY_MIN_MB
+from convocate.common.protocol import json_type
+
+IMAGE_PRUNE_POLICIES = ("unused", "never")
+AGENT_COMMAND_MAX = 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Agent settings.
+
+    Attributes:
+        default_cpus: CPU limit and reservation of a new session, in cores.
+        default_memory_mb: Memory limit and reservation of a new session, in MiB.
+        agent_command: Command the session supervisor runs in tmux; after a
+            crash it is resumed with ``-c``.
+        heartbeat_interval_s: Seconds between ``agent.heartbeat`` events.
+        trash_retention_days: Days a deleted session's home stays in the trash.
+        image_prune: ``unused`` removes ``convocate:*`` tags no container uses
+            (except the current one) daily; ``never`` keeps them.
+    """
+
+    default_cpus: float = 0.5
+    default_memory_mb: int = 1024
+    agent_command: str = "claude"
+    heartbeat_interval_s: int = 30
+    trash_retention_days: int = 7
+    image_prune: str = "unused"
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings object on the wire and on disk."""
+        return asdict(self)
+
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """Apply a partial update, checking every field.
+
+        Args:
+            changes: Field → new value; unknown fields are refused.
+
+        Returns:
+            The new settings (``self`` is unchanged).
+
+        Raises:
+            BadRequest: ``decode params: ...`` naming the offending field.
+        """
+        known = {f.name for f in fields(self)}
+        for key in changes:
+            if key not in known:
+                raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.UNKNOWN_FIELD.format(field=key)))
+        checked = {key: _check(key, value) for key, value in changes.items()}
+        return replace(self, **checked)
+
+
+def _bad(detail: str) -> BadRequest:
+    return BadRequest(messages.DECODE_PARAMS.format(detail=detail))
+
+
+def _wrong_type(key: str, expected: str, value: Any) -> BadRequest:
+    return _bad(messages.WRONG_TYPE.format(field=key, expected=expected, got=json_type(value)))
+
+
+def _int_in(key: str, value: Any, low: int, high: int, unit: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(key, "an integer", value)
+    if not (low <= value <= high):
+        raise _bad(messages.BAD_RANGE.format(field=key, value=value, low=low, high=high, unit=unit))
+    return value
+
+
+def _check(key: str, value: Any) -> Any:
+    if key == "default_cpus":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong_type(key, "a number", value)
+        if not (CPUS_MIN <= value <= CPUS_MAX):
+            raise _bad(messages.BAD_RANGE.format(field=key, value=value, low=CPUS_MIN, high=CPUS_MAX, unit=" cores"))
+        return float(value)
+    if key == "default_memory_mb":
+        return _int_in(key, value, MEMORY_MIN_MB, MEMORY_MAX_MB, " MiB")
+    if key == "heartbeat_interval_s":
+        return _int_in(key, value, 1, 3600, " s")
+    if key == "trash_retention_days":
+        return _int_in(key, value, 0, 3650, " days")
+    if key == "agent_command":
+        if not isinstance(value, str):
+            raise _wrong_type(key, "a string", value)
+        if not value.strip():
+            raise _bad(messages.BAD_TEXT.format(field=key, reason="must not be empty"))
+        if len(value) > AGENT_COMMAND_MAX or any(c in value for c in "\n\r\x00"):
+            raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be one line of at most {AGENT_COMMAND_MAX} characters"))
+        return value
+    if key == "image_prune":
+        if value not in IMAGE_PRUNE_POLICIES:
+            raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be one of {', '.join(IMAGE_PRUNE_POLICIES)}"))
+        return value
+    raise _bad(messages.UNKNOWN_FIELD.format(field=key))  # pragma: no cover - guarded by updated()
+
+
+def load_settings(path: Path) -> Settings:
+    """Read the settings file; defaults when it does not exist.
+
+    Raises:
+        ConfigError: the file is unreadable, not JSON, or has an invalid field.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read settings: {e}") from e
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"{path}: settings are not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: settings must be a JSON object")
+    try:
+        return Settings().updated(obj)
+    except BadRequest as e:
+        raise ConfigError(f"{path}: {e.message.removeprefix('decode params: ')}") from e
+
+
+def save_settings(path: Path, settings: Settings) -> None:
+    """Write the settings file atomically (mode 0644)."""
+    atomic_write(path, (json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n").encode(), mode=0o644)

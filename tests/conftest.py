@@ -1,0 +1,159 @@
+"""Shared fixtures: a real agent on loopback, clients for it, and Docker clean-up.
+
+The agent runs as a real ``convocate-agent serve`` subprocess under a
+relocated root (``CONVOCATE_ROOT``) in pytest's temp dir, with the session
+test image (``CONVOCATE_TEST_IMAGE``, built by ``./build.sh image``). Every
+container it creates carries the label ``convocate.root=<that root>``; they
+are force-removed when the agent fixture ends, and leftovers of crashed runs
+(roots under pytest's temp base) are swept when the session starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import docker
+import pytest
+
+from convocate.common import keys
+from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from tests.harness import LocalCluster, remove_containers
+
+TEST_IMAGE = os.environ.get("CONVOCATE_TEST_IMAGE", "convocate:0.1.0-standin")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scrub_ssh_agent() -> None:
+    """Tests never use the developer's ssh-agent."""
+    os.environ.pop("SSH_AUTH_SOCK", None)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    try:
+        client.ping()
+    except docker.errors.DockerException as e:  # pragma: no cover - environment problem
+        pytest.fail(f"dockerd is not reachable ({e}); run ./build.sh deps")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def session_image(docker_client: docker.DockerClient) -> str:
+    try:
+        docker_client.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:  # pragma: no cover - environment problem
+        pytest.fail(f"session image {TEST_IMAGE} is missing; run ./build.sh image")
+    return TEST_IMAGE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Remove containers that earlier, crashed runs left under pytest's temp roots."""
+    base = str(tmp_path_factory.getbasetemp().parent)
+
+    def sweep() -> None:
+        try:
+            client = docker.from_env()
+        except docker.errors.DockerException:
+            return
+        with contextlib.closing(client):
+            for c in client.containers.list(all=True, filters={"label": "convocate.root"}):
+                if c.labels.get("convocate.root", "").startswith(base):
+                    with contextlib.suppress(docker.errors.APIError):
+                        c.remove(force=True)
+
+    sweep()
+    yield
+    sweep()
+
+
+def _make_cluster(root: Path, image: str) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(root=root, image=image)
+    cluster.install()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        remove_containers(root)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterator[LocalCluster]:
+    """A running agent shared by the tests of one module."""
+    yield from _make_cluster(tmp_path_factory.mktemp("cluster"), session_image)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path, session_image: str) -> Iterator[LocalCluster]:
+    """A running agent of the test's own (for tests that stop or break it)."""
+    yield from _make_cluster(tmp_path / "root", session_image)
+
+
+@pytest.fixture
+async def ssh(cluster: LocalCluster) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """An asyncssh connection to the module's agent, as the registered shell."""
+    async with connect(cluster) as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def connect(cluster: LocalCluster, key: asyncssh.SSHKey | None = None,
+                  **options: Any) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """Connect to ``cluster``'s agent, pinning its host key."""
+    host_key = keys.load_private_key(cluster.paths.agent_host_key).convert_to_public()
+    client_key = key or keys.load_private_key(cluster.shell_key_path)
+    conn = await asyncssh.connect("127.0.0.1", cluster.port, username="claude", client_keys=[client_key],
+                                  known_hosts=([host_key], [], []), agent_path=None, config=None, **options)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+async def rpc(conn: asyncssh.SSHClientConnection, op: str, params: dict[str, Any] | None = None,
+              **envelope: Any) -> dict[str, Any]:
+    """Send one request on its own channel (the original clients' style) and return the response object."""
+    process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
+    request: dict[str, Any] = {"op": op, "params": params if params is not None else {}}
+    request.update(envelope)
+    process.stdin.write(encode_line(request))
+    process.stdin.write_eof()
+    out = await asyncio.wait_for(process.stdout.read(), 60)
+    process.close()
+    lines = out.splitlines()
+    assert len(lines) == 1, f"expected one response line, got {out!r}"
+    return json.loads(lines[0])
+
+
+async def rpc_ok(conn: asyncssh.SSHClientConnection, op: str, params: dict[str, Any] | None = None) -> Any:
+    """Like :func:`rpc` but asserts success and returns ``result``."""
+    response = await rpc(conn, op, params)
+    assert response["ok"], response
+    return response.get("result")
+
+
+def openssh_args(cluster: LocalCluster, tmp_path: Path, key_path: Path | None = None) -> list[str]:
+    """``ssh`` options that reach the agent with the shell's key and its pinned host key."""
+    known = tmp_path / "known_hosts"
+    host_key = keys.load_private_key(cluster.paths.agent_host_key)
+    known.write_text(f"[127.0.0.1]:{cluster.port} {keys.public_key_line(host_key)}\n")
+    return ["ssh", "-F", "none", "-p", str(cluster.port), "-i", str(key_path or cluster.shell_key_path),
+            "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "claude@127.0.0.1"]
+
+
+def run_openssh(args: list[str], input: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    return subprocess.run(args, input=input, capture_output=True, timeout=timeout, env=env)

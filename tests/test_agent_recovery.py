@@ -1,0 +1,82 @@
+"""An agent that stops or crashes leaves sessions running, and cleans up after itself at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from convocate.common.model import new_uuid
+from convocate_agent.locks import process_start_time
+from tests.conftest import connect, rpc_ok
+from tests.test_agent_attach import open_attach, tmux_clients, wait_clients
+
+pytestmark = pytest.mark.docker
+
+
+async def test_a_killed_agent_restarts_clean(fresh_cluster, docker_client):
+    cluster = fresh_cluster
+    async with connect(cluster) as conn:
+        made = await rpc_ok(conn, "create", {"name": "survivor", "cpus": 0.2, "memory_mb": 200, "start": True})
+        sid = made["uuid"]
+        process, screen = await open_attach(conn, sid)
+        await screen.wait_for(b"> ")
+        assert len(tmux_clients(docker_client, sid)) == 1
+
+        # What a crash in the middle of ops leaves: a lock held by the agent itself, a half-built home.
+        pid = cluster.process.pid
+        cluster.paths.lock_file(sid).write_text(f"{pid}\nrestart {process_start_time(pid)}\n")
+        half = cluster.paths.staging_dir / new_uuid()
+        half.mkdir(parents=True)
+        (half / "partial").write_text("x")
+        assert (await rpc_ok(conn, "get", {"id": sid}))["running"]
+
+        cluster.stop(signal.SIGKILL)
+        # The session's container belongs to dockerd, not to the agent.
+        assert docker_client.containers.get(f"convocate-session-{sid}").status == "running"
+        # The dead relay left its tmux client attached.
+        assert len(tmux_clients(docker_client, sid)) == 1
+
+    cluster.start()
+    await wait_clients(docker_client, sid, 0)
+    assert not cluster.paths.lock_file(sid).exists()
+    assert list(cluster.paths.staging_dir.iterdir()) == []
+    assert "stale_locks=1" in cluster.log_text() and "stale_attaches=1" in cluster.log_text()
+    async with connect(cluster) as conn:
+        again = await rpc_ok(conn, "get", {"id": sid})
+        assert again["running"] and again["state"] == "R" and again["name"] == "survivor"
+        process, screen = await open_attach(conn, sid)
+        await screen.wait_for(b"> ")
+        process.stdin.write(b"still here\r")
+        await screen.wait_for(b"echo: still here")
+        process.stdin.write(b"\x02d")
+        await screen.drain_to_eof()
+
+
+async def test_sigterm_stops_the_agent_promptly_and_leaves_sessions_running(fresh_cluster, docker_client):
+    cluster = fresh_cluster
+    async with connect(cluster) as conn:
+        made = await rpc_ok(conn, "create", {"name": "stays", "cpus": 0.2, "memory_mb": 200, "start": True})
+        sid = made["uuid"]
+        process, screen = await open_attach(conn, sid)
+        await screen.wait_for(b"> ")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status = await asyncio.to_thread(cluster.stop, signal.SIGTERM)
+        assert status == 0 and loop.time() - started < 5
+        await asyncio.wait_for(screen.drain_to_eof(), 10)  # the operator's channel was closed
+    assert docker_client.containers.get(f"convocate-session-{sid}").status == "running"
+    await wait_clients(docker_client, sid, 0)
+    assert "convocate-agent stopped" in cluster.log_text()
+
+
+def test_serve_without_install_says_what_to_do(tmp_path):
+    from tests.harness import LocalCluster
+
+    result = LocalCluster(root=tmp_path, image="x").run_role("convocate_agent", "serve", "--listen", "127.0.0.1:0",
+                                                             check=False, timeout=30)
+    assert result.returncode == 78
+    assert "agent-id is missing: run `convocate-agent install` first" in result.stderr
+    assert os.listdir(tmp_path) == []

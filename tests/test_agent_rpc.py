@@ -1,0 +1,214 @@
+"""Every RPC op against a real agent, real dockerd and the session test image."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import docker
+import pytest
+
+from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from tests.conftest import openssh_args, rpc, rpc_ok, run_openssh
+
+pytestmark = pytest.mark.docker
+
+
+async def wait_for_text(conn, sid, text, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        screen = (await rpc_ok(conn, "capture", {"id": sid}))["text"]
+        if text in screen:
+            return screen
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{text!r} not on screen:\n{screen}")
+        await asyncio.sleep(0.05)
+
+
+async def test_ping_reports_identity_version_and_capabilities(ssh, cluster):
+    result = await rpc_ok(ssh, "ping")
+    assert result["agent_id"] == cluster.agent_id and result["version"] == "0.1.0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", result["server_time"])
+    assert {"create", "capture", "capacity"} <= set(result["capabilities"])
+
+
+def test_openssh_speaks_the_rpc_subsystem(cluster, tmp_path):
+    done = run_openssh(openssh_args(cluster, tmp_path) + ["-s", RPC_SUBSYSTEM],
+                       input=b'{"op":"ping","params":{}}\n')
+    assert done.returncode == 0, done.stderr
+    response = json.loads(done.stdout)
+    assert response["ok"] and response["result"]["agent_id"] == cluster.agent_id
+
+
+async def test_several_requests_on_one_channel_are_answered_in_order_with_ids(ssh):
+    process = await ssh.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
+    for i, op in enumerate(["ping", "list", "settings-get", "capacity", "nope"]):
+        process.stdin.write(encode_line({"op": op, "params": {}, "id": i}))
+    process.stdin.write_eof()
+    lines = (await asyncio.wait_for(process.stdout.read(), 30)).splitlines()
+    responses = [json.loads(line) for line in lines]
+    assert [r["id"] for r in responses] == [0, 1, 2, 3, 4]
+    assert [r["ok"] for r in responses] == [True, True, True, True, False]
+    assert responses[4]["error"] == 'unknown op: "nope"'
+
+
+async def test_channel_stays_open_for_a_client_that_keeps_it(ssh):
+    process = await ssh.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
+    for i in range(3):
+        process.stdin.write(encode_line({"op": "ping", "id": i}))
+        line = await asyncio.wait_for(process.stdout.readline(), 10)
+        assert json.loads(line)["id"] == i
+    process.stdin.write_eof()
+    assert await asyncio.wait_for(process.stdout.read(), 10) == b""
+    await asyncio.wait_for(process.wait_closed(), 10)
+
+
+async def test_session_lifecycle_through_every_op(ssh, cluster, docker_client):
+    created = await rpc_ok(ssh, "create", {"name": "life", "port": -1, "dns_name": "Life", "cpus": 0.25,
+                                           "memory_mb": 256, "start": True})
+    sid = created["uuid"]
+    assert created["running"] and created["state"] == "R" and created["dns_name"] == "life"
+    assert created["port"] >= 1001 and created["protocol"] == "tcp"
+    assert created["image"] == cluster.image
+
+    container = docker_client.containers.get(f"convocate-session-{sid}")
+    labels = container.labels
+    assert labels["convocate.session"] == sid and labels["convocate.agent"] == cluster.agent_id
+    host = container.attrs["HostConfig"]
+    assert host["NanoCpus"] == 250_000_000 and host["Memory"] == 256 * 1024 * 1024 and host["Init"] is True
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts["/home/claude"]["Source"] == str(cluster.paths.session_dir(sid))
+    assert not any("convocate-agent" in m["Source"] for m in container.attrs["Mounts"])
+
+    assert (await rpc_ok(ssh, "get", {"id": sid}))["uuid"] == sid
+    listed = await rpc_ok(ssh, "list")
+    assert listed[0]["uuid"] == sid  # newest access first
+
+    await wait_for_text(ssh, sid, "convocate stand-in claude")
+    assert await rpc_ok(ssh, "send", {"id": sid, "text": "hello agent", "enter": True})
+    await wait_for_text(ssh, sid, "echo: hello agent")
+    history = await rpc_ok(ssh, "capture", {"id": sid, "lines": 100})
+    assert "echo: hello agent" in history["text"]
+
+    edited = await rpc_ok(ssh, "edit", {"id": sid, "name": "renamed", "dns_name": "", "memory_mb": 300})
+    assert edited["name"] == "renamed" and "dns_name" not in edited and edited["memory_mb"] == 300
+
+    background = await rpc_ok(ssh, "background", {"id": sid})
+    assert background["state"] == "R"
+    override = await rpc_ok(ssh, "override", {"id": sid})
+    assert override["detached"] == 0 and override["cleared_lock"] == ""
+
+    restarted = await rpc_ok(ssh, "restart", {"id": sid})
+    assert restarted["running"] and restarted["memory_mb"] == 300
+    assert docker_client.containers.get(f"convocate-session-{sid}").attrs["HostConfig"]["Memory"] == 300 * 1024 * 1024
+
+    refused = await rpc(ssh, "delete", {"id": sid})
+    assert refused == {"ok": False, "error": f'session "{sid}" is running; kill it first', "code": "conflict"}
+
+    killed = await rpc_ok(ssh, "kill", {"id": sid})
+    assert not killed["running"] and killed["state"] == "-"
+    assert (await rpc_ok(ssh, "kill", {"id": sid}))["state"] == "-"  # idempotent
+
+    cloned = await rpc_ok(ssh, "clone", {"source_id": sid, "name": "copy"})
+    assert cloned["uuid"] != sid and "port" not in cloned and not cloned["running"]
+    assert (cluster.paths.session_dir(cloned["uuid"]) / "CLAUDE.md").exists()
+
+    deleted = await rpc_ok(ssh, "delete", {"id": sid})
+    assert deleted["uuid"] == sid
+    assert (cluster.paths.trash_dir / deleted["trash"] / "session.json").exists()
+    assert not cluster.paths.session_dir(sid).exists()
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(f"convocate-session-{sid}")
+    gone = await rpc(ssh, "get", {"id": sid})
+    assert gone == {"ok": False, "error": f'session "{sid}" does not exist', "code": "not_found"}
+    await rpc_ok(ssh, "delete", {"id": cloned["uuid"]})
+
+
+async def test_list_makes_one_docker_query_and_shows_states(ssh):
+    stopped = await rpc_ok(ssh, "create", {"name": "stopped", "memory_mb": 128, "cpus": 0.1})
+    running = await rpc_ok(ssh, "create", {"name": "running", "memory_mb": 128, "cpus": 0.1, "start": True})
+    states = {s["uuid"]: s["state"] for s in await rpc_ok(ssh, "list")}
+    assert states[stopped["uuid"]] == "-" and states[running["uuid"]] == "R"
+    await rpc_ok(ssh, "kill", {"id": running["uuid"]})
+    for s in (stopped, running):
+        await rpc_ok(ssh, "delete", {"id": s["uuid"]})
+
+
+async def test_explicit_port_conflicts_are_refused(ssh):
+    first = await rpc_ok(ssh, "create", {"name": "p1", "port": 40111})
+    dup = await rpc(ssh, "create", {"name": "p2", "port": 40111})
+    assert dup["code"] == "conflict" and "40111/tcp is already used by session" in dup["error"]
+    udp = await rpc_ok(ssh, "create", {"name": "p3", "port": 40111, "protocol": "udp"})
+    dns = await rpc_ok(ssh, "create", {"name": "d1", "dns_name": "taken"})
+    clash = await rpc(ssh, "edit", {"id": udp["uuid"], "dns_name": "TAKEN"})
+    assert clash["code"] == "conflict" and 'dns name "taken" is already used' in clash["error"]
+    for s in (first, udp, dns):
+        await rpc_ok(ssh, "delete", {"id": s["uuid"]})
+
+
+async def test_a_port_busy_on_the_host_is_refused(ssh):
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        busy = await rpc(ssh, "create", {"name": "busy", "port": port})
+    assert busy == {"ok": False, "error": f"port {port}/tcp is in use on the agent host", "code": "conflict"}
+
+
+async def test_settings_get_and_set_persist(ssh, cluster):
+    before = await rpc_ok(ssh, "settings-get")
+    assert before["agent_command"] == "claude"
+    after = await rpc_ok(ssh, "settings-set", {"default_cpus": 0.2, "default_memory_mb": 200})
+    assert after["default_cpus"] == 0.2 and after["default_memory_mb"] == 200
+    assert json.loads(cluster.paths.agent_settings.read_text())["default_memory_mb"] == 200
+    bad = await rpc(ssh, "settings-set", {"default_cpus": "lots"})
+    assert bad["code"] == "bad_request" and 'field "default_cpus" must be a number' in bad["error"]
+    made = await rpc_ok(ssh, "create", {"name": "defaults"})
+    assert made["cpus"] == 0.2 and made["memory_mb"] == 200
+    await rpc_ok(ssh, "delete", {"id": made["uuid"]})
+    await rpc_ok(ssh, "settings-set", {"default_cpus": before["default_cpus"],
+                                       "default_memory_mb": before["default_memory_mb"]})
+
+
+async def test_capacity_reports_totals_reservations_and_limits(ssh):
+    s = await rpc_ok(ssh, "create", {"name": "cap", "cpus": 0.3, "memory_mb": 300, "start": True})
+    cap = await rpc_ok(ssh, "capacity")
+    assert cap["limits"]["cpus"] == pytest.approx(cap["host"]["cpus"] * 0.9)
+    assert cap["reserved"]["cpus"] >= 0.3 and cap["reserved"]["memory_mb"] >= 300
+    assert cap["usage"]["memory_available_mb"] > 0
+    await rpc_ok(ssh, "kill", {"id": s["uuid"]})
+    await rpc_ok(ssh, "delete", {"id": s["uuid"]})
+
+
+async def test_admission_refuses_what_does_not_fit(ssh):
+    cap = await rpc_ok(ssh, "capacity")
+    too_much = cap["limits"]["cpus"] - cap["reserved"]["cpus"] + 0.5
+    refused = await rpc(ssh, "create", {"name": "huge", "cpus": round(too_much, 2), "memory_mb": 64, "start": True})
+    assert refused["code"] == "admission_denied" and refused["error"].startswith("admission denied: cpus asked")
+    assert not any(s["name"] == "huge" for s in await rpc_ok(ssh, "list"))  # nothing half-made
+
+
+async def test_a_failed_start_leaves_nothing_behind(ssh, cluster):
+    image_file = cluster.paths.current_image_file
+    image_file.write_text("convocate:no-such-tag\n")
+    try:
+        refused = await rpc(ssh, "create", {"name": "noimage", "memory_mb": 64, "cpus": 0.1, "start": True})
+    finally:
+        image_file.write_text(f"{cluster.image}\n")
+    assert refused["code"] == "docker_error" and "convocate:no-such-tag" in refused["error"]
+    assert not any(s["name"] == "noimage" for s in await rpc_ok(ssh, "list"))
+    assert list(cluster.paths.staging_dir.iterdir()) == []
+
+
+async def test_a_missing_current_image_is_a_clear_error(ssh, cluster):
+    image_file = cluster.paths.current_image_file
+    image_file.unlink()
+    try:
+        refused = await rpc(ssh, "create", {"name": "x", "start": True})
+    finally:
+        image_file.write_text(f"{cluster.image}\n")
+    assert refused["code"] == "internal" and "no session image configured" in refused["error"]

@@ -1,0 +1,163 @@
+"""The ``convocate`` CLI against a real agent; ``attach`` through a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.harness import REPO, LocalCluster, python
+
+pytestmark = pytest.mark.docker
+
+
+def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = cluster.run_role("convocate", *args, check=False, timeout=120)
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_ls_new_and_lifecycle_verbs(cluster):
+    made = json.loads(cli(cluster, "new", "cli-one", "--port", "-1", "--dns", "cli-one", "--cpus", "0.2",
+                          "--memory", "200", "--json").stdout)
+    sid = made["uuid"]
+    assert made["agent_id"] == cluster.agent_id and made["state"] == "R"
+
+    table = cli(cluster, "ls").stdout.splitlines()
+    assert table[0].split()[:5] == ["#", "ST", "NAME", "AGENT", "SESSION"]
+    row = next(line for line in table if "cli-one" in line)
+    assert row.split()[1] == "R" and sid[:8] in row and f"{made['port']}/tcp" in row
+    assert any(s["uuid"] == sid for s in json.loads(cli(cluster, "ls", "--json").stdout))
+
+    cli(cluster, "send", "cli-one", "hello", "from", "cli")
+    for _ in range(100):
+        screen = cli(cluster, "capture", sid[:8]).stdout
+        if "echo: hello from cli" in screen:
+            break
+        time.sleep(0.05)
+    assert "echo: hello from cli" in screen
+
+    assert "edited cli-two" in cli(cluster, "edit", "cli-one", "--name", "cli-two").stdout
+    assert "killed cli-two" in cli(cluster, "kill", "cli-two").stdout
+    assert "restarted cli-two" in cli(cluster, "restart", sid).stdout
+    assert "backgrounded" in cli(cluster, "background", "cli-two").stdout
+    assert "detached 0 client(s)" in cli(cluster, "override", "cli-two").stdout
+    clone = json.loads(cli(cluster, "clone", "cli-two", "cli-copy", "--json").stdout)
+    refused = cli(cluster, "delete", "cli-two", check=False)
+    assert refused.returncode == 4 and "is running; kill it first" in refused.stderr
+    cli(cluster, "kill", "cli-two")
+    assert "in the agent's trash" in cli(cluster, "delete", "cli-two").stdout
+    cli(cluster, "delete", clone["uuid"])
+    assert "cli-two" not in cli(cluster, "ls").stdout
+
+
+def test_unknown_and_ambiguous_references_are_clear_errors(cluster):
+    missing = cli(cluster, "kill", "no-such-session", check=False)
+    assert missing.returncode == 3 and 'no session matches "no-such-session"' in missing.stderr
+    a = json.loads(cli(cluster, "new", "twin", "--no-start", "--json").stdout)
+    b = json.loads(cli(cluster, "new", "twin", "--no-start", "--json").stdout)
+    ambiguous = cli(cluster, "kill", "twin", check=False)
+    assert ambiguous.returncode == 2 and 'matches 2 sessions' in ambiguous.stderr
+    for s in (a, b):
+        cli(cluster, "delete", s["uuid"])
+
+
+def test_agent_errors_reach_the_operator_with_their_message(cluster):
+    bad = cli(cluster, "new", "bad/name", check=False)
+    assert bad.returncode == 2 and "name must be 1-64 characters" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_no_registered_agent_says_what_to_run(tmp_path):
+    done = LocalCluster(root=tmp_path, image="x").run_role("convocate", "ls", check=False)
+    assert done.returncode == 78 and "no agent is registered" in done.stderr and "init-agent" in done.stderr
+
+
+def test_a_pinned_host_key_mismatch_is_refused(cluster, tmp_path):
+    other = LocalCluster(root=tmp_path, image="x")
+    other.install()
+    from convocate.common import keys
+
+    known = cluster.paths.agent_known_host(cluster.agent_id)
+    original = known.read_text()
+    known.write_text(keys.public_key_line(keys.load_private_key(other.paths.agent_host_key)) + "\n")
+    try:
+        done = cli(cluster, "ls", check=False)
+    finally:
+        known.write_text(original)
+    assert "presented a host key that does not match the pinned key" in done.stderr
+
+
+class Terminal:
+    """A real terminal: a private tmux server running one command."""
+
+    def __init__(self, env: dict[str, str]):
+        self.socket = f"convocate-test-{uuid.uuid4().hex[:8]}"
+        self.env = env
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, check=True, capture_output=True,
+                              text=True).stdout
+
+    def start(self, command: str, cols: int = 100, rows: int = 30) -> None:
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(cols), "-y", str(rows), command)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not on the terminal:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def terminal(cluster):
+    term = Terminal(cluster.env)
+    yield term
+    term.close()
+
+
+def test_attach_types_into_the_session_and_detach_returns_to_the_shell(cluster, terminal):
+    sid = json.loads(cli(cluster, "new", "tty", "--json", "--cpus", "0.2", "--memory", "200").stdout)["uuid"]
+    terminal.start(f"cd {REPO} && {python()} -m convocate attach tty; echo EXIT=$?; sleep 60")
+    terminal.wait_for("convocate stand-in claude")
+    terminal.tmux("send-keys", "-t", "t", "typed in a terminal", "Enter")
+    terminal.wait_for("echo: typed in a terminal")
+    terminal.tmux("send-keys", "-t", "t", "C-b", "d")
+    screen = terminal.wait_for("EXIT=0")
+    assert "detached from tty; it keeps running" in screen
+    listed = {s["uuid"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}
+    assert listed[sid]["state"] == "R"
+    cli(cluster, "kill", sid)
+    cli(cluster, "delete", sid)
+
+
+def test_attach_starts_a_stopped_session(cluster, terminal):
+    sid = json.loads(cli(cluster, "new", "cold", "--no-start", "--json").stdout)["uuid"]
+    terminal.start(f"cd {REPO} && {python()} -m convocate attach cold; echo EXIT=$?; sleep 60")
+    terminal.wait_for("convocate stand-in claude")
+    terminal.tmux("send-keys", "-t", "t", "C-b", "d")
+    terminal.wait_for("EXIT=0")
+    cli(cluster, "kill", sid)
+    cli(cluster, "delete", sid)
+
+
+def test_attach_without_a_terminal_is_a_clear_error(cluster):
+    sid = json.loads(cli(cluster, "new", "notty", "--json", "--cpus", "0.1", "--memory", "100").stdout)["uuid"]
+    done = subprocess.run([python(), "-m", "convocate", "attach", sid], env=cluster.env, cwd=REPO,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 78 and "attach needs a terminal" in done.stderr
+    cli(cluster, "kill", sid)
+    cli(cluster, "delete", sid)

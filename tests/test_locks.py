@@ -1,0 +1,61 @@
+"""Lifecycle lock files (convocate_agent.locks)."""
+
+import os
+import subprocess
+
+import pytest
+
+from convocate.common.errors import Locked
+from convocate.common.paths import Paths
+from convocate_agent.locks import SessionLocks, process_start_time
+
+SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
+
+
+@pytest.fixture
+def locks(tmp_path):
+    paths = Paths(tmp_path)
+    paths.session_base.mkdir(parents=True)
+    return SessionLocks(paths)
+
+
+def test_hold_writes_the_pid_and_removes_the_file(locks):
+    with locks.hold(SID, "create"):
+        path = locks.paths.lock_file(SID)
+        assert path.read_text().splitlines()[0] == str(os.getpid())
+        assert locks.is_locked(SID) and SID in locks.locked_ids()
+        with pytest.raises(Locked, match=rf'session "{SID}" is locked by pid {os.getpid()} \(create\)'):
+            with locks.hold(SID, "delete"):
+                pass
+    assert not path.exists() and not locks.is_locked(SID)
+
+
+def test_a_dead_holder_is_stale_and_taken_over(locks):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    locks.paths.lock_file(SID).write_text(f"{dead.pid}\nrestart 1\n")
+    assert not locks.is_locked(SID)
+    with locks.hold(SID, "kill"):
+        assert locks.holder(SID).op == "kill"
+
+
+def test_a_reused_pid_with_another_start_time_is_stale(locks):
+    mine = process_start_time(os.getpid())
+    locks.paths.lock_file(SID).write_text(f"{os.getpid()}\ncreate {mine + 1}\n")
+    assert not locks.is_locked(SID)
+
+
+def test_a_plain_pid_lock_from_another_tool_is_honoured(locks):
+    locks.paths.lock_file(SID).write_text(f"{os.getppid()}\n")
+    assert locks.is_locked(SID)
+    assert locks.clear_stale(SID) is None
+
+
+def test_sweep_removes_only_stale_locks(locks):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
+    locks.paths.lock_file(SID).write_text(f"{dead.pid}\n")
+    locks.paths.lock_file(other).write_text(f"{os.getppid()}\n")
+    assert locks.sweep() == [SID]
+    assert locks.paths.lock_file(other).exists()

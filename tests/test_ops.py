@@ -1,0 +1,47 @@
+"""Strict parameter decoding for every op (convocate.common.ops)."""
+
+import pytest
+
+from convocate.common.errors import BadRequest
+from convocate.common.ops import OPS, decode_params
+
+SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
+
+
+def test_every_op_of_the_design_is_declared():
+    assert set(OPS) == {"ping", "list", "get", "create", "edit", "clone", "delete", "kill", "background", "override",
+                        "restart", "settings-get", "settings-set", "capture", "send", "capacity"}
+
+
+def test_create_normalises_values():
+    out = decode_params("create", {"name": "n", "dns_name": "A.B", "protocol": "", "port": -1, "start": True})
+    assert out == {"name": "n", "dns_name": "a.b", "protocol": "tcp", "port": -1, "start": True}
+
+
+@pytest.mark.parametrize("op, params, fragment", [
+    ("nope", {}, 'unknown op: "nope"'),
+    ("ping", {"x": 1}, 'decode params: unknown field "x"'),
+    ("get", {}, 'decode params: missing required field "id"'),
+    ("get", {"id": 5}, 'decode params: field "id" must be a string, got integer'),
+    ("get", {"id": "../etc"}, "is not a UUIDv4"),
+    ("create", {"name": "x", "port": "80"}, 'field "port" must be an integer, got string'),
+    ("create", {"name": "x", "port": 70000}, "out of range"),
+    ("create", {"name": "x", "start": 1}, 'field "start" must be a boolean'),
+    ("create", {"name": "x", "cpus": 0}, 'field "cpus"'),
+    ("create", {"name": "x", "memory_mb": 1}, 'field "memory_mb"'),
+    ("create", {"name": "x", "dns_name": "bad_name"}, "not a valid DNS name"),
+    ("clone", {"source_id": SID}, 'missing required field "name"'),
+    ("send", {"id": SID, "text": "a\x00b"}, "NUL"),
+    ("send", {"id": SID, "text": "a" * 70000}, "longer than"),
+    ("capture", {"id": SID, "lines": -1}, 'field "lines"'),
+    ("edit", {"id": SID, "name": True}, 'field "name" must be a string, got boolean'),
+])
+def test_bad_params_name_the_field(op, params, fragment):
+    with pytest.raises(BadRequest) as e:
+        decode_params(op, params)
+    assert fragment in e.value.message
+    assert e.value.code == "bad_request"
+
+
+def test_settings_set_passes_an_open_object_through():
+    assert decode_params("settings-set", {"default_cpus": 1}) == {"default_cpus": 1}
