@@ -77,15 +77,16 @@ cmd_deps() {
 }
 
 # --- image ----------------------------------------------------------------------------
-build_image() {  # build_image TAG CLAUDE_CODE_VERSION|none
-    packaging/image/build-image.sh --tag "$1" --claude-code "$2" --cache-dir "$CACHE/images" \
-        --convocate-version "$VERSION"
+build_image() {  # build_image TAG [none]: 'none' puts the stand-in claude in place of Claude Code
+    local args=(--tag "$1" --cache-dir "$CACHE/images" --convocate-version "$VERSION")
+    [ "${2:-}" = none ] && args+=(--claude-code none)
+    packaging/image/build-image.sh "${args[@]}"
 }
 
 cmd_image() {
     cmd_deps
     if [ "${1:-}" = "--real" ]; then
-        build_image "$REAL_IMAGE" default
+        build_image "$REAL_IMAGE"
     else
         build_image "$TEST_IMAGE" none
     fi
@@ -114,7 +115,7 @@ cmd_demo() {
     fi
     cmd_deps
     local image="$REAL_IMAGE"
-    if ! build_image "$REAL_IMAGE" default; then
+    if ! build_image "$REAL_IMAGE"; then
         say "could not build the image with Claude Code from the npm registry; using the stand-in claude"
         image="$TEST_IMAGE"
         build_image "$TEST_IMAGE" none

@@ -152,10 +152,14 @@ class AgentService:
     def _session_environment(self) -> dict[str, str]:
         """``KEY=VALUE`` lines of the root-only session env file (e.g. ``ANTHROPIC_API_KEY``)."""
         env: dict[str, str] = {}
+        path = self.paths.session_env_file
         try:
-            text = self.paths.session_env_file.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
+            mode = path.stat().st_mode
         except FileNotFoundError:
             return env
+        if mode & 0o077:
+            log.warning("%s is readable by others (mode %o); it holds secrets: chmod 600 it", path, mode & 0o777)
         for line in text.splitlines():
             line = line.strip()
             if not line or line.startswith("#") or "=" not in line:

@@ -212,3 +212,29 @@ async def test_a_missing_current_image_is_a_clear_error(ssh, cluster):
     finally:
         image_file.write_text(f"{cluster.image}\n")
     assert refused["code"] == "internal" and "no session image configured" in refused["error"]
+
+
+async def test_credentials_reach_sessions_read_only_and_agent_keys_never(ssh, cluster, docker_client):
+    shared = cluster.paths.claude_shared_dir
+    shared.mkdir(exist_ok=True)
+    (shared / ".credentials.json").write_text('{"token": "t"}')
+    env_file = cluster.paths.session_env_file
+    env_file.write_text("# secrets\nANTHROPIC_API_KEY=sk-test-123\nexport OTHER='x y'\n")
+    env_file.chmod(0o600)
+    try:
+        made = await rpc_ok(ssh, "create", {"name": "creds", "cpus": 0.1, "memory_mb": 128, "start": True})
+        container = docker_client.containers.get(f"convocate-session-{made['uuid']}")
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert mounts["/opt/convocate/claude-shared"]["RW"] is False
+        assert mounts["/home/claude"]["RW"] is True
+        assert not any(str(cluster.paths.agent_etc) in m["Source"] for m in mounts.values())
+        env = container.attrs["Config"]["Env"]
+        assert "ANTHROPIC_API_KEY=sk-test-123" in env and "OTHER=x y" in env
+        code, out = container.exec_run(["sh", "-c", "echo x > /opt/convocate/claude-shared/new"], user="1337:1337")
+        assert code != 0 and b"Read-only file system" in out
+        await rpc_ok(ssh, "kill", {"id": made["uuid"]})
+        await rpc_ok(ssh, "delete", {"id": made["uuid"]})
+    finally:
+        env_file.unlink()
+        (shared / ".credentials.json").unlink()
+        shared.rmdir()
