@@ -5,7 +5,8 @@
 #   ./build.sh image [--real]  the session image: convocate:<v>-standin (tests) or convocate:<v> (Claude Code)
 #   ./build.sh test [ARGS]     deps + test image + the test suite (ARGS go to pytest)
 #   ./build.sh lint            ruff over the code
-#   ./build.sh demo [--stop]   a local cluster on loopback, a session, and your terminal attached to it
+#   ./build.sh demo [--standin|--stop]
+#                              a local cluster on loopback, a session, and your terminal attached to it
 #
 # Everything it needs it installs itself (Debian 12, as root or with sudo).
 set -euo pipefail
@@ -115,15 +116,19 @@ cmd_demo() {
     fi
     cmd_deps
     local image="$REAL_IMAGE"
-    if ! build_image "$REAL_IMAGE"; then
+    if [ "${1:-}" = "--standin" ]; then
+        image="$TEST_IMAGE"
+        build_image "$TEST_IMAGE" none
+    elif ! build_image "$REAL_IMAGE"; then
         say "could not build the image with Claude Code from the npm registry; using the stand-in claude"
         image="$TEST_IMAGE"
         build_image "$TEST_IMAGE" none
     fi
     "$PY" -m tests.harness demo-up "$state" --image "$image" --port "$port"
     export CONVOCATE_ROOT="$state/root"
-    local cli="$VENV/bin/convocate"
-    if ! "$cli" ls --json | grep -q '"name": "demo"'; then
+    local cli="$VENV/bin/convocate" sessions
+    sessions="$("$cli" ls --json)"
+    if ! grep -q '"name": "demo"' <<<"$sessions"; then
         "$cli" new demo
     fi
     "$cli" ls
@@ -137,7 +142,7 @@ cmd_not_yet() {
 }
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {

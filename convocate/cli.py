@@ -144,7 +144,12 @@ async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
         print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
         await ref.client.call("restart", {"id": view.meta.uuid})
     await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only)
-    print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
+    after = _view(await ref.client.call("get", {"id": view.meta.uuid}), ref.client.agent_id)
+    if after.running:
+        print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
+    else:
+        print(f"[convocate] session {view.meta.name} has ended (its agent command exited); "
+              f"`{PROG} restart {view.meta.name}` starts it again", file=sys.stderr)
     return 0
 
 
@@ -214,7 +219,7 @@ async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
     if args.json:
         _print_json(result)
     else:
-        sys.stdout.write(result["text"])
+        sys.stdout.write(result["text"].rstrip("\n") + "\n")  # the pane's unused rows are blank lines
     return 0
 
 

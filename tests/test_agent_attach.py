@@ -15,6 +15,17 @@ pytestmark = pytest.mark.docker
 DETACH = b"\x02d"  # tmux prefix C-b, then d
 
 
+async def detach(process) -> None:
+    """Press the detach key as a person would.
+
+    tmux takes keys that arrive less than ``assume-paste-time`` (1 ms) after
+    the previous ones for a paste and does not run bindings for them; a script
+    that answers an echo at once can be that fast.
+    """
+    await asyncio.sleep(0.02)
+    process.stdin.write(DETACH)
+
+
 class Screen:
     """Collects what an attach channel shows."""
 
@@ -37,7 +48,10 @@ class Screen:
             while chunk := await self.process.stdout.read(65536):
                 self.data += chunk
 
-        await asyncio.wait_for(pump(), timeout)
+        try:
+            await asyncio.wait_for(pump(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"channel still open after {timeout} s; last output {self.data[-300:]!r}") from None
 
 
 async def open_attach(conn, sid, *, cols=100, rows=30, read_only=False, after_header=b""):
@@ -85,7 +99,7 @@ async def test_typing_reaches_the_session_and_output_comes_back(ssh, session, do
     assert tmux_clients(docker_client, session) == ["100x30 0"]
     listed = {s["uuid"]: s for s in await rpc_ok(ssh, "list")}[session]
     assert listed["state"] == "C" and listed["attached"] and listed["attached_count"] == 1
-    process.stdin.write(DETACH)
+    await detach(process)
     await screen.drain_to_eof()
     assert b"[detached" in screen.data
     await asyncio.wait_for(process.wait_closed(), 10)
@@ -97,7 +111,7 @@ async def test_typing_reaches_the_session_and_output_comes_back(ssh, session, do
 async def test_bytes_sent_with_the_header_are_not_lost(ssh, session):
     process, screen = await open_attach(ssh, session, after_header=b"right after the header\r")
     await screen.wait_for(b"echo: right after the header")
-    process.stdin.write(DETACH)
+    await detach(process)
     await screen.drain_to_eof()
 
 
@@ -111,7 +125,7 @@ async def test_window_change_resizes_the_tmux_client(ssh, session, docker_client
             break
         await asyncio.sleep(0.05)
     assert tmux_clients(docker_client, session) == ["132x43 0"]
-    process.stdin.write(DETACH)
+    await detach(process)
     await screen.drain_to_eof()
 
 
@@ -119,7 +133,7 @@ async def test_zero_size_means_80x24(ssh, session, docker_client):
     process, screen = await open_attach(ssh, session, cols=0, rows=0)
     await screen.wait_for(b"> ")
     assert tmux_clients(docker_client, session) == ["80x24 0"]
-    process.stdin.write(DETACH)
+    await detach(process)
     await screen.drain_to_eof()
 
 
@@ -135,7 +149,7 @@ async def test_an_observer_sees_output_but_cannot_type(ssh, session, docker_clie
     screen = (await rpc_ok(ssh, "capture", {"id": session, "lines": 200}))["text"]
     assert "echo: from the writer" in screen and "from the observer" not in screen
     for process, scr in ((observer, observer_screen), (writer, writer_screen)):
-        process.stdin.write(DETACH)
+        await detach(process)
         await scr.drain_to_eof()
 
 

@@ -11,7 +11,7 @@ import pytest
 from convocate.common.model import new_uuid
 from convocate_agent.locks import process_start_time
 from tests.conftest import connect, rpc_ok
-from tests.test_agent_attach import open_attach, tmux_clients, wait_clients
+from tests.test_agent_attach import detach, open_attach, tmux_clients, wait_clients
 
 pytestmark = pytest.mark.docker
 
@@ -51,7 +51,7 @@ async def test_a_killed_agent_restarts_clean(fresh_cluster, docker_client):
         await screen.wait_for(b"> ")
         process.stdin.write(b"still here\r")
         await screen.wait_for(b"echo: still here")
-        process.stdin.write(b"\x02d")
+        await detach(process)
         await screen.drain_to_eof()
 
 
