@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
+from convocate.common.cli import run_main
 from convocate.common.errors import BadRequest, ConvocateError
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
-from convocate.common.version import __version__
 from convocate.render import session_summary, sessions_table, wire_with_agent
 
 PROG = "convocate"
@@ -297,22 +297,12 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``convocate`` command line; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("help", "--help", "-h"):
-        sys.stdout.write(USAGE)
-        return 0
-    if argv and argv[0] in ("version", "--version"):
-        print(f"{PROG} version v{__version__}")
-        return 0
-    if not argv:
-        print(f"{PROG}: the interactive TUI is not part of this version yet; use `{PROG} ls`, "
-              f"`{PROG} new NAME --attach` and `{PROG} attach REF` (see `{PROG} help`)", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(_run(args))
-    except ConvocateError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+
+    def run(args: list[str]) -> int:
+        if not args:
+            print(f"{PROG}: the interactive TUI is not part of this version yet; use `{PROG} ls`, "
+                  f"`{PROG} new NAME --attach` and `{PROG} attach REF` (see `{PROG} help`)", file=sys.stderr)
+            return 2
+        return asyncio.run(_run(build_parser().parse_args(args)))
+
+    return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run, help_when_empty=False)

@@ -102,13 +102,7 @@ class AgentClient:
             ConvocateError: the agent's error, rebuilt from its ``code``; or
                 Unreachable / ProtocolError for transport problems.
         """
-        conn = await self.connect()
-        try:
-            process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
-        except (OSError, asyncssh.Error) as e:
-            await self._drop()
-            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
-                                                                detail=e)) from e
+        process = await self._open_channel(RPC_SUBSYSTEM)
         try:
             process.stdin.write(encode_line(Request(op, params or {}).to_wire()))
             process.stdin.write_eof()
@@ -130,16 +124,26 @@ class AgentClient:
         Raises:
             Unreachable: the channel could not be opened.
         """
+        process = await self._open_channel(ATTACH_SUBSYSTEM)
+        header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
+        process.stdin.write(encode_line(header))
+        return process
+
+    async def _open_channel(self, subsystem: str) -> asyncssh.SSHClientProcess:
+        """A new channel running ``subsystem`` on the connection (opened if needed).
+
+        A failure drops the connection, so the next call reconnects.
+
+        Raises:
+            Unreachable: no connection, or the agent refused the channel.
+        """
         conn = await self.connect()
         try:
-            process = await conn.create_process(subsystem=ATTACH_SUBSYSTEM, encoding=None)
+            return await conn.create_process(subsystem=subsystem, encoding=None)
         except (OSError, asyncssh.Error) as e:
             await self._drop()
             raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
                                                                 detail=e)) from e
-        header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
-        process.stdin.write(encode_line(header))
-        return process
 
     async def _drop(self) -> None:
         if self._conn is not None:

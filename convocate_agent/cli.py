@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from convocate.common.errors import ConvocateError
+from convocate.common.cli import run_main
+from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
-from convocate.common.version import __version__
 
 PROG = "convocate-agent"
 
@@ -97,21 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``convocate-agent`` command line; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("help", "--help", "-h"):
-        sys.stdout.write(USAGE)
-        return 0
-    if argv[0] in ("version", "--version"):
-        print(f"{PROG} version v{__version__}")
-        return 0
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConvocateError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+
+    def run(args: list[str]) -> int:
+        parsed = build_parser().parse_args(args)
+        try:
+            return parsed.func(parsed)
+        except OSError as e:  # e.g. the listen address is taken
+            raise ConfigError(str(e)) from e
+
+    return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run)

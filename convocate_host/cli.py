@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from convocate.common.cli import run_main
+from convocate.common.errors import BadRequest, ConvocateError
 from convocate.common.version import __version__
 
 PROG = "convocate-host"
@@ -33,17 +35,19 @@ commands:
 """
 
 
+class NotImplementedYet(ConvocateError):
+    """A planned subcommand this version does not have."""
+
+    code = "not_implemented"
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``convocate-host`` command line; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("help", "--help", "-h"):
-        sys.stdout.write(USAGE)
-        return 0
-    if argv[0] in ("version", "--version"):
-        print(f"{PROG} version v{__version__}")
-        return 0
-    if argv[0] in PLANNED:
-        print(f"{PROG}: '{argv[0]}' is not implemented in version {__version__}", file=sys.stderr)
-        return 69  # EX_UNAVAILABLE
-    print(f"{PROG}: unknown command {argv[0]!r}; see '{PROG} help'", file=sys.stderr)
-    return 2
+
+    def run(args: list[str]) -> int:
+        if args[0] in PLANNED:
+            raise NotImplementedYet(f"'{args[0]}' is not implemented in version {__version__}")
+        raise BadRequest(f"unknown command {args[0]!r}; see '{PROG} help'")
+
+    return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run)

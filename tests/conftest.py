@@ -56,25 +56,47 @@ def session_image(docker_client: docker.DockerClient) -> str:
     return TEST_IMAGE
 
 
+def _roots_in_use() -> set[str]:
+    """``CONVOCATE_ROOT`` of every live process (agents of concurrent test runs, the demo)."""
+    roots = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        for entry in environ.split(b"\0"):
+            if entry.startswith(b"CONVOCATE_ROOT="):
+                roots.add(entry.split(b"=", 1)[1].decode(errors="replace"))
+    return roots
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Remove containers that earlier, crashed runs left under pytest's temp roots."""
-    base = str(tmp_path_factory.getbasetemp().parent)
+    """Remove containers that crashed runs left under pytest's temp roots.
 
-    def sweep() -> None:
+    At the start: those of earlier runs whose agent is gone (a concurrent
+    run's are left alone). At the end: whatever this run's roots still have.
+    """
+    own = str(tmp_path_factory.getbasetemp())
+    base = str(Path(own).parent)
+
+    def sweep(prefix: str, spare: set[str]) -> None:
         try:
             client = docker.from_env()
         except docker.errors.DockerException:
             return
         with contextlib.closing(client):
             for c in client.containers.list(all=True, filters={"label": "convocate.root"}):
-                if c.labels.get("convocate.root", "").startswith(base):
+                root = c.labels.get("convocate.root", "")
+                if root.startswith(prefix) and root not in spare:
                     with contextlib.suppress(docker.errors.APIError):
                         c.remove(force=True)
 
-    sweep()
+    sweep(base, _roots_in_use())
     yield
-    sweep()
+    sweep(own, set())
 
 
 def _make_cluster(root: Path, image: str) -> Iterator[LocalCluster]:

@@ -151,7 +151,7 @@ def remove_containers(root: Path) -> int:
     try:
         found = client.containers.list(all=True, filters={"label": f"convocate.root={root.absolute()}"})
         for c in found:
-            with contextlib.suppress(docker.errors.NotFound):
+            with contextlib.suppress(docker.errors.APIError):  # gone, or removal already in progress
                 c.remove(force=True)
         return len(found)
     finally:
