@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,6 @@ class ServeConfig:
     gid: int = CLAUDE_GID
     shutdown_timeout: float = 10.0
     login_timeout: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = self.paths
@@ -330,10 +329,6 @@ class AgentServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
-
-    def request_stop(self) -> None:
-        """Ask :meth:`serve_forever` to return."""
-        self._stopping.set()
 
     async def shutdown(self) -> None:
         """Stop accepting; end attaches; give running ops ``shutdown_timeout`` seconds; close connections.

@@ -125,7 +125,7 @@ async def test_session_lifecycle_through_every_op(ssh, cluster, docker_client):
     await rpc_ok(ssh, "delete", {"id": cloned["uuid"]})
 
 
-async def test_list_makes_one_docker_query_and_shows_states(ssh):
+async def test_list_shows_each_sessions_state(ssh):
     stopped = await rpc_ok(ssh, "create", {"name": "stopped", "memory_mb": 128, "cpus": 0.1})
     running = await rpc_ok(ssh, "create", {"name": "running", "memory_mb": 128, "cpus": 0.1, "start": True})
     states = {s["uuid"]: s["state"] for s in await rpc_ok(ssh, "list")}
