@@ -16,23 +16,22 @@ from typing import Any
 
 import asyncssh
 
-from convocate.common import keys, messages
+from convocate.common import messages
 from convocate.common.errors import (
     ConfigError,
     ConvocateError,
-    HostKeyMismatch,
     NotFound,
     ProtocolError,
     Unreachable,
 )
 from convocate.common.model import SessionView
-from convocate.common.paths import CLAUDE_USER, Paths
+from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
+from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
 from convocate.registry import AgentRecord, load_registry
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0
 
 
 class AmbiguousReference(ConvocateError):
@@ -69,31 +68,17 @@ class AgentClient:
             Unreachable: the agent cannot be reached or refused the login.
         """
         async with self._lock:
-            if self._conn is not None and not self._conn.is_closed():
-                return self._conn
-            rec = self.record
-            client_key = keys.load_private_key(rec.key_path)
-            host_key = keys.load_public_key(rec.known_host_path)
-            try:
-                self._conn = await asyncssh.connect(
-                    rec.address, rec.port, username=CLAUDE_USER,
-                    client_keys=[client_key], known_hosts=([host_key], [], []), agent_path=None,
-                    server_host_key_algs=["ssh-ed25519"], preferred_auth=["publickey"],
-                    encoding=None, connect_timeout=self.connect_timeout,
-                    keepalive_interval=15, keepalive_count_max=3, config=None,
-                )
-            except asyncssh.HostKeyNotVerifiable as e:
-                raise HostKeyMismatch(messages.HOST_KEY_MISMATCH.format(
-                    agent=rec.agent_id, address=rec.endpoint, path=rec.known_host_path)) from e
-            except asyncssh.PermissionDenied as e:
-                raise Unreachable(messages.AGENT_UNREACHABLE.format(
-                    agent=rec.agent_id, address=rec.endpoint,
-                    detail=f"login refused ({e.reason}); is this shell's key in the agent's authorized_keys?")) from e
-            except (TimeoutError, OSError, asyncssh.Error) as e:
-                detail = str(e) or type(e).__name__
-                raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=rec.agent_id, address=rec.endpoint,
-                                                                    detail=detail)) from e
+            if self._conn is None or self._conn.is_closed():
+                rec = self.record
+                self._conn = await connect_pinned(
+                    host=rec.address, port=rec.port, key_path=rec.key_path, known_host_path=rec.known_host_path,
+                    peer=f"agent {rec.agent_id}", connect_timeout=self.connect_timeout,
+                    keepalive_interval=15, keepalive_count_max=3)
             return self._conn
+
+    def _unreachable(self, error: Exception) -> Unreachable:
+        return Unreachable(messages.PEER_UNREACHABLE.format(peer=f"agent {self.agent_id}",
+                                                            address=self.record.endpoint, detail=error))
 
     async def call(self, op: str, params: dict[str, Any] | None = None) -> Any:
         """Run one op on a new channel and return its result.
@@ -112,8 +97,7 @@ class AgentClient:
                 return Response.parse(frame).raise_for_error()
             raise ProtocolError(f"agent {self.agent_id} closed the channel without answering {op}")
         except (OSError, asyncssh.Error) as e:
-            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
-                                                                detail=e)) from e
+            raise self._unreachable(e) from e
         finally:
             process.close()
 
@@ -142,8 +126,7 @@ class AgentClient:
             return await conn.create_process(subsystem=subsystem, encoding=None)
         except (OSError, asyncssh.Error) as e:
             await self._drop()
-            raise Unreachable(messages.AGENT_UNREACHABLE.format(agent=self.agent_id, address=self.record.endpoint,
-                                                                detail=e)) from e
+            raise self._unreachable(e) from e
 
     async def _drop(self) -> None:
         if self._conn is not None:

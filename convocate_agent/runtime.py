@@ -351,6 +351,43 @@ class DockerRuntime:
             raise
         return True
 
+    # --- events --------------------------------------------------------------------
+    async def watch(self, on_event: Callable[[str, str, dict[str, Any]], None],
+                    backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+        """Follow Docker's event stream for this agent's containers until cancelled.
+
+        Calls ``on_event(action, session_id, attributes)`` on the event loop for
+        each container ``start``, ``die`` and ``oom``. The stream is re-opened
+        with a backoff when dockerd goes away (a restart of dockerd, say).
+        """
+        loop = asyncio.get_running_loop()
+        filters = {"type": "container", "event": ["start", "die", "oom"], **self.labels_filter()}
+        delay = backoff[0]
+        while True:
+            stream: Any = None
+
+            def follow() -> None:
+                nonlocal stream
+                stream = self.api.events(filters=filters, decode=True)
+                for ev in stream:
+                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                    sid = attrs.get(LABEL_SESSION)
+                    if sid:
+                        loop.call_soon_threadsafe(on_event, str(ev.get("Action", "")), sid, attrs)
+
+            future = loop.run_in_executor(self._pool, follow)
+            try:
+                await future
+                delay = backoff[0]
+            except asyncio.CancelledError:
+                if stream is not None:
+                    stream.close()
+                raise
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+                log.warning("docker event stream ended: %s; again in %g s", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff[1])
+
     # --- inside the container ---------------------------------------------------
     async def exec(self, session_id: str, cmd: list[str], *, uid: int = 1337, gid: int = 1337) -> tuple[int, bytes]:
         """Run a command in the session's container as the session user.

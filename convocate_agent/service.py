@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -117,6 +118,7 @@ class AgentService:
         self.admission = Admission(host, self._running_reservations)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
+        self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
 
     # --- helpers ---------------------------------------------------------------
     async def _running_reservations(self) -> dict[str, Reservation]:
@@ -267,6 +269,7 @@ class AgentService:
                 meta = await self._start(meta, image)
             except BaseException:
                 # The caller asked for a running session and gets an error: leave nothing behind.
+                self._expect_stop(session_id)
                 await self.runtime.remove(session_id)
                 await asyncio.to_thread(self.store.trash, session_id)
                 raise
@@ -351,6 +354,7 @@ class AgentService:
         session_id = params["id"]
         meta = self.store.load(session_id)
         with self.locks.hold(session_id, "kill"):
+            self._expect_stop(session_id)
             was_running = await self.runtime.stop(session_id)
             meta = self.store.touch(session_id) if was_running else meta
             wire = await self._wire(meta, locked=False)
@@ -364,6 +368,7 @@ class AgentService:
         meta = self.store.load(session_id)
         with self.locks.hold(session_id, "restart"):
             image = self.current_image()
+            self._expect_stop(session_id)
             if await self.runtime.stop(session_id):
                 self._emit(CONTAINER_STOPPED, session_id, self._view(meta, None, True).to_wire())
             meta = await self._start(meta, image)
@@ -473,6 +478,35 @@ class AgentService:
         else:
             self._attached.pop(session_id, None)
         self._emit(SESSION_DETACHED, session_id, {"attached_count": count})
+
+    # --- containers that change on their own ------------------------------------------------
+    def _expect_stop(self, session_id: str) -> None:
+        """Note that this agent is stopping the container, so its ``die`` event is not news."""
+        now = time.monotonic()
+        self._expected_stops = {sid: t for sid, t in self._expected_stops.items() if now - t < 120}
+        self._expected_stops[session_id] = now
+
+    def on_container_event(self, action: str, session_id: str, attributes: dict[str, Any]) -> None:
+        """Publish what Docker reports about a container that this agent did not cause.
+
+        A session whose agent command ended (a clean exit, or the supervisor
+        gave up) stops its container by itself: that ``die`` becomes
+        ``container.stopped`` with the exit code.
+        """
+        if action != "die":
+            return
+        if self._expected_stops.pop(session_id, None) is not None:
+            return
+        try:
+            meta = self.store.load(session_id)
+        except (NotFound, ConfigError):
+            return
+        self._attached.pop(session_id, None)
+        exit_code = attributes.get("exitCode", "")
+        log.info("session %s stopped by itself (exit code %s)", session_id, exit_code or "?")
+        data = self._view(meta, None).to_wire()
+        data["exit_code"] = int(exit_code) if str(exit_code).isdigit() else None
+        self._emit(CONTAINER_STOPPED, session_id, data)
 
     # --- start-up -------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:

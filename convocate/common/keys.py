@@ -128,11 +128,13 @@ class AuthorizedKeys:
             or ``None`` when the file holds no usable key.
         skipped: Human-readable notes for lines that were ignored.
         count: Number of usable ed25519 keys.
+        comments: Fingerprint → the comment of the key's line (``convocate-agent abcd1234``).
     """
 
     keys: asyncssh.SSHAuthorizedKeys | None
     skipped: list[str] = field(default_factory=list)
     count: int = 0
+    comments: dict[str, str] = field(default_factory=dict)
 
 
 def read_authorized_keys(path: Path) -> AuthorizedKeys:
@@ -152,13 +154,21 @@ def read_authorized_keys(path: Path) -> AuthorizedKeys:
         raise ConfigError(messages.KEY_UNREADABLE.format(path=path, detail=e)) from e
     kept: list[str] = []
     skipped: list[str] = []
+    comments: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        if ED25519 not in stripped.split():
+        words = stripped.split()
+        if ED25519 not in words:
             skipped.append(messages.AUTH_KEYS_SKIPPED.format(path=path, line=number))
             continue
+        at = words.index(ED25519)
+        try:
+            key = asyncssh.import_public_key(" ".join(words[at:at + 2]))
+        except asyncssh.KeyImportError as e:
+            raise ConfigError(messages.KEY_UNREADABLE.format(path=f"{path}: line {number}", detail=e)) from e
+        comments[fingerprint(key)] = " ".join(words[at + 2:])
         kept.append(stripped)
     if not kept:
         return AuthorizedKeys(keys=None, skipped=skipped)
@@ -166,4 +176,4 @@ def read_authorized_keys(path: Path) -> AuthorizedKeys:
         keys = asyncssh.import_authorized_keys("\n".join(kept) + "\n")
     except (ValueError, asyncssh.KeyImportError) as e:
         raise ConfigError(messages.KEY_UNREADABLE.format(path=path, detail=e)) from e
-    return AuthorizedKeys(keys=keys, skipped=skipped, count=len(kept))
+    return AuthorizedKeys(keys=keys, skipped=skipped, count=len(kept), comments=comments)

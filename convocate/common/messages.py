@@ -57,9 +57,7 @@ NO_AGENTS = (
     "no agent is registered in {path}; register one with `convocate-host init-agent --host HOST`"
     " (or run ./build.sh demo for a local cluster)"
 )
-AGENT_UNREACHABLE = "agent {agent} ({address}): {detail}"
-HOST_KEY_MISMATCH = (
-    "agent {agent} ({address}) presented a host key that does not match the pinned key in {path}"
-)
+PEER_UNREACHABLE = "{peer} ({address}): {detail}"
+HOST_KEY_MISMATCH = "{peer} ({address}) presented a host key that does not match the pinned key in {path}"
 AMBIGUOUS_SESSION = 'session reference "{ref}" matches {count} sessions: {matches}'
 NO_SUCH_SESSION = 'no session matches "{ref}" (by UUID, UUID prefix or name)'
