@@ -21,7 +21,7 @@ DOCKER=/usr/bin/docker
 VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' convocate/common/version.py)"
 TEST_IMAGE="convocate:${VERSION}-standin"
 REAL_IMAGE="convocate:${VERSION}"
-APT_PACKAGES=(docker.io tmux openssh-client debootstrap python3 python3-venv iproute2 ca-certificates)
+APT_PACKAGES=(docker.io tmux openssh-client debootstrap python3 python3-venv iproute2 ca-certificates dnsmasq-base)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }

@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common.cli import run_main
-from convocate.common.errors import BadRequest, ConvocateError
+from convocate.common.errors import BadRequest, ConfigError, ConvocateError
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
+from convocate.events import agent_mark, agent_states, format_message, subscribe
 from convocate.render import session_summary, sessions_table, wire_with_agent
 
 PROG = "convocate"
@@ -31,8 +35,10 @@ Drive Claude Code sessions on the cluster's agents. Without a command, opens
 the operator's TUI. Sessions are named by UUID, unique UUID prefix, or name.
 
 commands:
-  ls [--json]                     list sessions on every agent
+  ls [--json]                     list sessions on every agent (and flag stale agents)
   agents                          list registered agents and whether they answer
+  events [--json]                 stream the cluster's events as they happen
+  status-serve [--listen H:P]     run the shell's status listener (convocate-status.service)
   new NAME [options]              create (and start) a session
   attach REF [--read-only]        attach this terminal; detach with Ctrl-b d
   kill REF                        stop a session's container
@@ -73,13 +79,17 @@ def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClien
 
 # --- ls and agents ----------------------------------------------------------------
 async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
-    listing = await cluster.list()
+    listing, states = await asyncio.gather(cluster.list(), agent_states(cluster.paths))
     if args.json:
         _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in listing.sessions])
     else:
         print(sessions_table([s.view for s in listing.sessions]))
     for agent_id, error in sorted(listing.errors.items()):
         print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
+    for agent_id in sorted(cluster.clients):
+        mark = agent_mark(states.get(agent_id, {}))
+        if mark:
+            print(f"{PROG}: agent {agent_id}: {mark}", file=sys.stderr)
     if listing.errors and not listing.sessions and len(listing.errors) == len(cluster.clients):
         return next(iter(listing.errors.values())).exit_code
     return 0
@@ -102,6 +112,33 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
             detail = f"version {row.get('version')}" if row["status"] == "ok" else row.get("error", "")
             print(f"{row['agent_id']}  {row['address']}  {row['status']}  {detail}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+async def _cmd_events(args: argparse.Namespace) -> int:
+    async for message in subscribe(Paths.from_env()):
+        if args.json:
+            print(json.dumps(message, ensure_ascii=False), flush=True)
+        else:
+            print(format_message(message), flush=True)
+    return 0
+
+
+def _cmd_status_serve(args: argparse.Namespace) -> int:
+    from convocate.status_server import StatusConfig, StatusServer
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    config = StatusConfig(paths=Paths.from_env(), listen=args.listen, domain=args.domain,
+                          dnsmasq_pid_file=args.dnsmasq_pid_file or None)
+
+    async def run() -> None:
+        server = StatusServer(config)
+        await server.start()
+        await server.serve_forever()
+
+    asyncio.run(run())
+    return 0
 
 
 # --- create and attach ------------------------------------------------------------------
@@ -243,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agents", parents=[common], help="list agents")
     p.set_defaults(func=_cmd_agents)
 
+    p = sub.add_parser("events", parents=[common], help="stream events")
+    p.set_defaults(func=_cmd_events, local=True)
+
+    p = sub.add_parser("status-serve", help="run the status listener")
+    p.add_argument("--listen", default=":223", help="SSH listen address HOST:PORT [%(default)s]")
+    p.add_argument("--domain", help="cluster DNS domain [/etc/convocate/domain, else convocate.internal]")
+    p.add_argument("--dnsmasq-pid-file", type=Path, default=Path("/run/dnsmasq/dnsmasq.pid"),
+                   help="dnsmasq PID file, signalled when the hosts file changes [%(default)s]")
+    p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
+    p.set_defaults(func=_cmd_status_serve, daemon=True)
+
     p = sub.add_parser("new", parents=[common], help="create a session")
     p.add_argument("name")
     p.add_argument("--agent", help="agent ID (required when several are registered)")
@@ -303,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: the interactive TUI is not part of this version yet; use `{PROG} ls`, "
                   f"`{PROG} new NAME --attach` and `{PROG} attach REF` (see `{PROG} help`)", file=sys.stderr)
             return 2
-        return asyncio.run(_run(build_parser().parse_args(args)))
+        parsed = build_parser().parse_args(args)
+        if getattr(parsed, "daemon", False):
+            try:
+                return parsed.func(parsed)
+            except OSError as e:  # e.g. the listen address is taken
+                raise ConfigError(str(e)) from e
+        if getattr(parsed, "local", False):
+            return asyncio.run(parsed.func(parsed))
+        return asyncio.run(_run(parsed))
 
     return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run, help_when_empty=False)

@@ -10,6 +10,7 @@ once and finds sessions across them by UUID, unique UUID prefix, or name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
-from convocate.registry import AgentRecord, load_registry
+from convocate.registry import AgentRecord, load_agent, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,14 @@ class AgentClient:
     Args:
         record: The registry entry (address, port, key, pinned host key).
         connect_timeout: Seconds allowed for TCP connect plus SSH handshake.
+        paths: When given, the entry is read again from the registry before
+            every new connection (an agent re-provisioned on another port, say).
     """
 
-    def __init__(self, record: AgentRecord, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, record: AgentRecord, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 paths: Paths | None = None) -> None:
         self.record = record
+        self.paths = paths
         self.connect_timeout = connect_timeout
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
@@ -69,6 +74,9 @@ class AgentClient:
         """
         async with self._lock:
             if self._conn is None or self._conn.is_closed():
+                if self.paths is not None:
+                    with contextlib.suppress(ConfigError):
+                        self.record = load_agent(self.paths, self.record.agent_id)
                 rec = self.record
                 self._conn = await connect_pinned(
                     host=rec.address, port=rec.port, key_path=rec.key_path, known_host_path=rec.known_host_path,
@@ -179,7 +187,7 @@ class Cluster:
             log.warning("%s", error)
         if not records:
             raise ConfigError(messages.NO_AGENTS.format(path=paths.agents_dir))
-        self.clients = {r.agent_id: AgentClient(r) for r in records}
+        self.clients = {r.agent_id: AgentClient(r, paths=paths) for r in records}
 
     def client(self, agent_id: str) -> AgentClient:
         """The client for one agent.

@@ -29,6 +29,8 @@ from convocate_agent.service import AgentService, AttachRequest
 
 log = logging.getLogger(__name__)
 
+#: Exit status of an attach channel the agent ended because it is stopping (EX_TEMPFAIL).
+ATTACH_EXIT_AGENT_STOPPING = 75
 #: Longest attach header accepted, in bytes.
 HEADER_MAX = 4096
 #: Largest terminal dimension accepted (tmux's own limit is 10000).
@@ -179,7 +181,9 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         service.close_attach(sid)
         log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
         with contextlib.suppress(Exception):
-            process.exit(0)
+            # 0: tmux's client ended (detach, or the session is over). Otherwise the
+            # agent is stopping under the operator, who may attach again.
+            process.exit(0 if detached_by_tmux else ATTACH_EXIT_AGENT_STOPPING)
 
 
 async def _refuse(process: asyncssh.SSHServerProcess, error: ConvocateError) -> None:

@@ -47,6 +47,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shell-key", type=Path, help="status client key [/etc/convocate-agent/agent_to_shell_ed25519_key]")
     p.add_argument("--shell-known-host", type=Path,
                    help="pinned shell status host key [/etc/convocate-agent/shell_known_host]")
+    p.add_argument("--status-queue-limit", type=int, default=10_000,
+                   help="events kept while the shell is unreachable; older ones are dropped [%(default)s]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_serve)
@@ -75,7 +77,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         paths=Paths.from_env(), listen=args.listen, host_key=args.host_key, auth_keys=args.auth_keys,
         shell_host=args.shell_host, shell_port=args.shell_port, shell_key=args.shell_key,
-        shell_known_host=args.shell_known_host,
+        shell_known_host=args.shell_known_host, status_queue_limit=args.status_queue_limit,
     )
 
     async def run() -> None:

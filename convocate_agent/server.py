@@ -58,6 +58,7 @@ class ServeConfig:
         shell_port: The shell's status listener port.
         shell_key: Private key for the status connection.
         shell_known_host: The shell's pinned status host key.
+        status_queue_limit: Events kept while the shell is unreachable.
         uid: UID of the ``claude`` user in session containers.
         gid: GID of the ``claude`` user in session containers.
         shutdown_timeout: Seconds to wait for open channels at shutdown.
@@ -73,6 +74,7 @@ class ServeConfig:
     shell_known_host: Path | None = None
     uid: int = CLAUDE_UID
     gid: int = CLAUDE_GID
+    status_queue_limit: int = 10_000
     shutdown_timeout: float = 10.0
     login_timeout: float = 30.0
 
@@ -114,7 +116,7 @@ class AgentServer:
             EmitterConfig(agent_id=agent_id, shell_host=cfg.shell_host, shell_port=cfg.shell_port,
                           key_path=cfg.shell_key, known_host_path=cfg.shell_known_host),  # type: ignore[arg-type]
             heartbeat_interval=lambda: float(self.service.settings.heartbeat_interval_s) if self.service else 30.0,
-            started_data=self._started_data,
+            started_data=self._started_data, queue_limit=cfg.status_queue_limit,
         )
         return self.emitter
 

@@ -203,18 +203,23 @@ class StatusEmitter:
             await self._send(process, Event.now(AGENT_STARTED, cfg.agent_id, data=data))
             self.connected.set()
             log.info("status: connected to %s", self.peer)
+            loop = asyncio.get_running_loop()
+            last_beat = loop.time()
             while not closed.done():
                 await self._flush(process)
                 self.queue.wake.clear()
                 if len(self.queue):
                     continue
-                wake = asyncio.create_task(self.queue.wake.wait())
-                done, _ = await asyncio.wait({wake, closed}, timeout=self.heartbeat_interval(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                wake.cancel()
-                if not done:
-                    self.queue.push(Event.now(AGENT_HEARTBEAT, cfg.agent_id,
-                                              data={"interval_s": self.heartbeat_interval()}))
+                # Wake at least every second, so a changed heartbeat interval applies at once.
+                until_beat = last_beat + self.heartbeat_interval() - loop.time()
+                if until_beat > 0:
+                    wake = asyncio.create_task(self.queue.wake.wait())
+                    await asyncio.wait({wake, closed}, timeout=min(until_beat, 1.0),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    wake.cancel()
+                    continue
+                last_beat = loop.time()
+                self.queue.push(Event.now(AGENT_HEARTBEAT, cfg.agent_id, data={"interval_s": self.heartbeat_interval()}))
             raise ConnectionError(f"{self.peer} closed the status channel")
         finally:
             closed.cancel()

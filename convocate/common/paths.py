@@ -158,6 +158,11 @@ class Paths:
         return self.agent_dir(agent_id) / "known_host"
 
     @property
+    def shell_domain_file(self) -> Path:
+        """The cluster's DNS domain (one line)."""
+        return self.shell_etc / "domain"
+
+    @property
     def status_host_key(self) -> Path:
         return self.shell_etc / "status_host_ed25519_key"
 

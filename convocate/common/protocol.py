@@ -376,6 +376,10 @@ SESSION_ATTACHED = "session.attached"
 SESSION_DETACHED = "session.detached"
 SESSION_ACTIVITY = "session.activity"
 
+# Shell-local messages on the status socket (never sent by agents).
+AGENT_STATUS = "agent.status"
+REPLAY_DONE = "replay.done"
+
 EVENT_TYPES = frozenset(
     {
         AGENT_STARTED,

@@ -1,0 +1,124 @@
+"""The cluster's DNS records for session names, kept in a dnsmasq hosts file (DESIGN §5).
+
+status-serve owns the lines it writes and only those: each ends with a marker
+comment ``# convocate <agent-id> <session-uuid>``. Every other line of the file
+(hosts added by hand or by ``convocate-host create-vm``) is kept byte for
+byte. A session with DNS name ``web`` on an agent at 10.0.0.5 gives
+``10.0.0.5 web.<domain> web``. The file is rewritten atomically and only when
+its content changes; then dnsmasq is sent SIGHUP, which makes it re-read its
+``--addn-hosts`` files (dnsmasq(8), SIGHUP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from convocate.common.fsutil import atomic_write, read_token
+
+log = logging.getLogger(__name__)
+
+MARKER = "# convocate"
+
+
+@dataclass(frozen=True, order=True)
+class HostRecord:
+    """One session's DNS record.
+
+    Attributes:
+        address: The agent host's IP address.
+        name: The session's DNS name (lowercase, no domain).
+        agent_id: The agent the session lives on.
+        session_id: The session UUID.
+    """
+
+    address: str
+    name: str
+    agent_id: str
+    session_id: str
+
+    def line(self, domain: str) -> str:
+        names = f"{self.name}.{domain} {self.name}" if domain else self.name
+        return f"{self.address} {names} {MARKER} {self.agent_id} {self.session_id}"
+
+
+_OURS = re.compile(r"\s# convocate [a-z0-9]{8} [0-9a-f-]{36}\s*$")
+
+
+def is_ours(line: str) -> bool:
+    """Whether a hosts-file line was written by status-serve (ends with its marker)."""
+    return bool(_OURS.search(line))
+
+
+def render_hosts(current: str, records: list[HostRecord], domain: str) -> str:
+    """The new hosts file: every foreign line of ``current`` as it was, then our records, sorted.
+
+    Args:
+        current: The file's present content (``""`` if it does not exist).
+        records: Every session record the shell knows of.
+        domain: Cluster domain appended to each name (``""`` for none).
+
+    Returns:
+        The content to write.
+    """
+    foreign = [line for line in current.splitlines() if not is_ours(line)]
+    ours = [r.line(domain) for r in sorted(set(records), key=lambda r: (r.name, r.agent_id, r.session_id))]
+    lines = foreign + ours
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class HostsFile:
+    """Writes the hosts file and tells dnsmasq.
+
+    Args:
+        path: The hosts file (``/var/lib/convocate/dnsmasq-hosts``).
+        domain: Cluster domain.
+        dnsmasq_pid_file: dnsmasq's PID file, for SIGHUP; None to not signal.
+    """
+
+    def __init__(self, path: Path, domain: str, dnsmasq_pid_file: Path | None) -> None:
+        self.path = path
+        self.domain = domain
+        self.dnsmasq_pid_file = dnsmasq_pid_file
+
+    def update(self, records: list[HostRecord]) -> bool:
+        """Bring the file in step with ``records``; returns True if it changed (and dnsmasq was told)."""
+        try:
+            current = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = ""
+        new = render_hosts(current, records, self.domain)
+        if new == current:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, new.encode(), mode=0o644)
+        log.info("dns: %s now holds %d session record(s)", self.path, len(records))
+        self.reload_dnsmasq()
+        return True
+
+    def reload_dnsmasq(self) -> None:
+        """SIGHUP dnsmasq if its PID file names a live process."""
+        if self.dnsmasq_pid_file is None:
+            return
+        pid = read_token(self.dnsmasq_pid_file)
+        if not pid.isdigit():
+            log.info("dns: no dnsmasq PID in %s; it will read %s when it starts", self.dnsmasq_pid_file, self.path)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGHUP)
+            return
+        log.warning("dns: dnsmasq (pid %s from %s) is not running", pid, self.dnsmasq_pid_file)

@@ -1,0 +1,453 @@
+"""``convocate status-serve``: the shell host's status listener (tcp/223) and local fan-out.
+
+Agents connect with their ``agent_to_shell`` key (listed in
+``status_authorized_keys``, re-read on change) and push events on the
+``convocate-status`` subsystem. status-serve
+
+- records each agent's last-seen time, version, image and capacity, and marks
+  an agent stale after 3 missed heartbeats;
+- fans every event out to local subscribers on the Unix socket
+  ``/run/convocate/status.sock`` (group ``claude``, 0660) as newline JSON,
+  starting each new subscriber with a replay of every agent's latest state
+  (``agent.status``) and a ``replay.done`` marker;
+- keeps the dnsmasq hosts file in step with the sessions' DNS names, from the
+  events and from a ``list`` of the agent after each ``agent.started``.
+
+An agent's key comment (``convocate-agent <id>``) binds its connection to that
+agent ID; an unbound key is bound to the ID of its first event. Events that
+claim another agent are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from convocate.client import AgentClient
+from convocate.common import keys
+from convocate.common.errors import BadRequest, ConfigError, ConvocateError
+from convocate.common.fsutil import read_token
+from convocate.common.model import SessionView
+from convocate.common.paths import CLAUDE_USER, Paths
+from convocate.common.protocol import (
+    AGENT_HEARTBEAT,
+    AGENT_SHUTDOWN,
+    AGENT_STARTED,
+    AGENT_STATUS,
+    CONTAINER_CREATED,
+    CONTAINER_DELETED,
+    CONTAINER_EDITED,
+    CONTAINER_STARTED,
+    REPLAY_DONE,
+    STATUS_SUBSYSTEM,
+    Event,
+    LineTooLong,
+    encode_line,
+    read_frames,
+)
+from convocate.common.sshserver import Caller, SubsystemListener, format_address
+from convocate.common.timefmt import format_rfc3339, now_ns
+from convocate.common.version import __version__
+from convocate.dns import HostRecord, HostsFile, is_ip
+from convocate.registry import load_agent
+
+log = logging.getLogger(__name__)
+
+#: Missed heartbeats after which a silent agent is stale.
+STALE_AFTER_HEARTBEATS = 3
+#: Messages a slow local subscriber may fall behind before it is dropped.
+SUBSCRIBER_BACKLOG = 10_000
+DEFAULT_DOMAIN = "convocate.internal"
+
+
+@dataclass
+class StatusConfig:
+    """Everything ``convocate status-serve`` needs.
+
+    Attributes:
+        paths: Installation layout (``CONVOCATE_ROOT`` aware).
+        listen: ``HOST:PORT`` of the SSH listener; ``:223`` is every address, port 223.
+        domain: Cluster DNS domain (``/etc/convocate/domain``, else ``convocate.internal``).
+        dnsmasq_pid_file: dnsmasq's PID file for reloads; None to never signal it.
+        socket_group: Group given the local socket.
+    """
+
+    paths: Paths
+    listen: str = ":223"
+    domain: str | None = None
+    dnsmasq_pid_file: Path | None = Path("/run/dnsmasq/dnsmasq.pid")
+    socket_group: str = CLAUDE_USER
+
+    def __post_init__(self) -> None:
+        if self.domain is None:
+            self.domain = read_token(self.paths.shell_domain_file) or DEFAULT_DOMAIN
+
+
+@dataclass
+class AgentState:
+    """What the shell knows about one agent.
+
+    Attributes:
+        agent_id: The agent's ID.
+        connected: A status connection is open.
+        stale: No event for more than 3 heartbeat intervals.
+        last_seen_ns: Wall time of the last event (ns since the epoch), 0 if never.
+        last_seen_mono: Monotonic time of the last event.
+        version: From ``agent.started``.
+        image: Current image tag, from ``agent.started``.
+        capacity: From ``agent.started``.
+        heartbeat_interval_s: From ``agent.started`` (30 until told).
+        peer: Address of the status connection.
+        sessions: Session UUID → DNS name (``""`` for none).
+    """
+
+    agent_id: str
+    connected: bool = False
+    stale: bool = False
+    last_seen_ns: int = 0
+    last_seen_mono: float = 0.0
+    version: str = ""
+    image: str = ""
+    capacity: dict[str, Any] = field(default_factory=dict)
+    heartbeat_interval_s: float = 30.0
+    peer: str = ""
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    def status_message(self) -> dict[str, Any]:
+        """The shell-local ``agent.status`` message for subscribers."""
+        return Event.now(AGENT_STATUS, self.agent_id, data={
+            "connected": self.connected,
+            "stale": self.stale,
+            "last_seen": format_rfc3339(self.last_seen_ns) if self.last_seen_ns else None,
+            "version": self.version,
+            "image": self.image,
+            "capacity": self.capacity,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "peer": self.peer,
+        }).to_wire()
+
+
+class StatusHub:
+    """Agent states and event fan-out, without sockets (the pure part of status-serve).
+
+    Args:
+        stale_after: Missed heartbeats before an agent is stale.
+        clock: Monotonic clock (seconds), replaceable in tests.
+    """
+
+    def __init__(self, stale_after: int = STALE_AFTER_HEARTBEATS, clock: Any = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self.clock = clock
+        self.agents: dict[str, AgentState] = {}
+        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
+
+    def agent(self, agent_id: str) -> AgentState:
+        return self.agents.setdefault(agent_id, AgentState(agent_id))
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` for every subscriber; one that is too far behind is cut off."""
+        line = encode_line(message)
+        for queue in list(self.subscribers):
+            try:
+                queue.put_nowait(line)
+            except asyncio.QueueFull:
+                log.warning("status socket: a subscriber fell %d messages behind; disconnecting it",
+                            queue.maxsize)
+                self.subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+    def subscribe(self) -> asyncio.Queue[bytes | None]:
+        """A new subscriber queue, already holding the replay and ``replay.done``."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=SUBSCRIBER_BACKLOG)
+        for state in sorted(self.agents.values(), key=lambda a: a.agent_id):
+            queue.put_nowait(encode_line(state.status_message()))
+        queue.put_nowait(encode_line({"type": REPLAY_DONE, "timestamp": format_rfc3339(now_ns())}))
+        self.subscribers.add(queue)
+        return queue
+
+    def connected(self, agent_id: str, peer: str) -> None:
+        state = self.agent(agent_id)
+        state.connected, state.peer = True, peer
+        self.broadcast(state.status_message())
+
+    def disconnected(self, agent_id: str) -> None:
+        state = self.agent(agent_id)
+        state.connected = False
+        self.broadcast(state.status_message())
+
+    def record(self, event: Event) -> bool:
+        """Apply an agent's event to its state and fan it out.
+
+        Returns:
+            True if the event changed a session's DNS name (the hosts file needs updating).
+        """
+        state = self.agent(event.agent_id)
+        was_stale = state.stale
+        state.last_seen_ns, state.last_seen_mono, state.stale = now_ns(), self.clock(), False
+        dns_changed = False
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type == AGENT_STARTED:
+            state.version = str(data.get("version", ""))
+            state.image = str(data.get("image", ""))
+            state.capacity = data.get("capacity") if isinstance(data.get("capacity"), dict) else {}
+            interval = data.get("heartbeat_interval_s")
+            if isinstance(interval, (int, float)) and interval > 0:
+                state.heartbeat_interval_s = float(interval)
+        elif event.type == AGENT_HEARTBEAT:
+            interval = data.get("interval_s")
+            if isinstance(interval, (int, float)) and interval > 0:
+                state.heartbeat_interval_s = float(interval)
+        elif event.type in (CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED) and event.session_id:
+            name = str(data.get("dns_name", "") or "")
+            dns_changed = (state.sessions.get(event.session_id) or "") != name
+            state.sessions[event.session_id] = name
+        elif event.type == CONTAINER_DELETED and event.session_id:
+            dns_changed = bool(state.sessions.pop(event.session_id, ""))
+        self.broadcast(event.to_wire())
+        if was_stale or event.type in (AGENT_STARTED, AGENT_SHUTDOWN):
+            self.broadcast(state.status_message())
+        return dns_changed
+
+    def resync(self, agent_id: str, sessions: list[SessionView]) -> bool:
+        """Replace an agent's session DNS names with a fresh ``list``; True if anything changed."""
+        state = self.agent(agent_id)
+        fresh = {v.meta.uuid: v.meta.dns_name for v in sessions}
+        changed = {k: v for k, v in fresh.items() if v} != {k: v for k, v in state.sessions.items() if v}
+        state.sessions = fresh
+        return changed
+
+    def check_stale(self) -> None:
+        """Mark agents silent for more than ``stale_after`` heartbeats as stale and tell subscribers."""
+        now = self.clock()
+        for state in self.agents.values():
+            if state.stale or not state.last_seen_mono:
+                continue
+            if now - state.last_seen_mono > self.stale_after * state.heartbeat_interval_s:
+                state.stale = True
+                log.warning("agent %s is stale: silent for %.0f s", state.agent_id, now - state.last_seen_mono)
+                self.broadcast(state.status_message())
+
+
+class StatusServer:
+    """The status listener, the local socket, stale detection and DNS, until shut down.
+
+    Args:
+        config: The settings to run with.
+    """
+
+    def __init__(self, config: StatusConfig) -> None:
+        self.config = config
+        self.hub = StatusHub()
+        self.hosts = HostsFile(config.paths.dnsmasq_hosts, config.domain or "", config.dnsmasq_pid_file)
+        self.listener: SubsystemListener | None = None
+        self._unix: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._clients: dict[str, AgentClient] = {}
+        self._addresses: dict[str, str] = {}
+        self._stopping = asyncio.Event()
+        self._dns_lock = asyncio.Lock()
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Open the local socket and the SSH listener; returns the bound listener addresses.
+
+        Raises:
+            ConfigError: the status host key is missing or invalid.
+            OSError: an address or the socket path cannot be bound.
+        """
+        paths = self.config.paths
+        if not paths.status_host_key.exists():
+            raise ConfigError(f"{paths.status_host_key} is missing: run `convocate-host init-shell`, "
+                              "which creates the status host key")
+        host_key = keys.load_private_key(paths.status_host_key)
+        await self._open_socket()
+        self.listener = SubsystemListener(
+            listen=self.config.listen, default_port=223, host_key=host_key,
+            authorized_keys=paths.status_authorized_keys, subsystems=frozenset({STATUS_SUBSYSTEM}),
+            handler=self._handle, server_version=f"convocate-status_{__version__}",
+        )
+        addresses = await self.listener.start()
+        self._spawn(self._stale_loop())
+        await self._update_dns()
+        for addr in addresses:
+            log.info("convocate status-serve %s listening on %s; local socket %s; dns %s (domain %s)",
+                     __version__, format_address(addr), paths.status_socket, paths.dnsmasq_hosts, self.config.domain)
+        return addresses
+
+    async def _open_socket(self) -> None:
+        path = self.config.paths.status_socket
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a socket file left by a previous run
+        self._unix = await asyncio.start_unix_server(self._subscriber, path=str(path))
+        os.chmod(path, 0o660)
+        try:
+            os.chown(path, -1, grp.getgrnam(self.config.socket_group).gr_gid)
+        except KeyError:
+            log.info("group %s does not exist; %s keeps the group of its creator", self.config.socket_group, path)
+        except PermissionError as e:
+            log.warning("cannot give %s to group %s: %s", path, self.config.socket_group, e)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- agents ---------------------------------------------------------------------------
+    def _handle(self, process: asyncssh.SSHServerProcess, caller: Caller) -> Any:
+        return self._spawn(self._serve_agent(process, caller))
+
+    async def _serve_agent(self, process: asyncssh.SSHServerProcess, caller: Caller) -> None:
+        bound = caller.agent_id
+        peer_ip = caller.peer.rsplit(":", 1)[0].strip("[]")
+        if bound:
+            self.hub.connected(bound, caller.peer)
+        try:
+            async for frame in read_frames(process.stdin):
+                if isinstance(frame, LineTooLong):
+                    log.warning("status: %s sent an oversized line; ignored", caller)
+                    continue
+                try:
+                    event = Event.parse(frame)
+                except BadRequest as e:
+                    log.warning("status: %s sent a bad event: %s", caller, e)
+                    continue
+                if bound is None:
+                    bound = event.agent_id
+                    self.hub.connected(bound, caller.peer)
+                if event.agent_id != bound:
+                    log.warning("status: refused an event claiming agent %s on the connection of agent %s (key %s)",
+                                event.agent_id, bound, caller.fingerprint)
+                    continue
+                self._addresses.setdefault(bound, peer_ip)
+                if self.hub.record(event):
+                    self._spawn(self._update_dns())
+                if event.type == AGENT_STARTED:
+                    self._spawn(self._resync(bound))
+        except (OSError, asyncssh.Error) as e:
+            log.info("status: connection from %s ended: %s", caller, e)
+        finally:
+            if bound is not None:
+                self.hub.disconnected(bound)
+                log.info("status: agent %s disconnected", bound)
+            with contextlib.suppress(Exception):
+                process.exit(0)
+
+    async def _resync(self, agent_id: str) -> None:
+        """After ``agent.started``: take the agent's sessions from ``list`` (events may have been dropped)."""
+        client = self._clients.get(agent_id)
+        if client is None:
+            try:
+                client = self._clients[agent_id] = AgentClient(load_agent(self.config.paths, agent_id))
+            except ConfigError as e:
+                log.info("status: agent %s is not in the registry (%s); DNS follows its events only", agent_id, e)
+                return
+        try:
+            result = await client.call("list")
+            views = [SessionView.from_wire(obj, agent_id) for obj in result]
+        except ConvocateError as e:
+            log.warning("status: cannot resync agent %s: %s", agent_id, e)
+            return
+        if self.hub.resync(agent_id, views):
+            await self._update_dns()
+
+    async def _agent_address(self, agent_id: str) -> str | None:
+        """The agent host's IP: the registry's address (resolved if a name), else its status peer address."""
+        try:
+            address = load_agent(self.config.paths, agent_id).address
+        except ConfigError:
+            return self._addresses.get(agent_id)
+        if is_ip(address):
+            return address
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(address, None, type=socket.SOCK_STREAM)
+            return infos[0][4][0]
+        except OSError as e:
+            log.warning("dns: cannot resolve agent %s address %s: %s", agent_id, address, e)
+            return self._addresses.get(agent_id)
+
+    async def _update_dns(self) -> None:
+        async with self._dns_lock:
+            records: list[HostRecord] = []
+            for state in list(self.hub.agents.values()):
+                names = {sid: name for sid, name in state.sessions.items() if name}
+                if not names:
+                    continue
+                address = await self._agent_address(state.agent_id)
+                if address is None:
+                    continue
+                records += [HostRecord(address, name, state.agent_id, sid) for sid, name in names.items()]
+            try:
+                await asyncio.to_thread(self.hosts.update, records)
+            except OSError as e:
+                log.error("dns: cannot write %s: %s", self.hosts.path, e)
+
+    async def _stale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.hub.check_stale()
+
+    # --- local subscribers -------------------------------------------------------------------
+    async def _subscriber(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue = self.hub.subscribe()
+        gone = asyncio.ensure_future(reader.read())  # subscribers send nothing; EOF means they left
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    return
+                line = get.result()
+                if line is None:
+                    return
+                writer.write(line)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            gone.cancel()
+            self.hub.subscribers.discard(queue)
+            writer.close()
+
+    # --- lifetime --------------------------------------------------------------------------
+    async def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Close the listener, the local socket and every connection."""
+        if self.listener is not None:
+            await self.listener.stop_accepting()
+        if self._unix is not None:
+            self._unix.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.paths.status_socket.unlink()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.listener is not None:
+            await self.listener.close_connections()
+        await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
+        log.info("convocate status-serve stopped")

@@ -1,0 +1,111 @@
+"""status-serve's agent states and fan-out (convocate.status_server.StatusHub), and the emitter's queue."""
+
+import asyncio
+import json
+
+from convocate.common.model import SessionMeta, SessionView
+from convocate.common.protocol import Event
+from convocate.status_server import StatusHub
+from convocate_agent.status import EventQueue, backoff_delays
+
+SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def drain(queue):
+    out = []
+    while not queue.empty():
+        item = queue.get_nowait()
+        out.append(json.loads(item) if item else None)
+    return out
+
+
+def test_new_subscribers_get_a_replay_then_live_events():
+    async def scenario():
+        hub = StatusHub(clock=Clock())
+        hub.connected("abcd1234", "127.0.0.1:5000")
+        hub.record(Event.now("agent.started", "abcd1234", data={"version": "9", "heartbeat_interval_s": 5}))
+        queue = hub.subscribe()
+        replay = drain(queue)
+        hub.record(Event.now("container.created", "abcd1234", SID, {"uuid": SID, "dns_name": "web"}))
+        return replay, drain(queue), hub
+
+    replay, live, hub = asyncio.run(scenario())
+    assert [m["type"] for m in replay] == ["agent.status", "replay.done"]
+    assert replay[0]["data"]["version"] == "9" and replay[0]["data"]["connected"] is True
+    assert [m["type"] for m in live] == ["container.created"]
+    assert hub.agents["abcd1234"].sessions == {SID: "web"}
+
+
+def test_an_agent_goes_stale_after_three_missed_heartbeats_and_recovers():
+    async def scenario():
+        clock = Clock()
+        hub = StatusHub(clock=clock)
+        hub.record(Event.now("agent.started", "abcd1234", data={"heartbeat_interval_s": 10}))
+        queue = hub.subscribe()
+        drain(queue)
+        clock.now += 29
+        hub.check_stale()
+        assert drain(queue) == []
+        clock.now += 2
+        hub.check_stale()
+        stale = drain(queue)
+        hub.record(Event.now("agent.heartbeat", "abcd1234", data={"interval_s": 10}))
+        return stale, drain(queue)
+
+    stale, back = asyncio.run(scenario())
+    assert stale[0]["type"] == "agent.status" and stale[0]["data"]["stale"] is True
+    assert [m["type"] for m in back] == ["agent.heartbeat", "agent.status"] and back[1]["data"]["stale"] is False
+
+
+def test_dns_changes_are_detected_from_events_and_resync():
+    async def scenario():
+        hub = StatusHub(clock=Clock())
+        changed = [hub.record(Event.now("container.created", "a1b2c3d4", SID, {"dns_name": ""})),
+                   hub.record(Event.now("container.edited", "a1b2c3d4", SID, {"dns_name": "api"})),
+                   hub.record(Event.now("container.started", "a1b2c3d4", SID, {"dns_name": "api"})),
+                   hub.record(Event.now("container.deleted", "a1b2c3d4", SID))]
+        view = SessionView(SessionMeta(SID, "x", 1, 1, dns_name="db"))
+        return changed, hub.resync("a1b2c3d4", [view]), hub.resync("a1b2c3d4", [view])
+
+    changed, first, again = asyncio.run(scenario())
+    assert changed == [False, True, False, True]  # no name yet; then api; the same again; gone
+    assert (first, again) == (True, False)
+
+
+def test_a_slow_subscriber_is_cut_off_not_waited_for():
+    async def scenario():
+        hub = StatusHub(clock=Clock())
+        queue = hub.subscribe()
+        for i in range(queue.maxsize + 5):
+            hub.broadcast({"type": "x", "n": i})
+        return hub, queue
+
+    hub, queue = asyncio.run(scenario())
+    assert queue not in hub.subscribers
+
+
+def test_event_queue_drops_the_oldest_and_counts():
+    async def scenario():
+        q = EventQueue(limit=3)
+        for i in range(5):
+            q.push(Event("container.edited", "abcd1234", timestamp=str(i)))
+        kept = []
+        while q.peek() is not None:
+            kept.append(q.peek().timestamp)
+            q.pop()
+        return kept, q.take_dropped(), q.take_dropped()
+
+    assert asyncio.run(scenario()) == (["2", "3", "4"], 2, 0)
+
+
+def test_backoff_doubles_from_one_second_to_thirty():
+    delays = backoff_delays()
+    assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
