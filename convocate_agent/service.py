@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+from pathlib import Path
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -51,6 +52,8 @@ from convocate_agent.store import SessionStore
 
 log = logging.getLogger(__name__)
 
+#: Name of the systemd credential carrying the session env file (LoadCredential=).
+SESSION_ENV_CREDENTIAL = "session.env"
 #: Seconds a started session may take to accept attaches.
 READY_TIMEOUT_S = 20.0
 
@@ -152,15 +155,23 @@ class AgentService:
         return image
 
     def _session_environment(self) -> dict[str, str]:
-        """``KEY=VALUE`` lines of the root-only session env file (e.g. ``ANTHROPIC_API_KEY``)."""
+        """``KEY=VALUE`` lines of the root-only session env file (e.g. ``ANTHROPIC_API_KEY``).
+
+        Under systemd the unit hands the file over with ``LoadCredential=session.env:...``
+        (systemd.exec(5)), so an agent running as an unprivileged user reads it
+        from ``$CREDENTIALS_DIRECTORY``; otherwise it is read from its path.
+        """
         env: dict[str, str] = {}
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         path = self.paths.session_env_file
+        if credentials and (Path(credentials) / SESSION_ENV_CREDENTIAL).is_file():
+            path = Path(credentials) / SESSION_ENV_CREDENTIAL
         try:
             text = path.read_text(encoding="utf-8")
             mode = path.stat().st_mode
         except FileNotFoundError:
             return env
-        if mode & 0o077:
+        if mode & 0o077 and not credentials:
             log.warning("%s is readable by others (mode %o); it holds secrets: chmod 600 it", path, mode & 0o777)
         for line in text.splitlines():
             line = line.strip()

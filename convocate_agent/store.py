@@ -55,6 +55,8 @@ class SessionStore:
         self.paths = paths
         self.uid = uid
         self.gid = gid
+        # Only root can give files away; an agent running as the claude user owns what it makes already.
+        self._chown = os.geteuid() == 0
         self._cache: dict[str, tuple[tuple[int, int, int], SessionMeta]] = {}
 
     # --- reading -------------------------------------------------------------------
@@ -138,7 +140,7 @@ class SessionStore:
         """
         staged = self._staging_for(meta.uuid)
         staged.mkdir(mode=0o750)
-        os.chown(staged, self.uid, self.gid)
+        self._own(staged, self.uid, self.gid)
         skel = self.paths.skel_dir
         if skel.is_dir():
             self._copy_tree(skel, staged)
@@ -161,7 +163,7 @@ class SessionStore:
         staged.mkdir(mode=0o750)
         st = os.stat(source)
         os.chmod(staged, stat.S_IMODE(st.st_mode))
-        os.chown(staged, st.st_uid, st.st_gid)
+        self._own(staged, st.st_uid, st.st_gid)
         self._copy_tree(source, staged, skip={"session.json"}, keep_owner=True)
         self._write_meta(staged, meta)
         self._publish(staged, meta.uuid)
@@ -195,6 +197,10 @@ class SessionStore:
         return removed
 
     # --- helpers ----------------------------------------------------------------
+    def _own(self, path: Path, uid: int, gid: int) -> None:
+        if self._chown:
+            os.lchown(path, uid, gid)
+
     def _staging_for(self, session_id: str) -> Path:
         self.paths.staging_dir.mkdir(mode=0o700, exist_ok=True)
         return self.paths.staging_dir / validate_uuid(session_id)
@@ -230,4 +236,4 @@ class SessionStore:
                 log.info("clone: skipping special file %s", src)
                 continue
             uid, gid = (st.st_uid, st.st_gid) if keep_owner else (self.uid, self.gid)
-            os.lchown(dst, uid, gid)
+            self._own(dst, uid, gid)
