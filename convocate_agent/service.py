@@ -14,9 +14,9 @@ import errno
 import logging
 import os
 import socket
-from pathlib import Path
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from convocate.common import messages
