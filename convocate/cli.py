@@ -349,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args: list[str]) -> int:
         if not args:
-            print(f"{PROG}: the interactive TUI is not part of this version yet; use `{PROG} ls`, "
-                  f"`{PROG} new NAME --attach` and `{PROG} attach REF` (see `{PROG} help`)", file=sys.stderr)
-            return 2
+            from convocate.tui.app import run_tui
+
+            return run_tui(Paths.from_env())
+        if args[0] == "-c":  # invoked as a login shell with a command (ssh claude@shell CMD, scp, ...)
+            raise BadRequest("this account runs the convocate TUI and does not run commands; "
+                             "log in without a command, or use the convocate CLI from your own account")
         parsed = build_parser().parse_args(args)
         if getattr(parsed, "daemon", False):
             try:

@@ -20,6 +20,7 @@ import signal
 import sys
 import termios
 import tty
+from collections.abc import Callable
 from typing import BinaryIO
 
 import asyncssh
@@ -154,9 +155,12 @@ class _Relay:
             delay = min(delay * 2, 5.0)
 
 
+ResizeWatcher = Callable[[Callable[[], None]], Callable[[], None]]
+
+
 async def attach_terminal(client: AgentClient, session_id: str, name: str, *, read_only: bool = False,
                           stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
-                          reattach_for: float = REATTACH_FOR_S) -> None:
+                          reattach_for: float = REATTACH_FOR_S, watch_resize: ResizeWatcher | None = None) -> None:
     """Relay the controlling terminal to a session until the operator detaches.
 
     Args:
@@ -165,6 +169,9 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
         name: Session name, for the hint line.
         read_only: Attach as an observer.
         reattach_for: Seconds to keep trying when the agent goes away.
+        watch_resize: Installs a window-size handler and returns its remover. By
+            default ``SIGWINCH`` on this event loop, which needs the main thread;
+            a caller running this on another thread (the TUI) brings its own.
 
     Raises:
         ConfigError: stdin or stdout is not a terminal.
@@ -180,9 +187,14 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
     relay = _Relay(client, session_id, in_fd, out_fd, read_only)
     await relay.open()
     loop = asyncio.get_running_loop()
+    if watch_resize is None:
+        def watch_resize(handler: Callable[[], None]) -> Callable[[], None]:
+            loop.add_signal_handler(signal.SIGWINCH, handler)
+            return lambda: loop.remove_signal_handler(signal.SIGWINCH)
+
     with raw_terminal(in_fd):
         loop.add_reader(in_fd, relay.on_input)
-        loop.add_signal_handler(signal.SIGWINCH, relay.on_resize)
+        unwatch = watch_resize(relay.on_resize)
         try:
             while not await relay.pump():
                 relay.say(f"lost the connection to agent {client.agent_id}; the session keeps running. "
@@ -190,4 +202,4 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
                 await relay.reattach(loop.time() + reattach_for)
         finally:
             loop.remove_reader(in_fd)
-            loop.remove_signal_handler(signal.SIGWINCH)
+            unwatch()

@@ -1,0 +1,572 @@
+"""The operator's TUI: one table of every session on every agent, and the keys to drive them.
+
+npyscreen owns the main thread and the screen; :class:`~convocate.tui.network.Network`
+owns the network on its own thread. Forms only call methods of
+:class:`ConvocateApp`; the network's notices are applied to the
+:class:`~convocate.tui.model.ClusterModel` in the form's ``while_waiting``
+(every 0.2 s, and only repainting when the model changed or the clock ticked).
+
+Keys: Enter attach, 1-9 jump to a row, N new, C clone, E edit, B background,
+D delete, K kill, O override, S settings, R restart, Q quit.
+"""
+
+from __future__ import annotations
+
+import curses
+import logging
+import os
+import queue
+import signal
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import npyscreen
+
+from convocate.client import Cluster
+from convocate.common.errors import ConfigError, ConvocateError
+from convocate.common.model import STATE_CONNECTED, SessionView
+from convocate.common.paths import Paths
+from convocate.terminal import attach_terminal
+from convocate.tui.model import UNREACHABLE, ClusterModel, Row, header
+from convocate.tui.network import Network, Notice
+
+log = logging.getLogger(__name__)
+
+MIN_COLUMNS, MIN_LINES = 80, 16
+KEYS = "Enter attach  1-9 jump  N new  C clone  E edit  B background  D delete  K kill  O override  " \
+       "S settings  R restart  Q quit"
+
+
+class SessionTable(npyscreen.MultiLineAction):
+    """The session rows; each value is a :class:`Row`."""
+
+    def display_value(self, row: Row) -> str:
+        if row is None:
+            return ""
+        number = 0
+        if row.session is not None:
+            number = self.parent.parentApp.number_of(row)
+        return row.render(number)
+
+    def actionHighlighted(self, row: Row, key: int) -> None:
+        self.parent.parentApp.attach(row)
+
+
+class MainForm(npyscreen.FormBaseNew):
+    """The session table with a title line, column headers and a status line."""
+
+    def create(self) -> None:
+        app: ConvocateApp = self.parentApp
+        self.title = self.add(npyscreen.FixedText, value="convocate", editable=False, rely=1, relx=2)
+        self.columns_line = self.add(npyscreen.FixedText, value=header(), editable=False, rely=2, relx=2,
+                                     color="LABEL")
+        self.table = self.add(SessionTable, rely=3, relx=2, max_height=-3, scroll_exit=False, values=[],
+                              allow_filtering=False)
+        self.message = self.add(npyscreen.FixedText, value="", editable=False, rely=-4, relx=2, color="CAUTION")
+        self.keys = self.add(npyscreen.FixedText, value=KEYS, editable=False, rely=-3, relx=2, color="LABEL")
+        handlers: dict[Any, Callable[[Any], Any]] = {}
+        for key, action in {"n": app.new, "c": app.clone, "e": app.edit, "b": app.background, "d": app.delete,
+                            "k": app.kill, "o": app.override, "s": app.settings, "r": app.restart,
+                            "q": app.quit}.items():
+            # By code, not by character: MultiLine binds ord("k"), ord("n") ... itself, and codes are looked up first.
+            handlers[ord(key)] = handlers[ord(key.upper())] = _key(action, self)
+        for digit in "123456789":
+            handlers[ord(digit)] = _jump(int(digit), self)
+        self.table.add_handlers(handlers)
+        self._shown = (-1, "")
+
+    def selected(self) -> Row | None:
+        rows = self.table.values
+        i = self.table.cursor_line
+        return rows[i] if rows and 0 <= i < len(rows) else None
+
+    def while_waiting(self) -> None:
+        app: ConvocateApp = self.parentApp
+        app.drain()
+        clock = time.strftime("%H:%M:%S")
+        if (app.model.version, clock) == self._shown:
+            return
+        if app.model.version != self._shown[0]:
+            app.refresh_rows(self)
+            self.table.display()
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
+                            f"  load {load}  {clock}")
+        self.message.value = app.message
+        self._shown = (app.model.version, clock)
+        # Only the widgets that change: Form.display() erases the pad, and the table
+        # skips redrawing lines it thinks are still on screen.
+        self.title.display()
+        self.message.display()
+
+
+def _key(action: Callable[[], None], form: MainForm) -> Callable[[Any], None]:
+    return lambda _key: action()
+
+
+def _jump(number: int, form: MainForm) -> Callable[[Any], None]:
+    def go(_key: Any) -> None:
+        for i, row in enumerate(form.table.values):
+            if row.session is not None and form.parentApp.number_of(row) == number:
+                form.table.cursor_line = i
+                form.table.display()
+                return
+    return go
+
+
+class Dialog(npyscreen.ActionPopup):
+    """A popup with OK and Cancel; Esc cancels at once. ``accepted`` says which button ended it."""
+
+    accepted = False
+
+    def on_ok(self) -> bool:
+        self.accepted = True
+        return False
+
+    def on_cancel(self) -> bool:
+        self.accepted = False
+        return False
+
+    def find_cancel_button(self) -> None:  # Esc in any field
+        self.accepted = False
+        self.editing = False
+
+
+class SessionForm(Dialog):
+    """Fields of a new or edited session."""
+
+    DEFAULT_LINES = 16
+    DEFAULT_COLUMNS = 66
+
+    def create(self) -> None:
+        self.name_field = self.add(npyscreen.TitleText, name="Name:", begin_entry_at=16)
+        self.protocol = self.add(npyscreen.TitleText, name="Protocol:", value="tcp", begin_entry_at=16)
+        self.port = self.add(npyscreen.TitleText, name="Port:", begin_entry_at=16)
+        self.add(npyscreen.FixedText, value="  (port: blank none, 0 auto, else 1-65535)", editable=False)
+        self.dns = self.add(npyscreen.TitleText, name="DNS name:", begin_entry_at=16)
+        self.cpus = self.add(npyscreen.TitleText, name="CPUs:", begin_entry_at=16)
+        self.memory = self.add(npyscreen.TitleText, name="Memory MiB:", begin_entry_at=16)
+        self.start_now = self.add(npyscreen.Checkbox, name="Start now", value=True)
+        self.attach_now = self.add(npyscreen.Checkbox, name="Attach right away", value=True)
+
+
+class ConvocateApp(npyscreen.NPSAppManaged):
+    """The TUI application: the model, the network, and every operator action.
+
+    Args:
+        cluster: The registered agents.
+    """
+
+    keypress_timeout_default = 2  # tenths of a second between while_waiting calls
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.model = ClusterModel({aid: c.record.endpoint for aid, c in cluster.clients.items()})
+        self.inbox: queue.SimpleQueue[tuple[Notice, Callable[[Any], None] | None]] = queue.SimpleQueue()
+        self.network = Network(cluster, lambda notice: self.inbox.put((notice, None)))
+        self.message = ""
+        self._numbers: dict[int, int] = {}
+        self._followups: dict[str, Callable[[Any], None]] = {}
+
+    def onStart(self) -> None:
+        self.main_form = self.addForm("MAIN", MainForm, name="convocate")
+        self.network.start()
+
+    def onCleanExit(self) -> None:
+        self.network.stop()
+
+    # --- notices from the network ----------------------------------------------------
+    def drain(self) -> None:
+        """Apply every pending notice to the model (UI thread)."""
+        while True:
+            try:
+                notice, _ = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.apply(notice)
+
+    def apply(self, notice: Notice) -> None:
+        if notice.kind == "reach":
+            reach, reason = notice.payload
+            self.model.set_reach(notice.agent_id, reach, reason)
+        elif notice.kind == "sessions":
+            self.model.replace_sessions(notice.agent_id, notice.payload)
+        elif notice.kind == "status":
+            if self.model.apply(notice.payload):
+                self.network.refresh(notice.agent_id)
+        elif notice.kind == "done":
+            description, result = notice.payload
+            self.message = f"{description}: done"
+            followup = self._followups.pop(description, None)
+            if followup is not None:
+                followup(result)
+        elif notice.kind == "failed":
+            description, error = notice.payload
+            self._followups.pop(description, None)
+            self.message = f"{description}: failed"
+            npyscreen.notify_confirm(f"{description} failed.\n\nagent {notice.agent_id}: {error}",
+                                     title="Error", wide=True, editw=1)
+
+    def refresh_rows(self, form: MainForm) -> None:
+        """Give the table the model's rows, keeping the cursor on the same session."""
+        current = form.selected()
+        rows = self.model.rows()
+        self._numbers = {}
+        number = 0
+        for row in rows:
+            if row.session is not None:
+                number += 1
+                self._numbers[id(row)] = number
+        form.table.values = rows
+        if current is not None:
+            for i, row in enumerate(rows):
+                if (row.agent_id, row.session and row.session.meta.uuid) == \
+                        (current.agent_id, current.session and current.session.meta.uuid):
+                    form.table.cursor_line = i
+                    break
+        form.table.cursor_line = max(0, min(form.table.cursor_line, len(rows) - 1))
+
+    def number_of(self, row: Row) -> int:
+        return self._numbers.get(id(row), 0)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _session(self) -> tuple[str, SessionView] | None:
+        row = self.main_form.selected()
+        if row is None or row.session is None:
+            self.message = "select a session first"
+            return None
+        return row.agent_id, row.session
+
+    def _op(self, agent_id: str, op: str, params: dict[str, Any], description: str,
+            then: Callable[[Any], None] | None = None) -> None:
+        if then is not None:
+            self._followups[description] = then
+        self.message = f"{description}..."
+        self.network.call(agent_id, op, params, description)
+
+    def _confirmed_op(self, op: str, verb: str, question: str) -> None:
+        picked = self._session()
+        if picked is None:
+            return
+        agent_id, view = picked
+        m = view.meta
+        if _confirm(question.format(name=m.name, id=m.uuid[:8], agent=agent_id), title=verb.title()):
+            self._op(agent_id, op, {"id": m.uuid}, f"{verb} {m.name}")
+
+    # --- actions ------------------------------------------------------------------------------
+    def attach(self, row: Row | None = None) -> None:
+        """Enter: attach to the selected session (start it first if stopped; on C offer observe or override)."""
+        row = row or self.main_form.selected()
+        if row is None:
+            return
+        if row.session is None:
+            self.network.refresh(row.agent_id)
+            self.message = f"agent {row.agent_id}: trying again"
+            return
+        view, agent_id = row.session, row.agent_id
+        read_only = False
+        if view.state == STATE_CONNECTED:
+            choice = _choose("Someone is attached", f"{view.meta.name} already has an operator attached.",
+                             ["Observe read-only", "Override: detach them and take over", "Cancel"])
+            if choice == 0:
+                read_only = True
+            elif choice == 1:
+                self._blocking(agent_id, "override", {"id": view.meta.uuid})
+            else:
+                return
+        if not view.running:
+            if not _confirm(f"{view.meta.name} is stopped. Start it and attach?", title="Attach"):
+                return
+            if self._blocking(agent_id, "restart", {"id": view.meta.uuid}) is None:
+                return
+        self._attach(agent_id, view, read_only)
+
+    def _blocking(self, agent_id: str, op: str, params: dict[str, Any]) -> Any:
+        """Run an op and wait for it, for the steps right before an attach; None on failure (shown)."""
+        try:
+            return self.network.call(agent_id, op, params, f"{op} {params.get('id', '')[:8]}").result(60)
+        except ConvocateError:
+            return None  # the failed notice shows the error
+        except Exception as e:  # timeout
+            npyscreen.notify_confirm(f"{op} did not answer: {e}", title="Error", editw=1)
+            return None
+
+    def _attach(self, agent_id: str, view: SessionView, read_only: bool) -> None:
+        """Suspend the screen, relay the terminal to the session, and come back where we were."""
+        client = self.cluster.client(agent_id)
+        handlers: list[Callable[[], None]] = []
+
+        def watch_resize(handler: Callable[[], None]) -> Callable[[], None]:
+            handlers.append(handler)
+            return handlers.clear
+
+        def on_winch(_signum: int, _frame: Any) -> None:
+            for handler in list(handlers):
+                self.network.loop.call_soon_threadsafe(handler)
+
+        curses.def_prog_mode()
+        curses.endwin()
+        previous = signal.signal(signal.SIGWINCH, on_winch)
+        error: str = ""
+        try:
+            self.network.run_blocking(attach_terminal(client, view.meta.uuid, view.meta.name, read_only=read_only,
+                                                      watch_resize=watch_resize))
+        except ConvocateError as e:
+            error = str(e)
+        finally:
+            signal.signal(signal.SIGWINCH, previous)
+            curses.reset_prog_mode()
+            self.main_form.curses_pad.clear()
+        self.network.refresh(agent_id)
+        self.message = f"attach {view.meta.name}: {error}" if error else f"detached from {view.meta.name}"
+        if error:
+            npyscreen.notify_confirm(f"attach {view.meta.name}: {error}", title="Attach", wide=True, editw=1)
+        self.main_form._resize()  # the terminal may have changed size while attached
+
+    def new(self) -> None:
+        """N: create a session (agent picker when there are several)."""
+        agents = sorted(aid for aid, info in self.model.agents.items() if info.reach != UNREACHABLE)
+        if not agents:
+            npyscreen.notify_confirm("No agent is reachable.", title="New session", editw=1)
+            return
+        agent_id = agents[0]
+        if len(agents) > 1:
+            choice = _choose("New session", "On which agent?", agents + ["Cancel"])
+            if choice is None or choice >= len(agents):
+                return
+            agent_id = agents[choice]
+        form = SessionForm(name=f"New session on {agent_id}")
+        form.edit()
+        if not form.accepted:
+            return
+        try:
+            params = _session_params(form, for_create=True)
+        except ValueError as e:
+            npyscreen.notify_confirm(str(e), title="New session", editw=1)
+            return
+        params["start"] = bool(form.start_now.value)
+        attach_after = bool(form.attach_now.value) and params["start"]
+        description = f"create {params['name']}"
+
+        def then(result: Any) -> None:
+            if attach_after and isinstance(result, dict):
+                view = SessionView.from_wire(result, agent_id)
+                self._attach(agent_id, view, False)
+
+        self._op(agent_id, "create", params, description, then)
+
+    def clone(self) -> None:
+        """C: copy the selected session's home into a new session."""
+        picked = self._session()
+        if picked is None:
+            return
+        agent_id, view = picked
+        name = _ask("Clone", f"Name of the copy of {view.meta.name}:", f"{view.meta.name} copy"[:64])
+        if name:
+            self._op(agent_id, "clone", {"source_id": view.meta.uuid, "name": name}, f"clone {view.meta.name}")
+
+    def edit(self) -> None:
+        """E: change the selected session; offer a restart when a change needs one."""
+        picked = self._session()
+        if picked is None:
+            return
+        agent_id, view = picked
+        m = view.meta
+        form = SessionForm(name=f"Edit {m.name}")
+        form.name_field.value = m.name
+        form.protocol.value = m.protocol
+        form.port.value = str(m.port) if m.port else ""
+        form.dns.value = m.dns_name
+        form.cpus.value = f"{m.cpus:g}"
+        form.memory.value = str(m.memory_mb)
+        form.start_now.hidden = form.attach_now.hidden = True
+        form.edit()
+        if not form.accepted:
+            return
+        try:
+            params = _session_params(form, for_create=False)
+        except ValueError as e:
+            npyscreen.notify_confirm(str(e), title="Edit", editw=1)
+            return
+        if params.get("port") == 0 and not m.port:
+            params.pop("port")
+        params["id"] = m.uuid
+        needs_restart = view.running and (params.get("port", m.port) != m.port or
+                                          params.get("protocol", m.protocol) != m.protocol or
+                                          params.get("cpus", m.cpus) != m.cpus or
+                                          params.get("memory_mb", m.memory_mb) != m.memory_mb)
+
+        name = params.get("name") or m.name
+
+        def then(_result: Any) -> None:
+            if needs_restart and _confirm(
+                    f"{name}'s port and limits change at its next start. Restart it now?", title="Restart"):
+                self._op(agent_id, "restart", {"id": m.uuid}, f"restart {name}")
+
+        self._op(agent_id, "edit", params, f"edit {m.name}", then)
+
+    def background(self) -> None:
+        self._confirmed_op("background", "background",
+                           "Detach every operator from {name} ({id})? It keeps running.")
+
+    def delete(self) -> None:
+        self._confirmed_op("delete", "delete",
+                           "Delete {name} ({id}) on agent {agent}? Its home goes to the agent's trash.")
+
+    def kill(self) -> None:
+        self._confirmed_op("kill", "kill", "Stop {name} ({id})? Whoever is attached is disconnected.")
+
+    def override(self) -> None:
+        self._confirmed_op("override", "override",
+                           "Take over {name} ({id})? A stale lock is cleared and attached operators are detached.")
+
+    def restart(self) -> None:
+        self._confirmed_op("restart", "restart",
+                           "Restart {name} ({id}) from the agent's current image? The session is interrupted.")
+
+    def settings(self) -> None:
+        """S: view and change an agent's settings."""
+        agents = sorted(aid for aid, info in self.model.agents.items() if info.reach != UNREACHABLE)
+        row = self.main_form.selected()
+        agent_id = row.agent_id if row is not None and row.agent_id in agents else (agents[0] if agents else None)
+        if agent_id is None:
+            npyscreen.notify_confirm("No agent is reachable.", title="Settings", editw=1)
+            return
+        current = self._blocking(agent_id, "settings-get", {})
+        if not isinstance(current, dict):
+            return
+        form = Dialog(name=f"Settings of agent {agent_id}", lines=len(current) + 6, columns=70)
+        fields = {key: form.add(npyscreen.TitleText, name=f"{key}:", value=str(value), begin_entry_at=26)
+                  for key, value in current.items()}
+        form.edit()
+        if not form.accepted:
+            return
+        changes: dict[str, Any] = {}
+        for key, widget in fields.items():
+            text = widget.value.strip()
+            if text != str(current[key]):
+                changes[key] = _typed_like(text, current[key])
+        if changes:
+            self._op(agent_id, "settings-set", changes, f"settings of {agent_id}")
+
+    def quit(self) -> None:
+        self.switchForm(None)
+        self.main_form.editing = False
+
+
+def _typed_like(text: str, example: Any) -> Any:
+    """Parse ``text`` as the type of ``example`` (settings keep their JSON types); unparsable stays text."""
+    try:
+        if isinstance(example, bool):
+            return text.lower() in ("1", "true", "yes", "on")
+        if isinstance(example, int):
+            return int(text)
+        if isinstance(example, float):
+            return float(text)
+    except ValueError:
+        return text  # the agent names the field and the rule
+    return text
+
+
+def _session_params(form: SessionForm, *, for_create: bool) -> dict[str, Any]:
+    """Turn the form's text into op params. Port: blank none, 0 auto (-1 on the wire), else the number.
+
+    Raises:
+        ValueError: a number field does not hold a number.
+    """
+    params: dict[str, Any] = {"name": form.name_field.value.strip()}
+    protocol = form.protocol.value.strip().lower()
+    if protocol:
+        params["protocol"] = protocol
+    port = form.port.value.strip()
+    if port:
+        if not port.lstrip("-").isdigit():
+            raise ValueError(f"port {port!r} is not a number (blank for none, 0 for auto)")
+        params["port"] = -1 if int(port) == 0 else int(port)
+    elif not for_create:
+        params["port"] = 0
+    params["dns_name"] = form.dns.value.strip()
+    for attr, key, kind in (("cpus", "cpus", float), ("memory", "memory_mb", int)):
+        text = getattr(form, attr).value.strip()
+        if text:
+            try:
+                params[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{key} {text!r} is not a number") from None
+    return params
+
+
+class ConfirmPopup(Dialog):
+    """A yes/no question; ``y`` answers yes, ``n`` or Esc no, and the buttons work too."""
+
+    OK_BUTTON_TEXT = "Yes (y)"
+    CANCEL_BUTTON_TEXT = "No (n)"
+    CANCEL_BUTTON_BR_OFFSET = (2, 18)
+
+    def create(self) -> None:
+        self.add_handlers({ord("y"): self._yes, ord("Y"): self._yes, ord("n"): self._no, ord("N"): self._no})
+
+    def _answer(self, yes: bool) -> None:
+        self.accepted, self.editing = yes, False
+        self._widgets__[self.editw].editing = False
+
+    def _yes(self, _key: Any = None) -> None:
+        self._answer(True)
+
+    def _no(self, _key: Any = None) -> None:
+        self._answer(False)
+
+
+def _confirm(question: str, title: str) -> bool:
+    """Ask a yes/no question; True for yes."""
+    form = ConfirmPopup(name=title, lines=10, columns=66)
+    form.add(npyscreen.MultiLine, values=textwrap.wrap(question, 60), editable=False, max_height=4)
+    form.edit()
+    return form.accepted
+
+
+def _choose(title: str, question: str, options: list[str]) -> int | None:
+    """A popup list; returns the chosen index or None."""
+    form = npyscreen.Popup(name=title, lines=min(8 + len(options), 20), columns=66)
+    form.add(npyscreen.FixedText, value=question, editable=False)
+    picker = form.add(npyscreen.SelectOne, values=options, value=[0], max_height=len(options) + 1, scroll_exit=True)
+    form.edit()
+    return picker.value[0] if picker.value else None
+
+
+def _ask(title: str, question: str, default: str) -> str:
+    """A one-line text popup; returns the text, ``""`` when cancelled."""
+    form = Dialog(name=title, lines=9, columns=66)
+    form.add(npyscreen.FixedText, value=question, editable=False)
+    field = form.add(npyscreen.Textfield, value=default)
+    form.edit()
+    return field.value.strip() if form.accepted else ""
+
+
+def run_tui(paths: Paths) -> int:
+    """Open the TUI on the controlling terminal; returns the exit status.
+
+    Raises:
+        ConfigError: no terminal, a terminal too small, or no agent registered
+            (the message says what to do).
+    """
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError("the convocate TUI needs a terminal; for scripts use `convocate ls`, "
+                          "`convocate attach`, ... (see `convocate help`)")
+    columns, lines = os.get_terminal_size()
+    if columns < MIN_COLUMNS or lines < MIN_LINES:
+        raise ConfigError(f"the terminal is {columns}x{lines}; convocate needs at least {MIN_COLUMNS}x{MIN_LINES}")
+    cluster = Cluster(paths)
+    logging.lastResort = None  # nothing may write to the screen behind curses
+    logging.getLogger().addHandler(logging.NullHandler())
+    app = ConvocateApp(cluster)
+    try:
+        app.run(fork=False)
+    finally:
+        app.network.stop()
+    return 0

@@ -1,0 +1,199 @@
+"""What the TUI shows, as data: agents, sessions and the table rows (pure, no curses, no I/O).
+
+The network thread feeds it ``list`` results, agent reachability and status
+events; the form asks it for rows. Sessions sort by last access, newest first,
+across all agents. An agent that cannot be reached is one row with the reason
+in place of its sessions; a reachable agent whose status channel is stale or
+down keeps its sessions and gets a warning row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from convocate.common.errors import BadRequest
+from convocate.common.model import SessionView
+from convocate.common.protocol import (
+    AGENT_SHUTDOWN,
+    AGENT_STARTED,
+    AGENT_STATUS,
+    CONTAINER_CREATED,
+    CONTAINER_DELETED,
+    CONTAINER_EDITED,
+    CONTAINER_STARTED,
+    CONTAINER_STOPPED,
+    SESSION_ATTACHED,
+    SESSION_DETACHED,
+)
+
+CONNECTING, REACHABLE, UNREACHABLE = "connecting", "reachable", "unreachable"
+
+COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "PORT", "DNS", "CREATED", "LAST ACCESSED")
+WIDTHS = (3, 2, 24, 8, 8, 9, 20, 16, 16)
+
+
+def _clock(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
+
+
+@dataclass
+class AgentInfo:
+    """What the TUI knows about one agent.
+
+    Attributes:
+        agent_id: The agent's ID.
+        address: ``host:port`` from the registry.
+        reach: ``connecting``, ``reachable`` or ``unreachable`` (the RPC connection).
+        reason: Why it is unreachable.
+        status: Latest ``agent.status`` data from status-serve (connected, stale, ...), if any.
+        capacity: Latest capacity figures (from ``agent.started``), if any.
+    """
+
+    agent_id: str
+    address: str = ""
+    reach: str = CONNECTING
+    reason: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+    capacity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warning(self) -> str:
+        """Why this agent deserves a row of its own, or ``""``."""
+        if self.reach == UNREACHABLE:
+            reason = self.reason.removeprefix(f"agent {self.agent_id} ")
+            return f"unreachable: {reason}"
+        if self.reach == CONNECTING:
+            return "connecting..."
+        if self.status.get("stale"):
+            return "stale: missed 3 heartbeats on the status channel"
+        if self.status and not self.status.get("connected"):
+            return "status channel down (live updates paused; the table refreshes every few seconds)"
+        return ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table.
+
+    Attributes:
+        agent_id: The agent the row belongs to.
+        session: The session, or None for an agent's warning row.
+        text: The agent's warning (agent rows only).
+    """
+
+    agent_id: str
+    session: SessionView | None = None
+    text: str = ""
+
+    def render(self, number: int) -> str:
+        """The row as a fixed-width line; ``number`` is its ``#`` (0 for agent rows)."""
+        if self.session is None:
+            return f"{'!':>3}  agent {self.agent_id} {self.text}"
+        m = self.session.meta
+        port = f"{m.port}/{m.protocol}" if m.port else "-"
+        cells = (str(number), self.session.state, m.name, self.agent_id, m.uuid[:8], port, m.dns_name or "-",
+                 _clock(m.created_at), _clock(m.last_accessed))
+        return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=False)).rstrip()
+
+
+def _fit(text: str, width: int) -> str:
+    return text[: width - 1] + "~" if len(text) > width else text.ljust(width)
+
+
+def header() -> str:
+    return "  ".join(_fit(c, w) for c, w in zip(COLUMNS, WIDTHS, strict=False)).rstrip()
+
+
+class ClusterModel:
+    """Agents and sessions, updated from lists and events.
+
+    Args:
+        agents: ``agent_id → address`` of the registered agents.
+    """
+
+    def __init__(self, agents: dict[str, str]) -> None:
+        self.agents = {aid: AgentInfo(aid, addr) for aid, addr in agents.items()}
+        self.sessions: dict[str, dict[str, SessionView]] = {aid: {} for aid in agents}
+        self.version = 0  # bumped on every change, so the form repaints only when needed
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def agent(self, agent_id: str) -> AgentInfo:
+        if agent_id not in self.agents:
+            self.agents[agent_id] = AgentInfo(agent_id)
+            self.sessions[agent_id] = {}
+        return self.agents[agent_id]
+
+    # --- updates ------------------------------------------------------------------------
+    def set_reach(self, agent_id: str, reach: str, reason: str = "") -> None:
+        info = self.agent(agent_id)
+        if (info.reach, info.reason) != (reach, reason):
+            info.reach, info.reason = reach, reason
+            self._changed()
+
+    def replace_sessions(self, agent_id: str, views: list[SessionView]) -> None:
+        self.agent(agent_id)
+        self.sessions[agent_id] = {v.meta.uuid: dataclasses.replace(v, agent_id=agent_id) for v in views}
+        self._changed()
+
+    def apply(self, message: dict[str, Any]) -> bool:
+        """Apply one status-socket message.
+
+        Returns:
+            True when the agent should be listed again (``agent.started``: it
+            may have dropped events, or an event was not complete enough).
+        """
+        kind = message.get("type")
+        agent_id = message.get("agent_id")
+        if not isinstance(agent_id, str):
+            return False
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        sid = message.get("session_id")
+        sessions = self.sessions.setdefault(agent_id, {})
+        self.agent(agent_id)
+        if kind == AGENT_STATUS:
+            self.agents[agent_id].status = data
+        elif kind == AGENT_STARTED:
+            self.agents[agent_id].capacity = data.get("capacity") or {}
+            self._changed()
+            return True
+        elif kind == AGENT_SHUTDOWN:
+            self.agents[agent_id].status = {**self.agents[agent_id].status, "connected": False}
+        elif kind in (CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED, CONTAINER_STOPPED) and sid:
+            try:
+                view = SessionView.from_wire(data, agent_id)
+            except BadRequest:
+                return True  # an event without full metadata (an original agent): list again
+            old = sessions.get(sid)
+            if kind in (CONTAINER_EDITED,) and old is not None:
+                view = dataclasses.replace(view, running=old.running, attached_count=old.attached_count)
+            sessions[sid] = view
+        elif kind == CONTAINER_DELETED and sid:
+            sessions.pop(sid, None)
+        elif kind in (SESSION_ATTACHED, SESSION_DETACHED) and sid in sessions:
+            count = data.get("attached_count")
+            if isinstance(count, int):
+                sessions[sid] = dataclasses.replace(sessions[sid], attached_count=count)
+        else:
+            return False
+        self._changed()
+        return False
+
+    # --- reading ------------------------------------------------------------------------
+    def rows(self) -> list[Row]:
+        """Agent warning rows first (by agent ID), then sessions by last access, newest first."""
+        warnings = [Row(aid, None, info.warning) for aid, info in sorted(self.agents.items()) if info.warning]
+        visible = [v for aid, views in self.sessions.items() if self.agents[aid].reach != UNREACHABLE
+                   for v in views.values()]
+        visible.sort(key=lambda v: v.meta.last_accessed, reverse=True)
+        return warnings + [Row(v.agent_id, v) for v in visible]
+
+    def session_count(self) -> int:
+        return sum(len(v) for v in self.sessions.values())
+
+    def find(self, agent_id: str, session_id: str) -> SessionView | None:
+        return self.sessions.get(agent_id, {}).get(session_id)
