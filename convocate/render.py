@@ -45,3 +45,15 @@ def session_summary(view: SessionView) -> str:
 def wire_with_agent(view_wire: dict[str, Any], agent_id: str) -> dict[str, Any]:
     """A session's wire metadata with the agent it lives on added."""
     return {**view_wire, "agent_id": agent_id}
+
+
+def capacity_cells(agent: dict[str, Any]) -> tuple[str, str, str, str]:
+    """SESSIONS, CPUS, MEMORY and LOAD cells from an agent's ``capacity`` result (reserved/limit)."""
+    cap = agent.get("capacity")
+    if not isinstance(cap, dict):
+        return ("-", "-", "-", "-")
+    reserved, limits, usage = cap.get("reserved", {}), cap.get("limits", {}), cap.get("usage", {})
+    return (str(reserved.get("sessions", "-")),
+            f"{reserved.get('cpus', 0):g}/{limits.get('cpus', 0):g}",
+            f"{reserved.get('memory_mb', 0) / 1024:.1f}/{limits.get('memory_mb', 0) / 1024:.1f} GiB",
+            f"{usage.get('load1', 0):.2f}")

@@ -63,6 +63,21 @@ class HostResources:
         return cls(float(len(os.sched_getaffinity(0))), read_meminfo(meminfo).get("MemTotal", 0) // 1024)
 
 
+def outside_memory_mb(sessions_bytes: int | None, meminfo: dict[str, int] | None = None) -> int:
+    """Memory in use on the host that is not the sessions', in MiB.
+
+    Args:
+        sessions_bytes: What the sessions' cgroup parent uses now (None: unknown, counted as 0).
+        meminfo: ``/proc/meminfo`` fields in KiB (read when omitted).
+
+    Returns:
+        ``MemTotal - MemAvailable - sessions``, never below 0.
+    """
+    info = meminfo if meminfo is not None else read_meminfo()
+    used_kib = info.get("MemTotal", 0) - info.get("MemAvailable", 0)
+    return max(0, used_kib // 1024 - (sessions_bytes or 0) // (1 << 20))
+
+
 def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
     """``/proc/meminfo`` as field → KiB."""
     out: dict[str, int] = {}
@@ -75,13 +90,15 @@ def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
     return out
 
 
-def check_admission(host: HostResources, reserved: Reservation, request: Reservation) -> None:
+def check_admission(host: HostResources, reserved: Reservation, request: Reservation, outside_mb: int = 0) -> None:
     """Refuse ``request`` if it does not fit beside ``reserved`` within the 90% limits.
 
     Args:
         host: The host's totals.
         reserved: Sum of the reservations already admitted.
         request: What the new session asks for.
+        outside_mb: Memory the host uses outside convocate's sessions, in MiB;
+            it counts against the memory limit like a reservation.
 
     Raises:
         AdmissionDenied: the first axis (cpus, then memory) that would exceed
@@ -92,9 +109,10 @@ def check_admission(host: HostResources, reserved: Reservation, request: Reserva
         raise AdmissionDenied(messages.ADMISSION_DENIED.format(
             axis="cpus", asked=f"{request.cpus:g} cores", reserved=f"{reserved.cpus:g} cores",
             allowed=f"{limits.cpus:g} cores", total=f"{host.cpus:g} cores"))
-    if reserved.memory_mb + request.memory_mb > limits.memory_mb:
+    if reserved.memory_mb + outside_mb + request.memory_mb > limits.memory_mb:
+        held = f"{reserved.memory_mb} MiB" + (f" (+{outside_mb} MiB used outside convocate)" if outside_mb else "")
         raise AdmissionDenied(messages.ADMISSION_DENIED.format(
-            axis="memory", asked=f"{request.memory_mb} MiB", reserved=f"{reserved.memory_mb} MiB",
+            axis="memory", asked=f"{request.memory_mb} MiB", reserved=held,
             allowed=f"{limits.memory_mb} MiB", total=f"{host.memory_mb} MiB"))
 
 
@@ -105,11 +123,14 @@ class Admission:
         host: The host's totals.
         running: Coroutine returning session UUID → reservation of every
             running session (read from Docker, one call).
+        outside_memory: Returns the MiB the host uses outside the sessions now.
     """
 
-    def __init__(self, host: HostResources, running: Callable[[], Awaitable[dict[str, Reservation]]]) -> None:
+    def __init__(self, host: HostResources, running: Callable[[], Awaitable[dict[str, Reservation]]],
+                 outside_memory: Callable[[], int] = lambda: 0) -> None:
         self.host = host
         self._running = running
+        self._outside = outside_memory
         self._lock = asyncio.Lock()
         self._pending: dict[str, Reservation] = {}
 
@@ -135,7 +156,7 @@ class Admission:
             AdmissionDenied: it does not fit.
         """
         async with self._lock:
-            check_admission(self.host, await self.reserved(exclude=session_id), request)
+            check_admission(self.host, await self.reserved(exclude=session_id), request, self._outside())
             self._pending[session_id] = request
         try:
             yield

@@ -53,6 +53,8 @@ class RpcDispatcher:
             "capture": service.capture,
             "send": service.send,
             "capacity": service.capacity,
+            "trash": service.trash,
+            "restore": service.restore,
         }
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: str) -> Response:

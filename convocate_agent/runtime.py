@@ -104,6 +104,7 @@ class SessionSpec:
         claude_shared: Host directory with shared Claude credentials, mounted read-only, or None.
         uid: UID of the ``claude`` user inside the container.
         gid: GID of the ``claude`` user inside the container.
+        cgroup_parent: Docker ``HostConfig.CgroupParent`` (capacity layer 2), or None.
     """
 
     session_id: str
@@ -119,6 +120,7 @@ class SessionSpec:
     claude_shared: Path | None = None
     uid: int = 1337
     gid: int = 1337
+    cgroup_parent: str | None = None
 
 
 @dataclass
@@ -212,6 +214,14 @@ class DockerRuntime:
         info = await self._call("docker version", self.api.version)
         return str(info.get("ApiVersion", ""))
 
+    async def info(self) -> dict[str, Any]:
+        """The engine's ``GET /info`` (cgroup driver and version among it).
+
+        Raises:
+            DockerError: dockerd cannot be reached.
+        """
+        return await self._call("docker info", self.api.info)
+
     async def containers(self) -> dict[str, ContainerState]:
         """Every session container of this agent, running or not, in ONE engine call.
 
@@ -276,6 +286,8 @@ class DockerRuntime:
         )
         if spec.port:
             kwargs["ports"] = {f"{spec.port}/{spec.protocol}": spec.port}
+        if spec.cgroup_parent:
+            kwargs["cgroup_parent"] = spec.cgroup_parent
         container = await self._call(f"create container for session {spec.session_id}",
                                      self.client.containers.create, spec.image, **kwargs)
         try:

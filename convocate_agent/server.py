@@ -27,6 +27,7 @@ from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from convocate.common.sshserver import Caller, SubsystemListener, format_address
 from convocate.common.version import __version__
+from convocate_agent import cgroups
 from convocate_agent.admission import HostResources
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.locks import SessionLocks
@@ -105,6 +106,7 @@ class AgentServer:
         self._rpc_tasks: set[asyncio.Task[Any]] = set()
         self._attach_tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
+        self._purge_task: asyncio.Task[None] | None = None
 
     def _events(self, agent_id: str) -> EventSink:
         """The status emitter when a shell host is configured, else the log."""
@@ -157,9 +159,11 @@ class AgentServer:
             uid=cfg.uid, gid=cfg.gid,
         )
         self.dispatcher = RpcDispatcher(self.service)
+        await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()
         log.info("recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
         self._watch_task = asyncio.create_task(runtime.watch(self.service.on_container_event), name="docker-events")
+        self._purge_task = asyncio.create_task(self._purge_hourly(), name="trash-purge")
         if self.emitter is not None:
             self.emitter.start()
         self.listener = SubsystemListener(
@@ -170,6 +174,33 @@ class AgentServer:
         for addr in addresses:
             log.info("convocate-agent %s (agent %s) listening on %s", __version__, agent_id, format_address(addr))
         return addresses
+
+    async def _purge_hourly(self) -> None:
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                await self.service.purge_trash()
+            except OSError as e:
+                log.warning("trash purge failed: %s", e)
+
+    async def _enrol_sessions(self, runtime: DockerRuntime, agent_id: str) -> None:
+        """Capacity layer 2: find the cgroup parent for Docker's driver and put its 90% caps in place.
+
+        A relocated installation (tests, the demo) gets a parent of its own, so
+        it never changes the limits of a real installation on the same host.
+        """
+        assert self.service is not None
+        try:
+            info = await runtime.info()
+        except ConvocateError as e:
+            log.warning("cannot ask Docker for its cgroup driver (%s); sessions start without a common parent", e)
+            return
+        name = f"convocate-sessions-{agent_id}" if self.config.paths.relocated else None
+        parent = cgroups.detect(info, name)
+        limits = self.service.host.limits
+        parent.apply_limits(limits.cpus, limits.memory_mb << 20)
+        self.service.cgroup = parent
 
     def handle_process(self, process: asyncssh.SSHServerProcess, caller: Caller) -> Any:
         """Route an accepted channel to its subsystem handler."""
@@ -211,13 +242,16 @@ class AgentServer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        for task in (self._watch_task, self._purge_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.emitter is not None:
             await self.emitter.stop()
         if self.listener is not None:
             await self.listener.close_connections()
         if self.service is not None:
             self.service.runtime.close()
+            if self.service.cgroup is not None:
+                self.service.cgroup.cleanup()
         log.info("convocate-agent stopped")

@@ -29,6 +29,7 @@ from convocate.common.model import (
     SessionMeta,
     SessionView,
     new_uuid,
+    parse_trash_id,
 )
 from convocate.common.ops import OPS
 from convocate.common.paths import Paths
@@ -44,11 +45,12 @@ from convocate.common.protocol import (
 )
 from convocate.common.timefmt import format_rfc3339, now_ns
 from convocate.common.version import PROTOCOL_VERSION, __version__
-from convocate_agent.admission import Admission, HostResources, Reservation, read_meminfo
+from convocate_agent.admission import Admission, HostResources, Reservation, outside_memory_mb, read_meminfo
+from convocate_agent.cgroups import CgroupParent
 from convocate_agent.locks import SessionLocks
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
-from convocate_agent.store import SessionStore
+from convocate_agent.store import NS_PER_DAY, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,8 @@ class AgentService:
         self.events = events
         self.uid = uid
         self.gid = gid
-        self.admission = Admission(host, self._running_reservations)
+        self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
+        self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
@@ -127,6 +130,9 @@ class AgentService:
     async def _running_reservations(self) -> dict[str, Reservation]:
         return {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.runtime.containers()).items()
                 if c.running}
+
+    def _outside_memory(self) -> int:
+        return outside_memory_mb(self.cgroup.memory_usage_bytes() if self.cgroup else None)
 
     def _view(self, meta: SessionMeta, container: ContainerState | None, locked: bool | None = None) -> SessionView:
         running = bool(container and container.running)
@@ -298,7 +304,7 @@ class AgentService:
             hostname=meta.dns_name.split(".")[0] if meta.dns_name else f"session-{meta.uuid[:8]}",
             agent_command=self.settings.agent_command, environment=self._session_environment(),
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
-            uid=self.uid, gid=self.gid,
+            uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)
@@ -446,6 +452,7 @@ class AgentService:
         limits = self.host.limits
         meminfo = await asyncio.to_thread(read_meminfo)
         load1, load5, load15 = os.getloadavg()
+        sessions_bytes = self.cgroup.memory_usage_bytes() if self.cgroup else None
         return {
             "host": {"cpus": self.host.cpus, "memory_mb": self.host.memory_mb},
             "limits": {"cpus": limits.cpus, "memory_mb": limits.memory_mb, "fraction": 0.9},
@@ -454,8 +461,57 @@ class AgentService:
                 "load1": load1, "load5": load5, "load15": load15,
                 "memory_used_mb": (meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0)) // 1024,
                 "memory_available_mb": meminfo.get("MemAvailable", 0) // 1024,
+                "sessions_memory_mb": None if sessions_bytes is None else sessions_bytes >> 20,
+                "outside_memory_mb": outside_memory_mb(sessions_bytes, meminfo),
             },
+            "cgroup_parent": self.cgroup.docker_value if self.cgroup else None,
         }
+
+    # --- trash ------------------------------------------------------------------------
+    async def purge_trash(self) -> list[str]:
+        """Remove trash entries older than the retention setting; returns their IDs."""
+        purged = await asyncio.to_thread(self.store.purge_trash, self.settings.trash_retention_days)
+        for trash_id in purged:
+            log.info("purged %s from the trash (retention %d days)", trash_id, self.settings.trash_retention_days)
+        return purged
+
+    async def trash(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Deleted sessions still in the trash, newest first, with when each will be purged."""
+        await self.purge_trash()
+        retention = self.settings.trash_retention_days * NS_PER_DAY
+        out = []
+        for entry in await asyncio.to_thread(self.store.trash_entries):
+            item: dict[str, Any] = {"trash_id": entry.trash_id, "uuid": entry.uuid,
+                                    "deleted_at": format_rfc3339(entry.deleted_at),
+                                    "purge_after": format_rfc3339(entry.deleted_at + retention)}
+            if entry.meta is not None:
+                item.update(name=entry.meta.name, dns_name=entry.meta.dns_name, port=entry.meta.port)
+            out.append(item)
+        return out
+
+    async def restore(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Bring a deleted session back from the trash, as it was.
+
+        A port or DNS name another session took in the meantime is cleared (and named in ``cleared``).
+        """
+        trash_id = params["trash_id"]
+        session_id, _ = parse_trash_id(trash_id)
+        await self.purge_trash()
+        with self.locks.hold(session_id, "restore"):
+            async with self._names_lock:
+                meta = await asyncio.to_thread(self.store.restore, trash_id)
+                others = self._others(session_id)
+                changes: dict[str, Any] = {"last_accessed": now_ns()}
+                if meta.dns_name and any(o.dns_name == meta.dns_name for o in others):
+                    changes["dns_name"] = ""
+                if meta.port and any((o.port, o.protocol) == (meta.port, meta.protocol) for o in others):
+                    changes["port"] = 0
+                cleared = sorted(k for k in changes if k != "last_accessed")
+                meta = meta.with_changes(**changes)
+                self.store.save(meta)
+        wire = await self._wire(meta, locked=False)
+        self._emit(CONTAINER_CREATED, session_id, wire)
+        return {"session": wire, "cleared": cleared}
 
     # --- attach ----------------------------------------------------------------
     async def open_attach(self, request: AttachRequest) -> ExecStream:
@@ -531,6 +587,7 @@ class AgentService:
         """
         staged = self.store.sweep_staging()
         stale = self.locks.sweep()
+        await self.purge_trash()
         report = {"staging_removed": len(staged), "stale_locks": len(stale), "containers": 0, "running": 0,
                   "orphan_containers_removed": 0, "stale_attaches": 0}
         try:

@@ -20,13 +20,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convocate.common import messages
-from convocate.common.errors import BadRequest, ConfigError, NotFound
+from convocate.common.errors import BadRequest, ConfigError, Conflict, NotFound
 from convocate.common.fsutil import atomic_write, fsync_dir
-from convocate.common.model import SessionMeta, is_uuid4, validate_uuid
+from convocate.common.model import SessionMeta, is_uuid4, parse_trash_id, validate_uuid
 from convocate.common.paths import Paths
 from convocate.common.timefmt import now_ns
 
 log = logging.getLogger(__name__)
+
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    """A deleted session waiting in the trash.
+
+    Attributes:
+        trash_id: ``<uuid>.<deleted-at-ns>``, the entry's directory name.
+        uuid: The session's UUID.
+        deleted_at: When it was deleted, ns since the epoch.
+        meta: Its metadata, or None if ``session.json`` is unreadable.
+    """
+
+    trash_id: str
+    uuid: str
+    deleted_at: int
+    meta: SessionMeta | None
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,58 @@ class SessionStore:
         fsync_dir(self.paths.session_base)
         self._cache.pop(session_id, None)
         return target
+
+    def trash_entries(self) -> list[TrashEntry]:
+        """Everything in the trash, most recently deleted first."""
+        try:
+            names = os.listdir(self.paths.trash_dir)
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            try:
+                sid, deleted_at = parse_trash_id(name)
+            except BadRequest:
+                continue
+            try:
+                meta = SessionMeta.from_json(json.loads((self.paths.trash_dir / name / "session.json").read_bytes()))
+            except (OSError, ValueError, BadRequest):
+                meta = None
+            entries.append(TrashEntry(name, sid, deleted_at, meta))
+        return sorted(entries, key=lambda e: e.deleted_at, reverse=True)
+
+    def purge_trash(self, retention_days: int, now: int | None = None) -> list[str]:
+        """Remove trash entries deleted more than ``retention_days`` ago; returns their IDs."""
+        now = now_ns() if now is None else now
+        purged = []
+        for entry in self.trash_entries():
+            if now - entry.deleted_at >= retention_days * NS_PER_DAY:
+                shutil.rmtree(self.paths.trash_dir / entry.trash_id, ignore_errors=True)
+                purged.append(entry.trash_id)
+        return purged
+
+    def restore(self, trash_id: str) -> SessionMeta:
+        """Move a trash entry back to be a session again.
+
+        Raises:
+            BadRequest: not a trash entry ID.
+            NotFound: no such entry (purged, or never there).
+            Conflict: a session with that UUID exists already.
+            ConfigError: the entry's ``session.json`` is unreadable.
+        """
+        sid, _ = parse_trash_id(trash_id)
+        source = self.paths.trash_dir / trash_id
+        if not source.is_dir():
+            raise NotFound(f'trash entry "{trash_id}" does not exist (restored already, or purged)')
+        if self.paths.session_dir(sid).exists():
+            raise Conflict(f'session "{sid}" exists already; it cannot be restored over')
+        try:
+            meta = SessionMeta.from_json(json.loads((source / "session.json").read_bytes()), expected_uuid=sid)
+        except (OSError, ValueError, BadRequest) as e:
+            raise ConfigError(messages.INVALID_SESSION_FILE.format(path=source / "session.json", detail=e)) from e
+        os.rename(source, self.paths.session_dir(sid))
+        fsync_dir(self.paths.session_base)
+        return meta
 
     def sweep_staging(self) -> list[str]:
         """Remove homes left half-built by a crash (called at agent start, before serving)."""

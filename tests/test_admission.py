@@ -75,3 +75,15 @@ def test_a_restart_does_not_count_the_sessions_own_reservation():
             return True
 
     assert asyncio.run(scenario())
+
+
+def test_memory_used_outside_the_sessions_counts_against_the_limit():
+    from convocate_agent.admission import outside_memory_mb
+
+    meminfo = {"MemTotal": 10000 * 1024, "MemAvailable": 7000 * 1024}  # 3000 MiB in use
+    assert outside_memory_mb(1000 << 20, meminfo) == 2000  # of which 1000 MiB are the sessions'
+    assert outside_memory_mb(None, meminfo) == 3000
+    assert outside_memory_mb(5000 << 20, meminfo) == 0
+    check_admission(HOST, Reservation(0, 6000), Reservation(0.1, 1000), outside_mb=2000)
+    with pytest.raises(AdmissionDenied, match=r"reserved 6000 MiB \(\+2001 MiB used outside convocate\)"):
+        check_admission(HOST, Reservation(0, 6000), Reservation(0.1, 1000), outside_mb=2001)

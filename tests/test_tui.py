@@ -90,8 +90,9 @@ def test_table_shows_sessions_with_their_states_and_live_events(cluster, tui):
     tui.open()
     tui.wait_state("running-one", "R")
     tui.wait_state("stopped-one", "-")
-    assert re.search(r"convocate\s+1 agent\(s\), \d+ session\(s\)\s+load [\d.]+ [\d.]+ [\d.]+\s+\d\d:\d\d:\d\d",
-                     tui.screen())
+    tui.wait_for("cpu 0.1/")  # the title sums the agents' reservations and limits
+    assert re.search(r"convocate\s+1 agent\(s\), \d+ session\(s\)\s+cpu [\d.]+/[\d.]+\s+mem [\d.]+/[\d.]+ GiB"
+                     r"\s+load [\d.]+ [\d.]+ [\d.]+\s+\d\d:\d\d:\d\d", tui.screen())
     # Another client creates a session: it appears without a key press.
     cli(cluster, "new", "from-elsewhere", "--no-start")
     tui.wait_state("from-elsewhere", "-", timeout=5)

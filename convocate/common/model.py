@@ -62,6 +62,24 @@ def validate_uuid(value: Any, field_name: str = "id") -> str:
     return value
 
 
+_TRASH_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})\.(\d{1,20})$")
+
+
+def parse_trash_id(value: Any) -> tuple[str, int]:
+    """Split a trash entry ID ``<uuid>.<deleted-at-ns>`` (the entry's directory name).
+
+    Returns:
+        ``(session uuid, deletion time in ns)``.
+
+    Raises:
+        BadRequest: not of that form (checked before it becomes a path).
+    """
+    m = _TRASH_ID.match(value) if isinstance(value, str) else None
+    if not m:
+        raise BadRequest(f'field "trash_id": {value!r} is not a trash entry ID (<uuid>.<nanoseconds>)')
+    return m.group(1), int(m.group(2))
+
+
 def is_uuid4(value: str) -> bool:
     """Whether ``value`` is a canonical UUIDv4 (e.g. a directory name under the session base)."""
     return bool(_UUID4.match(value))

@@ -17,6 +17,7 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.model import (
     normalize_dns_name,
+    parse_trash_id,
     validate_name,
     validate_port,
     validate_protocol,
@@ -79,6 +80,11 @@ def _send_text(value: str) -> str:
     return value
 
 
+def _trash_id(value: str) -> str:
+    parse_trash_id(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of an op.
@@ -130,6 +136,8 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "capture": (_id(), Param("lines", "integer", check=_lines)),
     "send": (_id(), Param("text", "string", required=True, check=_send_text), Param("enter", "boolean")),
     "capacity": (),
+    "trash": (),
+    "restore": (Param("trash_id", "string", required=True, check=_trash_id),),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).

@@ -92,8 +92,9 @@ class MainForm(npyscreen.FormBaseNew):
             app.refresh_rows(self)
             self.table.display()
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        capacity = app.model.capacity_summary()
         self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
-                            f"  load {load}  {clock}")
+                            f"  {capacity + '  ' if capacity else ''}load {load}  {clock}")
         self.message.value = app.message
         self._shown = (app.model.version, clock)
         # Only the widgets that change: Form.display() erases the pad, and the table
@@ -194,6 +195,8 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             self.model.set_reach(notice.agent_id, reach, reason)
         elif notice.kind == "sessions":
             self.model.replace_sessions(notice.agent_id, notice.payload)
+        elif notice.kind == "capacity":
+            self.model.set_capacity(notice.agent_id, notice.payload)
         elif notice.kind == "status":
             if self.model.apply(notice.payload):
                 self.network.refresh(notice.agent_id)

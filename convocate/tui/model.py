@@ -192,6 +192,22 @@ class ClusterModel:
         visible.sort(key=lambda v: v.meta.last_accessed, reverse=True)
         return warnings + [Row(v.agent_id, v) for v in visible]
 
+    def set_capacity(self, agent_id: str, capacity: dict[str, Any]) -> None:
+        info = self.agent(agent_id)
+        if info.capacity != capacity:
+            info.capacity = capacity
+            self._changed()
+
+    def capacity_summary(self) -> str:
+        """Reserved/limit CPUs and memory over the reachable agents, for the title (``""`` before any is known)."""
+        caps = [a.capacity for a in self.agents.values() if a.capacity and a.reach != UNREACHABLE]
+        if not caps:
+            return ""
+        def total(section: str, key: str) -> float:
+            return sum(float((c.get(section) or {}).get(key) or 0) for c in caps)
+        return (f"cpu {total('reserved', 'cpus'):g}/{total('limits', 'cpus'):g}  "
+                f"mem {total('reserved', 'memory_mb') / 1024:.1f}/{total('limits', 'memory_mb') / 1024:.1f} GiB")
+
     def session_count(self) -> int:
         return sum(len(v) for v in self.sessions.values())
 

@@ -41,7 +41,8 @@ class Notice:
 
     Attributes:
         kind: ``reach`` (agent reachability), ``sessions`` (a list result),
-            ``status`` (a status-socket message), ``done`` / ``failed`` (an op).
+            ``capacity`` (a capacity result), ``status`` (a status-socket message),
+            ``done`` / ``failed`` (an op).
         agent_id: The agent concerned, if any.
         payload: Kind-specific: ``(reach, reason)``, a list of SessionView, a
             message dict, ``(description, result)`` or ``(description, error)``.
@@ -132,6 +133,7 @@ class Network:
         views = [SessionView.from_wire(obj, client.agent_id) for obj in result]
         self.post(Notice("reach", client.agent_id, (REACHABLE, "")))
         self.post(Notice("sessions", client.agent_id, views))
+        self.post(Notice("capacity", client.agent_id, await client.call("capacity")))
 
     def refresh(self, agent_id: str) -> None:
         """Ask for a fresh list of ``agent_id`` now (safe from any thread)."""

@@ -1,0 +1,38 @@
+"""The cgroup parent of session containers (convocate_agent.cgroups), against a scratch cgroup tree."""
+
+from convocate_agent.cgroups import CgroupParent, container_cgroup, detect
+
+
+def test_detect_follows_dockers_driver(tmp_path):
+    assert detect({"CgroupDriver": "systemd", "CgroupVersion": "2"}).docker_value == "convocate-sessions.slice"
+    parent = detect({"CgroupDriver": "cgroupfs", "CgroupVersion": "1"}, "convocate-sessions-abcd1234", tmp_path)
+    assert parent.docker_value == "/convocate-sessions-abcd1234" and parent.version == 1
+
+
+def test_cgroupfs_v1_limits_are_written_and_cleaned_up(tmp_path):
+    for controller in ("cpu", "memory"):
+        (tmp_path / controller).mkdir()
+    parent = CgroupParent("cgroupfs", 1, "convocate-sessions", tmp_path)
+    assert parent.apply_limits(1.8, 9 << 30)
+    assert (tmp_path / "cpu/convocate-sessions/cpu.cfs_quota_us").read_text() == "180000"
+    assert (tmp_path / "cpu/convocate-sessions/cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp_path / "memory/convocate-sessions/memory.limit_in_bytes").read_text() == str(9 << 30)
+    assert container_cgroup(parent, "c1", "cpuacct") == tmp_path / "cpuacct/convocate-sessions/c1"
+    for f in (tmp_path / "cpu/convocate-sessions").iterdir():
+        f.unlink()
+    for f in (tmp_path / "memory/convocate-sessions").iterdir():
+        f.unlink()
+    parent.cleanup()
+    assert not (tmp_path / "cpu/convocate-sessions").exists()
+
+
+def test_cgroupfs_v2_limits(tmp_path):
+    parent = CgroupParent("cgroupfs", 2, "convocate-sessions", tmp_path)
+    assert parent.apply_limits(3.6, 1 << 30)
+    assert (tmp_path / "convocate-sessions/cpu.max").read_text() == "360000 100000"
+    assert (tmp_path / "convocate-sessions/memory.max").read_text() == str(1 << 30)
+
+
+def test_an_unwritable_parent_is_reported_not_fatal(tmp_path):
+    parent = CgroupParent("cgroupfs", 1, "convocate-sessions", tmp_path / "missing")
+    assert parent.apply_limits(1.0, 1 << 30) is False
