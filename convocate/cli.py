@@ -20,11 +20,18 @@ from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common.cli import run_main
-from convocate.common.errors import BadRequest, ConfigError, ConvocateError
+from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.events import agent_mark, agent_states, format_message, subscribe
-from convocate.render import session_summary, sessions_table, wire_with_agent
+from convocate.render import (
+    capacity_cells,
+    format_table,
+    session_summary,
+    sessions_table,
+    waiting_table,
+    wire_with_agent,
+)
 
 PROG = "convocate"
 
@@ -35,7 +42,7 @@ Drive Claude Code sessions on the cluster's agents. Without a command, opens
 the operator's TUI. Sessions are named by UUID, unique UUID prefix, or name.
 
 commands:
-  ls [--json]                     list sessions on every agent (and flag stale agents)
+  ls [--json] [--waiting]         list sessions on every agent (and flag stale agents)
   agents                          list registered agents and whether they answer
   events [--json]                 stream the cluster's events as they happen
   status-serve [--listen H:P]     run the shell's status listener (convocate-status.service)
@@ -50,6 +57,11 @@ commands:
   override REF                    take over a locked or attached session
   send REF TEXT [--no-enter]      type TEXT into a session
   capture REF [--lines N]         print a session's screen
+  logs REF [-f] [--lines N]       the session's supervisor and activity logs
+  wait REF --for STATE [--timeout S]
+                                  wait until a session is waiting, idle or exited
+  trash                           list deleted sessions still in the agents' trash
+  restore TRASH-ID                bring a deleted session back from the trash
   version                         print the version
   help                            print this help
 
@@ -80,10 +92,13 @@ def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClien
 # --- ls and agents ----------------------------------------------------------------
 async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
     listing, states = await asyncio.gather(cluster.list(), agent_states(cluster.paths))
+    sessions = [s for s in listing.sessions if not args.waiting or s.view.meta.activity == "waiting"]
     if args.json:
-        _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in listing.sessions])
+        _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in sessions])
+    elif args.waiting:
+        print(waiting_table([s.view for s in sessions]))
     else:
-        print(sessions_table([s.view for s in listing.sessions]))
+        print(sessions_table([s.view for s in sessions]))
     for agent_id, error in sorted(listing.errors.items()):
         print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
     for agent_id in sorted(cluster.clients):
@@ -100,6 +115,7 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
         row: dict[str, Any] = {"agent_id": client.agent_id, "address": client.record.endpoint}
         try:
             row.update(status="ok", **(await client.call("ping")))
+            row["capacity"] = await client.call("capacity")
         except ConvocateError as e:
             row.update(status="unavailable", error=str(e))
         return row
@@ -108,10 +124,46 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
     if args.json:
         _print_json(rows)
     else:
-        for row in rows:
-            detail = f"version {row.get('version')}" if row["status"] == "ok" else row.get("error", "")
-            print(f"{row['agent_id']}  {row['address']}  {row['status']}  {detail}")
+        table = [(r["agent_id"], r["address"], r["status"], str(r.get("version", "-")), *capacity_cells(r))
+                 for r in rows]
+        print(format_table(table, ("AGENT", "ADDRESS", "STATUS", "VERSION", "SESSIONS", "CPUS", "MEMORY", "LOAD")))
+        for r in rows:
+            if r["status"] != "ok":
+                print(f"{PROG}: agent {r['agent_id']}: {r['error']}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
+    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    entries = []
+    for client, result in zip(cluster.clients.values(), results, strict=False):
+        if isinstance(result, ConvocateError):
+            print(f"{PROG}: agent {client.agent_id} unavailable: {result}", file=sys.stderr)
+        elif isinstance(result, list):
+            entries += [{**e, "agent_id": client.agent_id} for e in result]
+    if args.json:
+        _print_json(entries)
+    else:
+        print(format_table([(e["trash_id"], e.get("name", "?"), e["agent_id"], e["deleted_at"][:19].replace("T", " "),
+                             e["purge_after"][:19].replace("T", " ")) for e in entries],
+                           ("TRASH-ID", "NAME", "AGENT", "DELETED (UTC)", "PURGED AFTER (UTC)")))
+    return 0
+
+
+async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
+    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    owners = [c for c, r in zip(cluster.clients.values(), results, strict=False)
+              if isinstance(r, list) and any(e["trash_id"] == args.trash_id for e in r)]
+    if not owners:
+        raise NotFound(f'no agent has "{args.trash_id}" in its trash (see `{PROG} trash`)')
+    client = owners[0]
+    result = await client.call("restore", {"trash_id": args.trash_id})
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"restored {session_summary(_view(result['session'], client.agent_id))}"
+              + (f"; cleared {', '.join(result['cleared'])} (taken by another session)" if result["cleared"] else ""))
+    return 0
 
 
 async def _cmd_events(args: argparse.Namespace) -> int:
@@ -260,6 +312,56 @@ async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
     return 0
 
 
+async def _cmd_logs(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    params: dict[str, Any] = {"id": ref.view.meta.uuid, "lines": args.lines}
+    while True:
+        result = await ref.client.call("logs", params)
+        for line in result["lines"]:
+            print(line, flush=True)
+        if not args.follow:
+            return 0
+        params = {"id": ref.view.meta.uuid, **({"since": result["last"]} if result["last"] else {})}
+        await asyncio.sleep(1.0)
+
+
+WAIT_STATES = ("waiting", "idle", "exited", "working", "crashed")
+
+
+async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
+    """Return when the session's activity is ``--for``; exit 124 (as timeout(1)) when the time is up."""
+    ref = await cluster.resolve(args.ref)
+    sid, client = ref.view.meta.uuid, ref.client
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout if args.timeout else None
+
+    async def current() -> str:
+        return SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+
+    async def watch() -> None:
+        if await current() == args.state:
+            return
+        try:  # live from status-serve when it runs; a get every few seconds covers missed events
+            async for message in subscribe(cluster.paths):
+                if message.get("type") == "replay.done" and await current() == args.state:
+                    return
+                if message.get("session_id") == sid and (message.get("data") or {}).get("activity") == args.state:
+                    return
+        except Unreachable:
+            pass
+        while await current() != args.state:
+            await asyncio.sleep(2.0)
+
+    try:
+        await asyncio.wait_for(watch(), None if deadline is None else max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        print(f"{PROG}: {ref.view.meta.name} is still {await current() or 'without activity'} after "
+              f"{args.timeout:g} s (waited for {args.state})", file=sys.stderr)
+        return 124
+    print(f"{ref.view.meta.name} is {args.state}")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------
 def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="published port: 0 none, -1 auto (lowest free >= 1001)")
@@ -276,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
+    p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")
     p.set_defaults(func=_cmd_ls)
     p = sub.add_parser("agents", parents=[common], help="list agents")
     p.set_defaults(func=_cmd_agents)
@@ -328,6 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+")
     p.add_argument("--no-enter", action="store_true", help="do not press Enter after the text")
     p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("logs", parents=[common], help="show a session's logs")
+    p.add_argument("ref")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--lines", type=int, default=200, help="how many of the last lines [%(default)s]")
+    p.set_defaults(func=_cmd_logs)
+
+    p = sub.add_parser("wait", parents=[common], help="wait for a session's activity")
+    p.add_argument("ref")
+    p.add_argument("--for", dest="state", required=True, choices=WAIT_STATES)
+    p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (exit 124) [no limit]")
+    p.set_defaults(func=_cmd_wait)
+
+    p = sub.add_parser("trash", parents=[common], help="list deleted sessions")
+    p.set_defaults(func=_cmd_trash)
+    p = sub.add_parser("restore", parents=[common], help="restore a deleted session")
+    p.add_argument("trash_id")
+    p.set_defaults(func=_cmd_restore)
 
     p = sub.add_parser("capture", parents=[common], help="print a session's screen")
     p.add_argument("ref")

@@ -8,7 +8,7 @@ from typing import Any
 
 from convocate.common.model import SessionView
 
-COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "PORT", "DNS", "CREATED", "LAST ACCESSED")
+COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "ACTIVITY", "PORT", "DNS", "CREATED", "LAST ACCESSED")
 
 
 def local_time(ns: int) -> str:
@@ -20,7 +20,7 @@ def session_row(index: int, view: SessionView) -> tuple[str, ...]:
     """One table row for a session."""
     m = view.meta
     port = f"{m.port}/{m.protocol}" if m.port else "-"
-    return (str(index), view.state, m.name, view.agent_id, m.uuid[:8], port, m.dns_name or "-",
+    return (str(index), view.state, m.name, view.agent_id, m.uuid[:8], m.activity or "-", port, m.dns_name or "-",
             local_time(m.created_at), local_time(m.last_accessed))
 
 
@@ -34,6 +34,13 @@ def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = COLU
 def sessions_table(views: list[SessionView]) -> str:
     """The ``convocate ls`` table, in the given order, numbered from 1."""
     return format_table(session_row(i, v) for i, v in enumerate(views, start=1))
+
+
+def waiting_table(views: list[SessionView]) -> str:
+    """Sessions waiting for the operator, with what they ask."""
+    return format_table(((v.meta.name, v.agent_id, v.meta.uuid[:8], local_time(v.meta.activity_at),
+                          v.meta.activity_detail or "-") for v in views),
+                        ("NAME", "AGENT", "SESSION", "WAITING SINCE", "QUESTION"))
 
 
 def session_summary(view: SessionView) -> str:

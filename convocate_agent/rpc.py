@@ -53,6 +53,7 @@ class RpcDispatcher:
             "capture": service.capture,
             "send": service.send,
             "capacity": service.capacity,
+            "logs": service.logs,
             "trash": service.trash,
             "restore": service.restore,
         }

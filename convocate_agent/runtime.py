@@ -50,6 +50,8 @@ TMUX_SESSION = "main"
 CONTAINER_HOME = "/home/claude"
 #: Where the host's shared Claude credentials are mounted, read-only.
 CONTAINER_CLAUDE_SHARED = "/opt/convocate/claude-shared"
+#: Where the session's report socket directory is mounted.
+CONTAINER_REPORT_DIR = "/run/convocate-agent"
 #: argv[0] given to attach execs, so a restarted agent can find the ones its predecessor left.
 ATTACH_MARKER = "convocate-attach"
 #: Seconds ``docker stop`` waits after SIGTERM before SIGKILL (DESIGN §3, kill).
@@ -105,6 +107,8 @@ class SessionSpec:
         uid: UID of the ``claude`` user inside the container.
         gid: GID of the ``claude`` user inside the container.
         cgroup_parent: Docker ``HostConfig.CgroupParent`` (capacity layer 2), or None.
+        report_dir: Host directory holding the session's report socket, mounted read-only
+            at ``/run/convocate-agent`` (convocate_agent.insight), or None.
     """
 
     session_id: str
@@ -121,6 +125,7 @@ class SessionSpec:
     uid: int = 1337
     gid: int = 1337
     cgroup_parent: str | None = None
+    report_dir: Path | None = None
 
 
 @dataclass
@@ -267,6 +272,8 @@ class DockerRuntime:
             CONVOCATE_AGENT_COMMAND=spec.agent_command,
         )
         mounts = [Mount(target=CONTAINER_HOME, source=str(spec.home), type="bind")]
+        if spec.report_dir is not None:
+            mounts.append(Mount(target=CONTAINER_REPORT_DIR, source=str(spec.report_dir), type="bind", read_only=True))
         if spec.claude_shared is not None:
             mounts.append(Mount(target=CONTAINER_CLAUDE_SHARED, source=str(spec.claude_shared), type="bind",
                                 read_only=True))

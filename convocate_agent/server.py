@@ -251,6 +251,7 @@ class AgentServer:
         if self.listener is not None:
             await self.listener.close_connections()
         if self.service is not None:
+            self.service.reports.close_all()
             self.service.runtime.close()
             if self.service.cgroup is not None:
                 self.service.cgroup.cleanup()

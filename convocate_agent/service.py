@@ -39,14 +39,28 @@ from convocate.common.protocol import (
     CONTAINER_EDITED,
     CONTAINER_STARTED,
     CONTAINER_STOPPED,
+    SESSION_ACTIVITY,
     SESSION_ATTACHED,
     SESSION_DETACHED,
     Event,
 )
-from convocate.common.timefmt import format_rfc3339, now_ns
+from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 from convocate.common.version import PROTOCOL_VERSION, __version__
 from convocate_agent.admission import Admission, HostResources, Reservation, outside_memory_mb, read_meminfo
 from convocate_agent.cgroups import CgroupParent
+from convocate_agent.insight import (
+    ACTIVITY_LOG,
+    CRASHED,
+    EXITED,
+    SUPERVISOR_LOG,
+    Activity,
+    ReportSockets,
+    append_log,
+    merge_logs,
+    next_activity,
+    read_log_tail,
+    report_line,
+)
 from convocate_agent.locks import SessionLocks
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
@@ -121,6 +135,7 @@ class AgentService:
         self.uid = uid
         self.gid = gid
         self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
+        self.reports = ReportSockets(paths, self.on_report)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
@@ -298,6 +313,9 @@ class AgentService:
 
     async def _start(self, meta: SessionMeta, image: str) -> SessionMeta:
         """Admit, start and wait for a session's container; persists the image used."""
+        report_dir = await self.reports.ensure(meta.uuid)
+        meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns())
+        self.store.save(meta)
         spec = SessionSpec(
             session_id=meta.uuid, image=image, home=self.paths.session_dir(meta.uuid), cpus=meta.cpus,
             memory_mb=meta.memory_mb, port=meta.port, protocol=meta.protocol,
@@ -305,12 +323,13 @@ class AgentService:
             agent_command=self.settings.agent_command, environment=self._session_environment(),
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
+            report_dir=report_dir,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)
             waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
         log.info("session %s ready in %.0f ms (image %s)", meta.uuid, waited * 1000, image)
-        meta = meta.with_changes(image=image, last_accessed=now_ns())
+        meta = self.store.load(meta.uuid).with_changes(image=image, last_accessed=now_ns())  # reports may have come
         self.store.save(meta)
         return meta
 
@@ -363,6 +382,7 @@ class AgentService:
                 raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
             await self.runtime.remove(session_id)
             trashed = await asyncio.to_thread(self.store.trash, session_id)
+            self.reports.close(session_id)
         self._emit(CONTAINER_DELETED, session_id)
         return {"uuid": session_id, "trash": trashed.name}
 
@@ -373,7 +393,10 @@ class AgentService:
         with self.locks.hold(session_id, "kill"):
             self._expect_stop(session_id)
             was_running = await self.runtime.stop(session_id)
-            meta = self.store.touch(session_id) if was_running else meta
+            if was_running:
+                self.store.touch(session_id)
+                self._set_activity(session_id, Activity(EXITED, "stopped by the operator", now_ns()))
+            meta = self.store.load(session_id)
             wire = await self._wire(meta, locked=False)
         if was_running:
             self._emit(CONTAINER_STOPPED, session_id, wire)
@@ -546,6 +569,49 @@ class AgentService:
             self._attached.pop(session_id, None)
         self._emit(SESSION_DETACHED, session_id, {"attached_count": count})
 
+    # --- what the agent inside a session reports --------------------------------------------------
+    def on_report(self, session_id: str, source: str, event: str, data: dict[str, Any]) -> None:
+        """A report from inside a session (called by its own socket): log it, update its activity."""
+        home = self.paths.session_dir(session_id)
+        try:
+            append_log(home, ACTIVITY_LOG, report_line(source, event, data), (self.uid, self.gid))
+        except OSError as e:
+            log.info("session %s: cannot append to its activity log: %s", session_id, e)
+        try:
+            meta = self.store.load(session_id)
+        except (NotFound, ConfigError):
+            return
+        current = Activity(meta.activity, meta.activity_detail, meta.activity_at)
+        new = next_activity(current, source, event, data, now_ns())
+        if new is not None:
+            self._set_activity(session_id, new, meta)
+
+    def _set_activity(self, session_id: str, activity: Activity, meta: SessionMeta | None = None) -> SessionMeta | None:
+        """Persist a new activity and publish ``session.activity``; returns the new metadata."""
+        try:
+            meta = meta or self.store.load(session_id)
+        except (NotFound, ConfigError):
+            return None
+        previous = meta.activity
+        meta = meta.with_changes(activity=activity.state, activity_detail=activity.detail, activity_at=activity.at)
+        self.store.save(meta)
+        self._emit(SESSION_ACTIVITY, session_id, {"activity": activity.state, "detail": activity.detail,
+                                                  "previous": previous, "name": meta.name,
+                                                  "at": format_rfc3339(activity.at)})
+        return meta
+
+    async def logs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The session's supervisor, activity and report logs, merged by time (newest last)."""
+        session_id = params["id"]
+        self.store.load(session_id)
+        home = self.paths.session_dir(session_id)
+        texts = await asyncio.to_thread(lambda: {name.removesuffix(".log"): read_log_tail(home, name)
+                                                 for name in (SUPERVISOR_LOG, ACTIVITY_LOG, "report.log")})
+        since = parse_rfc3339(params["since"]) if params.get("since") else 0
+        lines = merge_logs(texts, since, params.get("lines", 0) or (0 if since else 200))
+        last = lines[-1].split(": ", 1)[1].split(" ", 1)[0] if lines else params.get("since", "")
+        return {"uuid": session_id, "lines": lines, "last": last}
+
     # --- containers that change on their own ------------------------------------------------
     def _expect_stop(self, session_id: str) -> None:
         """Note that this agent is stopping the container, so its ``die`` event is not news."""
@@ -571,6 +637,11 @@ class AgentService:
         self._attached.pop(session_id, None)
         exit_code = attributes.get("exitCode", "")
         log.info("session %s stopped by itself (exit code %s)", session_id, exit_code or "?")
+        if str(exit_code) == "0" and meta.activity != EXITED:
+            meta = self._set_activity(session_id, Activity(EXITED, "the session ended", now_ns())) or meta
+        elif str(exit_code) != "0" and meta.activity != CRASHED:
+            meta = self._set_activity(session_id, Activity(CRASHED, f"the container exited with status {exit_code}",
+                                                           now_ns())) or meta
         data = self._view(meta, None).to_wire()
         data["exit_code"] = int(exit_code) if str(exit_code).isdigit() else None
         self._emit(CONTAINER_STOPPED, session_id, data)
@@ -596,6 +667,8 @@ class AgentService:
             log.warning("cannot re-discover containers: %s", e)
             return report
         report["containers"] = len(containers)
+        for meta in self.store.load_all()[0]:
+            await self.reports.ensure(meta.uuid)
         for sid, state in containers.items():
             if not self.store.exists(sid):
                 if state.running:

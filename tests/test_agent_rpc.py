@@ -79,7 +79,9 @@ async def test_session_lifecycle_through_every_op(ssh, cluster, docker_client):
     assert host["NanoCpus"] == 250_000_000 and host["Memory"] == 256 * 1024 * 1024 and host["Init"] is True
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts["/home/claude"]["Source"] == str(cluster.paths.session_dir(sid))
-    assert not any("convocate-agent" in m["Source"] for m in container.attrs["Mounts"])
+    assert not any(str(cluster.paths.agent_etc) in m["Source"] for m in container.attrs["Mounts"])  # no agent keys
+    report = mounts["/run/convocate-agent"]
+    assert report["Source"] == str(cluster.paths.session_run_dir(sid)) and report["RW"] is False
 
     assert (await rpc_ok(ssh, "get", {"id": sid}))["uuid"] == sid
     listed = await rpc_ok(ssh, "list")

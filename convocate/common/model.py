@@ -26,6 +26,8 @@ STATE_CONNECTED = "C"
 STATE_ORPHAN = "O"
 
 PROTOCOLS = ("tcp", "udp")
+#: Activity states of the agent inside a session (convocate_agent.insight).
+ACTIVITIES = ("working", "waiting", "idle", "crashed", "exited")
 PORT_NONE = 0
 PORT_AUTO = -1
 #: Lowest port the agent hands out for ``port: -1`` (DESIGN §3).
@@ -178,6 +180,10 @@ class SessionMeta:
         cpus: CPU reservation and limit, in cores (float).
         memory_mb: Memory reservation and limit, in MiB.
         image: Image tag the container last started from, ``""`` if never started.
+        activity: What the agent in the session is doing (``working``, ``waiting``,
+            ``idle``, ``crashed``, ``exited``), ``""`` when unknown.
+        activity_detail: The question it waits on, its progress message, or why it crashed.
+        activity_at: When the activity last changed, ns since the epoch (0: never).
     """
 
     uuid: str
@@ -190,6 +196,9 @@ class SessionMeta:
     cpus: float = 0.0
     memory_mb: int = 0
     image: str = ""
+    activity: str = ""
+    activity_detail: str = ""
+    activity_at: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The object written to ``session.json``."""
@@ -204,7 +213,16 @@ class SessionMeta:
             "cpus": self.cpus,
             "memory_mb": self.memory_mb,
             "image": self.image,
+            **self._activity_json(),
         }
+
+    def _activity_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"activity": self.activity}
+        if self.activity_detail:
+            out["activity_detail"] = self.activity_detail
+        if self.activity_at:
+            out["activity_at"] = format_rfc3339(self.activity_at)
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, *, expected_uuid: str | None = None) -> SessionMeta:
@@ -244,6 +262,12 @@ class SessionMeta:
         image = obj.get("image", "") or ""
         if not isinstance(image, str):
             raise BadRequest(f"bad image {image!r}")
+        activity = obj.get("activity", "") or ""
+        detail = obj.get("activity_detail", "") or ""
+        try:
+            activity_at = parse_rfc3339(obj["activity_at"]) if obj.get("activity_at") else 0
+        except (TypeError, ValueError) as e:
+            raise BadRequest(f"bad activity_at: {e}") from e
         return cls(
             uuid=sid,
             name=validate_name(obj.get("name")),
@@ -255,6 +279,9 @@ class SessionMeta:
             cpus=float(cpus),
             memory_mb=memory,
             image=image,
+            activity=activity if activity in ACTIVITIES else "",
+            activity_detail=detail if isinstance(detail, str) else "",
+            activity_at=activity_at,
         )
 
     def with_changes(self, **changes: Any) -> SessionMeta:
@@ -288,7 +315,6 @@ class SessionView:
         running: The container is up.
         attached_count: Operators attached through this agent.
         locked: A lifecycle lock with a live holder exists.
-        activity: Activity state (``working``, ``waiting``, ``idle``, ...) or ``""``.
         agent_id: The agent the session lives on (filled in by shell-side clients).
     """
 
@@ -296,7 +322,6 @@ class SessionView:
     running: bool = False
     attached_count: int = 0
     locked: bool = False
-    activity: str = ""
     agent_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -327,7 +352,7 @@ class SessionView:
             cpus=m.cpus,
             memory_mb=m.memory_mb,
             attached_count=self.attached_count,
-            activity=self.activity,
+            **m._activity_json(),
         )
         return wire
 
@@ -351,6 +376,5 @@ class SessionView:
             running=running,
             attached_count=count,
             locked=state == STATE_LOCKED,
-            activity=str(obj.get("activity", "") or ""),
             agent_id=agent_id,
         )

@@ -24,6 +24,7 @@ from convocate.common.model import (
     validate_uuid,
 )
 from convocate.common.protocol import json_type
+from convocate.common.timefmt import parse_rfc3339
 
 #: Largest text accepted by ``send``, in bytes of UTF-8.
 SEND_TEXT_MAX = 64 * 1024
@@ -77,6 +78,14 @@ def _send_text(value: str) -> str:
         raise BadRequest(messages.BAD_TEXT.format(field="text", reason=f"longer than {SEND_TEXT_MAX} bytes"))
     if "\x00" in value:
         raise BadRequest(messages.BAD_TEXT.format(field="text", reason="contains a NUL character"))
+    return value
+
+
+def _timestamp(value: str) -> str:
+    try:
+        parse_rfc3339(value)
+    except ValueError as e:
+        raise BadRequest(messages.BAD_TEXT.format(field="since", reason=str(e))) from e
     return value
 
 
@@ -136,6 +145,7 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "capture": (_id(), Param("lines", "integer", check=_lines)),
     "send": (_id(), Param("text", "string", required=True, check=_send_text), Param("enter", "boolean")),
     "capacity": (),
+    "logs": (_id(), Param("lines", "integer", check=_lines), Param("since", "string", check=_timestamp)),
     "trash": (),
     "restore": (Param("trash_id", "string", required=True, check=_trash_id),),
 }

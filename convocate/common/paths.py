@@ -94,6 +94,15 @@ class Paths:
         """Root-only ``KEY=VALUE`` file (e.g. ``ANTHROPIC_API_KEY``) passed to every session container."""
         return self.agent_etc / "session.env"
 
+    @property
+    def agent_run_dir(self) -> Path:
+        """Runtime state of the agent (``/run/convocate-agent``): the sessions' report sockets."""
+        return self._p("run", "convocate-agent")
+
+    def session_run_dir(self, session_id: str) -> Path:
+        """``/run/convocate-agent/sessions/<uuid>/``: mounted read-only in the session as ``/run/convocate-agent``."""
+        return self.agent_run_dir / "sessions" / validate_uuid(session_id)
+
     # --- agent host: sessions under /home/claude ----------------------------------
     @property
     def session_base(self) -> Path:

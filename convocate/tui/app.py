@@ -12,6 +12,7 @@ D delete, K kill, O override, S settings, R restart, Q quit.
 
 from __future__ import annotations
 
+import contextlib
 import curses
 import logging
 import os
@@ -35,8 +36,8 @@ from convocate.tui.network import Network, Notice
 log = logging.getLogger(__name__)
 
 MIN_COLUMNS, MIN_LINES = 80, 16
-KEYS = "Enter attach  1-9 jump  N new  C clone  E edit  B background  D delete  K kill  O override  " \
-       "S settings  R restart  Q quit"
+KEYS = "Enter attach  1-9 jump  W next waiting  N new  C clone  E edit  B background  D delete  K kill  " \
+       "O override  S settings  R restart  Q quit"
 
 
 class SessionTable(npyscreen.MultiLineAction):
@@ -69,7 +70,7 @@ class MainForm(npyscreen.FormBaseNew):
         handlers: dict[Any, Callable[[Any], Any]] = {}
         for key, action in {"n": app.new, "c": app.clone, "e": app.edit, "b": app.background, "d": app.delete,
                             "k": app.kill, "o": app.override, "s": app.settings, "r": app.restart,
-                            "q": app.quit}.items():
+                            "w": app.next_waiting, "q": app.quit}.items():
             # By code, not by character: MultiLine binds ord("k"), ord("n") ... itself, and codes are looked up first.
             handlers[ord(key)] = handlers[ord(key.upper())] = _key(action, self)
         for digit in "123456789":
@@ -198,7 +199,14 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         elif notice.kind == "capacity":
             self.model.set_capacity(notice.agent_id, notice.payload)
         elif notice.kind == "status":
-            if self.model.apply(notice.payload):
+            message = notice.payload
+            data = message.get("data") if isinstance(message.get("data"), dict) else {}
+            if message.get("type") == "session.activity" and data.get("activity") == "waiting" \
+                    and data.get("previous") != "waiting":
+                self.message = f"{data.get('name', '?')} is waiting: {data.get('detail', '')}  (W jumps there)"
+                with contextlib.suppress(curses.error):
+                    curses.beep()  # a session needs the operator
+            if self.model.apply(message):
                 self.network.refresh(notice.agent_id)
         elif notice.kind == "done":
             description, result = notice.payload
@@ -454,6 +462,18 @@ class ConvocateApp(npyscreen.NPSAppManaged):
                 changes[key] = _typed_like(text, current[key])
         if changes:
             self._op(agent_id, "settings-set", changes, f"settings of {agent_id}")
+
+    def next_waiting(self) -> None:
+        """W: move to the next session waiting for the operator."""
+        row = self.main_form.selected()
+        after = (row.agent_id, row.session.meta.uuid) if row is not None and row.session is not None else None
+        self.refresh_rows(self.main_form)
+        index = self.model.next_waiting(after)
+        if index is None:
+            self.message = "no session is waiting for you"
+            return
+        self.main_form.table.cursor_line = index
+        self.main_form.table.display()
 
     def quit(self) -> None:
         self.switchForm(None)

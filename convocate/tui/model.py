@@ -25,14 +25,16 @@ from convocate.common.protocol import (
     CONTAINER_EDITED,
     CONTAINER_STARTED,
     CONTAINER_STOPPED,
+    SESSION_ACTIVITY,
     SESSION_ATTACHED,
     SESSION_DETACHED,
 )
+from convocate.common.timefmt import parse_rfc3339
 
 CONNECTING, REACHABLE, UNREACHABLE = "connecting", "reachable", "unreachable"
 
-COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "PORT", "DNS", "CREATED", "LAST ACCESSED")
-WIDTHS = (3, 2, 24, 8, 8, 9, 20, 16, 16)
+COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "ACTIVITY", "PORT", "DNS", "CREATED", "LAST ACCESSED")
+WIDTHS = (3, 2, 24, 8, 8, 8, 9, 16, 16, 16)
 
 
 def _clock(ns: int) -> str:
@@ -174,6 +176,16 @@ class ClusterModel:
             sessions[sid] = view
         elif kind == CONTAINER_DELETED and sid:
             sessions.pop(sid, None)
+        elif kind == SESSION_ACTIVITY and sid in sessions:
+            old = sessions[sid]
+            at = data.get("at")
+            try:
+                at_ns = parse_rfc3339(at) if isinstance(at, str) else old.meta.activity_at
+            except ValueError:
+                at_ns = old.meta.activity_at
+            meta = old.meta.with_changes(activity=str(data.get("activity", "")), activity_detail=str(data.get("detail", "")),
+                                         activity_at=at_ns)
+            sessions[sid] = dataclasses.replace(old, meta=meta)
         elif kind in (SESSION_ATTACHED, SESSION_DETACHED) and sid in sessions:
             count = data.get("attached_count")
             if isinstance(count, int):
@@ -207,6 +219,16 @@ class ClusterModel:
             return sum(float((c.get(section) or {}).get(key) or 0) for c in caps)
         return (f"cpu {total('reserved', 'cpus'):g}/{total('limits', 'cpus'):g}  "
                 f"mem {total('reserved', 'memory_mb') / 1024:.1f}/{total('limits', 'memory_mb') / 1024:.1f} GiB")
+
+    def next_waiting(self, after: tuple[str, str] | None) -> int | None:
+        """Index in :meth:`rows` of the next session waiting for the operator after ``(agent, uuid)``, wrapping."""
+        rows = self.rows()
+        waiting = [i for i, r in enumerate(rows) if r.session is not None and r.session.meta.activity == "waiting"]
+        if not waiting:
+            return None
+        start = next((i for i, r in enumerate(rows) if r.session is not None and after is not None
+                      and (r.agent_id, r.session.meta.uuid) == after), -1)
+        return next((i for i in waiting if i > start), waiting[0])
 
     def session_count(self) -> int:
         return sum(len(v) for v in self.sessions.values())

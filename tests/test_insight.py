@@ -1,0 +1,129 @@
+"""Activity derivation, report parsing and session log files (convocate_agent.insight), without Docker."""
+
+import asyncio
+import json
+import os
+import socket
+
+import pytest
+
+from convocate.common.paths import Paths
+from convocate.common.timefmt import format_rfc3339
+from convocate_agent.insight import (
+    Activity,
+    ReportError,
+    ReportSockets,
+    append_log,
+    merge_logs,
+    next_activity,
+    parse_report,
+    read_log_tail,
+)
+
+SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
+
+
+def step(current, source, event, **data):
+    return next_activity(current, source, event, data, 42)
+
+
+def test_a_turn_goes_idle_working_waiting_idle():
+    a = step(Activity(), "supervisor", "start", attempt=1)
+    assert (a.state, a.detail) == ("idle", "starting")
+    a = step(a, "hook", "UserPromptSubmit", prompt="fix the tests")
+    assert (a.state, a.detail) == ("working", "fix the tests")
+    a = step(a, "hook", "Notification", message="Claude needs your permission to use Bash")
+    assert (a.state, a.detail) == ("waiting", "Claude needs your permission to use Bash")
+    a = step(a, "hook", "Stop")
+    assert (a.state, a.detail, a.at) == ("idle", "", 42)
+
+
+def test_mcp_tools_set_what_they_say():
+    a = step(Activity("idle"), "mcp", "ask", question="Which database?")
+    assert (a.state, a.detail) == ("waiting", "Which database?")
+    assert step(a, "mcp", "progress", message="migrating").state == "working"
+    assert step(a, "mcp", "status", status="idle").state == "idle"
+    assert step(a, "mcp", "status", status="sleeping") is None  # not a state: ignored
+
+
+def test_the_supervisor_giving_up_is_a_crash_and_a_clean_exit_an_exit():
+    crashed = step(Activity("working"), "supervisor", "gave_up", status=3, failures=5)
+    assert crashed.state == "crashed" and "5 times" in crashed.detail and "status 3" in crashed.detail
+    assert step(Activity("idle"), "supervisor", "exit", status=0).state == "exited"
+    restarting = step(Activity("working"), "supervisor", "exit", status=1)
+    assert restarting.state == "working" and "restarts it" in restarting.detail
+
+
+def test_a_report_that_changes_nothing_is_not_news():
+    assert step(Activity("idle", ""), "hook", "Stop") is None
+    assert step(Activity("idle"), "hook", "SubagentStop") is None
+
+
+@pytest.mark.parametrize("line", [b"nope", b"[]", b'{"source":"root","event":"x","data":{}}',
+                                  b'{"source":"hook","event":5,"data":{}}', b'{"source":"mcp","event":"ask","data":1}'])
+def test_bad_reports_are_refused(line):
+    with pytest.raises(ReportError):
+        parse_report(line)
+
+
+def test_logs_refuse_symlinks_planted_in_the_home(tmp_path):
+    home = tmp_path / "home"
+    (home / ".convocate" / "logs").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret\n")
+    os.symlink(secret, home / ".convocate" / "logs" / "supervisor.log")
+    assert read_log_tail(home, "supervisor.log") == ""
+    with pytest.raises(OSError):
+        append_log(home, "supervisor.log", "x")
+    assert secret.read_text() == "root's secret\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    os.rename(home / ".convocate", tmp_path / "moved")
+    os.symlink(other, home / ".convocate")
+    assert read_log_tail(home, "activity.log") == ""
+    with pytest.raises(OSError):
+        append_log(home, "activity.log", "x")
+    assert list(other.iterdir()) == []
+
+
+def test_logs_rotate_and_merge_by_time(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    big = "x" * 1000
+    for _ in range(1100):
+        append_log(home, "activity.log", f"{format_rfc3339(10**18)} {big}")
+    assert (home / ".convocate/logs/activity.log.1").exists()
+    merged = merge_logs({"supervisor": f"{format_rfc3339(2 * 10**18)} b\n{format_rfc3339(3 * 10**18)} d\n",
+                         "activity": f"{format_rfc3339(2 * 10**18 + 1)} c\ncontinued\n"}, since_ns=10**18)
+    assert [m.split(" ")[0] for m in merged] == ["supervisor:", "activity:", "activity:", "supervisor:"]
+    assert merged[2] == "activity: continued"
+
+
+def test_each_session_has_its_own_socket(tmp_path):
+    async def scenario():
+        got = []
+        paths = Paths(tmp_path / "a-rather-long-relocated-root" / ("x" * 60))
+        sockets = ReportSockets(paths, lambda sid, src, ev, data: got.append((sid, src, ev, data)))
+        other = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
+        for sid in (SID, other):
+            await sockets.ensure(sid)
+        reader, writer = await asyncio.open_unix_connection(
+            sock=_connect(paths.session_run_dir(other) / "agent.sock"))
+        writer.write(json.dumps({"source": "mcp", "event": "ask", "data": {"question": "q", "session": SID}})
+                     .encode() + b"\n")
+        reply = json.loads(await reader.readline())
+        writer.close()
+        sockets.close_all()
+        return got, reply
+
+    got, reply = asyncio.run(scenario())
+    assert reply == {"ok": True}
+    assert got == [("0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c", "mcp", "ask", {"question": "q", "session": SID})]
+
+
+def _connect(path):
+    s = socket.socket(socket.AF_UNIX)
+    fd = os.open(path.parent, os.O_RDONLY)
+    s.connect(f"/proc/self/fd/{fd}/{path.name}")
+    os.close(fd)
+    return s
