@@ -109,6 +109,7 @@ class SessionSpec:
         cgroup_parent: Docker ``HostConfig.CgroupParent`` (capacity layer 2), or None.
         report_dir: Host directory holding the session's report socket, mounted read-only
             at ``/run/convocate-agent`` (convocate_agent.insight), or None.
+        restart_backoff_s: The supervisor's first restart delay (``CONVOCATE_BACKOFF_BASE``).
     """
 
     session_id: str
@@ -126,6 +127,7 @@ class SessionSpec:
     gid: int = 1337
     cgroup_parent: str | None = None
     report_dir: Path | None = None
+    restart_backoff_s: float = 1.0
 
 
 @dataclass
@@ -270,6 +272,7 @@ class DockerRuntime:
             CLAUDE_GID=str(spec.gid),
             CONVOCATE_SESSION_ID=spec.session_id,
             CONVOCATE_AGENT_COMMAND=spec.agent_command,
+            CONVOCATE_BACKOFF_BASE=f"{spec.restart_backoff_s:g}",
         )
         mounts = [Mount(target=CONTAINER_HOME, source=str(spec.home), type="bind")]
         if spec.report_dir is not None:

@@ -323,7 +323,7 @@ class AgentService:
             agent_command=self.settings.agent_command, environment=self._session_environment(),
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
-            report_dir=report_dir,
+            report_dir=report_dir, restart_backoff_s=self.settings.restart_backoff_s,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)

@@ -36,6 +36,8 @@ class Settings:
         trash_retention_days: Days a deleted session's home stays in the trash.
         image_prune: ``unused`` removes ``convocate:*`` tags no container uses
             (except the current one) daily; ``never`` keeps them.
+        restart_backoff_s: First delay before the session supervisor restarts a
+            crashed agent command, in seconds; it doubles with each failure in a row.
     """
 
     default_cpus: float = 0.5
@@ -44,6 +46,7 @@ class Settings:
     heartbeat_interval_s: int = 30
     trash_retention_days: int = 7
     image_prune: str = "unused"
+    restart_backoff_s: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -91,6 +94,12 @@ def _check(key: str, value: Any) -> Any:
             raise _wrong_type(key, "a number", value)
         if not (CPUS_MIN <= value <= CPUS_MAX):
             raise _bad(messages.BAD_RANGE.format(field=key, value=value, low=CPUS_MIN, high=CPUS_MAX, unit=" cores"))
+        return float(value)
+    if key == "restart_backoff_s":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong_type(key, "a number", value)
+        if not (0.01 <= value <= 60):
+            raise _bad(messages.BAD_RANGE.format(field=key, value=value, low=0.01, high=60, unit=" s"))
         return float(value)
     if key == "default_memory_mb":
         return _int_in(key, value, MEMORY_MIN_MB, MEMORY_MAX_MB, " MiB")
