@@ -1,14 +1,25 @@
-"""The session image on its own: entrypoint, supervisor, tmux (packaging/image/).
+"""The session image on its own: entrypoint, supervisor, tmux (packaging/image/),
+and the session side of the agent channel: convocate-report, the hooks in
+Claude Code's managed settings, the convocate MCP server, as the stand-in
+`claude` drives them.
 
 Containers are started here through the docker SDK exactly as the agent starts
-them (init process, home bind mount, CLAUDE_UID/GID), labelled with this
-test's root, and removed at teardown.
+them (init process, home bind mount, CLAUDE_UID/GID, the agent's socket
+directory mounted read-only at /run/convocate-agent), labelled with this
+test's root, and removed at teardown. The agent's side of the socket is a
+small server of the test's own (``agent_socket``) that records every line.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -16,21 +27,99 @@ import pytest
 pytestmark = pytest.mark.docker
 
 UID = "1337:1337"
+AGENT_DIR = "/run/convocate-agent"
+
+
+class AgentSocket:
+    """The agent's end of the channel: a Unix socket server recording each message line.
+
+    Attributes:
+        dir: Host directory holding ``agent.sock``, to mount at /run/convocate-agent.
+        messages: Every message received, decoded, in arrival order.
+        reply: The line sent back to each message.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(mode=0o755)
+        self.dir.chmod(0o755)
+        self.messages: list[dict] = []
+        self.reply = b'{"ok": true}\n'
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(directory / "agent.sock"))
+        os.chmod(directory / "agent.sock", 0o666)
+        self._sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            with self._lock:
+                self.messages.append(json.loads(data.split(b"\n", 1)[0]))
+            conn.sendall(self.reply)
+
+    def events(self, source: str | None = None) -> list[tuple[str, str, dict]]:
+        with self._lock:
+            return [(m["source"], m["event"], m["data"]) for m in self.messages
+                    if source is None or m["source"] == source]
+
+    def wait_for(self, source: str, event: str, /, **data) -> dict:
+        """The first message SOURCE EVENT whose data has the given items (waits up to 10 s)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for s, e, d in self.events():
+                if (s, e) == (source, event) and all(d.get(k) == v for k, v in data.items()):
+                    return d
+            time.sleep(0.02)
+        raise AssertionError(f"no {source} {event} {data} among {self.events()}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def agent_socket():
+    # A short path of its own: a Unix socket path must stay under 108 bytes.
+    base = Path(tempfile.mkdtemp(prefix="convocate-agent-"))
+    server = AgentSocket(base / "agent")
+    yield server
+    server.close()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def run_session(docker_client, session_image, tmp_path):
     started = []
 
-    def run(**env):
+    def run(agent: AgentSocket | None = None, home_files: dict[str, str] | None = None, **env):
         home = tmp_path / f"home{len(started)}"
         home.mkdir()
+        for name, text in (home_files or {}).items():
+            (home / name).write_text(text)
+            os.chown(home / name, 1337, 1337)
         environment = {"CLAUDE_UID": "1337", "CLAUDE_GID": "1337", "CONVOCATE_BACKOFF_BASE": "0.05",
                        "CONVOCATE_AGENT_COMMAND": "claude", **env}
+        mounts = [docker.types.Mount("/home/claude", str(home), type="bind")]
+        if agent is not None:
+            mounts.append(docker.types.Mount(AGENT_DIR, str(agent.dir), type="bind", read_only=True))
         container = docker_client.containers.run(
             session_image, detach=True, init=True, environment=environment,
-            labels={"convocate.root": str(tmp_path)},
-            mounts=[docker.types.Mount("/home/claude", str(home), type="bind")],
+            labels={"convocate.root": str(tmp_path)}, mounts=mounts,
         )
         started.append(container)
         return container, home
@@ -70,6 +159,21 @@ def wait_exit(container, timeout=20.0):
     return container.wait(timeout=timeout)["StatusCode"]
 
 
+def type_line(container, line):
+    tmux(container, "send-keys", "-t", "main", "-l", line)
+    tmux(container, "send-keys", "-t", "main", "Enter")
+
+
+def report(container, *args, stdin=None):
+    """Run convocate-report in the container as the session user; (exit code, output)."""
+    if stdin is not None:
+        cmd = ["sh", "-c", 'printf %s "$1" | convocate-report hook', "sh", stdin]
+    else:
+        cmd = ["convocate-report", *args]
+    result = container.exec_run(cmd, user=UID, environment={"HOME": "/home/claude"})
+    return result.exit_code, result.output.decode()
+
+
 def test_session_runs_the_agent_command_as_claude_in_tmux(run_session):
     container, home = run_session()
     wait_ready(container)
@@ -90,8 +194,8 @@ def test_a_clean_exit_ends_the_session(run_session):
     assert wait_exit(container) == 0
 
 
-def test_a_crash_is_resumed_with_dash_c_and_five_crashes_give_up(run_session):
-    container, home = run_session()
+def test_a_crash_is_resumed_with_dash_c_and_five_crashes_give_up(run_session, agent_socket):
+    container, home = run_session(agent=agent_socket)
     wait_ready(container)
     banner = "convocate stand-in claude"
     for attempt in range(5):
@@ -107,6 +211,18 @@ def test_a_crash_is_resumed_with_dash_c_and_five_crashes_give_up(run_session):
     assert log.count("agent exited with status 3 after") == 5, log
     assert "giving up: the agent failed 5 times in a row" in log, log
     assert b"convocate" in container.logs()  # supervisor lines reach docker logs
+    # ...and every start, exit, backoff and the give-up reach the agent, in order.
+    supervisor = [(e, d) for _, e, d in agent_socket.events("supervisor")]
+    assert [e for e, _ in supervisor] == ["start", "exit", "backoff"] * 4 + ["start", "exit", "gave_up"]
+    starts = [d for e, d in supervisor if e == "start"]
+    assert [d["attempt"] for d in starts] == [1, 2, 3, 4, 5]
+    assert [d["command"] for d in starts] == ["claude"] + ["claude -c"] * 4
+    exits = [d for e, d in supervisor if e == "exit"]
+    assert all(d["status"] == 3 and isinstance(d["seconds"], (int, float)) for d in exits), exits
+    assert [d["delay"] for e, d in supervisor if e == "backoff"] == [0.05, 0.1, 0.2, 0.4]
+    assert supervisor[-1] == ("gave_up", {"status": 3, "failures": 5})
+    assert [d["source"] for _, e, d in agent_socket.events("hook") if e == "SessionStart"] == \
+        ["startup"] + ["resume"] * 4
 
 
 def test_docker_stop_is_prompt(run_session):
@@ -115,3 +231,90 @@ def test_docker_stop_is_prompt(run_session):
     started = time.monotonic()
     container.stop(timeout=10)
     assert time.monotonic() - started < 5
+
+
+# --- the agent channel ----------------------------------------------------------------
+
+
+def test_the_stand_in_reports_hooks_and_mcp_tool_calls_to_the_agent(run_session, agent_socket):
+    container, home = run_session(agent=agent_socket, home_files={
+        ".claude.json": json.dumps({"numStartups": 7, "mcpServers": {"mine": {"command": "/bin/true"}}})})
+    wait_ready(container)
+    sid = agent_socket.wait_for("hook", "SessionStart", source="startup")["session_id"]
+    assert agent_socket.events()[0] == ("supervisor", "start", {"attempt": 1, "command": "claude"})
+    # The entrypoint added the convocate server to the user scope and kept the rest.
+    config = json.loads((home / ".claude.json").read_text())
+    assert config["numStartups"] == 7 and set(config["mcpServers"]) == {"mine", "convocate"}
+
+    type_line(container, "hello")
+    wait_screen(container, "echo: hello")
+    assert agent_socket.wait_for("hook", "UserPromptSubmit") == {"session_id": sid, "prompt": "hello"}
+    agent_socket.wait_for("hook", "Stop")
+
+    type_line(container, "/ask May I push to main?")
+    wait_screen(container, "[ask_operator] The operator has been alerted")
+    assert agent_socket.wait_for("mcp", "ask") == {"question": "May I push to main?"}
+    tools = [d["tool_name"] for s, e, d in agent_socket.events("hook") if e in ("PreToolUse", "PostToolUse")]
+    assert tools == ["mcp__convocate__ask_operator"] * 2
+
+    type_line(container, "/progress tests pass")
+    agent_socket.wait_for("mcp", "progress", message="tests pass")
+    type_line(container, "/status waiting for CI")
+    agent_socket.wait_for("mcp", "status", status="waiting", message="for CI")
+    type_line(container, "/status foo")
+    wait_screen(container, "status must be one of working, idle, waiting (got 'foo')")
+    assert [d["status"] for _, e, d in agent_socket.events("mcp") if e == "status"] == ["waiting"]
+
+    type_line(container, "/notify Claude needs your permission to use Bash")
+    assert agent_socket.wait_for("hook", "Notification") == {
+        "session_id": sid, "message": "Claude needs your permission to use Bash",
+        "notification_type": "permission_prompt"}
+    type_line(container, "/exit")
+    assert wait_exit(container) == 0
+    agent_socket.wait_for("hook", "SessionEnd", reason="prompt_input_exit")
+    agent_socket.wait_for("supervisor", "exit", status=0, attempt=1)
+
+
+def test_convocate_report_sends_one_line_and_never_fails(run_session, agent_socket):
+    container, home = run_session(agent=agent_socket, CONVOCATE_AGENT_COMMAND="sleep 600")
+    wait_ready(container)
+    agent_socket.wait_for("supervisor", "start", command="sleep 600")
+
+    hook_input = json.dumps({"session_id": "s1", "hook_event_name": "UserPromptSubmit", "cwd": "/home/claude",
+                             "transcript_path": "/x", "prompt": "é" * 5000})
+    assert report(container, stdin=hook_input) == (0, "")  # nothing on stdout: Claude would read it
+    data = agent_socket.wait_for("hook", "UserPromptSubmit")
+    assert data == {"session_id": "s1", "prompt": "é" * 2000}  # reduced and cut to 2000 characters
+
+    assert report(container, "supervisor", "backoff", "delay=0.5", "failures=2") == (0, "")
+    assert agent_socket.wait_for("supervisor", "backoff") == {"delay": 0.5, "failures": 2}
+    code, out = report(container, "mcp", "status", "status=sleeping")
+    assert code == 2 and "status must be one of working, idle, waiting" in out
+    assert not [e for _, e, _ in agent_socket.events("mcp")]
+
+    # A refusal and an absent agent are logged, and the command still exits 0 at once.
+    agent_socket.reply = b'{"ok": false, "error": "no such event"}\n'
+    assert report(container, "mcp", "progress", "message=x") == (0, "")
+    (agent_socket.dir / "agent.sock").unlink()
+    started = time.monotonic()
+    assert report(container, stdin='{"hook_event_name": "Stop"}') == (0, "")
+    assert time.monotonic() - started < 1.5
+    log = (home / ".convocate" / "logs" / "report.log").read_text()
+    assert "mcp progress not delivered: the agent refused it: no such event" in log, log
+    assert f"hook Stop not delivered: no agent socket at {AGENT_DIR}/agent.sock" in log, log
+
+
+def test_without_the_agent_the_session_works_and_the_misses_are_logged(run_session):
+    container, home = run_session()
+    wait_ready(container)
+    type_line(container, "hello")
+    wait_screen(container, "echo: hello")
+    type_line(container, "/ask anyone?")
+    wait_screen(container, "[ask_operator] The operator could not be notified")
+    log = (home / ".convocate" / "logs" / "report.log").read_text()
+    for line in ("supervisor start", "hook SessionStart", "hook UserPromptSubmit", "hook Stop", "mcp ask"):
+        assert f"{line} not delivered: no agent socket" in log, log
+    deadline = time.monotonic() + 5
+    while b"mcp ask not delivered" not in container.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b"mcp ask not delivered" in container.logs()  # report.log reaches docker logs

@@ -29,7 +29,9 @@ readonly DEFAULT_CLAUDE_CODE_VERSION="2.1.330"   # keep in step with the Dockerf
 readonly DEFAULT_MIRROR="http://deb.debian.org/debian"
 readonly SUITE="bookworm"
 # The files docker build sees (the .dockerignore whitelists exactly these).
-readonly CONTEXT_FILES=(.dockerignore Dockerfile entrypoint supervisor tmux.conf claude-standin)
+readonly CONTEXT_FILES=(.dockerignore Dockerfile entrypoint supervisor tmux.conf claude-standin
+    session/convocate_report.py session/convocate-report session/convocate_mcp.py session/register-mcp
+    session/mcp-requirements.txt session/managed-settings.json session/mcp.json)
 
 tag=""
 claude_code="${DEFAULT_CLAUDE_CODE_VERSION}"
@@ -51,8 +53,8 @@ usage: $(basename "$0") --tag TAG [--claude-code VERSION|none] [--base-image IMA
                          reuse ${DEFAULT_BASE_IMAGE} with debootstrap)
   --cache-dir DIR        where the base rootfs tarball is cached
                          (default <repo>/.cache/images)
-  --convocate-version V  value of the convocate.version label
-                         (default: version in <repo>/pyproject.toml, else 'unknown')
+  --convocate-version V  value of the convocate.version label (default: the version in
+                         <repo>/pyproject.toml or convocate/common/version.py, else 'unknown')
   --mirror URL           Debian mirror for debootstrap and apt in the base image
                          (default: the host's apt sources, else ${DEFAULT_MIRROR})
   --force                build even when TAG is up to date
@@ -88,8 +90,13 @@ done
 if [[ -z "$convocate_version" ]]; then
     convocate_version="$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
         "${REPO_DIR}/pyproject.toml" 2>/dev/null | head -n1)"
-    convocate_version="${convocate_version:-unknown}"
 fi
+if [[ -z "$convocate_version" ]]; then
+    # pyproject.toml takes the version dynamically from the package.
+    convocate_version="$(sed -n 's/^__version__[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
+        "${REPO_DIR}/convocate/common/version.py" 2>/dev/null | head -n1)"
+fi
+convocate_version="${convocate_version:-unknown}"
 
 if [[ -z "${DOCKER:-}" ]]; then
     if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
@@ -238,12 +245,13 @@ for f in "${CONTEXT_FILES[@]}"; do
     [[ -f "${SCRIPT_DIR}/$f" ]] || die "missing build context file ${SCRIPT_DIR}/$f"
 done
 
-# Hash of everything that decides the image: the context files (names and
-# contents), the build args, the base image ID and the labels.
+# Hash of everything that decides the image: the context files (names, modes
+# and contents), the build args, the base image ID and the labels.
 context_hash="$(
     cd "$SCRIPT_DIR"
     {
         sha256sum "${CONTEXT_FILES[@]}"
+        stat -c '%a %n' "${CONTEXT_FILES[@]}"
         echo "BASE_IMAGE=${base_image} ${base_id}"
         echo "CLAUDE_CODE_VERSION=${claude_code}"
         echo "convocate.version=${convocate_version}"
@@ -275,7 +283,7 @@ done
 context_dir="$(mktemp -d "${TMPDIR:-/tmp}/convocate-image-context.XXXXXX")"
 build_log="${context_dir}.log"
 trap 'rm -rf "$context_dir" "$build_log"' EXIT
-(cd "$SCRIPT_DIR" && cp -p "${CONTEXT_FILES[@]}" "$context_dir/")
+(cd "$SCRIPT_DIR" && cp -p --parents "${CONTEXT_FILES[@]}" "$context_dir/")
 : >"${context_dir}/build-ca-certificates.crt"
 for ca in /etc/ssl/certs/ca-certificates.crt "${NODE_EXTRA_CA_CERTS:-}"; do
     [[ -n "$ca" && -r "$ca" ]] || continue
@@ -295,7 +303,7 @@ if ! DOCKER_BUILDKIT=0 docker build --force-rm \
     die "docker build of $tag failed (last 40 lines above)"
 fi
 # One line per Dockerfile step that did work, and what the npm step reported.
-grep -E '^(Step [0-9]+/[0-9]+ : (FROM|RUN|COPY)|node v|claude --version)' "$build_log" \
+grep -E '^(Step [0-9]+/[0-9]+ : (FROM|RUN|COPY)|node v|claude --version|mcp [0-9])' "$build_log" \
     | sed 's/^/build-image:     /' | cut -c1-120 || true
 
 new_id="$(docker image inspect --format '{{.Id}}' "$tag")"
