@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 WORKING, WAITING, IDLE, CRASHED, EXITED = ACTIVITIES
 SOCKET_NAME = "agent.sock"
+#: Claude Code's name prefix for the tools of convocate's in-session MCP server.
+OWN_TOOLS = "mcp__convocate__"
 REPORT_MAX = 64 * 1024
 DETAIL_MAX = 500
 LOG_DIR = (".convocate", "logs")
@@ -78,17 +80,24 @@ def next_activity(current: Activity, source: str, event: str, data: dict[str, An
     """The activity after one report, or None when the report does not change it.
 
     Rules: a prompt or a tool call means working; a notification (Claude Code
-    asks for permission or input) or an ``ask`` means waiting, with its text;
-    the end of a turn (Stop) means idle; the supervisor giving up means
+    asks for permission or input) or an ``ask`` means waiting, with its text,
+    until the operator's next prompt; the end of a turn (Stop) otherwise means idle; the supervisor giving up means
     crashed; a clean exit means exited. Progress and explicit status reports
     set what they say.
     """
     new: tuple[str, str] | None = None
     if source == "hook":
-        if event in ("UserPromptSubmit", "PreToolUse", "PostToolUse"):
-            new = (WORKING, _text(data, "prompt") if event == "UserPromptSubmit" else current.detail)
+        if event == "UserPromptSubmit":
+            new = (WORKING, _text(data, "prompt"))
+        elif event in ("PreToolUse", "PostToolUse") and not _text(data, "tool_name").startswith(OWN_TOOLS):
+            # Working on, keeping what it works on; after a wait, say which tool it went back to.
+            # (Calls of convocate's own tools report their meaning through the mcp source.)
+            tool = _text(data, "tool_name")
+            new = (WORKING, current.detail if current.state == WORKING else (f"using {tool}" if tool else ""))
         elif event == "Notification":
             new = (WAITING, _text(data, "message") or "needs the operator")
+        elif event == "Stop" and current.state == WAITING:
+            new = None  # the turn that asked ends; the question stands until the operator answers
         elif event in ("Stop", "SessionStart"):
             new = (IDLE, "")
         elif event == "SessionEnd":

@@ -34,8 +34,17 @@ def test_a_turn_goes_idle_working_waiting_idle():
     assert (a.state, a.detail) == ("working", "fix the tests")
     a = step(a, "hook", "Notification", message="Claude needs your permission to use Bash")
     assert (a.state, a.detail) == ("waiting", "Claude needs your permission to use Bash")
+    assert step(a, "hook", "Stop") is None  # the turn that asked ends; the question stands
+    a = step(a, "hook", "UserPromptSubmit", prompt="yes, go ahead")
+    assert (a.state, a.detail) == ("working", "yes, go ahead")
     a = step(a, "hook", "Stop")
     assert (a.state, a.detail, a.at) == ("idle", "", 42)
+
+
+def test_calls_of_convocates_own_tools_do_not_undo_what_they_report():
+    waiting = step(Activity("idle"), "mcp", "ask", question="Which database?")
+    assert step(waiting, "hook", "PostToolUse", tool_name="mcp__convocate__ask_operator") is None
+    assert step(waiting, "hook", "PostToolUse", tool_name="Bash").state == "working"  # permission granted
 
 
 def test_mcp_tools_set_what_they_say():

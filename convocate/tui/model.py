@@ -96,9 +96,13 @@ class Row:
             return f"{'!':>3}  agent {self.agent_id} {self.text}"
         m = self.session.meta
         port = f"{m.port}/{m.protocol}" if m.port else "-"
-        cells = (str(number), self.session.state, m.name, self.agent_id, m.uuid[:8], port, m.dns_name or "-",
-                 _clock(m.created_at), _clock(m.last_accessed))
-        return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=False)).rstrip()
+        activity = m.activity.upper() if m.activity == "waiting" else (m.activity or "-")  # waiting stands out
+        cells = (str(number), self.session.state, m.name, self.agent_id, m.uuid[:8], activity, port,
+                 m.dns_name or "-", _clock(m.created_at), _clock(m.last_accessed))
+        line = "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
+        if m.activity == "waiting" and m.activity_detail:
+            line += f"  ? {m.activity_detail}"
+        return line
 
 
 def _fit(text: str, width: int) -> str:
@@ -106,7 +110,7 @@ def _fit(text: str, width: int) -> str:
 
 
 def header() -> str:
-    return "  ".join(_fit(c, w) for c, w in zip(COLUMNS, WIDTHS, strict=False)).rstrip()
+    return "  ".join(_fit(c, w) for c, w in zip(COLUMNS, WIDTHS, strict=True)).rstrip()
 
 
 class ClusterModel:
