@@ -4,9 +4,14 @@
 #   ./build.sh deps            apt packages, the .venv with pinned Python deps, a running dockerd
 #   ./build.sh image [--real]  the session image: convocate:<v>-standin (tests) or convocate:<v> (Claude Code)
 #   ./build.sh test [ARGS]     deps + test image + the test suite (ARGS go to pytest)
-#   ./build.sh lint            ruff over the code
+#   ./build.sh zipapps [--out DIR]
+#                              the three role zipapps (shiv, reproducible) [build/zipapps]
+#   ./build.sh debs [--out DIR] [--version V]
+#                              the source package and the three .debs [build/debs]; --version
+#                              builds the current tree as version V (upgrade tests)
+#   ./build.sh lint            ruff, systemd-analyze verify on the units, lintian on the packages
 #   ./build.sh demo [--standin|--stop]
-#                              a local cluster on loopback, a session, and your terminal attached to it
+#                              a local cluster on loopback (agent and status listener), a session, and the TUI
 #
 # Everything it needs it installs itself (Debian 12, as root or with sudo).
 set -euo pipefail
@@ -17,11 +22,13 @@ cd "$REPO"
 VENV="$REPO/.venv"
 PY="$VENV/bin/python"
 CACHE="$REPO/.cache"
+BUILD="$REPO/build"
 DOCKER=/usr/bin/docker
 VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' convocate/common/version.py)"
 TEST_IMAGE="convocate:${VERSION}-standin"
 REAL_IMAGE="convocate:${VERSION}"
-APT_PACKAGES=(docker.io tmux openssh-client debootstrap python3 python3-venv iproute2 ca-certificates dnsmasq-base)
+APT_PACKAGES=(docker.io tmux openssh-client debootstrap python3 python3-venv iproute2 ca-certificates dnsmasq-base
+              build-essential debhelper po-debconf dpkg-dev lintian systemd)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
@@ -102,8 +109,84 @@ cmd_test() {
 }
 
 cmd_lint() {
+    apt_deps
     venv_deps
+    say "ruff"
     "$VENV/bin/ruff" check convocate convocate_agent convocate_host tests
+    say "systemd-analyze verify on packaging/systemd/*"
+    local unit out
+    for unit in packaging/systemd/*; do
+        # --man=no: the man pages named in Documentation= are those of the packages, not installed here.
+        if ! out="$(systemd-analyze verify --man=no "$unit" 2>&1)" || [ -n "$out" ]; then
+            printf '%s\n' "$out" >&2
+            die "systemd-analyze verify $unit failed"
+        fi
+    done
+    cmd_debs
+    say "lintian on the source package and the three .debs"
+    lintian --fail-on error,warning --display-info "$BUILD/debs/convocate_${VERSION}_"*.changes
+}
+
+# --- zipapps, debs -----------------------------------------------------------------------------
+cmd_zipapps() {
+    local out="$BUILD/zipapps"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --out) out="$2"; shift 2 ;;
+            *) die "zipapps: unknown argument '$1'" ;;
+        esac
+    done
+    venv_deps
+    PYTHON="$PY" packaging/shiv/build-zipapps --out "$out"
+}
+
+# stage_tree DIR: the working tree as git sees it (tracked and untracked files, not the ignored
+# ones: no .venv, caches or build output) copied to DIR; without git, the tree minus those.
+stage_tree() {
+    mkdir -p "$1"
+    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+        git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+            | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
+            | tar -C "$REPO" --null -T - -cf - | tar -C "$1" -xf -
+    else
+        tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./.demo --exclude=./build \
+            --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude='*.egg-info' -cf - . \
+            | tar -C "$1" -xf -
+    fi
+}
+
+cmd_debs() {
+    local out="$BUILD/debs" version="$VERSION"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --out) out="$2"; shift 2 ;;
+            --version) version="$2"; shift 2 ;;
+            *) die "debs: unknown argument '$1'" ;;
+        esac
+    done
+    apt_deps
+    venv_deps
+    out="$(mkdir -p "$out" && cd "$out" && pwd)"
+    local stage="$out/.stage" src="$out/.stage/convocate-$version"
+    rm -rf "$stage" "$out"/convocate*_*
+    stage_tree "$src"
+    if [ "$version" != "$VERSION" ]; then
+        # Another version of the same tree: the code and debian/changelog must agree on it.
+        sed -i "s/^__version__ = \".*\"/__version__ = \"$version\"/" "$src/convocate/common/version.py"
+        local date
+        date="$(dpkg-parsechangelog -l debian/changelog -SDate)"
+        { printf 'convocate (%s) unstable; urgency=medium\n\n  * Rebuild of %s as %s.\n\n -- %s  %s\n\n' \
+              "$version" "$VERSION" "$version" "$(dpkg-parsechangelog -l debian/changelog -SMaintainer)" "$date"
+          cat debian/changelog; } > "$src/debian/changelog"
+    fi
+    say "dpkg-buildpackage of convocate $version (log: $out/build.log)"
+    if ! (cd "$src" && PATH="$VENV/bin:$PATH" PYTHON="$PY" dpkg-buildpackage -us -uc >"$out/build.log" 2>&1); then
+        tail -n 40 "$out/build.log" >&2
+        die "dpkg-buildpackage failed; see $out/build.log"
+    fi
+    mv "$stage"/convocate*_* "$out/"
+    rm -rf "$stage"
+    ls -1 "$out"/*.deb "$out"/*.dsc >&2
 }
 
 # --- demo -----------------------------------------------------------------------------------
@@ -131,10 +214,10 @@ cmd_demo() {
     if ! grep -q '"name": "demo"' <<<"$sessions"; then
         "$cli" new demo
     fi
-    "$cli" ls
-    say "attaching to session 'demo' (Ctrl-b d detaches; ./build.sh demo again re-attaches;"
-    say "./build.sh demo --stop stops the agent). Other commands: CONVOCATE_ROOT=$state/root $cli help"
-    exec "$cli" attach demo
+    say "opening the TUI: Enter attaches to the highlighted session, Ctrl-b d comes back, Q quits."
+    say "The cluster keeps running; ./build.sh demo opens the TUI again, ./build.sh demo --stop stops it."
+    say "The CLI works on it too: CONVOCATE_ROOT=$state/root $cli help"
+    exec "$cli"
 }
 
 cmd_not_yet() {
@@ -142,7 +225,7 @@ cmd_not_yet() {
 }
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -153,8 +236,10 @@ main() {
         image) cmd_image "$@" ;;
         test) cmd_test "$@" ;;
         lint) cmd_lint ;;
+        zipapps) cmd_zipapps "$@" ;;
+        debs) cmd_debs "$@" ;;
         demo) cmd_demo "$@" ;;
-        zipapps | debs | bench) cmd_not_yet "$cmd" ;;
+        bench) cmd_not_yet "$cmd" ;;
         "" | help | -h | --help) usage ;;
         *) usage; die "unknown command '$cmd'" ;;
     esac

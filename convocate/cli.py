@@ -46,6 +46,7 @@ commands:
   agents                          list registered agents and whether they answer
   events [--json]                 stream the cluster's events as they happen
   status-serve [--listen H:P]     run the shell's status listener (convocate-status.service)
+  install [options]               set up this shell host and build the session image; idempotent
   new NAME [options]              create (and start) a session
   attach REF [--read-only]        attach this terminal; detach with Ctrl-b d
   kill REF                        stop a session's container
@@ -172,6 +173,19 @@ async def _cmd_events(args: argparse.Namespace) -> int:
             print(json.dumps(message, ensure_ascii=False), flush=True)
         else:
             print(format_message(message), flush=True)
+    return 0
+
+
+async def _cmd_install(args: argparse.Namespace) -> int:
+    from convocate.shell_install import ShellInstallOptions, install
+
+    options = ShellInstallOptions(build_image=args.image, base_image=args.base_image or None,
+                                  claude_code=args.claude_code, image_tag=args.image_tag,
+                                  image_context=args.image_context, domain=args.domain, status_port=args.status_port)
+    report = install(Paths.from_env(), options)
+    for step in report.steps:
+        print(step)
+    print(f"{PROG} install: {report.summary()}")
     return 0
 
 
@@ -389,11 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status-serve", help="run the status listener")
     p.add_argument("--listen", default=":223", help="SSH listen address HOST:PORT [%(default)s]")
     p.add_argument("--domain", help="cluster DNS domain [/etc/convocate/domain, else convocate.internal]")
-    p.add_argument("--dnsmasq-pid-file", type=Path, default=Path("/run/dnsmasq/dnsmasq.pid"),
-                   help="dnsmasq PID file, signalled when the hosts file changes [%(default)s]")
+    p.add_argument("--dnsmasq-pid-file", type=lambda v: Path(v) if v else None,
+                   default=Path("/run/dnsmasq/dnsmasq.pid"),
+                   help="dnsmasq PID file, signalled when the hosts file changes; '' never signals [%(default)s]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_status_serve, daemon=True)
+
+    p = sub.add_parser("install", help="set up this shell host",
+                       description="Idempotent setup of a shell host; the package's postinst runs it with the "
+                       "debconf answers.")
+    p.add_argument("--image", action=argparse.BooleanOptionalAction, default=True,
+                   help="build the session image (--no-image: do not) [%(default)s]")
+    p.add_argument("--base-image", help="local image to build the session image FROM (offline clusters)")
+    p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in [pinned]")
+    p.add_argument("--image-tag", help="session image tag [convocate:<version>]")
+    p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
+    p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")
+    p.add_argument("--status-port", help="port of the status listener [keep the current one, else 223]")
+    p.set_defaults(func=_cmd_install, local=True)
 
     p = sub.add_parser("new", parents=[common], help="create a session")
     p.add_argument("name")

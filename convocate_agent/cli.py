@@ -27,10 +27,11 @@ serves them to shell hosts over SSH (subsystems convocate-agent-rpc and
 convocate-agent-attach).
 
 commands:
-  install    bootstrap this host (agent ID, host key, session dirs); idempotent
-  serve      run the agent (the systemd unit runs this)
-  version    print the version
-  help       print this help
+  install       bootstrap this host (account, agent ID, host key, slice limits); idempotent
+  serve         run the agent (the systemd unit runs this)
+  prune-images  remove convocate:* images no container uses (run daily by a timer)
+  version       print the version
+  help          print this help
 
 Run '{PROG} <command> --help' for a command's options.
 Set CONVOCATE_ROOT to relocate every path under a directory (tests, demo).
@@ -55,17 +56,51 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_install(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("install", help="bootstrap this host", description="Idempotent bootstrap of an agent host.")
+    p = sub.add_parser("install", help="bootstrap this host", description="Idempotent bootstrap of an agent host; "
+                       "the package's postinst runs it with the debconf answers.")
+    p.add_argument("--shell-host", help="shell host for status events, '' for none [keep the current one]")
+    p.add_argument("--listen-port", help="SSH port of the agent [keep the current one, else 222]")
+    p.add_argument("--shell-port", help="status port on the shell host [keep the current one, else 223]")
     p.set_defaults(func=_cmd_install)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from convocate_agent.install import install
+    from convocate_agent.install import InstallOptions, check_port, install
 
-    report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID)
+    options = InstallOptions(
+        shell_host=args.shell_host,
+        listen_port=None if args.listen_port is None else check_port(args.listen_port, "--listen-port"),
+        shell_port=None if args.shell_port is None else check_port(args.shell_port, "--shell-port"),
+    )
+    report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID, options=options)
     for step in report.steps:
         print(step)
+    print(f"{PROG} install: {report.summary()}")
     return 0
+
+
+def _add_prune_images(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune-images", help="remove unused session images",
+                       description="Remove the convocate:* image tags that are not the current image and that no "
+                       "container uses (convocate-image-prune.timer runs this daily).")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.add_argument("--quiet", action="store_true", help="print only the removed tags and errors")
+    p.set_defaults(func=_cmd_prune_images)
+
+
+def _cmd_prune_images(args: argparse.Namespace) -> int:
+    from convocate_agent.images import prune_images
+
+    report = prune_images(Paths.from_env(), dry_run=args.dry_run)
+    if report.skipped and not args.quiet:
+        print(f"nothing pruned: {report.skipped}")
+    for tag in report.removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {tag}")
+    for failure in report.failed:
+        print(f"{PROG}: could not remove {failure}", file=sys.stderr)
+    if not args.quiet and not report.skipped and not report.removed and not report.failed:
+        print("nothing to prune")
+    return 1 if report.failed else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -94,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_install(sub)
     _add_serve(sub)
+    _add_prune_images(sub)
     return parser
 
 

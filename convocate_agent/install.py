@@ -1,33 +1,83 @@
-"""``convocate-agent install``: idempotent bootstrap of an agent host.
+"""``convocate-agent install``: idempotent bootstrap of an agent host (DESIGN §4, §7).
 
-Creates what the agent needs to exist and keeps what already exists: the
-agent ID (generated once, never changed), the ed25519 host key, the session
-base and skel directories. It reports every step as done or already done, and
-how many existing session directories it adopted. It does not mint peering
-keys, install TLS certificates or start the service: ``convocate-host
-init-agent`` does those (DESIGN §4).
+The convocate-agent package's postinst runs it on every configure (first install, upgrade,
+``dpkg-reconfigure``), passing the debconf answers as options; an operator may run it by hand.
+It creates what the agent needs, keeps what exists (the agent ID and the host key are never
+replaced), rewrites only what differs, and reports each step as changed or kept, so a second run
+changes nothing. It does not mint peering keys, install the TLS client certificate, or start the
+service: ``convocate-host init-agent`` does those, and debhelper starts the unit.
+
+System mode (``/``), as root:
+
+- Docker must be reachable and the group ``docker`` must exist (the unit's
+  ``SupplementaryGroups=docker``); otherwise a clear error.
+- group and user ``claude``, GID/UID 1337, home ``/home/claude``, shell ``/usr/sbin/nologin``
+  for a new user (an existing user's shell is left: the shell host's TUI may be it).
+- ``/etc/convocate-agent/`` owned by ``claude`` (the service runs as ``claude`` and writes
+  ``settings.json`` there); agent ID and host key (0600) owned by ``claude``;
+  ``session.env`` root-only 0600 (the unit hands it over with ``LoadCredential=``, which needs
+  the file to exist, so an empty one is created).
+- the shell host (``shell-host``) and ``/etc/default/convocate-agent`` (listen address, shell
+  port), when given as options.
+- the session base ``/home/claude`` and its skel, owned by ``claude``.
+- the slice's limits: ``CPUQuota`` = usable CPUs × 90% and ``MemoryMax`` = MemTotal × 90% of
+  this host, in a drop-in of ``convocate-sessions.slice``; ``systemctl daemon-reload`` if it
+  changed and systemd runs.
+- checks that the packaged units (service, slice, image prune timer), the cron job and the
+  logrotate file are in place; they are static files of the package, not written here.
+- counts the session directories it adopts.
+
+Relocated (``CONVOCATE_ROOT``, tests and the demo): the same files under the root, with the
+invoking user's ownership; no account, no systemctl, and the packaged files are not checked.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
+import ipaddress
 import os
 import re
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from convocate.common import keys
-from convocate.common.errors import ConfigError
+import docker
+import docker.errors
+import requests.exceptions
+
+from convocate.common import hostsetup, keys, messages
+from convocate.common.errors import BadRequest, ConfigError, DockerError
 from convocate.common.fsutil import atomic_write, read_token
-from convocate.common.paths import Paths
+from convocate.common.hostsetup import StepReport
+from convocate.common.model import PORT_MAX
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
+from convocate_agent.admission import LIMIT_FRACTION, HostResources
 from convocate_agent.store import SessionStore
 
 AGENT_ID_LENGTH = 8
 _AGENT_ID = re.compile(r"^[a-z0-9]{8}$")
 _ALPHABET = string.ascii_lowercase + string.digits
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+#: Login shell of a ``claude`` user created on an agent host: nobody logs in there.
+NOLOGIN = "/usr/sbin/nologin"
+DEFAULT_LISTEN_PORT = 222
+DEFAULT_SHELL_PORT = 223
+#: The packaged files ``install`` expects in system mode (DESIGN §7).
+SLICE = "convocate-sessions.slice"
+UNITS = ("convocate-agent.service", SLICE, "convocate-image-prune.timer", "convocate-image-prune.service")
+DEFAULTS_HEADER = """\
+# Settings of convocate-agent.service (systemd.exec(5) EnvironmentFile=).
+#
+# `convocate-agent install` writes the CONVOCATE_AGENT_* lines from the debconf answers:
+# change them with `dpkg-reconfigure convocate-agent`, which rewrites them and restarts the
+# service. Other lines you add here are kept, e.g. CONVOCATE_LOG_LEVEL=debug.
+# The shell host that receives status events is in /etc/convocate-agent/shell-host.
+"""
 
 
 def new_agent_id() -> str:
@@ -40,87 +90,314 @@ def valid_agent_id(value: str) -> bool:
     return bool(_AGENT_ID.match(value))
 
 
+def check_port(value: int | str, option: str) -> int:
+    """A TCP port 1-65535.
+
+    Raises:
+        BadRequest: anything else; the message names ``option``.
+    """
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= PORT_MAX:
+        raise BadRequest(messages.BAD_INSTALL_PORT.format(option=option, value=value))
+    return int(text)
+
+
+def check_host(value: str, option: str) -> str:
+    """A host name (RFC 1123 §2.1 labels) or an IPv4/IPv6 address; ``""`` means none.
+
+    Raises:
+        BadRequest: anything else; the message names ``option``.
+    """
+    host = value.strip()
+    if host == "" or _HOST_NAME.match(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise BadRequest(messages.BAD_INSTALL_HOST.format(option=option, value=value)) from None
+    return host
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    """What ``install`` is told; None leaves the current setting as it is.
+
+    Attributes:
+        shell_host: Shell host for status events (``""``: none); debconf
+            ``convocate-agent/shell-host``.
+        listen_port: SSH port of the agent; debconf ``convocate-agent/listen-port``.
+        shell_port: Status port on the shell host; debconf ``convocate-agent/shell-port``.
+    """
+
+    shell_host: str | None = None
+    listen_port: int | None = None
+    shell_port: int | None = None
+
+
 @dataclass
-class InstallReport:
+class InstallReport(StepReport):
     """What ``install`` did.
 
     Attributes:
         agent_id: The agent's ID (new or kept).
         adopted: Existing session directories found under the session base.
-        steps: One human-readable line per step.
     """
 
     agent_id: str = ""
     adopted: int = 0
-    steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SliceLimits:
+    """The kernel's cap on all sessions together (capacity layer 2, DESIGN §4).
+
+    Attributes:
+        cpu_quota_percent: ``CPUQuota=`` in percent of one CPU (200 = two CPUs).
+        memory_max_bytes: ``MemoryMax=`` in bytes.
+    """
+
+    cpu_quota_percent: int
+    memory_max_bytes: int
+
+    @classmethod
+    def for_host(cls, host: HostResources) -> SliceLimits:
+        """90% of the host's usable CPUs and of MemTotal (the same 90% as admission control)."""
+        return cls(int(round(host.cpus * LIMIT_FRACTION * 100)), int(host.memory_mb * LIMIT_FRACTION) * 1024 * 1024)
+
+    def dropin(self) -> str:
+        """The drop-in's text (systemd.resource-control(5): CPUQuota=, MemoryMax=)."""
+        return (
+            "# Written by `convocate-agent install` for this host: all convocate sessions together get at most\n"
+            "# 90% of its CPUs (CPUQuota = nproc x 90%) and of its memory (MemoryMax = MemTotal x 90%).\n"
+            "# Rewritten on every install, upgrade and dpkg-reconfigure of convocate-agent.\n"
+            "[Slice]\n"
+            f"CPUQuota={self.cpu_quota_percent}%\n"
+            f"MemoryMax={self.memory_max_bytes}\n"
+        )
+
+
+def check_docker() -> str:
+    """Ping dockerd (``DOCKER_HOST``, else ``/var/run/docker.sock``).
+
+    Returns:
+        The daemon's version.
+
+    Raises:
+        DockerError: dockerd does not answer; the message says what to do.
+    """
+    try:
+        client = docker.from_env(timeout=15)
+    except docker.errors.DockerException as e:
+        raise DockerError(messages.DOCKER_UNREACHABLE.format(detail=e)) from e
+    try:
+        return str(client.version().get("Version", "?"))
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise DockerError(messages.DOCKER_UNREACHABLE.format(detail=f"{where}: {e}")) from e
+    finally:
+        client.close()
 
 
 def _chown(path: Path, uid: int, gid: int, report: InstallReport) -> None:
     try:
         os.chown(path, uid, gid)
     except PermissionError:
-        report.steps.append(f"note: cannot give {path} to {uid}:{gid} (not root); sessions may not write their homes")
+        report.note(f"cannot give {path} to {uid}:{gid} (not root); sessions may not write their homes")
     except OSError as e:
         if e.errno != errno.EPERM:
             raise
 
 
-def install(paths: Paths, *, uid: int, gid: int) -> InstallReport:
+def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
+            options: InstallOptions | None = None) -> InstallReport:
     """Bootstrap the agent host described by ``paths``.
 
     Args:
         paths: Installation layout (``CONVOCATE_ROOT`` relocates it).
         uid: Owner of the session base and skel (the ``claude`` user).
         gid: Group of the session base and skel.
+        options: Settings to apply (the debconf answers); None keeps them all.
 
     Returns:
         The report of what was done.
 
     Raises:
-        ConfigError: an existing agent ID or host key is invalid; it is left
-            as it is for the operator to look at.
+        DockerError: dockerd is not reachable.
+        ConfigError: the account ``claude`` clashes with an existing one, the group ``docker``
+            is missing (system mode), or an existing agent ID or host key is invalid (it is
+            left as it is for the operator to look at).
+        BadRequest: an option is invalid.
     """
+    options = options or InstallOptions()
+    if options.shell_host is not None:
+        check_host(options.shell_host, "--shell-host")
+    for value, option in ((options.listen_port, "--listen-port"), (options.shell_port, "--shell-port")):
+        if value is not None:
+            check_port(value, option)
+    system = not paths.relocated
     report = InstallReport()
-    paths.agent_etc.mkdir(parents=True, exist_ok=True, mode=0o755)
 
+    report.kept(f"Docker {check_docker()} reachable")
+    if system:
+        try:
+            grp.getgrnam("docker")
+        except KeyError:
+            raise ConfigError(messages.NO_DOCKER_GROUP) from None
+        hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
+    # Files the service (user claude) reads or writes: owned by claude in system mode.
+    owner = (uid, gid) if system else (None, None)
+
+    hostsetup.ensure_dir(paths.agent_etc, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
+                         report=report, what="config directory")
+    _ensure_agent_id(paths, report, owner)
+    _ensure_host_key(paths, report, owner)
+    if system:
+        _ensure_claude_owns(paths, report, uid, gid)
+        _ensure_session_env(paths, report)
+    if options.shell_host is not None:
+        host = check_host(options.shell_host, "--shell-host")
+        hostsetup.write_if_changed(paths.shell_host_file, (host + "\n").encode() if host else b"", mode=0o644,
+                                   uid=owner[0], gid=owner[1], report=report,
+                                   what=f"shell host ({host or 'none'})")
+    _ensure_defaults(paths, options, report)
+
+    _ensure_session_base(paths, report, uid, gid, system)
+
+    limits = SliceLimits.for_host(HostResources.probe())
+    paths.slice_limits_dropin.parent.mkdir(parents=True, exist_ok=True)
+    changed = hostsetup.write_if_changed(
+        paths.slice_limits_dropin, limits.dropin().encode(), mode=0o644, report=report,
+        what=f"slice limits CPUQuota={limits.cpu_quota_percent}% MemoryMax={limits.memory_max_bytes}:")
+    if system:
+        if changed:
+            hostsetup.daemon_reload(paths, report)
+        _check_packaged_files(paths, report)
+
+    sessions, broken = SessionStore(paths, uid, gid).load_all()
+    report.adopted = len(sessions)
+    report.kept(f"adopted {len(sessions)} existing session(s)"
+                + (f"; {len(broken)} unreadable: " + ", ".join(b.uuid for b in broken) if broken else ""))
+    if not system:
+        report.kept(f"relocated root {paths.root}: system users and units left untouched")
+    return report
+
+
+def _ensure_agent_id(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None]) -> None:
     current = read_token(paths.agent_id_file)
     if current:
         if not valid_agent_id(current):
             raise ConfigError(f"{paths.agent_id_file} holds {current!r}, not an 8-character agent ID; "
                               "fix or remove it")
-        report.steps.append(f"agent ID {current} kept ({paths.agent_id_file})")
+        if hostsetup.fix_owner_mode(paths.agent_id_file, mode=0o644, uid=owner[0], gid=owner[1]):
+            report.changed(f"agent ID {current} kept ({paths.agent_id_file}); owner/mode fixed")
+        else:
+            report.kept(f"agent ID {current} kept ({paths.agent_id_file})")
     else:
         current = new_agent_id()
-        atomic_write(paths.agent_id_file, (current + "\n").encode(), mode=0o644)
-        report.steps.append(f"agent ID {current} generated ({paths.agent_id_file})")
+        atomic_write(paths.agent_id_file, (current + "\n").encode(), mode=0o644, uid=owner[0], gid=owner[1])
+        report.changed(f"agent ID {current} generated ({paths.agent_id_file})")
     report.agent_id = current
 
-    key, created = keys.ensure_private_key(paths.agent_host_key, comment=f"convocate-agent {current}")
-    report.steps.append(f"host key {keys.fingerprint(key)} {'generated' if created else 'kept'} ({paths.agent_host_key})")
 
-    base_existed = paths.session_base.is_dir()
-    paths.session_base.mkdir(parents=True, exist_ok=True, mode=0o755)
-    if not base_existed:
-        _chown(paths.session_base, uid, gid, report)
-    report.steps.append(f"session base {paths.session_base} {'kept' if base_existed else 'created'}")
+def _ensure_host_key(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None]) -> None:
+    key, created = keys.ensure_private_key(paths.agent_host_key, comment=f"convocate-agent {report.agent_id}",
+                                           uid=owner[0], gid=owner[1])
+    line = f"host key {keys.fingerprint(key)} {'generated' if created else 'kept'} ({paths.agent_host_key})"
+    if created:
+        report.changed(line)
+        return
+    fixed = hostsetup.fix_owner_mode(paths.agent_host_key, mode=0o600, uid=owner[0], gid=owner[1])
+    public = paths.agent_host_key.with_name(paths.agent_host_key.name + ".pub")
+    if public.exists():
+        fixed = hostsetup.fix_owner_mode(public, mode=0o644, uid=owner[0], gid=owner[1]) or fixed
+    if fixed:
+        report.changed(line + "; owner/mode fixed")
+    else:
+        report.kept(line)
+
+
+def _ensure_claude_owns(paths: Paths, report: InstallReport, uid: int, gid: int) -> None:
+    """What ``convocate-host init-agent`` or an earlier root install left, made usable by the service.
+
+    The service (user claude) writes ``settings.json`` and reads its status key: both are given
+    to claude. The files it only reads stay as they are if claude can read them already.
+    """
+    for path, mode in ((paths.agent_to_shell_key, 0o600), (paths.agent_settings, 0o644)):
+        if path.exists() and hostsetup.fix_owner_mode(path, mode=mode, uid=uid, gid=gid):
+            report.changed(f"{path}: given to the service user")
+    for path in (paths.agent_authorized_keys, paths.shell_known_host, paths.shell_host_file,
+                 paths.current_image_file):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid != uid and not st.st_mode & 0o004:
+            hostsetup.fix_owner_mode(path, mode=None, uid=uid, gid=gid)
+            report.changed(f"{path}: given to the service user, which could not read it")
+
+
+def _ensure_session_env(paths: Paths, report: InstallReport) -> None:
+    """Root-only env file of the sessions; the unit's ``LoadCredential=`` needs it to exist."""
+    path = paths.session_env_file
+    if not path.exists():
+        atomic_write(path, b"", mode=0o600, uid=0, gid=0)
+        report.changed(f"session env file {path} created (empty; root-only, for e.g. ANTHROPIC_API_KEY=)")
+    elif hostsetup.fix_owner_mode(path, mode=0o600, uid=0, gid=0):
+        report.changed(f"session env file {path}: made root-only (0600), it holds secrets")
+    else:
+        report.kept(f"session env file {path} kept")
+
+
+def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallReport) -> None:
+    values: dict[str, str] = {}
+    if options.listen_port is not None:
+        values["CONVOCATE_AGENT_LISTEN"] = f":{check_port(options.listen_port, '--listen-port')}"
+    if options.shell_port is not None:
+        values["CONVOCATE_AGENT_SHELL_PORT"] = str(check_port(options.shell_port, "--shell-port"))
+    path = paths.agent_defaults
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = ""
+        values = {"CONVOCATE_AGENT_LISTEN": f":{DEFAULT_LISTEN_PORT}",
+                  "CONVOCATE_AGENT_SHELL_PORT": str(DEFAULT_SHELL_PORT), **values}
+    if not values:
+        report.kept(f"service settings {path} kept")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
+                               mode=0o644, report=report, what="service settings")
+
+
+def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int, system: bool) -> None:
+    base = paths.session_base
+    if system:
+        hostsetup.ensure_dir(base, mode=0o755, uid=uid, gid=gid, report=report, what="session base")
+    else:
+        base_existed = base.is_dir()
+        base.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if base_existed:
+            report.kept(f"session base {base} kept")
+        else:
+            _chown(base, uid, gid, report)
+            report.changed(f"session base {base} created")
 
     skel_file = paths.skel_dir / "CLAUDE.md"
     if skel_file.exists():
-        report.steps.append(f"skel {skel_file} kept")
-    else:
-        paths.skel_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        _chown(paths.skel_dir, uid, gid, report)
-        text = resources.files("convocate_agent").joinpath("skel", "CLAUDE.md").read_bytes()
-        atomic_write(skel_file, text, mode=0o644, uid=uid if os.geteuid() == 0 else None,
-                     gid=gid if os.geteuid() == 0 else None)
-        report.steps.append(f"skel {skel_file} written")
+        report.kept(f"skel {skel_file} kept")
+        return
+    paths.skel_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _chown(paths.skel_dir, uid, gid, report)
+    text = resources.files("convocate_agent").joinpath("skel", "CLAUDE.md").read_bytes()
+    root = os.geteuid() == 0
+    atomic_write(skel_file, text, mode=0o644, uid=uid if root else None, gid=gid if root else None)
+    report.changed(f"skel {skel_file} written")
 
-    sessions, broken = SessionStore(paths, uid, gid).load_all()
-    report.adopted = len(sessions)
-    report.steps.append(f"adopted {len(sessions)} existing session(s)"
-                        + (f"; {len(broken)} unreadable: " + ", ".join(b.uuid for b in broken) if broken else ""))
-    if paths.relocated:
-        report.steps.append(f"relocated root {paths.root}: system users and units left untouched")
-    else:
-        report.steps.append("user claude, systemd unit, slice, cron and logrotate: not managed by this version yet")
-    return report
+
+def _check_packaged_files(paths: Paths, report: InstallReport) -> None:
+    """The units, cron job and logrotate file come with the package (conffiles for /etc)."""
+    for path in [paths.unit_file(u) for u in UNITS] + [paths.image_prune_cron, paths.agent_logrotate]:
+        if path.exists():
+            report.kept(f"packaged {path} present")
+        else:
+            report.note(f"{path} is missing (removed by the administrator? reinstall convocate-agent to restore it)")

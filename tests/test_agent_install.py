@@ -1,11 +1,20 @@
-"""``convocate-agent install`` under a relocated root, as a real subprocess."""
+"""``convocate-agent install`` under a relocated root, as a real subprocess.
+
+Relocated, install writes its files under the root but leaves users, systemd and the packaged
+files alone; what it does to the live system is shown by tests/test_packages.py.
+"""
 
 import json
 import re
 import stat
 from pathlib import Path
 
+import pytest
+
+from convocate.common import messages
+from convocate.common.errors import DockerError
 from convocate.common.model import SessionMeta, new_uuid
+from convocate_agent.admission import HostResources
 from tests.harness import LocalCluster
 
 
@@ -57,3 +66,60 @@ def test_version_and_help():
         assert "usage: convocate-agent" in c.run_role("convocate_agent", flag).stdout
     assert c.run_role("convocate_host", "version").stdout.strip() == "convocate-host version v0.1.0"
     assert c.run_role("convocate", "version").stdout.strip() == "convocate version v0.1.0"
+
+
+def test_second_install_changes_nothing(tmp_path):
+    run_install(tmp_path)
+    assert run_install(tmp_path).stdout.strip().endswith("convocate-agent install: nothing changed")
+
+
+def test_install_writes_the_slice_limits_of_this_host(tmp_path):
+    run_install(tmp_path)
+    host = HostResources.probe()
+    dropin = (tmp_path / "etc/systemd/system/convocate-sessions.slice.d/50-limits.conf").read_text()
+    assert "[Slice]" in dropin
+    assert f"CPUQuota={round(host.cpus * 90)}%" in dropin.splitlines()
+    assert f"MemoryMax={int(host.memory_mb * 0.9) * 1024 * 1024}" in dropin.splitlines()
+
+
+def test_install_applies_the_debconf_answers_and_keeps_them(tmp_path):
+    first = run_install_with(tmp_path, "--shell-host", "shell.example.org", "--listen-port", "2222",
+                             "--shell-port", "2223")
+    defaults = tmp_path / "etc" / "default" / "convocate-agent"
+    assert (tmp_path / "etc/convocate-agent/shell-host").read_text() == "shell.example.org\n"
+    assert {"CONVOCATE_AGENT_LISTEN=:2222", "CONVOCATE_AGENT_SHELL_PORT=2223"} <= set(defaults.read_text().splitlines())
+    assert "shell host (shell.example.org)" in first.stdout
+
+    # An operator's own line stays; without options nothing is touched; the same answers change nothing.
+    defaults.write_text(defaults.read_text() + "CONVOCATE_LOG_LEVEL=debug\n")
+    assert run_install(tmp_path).stdout.strip().endswith("nothing changed")
+    again = run_install_with(tmp_path, "--shell-host", "shell.example.org", "--listen-port", "2222",
+                             "--shell-port", "2223")
+    assert again.stdout.strip().endswith("nothing changed")
+    run_install_with(tmp_path, "--listen-port", "222", "--shell-host", "")
+    assert "CONVOCATE_AGENT_LISTEN=:222" in defaults.read_text().splitlines()
+    assert "CONVOCATE_LOG_LEVEL=debug" in defaults.read_text().splitlines()
+    assert (tmp_path / "etc/convocate-agent/shell-host").read_text() == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--listen-port", "http"), messages.BAD_INSTALL_PORT.format(option="--listen-port", value="http")),
+    (("--shell-port", "70000"), messages.BAD_INSTALL_PORT.format(option="--shell-port", value="70000")),
+    (("--shell-host", "bad host!"), messages.BAD_INSTALL_HOST.format(option="--shell-host", value="bad host!")),
+])
+def test_install_refuses_a_bad_answer_and_says_which(tmp_path, args, message):
+    result = LocalCluster(root=tmp_path, image="x").run_role("convocate_agent", "install", *args, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "etc" / "convocate-agent").exists()
+
+
+def test_install_without_docker_says_what_to_do(tmp_path):
+    cluster = LocalCluster(root=tmp_path, image="x", extra_env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    result = cluster.run_role("convocate_agent", "install", check=False)
+    assert result.returncode == DockerError.exit_code
+    assert "Docker is not reachable" in result.stderr and "install docker.io" in result.stderr
+    assert not (tmp_path / "etc" / "convocate-agent").exists()
+
+
+def run_install_with(root, *args):
+    return LocalCluster(root=root, image="unused").run_role("convocate_agent", "install", *args)

@@ -149,8 +149,10 @@ def test_the_tui_marks_a_waiting_session_and_jumps_to_it(cluster):
     try:
         tui.open(cols=170)  # room for the question after the row
         tui.wait_state("asker", "R")
+        for name in ("calm-one", "asker", "calm-two"):
+            tui.wait_for_activity(name, "idle")
         cluster.run_role("convocate", "send", "asker", "/ask", "Shall I push?")
-        screen = tui.wait_for("? Shall I push?")
+        screen = tui.wait_for("? Shall I push?", timeout=60)  # the first tool call starts the MCP server
         assert "WAITING" in tui.row("asker")
         assert "asker is waiting: Shall I push?" in screen
         tui.select("calm-two")

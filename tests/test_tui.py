@@ -33,7 +33,7 @@ class TUI(Terminal):
 
     def open(self, cols=140, rows=32):
         self.start(f"cd {REPO} && {python()} -m convocate; echo EXIT=$?; sleep 120", cols, rows)
-        self.wait_for("LAST ACCESSED")
+        self.wait_for("ACCESSED")
         return self
 
     def keys(self, *keys, pause=0.15):
@@ -67,6 +67,17 @@ class TUI(Terminal):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"{name} is not {state}:\n{self.screen()}")
+
+    def wait_for_activity(self, name: str, activity: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.row(name).strip("│ ").split()[5] == activity:
+                    return
+            except (AssertionError, IndexError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{name} is not {activity}:\n{self.screen()}")
 
     def wait_gone(self, name: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -119,7 +130,7 @@ def test_new_then_attach_type_and_detach_back_to_the_menu(cluster, tui):
     tui.wait_for("echo: typed from the tui")
     tui.keys("C-b", "d")
     tui.wait_for("detached from made-in-tui")
-    tui.wait_for("LAST ACCESSED")
+    tui.wait_for("ACCESSED")
     listed = {s["name"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}
     assert listed["made-in-tui"]["running"]
     cli(cluster, "kill", "made-in-tui")

@@ -61,3 +61,36 @@ PEER_UNREACHABLE = "{peer} ({address}): {detail}"
 HOST_KEY_MISMATCH = "{peer} ({address}) presented a host key that does not match the pinned key in {path}"
 AMBIGUOUS_SESSION = 'session reference "{ref}" matches {count} sessions: {matches}'
 NO_SUCH_SESSION = 'no session matches "{ref}" (by UUID, UUID prefix or name)'
+
+# --- install steps (DESIGN §7) -----------------------------------------------------
+DOCKER_UNREACHABLE = (
+    "Docker is not reachable ({detail}). The agent runs every session as a Docker container: install"
+    " docker.io (or docker-ce), start it (systemctl start docker), then run `convocate-agent install` again"
+)
+NO_DOCKER_GROUP = (
+    "group docker does not exist: convocate-agent.service reaches dockerd through it"
+    " (SupplementaryGroups=docker); install docker.io or docker-ce"
+)
+ACCOUNT_ID_MISMATCH = (
+    "{kind} {name} exists with {id_name} {actual}; convocate needs {id_name} {wanted} (session containers run as"
+    " {wanted}): change it (usermod/groupmod) or remove the {kind}, then run the install again"
+)
+ACCOUNT_ID_TAKEN = (
+    "{id_name} {wanted} belongs to {kind} {other}; convocate needs it for its {kind} {name}:"
+    " free it, then run the install again"
+)
+COMMAND_FAILED = "{what}: `{command}` exited with status {status}: {detail}"
+BAD_INSTALL_PORT = "{option}: {value!r} is not a port number (1-65535)"
+BAD_INSTALL_HOST = "{option}: {value!r} is not a host name or an IP address"
+IMAGE_NOT_BUILT = (
+    "the session image {tag} was not built: {reason}. Install Docker (docker.io or docker-ce) and run"
+    " `convocate install` again, or build it later with: {command}"
+)
+IMAGE_CONTEXT_MISSING = (
+    "the session image's build context {path} is missing: reinstall the convocate package, or pass"
+    " --image-context DIR (or --no-image)"
+)
+IMAGE_BUILD_FAILED = (
+    "building the session image {tag} failed (build-image.sh exited with status {status}; its output is above);"
+    " `convocate install --no-image` skips the build, `--base-image IMAGE` builds from a local base image"
+)

@@ -198,3 +198,68 @@ class Paths:
     @property
     def dnsmasq_hosts(self) -> Path:
         return self.shell_state_dir / "dnsmasq-hosts"
+
+    # --- system integration: what the packages ship and the install steps write (DESIGN §7) ---
+    # Under a relocated root the install steps write their files here too, but never act on the
+    # live system (users, /etc/shells, systemctl, dnsmasq).
+    @property
+    def systemd_unit_dir(self) -> Path:
+        """Where the packages install their units (dh_installsystemd, Debian 12)."""
+        return self._p("lib", "systemd", "system")
+
+    def unit_file(self, unit: str) -> Path:
+        """A packaged unit file, e.g. ``convocate-agent.service``."""
+        return self.systemd_unit_dir / unit
+
+    @property
+    def systemd_runtime_dir(self) -> Path:
+        """Exists when systemd is the running init (sd_booted(3))."""
+        return self._p("run", "systemd", "system")
+
+    @property
+    def slice_limits_dropin(self) -> Path:
+        """The slice's computed ``CPUQuota=``/``MemoryMax=`` (systemd.unit(5) drop-in)."""
+        return self._p("etc", "systemd", "system", "convocate-sessions.slice.d", "50-limits.conf")
+
+    @property
+    def agent_defaults(self) -> Path:
+        """``KEY=VALUE`` settings of ``convocate-agent.service`` (its ``EnvironmentFile=``)."""
+        return self._p("etc", "default", "convocate-agent")
+
+    @property
+    def shell_defaults(self) -> Path:
+        """``KEY=VALUE`` settings of ``convocate-status.service`` (its ``EnvironmentFile=``)."""
+        return self._p("etc", "default", "convocate")
+
+    @property
+    def image_prune_cron(self) -> Path:
+        return self._p("etc", "cron.daily", "convocate-image-prune")
+
+    @property
+    def agent_logrotate(self) -> Path:
+        return self._p("etc", "logrotate.d", "convocate-agent-logs")
+
+    @property
+    def login_shells(self) -> Path:
+        """``/etc/shells`` (shells(5)); maintained with add-shell(8)."""
+        return self._p("etc", "shells")
+
+    @property
+    def shell_program(self) -> Path:
+        """The ``convocate`` command: the TUI, and the login shell of ``claude`` on a shell host."""
+        return self._p("usr", "bin", "convocate")
+
+    @property
+    def dnsmasq_dropin(self) -> Path:
+        """dnsmasq configuration that adds :attr:`dnsmasq_hosts` (``addn-hosts``)."""
+        return self._p("etc", "dnsmasq.d", "convocate")
+
+    @property
+    def image_context(self) -> Path:
+        """The session image's build context as the ``convocate`` package ships it."""
+        return self._p("usr", "share", "convocate", "image")
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """The base image's rootfs tarball cache of ``build-image.sh``."""
+        return self._p("var", "cache", "convocate", "images")

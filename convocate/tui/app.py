@@ -36,8 +36,8 @@ from convocate.tui.network import Network, Notice
 log = logging.getLogger(__name__)
 
 MIN_COLUMNS, MIN_LINES = 80, 16
-KEYS = "Enter attach  1-9 jump  W next waiting  N new  C clone  E edit  B background  D delete  K kill  " \
-       "O override  S settings  R restart  Q quit"
+KEYS = "Enter attach  1-9 jump  W waiting  N new  C clone  E edit  B bg  D delete  K kill  O override  " \
+       "S settings  R restart  Q quit"
 
 
 class SessionTable(npyscreen.MultiLineAction):
@@ -174,7 +174,8 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self._followups: dict[str, Callable[[Any], None]] = {}
 
     def onStart(self) -> None:
-        self.main_form = self.addForm("MAIN", MainForm, name="convocate")
+        self.main_form = self.addForm("MAIN", MainForm, name="convocate", minimum_lines=MIN_LINES,
+                                      minimum_columns=MIN_COLUMNS)
         self.network.start()
 
     def onCleanExit(self) -> None:

@@ -33,12 +33,12 @@ from convocate.common.timefmt import parse_rfc3339
 
 CONNECTING, REACHABLE, UNREACHABLE = "connecting", "reachable", "unreachable"
 
-COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "ACTIVITY", "PORT", "DNS", "CREATED", "LAST ACCESSED")
-WIDTHS = (3, 2, 24, 8, 8, 8, 9, 16, 16, 16)
+COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "ACTIVITY", "PORT", "DNS", "CREATED", "ACCESSED")
+WIDTHS = (3, 2, 20, 8, 8, 8, 9, 12, 11, 11)
 
 
 def _clock(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
+    return time.strftime("%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
 @dataclass
@@ -96,13 +96,14 @@ class Row:
             return f"{'!':>3}  agent {self.agent_id} {self.text}"
         m = self.session.meta
         port = f"{m.port}/{m.protocol}" if m.port else "-"
-        activity = m.activity.upper() if m.activity == "waiting" else (m.activity or "-")  # waiting stands out
-        cells = (str(number), self.session.state, m.name, self.agent_id, m.uuid[:8], activity, port,
-                 m.dns_name or "-", _clock(m.created_at), _clock(m.last_accessed))
-        line = "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
-        if m.activity == "waiting" and m.activity_detail:
-            line += f"  ? {m.activity_detail}"
-        return line
+        lead = (str(number), self.session.state, m.name, self.agent_id, m.uuid[:8])
+        if m.activity == "waiting":
+            # A waiting session shows its question where the port, DNS and times would be.
+            cells = (*lead, "WAITING")
+            question = f"? {m.activity_detail or 'needs the operator'}"
+            return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=False)) + "  " + question
+        cells = (*lead, m.activity or "-", port, m.dns_name or "-", _clock(m.created_at), _clock(m.last_accessed))
+        return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
 
 
 def _fit(text: str, width: int) -> str:

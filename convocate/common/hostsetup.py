@@ -1,0 +1,277 @@
+"""What the role install steps share: the ``claude`` account, modes, idempotent writes, systemd.
+
+``convocate-agent install`` and ``convocate install`` run from the packages' postinst on every
+configure (install, upgrade, ``dpkg-reconfigure``) and by hand. Each must be idempotent: a second
+run changes nothing and says so. The helpers here change a file, an owner or a mode only when it
+differs from what is wanted, and record every step in a :class:`StepReport` as changed or kept.
+
+:func:`ensure_account` and :func:`daemon_reload` act on the live system; the install steps call
+them only when ``Paths.relocated`` is false (tests and the demo run under ``CONVOCATE_ROOT``).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convocate.common import messages
+from convocate.common.errors import ConfigError
+from convocate.common.fsutil import atomic_write
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER, Paths
+
+
+@dataclass
+class StepReport:
+    """What an install step did, one line per step.
+
+    Attributes:
+        steps: Human-readable lines, in order.
+        changes: How many steps changed something on disk or in the system.
+    """
+
+    steps: list[str] = field(default_factory=list)
+    changes: int = 0
+
+    def changed(self, line: str) -> None:
+        """Record a step that changed something."""
+        self.steps.append(line)
+        self.changes += 1
+
+    def kept(self, line: str) -> None:
+        """Record a step that found everything as wanted."""
+        self.steps.append(line)
+
+    def note(self, line: str) -> None:
+        """Record something the operator should know; changes nothing."""
+        self.steps.append(f"note: {line}")
+
+    def summary(self) -> str:
+        """The closing line: how many steps changed something."""
+        return f"{self.changes} change(s)" if self.changes else "nothing changed"
+
+
+def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
+    """Run a system command; a failure becomes a :class:`ConfigError` naming it.
+
+    Args:
+        args: The command and its arguments (no shell).
+        what: What the command was for, for the message.
+
+    Raises:
+        ConfigError: the command is missing or exited non-zero; the message holds its stderr.
+    """
+    try:
+        result = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise ConfigError(messages.COMMAND_FAILED.format(what=what, command=" ".join(args), status="-",
+                                                         detail=e)) from e
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip() or "no output"
+        raise ConfigError(messages.COMMAND_FAILED.format(what=what, command=" ".join(args),
+                                                         status=result.returncode, detail=detail))
+    return result
+
+
+# --- the claude account -------------------------------------------------------------------------
+def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: StepReport) -> None:
+    """Group and user ``claude`` with GID/UID 1337, created with groupadd(8)/useradd(8).
+
+    The IDs are fixed because session containers run as 1337 on every host (DESIGN §4) and
+    session homes move between hosts. They lie in Debian's range of dynamically allocated
+    accounts (Debian Policy §9.2.2), so a clash with an existing account is refused, never
+    resolved silently. The password stays locked: logins are by SSH key only.
+
+    Args:
+        home: The user's home (``/home/claude``); created by the caller, not here.
+        login_shell: Login shell for a new user.
+        set_shell: Also give an existing user ``login_shell`` (the shell host's TUI); else an
+            existing user's shell is left alone.
+        report: Where the steps are recorded.
+
+    Raises:
+        ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
+            groupadd/useradd/usermod failed.
+    """
+    try:
+        group = grp.getgrnam(CLAUDE_USER)
+    except KeyError:
+        group = None
+    if group is not None and group.gr_gid != CLAUDE_GID:
+        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="group", name=CLAUDE_USER, id_name="GID",
+                                                              actual=group.gr_gid, wanted=CLAUDE_GID))
+    if group is None:
+        try:
+            other = grp.getgrgid(CLAUDE_GID).gr_name
+        except KeyError:
+            other = None
+        if other is not None:
+            raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
+                                                               other=other, name=CLAUDE_USER))
+        run_command(["groupadd", "--gid", str(CLAUDE_GID), CLAUDE_USER], f"creating group {CLAUDE_USER}")
+        report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
+    else:
+        report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
+
+    try:
+        user = pwd.getpwnam(CLAUDE_USER)
+    except KeyError:
+        user = None
+    if user is not None and user.pw_uid != CLAUDE_UID:
+        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="UID",
+                                                              actual=user.pw_uid, wanted=CLAUDE_UID))
+    if user is not None and user.pw_gid != CLAUDE_GID:
+        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="primary GID",
+                                                              actual=user.pw_gid, wanted=CLAUDE_GID))
+    if user is None:
+        try:
+            other = pwd.getpwuid(CLAUDE_UID).pw_name
+        except KeyError:
+            other = None
+        if other is not None:
+            raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
+                                                               other=other, name=CLAUDE_USER))
+        run_command(["useradd", "--uid", str(CLAUDE_UID), "--gid", str(CLAUDE_GID), "--home-dir", str(home),
+                     "--no-create-home", "--shell", login_shell, "--comment", "convocate sessions", CLAUDE_USER],
+                    f"creating user {CLAUDE_USER}")
+        report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {login_shell}) created")
+    elif set_shell and user.pw_shell != login_shell:
+        run_command(["usermod", "--shell", login_shell, CLAUDE_USER], f"setting the login shell of {CLAUDE_USER}")
+        report.changed(f"user {CLAUDE_USER}: login shell {user.pw_shell} -> {login_shell}")
+    else:
+        report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {user.pw_shell}) kept")
+
+
+# --- files ----------------------------------------------------------------------------------------
+def ensure_dir(path: Path, *, mode: int, uid: int | None, gid: int | None, report: StepReport, what: str) -> None:
+    """A directory with the given mode and owner; created (with parents) if missing.
+
+    Args:
+        path: The directory.
+        mode: Permission bits.
+        uid: Owner, or None to leave the owner alone (relocated installs, non-root).
+        gid: Group, or None to leave it alone.
+        report: Where the step is recorded.
+        what: What the directory is, for the report.
+    """
+    if path.is_dir():
+        if fix_owner_mode(path, mode=mode, uid=uid, gid=gid):
+            report.changed(f"{what} {path}: owner/mode fixed")
+        else:
+            report.kept(f"{what} {path} kept")
+        return
+    path.mkdir(parents=True, mode=mode)
+    fix_owner_mode(path, mode=mode, uid=uid, gid=gid)
+    report.changed(f"{what} {path} created")
+
+
+def fix_owner_mode(path: Path, *, mode: int | None, uid: int | None, gid: int | None) -> bool:
+    """Give ``path`` (not following a symlink) the mode and owner wanted; returns True if it changed any.
+
+    Args:
+        path: An existing file or directory.
+        mode: Permission bits, or None to leave them.
+        uid: Owner, or None to leave it.
+        gid: Group, or None to leave it.
+    """
+    st = path.lstat()
+    changed = False
+    if (uid is not None and st.st_uid != uid) or (gid is not None and st.st_gid != gid):
+        os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        changed = True
+    if mode is not None and (st.st_mode & 0o7777) != mode and not path.is_symlink():
+        os.chmod(path, mode)
+        changed = True
+    return changed
+
+
+def write_if_changed(path: Path, data: bytes, *, mode: int, uid: int | None = None, gid: int | None = None,
+                     report: StepReport, what: str) -> bool:
+    """Write ``data`` atomically unless the file already holds it; fix its mode and owner either way.
+
+    Args:
+        path: The file; its directory must exist.
+        data: The complete content wanted.
+        mode: Permission bits.
+        uid: Owner, or None to leave it (a new file belongs to the writer).
+        gid: Group, or None to leave it.
+        report: Where the step is recorded.
+        what: What the file is, for the report.
+
+    Returns:
+        True if the content was (re)written.
+    """
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current == data:
+        if fix_owner_mode(path, mode=mode, uid=uid, gid=gid):
+            report.changed(f"{what} {path}: owner/mode fixed")
+        else:
+            report.kept(f"{what} {path} unchanged")
+        return False
+    atomic_write(path, data, mode=mode, uid=uid, gid=gid)
+    report.changed(f"{what} {path} {'written' if current is None else 'updated'}")
+    return True
+
+
+def render_env_file(current: str, values: Mapping[str, str], header: str) -> str:
+    """Set ``KEY=VALUE`` lines of an ``/etc/default`` file, keeping every other line as it is.
+
+    The file is read by systemd (``EnvironmentFile=``, systemd.exec(5)): one assignment per
+    line, ``#`` comments. A key already assigned is rewritten in place (its last assignment, the
+    one that counts); a missing key is appended. Lines the operator added stay.
+
+    Args:
+        current: The file's content (``""`` if it does not exist; ``header`` then starts it).
+        values: Key → value; values must not need quoting (no spaces, quotes or backslashes).
+        header: Comment block for a new file, each line starting with ``#``.
+
+    Returns:
+        The new content.
+    """
+    lines = current.splitlines() if current else header.rstrip("\n").splitlines()
+    for key, value in values.items():
+        assignment = f"{key}={value}"
+        found = [i for i, line in enumerate(lines) if line.strip().startswith(f"{key}=")]
+        if found:
+            lines[found[-1]] = assignment
+        else:
+            lines.append(assignment)
+    return "\n".join(lines) + "\n"
+
+
+# --- systemd ------------------------------------------------------------------------------------------
+def systemd_running(paths: Paths) -> bool:
+    """Whether systemd is the running init (``/run/systemd/system`` exists, sd_booted(3))."""
+    return paths.systemd_runtime_dir.is_dir()
+
+
+def daemon_reload(paths: Paths, report: StepReport) -> None:
+    """``systemctl daemon-reload`` when systemd runs, so changed unit files and drop-ins take effect."""
+    if not systemd_running(paths):
+        report.note("systemd is not running: unit changes take effect at its next start")
+        return
+    run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
+    report.changed("systemd: daemon-reload")
+
+
+def unit_active_since(unit: str) -> float | None:
+    """When ``unit`` last became active (seconds since the epoch), or None if it is not active.
+
+    Reads ``ActiveEnterTimestamp`` with ``systemctl show --timestamp=unix`` (systemd >= 251).
+    """
+    result = subprocess.run(["systemctl", "show", "--timestamp=unix", "--property=ActiveState,ActiveEnterTimestamp",
+                             unit], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return None
+    props = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    stamp = props.get("ActiveEnterTimestamp", "").lstrip("@")
+    if props.get("ActiveState") != "active" or not stamp.isdigit():
+        return None
+    return float(stamp)

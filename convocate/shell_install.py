@@ -1,0 +1,282 @@
+"""``convocate install``: idempotent setup of a shell host (DESIGN §5, §7).
+
+The convocate package's postinst runs it on every configure (first install, upgrade,
+``dpkg-reconfigure``), passing the debconf answers as options; an operator may run it by hand,
+e.g. to build the session image later. It creates what the shell host needs, keeps what exists
+(the status host key is never replaced), rewrites only what differs, and reports each step as
+changed or kept, so a second run changes nothing.
+
+System mode (``/``), as root:
+
+- group and user ``claude``, GID/UID 1337, home ``/home/claude``, with the TUI
+  (``/usr/bin/convocate``) as login shell, also for an existing user; the TUI is listed in
+  ``/etc/shells`` (add-shell(8)), or sshd and su refuse it.
+- ``/etc/convocate/`` and ``agents/`` owned by ``claude``: the TUI and the status listener both
+  run as ``claude`` and read the agents' keys there. The status host key (0600) is generated
+  once; an empty ``status_authorized_keys`` is created for ``convocate-host init-agent`` to fill.
+- the cluster's DNS domain (``/etc/convocate/domain``) and ``/etc/default/convocate`` (status
+  listen address), when given as options.
+- ``/var/lib/convocate/dnsmasq-hosts``, the hosts file status-serve keeps, owned by ``claude``;
+  dnsmasq reads it through the packaged drop-in ``/etc/dnsmasq.d/convocate`` and is restarted
+  when it runs since before that drop-in changed (a reload does not re-read configuration).
+- checks that the packaged units are in place.
+- the session image ``convocate:<version>`` from the build context the package ships
+  (``/usr/share/convocate/image``), unless told not to. A host without Docker is told how to
+  build it later; that is not an error, since a shell host may get Docker afterwards.
+
+Relocated (``CONVOCATE_ROOT``, tests and the demo): the same files under the root with the
+invoking user's ownership; no account, no ``/etc/shells``, no systemctl, no dnsmasq.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from convocate.common import hostsetup, keys, messages
+from convocate.common.errors import BadRequest, ConfigError
+from convocate.common.hostsetup import StepReport
+from convocate.common.model import PORT_MAX, normalize_dns_name
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
+from convocate.common.version import __version__
+
+DEFAULT_STATUS_PORT = 223
+#: The packaged units ``install`` expects in system mode (DESIGN §7).
+UNITS = ("convocate-status.service", "convocate-dnsmasq-reload.path", "convocate-dnsmasq-reload.service")
+DNSMASQ_UNIT = "dnsmasq.service"
+DEFAULTS_HEADER = """\
+# Settings of convocate-status.service (systemd.exec(5) EnvironmentFile=).
+#
+# `convocate install` writes the CONVOCATE_STATUS_* lines from the debconf answers: change them
+# with `dpkg-reconfigure convocate`, which rewrites them and restarts the service. Other lines
+# you add here are kept, e.g. CONVOCATE_LOG_LEVEL=debug.
+# The cluster's DNS domain is in /etc/convocate/domain.
+"""
+
+
+def default_image_tag() -> str:
+    """The session image this version builds: ``convocate:<version>`` (DESIGN §4)."""
+    return f"convocate:{__version__}"
+
+
+@dataclass(frozen=True)
+class ShellInstallOptions:
+    """What ``install`` is told; None leaves the current setting as it is.
+
+    Attributes:
+        build_image: Build the session image (debconf ``convocate/build-image``).
+        base_image: Local image to build it FROM (offline clusters); None or ``""``: build
+            ``convocate-base:bookworm`` with debootstrap (debconf ``convocate/base-image``).
+        claude_code: Claude Code version from npm, or ``none`` for the tests' stand-in; None:
+            the version build-image.sh pins.
+        image_tag: Tag to build; None: ``convocate:<version>``.
+        image_context: Build context; None: the one the package ships.
+        domain: The cluster's DNS domain (debconf ``convocate/domain``).
+        status_port: Port of the status listener (debconf ``convocate/status-port``).
+    """
+
+    build_image: bool = True
+    base_image: str | None = None
+    claude_code: str | None = None
+    image_tag: str | None = None
+    image_context: Path | None = None
+    domain: str | None = None
+    status_port: int | None = None
+
+
+def check_status_port(value: int | str) -> int:
+    """A TCP port 1-65535 for ``--status-port``.
+
+    Raises:
+        BadRequest: anything else.
+    """
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= PORT_MAX:
+        raise BadRequest(messages.BAD_INSTALL_PORT.format(option="--status-port", value=value))
+    return int(text)
+
+
+def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepReport:
+    """Set up the shell host described by ``paths``.
+
+    Args:
+        paths: Installation layout (``CONVOCATE_ROOT`` relocates it).
+        options: Settings and the image build; None: defaults (build the image).
+
+    Returns:
+        The report of what was done.
+
+    Raises:
+        ConfigError: the account ``claude`` clashes with an existing one, a system command
+            failed, an existing status host key is invalid, the image context is missing, or
+            the image build failed.
+        BadRequest: an option is invalid.
+    """
+    options = options or ShellInstallOptions()
+    domain = normalize_dns_name(options.domain) if options.domain is not None else None
+    status_port = check_status_port(options.status_port) if options.status_port is not None else None
+    system = not paths.relocated
+    uid, gid = (CLAUDE_UID, CLAUDE_GID) if system else (None, None)
+    report = StepReport()
+
+    if system:
+        hostsetup.ensure_account(paths.session_base, str(paths.shell_program), set_shell=True, report=report)
+        hostsetup.ensure_dir(paths.session_base, mode=0o755, uid=uid, gid=gid, report=report, what="home")
+        _ensure_login_shell(paths, report)
+
+    hostsetup.ensure_dir(paths.shell_etc, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
+                         what="config directory")
+    hostsetup.ensure_dir(paths.agents_dir, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
+                         what="agent registry")
+    key, created = keys.ensure_private_key(paths.status_host_key, comment="convocate status", uid=uid, gid=gid)
+    line = f"status host key {keys.fingerprint(key)} {'generated' if created else 'kept'} ({paths.status_host_key})"
+    if created:
+        report.changed(line)
+    elif hostsetup.fix_owner_mode(paths.status_host_key, mode=0o600, uid=uid, gid=gid):
+        report.changed(line + "; owner/mode fixed")
+    else:
+        report.kept(line)
+    if not paths.status_authorized_keys.exists():
+        hostsetup.write_if_changed(paths.status_authorized_keys, b"", mode=0o644, uid=uid, gid=gid, report=report,
+                                   what="agents' status keys (empty until convocate-host init-agent)")
+    if domain is not None:
+        hostsetup.write_if_changed(paths.shell_domain_file, f"{domain}\n".encode() if domain else b"", mode=0o644,
+                                   uid=uid, gid=gid, report=report, what=f"DNS domain ({domain or 'default'})")
+    _ensure_defaults(paths, status_port, report)
+
+    hostsetup.ensure_dir(paths.shell_state_dir, mode=0o755, uid=uid, gid=gid, report=report, what="state directory")
+    if not paths.dnsmasq_hosts.exists():
+        hostsetup.write_if_changed(paths.dnsmasq_hosts, b"", mode=0o644, uid=uid, gid=gid, report=report,
+                                   what="DNS hosts file")
+    elif hostsetup.fix_owner_mode(paths.dnsmasq_hosts, mode=None, uid=uid, gid=gid):
+        report.changed(f"DNS hosts file {paths.dnsmasq_hosts}: owner fixed for status-serve")
+    else:
+        report.kept(f"DNS hosts file {paths.dnsmasq_hosts} kept")
+    if system:
+        _ensure_dnsmasq(paths, report)
+        for unit in UNITS:
+            path = paths.unit_file(unit)
+            if path.exists():
+                report.kept(f"packaged {path} present")
+            else:
+                report.note(f"{path} is missing: reinstall the convocate package to restore it")
+    else:
+        report.kept(f"relocated root {paths.root}: system users, /etc/shells, units and dnsmasq left untouched")
+
+    if options.build_image:
+        build_session_image(paths, options, report)
+    else:
+        report.kept("session image: not built (as asked); `convocate install` builds it later")
+    return report
+
+
+def _ensure_login_shell(paths: Paths, report: StepReport) -> None:
+    """The TUI in ``/etc/shells`` (shells(5)); add-shell(8) only when missing, so a rerun changes nothing."""
+    shell = str(paths.shell_program)
+    try:
+        listed = shell in (line.strip() for line in paths.login_shells.read_text(encoding="utf-8").splitlines())
+    except FileNotFoundError:
+        listed = False
+    if listed:
+        report.kept(f"login shell {shell} listed in {paths.login_shells}")
+        return
+    hostsetup.run_command(["add-shell", shell], f"adding {shell} to {paths.login_shells}")
+    report.changed(f"login shell {shell} added to {paths.login_shells}")
+
+
+def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) -> None:
+    path = paths.shell_defaults
+    values = {} if status_port is None else {"CONVOCATE_STATUS_LISTEN": f":{status_port}"}
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = ""
+        values = {"CONVOCATE_STATUS_LISTEN": f":{DEFAULT_STATUS_PORT}", **values}
+    if not values:
+        report.kept(f"service settings {path} kept")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
+                               mode=0o644, report=report, what="service settings")
+
+
+def _ensure_dnsmasq(paths: Paths, report: StepReport) -> None:
+    """dnsmasq reads the hosts file through the packaged drop-in; restart it once if it predates the drop-in."""
+    dropin = paths.dnsmasq_dropin
+    if not dropin.exists():
+        report.note(f"{dropin} is missing: dnsmasq will not serve session names (reinstall convocate to restore it)")
+        return
+    since = hostsetup.unit_active_since(DNSMASQ_UNIT)
+    if since is None:
+        report.kept(f"dnsmasq is not running; it reads {paths.dnsmasq_hosts} through {dropin} when it starts")
+        return
+    # ctime, not mtime: dpkg gives a file the mtime it had at build time, but the ctime of its
+    # installation. ActiveEnterTimestamp has whole seconds.
+    if since >= int(dropin.stat().st_ctime):
+        report.kept(f"dnsmasq reads {paths.dnsmasq_hosts} through {dropin}")
+        return
+    hostsetup.run_command(["systemctl", "try-restart", DNSMASQ_UNIT], "restarting dnsmasq")
+    report.changed(f"dnsmasq restarted to read {dropin}")
+
+
+def _docker_command() -> str | None:
+    """The docker CLI build-image.sh will use: ``$DOCKER``, ``/usr/bin/docker``, else ``docker`` on PATH."""
+    if os.environ.get("DOCKER"):
+        return shutil.which(os.environ["DOCKER"])
+    if os.access("/usr/bin/docker", os.X_OK):
+        return "/usr/bin/docker"
+    return shutil.which("docker")
+
+
+def _image_id(docker: str, tag: str) -> str | None:
+    result = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True,
+                            check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def build_session_image(paths: Paths, options: ShellInstallOptions, report: StepReport) -> None:
+    """Build the session image with the shipped ``build-image.sh`` (it skips an up-to-date tag).
+
+    Args:
+        paths: Installation layout (image context, base image cache).
+        options: Tag, base image, Claude Code version, context.
+        report: Where the step is recorded.
+
+    Raises:
+        ConfigError: the build context is missing, or the build failed.
+    """
+    context = options.image_context or paths.image_context
+    script = context / "build-image.sh"
+    tag = options.image_tag or default_image_tag()
+    command = [str(script), "--tag", tag, "--convocate-version", __version__, "--cache-dir", str(paths.image_cache_dir)]
+    if options.base_image:
+        command += ["--base-image", options.base_image]
+    if options.claude_code:
+        command += ["--claude-code", options.claude_code]
+    if not script.is_file():
+        raise ConfigError(messages.IMAGE_CONTEXT_MISSING.format(path=context))
+    docker = _docker_command()
+    if docker is None:
+        report.note(messages.IMAGE_NOT_BUILT.format(tag=tag, reason="Docker is not installed",
+                                                    command=" ".join(command)))
+        return
+    probe = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode != 0:
+        detail = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+        report.note(messages.IMAGE_NOT_BUILT.format(tag=tag, reason=f"Docker is not reachable ({detail})",
+                                                    command=" ".join(command)))
+        return
+    before = _image_id(docker, tag)
+    paths.image_cache_dir.mkdir(parents=True, exist_ok=True)
+    status = subprocess.run(command, check=False).returncode
+    if status != 0:
+        raise ConfigError(messages.IMAGE_BUILD_FAILED.format(tag=tag, status=status))
+    after = _image_id(docker, tag)
+    if after is not None and after == before:
+        report.kept(f"session image {tag} up to date")
+    else:
+        report.changed(f"session image {tag} built ({(after or '?').removeprefix('sha256:')[:12]})")

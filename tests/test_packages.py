@@ -1,0 +1,380 @@
+"""The Debian packages: built, linted, and run in Debian 12 with systemd as PID 1 (DESIGN §7).
+
+- The package version (debian/changelog) is the code's; every unit passes systemd-analyze verify.
+- Zipapps: two builds of the same tree are byte-identical and equal the ones in the .debs; each
+  carries convocate.common, its role's code and dependencies, and no other role's.
+- lintian: no error and no warning on the source package and the three .debs.
+- The system test: a Debian 12 container running systemd as PID 1, made as MACHINE-NOTES says,
+  installs the .debs and shows the services active and the agent answering ``ping`` on :222,
+  ``dpkg-reconfigure`` with a new preseeded answer changing the config and restarting the
+  service, an upgrade keeping the agent ID, keys and sessions, a second install of the same
+  version changing nothing, remove stopping the services, and purge removing config, keys and
+  debconf answers but leaving ``/home/claude/<uuid>/``.
+
+The container gets the host's Docker socket (its group ``docker`` has the socket's GID): the
+agent sees the host's containers but only ever acts on those labelled with its agent ID, and no
+current image is ever set there, so the image prune never removes anything. Docker itself is a
+stand-in package (``docker-ce``) in the container. The .debs are built by ``./build.sh debs``
+into the test's temp dir; the image and the container carry the label
+``convocate.test=packages`` and are removed at teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from convocate.common.version import __version__
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKER = "/usr/bin/docker"
+LABEL = "convocate.test=packages"
+BASE_IMAGE = "convocate-base:bookworm"
+PACKAGES = ("convocate", "convocate-agent", "convocate-host")
+UPGRADE_VERSION = f"{__version__}+1"
+UNITS = sorted((REPO / "packaging" / "systemd").iterdir())
+
+
+def run(args: list[str], *, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)
+    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def build_debs(out: Path, *extra: str) -> dict[str, Path]:
+    """``./build.sh debs`` into ``out``; returns package name -> .deb (plus ``changes``)."""
+    run(["./build.sh", "debs", "--out", str(out), *extra])
+    debs = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    assert sorted(debs) == sorted(PACKAGES), list(out.iterdir())
+    debs["changes"] = next(out.glob("*.changes"))
+    return debs
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_debs(tmp_path_factory.mktemp("debs"))
+
+
+# --- without a container ----------------------------------------------------------------------------
+def test_changelog_version_is_the_code_version():
+    version = run(["dpkg-parsechangelog", "-SVersion"]).stdout.strip()
+    assert version == __version__
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_unit_passes_systemd_analyze_verify(unit):
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_lintian_reports_no_error_and_no_warning(debs):
+    result = subprocess.run(["lintian", "--fail-on", "error,warning", str(debs["changes"])], capture_output=True,
+                            text=True, timeout=600)
+    tags = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert result.returncode == 0 and not tags, result.stdout + result.stderr
+
+
+def test_zipapps_are_reproducible(tmp_path, debs):
+    for name in ("a", "b"):
+        run(["./build.sh", "zipapps", "--out", str(tmp_path / name)])
+    for package in PACKAGES:
+        first = (tmp_path / "a" / f"{package}.pyz").read_bytes()
+        assert first == (tmp_path / "b" / f"{package}.pyz").read_bytes(), f"{package}: two builds differ"
+        # The .deb was built by dpkg-buildpackage from a copy of the tree: the same bytes again.
+        unpacked = tmp_path / f"deb-{package}"
+        run(["dpkg-deb", "-x", str(debs[package]), str(unpacked)])
+        inside = (unpacked / "usr" / "lib" / package / f"{package}.pyz").read_bytes()
+        assert hashlib.sha256(inside).hexdigest() == hashlib.sha256(first).hexdigest(), f"{package}: .deb differs"
+
+
+def test_each_zipapp_carries_only_its_role(tmp_path, debs):
+    for package, role_module, absent in (
+        ("convocate-agent", "convocate_agent.server", ("npyscreen", "convocate/cli.py", "convocate_host")),
+        ("convocate-host", "convocate_host.cli", ("npyscreen", "docker", "convocate/cli.py", "convocate_agent")),
+        ("convocate", "convocate.status_server", ("docker", "convocate_agent", "convocate_host")),
+    ):
+        run(["dpkg-deb", "-x", str(debs[package]), str(tmp_path / package)])
+        pyz = tmp_path / package / "usr" / "lib" / package / f"{package}.pyz"
+        assert pyz.stat().st_mode & 0o777 == 0o644
+        with zipfile.ZipFile(pyz) as z:
+            names = z.namelist()
+            environment = json.loads(z.read("environment.json"))
+        assert "site-packages/convocate/common/paths.py" in names
+        for thing in absent:
+            assert not any(n.startswith(f"site-packages/{thing}") for n in names), f"{package} carries {thing}"
+        assert environment["compile_pyc"] and environment["reproducible"]
+        assert pyz.read_bytes().startswith(b"#!/usr/bin/python3 -sE\n")
+        # The role's modules import from the zipapp alone (its dependencies are all there).
+        env = {"PATH": "/usr/bin:/bin", "SHIV_ROOT": str(tmp_path / "shiv"), "SHIV_INTERPRETER": "1"}
+        run(["/usr/bin/python3", "-sE", str(pyz), "-c", f"import {role_module}"], env=env)
+        version = run(["/usr/bin/python3", "-sE", str(pyz), "version"], env={**env, "SHIV_INTERPRETER": ""})
+        assert version.stdout.strip() == f"{package} version v{__version__}"
+
+
+# --- Debian 12 with systemd as PID 1 ----------------------------------------------------------------
+SYSTEMD_DOCKERFILE = """\
+# Debian 12 with systemd as PID 1 (MACHINE-NOTES), with what the convocate packages depend on,
+# so that installing them needs no download. docker-ce is a stand-in: the test mounts the host's
+# Docker socket, and the group docker gets that socket's GID.
+FROM {base}
+ARG DOCKER_GID
+ENV container=docker
+RUN set -eu; export DEBIAN_FRONTEND=noninteractive; \\
+    groupadd --system --gid "$DOCKER_GID" docker; \\
+    apt-get update -q; \\
+    apt-get install -y -q --no-install-recommends systemd systemd-sysv dbus python3 rsyslog-gnutls \\
+        openssh-client dnsmasq cron logrotate procps >/dev/null; \\
+    mkdir -p /tmp/docker-ce/DEBIAN; \\
+    printf '%s\\n' 'Package: docker-ce' 'Version: 5:0.0-convocate-test' 'Architecture: all' \\
+        'Maintainer: convocate tests <tests@localhost>' \\
+        'Description: stand-in for Docker: the test mounts the host dockerd socket' \\
+        > /tmp/docker-ce/DEBIAN/control; \\
+    dpkg-deb -b /tmp/docker-ce /tmp/docker-ce.deb >/dev/null; \\
+    dpkg -i /tmp/docker-ce.deb >/dev/null; \\
+    rm -rf /tmp/docker-ce /tmp/docker-ce.deb /usr/sbin/policy-rc.d; \\
+    systemctl mask systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \\
+        systemd-firstboot.service systemd-modules-load.service getty@tty1.service console-getty.service \\
+        >/dev/null 2>&1
+STOPSIGNAL SIGRTMIN+3
+CMD ["/sbin/init"]
+"""
+
+
+def docker_socket() -> Path:
+    host = os.environ.get("DOCKER_HOST", "")
+    return Path(host.removeprefix("unix://")) if host.startswith("unix://") else Path("/var/run/docker.sock")
+
+
+@pytest.fixture(scope="module")
+def systemd_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if subprocess.run([DOCKER, "image", "inspect", BASE_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"{BASE_IMAGE} is missing: run ./build.sh image (it builds the base image)")
+    context = tmp_path_factory.mktemp("systemd-image")
+    (context / "Dockerfile").write_text(SYSTEMD_DOCKERFILE.format(base=BASE_IMAGE))
+    tag = f"convocate-test-systemd:{uuid.uuid4().hex[:12]}"
+    run([DOCKER, "build", "--quiet", "--force-rm", "--label", LABEL, "--build-arg",
+         f"DOCKER_GID={docker_socket().stat().st_gid}", "--tag", tag, str(context)],
+        env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    try:
+        yield tag
+    finally:
+        subprocess.run([DOCKER, "image", "rm", "--force", tag], capture_output=True)
+
+
+@dataclass
+class Host:
+    """A running Debian 12 container with systemd as PID 1."""
+
+    id: str
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run([DOCKER, "exec", "-e", "DEBIAN_FRONTEND=noninteractive", self.id, "sh", "-c", script],
+                                capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"`{script}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def read(self, path: str) -> str:
+        return self.sh(f"cat {shlex.quote(path)}").stdout
+
+    def exists(self, path: str) -> bool:
+        return self.sh(f"test -e {shlex.quote(path)}", check=False).returncode == 0
+
+    def copy_in(self, path: Path) -> str:
+        run([DOCKER, "cp", str(path), f"{self.id}:/tmp/{path.name}"])
+        return f"/tmp/{path.name}"
+
+    def main_pid(self, unit: str) -> int:
+        return int(self.sh(f"systemctl show --property=MainPID --value {unit}").stdout)
+
+    def rpc(self, port: int, op: str, params: dict | None = None) -> dict:
+        """One request to the agent over OpenSSH, from inside the container (loopback)."""
+        line = json.dumps({"op": op, "params": params or {}})
+        result = self.sh(f"printf '%s\\n' {shlex.quote(line)} | ssh -p {port} -i /root/client_key "
+                         "-o UserKnownHostsFile=/root/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes "
+                         "-o ConnectTimeout=5 claude@127.0.0.1 -s convocate-agent-rpc", check=False)
+        assert result.returncode == 0, f"ssh to :{port} failed ({result.returncode}): {result.stderr}"
+        response = json.loads(result.stdout.splitlines()[0])
+        assert response["ok"], response
+        return response["result"]
+
+    def wait_for_ping(self, port: int, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.rpc(port, "ping")
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def install(self, debs: dict[str, Path], *, reinstall: bool = False) -> str:
+        files = " ".join(self.copy_in(debs[p]) for p in PACKAGES)
+        return self.sh(f"apt-get install -y -q {'--reinstall ' if reinstall else ''}{files} 2>&1").stdout
+
+    def preseed(self, *lines: str) -> None:
+        self.sh(f"printf '%s\\n' {' '.join(shlex.quote(line) for line in lines)} | debconf-set-selections")
+
+    def snapshot(self, *paths: str) -> dict[str, str]:
+        """Path -> type, mode, owner, size, mtime and SHA-256 of every file and directory under ``paths``."""
+        script = ("find " + " ".join(shlex.quote(p) for p in paths) + " \\( -type f -printf '%p f %m %u:%g %s %T@ ' "
+                  "-exec sh -c 'sha256sum < \"$1\"' sh {} \\; \\) -o \\( -type d -printf '%p d %m %u:%g %T@\\n' \\)")
+        lines = self.sh(script).stdout.splitlines()
+        return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines}
+
+
+@pytest.fixture
+def host(systemd_image: str) -> Iterator[Host]:
+    socket = docker_socket()
+    container = run([DOCKER, "run", "--detach", "--label", LABEL, "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+                     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+                     "--cgroupns=private", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+                     "--volume", f"{socket}:/run/docker.sock", systemd_image]).stdout.strip()
+    host = Host(container)
+    try:
+        deadline = time.monotonic() + 60
+        while host.sh("systemctl is-system-running", check=False).stdout.strip() not in ("running", "degraded"):
+            assert time.monotonic() < deadline, host.sh("systemctl --failed; journalctl -b --no-pager | tail -50",
+                                                        check=False).stdout
+            time.sleep(0.3)
+        yield host
+    finally:
+        subprocess.run([DOCKER, "rm", "--force", "--volumes", container], capture_output=True)
+
+
+#: What the install steps and the postinsts manage (not dpkg's own unpacking, which touches the
+#: package's directories on every install).
+MANAGED = ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-agent", "/etc/default/convocate",
+           "/etc/systemd/system/convocate-sessions.slice.d", "/home/claude", "/var/lib/convocate",
+           "/var/cache/convocate-agent", "/var/cache/convocate", "/var/cache/convocate-host", "/etc/passwd",
+           "/etc/group", "/etc/shells", "/etc/dnsmasq.d/convocate")
+
+
+@pytest.mark.docker
+def test_install_reconfigure_upgrade_reinstall_remove_purge(host: Host, debs, tmp_path):
+    upgrade = build_debs(tmp_path / "upgrade", "--version", UPGRADE_VERSION)
+
+    # --- install --------------------------------------------------------------------------------
+    host.preseed("convocate convocate/build-image boolean false")
+    output = host.install(debs)
+    assert "convocate install:" in output and "convocate-agent install:" in output, output
+    for unit in ("convocate-agent.service", "convocate-status.service", "convocate-dnsmasq-reload.path",
+                 "convocate-image-prune.timer"):
+        assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", \
+            host.sh(f"systemctl status --no-pager {unit}; journalctl --no-pager -u {unit}", check=False).stdout
+    for unit in ("convocate-agent.service", "convocate-status.service"):
+        assert host.sh(f"ps -o user= -p {host.main_pid(unit)}").stdout.strip() == "claude"
+    assert not host.exists("/etc/convocate-agent/current-image")  # so the image prune never prunes here
+
+    host.sh("ssh-keygen -q -t ed25519 -N '' -C test -f /root/client_key"
+            " && cat /root/client_key.pub >> /etc/convocate-agent/authorized_keys"
+            " && key=$(cat /etc/convocate-agent/ssh_host_ed25519_key.pub)"
+            " && printf '[127.0.0.1]:222 %s\\n[127.0.0.1]:2222 %s\\n' \"$key\" \"$key\" > /root/known_hosts")
+    agent_id = host.read("/etc/convocate-agent/agent-id").strip()
+    ping = host.wait_for_ping(222)
+    assert ping["agent_id"] == agent_id and ping["version"] == __version__
+
+    # The shell's CLI, as claude, through the registry, reaches the same agent.
+    registry = f"/etc/convocate/agents/{agent_id}"
+    host.sh(f"mkdir -p {registry} && echo 127.0.0.1 > {registry}/address && echo 222 > {registry}/port"
+            f" && cp /root/client_key {registry}/shell_to_agent_ed25519_key"
+            f" && cp /etc/convocate-agent/ssh_host_ed25519_key.pub {registry}/known_host"
+            f" && chown -R claude:claude {registry}")
+    agents = json.loads(host.sh("runuser -u claude -- convocate agents --json").stdout)
+    assert [(a["agent_id"], a["status"]) for a in agents] == [(agent_id, "ok")]
+
+    assert host.sh("stat -c '%U:%G %a' /etc/convocate-agent /etc/convocate-agent/ssh_host_ed25519_key "
+                   "/etc/convocate-agent/session.env /run/convocate/status.sock").stdout.split() == [
+        "claude:claude", "750", "claude:claude", "600", "root:root", "600", "claude:claude", "660"]
+    assert host.sh("getent passwd claude").stdout.strip() == \
+        "claude:x:1337:1337:convocate sessions:/home/claude:/usr/bin/convocate"
+    assert "/usr/bin/convocate" in host.read("/etc/shells").splitlines()
+    limits = host.read("/etc/systemd/system/convocate-sessions.slice.d/50-limits.conf")
+    memory_max = next(line.split("=")[1] for line in limits.splitlines() if line.startswith("MemoryMax="))
+    assert host.sh("systemctl show --property=MemoryMax --value convocate-sessions.slice").stdout.strip() == memory_max
+
+    # dnsmasq re-reads the hosts file status-serve (user claude) writes, through the path unit.
+    host.sh("runuser -u claude -- sh -c 'echo \"127.0.0.2 pkgtest.convocate.internal\" "
+            "> /var/lib/convocate/dnsmasq-hosts'")
+    deadline = time.monotonic() + 20
+    while "read /var/lib/convocate/dnsmasq-hosts - 1 names" not in host.sh("journalctl --no-pager -u dnsmasq").stdout:
+        assert time.monotonic() < deadline, host.sh("journalctl --no-pager -u dnsmasq -u 'convocate-dnsmasq*'",
+                                                    check=False).stdout
+        time.sleep(0.3)
+
+    host.sh("logrotate --debug /etc/logrotate.d/convocate-agent-logs")
+    assert "/etc/cron.daily/convocate-image-prune" in host.sh("run-parts --test /etc/cron.daily").stdout
+    host.sh("systemctl start convocate-image-prune.service")
+    assert "no current image is set" in host.sh("journalctl --no-pager -u convocate-image-prune.service").stdout
+
+    session = host.rpc(222, "create", {"name": "pkgtest", "start": False})["uuid"]
+    session_json = f"/home/claude/{session}/session.json"
+    session_before = host.read(session_json)
+
+    # --- dpkg-reconfigure with new preseeded answers -------------------------------------------------
+    pid = host.main_pid("convocate-agent.service")
+    host.preseed("convocate-agent convocate-agent/listen-port string 2222",
+                 "convocate-agent convocate-agent/shell-host string shell.example.org")
+    host.sh("dpkg-reconfigure -fnoninteractive convocate-agent")
+    assert "CONVOCATE_AGENT_LISTEN=:2222" in host.read("/etc/default/convocate-agent").splitlines()
+    assert host.read("/etc/convocate-agent/shell-host") == "shell.example.org\n"
+    assert host.main_pid("convocate-agent.service") != pid
+    assert host.wait_for_ping(2222)["agent_id"] == agent_id
+
+    status_pid = host.main_pid("convocate-status.service")
+    host.preseed("convocate convocate/domain string lab.example.org")
+    host.sh("dpkg-reconfigure -fnoninteractive convocate")
+    assert host.read("/etc/convocate/domain") == "lab.example.org\n"
+    assert host.main_pid("convocate-status.service") != status_pid
+
+    # --- upgrade to a newer build ---------------------------------------------------------------------
+    keys = ("/etc/convocate-agent/agent-id", "/etc/convocate-agent/ssh_host_ed25519_key",
+            "/etc/convocate/status_host_ed25519_key", session_json)
+    before = {k: host.read(k) for k in keys}
+    host.install(upgrade)
+    assert {k: host.read(k) for k in keys} == before
+    assert host.wait_for_ping(2222)["version"] == UPGRADE_VERSION
+    for package in PACKAGES:
+        build_id = host.sh(f"python3 -c 'import json, zipfile; print(json.loads(zipfile.ZipFile("
+                           f"\"/usr/lib/{package}/{package}.pyz\").read(\"environment.json\"))[\"build_id\"])'"
+                           ).stdout.strip()
+        assert host.sh(f"ls -A /var/cache/{package}/shiv").stdout.split() == [
+            f".{package}.pyz_{build_id}_lock", f"{package}.pyz_{build_id}"], f"{package}: old extractions left"
+
+    # --- a second install of the same version changes nothing --------------------------------------------
+    state = host.snapshot(*MANAGED)
+    output = host.install(upgrade, reinstall=True)
+    assert "convocate install: nothing changed" in output and "convocate-agent install: nothing changed" in output, \
+        output
+    host.wait_for_ping(2222)
+    after = host.snapshot(*MANAGED)
+    assert after == state, {k: (state.get(k), after.get(k)) for k in state.keys() | after.keys()
+                            if state.get(k) != after.get(k)}
+
+    # --- remove stops the services; purge removes config, keys and answers, never the sessions -----------
+    host.sh("apt-get remove -y -q " + " ".join(PACKAGES))
+    for unit in ("convocate-agent.service", "convocate-status.service", "convocate-image-prune.timer"):
+        assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+    assert host.exists("/etc/convocate-agent/agent-id")  # remove keeps the configuration
+    assert "/usr/bin/convocate" not in host.read("/etc/shells").splitlines()
+    host.sh("apt-get purge -y -q " + " ".join(PACKAGES))
+    for gone in ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-agent", "/etc/default/convocate",
+                 "/etc/systemd/system/convocate-sessions.slice.d", "/var/lib/convocate", "/var/cache/convocate-agent",
+                 "/var/cache/convocate", "/var/cache/convocate-host", "/etc/dnsmasq.d/convocate"):
+        assert not host.exists(gone), f"{gone} survived the purge"
+    assert host.sh("debconf-show convocate-agent; debconf-show convocate").stdout.strip() == ""
+    assert host.read(session_json) == session_before
+    assert host.sh(f"stat -c %U /home/claude/{session}").stdout.strip() == "claude"
