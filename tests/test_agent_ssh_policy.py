@@ -47,27 +47,51 @@ def test_openssh_requests_other_than_our_subsystems_are_refused(cluster, tmp_pat
 
 def test_local_port_forward_channels_are_refused(cluster, tmp_path):
     import socket
+    import threading
+    import time
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local_port = probe.getsockname()[1]
     proc = subprocess.Popen(ssh_cmd(cluster, tmp_path, "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:22", "-v"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = bytearray()
+    refused = threading.Event()
+
+    def read_stderr() -> None:  # ssh -N never exits by itself: read its log as it comes
+        for line in proc.stderr:
+            err.extend(line)
+            if b"administratively prohibited" in line:
+                refused.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 30
+        while not refused.is_set() and time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", local_port), timeout=2) as s:
-                    s.settimeout(5)
+                    s.settimeout(10)
                     assert s.recv(100) == b""  # the agent refused the direct-tcpip channel
-                break
-            except ConnectionRefusedError:
-                import time
-
+                refused.wait(10)
+            except (ConnectionRefusedError, TimeoutError):
                 time.sleep(0.05)
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    assert b"administratively prohibited" in err
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        reader.join(timeout=10)
+    assert refused.is_set(), bytes(err)
+    assert_agent_serves(cluster, tmp_path)
+
+
+async def test_asyncssh_direct_tcpip_channel_is_refused(ssh):
+    with pytest.raises(asyncssh.ChannelOpenError) as refused:
+        await ssh.open_connection("127.0.0.1", 22)
+    assert refused.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 
 
 def test_password_and_keyboard_interactive_are_not_offered(cluster, tmp_path):
