@@ -10,6 +10,8 @@
 #                              the source package and the three .debs [build/debs]; --version
 #                              builds the current tree as version V (upgrade tests)
 #   ./build.sh lint            ruff, systemd-analyze verify on the units, lintian on the packages
+#   ./build.sh bench [--json] [--only NAME]
+#                              the benchmarks: every figure with its baseline and ratio
 #   ./build.sh demo [--standin|--stop]
 #                              a local cluster on loopback (agent and status listener), a session, and the TUI
 #
@@ -220,12 +222,17 @@ cmd_demo() {
     exec "$cli"
 }
 
-cmd_not_yet() {
-    die "'$1' is not implemented in this version"
+# --- bench ----------------------------------------------------------------------------------
+cmd_bench() {
+    cmd_deps
+    build_image "$TEST_IMAGE" none
+    cmd_zipapps >/dev/null
+    say "running the benchmarks (each figure beside a baseline measured in the same run)"
+    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" "$PY" -m tests.bench.run "$@"
 }
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -239,7 +246,7 @@ main() {
         zipapps) cmd_zipapps "$@" ;;
         debs) cmd_debs "$@" ;;
         demo) cmd_demo "$@" ;;
-        bench) cmd_not_yet "$cmd" ;;
+        bench) cmd_bench "$@" ;;
         "" | help | -h | --help) usage ;;
         *) usage; die "unknown command '$cmd'" ;;
     esac

@@ -2,8 +2,10 @@
 
 Figures (milliseconds, median of the runs unless said):
 - model: rebuilding the table model from 20 list results and rendering one screen of rows;
-- open: from starting ``convocate`` in tmux to the screen showing all 1000 sessions;
-- repaint: from a key press (PageDown / PageUp) to the changed screen, p50 and p99.
+- open: from starting ``convocate`` in tmux to the screen showing all 1000 sessions; baseline:
+  ``convocate ls`` printing the same 1000 sessions from the same agents;
+- repaint: from a key press (PageDown / PageUp) to the changed screen, p50 and p99; baseline:
+  ``less`` paging a 1000-line file in the same tmux (a terminal program repainting).
 The agents are the lightweight stand-ins of tests/fake_agents.py (real SSH, canned lists).
 
 Run: ``.venv/bin/python -m tests.bench.bench_tui [--json]``.
@@ -65,6 +67,44 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
 
+def bench_less(runs: int) -> list[float]:
+    """PageDown/PageUp repaints of ``less`` on 1000 lines in tmux: the baseline of the TUI's repaint."""
+    import os
+
+    text = Path(tempfile.mkdtemp()) / "rows.txt"
+    text.write_text("".join(f"{i:4d}  session-{i:04d}  {'x' * 80}\n" for i in range(1000)))
+    repaints = []
+    for _ in range(runs):
+        term = Tmux(dict(os.environ))
+        try:
+            term.run("new-session", "-d", "-s", "t", "-x", "160", "-y", "50", f"less {text}")
+            while "session-0000" not in term.screen():
+                time.sleep(0.01)
+            for i in range(40):
+                before = term.screen()
+                sent = time.perf_counter()
+                term.run("send-keys", "-t", "t", "NPage" if i % 2 == 0 else "PPage")
+                while term.screen() == before:
+                    pass
+                repaints.append((time.perf_counter() - sent) * 1000)
+        finally:
+            term.close()
+    return repaints
+
+
+def bench_ls(root: Path, runs: int) -> list[float]:
+    import os
+
+    env = {**os.environ, "CONVOCATE_ROOT": str(root)}
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run([python(), "-m", "convocate", "ls"], env=env, cwd=REPO, capture_output=True, text=True)
+        assert done.stdout.count("\n") > AGENTS * SESSIONS, done.stderr
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def bench_terminal(root: Path, runs: int) -> tuple[list[float], list[float]]:
     import os
 
@@ -93,6 +133,36 @@ def bench_terminal(root: Path, runs: int) -> tuple[list[float], list[float]]:
         finally:
             term.close()
     return opens, repaints
+
+
+def run(runs: int = 3) -> list:
+    """The TUI figures with their baselines (for tests/bench/run.py)."""
+    from tests.bench.common import Figure, median
+
+    root = Path(tempfile.mkdtemp(prefix="convocate-bench-tui-"))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict = {}
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        holder["fakes"] = loop.run_until_complete(start_fake_cluster(root, AGENTS, SESSIONS))
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(60)
+    opens, repaints = bench_terminal(root, runs)
+    lists = bench_ls(root, runs)
+    less = bench_less(runs)
+    loop.call_soon_threadsafe(loop.stop)
+    label = f"{AGENTS} agents x {SESSIONS} sessions"
+    return [Figure(f"TUI open, {label}", "ms", median(opens), median(lists), "convocate ls of the same sessions"),
+            Figure("TUI repaint after a key p50", "ms", percentile(repaints, 0.5), percentile(less, 0.5),
+                   "less paging 1000 lines in the same tmux"),
+            Figure("TUI repaint after a key p99", "ms", percentile(repaints, 0.99), percentile(less, 0.99),
+                   "less paging 1000 lines in the same tmux"),
+            Figure(f"TUI model rebuild, {label}", "ms", bench_model(holder["fakes"]))]
 
 
 def main(argv: list[str] | None = None) -> int:
