@@ -94,12 +94,14 @@ def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClien
 async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
     listing, states = await asyncio.gather(cluster.list(), agent_states(cluster.paths))
     sessions = [s for s in listing.sessions if not args.waiting or s.view.meta.activity == "waiting"]
+    orphans = [] if args.waiting else listing.orphans
     if args.json:
-        _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in sessions])
+        _print_json([wire_with_agent(s.view.to_wire(), s.client.agent_id) for s in sessions]
+                    + [{**v.to_wire(), "agent_id": None} for v in orphans])
     elif args.waiting:
         print(waiting_table([s.view for s in sessions]))
     else:
-        print(sessions_table([s.view for s in sessions]))
+        print(sessions_table([s.view for s in sessions] + orphans))
     for agent_id, error in sorted(listing.errors.items()):
         print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
     for agent_id in sorted(cluster.clients):
@@ -121,7 +123,10 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
             row.update(status="unavailable", error=str(e))
         return row
 
-    rows = await asyncio.gather(*(probe(c) for c in cluster.clients.values()))
+    rows, states = await asyncio.gather(asyncio.gather(*(probe(c) for c in cluster.clients.values())),
+                                        agent_states(cluster.paths))
+    for row in rows:  # what status-serve knows of the agent's own link to it (tcp/223), if it runs
+        row["status_link"] = states.get(row["agent_id"])
     if args.json:
         _print_json(rows)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
@@ -20,6 +20,7 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import (
     ConfigError,
+    Conflict,
     ConvocateError,
     NotFound,
     ProtocolError,
@@ -29,6 +30,7 @@ from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
+from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed
 from convocate.registry import AgentRecord, load_agent, load_registry
 
 log = logging.getLogger(__name__)
@@ -164,10 +166,13 @@ class ClusterListing:
     Attributes:
         sessions: Every session of every reachable agent, newest access first.
         errors: Agent ID → the error that kept it out of the listing.
+        orphans: Session directories on this shell host that no agent claims (only known, and
+            listed, when every agent answered).
     """
 
     sessions: list[SessionRef]
     errors: dict[str, ConvocateError]
+    orphans: list[SessionView] = field(default_factory=list)
 
 
 class Cluster:
@@ -220,7 +225,8 @@ class Cluster:
             else:
                 sessions.extend(result)
         sessions.sort(key=lambda s: s.view.meta.last_accessed, reverse=True)
-        return ClusterListing(sessions, errors)
+        orphans = [] if errors else unclaimed(scan_orphans(self.paths), {s.view.meta.uuid for s in sessions})
+        return ClusterListing(sessions, errors, orphans)
 
     async def resolve(self, ref: str) -> SessionRef:
         """Find one session by UUID, unique UUID prefix, or exact name.
@@ -241,6 +247,10 @@ class Cluster:
             if len(matches) > 1:
                 shown = ", ".join(f"{m.view.meta.uuid[:8]} ({m.view.meta.name}@{m.client.agent_id})" for m in matches)
                 raise AmbiguousReference(messages.AMBIGUOUS_SESSION.format(ref=ref, count=len(matches), matches=shown))
+        orphan = next((v for v in listing.orphans if ref in (v.meta.uuid, v.meta.name)
+                       or (len(ref) >= 4 and v.meta.uuid.startswith(ref.lower()))), None)
+        if orphan is not None:
+            raise Conflict(MIGRATE_HINT.format(name=orphan.meta.name, id=orphan.meta.uuid[:8], uuid=orphan.meta.uuid))
         detail = messages.NO_SUCH_SESSION.format(ref=ref)
         if listing.errors:
             detail += "; unreachable: " + "; ".join(str(e) for e in listing.errors.values())

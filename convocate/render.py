@@ -20,7 +20,7 @@ def session_row(index: int, view: SessionView) -> tuple[str, ...]:
     """One table row for a session."""
     m = view.meta
     port = f"{m.port}/{m.protocol}" if m.port else "-"
-    return (str(index), view.state, m.name, view.agent_id, m.uuid[:8], m.activity or "-", port, m.dns_name or "-",
+    return (str(index), view.state, m.name, view.agent_id or "-", m.uuid[:8], m.activity or "-", port, m.dns_name or "-",
             local_time(m.created_at), local_time(m.last_accessed))
 
 

@@ -316,6 +316,7 @@ class SessionView:
         attached_count: Operators attached through this agent.
         locked: A lifecycle lock with a live holder exists.
         agent_id: The agent the session lives on (filled in by shell-side clients).
+        orphan: A session directory on the shell host that no agent claims (state ``O``).
     """
 
     meta: SessionMeta
@@ -324,10 +325,13 @@ class SessionView:
     locked: bool = False
     agent_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    orphan: bool = False
 
     @property
     def state(self) -> str:
-        """One of ``- L R C`` (see :func:`derive_state`)."""
+        """One of ``- L R C`` (see :func:`derive_state`), or ``O`` for an orphan."""
+        if self.orphan:
+            return STATE_ORPHAN
         return derive_state(running=self.running, attached_count=self.attached_count, locked=self.locked)
 
     def to_wire(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from convocate.client import Cluster
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.model import STATE_CONNECTED, SessionView
 from convocate.common.paths import Paths
+from convocate.orphans import MIGRATE_HINT
 from convocate.terminal import attach_terminal
 from convocate.tui.model import UNREACHABLE, ClusterModel, Row, header
 from convocate.tui.network import Network, Notice
@@ -199,6 +200,8 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             self.model.replace_sessions(notice.agent_id, notice.payload)
         elif notice.kind == "capacity":
             self.model.set_capacity(notice.agent_id, notice.payload)
+        elif notice.kind == "orphans":
+            self.model.set_orphans(notice.payload)
         elif notice.kind == "status":
             message = notice.payload
             data = message.get("data") if isinstance(message.get("data"), dict) else {}
@@ -250,6 +253,9 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         if row is None or row.session is None:
             self.message = "select a session first"
             return None
+        if row.session.orphan:
+            self.message = _orphan_hint(row.session)
+            return None
         return row.agent_id, row.session
 
     def _op(self, agent_id: str, op: str, params: dict[str, Any], description: str,
@@ -277,6 +283,9 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         if row.session is None:
             self.network.refresh(row.agent_id)
             self.message = f"agent {row.agent_id}: trying again"
+            return
+        if row.session.orphan:
+            self.message = _orphan_hint(row.session)
             return
         view, agent_id = row.session, row.agent_id
         read_only = False
@@ -542,6 +551,11 @@ class ConfirmPopup(Dialog):
 
     def _no(self, _key: Any = None) -> None:
         self._answer(False)
+
+
+def _orphan_hint(view: SessionView) -> str:
+    """The status line for an action on an orphan row: how to move it to an agent."""
+    return MIGRATE_HINT.format(name=view.meta.name, id=view.meta.uuid[:8], uuid=view.meta.uuid)
 
 
 def _confirm(question: str, title: str) -> bool:

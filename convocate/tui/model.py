@@ -4,7 +4,9 @@ The network thread feeds it ``list`` results, agent reachability and status
 events; the form asks it for rows. Sessions sort by last access, newest first,
 across all agents. An agent that cannot be reached is one row with the reason
 in place of its sessions; a reachable agent whose status channel is stale or
-down keeps its sessions and gets a warning row.
+down keeps its sessions and gets a warning row. Orphans (``O``: session
+directories on this shell host that no agent claims) come last, and only while
+every agent is reachable.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from convocate.common.protocol import (
     SESSION_DETACHED,
 )
 from convocate.common.timefmt import parse_rfc3339
+from convocate.orphans import unclaimed
 
 CONNECTING, REACHABLE, UNREACHABLE = "connecting", "reachable", "unreachable"
 
@@ -124,6 +127,7 @@ class ClusterModel:
     def __init__(self, agents: dict[str, str]) -> None:
         self.agents = {aid: AgentInfo(aid, addr) for aid, addr in agents.items()}
         self.sessions: dict[str, dict[str, SessionView]] = {aid: {} for aid in agents}
+        self.orphans: list[SessionView] = []
         self.version = 0  # bumped on every change, so the form repaints only when needed
 
     def _changed(self) -> None:
@@ -146,6 +150,12 @@ class ClusterModel:
         self.agent(agent_id)
         self.sessions[agent_id] = {v.meta.uuid: dataclasses.replace(v, agent_id=agent_id) for v in views}
         self._changed()
+
+    def set_orphans(self, views: list[SessionView]) -> None:
+        """This shell host's session directories (see :mod:`convocate.orphans`)."""
+        if views != self.orphans:
+            self.orphans = views
+            self._changed()
 
     def apply(self, message: dict[str, Any]) -> bool:
         """Apply one status-socket message.
@@ -207,7 +217,11 @@ class ClusterModel:
         visible = [v for aid, views in self.sessions.items() if self.agents[aid].reach != UNREACHABLE
                    for v in views.values()]
         visible.sort(key=lambda v: v.meta.last_accessed, reverse=True)
-        return warnings + [Row(v.agent_id, v) for v in visible]
+        rows = warnings + [Row(v.agent_id, v) for v in visible]
+        if all(info.reach == REACHABLE for info in self.agents.values()):  # only then is "no agent claims it" known
+            claimed = {uuid for views in self.sessions.values() for uuid in views}
+            rows += [Row("-", v) for v in unclaimed(self.orphans, claimed)]
+        return rows
 
     def set_capacity(self, agent_id: str, capacity: dict[str, Any]) -> None:
         info = self.agent(agent_id)

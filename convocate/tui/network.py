@@ -24,6 +24,7 @@ from convocate.common.errors import ConvocateError
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.events import subscribe
+from convocate.orphans import scan_orphans
 from convocate.tui.model import REACHABLE, UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Notice:
     Attributes:
         kind: ``reach`` (agent reachability), ``sessions`` (a list result),
             ``capacity`` (a capacity result), ``status`` (a status-socket message),
+            ``orphans`` (this host's session directories, as orphan views),
             ``done`` / ``failed`` (an op).
         agent_id: The agent concerned, if any.
         payload: Kind-specific: ``(reach, reason)``, a list of SessionView, a
@@ -82,6 +84,7 @@ class Network:
             self._wakeups[client.agent_id] = asyncio.Event()
             self._tasks.append(self.loop.create_task(self._watch_agent(client)))
         self._tasks.append(self.loop.create_task(self._follow_status()))
+        self._tasks.append(self.loop.create_task(self._scan_orphans()))
         self.loop.run_forever()
 
     def stop(self) -> None:
@@ -140,6 +143,12 @@ class Network:
         wake = self._wakeups.get(agent_id)
         if wake is not None:
             self.loop.call_soon_threadsafe(wake.set)
+
+    async def _scan_orphans(self) -> None:
+        """This shell host's own session directories, every :data:`LIST_EVERY_S` (the model decides which no agent claims)."""
+        while True:
+            self.post(Notice("orphans", "", await asyncio.to_thread(scan_orphans, self.paths)))
+            await asyncio.sleep(LIST_EVERY_S)
 
     async def _follow_status(self) -> None:
         delay = BACKOFF[0]
