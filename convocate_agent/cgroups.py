@@ -107,10 +107,21 @@ class CgroupParent:
             return None
 
     def cleanup(self) -> None:
-        """Remove the parent's directories if no session is left in them (cgroupfs driver)."""
+        """Remove the parent's directories if no session is left in them (cgroupfs driver).
+
+        On cgroup v1 Docker makes the parent in every hierarchy (blkio, cpuset, pids, ...), not
+        only in the two whose limits the agent writes, so every hierarchy is swept.
+        """
         if self.driver == "systemd":
             return
-        for path in self._dirs().values():
+        if self.version == 2:
+            candidates = list(self._dirs().values())
+        else:
+            try:
+                candidates = [h / self.name for h in self.root.iterdir() if (h / self.name).is_dir()]
+            except OSError:
+                candidates = []
+        for path in candidates:
             try:
                 path.rmdir()
             except OSError as e:

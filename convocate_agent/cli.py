@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -30,6 +31,8 @@ commands:
   install       bootstrap this host (account, agent ID, host key, slice limits); idempotent
   serve         run the agent (the systemd unit runs this)
   prune-images  remove convocate:* images no container uses (run daily by a timer)
+  load-image    load a session image archive from stdin after checking its SHA-256
+  image-info    print whether an image tag is present, as JSON
   version       print the version
   help          print this help
 
@@ -50,6 +53,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="pinned shell status host key [/etc/convocate-agent/shell_known_host]")
     p.add_argument("--status-queue-limit", type=int, default=10_000,
                    help="events kept while the shell is unreachable; older ones are dropped [%(default)s]")
+    p.add_argument("--log-socket", type=Path, default=os.environ.get("CONVOCATE_AGENT_LOG_SOCKET") or None,
+                   help="rsyslog socket that session containers log to through Docker's syslog driver "
+                   "[$CONVOCATE_AGENT_LOG_SOCKET; none: Docker's default driver]")
+    p.add_argument("--docker-path-prefix", default=os.environ.get("CONVOCATE_AGENT_DOCKER_PATH_PREFIX", ""),
+                   help="where this host's files appear to dockerd, when the agent runs in a container and "
+                   "drives the outer host's dockerd [$CONVOCATE_AGENT_DOCKER_PATH_PREFIX; none]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_serve)
@@ -103,6 +112,47 @@ def _cmd_prune_images(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _add_load_image(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load-image", help="load a session image archive",
+                       description="Read a `docker save` archive, check its SHA-256, then load it into Docker; "
+                       "on a mismatch nothing is loaded (convocate-host init-agent and update stream images here).")
+    p.add_argument("--sha256", required=True, help="the archive's SHA-256 as the sender computed it")
+    p.add_argument("--tag", required=True, help="the image tag the archive carries (convocate:<version>)")
+    p.add_argument("--set-current", action="store_true", help="make it this agent's current image")
+    p.add_argument("archive", nargs="?", default="-", help="archive file, or - for stdin [%(default)s]")
+    p.set_defaults(func=_cmd_load_image)
+
+
+def _cmd_load_image(args: argparse.Namespace) -> int:
+    from convocate_agent.images import load_image
+
+    paths = Paths.from_env()
+    owner = (CLAUDE_UID, CLAUDE_GID) if not paths.relocated and os.geteuid() == 0 else (None, None)
+    if args.archive == "-":
+        loaded = load_image(paths, sys.stdin.buffer, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
+                            uid=owner[0], gid=owner[1])
+    else:
+        with open(args.archive, "rb") as source:
+            loaded = load_image(paths, source, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
+                                uid=owner[0], gid=owner[1])
+    print(json.dumps({"tag": loaded.tag, "id": loaded.image_id, "bytes": loaded.size,
+                      "current_set": loaded.current_set}))
+    return 0
+
+
+def _add_image_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("image-info", help="is an image tag present", description="Print {tag, present, id} as JSON.")
+    p.add_argument("tag")
+    p.set_defaults(func=_cmd_image_info)
+
+
+def _cmd_image_info(args: argparse.Namespace) -> int:
+    from convocate_agent.images import image_info
+
+    print(json.dumps(image_info(args.tag)))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from convocate_agent.server import AgentServer, ServeConfig
 
@@ -113,6 +163,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         paths=Paths.from_env(), listen=args.listen, host_key=args.host_key, auth_keys=args.auth_keys,
         shell_host=args.shell_host, shell_port=args.shell_port, shell_key=args.shell_key,
         shell_known_host=args.shell_known_host, status_queue_limit=args.status_queue_limit,
+        docker_path_prefix=args.docker_path_prefix, log_socket=args.log_socket,
     )
 
     async def run() -> None:
@@ -130,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_install(sub)
     _add_serve(sub)
     _add_prune_images(sub)
+    _add_load_image(sub)
+    _add_image_info(sub)
     return parser
 
 

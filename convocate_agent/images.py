@@ -13,15 +13,20 @@ otherwise lose the image it is about to use.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from convocate.common.errors import DockerError
-from convocate.common.fsutil import read_token
+from convocate.common import messages
+from convocate.common.errors import BadRequest, DockerError
+from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
 from convocate_agent.settings import load_settings
 
@@ -128,3 +133,117 @@ def prune_images(paths: Paths, *, dry_run: bool = False, client: docker.APIClien
         if client is None:
             api.close()
     return report
+
+
+# --- image transfer: ``convocate-agent load-image`` / ``image-info`` ----------------------------------
+#: Bytes read per chunk while spooling an image archive.
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """What :func:`load_image` put in place.
+
+    Attributes:
+        tag: The tag that was asked for and is now present.
+        image_id: Its image ID.
+        size: Bytes of the archive.
+        current_set: Whether ``current-image`` was (re)written.
+    """
+
+    tag: str
+    image_id: str
+    size: int
+    current_set: bool
+
+
+def _api(client: docker.APIClient | None, what: str) -> docker.APIClient:
+    if client is not None:
+        return client
+    try:
+        return docker.APIClient(**docker.utils.kwargs_from_env(), timeout=600)
+    except docker.errors.DockerException as e:
+        raise DockerError(f"{what}: cannot reach dockerd: {e}") from e
+
+
+def image_info(tag: str, *, client: docker.APIClient | None = None) -> dict:
+    """``{"tag", "present", "id"}`` of a local image tag (``id`` is None when it is absent).
+
+    Raises:
+        DockerError: dockerd is not reachable.
+    """
+    api = _api(client, f"inspecting {tag}")
+    try:
+        try:
+            return {"tag": tag, "present": True, "id": api.inspect_image(tag)["Id"]}
+        except docker.errors.ImageNotFound:
+            return {"tag": tag, "present": False, "id": None}
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise DockerError(f"inspecting {tag}: {e}") from e
+    finally:
+        if client is None:
+            api.close()
+
+
+def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_current: bool = False,
+               client: docker.APIClient | None = None, uid: int | None = None, gid: int | None = None) -> LoadedImage:
+    """Load an image archive (``docker save`` format) only if it is exactly the one announced.
+
+    The archive is spooled to a private file under ``paths.agent_image_spool`` while its SHA-256 is
+    computed; on a mismatch the file is removed and nothing reaches Docker. Only then is it handed
+    to the Engine API (``POST /images/load``), and the archive must have carried ``tag``.
+
+    Args:
+        paths: Installation layout (spool directory, ``current-image``).
+        source: A binary file object to read the archive from (stdin).
+        sha256: The archive's expected SHA-256, 64 hex digits, as the sender computed it.
+        tag: The ``repository:tag`` the archive must contain.
+        set_current: Also make ``tag`` this agent's current image (written atomically).
+        client: Docker API client (default: from the environment).
+        uid: Owner for a new ``current-image`` (the service user), or None.
+        gid: Group for it, or None.
+
+    Returns:
+        What was loaded.
+
+    Raises:
+        BadRequest: ``sha256`` is not 64 hex digits, or the archive's digest differs from it
+            (nothing loaded), or the archive does not carry ``tag``.
+        DockerError: dockerd refused the archive or is not reachable.
+    """
+    expected = sha256.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise BadRequest(f"--sha256: {sha256!r} is not a SHA-256 digest (64 hex digits)")
+    paths.agent_image_spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    digest = hashlib.sha256()
+    size = 0
+    fd, spool = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=paths.agent_image_spool)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        if digest.hexdigest() != expected:
+            raise BadRequest(messages.IMAGE_DIGEST_MISMATCH.format(tag=tag, got=digest.hexdigest(),
+                                                                   expected=expected, size=size))
+        api = _api(client, f"loading {tag}")
+        try:
+            with open(spool, "rb") as archive:
+                for _ in api.load_image(archive):
+                    pass
+            image_id = api.inspect_image(tag)["Id"]
+        except docker.errors.ImageNotFound as e:
+            raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise DockerError(f"loading {tag}: {e}") from e
+        finally:
+            if client is None:
+                api.close()
+    finally:
+        os.unlink(spool)
+    current_set = False
+    if set_current and read_token(paths.current_image_file) != tag:
+        atomic_write(paths.current_image_file, f"{tag}\n".encode(), mode=0o644, uid=uid, gid=gid)
+        current_set = True
+    return LoadedImage(tag, image_id, size, current_set)

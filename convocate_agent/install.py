@@ -24,7 +24,7 @@ System mode (``/``), as root:
   this host, in a drop-in of ``convocate-sessions.slice``; ``systemctl daemon-reload`` if it
   changed and systemd runs.
 - checks that the packaged units (service, slice, image prune timer), the cron job and the
-  logrotate file are in place; they are static files of the package, not written here.
+  are in place; they are static files of the package, not written here.
 - counts the session directories it adopts.
 
 Relocated (``CONVOCATE_ROOT``, tests and the demo): the same files under the root, with the
@@ -395,8 +395,8 @@ def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int
 
 
 def _check_packaged_files(paths: Paths, report: InstallReport) -> None:
-    """The units, cron job and logrotate file come with the package (conffiles for /etc)."""
-    for path in [paths.unit_file(u) for u in UNITS] + [paths.image_prune_cron, paths.agent_logrotate]:
+    """The units and the cron job come with the package (conffiles for /etc)."""
+    for path in [paths.unit_file(u) for u in UNITS] + [paths.image_prune_cron]:
         if path.exists():
             report.kept(f"packaged {path} present")
         else:

@@ -28,11 +28,12 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import Mount
+from docker.types import LogConfig, Mount
 
 from convocate.common import messages
 from convocate.common.errors import DockerError
 from convocate.common.paths import Paths
+from convocate.common.syslog import docker_log_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,11 +165,21 @@ class DockerRuntime:
         client: A docker SDK client; by default one from the environment
             (``DOCKER_HOST`` or the local socket).
         workers: Threads for blocking SDK calls.
+        docker_path_prefix: Where this host's file system appears on dockerd's host, for an
+            agent that runs in a container and drives the outer host's dockerd through its
+            socket ("Docker outside of Docker"): bind-mount sources and the log socket are
+            given to dockerd as ``prefix + path``. Empty on a normal host.
+        log_socket: The agent host's rsyslog socket for session logs (forwarded to the shell
+            host over TLS); when it exists at start, containers log through Docker's ``syslog``
+            driver to it, else through the default driver.
     """
 
-    def __init__(self, agent_id: str, paths: Paths, client: docker.DockerClient | None = None, workers: int = 16) -> None:
+    def __init__(self, agent_id: str, paths: Paths, client: docker.DockerClient | None = None, workers: int = 16,
+                 *, docker_path_prefix: str = "", log_socket: Path | None = None) -> None:
         self.agent_id = agent_id
         self.paths = paths
+        self.docker_path_prefix = docker_path_prefix.rstrip("/")
+        self.log_socket = log_socket
         self._client = client
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._workers = workers
@@ -200,6 +211,25 @@ class DockerRuntime:
             raise DockerError(f"{what}: {e.explanation or e}") from e
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             raise DockerError(f"{what}: cannot reach dockerd: {e}") from e
+
+    def docker_path(self, path: Path) -> str:
+        """``path`` as dockerd's host sees it (see ``docker_path_prefix``)."""
+        return f"{self.docker_path_prefix}{path}" if self.docker_path_prefix else str(path)
+
+    def log_config(self, session_id: str) -> LogConfig | None:
+        """Docker's ``HostConfig.LogConfig`` for a session: the syslog driver when the log socket is there.
+
+        The driver sends RFC 5424 messages tagged with the session (Docker's syslog logging driver
+        options ``syslog-address``, ``syslog-format``, ``tag``); with Docker >= 20.10 ``docker logs``
+        keeps working through its local cache ("dual logging").
+        """
+        if self.log_socket is None:
+            return None
+        if not self.log_socket.is_socket():
+            log.warning("log socket %s is missing (is rsyslog running?): session %s logs through Docker's default "
+                        "driver only", self.log_socket, session_id)
+            return None
+        return LogConfig(type="syslog", config=docker_log_options(session_id, self.docker_path(self.log_socket)))
 
     def labels_filter(self) -> dict[str, Any]:
         """Label filter matching this agent's session containers."""
@@ -274,12 +304,13 @@ class DockerRuntime:
             CONVOCATE_AGENT_COMMAND=spec.agent_command,
             CONVOCATE_BACKOFF_BASE=f"{spec.restart_backoff_s:g}",
         )
-        mounts = [Mount(target=CONTAINER_HOME, source=str(spec.home), type="bind")]
+        mounts = [Mount(target=CONTAINER_HOME, source=self.docker_path(spec.home), type="bind")]
         if spec.report_dir is not None:
-            mounts.append(Mount(target=CONTAINER_REPORT_DIR, source=str(spec.report_dir), type="bind", read_only=True))
-        if spec.claude_shared is not None:
-            mounts.append(Mount(target=CONTAINER_CLAUDE_SHARED, source=str(spec.claude_shared), type="bind",
+            mounts.append(Mount(target=CONTAINER_REPORT_DIR, source=self.docker_path(spec.report_dir), type="bind",
                                 read_only=True))
+        if spec.claude_shared is not None:
+            mounts.append(Mount(target=CONTAINER_CLAUDE_SHARED, source=self.docker_path(spec.claude_shared),
+                                type="bind", read_only=True))
         memory = spec.memory_mb * 1024 * 1024
         kwargs: dict[str, Any] = dict(
             name=container_name(spec.session_id),
@@ -298,6 +329,9 @@ class DockerRuntime:
             kwargs["ports"] = {f"{spec.port}/{spec.protocol}": spec.port}
         if spec.cgroup_parent:
             kwargs["cgroup_parent"] = spec.cgroup_parent
+        log_config = self.log_config(spec.session_id)
+        if log_config is not None:
+            kwargs["log_config"] = log_config
         container = await self._call(f"create container for session {spec.session_id}",
                                      self.client.containers.create, spec.image, **kwargs)
         try:

@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 SUBSYSTEMS = frozenset({RPC_SUBSYSTEM, ATTACH_SUBSYSTEM})
 
 
-SUBSYSTEMS = (RPC_SUBSYSTEM, ATTACH_SUBSYSTEM)
-
-
 @dataclass
 class ServeConfig:
     """Everything ``convocate-agent serve`` needs (DESIGN §4 flags and defaults).
@@ -63,6 +60,9 @@ class ServeConfig:
         uid: UID of the ``claude`` user in session containers.
         gid: GID of the ``claude`` user in session containers.
         shutdown_timeout: Seconds to wait for open channels at shutdown.
+        docker_path_prefix: Where this host's files appear on dockerd's host, when the agent
+            drives another host's dockerd (see :class:`DockerRuntime`); empty normally.
+        log_socket: The rsyslog socket session containers log to, or None for Docker's default.
     """
 
     paths: Paths
@@ -78,6 +78,8 @@ class ServeConfig:
     status_queue_limit: int = 10_000
     shutdown_timeout: float = 10.0
     login_timeout: float = 30.0
+    docker_path_prefix: str = ""
+    log_socket: Path | None = None
 
     def __post_init__(self) -> None:
         p = self.paths
@@ -147,7 +149,8 @@ class AgentServer:
             raise ConfigError(f"{paths.agent_id_file} is missing: run `convocate-agent install` first")
         host_key = keys.load_private_key(cfg.host_key)  # type: ignore[arg-type]
         settings = load_settings(paths.agent_settings)
-        runtime = DockerRuntime(agent_id, paths)
+        runtime = DockerRuntime(agent_id, paths, docker_path_prefix=cfg.docker_path_prefix,
+                                log_socket=cfg.log_socket)
         try:
             api = await runtime.ping()
             log.info("dockerd reachable (API %s)", api)

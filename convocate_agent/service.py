@@ -185,12 +185,15 @@ class AgentService:
         env: dict[str, str] = {}
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         path = self.paths.session_env_file
-        if credentials and (Path(credentials) / SESSION_ENV_CREDENTIAL).is_file():
-            path = Path(credentials) / SESSION_ENV_CREDENTIAL
         try:
+            if credentials and (Path(credentials) / SESSION_ENV_CREDENTIAL).is_file():
+                path = Path(credentials) / SESSION_ENV_CREDENTIAL
             text = path.read_text(encoding="utf-8")
             mode = path.stat().st_mode
         except FileNotFoundError:
+            return env
+        except OSError as e:  # e.g. a credential systemd could not hand over: start sessions without it
+            log.warning("session env file: cannot read %s (%s); sessions start without it", path, e)
             return env
         if mode & 0o077 and not credentials:
             log.warning("%s is readable by others (mode %o); it holds secrets: chmod 600 it", path, mode & 0o777)

@@ -1,53 +1,301 @@
-"""Command line of ``convocate-host``, the deploy tool (DESIGN §6).
+"""Command line of ``convocate-host``, the operator's deploy tool (DESIGN §6).
 
-This version has ``version`` and ``help``. The provisioning subcommands
-(install, init-shell, init-agent, update, migrate-session, create-vm) are
-named here so operators see what is coming, and answer with a clear
-"not implemented in this version" instead of pretending.
+Parsers (``_add_*``) build the arguments, adapters (``_cmd_*``) turn them into targets and
+options and call the logic modules; only :func:`main` (through ``run_main``) turns the project's
+errors into a message and an exit code.
+
+Without ``--host`` a command works on this machine (as root, through ``sudo -n`` when needed);
+with ``--host H`` it logs in to H over SSH as ``--user`` with the operator's keys and
+``known_hosts`` and uses ``sudo -n`` there.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import getpass
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from convocate.common.cli import run_main
-from convocate.common.errors import BadRequest, ConvocateError
+from convocate.common.errors import BadRequest
 from convocate.common.version import __version__
+from convocate_host import vm
+from convocate_host.agenthost import AgentOptions, init_agent, update_all, update_host
+from convocate_host.migrate import migrate_session
+from convocate_host.prepare import PrepareOptions, prepare
+from convocate_host.report import LiveReport
+from convocate_host.shellhost import ShellOptions, init_shell
+from convocate_host.target import LocalTarget, SSHTarget, Target
 
 PROG = "convocate-host"
-
-PLANNED = ("install", "init-shell", "init-agent", "update", "migrate-session", "create-vm")
 
 USAGE = f"""\
 usage: {PROG} <command> [options]
 
-Provision convocate shell and agent hosts, locally or over SSH.
+Provision convocate shell and agent hosts, here (sudo) or over SSH (--host).
+Every command is idempotent and prints what it changed.
 
 commands:
-  install          prepare a vanilla Debian/Ubuntu host            (not implemented yet)
-  init-shell       set up the shell host (status listener, CA)      (not implemented yet)
-  init-agent       register and configure an agent host             (not implemented yet)
-  update           roll a new package and image to a host           (not implemented yet)
-  migrate-session  move an orphan session directory to an agent     (not implemented yet)
-  create-vm        boot a new VM on a KVM hypervisor                (not implemented yet)
+  install          prepare a vanilla Debian/Ubuntu host (packages, Docker, user claude, UTC, ufw)
+  init-shell       install and set up the shell host (status listener, log CA and TLS listener)
+  init-agent       install an agent host and join it to the shell host (keys, pins, logs, image)
+  update           roll new packages and the session image to a host, or to every agent (--all)
+  migrate-session  move an orphan session directory from the shell host to an agent
+  create-vm        boot a new VM on a KVM hypervisor (libvirt, cloud-init)
   version          print the version
   help             print this help
+
+Run '{PROG} <command> --help' for a command's options.
 """
 
 
-class NotImplementedYet(ConvocateError):
-    """A planned subcommand this version does not have."""
+def _ssh_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SSH")
+    group.add_argument("--user", default=getpass.getuser(),
+                       help="login user on remote hosts: root or one with NOPASSWD sudo [%(default)s]")
+    group.add_argument("--port", type=int, default=22, help="SSH port of remote hosts [%(default)s]")
+    group.add_argument("--identity", type=Path, help="private key to log in with [your SSH keys and agent]")
+    group.add_argument("--known-hosts", type=Path, help="known_hosts file [~/.ssh/known_hosts]")
 
-    code = "not_implemented"
-    exit_code = 69  # EX_UNAVAILABLE
+
+async def _target(args: argparse.Namespace, host: str | None) -> Target:
+    """The target for ``host``: this machine when None, else an SSH connection."""
+    if not host:
+        local = LocalTarget(getattr(args, "local_address", None))
+        await local.check_sudo()
+        return local
+    return await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
+                                   known_hosts=args.known_hosts)
+
+
+def _run(coro: Callable[[], Awaitable[int]]) -> int:
+    return asyncio.run(coro())
+
+
+# --- install ---------------------------------------------------------------------------------------
+def _add_install(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("install", help="prepare a vanilla host",
+                       description="Prepare a vanilla Debian 12 / Ubuntu host: apt upgrade, base packages, user "
+                       "claude (UID 1337), UTC, ufw (22 and the role's ports). A remote host is rebooted and "
+                       "waited for when a new kernel needs it; this machine never is.")
+    p.add_argument("--host", help="the host to prepare [this machine]")
+    p.add_argument("--role", choices=["agent", "shell", "both"], default="agent",
+                   help="which ports the firewall opens: agent 222, shell 223 and 514 [%(default)s]")
+    p.add_argument("--no-upgrade", action="store_true", help="skip apt-get dist-upgrade")
+    p.add_argument("--no-firewall", action="store_true", help="leave ufw alone")
+    p.add_argument("--no-reboot", action="store_true", help="never reboot; say when a reboot is due")
+    _ssh_options(p)
+    p.set_defaults(func=_cmd_install)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    roles = ("agent", "shell") if args.role == "both" else (args.role,)
+    options = PrepareOptions(roles=roles, upgrade=not args.no_upgrade, firewall=not args.no_firewall,
+                             reboot=not args.no_reboot)
+
+    async def run() -> int:
+        target = await _target(args, args.host)
+        report = LiveReport(target.description)
+        try:
+            target = await prepare(target, options, report, reconnect=lambda: _target(args, args.host))
+        finally:
+            await target.close()
+        report.finish("install")
+        return 0
+
+    return _run(run)
+
+
+# --- init-shell ------------------------------------------------------------------------------------
+def _add_init_shell(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init-shell", help="set up the shell host",
+                       description="Install the convocate package on the shell host and set up the status "
+                       "listener (tcp/223), the log CA and the TLS log listener (tcp/514).")
+    p.add_argument("--host", help="the shell host [this machine]")
+    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
+    p.add_argument("--no-image", action="store_true", help="do not build the session image now")
+    p.add_argument("--base-image", default="", help="local base image for the session image [debootstrap]")
+    p.add_argument("--domain", default="convocate.internal", help="the cluster's DNS domain [%(default)s]")
+    p.add_argument("--status-port", type=int, default=223, help="status listener port [%(default)s]")
+    p.add_argument("--log-port", type=int, default=514, help="TLS log listener port [%(default)s]")
+    p.add_argument("--name", action="append", default=[], dest="names",
+                   help="another name or address agents reach the shell host by (its TLS certificate names it); "
+                   "repeatable")
+    p.add_argument("--local-address", help="how agents reach this machine, in local mode [its host name]")
+    _ssh_options(p)
+    p.set_defaults(func=_cmd_init_shell)
+
+
+def _cmd_init_shell(args: argparse.Namespace) -> int:
+    options = ShellOptions(debs=args.debs, build_image=not args.no_image, base_image=args.base_image,
+                           domain=args.domain, status_port=args.status_port, names=tuple(args.names),
+                           log_port=args.log_port)
+
+    async def run() -> int:
+        shell = await _target(args, args.host)
+        report = LiveReport(shell.description)
+        try:
+            await init_shell(shell, options, report)
+        finally:
+            await shell.close()
+        report.finish("init-shell")
+        return 0
+
+    return _run(run)
+
+
+# --- init-agent ------------------------------------------------------------------------------------
+def _add_init_agent(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init-agent", help="set up an agent host",
+                       description="Install the convocate-agent package on an agent host and join it to the "
+                       "shell host: peering keys, host keys pinned both ways, registration, log forwarding "
+                       "over TLS, the session image.")
+    p.add_argument("--host", required=True, help="the agent host")
+    p.add_argument("--shell-host", help="the shell host [this machine]")
+    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
+    p.add_argument("--image", default=f"convocate:{__version__}", help="session image tag [%(default)s]")
+    p.add_argument("--address", help="how the shell host reaches the agent [--host]")
+    p.add_argument("--shell-address", help="how the agent reaches the shell host [--shell-host, else this "
+                   "machine's host name]")
+    p.add_argument("--listen-port", type=int, default=222, help="the agent's SSH port [%(default)s]")
+    p.add_argument("--status-port", type=int, default=223, help="the shell's status port [%(default)s]")
+    p.add_argument("--log-port", type=int, default=514, help="the shell's TLS log port [%(default)s]")
+    p.add_argument("--docker-path-prefix", default="",
+                   help="where the agent host's files appear to its dockerd, for an agent in a container "
+                   "that drives its host's dockerd [none]")
+    _ssh_options(p)
+    p.set_defaults(func=_cmd_init_agent)
+
+
+def _cmd_init_agent(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        shell = await _target(args, args.shell_host)
+        try:
+            agent = await _target(args, args.host)
+        except BaseException:
+            await shell.close()
+            raise
+        shell_report, agent_report = LiveReport(shell.description), LiveReport(agent.description)
+        options = AgentOptions(debs=args.debs, image=args.image, shell_address=args.shell_address or shell.address,
+                               agent_address=args.address or args.host, listen_port=args.listen_port,
+                               status_port=args.status_port, log_port=args.log_port,
+                               docker_path_prefix=args.docker_path_prefix)
+        try:
+            await init_agent(shell, agent, options, shell_report, agent_report)
+        finally:
+            await agent.close()
+            await shell.close()
+        shell_report.finish("init-agent")
+        agent_report.finish("init-agent")
+        return 0
+
+    return _run(run)
+
+
+# --- update ----------------------------------------------------------------------------------------
+def _add_update(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("update", help="roll new packages and image",
+                       description="Install the newest .debs of the convocate packages a host has and, on an agent "
+                       "host, send the new session image and make it current. Running sessions keep their "
+                       "image until they are restarted. --all updates every registered agent in turn and "
+                       "stops at the first that does not come back healthy.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--host", help="the host to update")
+    target.add_argument("--all", action="store_true", help="every agent registered on the shell host")
+    p.add_argument("--shell-host", help="the shell host (image source, health checks) [this machine]")
+    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
+    p.add_argument("--image", help="session image tag [convocate:<new agent version>]")
+    _ssh_options(p)
+    p.set_defaults(func=_cmd_update)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        shell = await _target(args, args.shell_host)
+        shell_report = LiveReport(shell.description)
+        try:
+            if args.all:
+                done = await update_all(shell, lambda address: _target(args, address), args.debs, image=args.image,
+                                        shell_report=shell_report, make_report=lambda t: LiveReport(t.description))
+                print(f"updated {len(done)} agent(s): {', '.join(done)}")
+            elif args.host == args.shell_host:
+                await update_host(shell, shell, args.debs, shell_report, image=args.image, shell_report=shell_report)
+            else:
+                host = await _target(args, args.host)
+                report = LiveReport(host.description)
+                try:
+                    await update_host(shell, host, args.debs, report, image=args.image, shell_report=shell_report)
+                finally:
+                    await host.close()
+                report.finish("update")
+        finally:
+            await shell.close()
+        shell_report.finish("update")
+        return 0
+
+    return _run(run)
+
+
+# --- migrate-session -------------------------------------------------------------------------------
+def _add_migrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("migrate-session", help="move an orphan session to an agent",
+                       description="Move an orphan session directory (/home/claude/<uuid> on the shell host, "
+                       "claimed by no agent) to an agent, verified entry by entry; the shell's copy is kept "
+                       "in /home/claude/.migrated/.")
+    p.add_argument("--agent", required=True, help="agent ID (as registered on the shell host)")
+    p.add_argument("--session", required=True, help="the session UUID")
+    p.add_argument("--shell-host", help="the shell host [this machine]")
+    _ssh_options(p)
+    p.set_defaults(func=_cmd_migrate)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from convocate_host.agenthost import registered_agents
+
+    async def run() -> int:
+        shell = await _target(args, args.shell_host)
+        shell_report = LiveReport(shell.description)
+        try:
+            addresses = dict(await registered_agents(shell))
+            if args.agent not in addresses:
+                raise BadRequest(f"agent {args.agent!r} is not registered on {shell.description} "
+                                 f"(registered: {', '.join(sorted(addresses)) or 'none'})")
+            agent = await _target(args, addresses[args.agent])
+            report = LiveReport(agent.description)
+            try:
+                await migrate_session(shell, agent, args.session, args.agent, report, shell_report)
+            finally:
+                await agent.close()
+            report.finish("migrate-session")
+        finally:
+            await shell.close()
+        shell_report.finish("migrate-session")
+        return 0
+
+    return _run(run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    _add_install(sub)
+    _add_init_shell(sub)
+    _add_init_agent(sub)
+    _add_update(sub)
+    _add_migrate(sub)
+    vm.add_parser(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``convocate-host`` command line; returns the exit status."""
 
     def run(args: list[str]) -> int:
-        if args[0] in PLANNED:
-            raise NotImplementedYet(f"'{args[0]}' is not implemented in version {__version__}")
-        raise BadRequest(f"unknown command {args[0]!r}; see '{PROG} help'")
+        parsed = build_parser().parse_args(args)
+        if not getattr(parsed, "func", None):
+            raise BadRequest(f"unknown command {args[0]!r}; see '{PROG} help'")
+        return parsed.func(parsed)
 
     return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run)

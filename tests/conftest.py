@@ -26,6 +26,14 @@ import pytest
 from convocate.common import keys
 from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
 from tests.harness import LocalCluster, remove_containers
+from tests.systemd_hosts import (
+    DOCKER,
+    HOST_IMAGE_LABEL,
+    HOST_PACKAGES,
+    UPGRADE_VERSION,
+    build_debs,
+    build_systemd_image,
+)
 
 TEST_IMAGE = os.environ.get("CONVOCATE_TEST_IMAGE", "convocate:0.1.0-standin")
 
@@ -179,3 +187,26 @@ def openssh_args(cluster: LocalCluster, tmp_path: Path, key_path: Path | None = 
 def run_openssh(args: list[str], input: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     return subprocess.run(args, input=input, capture_output=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three .debs of this tree (``./build.sh debs``), built once per run: package -> path, plus ``changes``."""
+    return build_debs(tmp_path_factory.mktemp("debs"))
+
+
+@pytest.fixture(scope="session")
+def upgrade_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same tree built as the next version (:data:`UPGRADE_VERSION`), for upgrade tests."""
+    return build_debs(tmp_path_factory.mktemp("upgrade-debs"), "--version", UPGRADE_VERSION)
+
+
+@pytest.fixture(scope="session")
+def systemd_host_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Debian 12 image with systemd as PID 1 for every system test (see tests/systemd_hosts.py)."""
+    tag = build_systemd_image(tmp_path_factory.mktemp("systemd-image"), HOST_IMAGE_LABEL, packages=HOST_PACKAGES,
+                              docker_cli=True)
+    try:
+        yield tag
+    finally:
+        subprocess.run([DOCKER, "image", "rm", "--force", tag], capture_output=True)

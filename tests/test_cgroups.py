@@ -36,3 +36,14 @@ def test_cgroupfs_v2_limits(tmp_path):
 def test_an_unwritable_parent_is_reported_not_fatal(tmp_path):
     parent = CgroupParent("cgroupfs", 1, "convocate-sessions", tmp_path / "missing")
     assert parent.apply_limits(1.0, 1 << 30) is False
+
+
+def test_cleanup_sweeps_the_parent_from_every_v1_hierarchy_docker_made_it_in(tmp_path):
+    parent = CgroupParent("cgroupfs", 1, "convocate-sessions-abcd1234", tmp_path)
+    for hierarchy in ("cpu", "memory", "blkio", "pids", "devices"):
+        (tmp_path / hierarchy / parent.name).mkdir(parents=True)
+    (tmp_path / "pids" / parent.name / "busy").mkdir()  # a session still there: kept
+    (tmp_path / "cpu" / "other-parent").mkdir()
+    parent.cleanup()
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{parent.name}")) == ["pids"]
+    assert (tmp_path / "cpu" / "other-parent").is_dir()

@@ -23,49 +23,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 import subprocess
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from convocate.common.version import __version__
+from tests.systemd_hosts import (
+    PACKAGES,
+    REPO,
+    UPGRADE_VERSION,
+    Host,
+    run,
+    start_host,
+)
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-DOCKER = "/usr/bin/docker"
 LABEL = "convocate.test=packages"
-BASE_IMAGE = "convocate-base:bookworm"
-PACKAGES = ("convocate", "convocate-agent", "convocate-host")
-UPGRADE_VERSION = f"{__version__}+1"
 UNITS = sorted((REPO / "packaging" / "systemd").iterdir())
-
-
-def run(args: list[str], *, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def build_debs(out: Path, *extra: str) -> dict[str, Path]:
-    """``./build.sh debs`` into ``out``; returns package name -> .deb (plus ``changes``)."""
-    run(["./build.sh", "debs", "--out", str(out), *extra])
-    debs = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
-    assert sorted(debs) == sorted(PACKAGES), list(out.iterdir())
-    debs["changes"] = next(out.glob("*.changes"))
-    return debs
-
-
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_debs(tmp_path_factory.mktemp("debs"))
 
 
 # --- without a container ----------------------------------------------------------------------------
@@ -125,80 +105,8 @@ def test_each_zipapp_carries_only_its_role(tmp_path, debs):
 
 
 # --- Debian 12 with systemd as PID 1 ----------------------------------------------------------------
-SYSTEMD_DOCKERFILE = """\
-# Debian 12 with systemd as PID 1 (MACHINE-NOTES), with what the convocate packages depend on,
-# so that installing them needs no download. docker-ce is a stand-in: the test mounts the host's
-# Docker socket, and the group docker gets that socket's GID.
-FROM {base}
-ARG DOCKER_GID
-ENV container=docker
-RUN set -eu; export DEBIAN_FRONTEND=noninteractive; \\
-    groupadd --system --gid "$DOCKER_GID" docker; \\
-    apt-get update -q; \\
-    apt-get install -y -q --no-install-recommends systemd systemd-sysv dbus python3 rsyslog-gnutls \\
-        openssh-client dnsmasq cron logrotate procps >/dev/null; \\
-    mkdir -p /tmp/docker-ce/DEBIAN; \\
-    printf '%s\\n' 'Package: docker-ce' 'Version: 5:0.0-convocate-test' 'Architecture: all' \\
-        'Maintainer: convocate tests <tests@localhost>' \\
-        'Description: stand-in for Docker: the test mounts the host dockerd socket' \\
-        > /tmp/docker-ce/DEBIAN/control; \\
-    dpkg-deb -b /tmp/docker-ce /tmp/docker-ce.deb >/dev/null; \\
-    dpkg -i /tmp/docker-ce.deb >/dev/null; \\
-    rm -rf /tmp/docker-ce /tmp/docker-ce.deb /usr/sbin/policy-rc.d; \\
-    systemctl mask systemd-udevd.service systemd-udevd-kernel.socket systemd-udevd-control.socket \\
-        systemd-firstboot.service systemd-modules-load.service getty@tty1.service console-getty.service \\
-        >/dev/null 2>&1
-STOPSIGNAL SIGRTMIN+3
-CMD ["/sbin/init"]
-"""
-
-
-def docker_socket() -> Path:
-    host = os.environ.get("DOCKER_HOST", "")
-    return Path(host.removeprefix("unix://")) if host.startswith("unix://") else Path("/var/run/docker.sock")
-
-
-@pytest.fixture(scope="module")
-def systemd_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if subprocess.run([DOCKER, "image", "inspect", BASE_IMAGE], capture_output=True).returncode != 0:
-        pytest.fail(f"{BASE_IMAGE} is missing: run ./build.sh image (it builds the base image)")
-    context = tmp_path_factory.mktemp("systemd-image")
-    (context / "Dockerfile").write_text(SYSTEMD_DOCKERFILE.format(base=BASE_IMAGE))
-    tag = f"convocate-test-systemd:{uuid.uuid4().hex[:12]}"
-    run([DOCKER, "build", "--quiet", "--force-rm", "--label", LABEL, "--build-arg",
-         f"DOCKER_GID={docker_socket().stat().st_gid}", "--tag", tag, str(context)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"})
-    try:
-        yield tag
-    finally:
-        subprocess.run([DOCKER, "image", "rm", "--force", tag], capture_output=True)
-
-
-@dataclass
-class Host:
-    """A running Debian 12 container with systemd as PID 1."""
-
-    id: str
-
-    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        result = subprocess.run([DOCKER, "exec", "-e", "DEBIAN_FRONTEND=noninteractive", self.id, "sh", "-c", script],
-                                capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"`{script}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def read(self, path: str) -> str:
-        return self.sh(f"cat {shlex.quote(path)}").stdout
-
-    def exists(self, path: str) -> bool:
-        return self.sh(f"test -e {shlex.quote(path)}", check=False).returncode == 0
-
-    def copy_in(self, path: Path) -> str:
-        run([DOCKER, "cp", str(path), f"{self.id}:/tmp/{path.name}"])
-        return f"/tmp/{path.name}"
-
-    def main_pid(self, unit: str) -> int:
-        return int(self.sh(f"systemctl show --property=MainPID --value {unit}").stdout)
+class PackageHost(Host):
+    """A systemd host with the helpers of this test: RPC over OpenSSH from inside, apt, debconf, snapshots."""
 
     def rpc(self, port: int, op: str, params: dict | None = None) -> dict:
         """One request to the agent over OpenSSH, from inside the container (loopback)."""
@@ -237,22 +145,12 @@ class Host:
 
 
 @pytest.fixture
-def host(systemd_image: str) -> Iterator[Host]:
-    socket = docker_socket()
-    container = run([DOCKER, "run", "--detach", "--label", LABEL, "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-                     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-                     "--cgroupns=private", "--tmpfs", "/run", "--tmpfs", "/run/lock",
-                     "--volume", f"{socket}:/run/docker.sock", systemd_image]).stdout.strip()
-    host = Host(container)
+def host(systemd_host_image: str) -> Iterator[PackageHost]:
+    started = start_host(systemd_host_image, LABEL)
     try:
-        deadline = time.monotonic() + 60
-        while host.sh("systemctl is-system-running", check=False).stdout.strip() not in ("running", "degraded"):
-            assert time.monotonic() < deadline, host.sh("systemctl --failed; journalctl -b --no-pager | tail -50",
-                                                        check=False).stdout
-            time.sleep(0.3)
-        yield host
+        yield PackageHost(started.id)
     finally:
-        subprocess.run([DOCKER, "rm", "--force", "--volumes", container], capture_output=True)
+        started.remove()
 
 
 #: What the install steps and the postinsts manage (not dpkg's own unpacking, which touches the
@@ -264,8 +162,8 @@ MANAGED = ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-age
 
 
 @pytest.mark.docker
-def test_install_reconfigure_upgrade_reinstall_remove_purge(host: Host, debs, tmp_path):
-    upgrade = build_debs(tmp_path / "upgrade", "--version", UPGRADE_VERSION)
+def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, debs, upgrade_debs, tmp_path):
+    upgrade = upgrade_debs
 
     # --- install --------------------------------------------------------------------------------
     host.preseed("convocate convocate/build-image boolean false")

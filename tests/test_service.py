@@ -102,3 +102,29 @@ def test_edit_to_a_port_of_another_session_is_a_conflict(service):
 
     with pytest.raises(Conflict, match="is already used by session"):
         asyncio.run(scenario())
+
+
+def test_session_environment_from_the_credential_or_the_file(service, tmp_path, monkeypatch):
+    service.paths.agent_etc.mkdir(parents=True)
+    service.paths.session_env_file.write_text("# secrets\nANTHROPIC_API_KEY=from-file\nexport OTHER='x y'\n")
+    assert service._session_environment() == {"ANTHROPIC_API_KEY": "from-file", "OTHER": "x y"}
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "session.env").write_text("ANTHROPIC_API_KEY=from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert service._session_environment() == {"ANTHROPIC_API_KEY": "from-credential"}
+
+
+def test_an_unreadable_session_environment_starts_sessions_without_it(service, monkeypatch, caplog):
+    # What systemd 252 does in a container when it cannot hand a credential over: a directory the
+    # service user may not even list (observed: drwx------ root root, empty).
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/convocate-agent.service")
+    monkeypatch.setattr(Path, "is_file", refuse)
+    with caplog.at_level("WARNING"):
+        assert service._session_environment() == {}
+    assert "sessions start without it" in caplog.text and "Permission denied" in caplog.text

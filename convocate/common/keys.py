@@ -177,3 +177,48 @@ def read_authorized_keys(path: Path) -> AuthorizedKeys:
     except (ValueError, asyncssh.KeyImportError) as e:
         raise ConfigError(messages.KEY_UNREADABLE.format(path=path, detail=e)) from e
     return AuthorizedKeys(keys=keys, skipped=skipped, count=len(kept), comments=comments)
+
+
+def upsert_authorized_key(text: str, line: str) -> str:
+    """``authorized_keys`` content with ``line`` in it, once.
+
+    A line with the same key is replaced by ``line`` (its comment may have changed); so is a
+    line with the same comment when the comment names a convocate peer (``convocate-agent
+    <id>``, ``convocate-shell <host>``): a re-keyed peer replaces its old key instead of adding
+    a second one. Every other line, comments and blank lines included, stays as it is.
+
+    Args:
+        text: The current file content (``""`` for none).
+        line: ``ssh-ed25519 AAAA... comment``.
+
+    Returns:
+        The new content, newline-terminated.
+
+    Raises:
+        ConfigError: ``line`` is not an ed25519 public key line.
+    """
+    wanted = parse_public_key(line, source="authorized key")
+    comment = " ".join(line.split()[2:])
+    peer = comment if comment.startswith(("convocate-agent ", "convocate-shell ")) else None
+    kept: list[str] = []
+    placed = False
+    for existing in text.splitlines():
+        words = existing.split()
+        same = False
+        if ED25519 in words:
+            at = words.index(ED25519)
+            try:
+                key = asyncssh.import_public_key(" ".join(words[at:at + 2]))
+            except asyncssh.KeyImportError:
+                key = None
+            same = (key is not None and key.public_data == wanted.public_data) or \
+                (peer is not None and " ".join(words[at + 2:]) == peer)
+        if same:
+            if not placed:
+                kept.append(line.strip())
+                placed = True
+            continue
+        kept.append(existing)
+    if not placed:
+        kept.append(line.strip())
+    return "\n".join(kept) + "\n"

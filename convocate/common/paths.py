@@ -86,6 +86,11 @@ class Paths:
         return self.agent_etc / "settings.json"
 
     @property
+    def agent_image_spool(self) -> Path:
+        """Where ``convocate-agent load-image`` spools an image archive until its digest is checked."""
+        return self._p("var", "lib", "convocate-agent", "incoming")
+
+    @property
     def agent_rsyslog_tls(self) -> Path:
         return self.agent_etc / "rsyslog-tls"
 
@@ -98,6 +103,15 @@ class Paths:
     def agent_run_dir(self) -> Path:
         """Runtime state of the agent (``/run/convocate-agent``): the sessions' report sockets."""
         return self._p("run", "convocate-agent")
+
+    @property
+    def agent_log_socket(self) -> Path:
+        """The Unix datagram socket the agent host's rsyslog reads session logs from (imuxsock).
+
+        Session containers log there through Docker's ``syslog`` driver
+        (``syslog-address=unixgram://<this>``); rsyslog forwards them to the shell host over TLS.
+        """
+        return self.agent_run_dir / "syslog.sock"
 
     def session_run_dir(self, session_id: str) -> Path:
         """``/run/convocate-agent/sessions/<uuid>/``: mounted read-only in the session as ``/run/convocate-agent``."""
@@ -236,7 +250,8 @@ class Paths:
         return self._p("etc", "cron.daily", "convocate-image-prune")
 
     @property
-    def agent_logrotate(self) -> Path:
+    def agent_logs_logrotate(self) -> Path:
+        """Shell host: rotation of the agents' session logs in :attr:`forwarded_log_dir` (the convocate package's)."""
         return self._p("etc", "logrotate.d", "convocate-agent-logs")
 
     @property
@@ -258,6 +273,36 @@ class Paths:
     def image_context(self) -> Path:
         """The session image's build context as the ``convocate`` package ships it."""
         return self._p("usr", "share", "convocate", "image")
+
+    @property
+    def rsyslog_dropin_dir(self) -> Path:
+        """``/etc/rsyslog.d``: rsyslog drop-ins (Debian's rsyslog.conf includes ``*.conf`` there)."""
+        return self._p("etc", "rsyslog.d")
+
+    @property
+    def rsyslog_spool_dir(self) -> Path:
+        """``/var/spool/rsyslog``: Debian's rsyslog work directory, where the forwarding queue spills."""
+        return self._p("var", "spool", "rsyslog")
+
+    @property
+    def forwarded_log_dir(self) -> Path:
+        """Shell host: ``/var/log/convocate-agent/<agent-id>.log``, the agents' session logs received over TLS."""
+        return self._p("var", "log", "convocate-agent")
+
+    @property
+    def image_archive_dir(self) -> Path:
+        """Shell host: session images saved by ``convocate-host`` for transfer to agents."""
+        return self._p("var", "cache", "convocate", "transfer")
+
+    @property
+    def host_deb_cache(self) -> Path:
+        """Any host: where ``convocate-host`` copies the .debs it installs."""
+        return self._p("var", "cache", "convocate-host", "debs")
+
+    @property
+    def migrated_dir(self) -> Path:
+        """Shell host: session directories ``convocate-host migrate-session`` moved to an agent, kept as a backup."""
+        return self.session_base / ".migrated"
 
     @property
     def image_cache_dir(self) -> Path:

@@ -1,0 +1,242 @@
+"""``convocate-host init-agent`` and ``update``: agent hosts joined to a shell host, then kept current.
+
+init-agent (DESIGN §6), each step idempotent:
+
+1. the ``convocate-agent`` package, debconf preseeded with the shell host and ports; its postinst
+   runs ``convocate-agent install`` (account, agent ID, host key, slice limits).
+2. the peering keys minted and both host keys pinned (:mod:`convocate_host.peering`); the agent is
+   registered in the shell's ``/etc/convocate/agents/<agent-id>/`` and authorized in its
+   ``status_authorized_keys``, which status-serve re-reads by itself.
+3. log forwarding: the agent's rsyslog TLS client certificate from the cluster CA, and rsyslog
+   forwarding the session containers' logs to the shell host (:mod:`convocate_host.logforward`).
+4. the session image: sent from the shell host when the agent lacks it (SHA-256 checked on
+   arrival), then stamped as the agent's ``current-image``.
+5. the agent restarted when its own configuration changed, then checked from the shell host:
+   ``convocate agents`` must report it ``ok``.
+
+update: the newest .debs of whatever convocate packages the host has, the image of the new
+version, ``current-image`` stamped; running session containers keep their image until they are
+restarted. ``--all`` rolls every registered agent, one at a time, and stops at the first one
+that does not come back healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest
+from convocate.common.hostsetup import render_env_file
+from convocate.common.paths import CLAUDE_USER, Paths
+from convocate_host import logforward
+from convocate_host.debs import ensure_package, find_deb, installed_version
+from convocate_host.images import ensure_agent_image
+from convocate_host.peering import (
+    CLAUDE_OWNER,
+    AgentIdentity,
+    ensure_authorized,
+    pin_agent_side,
+    pin_shell_side,
+    read_agent_identity,
+    read_status_host_key,
+)
+from convocate_host.report import LiveReport
+from convocate_host.target import HostError, Target
+
+PATHS = Paths()
+AGENT_UNIT = "convocate-agent.service"
+HEALTH_TIMEOUT_S = 90.0
+PACKAGES = ("convocate", "convocate-agent", "convocate-host")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What ``init-agent`` sets.
+
+    Attributes:
+        debs: Directory with the .debs.
+        image: The session image tag the agent runs (``convocate:<version>``).
+        shell_address: How the agent reaches the shell host (its ``shell-host``).
+        agent_address: How the shell host reaches the agent (its registry ``address``).
+        listen_port: The agent's SSH port.
+        status_port: The shell's status port.
+        log_port: The shell's TLS log port.
+        docker_path_prefix: Where the agent host's files appear to its dockerd (an agent in a
+            container driving its host's dockerd); empty normally.
+    """
+
+    debs: Path
+    image: str
+    shell_address: str
+    agent_address: str
+    listen_port: int = 222
+    status_port: int = 223
+    log_port: int = logforward.LOG_PORT
+    docker_path_prefix: str = ""
+
+
+async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_report: LiveReport,
+                     agent_report: LiveReport) -> AgentIdentity:
+    """Install ``agent`` and join it to ``shell``.
+
+    Returns:
+        The agent's identity.
+
+    Raises:
+        BadRequest: no .deb, or the shell host has not the image.
+        HostError: a step failed on either host.
+    """
+    status_host_key = await read_status_host_key(shell)
+    deb = find_deb(options.debs, "convocate-agent")
+    await ensure_package(agent, deb, agent_report, {
+        "convocate-agent/shell-host": ("string", options.shell_address),
+        "convocate-agent/listen-port": ("string", str(options.listen_port)),
+        "convocate-agent/shell-port": ("string", str(options.status_port)),
+    })
+    identity = await read_agent_identity(agent)
+    agent_report.kept(f"agent ID {identity.agent_id}")
+    login_key = await pin_shell_side(shell, identity, address=options.agent_address, port=options.listen_port,
+                                     report=shell_report)
+    status_key, status_changed = await pin_agent_side(agent, identity, shell_login_key=login_key,
+                                                      status_host_key=status_host_key, report=agent_report)
+    await ensure_authorized(shell, str(PATHS.status_authorized_keys), status_key, shell_report,
+                            f"agent {identity.agent_id}'s status key", owner=CLAUDE_OWNER)
+    restart = status_changed
+    restart |= await logforward.ensure_agent(shell, agent, identity.agent_id, options.shell_address,
+                                             options.log_port, agent_report)
+    restart |= await ensure_agent_defaults(agent, {"CONVOCATE_AGENT_LOG_SOCKET": str(PATHS.agent_log_socket),
+                                                   "CONVOCATE_AGENT_DOCKER_PATH_PREFIX": options.docker_path_prefix},
+                                           agent_report)
+    await ensure_agent_image(shell, agent, options.image, agent_report, shell_report=shell_report)
+    restart |= await stamp_current_image(agent, options.image, agent_report)
+    if restart:
+        await agent.run(["systemctl", "restart", AGENT_UNIT], what="restarting the agent")
+        agent_report.changed(f"{AGENT_UNIT} restarted with the new configuration")
+    else:
+        agent_report.kept(f"{AGENT_UNIT} configuration unchanged")
+    await wait_healthy(shell, identity.agent_id, shell_report)
+    return identity
+
+
+async def ensure_agent_defaults(agent: Target, values: dict[str, str], report: LiveReport) -> bool:
+    """Lines of ``/etc/default/convocate-agent`` (kept by ``convocate-agent install``); True when changed."""
+    path = str(PATHS.agent_defaults)
+    current = (await agent.read_file(path) or b"").decode()
+    wanted = render_env_file(current, values, "# Settings of convocate-agent.service (systemd.exec(5)).\n")
+    changed = await agent.write_file(path, wanted.encode(), mode=0o644)
+    return report.step(changed, f"service settings {', '.join(f'{k}={v}' for k, v in values.items())}")
+
+
+async def stamp_current_image(agent: Target, tag: str, report: LiveReport) -> bool:
+    """``current-image`` names ``tag``; True when it changed."""
+    changed = await agent.write_file(str(PATHS.current_image_file), f"{tag}\n".encode(), owner=CLAUDE_OWNER)
+    return report.step(changed, f"current image {tag} ({PATHS.current_image_file})")
+
+
+async def agents_status(shell: Target) -> list[dict]:
+    """``convocate agents --json`` on the shell host, as the user ``claude``."""
+    result = await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "agents", "--json"],
+                             what="asking the shell host for its agents", check=False)
+    try:
+        return json.loads(result.text)
+    except ValueError as e:
+        raise HostError(messages.HOST_COMMAND_FAILED.format(
+            host=shell.description, what="listing agents", command="convocate agents --json",
+            status=result.returncode, detail=result.detail())) from e
+
+
+async def wait_healthy(shell: Target, agent_id: str, report: LiveReport, *, version: str | None = None,
+                       timeout_s: float = HEALTH_TIMEOUT_S) -> dict:
+    """Wait until the shell host reaches the agent (and it runs ``version``, if given).
+
+    Raises:
+        HostError: it did not within ``timeout_s`` seconds; the message has the last status.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: dict = {}
+    while True:
+        rows = [r for r in await agents_status(shell) if r.get("agent_id") == agent_id]
+        last = rows[0] if rows else {"status": "not registered"}
+        link = last.get("status_link") or {}
+        if last.get("status") == "ok" and (version is None or last.get("version") == version) \
+                and link.get("connected"):
+            report.kept(f"the shell host reaches agent {agent_id} (version {last.get('version')}) and its status "
+                        "events reach the shell host")
+            return last
+        if time.monotonic() > deadline:
+            raise HostError(messages.HOST_AGENT_UNHEALTHY.format(agent=agent_id, host=shell.description,
+                                                                 seconds=timeout_s, status=json.dumps(last)))
+        await asyncio.sleep(1.0)
+
+
+async def update_host(shell: Target, host: Target, debs: Path, report: LiveReport, *, image: str | None,
+                      shell_report: LiveReport) -> str | None:
+    """Upgrade the convocate packages ``host`` has; for an agent host also its image.
+
+    Returns:
+        The agent ID when ``host`` is an agent host, else None.
+
+    Raises:
+        BadRequest: none of the packages is installed there, or a .deb is missing.
+        HostError: a step failed.
+    """
+    present = {p: v for p in PACKAGES if (v := await installed_version(host, p)) is not None}
+    if not present:
+        raise BadRequest(f"{host.description}: no convocate package is installed; use init-shell or init-agent")
+    new_versions = {}
+    for package in present:
+        deb = find_deb(debs, package)
+        await ensure_package(host, deb, report)
+        new_versions[package] = deb.version
+    if "convocate-agent" not in present:
+        return None
+    identity = await read_agent_identity(host)
+    tag = image or f"convocate:{new_versions['convocate-agent']}"
+    await ensure_agent_image(shell, host, tag, report, shell_report=shell_report)
+    if await stamp_current_image(host, tag, report):
+        report.note("running sessions keep their image until they are restarted ((R)estart in the TUI)")
+    await wait_healthy(shell, identity.agent_id, shell_report, version=new_versions["convocate-agent"])
+    return identity.agent_id
+
+
+async def registered_agents(shell: Target) -> list[tuple[str, str]]:
+    """``(agent-id, address)`` of every agent in the shell's registry."""
+    script = 'for d in "$1"/*/; do [ -f "$d/address" ] && printf "%s %s\\n" "$(basename "$d")" "$(head -n1 "$d/address")"; done; true'
+    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agent registry")
+    return [tuple(line.split(maxsplit=1)) for line in result.text.splitlines() if " " in line]  # type: ignore[misc]
+
+
+async def update_all(shell: Target, connect: Callable[[str], Awaitable[Target]], debs: Path, *,
+                     image: str | None, shell_report: LiveReport,
+                     make_report: Callable[[Target], LiveReport]) -> list[str]:
+    """Update every registered agent in turn; stop at the first that fails or does not come back healthy.
+
+    Returns:
+        The agent IDs updated, in order.
+
+    Raises:
+        HostError: an agent's update failed; the agents after it were not touched.
+    """
+    done: list[str] = []
+    agents = await registered_agents(shell)
+    if not agents:
+        raise BadRequest(f"{shell.description}: no agent is registered in {PATHS.agents_dir}")
+    for agent_id, address in agents:
+        target = await connect(address)
+        report = make_report(target)
+        try:
+            await update_host(shell, target, debs, report, image=image, shell_report=shell_report)
+        except HostError as e:
+            rest = [a for a, _ in agents[len(done) + 1:]]
+            raise HostError(f"{e}\nupdate --all stopped at agent {agent_id}; not updated: "
+                            f"{', '.join(rest) or 'none'}") from e
+        finally:
+            report.finish(f"update (agent {agent_id})")
+            await target.close()
+        done.append(agent_id)
+    return done

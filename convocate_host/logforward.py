@@ -1,0 +1,123 @@
+"""Session logs from agent hosts to the shell host over TLS: the PKI and rsyslog files put on both hosts.
+
+The certificates come from :mod:`convocate_host.pki` and the rsyslog drop-ins from
+:mod:`convocate_host.rsyslog` (both pure); this module reads what a host has, decides what to keep,
+writes what differs, checks the whole rsyslog configuration with ``rsyslogd -N1`` and restarts
+rsyslog only when one of its files changed.
+
+- shell host (init-shell): the cluster CA in ``/etc/convocate/rsyslog-ca/`` (made once, never
+  replaced: every agent certificate chains to it), the server certificate (reissued when a name is
+  missing or it nears its end), ``/var/log/convocate-agent/``, the TLS listener drop-in. The rotation
+  of those logs is the ``convocate`` package's ``/etc/logrotate.d/convocate-agent-logs``.
+- agent host (init-agent): the CA certificate, the agent's client certificate and key in
+  ``/etc/convocate-agent/rsyslog-tls/``, the spool directory, the forwarding drop-in.
+"""
+
+from __future__ import annotations
+
+from convocate.common.paths import Paths
+from convocate_host import pki, rsyslog
+from convocate_host.report import LiveReport
+from convocate_host.target import HostError, Target
+
+PATHS = Paths()
+LOG_PORT = rsyslog.DEFAULT_PORT
+RSYSLOG_UNIT = "rsyslog.service"
+
+
+async def _write_tls_files(target: Target, directory: str, files: dict[str, bytes]) -> bool:
+    await target.ensure_dir(directory, mode=0o700)
+    changed = False
+    for name, data in files.items():
+        changed |= await target.write_file(f"{directory}/{name}", data, mode=rsyslog.FILE_MODES[name])
+    return changed
+
+
+async def _apply(target: Target, dropin_name: str, text: str, changed: bool, report: LiveReport) -> bool:
+    """Write the drop-in, validate rsyslog's configuration, restart it when anything changed."""
+    await target.ensure_dir(str(PATHS.rsyslog_dropin_dir), mode=0o755)
+    path = f"{PATHS.rsyslog_dropin_dir}/{dropin_name}"
+    wrote = await target.write_file(path, text.encode(), mode=rsyslog.FILE_MODES[dropin_name])
+    report.step(wrote, f"rsyslog drop-in {path}")
+    changed |= wrote
+    await target.run(["rsyslogd", "-N1"], what="checking the rsyslog configuration")
+    active = (await target.run(["systemctl", "is-active", RSYSLOG_UNIT], check=False)).text.strip() == "active"
+    if changed or not active:
+        await target.run(["systemctl", "enable", RSYSLOG_UNIT], what="enabling rsyslog", check=False)
+        await target.run(["systemctl", "restart", RSYSLOG_UNIT], what="restarting rsyslog")
+        report.changed(f"{RSYSLOG_UNIT} restarted with the new configuration")
+    else:
+        report.kept(f"{RSYSLOG_UNIT} running with this configuration")
+    return changed
+
+
+async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveReport) -> bool:
+    """CA, server certificate, log directory and TLS listener on the shell host; True when any changed.
+
+    Args:
+        shell: The shell host.
+        names: Names and addresses agents reach it by (the server certificate carries them).
+        port: The listener's TCP port.
+        report: Where steps go.
+
+    Raises:
+        ConfigError: half a CA is there, or it is unusable (nothing is replaced).
+        HostError: a command failed, e.g. ``rsyslogd -N1`` rejected the configuration.
+    """
+    ca_dir = str(PATHS.rsyslog_ca_dir)
+    installed = {name: await shell.read_file(f"{ca_dir}/{name}")
+                 for name in (rsyslog.CA_CERT, rsyslog.CA_KEY, rsyslog.SERVER_CERT, rsyslog.SERVER_KEY)}
+    state = pki.ensure_shell_pki(installed[rsyslog.CA_CERT], installed[rsyslog.CA_KEY],
+                                 installed[rsyslog.SERVER_CERT], installed[rsyslog.SERVER_KEY], dns_names=names)
+    for warning in state.ca_warnings:
+        report.note(warning)
+    files = {rsyslog.CA_CERT: state.ca.cert_pem, rsyslog.CA_KEY: state.ca.key_pem,
+             rsyslog.SERVER_CERT: state.server.cert_pem, rsyslog.SERVER_KEY: state.server.key_pem}
+    changed = await _write_tls_files(shell, ca_dir, files)
+    report.step(state.ca_created, f"rsyslog CA {'created' if state.ca_created else 'kept'} ({ca_dir})")
+    if state.server_reasons:
+        report.changed(f"rsyslog server certificate issued for {', '.join(names)}: {'; '.join(state.server_reasons)}")
+    else:
+        report.kept(f"rsyslog server certificate kept (names {', '.join(names)})")
+    log_dir = str(PATHS.forwarded_log_dir)
+    made = await shell.ensure_dir(log_dir, mode=rsyslog.LOG_DIR_MODE, owner=f"{rsyslog.LOG_OWNER}:{rsyslog.LOG_GROUP}")
+    report.step(made, f"session log directory {log_dir}")
+    text = rsyslog.render_shell_dropin(rsyslog.ShellListener.from_paths(PATHS, port=port))
+    return await _apply(shell, rsyslog.SHELL_DROPIN, text, changed, report)
+
+
+async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_address: str, port: int,
+                       report: LiveReport) -> bool:
+    """The agent's client certificate and forwarding to the shell host; True when any changed.
+
+    Args:
+        shell: The shell host (holds the CA's key).
+        agent: The agent host.
+        agent_id: Its ID (the certificate's name, the log file's name).
+        shell_address: How the agent reaches the shell host.
+        port: The shell's TLS log port.
+        report: Where the agent's steps go.
+
+    Raises:
+        HostError: the shell host has no CA (run init-shell), or a command failed.
+        ConfigError: the CA is unusable.
+    """
+    ca_dir = str(PATHS.rsyslog_ca_dir)
+    ca_cert = await shell.read_file(f"{ca_dir}/{rsyslog.CA_CERT}")
+    ca_key = await shell.read_file(f"{ca_dir}/{rsyslog.CA_KEY}")
+    if ca_cert is None or ca_key is None:
+        raise HostError(f"{shell.description}: no rsyslog CA in {ca_dir}: run `convocate-host init-shell` first")
+    ca = pki.CertificateAuthority.load(ca_cert, ca_key)
+    tls = str(PATHS.agent_rsyslog_tls)
+    pair, reasons = pki.ensure_agent_cert(ca, agent_id, await agent.read_file(f"{tls}/{rsyslog.CLIENT_CERT}"),
+                                          await agent.read_file(f"{tls}/{rsyslog.CLIENT_KEY}"))
+    changed = await _write_tls_files(agent, tls, {rsyslog.CA_CERT: ca.cert_pem, rsyslog.CLIENT_CERT: pair.cert_pem,
+                                                  rsyslog.CLIENT_KEY: pair.key_pem})
+    if reasons:
+        report.changed(f"rsyslog client certificate {pki.agent_peer_name(agent_id)} issued: {'; '.join(reasons)}")
+    else:
+        report.kept(f"rsyslog client certificate {pki.agent_peer_name(agent_id)} kept")
+    await agent.ensure_dir(str(PATHS.rsyslog_spool_dir), mode=0o700)
+    text = rsyslog.render_agent_dropin(rsyslog.AgentForwarder.from_paths(PATHS, agent_id, shell_address,
+                                                                         shell_port=port))
+    return await _apply(agent, rsyslog.AGENT_DROPIN, text, changed, report)

@@ -1,0 +1,109 @@
+"""``convocate-host migrate-session``: move an orphan session directory from the shell host to an agent.
+
+An orphan (state ``O``, DESIGN §4) is a session directory ``/home/claude/<uuid>/`` on the shell
+host that no agent claims, e.g. left by a single-host convocate. Migration:
+
+1. refuses when the shell host runs a container for the session, when the directory has no
+   valid-looking ``session.json``, or when the agent already has a session of that UUID;
+2. copies the directory with tar (owners, modes, symlinks kept) into a staging directory on the
+   agent, then compares a manifest of both sides (type, mode, owner, size and SHA-256 of every
+   entry): only an identical copy is renamed into ``/home/claude/<uuid>/``;
+3. moves the shell's copy aside to ``/home/claude/.migrated/<uuid>/`` (a backup, never deleted
+   here), after which the agent lists the session like any other.
+
+A second run finds the session on the agent and nothing on the shell host, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+from convocate.common.model import validate_uuid
+from convocate.common.paths import Paths
+from convocate_host.report import LiveReport
+from convocate_host.target import HostError, Target
+
+PATHS = Paths()
+CHUNK = 1 << 20
+#: One line per entry, sorted: type, mode, owner, size, SHA-256 (files) and path; run in the directory.
+_MANIFEST = r"""set -eu
+cd "$1"
+find . -xdev -printf '%y %m %U:%G %s %p\n' | LC_ALL=C sort -k6
+find . -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
+"""
+
+
+async def manifest(target: Target, directory: str) -> str:
+    """The manifest of ``directory`` on ``target`` (see ``_MANIFEST``)."""
+    return (await target.sh(_MANIFEST, directory, what=f"listing {directory}")).text
+
+
+async def migrate_session(shell: Target, agent: Target, session_id: str, agent_id: str, report: LiveReport,
+                          shell_report: LiveReport) -> bool:
+    """Move session ``session_id`` from ``shell`` to ``agent``; returns True when it moved now.
+
+    Raises:
+        BadRequest: the id is not a UUIDv4.
+        HostError: a refusal (running container, not a session, already on the agent) or a failed or
+            differing copy; the shell's copy is untouched in every such case.
+    """
+    sid = validate_uuid(session_id, "--session")
+    source = str(PATHS.session_dir(sid))
+    target_dir = str(PATHS.session_dir(sid))
+    on_agent = await agent.exists(f"{target_dir}/session.json")
+    on_shell = await shell.exists(f"{source}/session.json")
+    if on_agent and not on_shell:
+        report.kept(f"session {sid} is on agent {agent_id}; the shell host has no copy left")
+        return False
+    if on_agent:
+        raise HostError(f"{agent.description}: session {sid} already exists there; the shell's copy {source} "
+                        "was left alone (compare them by hand)")
+    if not on_shell:
+        raise HostError(f"{shell.description}: {source}/session.json does not exist: not an orphan session")
+    try:
+        json.loads(await shell.read_file(f"{source}/session.json") or b"")
+    except ValueError as e:
+        raise HostError(f"{shell.description}: {source}/session.json is not JSON ({e}); nothing moved") from e
+    running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/convocate-session-{sid}$"], check=False)
+    if running.ok and running.text.strip():
+        raise HostError(f"{shell.description}: a container runs for session {sid} there; stop it first "
+                        "(nothing moved)")
+    if not running.ok:
+        shell_report.note("docker is not usable on the shell host: no local container can run the session")
+    else:
+        shell_report.kept(f"no container runs session {sid} on the shell host")
+
+    staging = f"{PATHS.staging_dir}/migrate-{sid}"
+    await agent.sh('rm -rf -- "$1" && mkdir -p -- "$1"', staging, what="preparing the staging directory")
+    sender = await shell.open_process(["tar", "-C", str(PATHS.session_base), "--numeric-owner", "-cf", "-", sid])
+    receiver = await agent.open_process(["tar", "-C", staging, "--numeric-owner", "--same-owner", "-xpf", "-"])
+    sent = 0
+    try:
+        while chunk := await sender.read(CHUNK):
+            receiver.write(chunk)
+            await receiver.drain()
+            sent += len(chunk)
+        await receiver.close_stdin()
+    except BaseException:
+        sender.kill()
+        receiver.kill()
+        raise
+    packed, unpacked = await sender.wait(), await receiver.wait()
+    if not packed.ok or not unpacked.ok:
+        await agent.run(["rm", "-rf", "--", staging], check=False)
+        failed = packed if not packed.ok else unpacked
+        raise HostError(f"copying session {sid} failed ({failed.detail()}); the shell's copy is untouched")
+    here, there = await manifest(shell, source), await manifest(agent, f"{staging}/{sid}")
+    if here != there:
+        await agent.run(["rm", "-rf", "--", staging], check=False)
+        raise HostError(f"the copy of session {sid} on {agent.description} differs from the shell's; it was "
+                        "removed and the shell's copy is untouched")
+    report.changed(f"session {sid} copied ({sent >> 10} KiB, {len(here.splitlines()) // 2} entries verified)")
+    await agent.sh('mv -- "$1" "$2" && rmdir -- "$3"', f"{staging}/{sid}", target_dir, staging,
+                   what="moving the session into place")
+    report.changed(f"session {sid} in place at {target_dir}")
+    backup = f"{PATHS.migrated_dir}/{sid}"
+    await shell.sh('mkdir -p -- "$(dirname -- "$2")" && mv -- "$1" "$2"', source, backup,
+                   what="moving the shell's copy aside")
+    shell_report.changed(f"the shell's copy moved to {backup} (a backup; remove it when you are satisfied)")
+    return True
