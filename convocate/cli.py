@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", prog=PROG)
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
     p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")

@@ -177,7 +177,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_serve(sub)
     _add_prune_images(sub)

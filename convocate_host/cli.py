@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport
 from convocate_host.shellhost import ShellOptions, init_shell
-from convocate_host.target import LocalTarget, SSHTarget, Target
+from convocate_host.target import Target, add_ssh_options, open_target
 
 PROG = "convocate-host"
 
@@ -51,27 +50,28 @@ Run '{PROG} <command> --help' for a command's options.
 """
 
 
-def _ssh_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("SSH")
-    group.add_argument("--user", default=getpass.getuser(),
-                       help="login user on remote hosts: root or one with NOPASSWD sudo [%(default)s]")
-    group.add_argument("--port", type=int, default=22, help="SSH port of remote hosts [%(default)s]")
-    group.add_argument("--identity", type=Path, help="private key to log in with [your SSH keys and agent]")
-    group.add_argument("--known-hosts", type=Path, help="known_hosts file [~/.ssh/known_hosts]")
-
-
 async def _target(args: argparse.Namespace, host: str | None) -> Target:
-    """The target for ``host``: this machine when None, else an SSH connection."""
-    if not host:
-        local = LocalTarget(getattr(args, "local_address", None))
-        await local.check_sudo()
-        return local
-    return await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
-                                   known_hosts=args.known_hosts)
+    return await open_target(args, host, local_address=getattr(args, "local_address", None))
 
 
 def _run(coro: Callable[[], Awaitable[int]]) -> int:
     return asyncio.run(coro())
+
+
+def _on_host(args: argparse.Namespace, host: str | None, command: str,
+             work: Callable[[Target, LiveReport], Awaitable[Target | None]]) -> int:
+    """Run ``work`` on one target with its report; ``work`` may hand back a new target (after a reboot)."""
+    async def run() -> int:
+        target = await _target(args, host)
+        report = LiveReport(target.description)
+        try:
+            target = await work(target, report) or target
+        finally:
+            await target.close()
+        report.finish(command)
+        return 0
+
+    return _run(run)
 
 
 # --- install ---------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def _add_install(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-upgrade", action="store_true", help="skip apt-get dist-upgrade")
     p.add_argument("--no-firewall", action="store_true", help="leave ufw alone")
     p.add_argument("--no-reboot", action="store_true", help="never reboot; say when a reboot is due")
-    _ssh_options(p)
+    add_ssh_options(p)
     p.set_defaults(func=_cmd_install)
 
 
@@ -95,17 +95,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     options = PrepareOptions(roles=roles, upgrade=not args.no_upgrade, firewall=not args.no_firewall,
                              reboot=not args.no_reboot)
 
-    async def run() -> int:
-        target = await _target(args, args.host)
-        report = LiveReport(target.description)
-        try:
-            target = await prepare(target, options, report, reconnect=lambda: _target(args, args.host))
-        finally:
-            await target.close()
-        report.finish("install")
-        return 0
-
-    return _run(run)
+    return _on_host(args, args.host, "install", lambda target, report: prepare(
+        target, options, report, reconnect=lambda: _target(args, args.host)))
 
 
 # --- init-shell ------------------------------------------------------------------------------------
@@ -124,7 +115,7 @@ def _add_init_shell(sub: argparse._SubParsersAction) -> None:
                    help="another name or address agents reach the shell host by (its TLS certificate names it); "
                    "repeatable")
     p.add_argument("--local-address", help="how agents reach this machine, in local mode [its host name]")
-    _ssh_options(p)
+    add_ssh_options(p)
     p.set_defaults(func=_cmd_init_shell)
 
 
@@ -133,17 +124,7 @@ def _cmd_init_shell(args: argparse.Namespace) -> int:
                            domain=args.domain, status_port=args.status_port, names=tuple(args.names),
                            log_port=args.log_port)
 
-    async def run() -> int:
-        shell = await _target(args, args.host)
-        report = LiveReport(shell.description)
-        try:
-            await init_shell(shell, options, report)
-        finally:
-            await shell.close()
-        report.finish("init-shell")
-        return 0
-
-    return _run(run)
+    return _on_host(args, args.host, "init-shell", lambda shell, report: init_shell(shell, options, report))
 
 
 # --- init-agent ------------------------------------------------------------------------------------
@@ -165,7 +146,7 @@ def _add_init_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docker-path-prefix", default="",
                    help="where the agent host's files appear to its dockerd, for an agent in a container "
                    "that drives its host's dockerd [none]")
-    _ssh_options(p)
+    add_ssh_options(p)
     p.set_defaults(func=_cmd_init_agent)
 
 
@@ -207,7 +188,7 @@ def _add_update(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shell-host", help="the shell host (image source, health checks) [this machine]")
     p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
     p.add_argument("--image", help="session image tag [convocate:<new agent version>]")
-    _ssh_options(p)
+    add_ssh_options(p)
     p.set_defaults(func=_cmd_update)
 
 
@@ -247,7 +228,7 @@ def _add_migrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent", required=True, help="agent ID (as registered on the shell host)")
     p.add_argument("--session", required=True, help="the session UUID")
     p.add_argument("--shell-host", help="the shell host [this machine]")
-    _ssh_options(p)
+    add_ssh_options(p)
     p.set_defaults(func=_cmd_migrate)
 
 
@@ -279,7 +260,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_init_shell(sub)
     _add_init_agent(sub)

@@ -15,7 +15,9 @@ idempotent and able to say whether it changed something.
 from __future__ import annotations
 
 import abc
+import argparse
 import asyncio
+import getpass
 import hashlib
 import os
 import shlex
@@ -455,3 +457,34 @@ class SSHTarget(Target):
     async def close(self) -> None:
         self.connection.close()
         await self.connection.wait_closed()
+
+
+# --- command line ------------------------------------------------------------------------------------
+#: The ``--host`` value that means this machine (for commands whose host option is required).
+LOCAL = "local"
+
+
+def add_ssh_options(parser: argparse.ArgumentParser) -> None:
+    """The SSH options every ``convocate-host`` command takes (``--user --port --identity --known-hosts``)."""
+    group = parser.add_argument_group("SSH")
+    group.add_argument("--user", default=getpass.getuser(),
+                       help="login user on remote hosts: root or one with NOPASSWD sudo [%(default)s]")
+    group.add_argument("--port", type=int, default=22, help="SSH port of remote hosts [%(default)s]")
+    group.add_argument("--identity", type=Path, help="private key to log in with [your SSH keys and agent]")
+    group.add_argument("--known-hosts", type=Path, help="known_hosts file [~/.ssh/known_hosts]")
+
+
+async def open_target(args: argparse.Namespace, host: str | None, *, local_address: str | None = None) -> Target:
+    """This machine for no host (or ``local``), else an SSH login to ``host`` with the options of :func:`add_ssh_options`.
+
+    Raises:
+        SudoRequired: sudo needs a password (here or there).
+        HostKeyMismatch: the host key is not the known one.
+        Unreachable: the host cannot be reached or refused the login.
+    """
+    if not host or host == LOCAL:
+        local = LocalTarget(local_address)
+        await local.check_sudo()
+        return local
+    return await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
+                                   known_hosts=args.known_hosts)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import hashlib
 import ipaddress
 import json
@@ -53,7 +52,7 @@ from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
 from convocate_host.debs import APT_ENV
 from convocate_host.report import LiveReport
-from convocate_host.target import CommandResult, HostError, LocalTarget, SSHTarget, Target
+from convocate_host.target import CommandResult, HostError, Target, add_ssh_options, open_target
 
 DEFAULT_URI = "qemu:///system"
 #: libvirt's own image directory on Debian and Ubuntu (libvirt-daemon-system creates it, mode 0711).
@@ -1506,12 +1505,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-install", action="store_true", help="do not install missing KVM/libvirt packages")
     p.add_argument("--ip-wait", type=float, default=IP_WAIT_S, metavar="SECONDS",
                    help="how long to wait for a DHCP lease [%(default)g]")
-    ssh = p.add_argument_group("SSH")
-    ssh.add_argument("--user", default=getpass.getuser(),
-                     help="login user on remote hosts: root or one with NOPASSWD sudo [%(default)s]")
-    ssh.add_argument("--port", type=int, default=22, help="SSH port of remote hosts [%(default)s]")
-    ssh.add_argument("--identity", type=Path, help="private key to log in with [your SSH keys and agent]")
-    ssh.add_argument("--known-hosts", type=Path, help="known_hosts file [~/.ssh/known_hosts]")
+    add_ssh_options(p)
     p.set_defaults(func=lambda args: asyncio.run(command(args)))
     return p
 
@@ -1533,25 +1527,16 @@ def spec_from_args(args: argparse.Namespace, domain: str = "") -> VMSpec:
                      nameservers=args.nameserver, pool_dir=args.pool_dir, domain=domain)
 
 
-async def _open(args: argparse.Namespace, host: str) -> Target:
-    if host == "local":
-        local = LocalTarget()
-        await local.check_sudo()
-        return local
-    return await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
-                                   known_hosts=args.known_hosts)
-
-
 async def command(args: argparse.Namespace) -> int:
     """Run ``create-vm`` from its parsed arguments; returns 0 (errors are raised for ``run_main``)."""
     spec = spec_from_args(args, args.domain or "")  # bad options fail before any login
-    shell = await _open(args, args.shell_host) if args.shell_host else None
+    shell = await open_target(args, args.shell_host) if args.shell_host else None
     # A local shell host honours CONVOCATE_ROOT like every convocate command; a remote one is a real host.
     shell_paths = Paths.from_env() if args.shell_host == "local" else Paths()
     try:
         if shell is not None and not args.domain:
             spec = spec_from_args(args, await read_cluster_domain(shell, shell_paths))
-        hypervisor = await _open(args, args.hypervisor)
+        hypervisor = await open_target(args, args.hypervisor)
         try:
             report = LiveReport(hypervisor.description)
             result = await create_vm(hypervisor, spec, uri=args.uri, install_stack=not args.no_install,

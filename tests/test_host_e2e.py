@@ -6,7 +6,8 @@ with NOPASSWD sudo, and a known_hosts file; everything else is done by ``convoca
 ``install`` on each host, ``init-shell``, ``init-agent`` for both agents, then a session on each
 agent, created and attached from the shell host's own CLI, whose container log lines arrive in the
 shell's per-agent log over TLS. Then every command runs a second time and says ``nothing changed``;
-an orphan session is migrated to an agent; ``update --all`` rolls a newer build to both agents.
+an orphan session is migrated to an agent (twice: the second run changes nothing); ``update --all``
+rolls a newer build to both agents while their sessions keep running (twice, likewise).
 Refusals: a wrong host key for the target, and a user without NOPASSWD sudo.
 
 The agent hosts drive this machine's dockerd through its socket (the session containers are this
@@ -251,6 +252,10 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
         sorted((a, "ok", UPGRADE_VERSION) for a in cluster.agent_ids)
     listing = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
     assert all(listing[sid]["state"] == "R" for sid in sessions.values())  # the sessions kept running
+    out = cluster.host_tool("update", "--all", "--shell-host", shell_ip, "--debs",
+                            str(upgrade_debs["convocate-agent"].parent), "--image", TEST_IMAGE).stdout
+    summaries = _summary(out)
+    assert len(summaries) == 3 and all(s.endswith("nothing changed") for s in summaries), out
 
 
 def _parallel(cluster: Cluster, commands: list[list[str]]) -> list[str]:
