@@ -9,7 +9,8 @@ Agents connect with their ``agent_to_shell`` key (listed in
 - fans every event out to local subscribers on the Unix socket
   ``/run/convocate/status.sock`` (group ``claude``, 0660) as newline JSON,
   starting each new subscriber with a replay of every agent's latest state
-  (``agent.status``) and a ``replay.done`` marker;
+  (``agent.status``) and a ``replay.done`` marker; lines go out in batches,
+  and a subscriber that falls 16 MiB behind is disconnected, never waited for;
 - keeps the dnsmasq hosts file in step with the sessions' DNS names, from the
   events and from a ``list`` of the agent after each ``agent.started``.
 
@@ -36,7 +37,7 @@ import asyncssh
 
 from convocate.client import AgentClient
 from convocate.common import keys
-from convocate.common.errors import BadRequest, ConfigError, ConvocateError
+from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
 from convocate.common.model import SessionView
 from convocate.common.paths import CLAUDE_USER, Paths
@@ -54,7 +55,7 @@ from convocate.common.protocol import (
     Event,
     LineTooLong,
     encode_line,
-    read_frames,
+    read_frame_batches,
 )
 from convocate.common.sshserver import Caller, SubsystemListener, format_address
 from convocate.common.timefmt import format_rfc3339, now_ns
@@ -66,8 +67,14 @@ log = logging.getLogger(__name__)
 
 #: Missed heartbeats after which a silent agent is stale.
 STALE_AFTER_HEARTBEATS = 3
-#: Messages a slow local subscriber may fall behind before it is dropped.
-SUBSCRIBER_BACKLOG = 10_000
+#: Bytes of messages a slow local subscriber may fall behind before it is dropped (16 MiB). A size,
+#: not a count: one message may be up to 1 MiB, and a subscriber that keeps up still sees a burst of
+#: every agent's batch (AGENT_BATCH_BYTES each) between two turns of its writer.
+SUBSCRIBER_BACKLOG_BYTES = 16 << 20
+#: Bytes of an agent's events handled between two yields to the loop (about 70 heartbeats), so that
+#: neither one busy agent nor a large read holds up the other agents and the local socket's writer:
+#: the loop turns every few ms, and each turn's fan-out stays smaller than a Unix socket's send buffer.
+AGENT_BATCH_BYTES = 8 * 1024
 DEFAULT_DOMAIN = "convocate.internal"
 
 
@@ -138,40 +145,93 @@ class AgentState:
         }).to_wire()
 
 
+class SubscriberQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """One local subscriber's pending lines, bounded by their total size rather than their number.
+
+    Holds encoded lines (bytes, newline included); ``None`` last means "close the connection".
+    :meth:`put_nowait` raises ``asyncio.QueueFull`` once :attr:`pending_bytes` has reached the limit.
+    :attr:`ready` is set while the queue holds anything, for a writer that must wait for lines
+    without taking one out (``get()`` would hold a line outside the queue while the writer sleeps).
+
+    Args:
+        limit_bytes: Total size of the pending lines at which the queue counts as full.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__()
+        self.limit_bytes = limit_bytes
+        self.pending_bytes = 0
+        self.ready = asyncio.Event()
+        self._closing = False
+
+    def full(self) -> bool:
+        """Whether the pending lines reached the limit (never once cut off: the end marker must fit)."""
+        return not self._closing and self.pending_bytes >= self.limit_bytes
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`cut_off` was called (the end marker is queued)."""
+        return self._closing
+
+    def cut_off(self) -> None:
+        """End the subscriber: it gets what is already queued, then its connection closes."""
+        self._closing = True
+        self.put_nowait(None)
+
+    def _put(self, item: bytes | None) -> None:
+        super()._put(item)  # type: ignore[misc]
+        self.pending_bytes += len(item or b"")
+        self.ready.set()
+
+    def _get(self) -> bytes | None:
+        item = super()._get()  # type: ignore[misc]
+        self.pending_bytes -= len(item or b"")
+        if self.empty():
+            self.ready.clear()
+        return item
+
+
 class StatusHub:
     """Agent states and event fan-out, without sockets (the pure part of status-serve).
 
     Args:
         stale_after: Missed heartbeats before an agent is stale.
         clock: Monotonic clock (seconds), replaceable in tests.
+        backlog_bytes: How far (bytes) a subscriber may fall behind before it is cut off.
     """
 
-    def __init__(self, stale_after: int = STALE_AFTER_HEARTBEATS, clock: Any = time.monotonic) -> None:
+    def __init__(self, stale_after: int = STALE_AFTER_HEARTBEATS, clock: Any = time.monotonic,
+                 backlog_bytes: int = SUBSCRIBER_BACKLOG_BYTES) -> None:
         self.stale_after = stale_after
         self.clock = clock
+        self.backlog_bytes = backlog_bytes
         self.agents: dict[str, AgentState] = {}
-        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
+        self.subscribers: set[SubscriberQueue] = set()
 
     def agent(self, agent_id: str) -> AgentState:
-        return self.agents.setdefault(agent_id, AgentState(agent_id))
+        """The state of ``agent_id``, created on first mention."""
+        state = self.agents.get(agent_id)
+        if state is None:
+            state = self.agents[agent_id] = AgentState(agent_id)
+        return state
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for every subscriber; one that is too far behind is cut off."""
+        if not self.subscribers:
+            return
         line = encode_line(message)
         for queue in list(self.subscribers):
             try:
                 queue.put_nowait(line)
             except asyncio.QueueFull:
-                log.warning("status socket: a subscriber fell %d messages behind; disconnecting it",
-                            queue.maxsize)
+                log.warning("status socket: a subscriber fell %d bytes behind; disconnecting it",
+                            queue.pending_bytes)
                 self.subscribers.discard(queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait(None)
+                queue.cut_off()
 
-    def subscribe(self) -> asyncio.Queue[bytes | None]:
+    def subscribe(self) -> SubscriberQueue:
         """A new subscriber queue, already holding the replay and ``replay.done``."""
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=SUBSCRIBER_BACKLOG)
+        queue = SubscriberQueue(self.backlog_bytes)
         for state in sorted(self.agents.values(), key=lambda a: a.agent_id):
             queue.put_nowait(encode_line(state.status_message()))
         queue.put_nowait(encode_line({"type": REPLAY_DONE, "timestamp": format_rfc3339(now_ns())}))
@@ -241,6 +301,23 @@ class StatusHub:
                 self.broadcast(state.status_message())
 
 
+@dataclass
+class _AgentLink:
+    """One agent's status channel: who opened it and the agent ID it is bound to (None until known)."""
+
+    caller: Caller
+    agent_id: str | None
+    peer_ip: str
+
+
+def take_all(queue: asyncio.Queue[bytes | None]) -> list[bytes | None]:
+    """Everything ``queue`` holds now, without waiting (one write per batch, not per message)."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 class StatusServer:
     """The status listener, the local socket, stale detection and DNS, until shut down.
 
@@ -256,6 +333,7 @@ class StatusServer:
         self._unix: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: dict[str, AgentClient] = {}
+        self._local: dict[SubscriberQueue, asyncio.StreamWriter] = {}
         self._addresses: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._dns_lock = asyncio.Lock()
@@ -311,40 +389,55 @@ class StatusServer:
         return self._spawn(self._serve_agent(process, caller))
 
     async def _serve_agent(self, process: asyncssh.SSHServerProcess, caller: Caller) -> None:
-        bound = caller.agent_id
-        peer_ip = caller.peer.rsplit(":", 1)[0].strip("[]")
-        if bound:
-            self.hub.connected(bound, caller.peer)
+        link = _AgentLink(caller, caller.agent_id, caller.peer.rsplit(":", 1)[0].strip("[]"))
+        if link.agent_id:
+            self.hub.connected(link.agent_id, caller.peer)
         try:
-            async for frame in read_frames(process.stdin):
-                if isinstance(frame, LineTooLong):
-                    log.warning("status: %s sent an oversized line; ignored", caller)
-                    continue
-                try:
-                    event = Event.parse(frame)
-                except BadRequest as e:
-                    log.warning("status: %s sent a bad event: %s", caller, e)
-                    continue
-                if bound is None:
-                    bound = event.agent_id
-                    self.hub.connected(bound, caller.peer)
-                if event.agent_id != bound:
-                    log.warning("status: refused an event claiming agent %s on the connection of agent %s (key %s)",
-                                event.agent_id, bound, caller.fingerprint)
-                    continue
-                self._addresses.setdefault(bound, peer_ip)
-                if self.hub.record(event):
-                    self._spawn(self._update_dns())
-                if event.type == AGENT_STARTED:
-                    self._spawn(self._resync(bound))
+            # Whole reads (READ_CHUNK: what the channel holds), handled a batch at a time.
+            async for frames in read_frame_batches(process.stdin, batch_bytes=AGENT_BATCH_BYTES):
+                for frame in frames:
+                    self._take(link, frame)
+                self._flush_local()
+                # A read that finds data returns without suspending: yield, or this agent
+                # would hold the loop for as long as it keeps sending.
+                await asyncio.sleep(0)
         except (OSError, asyncssh.Error) as e:
             log.info("status: connection from %s ended: %s", caller, e)
         finally:
-            if bound is not None:
-                self.hub.disconnected(bound)
-                log.info("status: agent %s disconnected", bound)
+            if link.agent_id is not None:
+                self.hub.disconnected(link.agent_id)
+                log.info("status: agent %s disconnected", link.agent_id)
             with contextlib.suppress(Exception):
                 process.exit(0)
+
+    def _take(self, link: _AgentLink, frame: bytes | LineTooLong) -> None:
+        """Handle one line from an agent: parse, check the agent ID, record and fan out."""
+        if isinstance(frame, LineTooLong):
+            log.warning("status: %s sent an oversized line; ignored", link.caller)
+            return
+        try:
+            event = Event.parse(frame)
+        except BadRequest as e:
+            log.warning("status: %s sent a bad event: %s", link.caller, e)
+            return
+        if link.agent_id is None:
+            link.agent_id = event.agent_id
+            self.hub.connected(link.agent_id, link.caller.peer)
+        if event.agent_id != link.agent_id:
+            log.warning("status: refused an event claiming agent %s on the connection of agent %s (key %s)",
+                        event.agent_id, link.agent_id, link.caller.fingerprint)
+            return
+        if link.agent_id not in self._addresses:
+            self._addresses[link.agent_id] = link.peer_ip
+        try:
+            dns_changed = self.hub.record(event)
+        except ProtocolError as e:  # its rendering for the local socket is over the line limit
+            log.warning("status: event %s of agent %s not passed on: %s", event.type, link.agent_id, e)
+            return
+        if dns_changed:
+            self._spawn(self._update_dns())
+        if event.type == AGENT_STARTED:
+            self._spawn(self._resync(link.agent_id))
 
     async def _resync(self, agent_id: str) -> None:
         """After ``agent.started``: take the agent's sessions from ``list`` (events may have been dropped)."""
@@ -401,26 +494,44 @@ class StatusServer:
             self.hub.check_stale()
 
     # --- local subscribers -------------------------------------------------------------------
+    def _flush_local(self) -> None:
+        """Write each subscriber's queued lines to its socket now, if the socket took all written before.
+
+        Each subscriber's writer task wakes once per turn of the loop, and one wake moves at most one
+        socket buffer (about 200 KiB) to the kernel; with many busy agents a turn can queue more.
+        Flushing after every agent batch too keeps the local socket in step, while a subscriber that
+        does not read still fills its transport buffer and is left to its writer's ``drain``.
+        """
+        for queue, writer in self._local.items():
+            if queue.empty() or queue.closing or writer.transport.get_write_buffer_size():
+                continue
+            writer.write(b"".join(take_all(queue)))  # type: ignore[arg-type]
+
     async def _subscriber(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue = self.hub.subscribe()
+        self._local[queue] = writer
         gone = asyncio.ensure_future(reader.read())  # subscribers send nothing; EOF means they left
         try:
             while True:
-                get = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
+                if queue.empty():
+                    ready = asyncio.ensure_future(queue.ready.wait())
+                    done, _ = await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if ready not in done:
+                        ready.cancel()
+                        return
+                lines = take_all(queue)  # all at once, and in the same step as the write: order is kept
+                end = lines.index(None) if None in lines else len(lines)
+                if lines[:end]:
+                    writer.write(b"".join(lines[:end]))  # type: ignore[arg-type]
+                    await writer.drain()
+                if end < len(lines):
                     return
-                line = get.result()
-                if line is None:
-                    return
-                writer.write(line)
-                await writer.drain()
         except (ConnectionError, OSError):
             return
         finally:
             gone.cancel()
             self.hub.subscribers.discard(queue)
+            self._local.pop(queue, None)
             writer.close()
 
     # --- lifetime --------------------------------------------------------------------------

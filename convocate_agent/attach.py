@@ -23,7 +23,15 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
 from convocate.common.model import validate_uuid
-from convocate.common.protocol import LineDecoder, LineTooLong, Response, decode_object, encode_line, json_type
+from convocate.common.protocol import (
+    READ_CHUNK,
+    LineDecoder,
+    LineTooLong,
+    Response,
+    decode_object,
+    encode_line,
+    json_type,
+)
 from convocate_agent.rpc import DataReader
 from convocate_agent.service import AgentService, AttachRequest
 
@@ -35,7 +43,12 @@ ATTACH_EXIT_AGENT_STOPPING = 75
 HEADER_MAX = 4096
 #: Largest terminal dimension accepted (tmux's own limit is 10000).
 DIMENSION_MAX = 10000
+#: Bytes read from the Docker exec socket at a time (the attach header's read too).
 RELAY_CHUNK = 64 * 1024
+#: Bytes asked of the SSH channel per read: all it holds (READ_CHUNK, more than its window). With
+#: smaller reads, while Docker holds the writes back (a large paste into a busy pane) asyncssh
+#: would let the operator's side send without bound into the agent's memory (protocol.READ_CHUNK).
+CHANNEL_READ = READ_CHUNK
 
 
 def parse_header(line: bytes) -> AttachRequest:
@@ -81,12 +94,17 @@ def parse_header(line: bytes) -> AttachRequest:
 
 
 async def _read_header(stdin: DataReader) -> tuple[bytes | LineTooLong | None, bytes]:
-    """Read up to the first newline; returns ``(header, bytes after it)``, header None at EOF."""
+    """Read up to the first newline; returns ``(header, bytes after it)``.
+
+    At EOF, bytes without a newline are the header all the same (as :func:`read_frames` treats
+    the RPC's last line), so such a client gets its answer; nothing at all gives ``None``.
+    """
     decoder = LineDecoder(HEADER_MAX)
     while True:
         chunk = await stdin.read(RELAY_CHUNK)
         if not chunk:
-            return None, b""
+            tail = decoder.pending()
+            return (tail if tail.strip() else None), b""
         frames = decoder.feed(chunk)
         if frames:
             if isinstance(frames[0], LineTooLong):
@@ -143,7 +161,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             await resize(cols, rows)
         relay = DataReader(process.stdin, resize)
         while True:
-            data = await relay.read(RELAY_CHUNK)
+            data = await relay.read(CHANNEL_READ)
             if not data:
                 return  # client EOF: keep showing output, never half-close Docker's stream
             stream.writer.write(data)

@@ -14,7 +14,9 @@ from convocate.common.protocol import (
     LineTooLong,
     Request,
     Response,
+    decode_object,
     encode_line,
+    read_frame_batches,
     read_frames,
 )
 
@@ -48,22 +50,58 @@ def test_decoder_accepts_a_line_of_exactly_the_limit():
     assert d.feed(b"12345\n") == [b"12345"]
 
 
+class Reader:
+    """A byte stream that hands out the given chunks, recording the sizes asked for."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.asked = []
+
+    async def read(self, n=-1):
+        self.asked.append(n)
+        return self.chunks.pop(0) if self.chunks else b""
+
+
 def test_read_frames_yields_an_unterminated_last_line():
-    class Reader:
-        def __init__(self, chunks):
-            self.chunks = list(chunks)
-
-        async def read(self, n=-1):
-            return self.chunks.pop(0) if self.chunks else b""
-
     async def collect():
         return [f async for f in read_frames(Reader([b'{"op":"ping"}\n{"op":', b'"list"}']))]
 
     assert asyncio.run(collect()) == [b'{"op":"ping"}', b'{"op":"list"}']
 
 
+def test_read_frame_batches_splits_a_large_read_into_batches_and_keeps_lines_whole():
+    lines = [f'{{"n":{i}}}'.encode() for i in range(1000)]
+    stream = b"\n".join(lines) + b"\n" + b'{"tail":1}'
+    reader = Reader([stream[:7000], stream[7000:]])
+
+    async def collect():
+        return [b async for b in read_frame_batches(reader, read_size=1 << 20, batch_bytes=1024)]
+
+    batches = asyncio.run(collect())
+    assert [f for b in batches for f in b] == lines + [b'{"tail":1}']
+    assert len(batches) > 10 and all(b for b in batches)  # about one batch per KiB, none empty
+    assert set(reader.asked) == {1 << 20}
+
+
+def test_read_frame_batches_replaces_an_oversized_line_that_spans_batches():
+    reader = Reader([b"a\n" + b"x" * 5000 + b"\nb\n"])
+
+    async def collect():
+        return [f async for b in read_frame_batches(reader, LineDecoder(max_line=100), batch_bytes=512) for f in b]
+
+    out = asyncio.run(collect())
+    assert out[0] == b"a" and isinstance(out[1], LineTooLong) and out[2:] == [b"b"]
+
+
 def test_encode_line_is_compact_utf8_with_newline():
     assert encode_line({"name": "café", "n": 1}) == '{"name":"café","n":1}\n'.encode()
+
+
+def test_decode_object_refuses_a_byte_order_mark_and_non_json_constants():
+    with pytest.raises(BadRequest, match="BOM"):
+        decode_object('\ufeff{"op":"ping"}'.encode())
+    with pytest.raises(BadRequest, match="NaN is not a JSON value"):
+        decode_object(b'{"x":NaN}')
 
 
 def test_encode_line_refuses_more_than_the_limit():
@@ -135,3 +173,59 @@ def test_event_round_trip():
     back = Event.parse(json.dumps(e.to_wire()).encode())
     assert back == e
     assert "session_id" not in Event("agent.heartbeat", "abcd1234", timestamp="t").to_wire()
+
+
+def test_read_frames_holds_a_flooding_ssh_peer_to_the_channel_window(tmp_path):
+    """A reader that awaits other work between reads keeps a fast writer to about a window ahead.
+
+    asyncssh (2.24) reopens a paused channel's whole window whenever the reader takes a little;
+    read_frames takes all the channel holds per read (READ_CHUNK > the window), which keeps the
+    peer's lead bounded instead of letting it grow by a window per read (~625 MB here with
+    64 KiB reads).
+    """
+    import asyncssh
+
+    from convocate.common import keys
+    from convocate.common.sshserver import SubsystemListener
+
+    host_key, client_key = keys.generate_key(), keys.generate_key()
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.public_key_line(client_key) + "\n")
+    sent = 0
+
+    async def flood(process) -> None:
+        nonlocal sent
+        block = (b"x" * 1023 + b"\n") * 64
+        try:
+            while True:
+                process.stdout.write(block)
+                sent += len(block)
+                await process.stdout.drain()
+        except (OSError, asyncssh.Error):
+            pass
+
+    async def scenario() -> int:
+        listener = SubsystemListener(listen="127.0.0.1:0", default_port=0, host_key=host_key, authorized_keys=auth,
+                                     subsystems=frozenset({"flood"}), handler=lambda p, c: flood(p),
+                                     server_version="flood")
+        (_, port), = await listener.start()
+        lead = 0
+        try:
+            async with asyncssh.connect("127.0.0.1", port, username="u", client_keys=[client_key],
+                                        known_hosts=([host_key.convert_to_public()], [], []), agent_path=None,
+                                        config=None) as conn:
+                process = await conn.create_process(subsystem="flood", encoding=None)
+                received = 0
+                async for frame in read_frames(process.stdout):
+                    received += len(frame) + 1
+                    lead = max(lead, sent - received)
+                    if received % (64 << 10) == 0:
+                        await asyncio.sleep(0.002)  # a consumer slower than the writer
+                    if received >= 48 << 20:
+                        break
+        finally:
+            await listener.stop_accepting()
+            await listener.close_connections()
+        return lead
+
+    assert asyncio.run(scenario()) < 16 << 20  # a window or two, not what the writer could send

@@ -17,10 +17,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import asyncssh
 import dns.resolver
 import pytest
 
 from convocate.common import keys
+from convocate.common.protocol import Event, encode_line
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
 from tests.test_agent_attach import detach, open_attach
@@ -308,8 +310,8 @@ async def test_a_new_agent_key_is_accepted_without_restarting_status_serve(lone_
     provisioned = auth.read_text()
     auth.write_text("")
     cluster.start()
-    for _ in range(100):
-        if "refused unknown key" in cluster.status_log_text():
+    for _ in range(100):  # both sides log the refusal, each in its own time
+        if "refused unknown key" in cluster.status_log_text() and "login refused" in cluster.log_text():
             break
         await asyncio.sleep(0.1)
     fingerprint = keys.fingerprint(keys.load_private_key(cluster.paths.agent_to_shell_key))
@@ -318,6 +320,38 @@ async def test_a_new_agent_key_is_accepted_without_restarting_status_serve(lone_
     auth.write_text(provisioned)
     async with Subscriber(cluster.paths.status_socket) as sub:
         await sub.wait_for(agent_connected, timeout=20)
+
+
+async def test_a_burst_from_several_agents_reaches_every_subscriber_whole_and_in_order(lone_cluster):
+    cluster = lone_cluster
+    cluster.install()
+    cluster.start()
+    emitter = keys.generate_key()
+    auth = cluster.paths.status_authorized_keys
+    auth.write_text(auth.read_text() + keys.public_key_line(emitter, "burst emitters") + "\n")
+    host_key = keys.load_private_key(cluster.paths.status_host_key).convert_to_public()
+    agents, count = [f"burst{i:03d}" for i in range(4)], 3000
+
+    async def burst(agent_id: str) -> None:
+        async with asyncssh.connect("127.0.0.1", cluster.status_port, username="claude", client_keys=[emitter],
+                                    known_hosts=([host_key], [], []), agent_path=None, config=None) as conn:
+            process = await conn.create_process(subsystem="convocate-status", encoding=None)
+            process.stdin.write(b"".join(
+                encode_line(Event.now("agent.heartbeat", agent_id, data={"interval_s": 30, "n": n}).to_wire())
+                for n in range(count)))  # one write: status-serve takes it in large reads and batches
+            process.stdin.write_eof()
+            await process.wait_closed()
+
+    async with Subscriber(cluster.paths.status_socket) as first, Subscriber(cluster.paths.status_socket) as second:
+        await asyncio.gather(*(burst(a) for a in agents))
+        for sub in (first, second):
+            for agent_id in agents:
+                await sub.wait_for(lambda m, a=agent_id: m["type"] == "agent.heartbeat" and m["agent_id"] == a
+                                   and m["data"]["n"] == count - 1, timeout=60)
+            for agent_id in agents:
+                seen = [m["data"]["n"] for m in sub.since(0)
+                        if m["type"] == "agent.heartbeat" and m["agent_id"] == agent_id]
+                assert seen == list(range(count))
 
 
 async def test_a_wrong_pinned_shell_key_is_refused_by_the_agent(lone_cluster):

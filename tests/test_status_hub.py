@@ -5,7 +5,7 @@ import json
 
 from convocate.common.model import SessionMeta, SessionView
 from convocate.common.protocol import Event
-from convocate.status_server import StatusHub
+from convocate.status_server import StatusHub, take_all
 from convocate_agent.status import EventQueue, backoff_delays
 
 SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
@@ -82,14 +82,43 @@ def test_dns_changes_are_detected_from_events_and_resync():
 
 def test_a_slow_subscriber_is_cut_off_not_waited_for():
     async def scenario():
+        hub = StatusHub(clock=Clock(), backlog_bytes=4096)
+        queue = hub.subscribe()
+        for i in range(200):
+            hub.broadcast({"type": "x", "n": i})
+        return hub, queue, drain(queue)
+
+    hub, queue, got = asyncio.run(scenario())
+    assert queue not in hub.subscribers
+    assert got[-1] is None  # what was queued, then the end of the connection
+    assert 4096 <= sum(len(json.dumps(m, separators=(",", ":"))) + 1 for m in got[:-1]) < 4096 + 100
+
+
+def test_the_backlog_is_counted_in_bytes_not_messages():
+    async def scenario():
+        hub = StatusHub(clock=Clock(), backlog_bytes=1 << 20)
+        queue = hub.subscribe()
+        drain(queue)
+        for i in range(20_000):  # a burst of small events, 20 agents' worth of one read each
+            hub.broadcast({"type": "agent.heartbeat", "n": i})
+        kept = queue in hub.subscribers
+        return kept, queue.pending_bytes, len(drain(queue)), queue.pending_bytes
+
+    kept, pending, count, after = asyncio.run(scenario())
+    assert kept and count == 20_000
+    assert pending == sum(len(f'{{"type":"agent.heartbeat","n":{i}}}\n') for i in range(20_000))
+    assert after == 0
+
+
+def test_the_subscriber_writer_takes_everything_queued_at_once():
+    async def scenario():
         hub = StatusHub(clock=Clock())
         queue = hub.subscribe()
-        for i in range(queue.maxsize + 5):
-            hub.broadcast({"type": "x", "n": i})
-        return hub, queue
+        hub.broadcast({"type": "x"})
+        return take_all(queue), take_all(queue)
 
-    hub, queue = asyncio.run(scenario())
-    assert queue not in hub.subscribers
+    first, second = asyncio.run(scenario())
+    assert [json.loads(line)["type"] for line in first] == ["replay.done", "x"] and second == []
 
 
 def test_event_queue_drops_the_oldest_and_counts():

@@ -11,6 +11,8 @@ envelope and nothing else: the meaning of ``params`` belongs to
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,8 +32,18 @@ from convocate.common.timefmt import format_rfc3339
 #: Largest line, newline excluded, any convocate peer accepts (DESIGN §3): 1 MiB.
 MAX_LINE_BYTES = 1 << 20
 
-#: Bytes asked of a reader per call by :func:`read_frames`.
-READ_CHUNK = 64 * 1024
+#: Longest error text an error response carries, in characters; a longer one loses its middle.
+ERROR_TEXT_MAX = 8192
+
+#: Bytes asked of a reader per call by :func:`read_frames` (4 MiB): more than an SSH channel's
+#: receive window (asyncssh's default, 2 MiB), so that each read of an asyncssh channel empties
+#: all it holds. asyncssh (2.24) lets a paused channel resume as soon as the reader takes a
+#: little, and then opens the whole window again however much the channel still buffers: a
+#: reader that takes less than that per read, and awaits other work between reads (a server
+#: that yields to its other clients, or waits on what it forwards to), lets a fast peer send
+#: without bound (measured: hundreds of MiB buffered in seconds). A read returns what is
+#: there, so this costs nothing when little is.
+READ_CHUNK = 4 << 20
 
 # Subsystem names (DESIGN §2).
 RPC_SUBSYSTEM = "convocate-agent-rpc"
@@ -121,6 +133,44 @@ class ByteReader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...  # pragma: no cover - protocol
 
 
+async def read_frame_batches(reader: ByteReader, decoder: LineDecoder | None = None, read_size: int = READ_CHUNK,
+                             batch_bytes: int | None = None) -> AsyncIterator[list[bytes | LineTooLong]]:
+    """Yield the lines of ``reader`` in batches, until EOF.
+
+    The batch form of :func:`read_frames`, for a server that handles many
+    lines per read: one ``await`` per batch instead of one per line, and a
+    natural point to yield to other tasks. A large read can be split into
+    batches of about ``batch_bytes`` each, so that a caller may take all a
+    reader holds in one read and still hand the loop back often.
+
+    Args:
+        reader: The byte stream, e.g. an asyncssh ``SSHReader`` opened with
+            ``encoding=None``.
+        decoder: The decoder to use; a new one with the default limit if omitted.
+        read_size: Bytes asked of ``reader`` per read (:data:`READ_CHUNK` by default).
+        batch_bytes: Bytes of input per batch; None for one batch per read.
+
+    Yields:
+        Non-empty lists of complete lines, in stream order (bytes without the
+        newline, or :class:`LineTooLong` for each oversized line); last, the
+        unterminated tail if it holds more than whitespace.
+    """
+    decoder = decoder or LineDecoder()
+    step = batch_bytes or read_size
+    while True:
+        chunk = await reader.read(read_size)
+        if not chunk:
+            break
+        for offset in range(0, len(chunk), step):
+            items = decoder.feed(chunk[offset:offset + step] if len(chunk) > step else chunk)
+            if items:
+                yield items
+    if not decoder.discarding:
+        tail = decoder.pending()
+        if tail.strip():
+            yield [tail]
+
+
 async def read_frames(reader: ByteReader, decoder: LineDecoder | None = None) -> AsyncIterator[bytes | LineTooLong]:
     """Yield the lines of ``reader`` until EOF.
 
@@ -135,17 +185,9 @@ async def read_frames(reader: ByteReader, decoder: LineDecoder | None = None) ->
     Yields:
         Lines as bytes, or :class:`LineTooLong` for each oversized line.
     """
-    decoder = decoder or LineDecoder()
-    while True:
-        chunk = await reader.read(READ_CHUNK)
-        if not chunk:
-            break
-        for item in decoder.feed(chunk):
+    async for items in read_frame_batches(reader, decoder):
+        for item in items:
             yield item
-    if not decoder.discarding:
-        tail = decoder.pending()
-        if tail.strip():
-            yield tail
 
 
 def encode_line(obj: Any) -> bytes:
@@ -160,7 +202,12 @@ def encode_line(obj: Any) -> bytes:
     Raises:
         ProtocolError: the rendering exceeds :data:`MAX_LINE_BYTES`.
     """
-    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        data = _ENCODER.encode(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\ud800" escape a peer sent) has no UTF-8 form; escaped,
+        # it is still JSON (RFC 8259 §7), so the line can carry it back.
+        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     if len(data) > MAX_LINE_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit")
     return data + b"\n"
@@ -185,9 +232,14 @@ def decode_object(line: bytes, what: str = "request") -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise BadRequest(f"{what} is not valid UTF-8 ({e.reason})") from e
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        if text.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise BadRequest(f"{what} is not valid JSON: {e}") from e
+    except ValueError as e:  # an integer literal beyond Python's digit limit (sys.get_int_max_str_digits)
+        raise BadRequest(f"{what} is not valid JSON: a number has more than {sys.get_int_max_str_digits()} "
+                         "digits") from e
     except RecursionError as e:
         raise BadRequest(f"{what} nests too deeply") from e
     if not isinstance(obj, dict):
@@ -198,6 +250,33 @@ def decode_object(line: bytes, what: str = "request") -> dict[str, Any]:
 def _refuse_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; RFC 8259 §6 does not.
     raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 reads as infinity, which no JSON peer could read back when echoed (RFC 8259 §6).
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise json.JSONDecodeError(f"number {text[:40]} is out of range", text, 0)
+    return value
+
+
+# One encoder and one decoder for every line: ``json.dumps``/``json.loads`` with
+# non-default arguments build a new one per call, a third of the cost of a small event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def bounded_text(text: str, limit: int = ERROR_TEXT_MAX) -> str:
+    """``text`` cut to about ``limit`` characters by dropping its middle.
+
+    Error messages quote what the client sent; a value near the line limit
+    would make the error itself too long to send. The head (which names the
+    field) and the tail (which states the rule) are kept.
+    """
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]}…[{len(text) - head - tail} characters cut]…{text[-tail:]}"
 
 
 def json_type(value: Any) -> str:
@@ -315,7 +394,7 @@ class Response:
         travel as ``internal``; the message still says what is wrong.
         """
         code = error.code if error.code in WIRE_CODES else InternalError.code
-        return cls(ok=False, error=error.message, code=code, id=request_id)
+        return cls(ok=False, error=bounded_text(error.message), code=code, id=request_id)
 
     def to_wire(self) -> dict[str, Any]:
         """Return the JSON object, omitting absent fields as the original agents do."""

@@ -5,16 +5,23 @@ Baselines, measured in the same run on the same image:
   both until ``tmux has-session`` answers (the session can be attached);
 - attach against ``docker exec -it <ctr> tmux attach`` run on a local pty, driven the same way
   (first byte of the screen, then one key and its echo);
-- relay throughput (a large output in the session, through tmux and the SSH relay) against
-  ``docker exec <ctr> cat`` of the same bytes (no tmux, no SSH).
+- relay throughput: a large output shown in a session (a 1-CPU one of its own) through tmux and
+  the SSH relay, from the command that shows it until its last line arrives; against the same
+  output shown the same way through ``docker exec -it <ctr> tmux attach`` on a local pty (tmux
+  without the relay: the ratio is the relay's own cost), and against ``docker exec <ctr> cat`` of
+  the same bytes (no tmux, no SSH: what tmux itself costs). Median of 3, the two alternated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import pty
 import select
+import struct
+import termios
 import time
 import uuid as uuidlib
 
@@ -25,6 +32,14 @@ from tests.conftest import connect, rpc_ok
 from tests.test_agent_attach import open_attach
 
 UID = "1337:1337"
+#: The throughput session: a whole CPU, and memory for tmux's scrollback of the output.
+THROUGHPUT_CPUS = 1.0
+THROUGHPUT_MEMORY_MB = 1024
+THROUGHPUT_COLS, THROUGHPUT_ROWS = 200, 50
+THROUGHPUT_ROUNDS = 3
+#: Bytes asked of an attach channel per read: more than asyncssh's 2 MiB channel window, which a
+#: reader must empty at once for the window to hold (see convocate.terminal).
+SSH_READ_BYTES = 4 << 20
 
 
 def _wait_tmux(container, timeout: float = 30.0) -> None:
@@ -84,6 +99,70 @@ def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int) -> tuple[
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def _show_big(container, marker: str) -> str:
+    """Open a tmux window (current for every attached client) that prints /tmp/big, then ``marker``.
+
+    Returns:
+        The window's ID, for :func:`_close_window`.
+    """
+    return container.exec_run(["tmux", "new-window", "-P", "-F", "#{window_id}", "-t", "main",
+                               f"cat /tmp/big; echo {marker}; sleep 60"],
+                              user=UID, environment={"HOME": "/home/claude"}).output.decode().strip()
+
+
+def _close_window(container, window: str) -> None:
+    """Close a window of :func:`_show_big` (its scrollback would pile up in tmux's memory)."""
+    container.exec_run(["tmux", "kill-window", "-t", window], user=UID, environment={"HOME": "/home/claude"})
+
+
+def _wait_no_clients(container, timeout: float = 10.0) -> None:
+    """Wait until no tmux client is attached (an ended attach's client may take a moment to go)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = container.exec_run(["tmux", "list-clients"], user=UID, environment={"HOME": "/home/claude"}).output
+        if not out.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("a tmux client stayed attached")
+
+
+async def _quiet(process, quiet: float) -> None:
+    """Read an attach channel until it has been silent for ``quiet`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        while await asyncio.wait_for(process.stdout.read(SSH_READ_BYTES), quiet):
+            pass
+
+
+def _pty_throughput(argv: list[str], container, total: int) -> float:
+    """MB/s of :func:`_show_big` seen through ``argv`` (a tmux client) run on a local pty of the bench's size."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", THROUGHPUT_ROWS, THROUGHPUT_COLS, 0, 0))
+        os.execvp(argv[0], argv)
+    try:
+        _drain(fd, 0.5)
+        marker = uuidlib.uuid4().hex
+        started = time.perf_counter()
+        window = _show_big(container, marker)
+        tail = b""
+        while marker.encode() not in tail:
+            if not select.select([fd], [], [], 60)[0]:
+                raise RuntimeError("no output from docker exec -it within 60 s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise RuntimeError("docker exec -it ended before the output did")
+            tail = (tail + chunk)[-200:]
+        elapsed = time.perf_counter() - started
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+        # Docker cannot end an exec: its tmux client outlives the killed CLI until detached.
+        container.exec_run(["tmux", "detach-client", "-s", "main"], user=UID, environment={"HOME": "/home/claude"})
+    _close_window(container, window)
+    return total / elapsed / (1 << 20)
 
 
 def _drain(fd: int, quiet: float) -> None:
@@ -154,35 +233,55 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
                                   percentile(base_echoes, q), "docker exec -it tmux attach"))
 
         # --- throughput ------------------------------------------------------------------------------
+        # A session of its own with a whole CPU (the ones above have 0.2, at which tmux alone
+        # manages ~5 MB/s and would hide the relay's cost) and room for tmux's scrollback.
+        async def throughput_session() -> str:
+            async with connect(cluster) as ssh:
+                made = await rpc_ok(ssh, "create", {"name": "bench-throughput", "cpus": THROUGHPUT_CPUS,
+                                                    "memory_mb": THROUGHPUT_MEMORY_MB, "start": True})
+                return made["uuid"]
+
+        tsid = asyncio.run(throughput_session())
+        container = client.containers.get(f"convocate-session-{tsid}")
+        _wait_tmux(container)
+        time.sleep(1.0)
         size = megabytes << 20
         container.exec_run(["sh", "-c", f"head -c {size} /dev/urandom | base64 -w 100 > /tmp/big"], user=UID)
         total = int(container.exec_run(["stat", "-c", "%s", "/tmp/big"], user=UID).output)
 
         async def relay_throughput() -> float:
             async with connect(cluster) as ssh:
-                process, _ = await open_attach(ssh, sid, cols=200, rows=50)
-                await asyncio.sleep(0.5)
-                await process.stdout.read(1 << 20)
+                process, _ = await open_attach(ssh, tsid, cols=THROUGHPUT_COLS, rows=THROUGHPUT_ROWS)
+                await _quiet(process, 0.5)
                 marker = uuidlib.uuid4().hex
                 started = time.perf_counter()
-                # A new window (made current for the attached client) prints the file, then a marker.
-                container.exec_run(["tmux", "new-window", "-t", "main", f"cat /tmp/big; echo {marker}; sleep 30"],
-                                   user=UID, environment={"HOME": "/home/claude"})
+                window = _show_big(container, marker)
                 tail = b""
                 while marker.encode() not in tail:  # the pane's last line, after all of the file
-                    chunk = await asyncio.wait_for(process.stdout.read(1 << 20), 60)
+                    chunk = await asyncio.wait_for(process.stdout.read(SSH_READ_BYTES), 60)
                     if not chunk:
                         raise RuntimeError("the attach ended before the output did")
                     tail = (tail + chunk)[-200:]
                 elapsed = time.perf_counter() - started
                 process.close()
-                return total / elapsed / (1 << 20)
+            _close_window(container, window)
+            return total / elapsed / (1 << 20)
 
-        relay_mbs = asyncio.run(relay_throughput())
+        argv = ["/usr/bin/docker", "exec", "-it", "-u", UID, "-e", "HOME=/home/claude", "-e", "TERM=xterm-256color",
+                container.id, "tmux", "attach-session", "-t", "main"]
+        relay_runs, direct_runs = [], []
+        for _ in range(THROUGHPUT_ROUNDS):  # alternated, so that drift on a shared machine hits both alike
+            relay_runs.append(asyncio.run(relay_throughput()))
+            _wait_no_clients(container)
+            direct_runs.append(_pty_throughput(argv, container, total))
+            _wait_no_clients(container)
         started = time.perf_counter()
         out = container.exec_run(["cat", "/tmp/big"], user=UID).output
-        base_mbs = len(out) / (time.perf_counter() - started) / (1 << 20)
-        figures.append(Figure("relay throughput (session output)", "MB/s", relay_mbs, base_mbs,
+        cat_mbs = len(out) / (time.perf_counter() - started) / (1 << 20)
+        figures.append(Figure("relay throughput (session output, median)", "MB/s", median(relay_runs),
+                              median(direct_runs), "docker exec -it tmux attach on a local pty (tmux, no relay)",
+                              lower_is_better=False))
+        figures.append(Figure("relay throughput (session output, median)", "MB/s", median(relay_runs), cat_mbs,
                               "docker exec cat (no tmux, no SSH)", lower_is_better=False))
     client.close()
     return figures

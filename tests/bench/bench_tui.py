@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def bench_less(runs: int) -> list[float]:
                 repaints.append((time.perf_counter() - sent) * 1000)
         finally:
             term.close()
+    shutil.rmtree(text.parent, ignore_errors=True)
     return repaints
 
 
@@ -156,6 +158,7 @@ def run(runs: int = 3) -> list:
     lists = bench_ls(root, runs)
     less = bench_less(runs)
     loop.call_soon_threadsafe(loop.stop)
+    shutil.rmtree(root, ignore_errors=True)
     label = f"{AGENTS} agents x {SESSIONS} sessions"
     return [Figure(f"TUI open, {label}", "ms", median(opens), median(lists), "convocate ls of the same sessions"),
             Figure("TUI repaint after a key p50", "ms", percentile(repaints, 0.5), percentile(less, 0.5),

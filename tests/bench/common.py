@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import statistics
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -55,13 +57,22 @@ def median(values: list[float]) -> float:
 
 @contextlib.contextmanager
 def scratch_cluster(image: str, **kwargs) -> Iterator[LocalCluster]:
-    """A local cluster under a temporary root, torn down afterwards (containers included)."""
+    """A local cluster under a temporary root, torn down afterwards (containers included).
+
+    The root is removed when the benchmark succeeds, and kept (with the daemons' logs) when it fails.
+    """
     root = Path(tempfile.mkdtemp(prefix="convocate-bench-"))
     cluster = LocalCluster(root=root, image=image, **kwargs)
-    cluster.install()
-    cluster.start()
+    ok = False
     try:
+        cluster.install()
+        cluster.start()
         yield cluster
+        ok = True
     finally:
         cluster.stop_all()
         remove_containers(root)
+        if ok:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"bench: kept {root} (logs: agent.log, status.log)", file=sys.stderr)
