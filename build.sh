@@ -3,7 +3,7 @@
 #
 #   ./build.sh deps            apt packages, the .venv with pinned Python deps, a running dockerd
 #   ./build.sh image [--real]  the session image: convocate:<v>-standin (tests) or convocate:<v> (Claude Code)
-#   ./build.sh test [ARGS]     deps + test image + the test suite (ARGS go to pytest)
+#   ./build.sh test [--full] [ARGS]  deps + test image + the suite (ARGS go to pytest; --full: full reliability run)
 #   ./build.sh zipapps [--out DIR]
 #                              the three role zipapps (shiv, reproducible) [build/zipapps]
 #   ./build.sh debs [--out DIR] [--version V]
@@ -104,11 +104,16 @@ cmd_image() {
 }
 
 # --- test, lint -----------------------------------------------------------------------------
-cmd_test() {
+cmd_test() {  # cmd_test [--full] [PYTEST ARGS]: --full runs tests/reliability at full size (>= 10,000 fuzz cases)
+    local reliability=fast
+    if [ "${1:-}" = "--full" ]; then
+        reliability=full
+        shift
+    fi
     cmd_deps
     build_image "$TEST_IMAGE" none
-    say "running the test suite"
-    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" "$PY" -m pytest "$@"
+    say "running the test suite (reliability suite: $reliability)"
+    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" CONVOCATE_RELIABILITY="$reliability" "$PY" -m pytest "$@"
 }
 
 cmd_lint() {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import asyncssh
@@ -19,7 +20,15 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
 from convocate.common.ops import decode_params
-from convocate.common.protocol import NO_ID, LineTooLong, Request, Response, encode_line, read_frames
+from convocate.common.protocol import (
+    MAX_LINE_BYTES,
+    NO_ID,
+    LineTooLong,
+    Request,
+    Response,
+    encode_line,
+    read_frames,
+)
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -115,16 +124,37 @@ class DataReader:
                 continue
 
 
+def _render(response: Response) -> bytes:
+    """The response line; an answer too long for one line becomes an error that fits.
+
+    A result too large is the agent's problem (``internal``); an ``id`` too
+    large to echo back is the client's (``bad_request``, sent without the id).
+    """
+    try:
+        return encode_line(response.to_wire())
+    except ProtocolError as e:
+        too_long = e
+    if response.id is not NO_ID:
+        try:
+            encode_line(replace(response, id=NO_ID).to_wire())
+        except ProtocolError:
+            pass
+        else:  # the echo alone is what does not fit
+            detail = messages.ID_TOO_LARGE.format(limit=MAX_LINE_BYTES)
+            return encode_line(Response.failure(BadRequest(messages.MALFORMED_REQUEST.format(detail=detail))).to_wire())
+    failure = Response.failure(InternalError(f"result too large: {too_long}"), response.id)
+    try:
+        return encode_line(failure.to_wire())
+    except ProtocolError:
+        return encode_line(replace(failure, id=NO_ID).to_wire())
+
+
 async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: str) -> None:
     """Answer requests on one channel until the client closes its side, then close."""
     try:
         async for frame in read_frames(DataReader(process.stdin)):
             response = await dispatcher.handle_frame(frame, caller)
-            try:
-                line = encode_line(response.to_wire())
-            except ProtocolError as e:
-                line = encode_line(Response.failure(InternalError(f"result too large: {e}"), response.id).to_wire())
-            process.stdout.write(line)
+            process.stdout.write(_render(response))
             await process.stdout.drain()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
         log.info("rpc channel from %s ended: %s", caller, e)

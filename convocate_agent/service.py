@@ -303,10 +303,15 @@ class AgentService:
             try:
                 meta = await self._start(meta, image)
             except BaseException:
-                # The caller asked for a running session and gets an error: leave nothing behind.
+                # The caller asked for a running session and gets an error: leave nothing behind,
+                # even when dockerd is what failed (the container, if any, is swept at the next start).
                 self._expect_stop(session_id)
-                await self.runtime.remove(session_id)
+                try:
+                    await self.runtime.remove(session_id)
+                except DockerError as e:
+                    log.warning("create %s: cannot remove its container: %s", session_id, e)
                 await asyncio.to_thread(self.store.trash, session_id)
+                self.reports.close(session_id)
                 raise
             wire = self._view(meta, ContainerState(session_id, "", True, "running", image, meta.cpus, meta.memory_mb),
                               False).to_wire()

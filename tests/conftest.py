@@ -96,7 +96,7 @@ def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> It
         except docker.errors.DockerException:
             return
         with contextlib.closing(client):
-            for c in client.containers.list(all=True, filters={"label": "convocate.root"}):
+            for c in client.containers.list(all=True, filters={"label": "convocate.root"}, ignore_removed=True):
                 root = c.labels.get("convocate.root", "")
                 if root.startswith(prefix) and root not in spare:
                     with contextlib.suppress(docker.errors.APIError):

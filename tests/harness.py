@@ -51,6 +51,8 @@ class LocalCluster:
         image: Session image tag written to ``current-image``.
         listen: Address for the agent's SSH listener; port 0 picks a free one.
         log_path: Where the agent's log goes.
+        command_prefix: Put before the daemons' command lines (e.g. ``ip netns exec NS``,
+            to run them in a network namespace); it must exec them, keeping the PID.
     """
 
     root: Path
@@ -66,6 +68,7 @@ class LocalCluster:
     status_process: subprocess.Popen | None = None
     status_args: list[str] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
+    command_prefix: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -129,7 +132,7 @@ class LocalCluster:
         """Start a role subprocess and wait for its "listening on HOST:PORT" log line."""
         with open(log_path, "ab") as log:
             offset = log.tell()
-            proc = subprocess.Popen([python(), "-m", *args], env=self.env, cwd=REPO, stdout=log,
+            proc = subprocess.Popen([*self.command_prefix, python(), "-m", *args], env=self.env, cwd=REPO, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -208,7 +211,8 @@ def remove_containers(root: Path) -> int:
 
     client = docker.from_env()
     try:
-        found = client.containers.list(all=True, filters={"label": f"convocate.root={root.absolute()}"})
+        # sparse: no inspect per container, which fails on one removed between the list and the inspect
+        found = client.containers.list(all=True, sparse=True, filters={"label": f"convocate.root={root.absolute()}"})
         for c in found:
             with contextlib.suppress(docker.errors.APIError):  # gone, or removal already in progress
                 c.remove(force=True)

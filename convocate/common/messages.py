@@ -11,6 +11,7 @@ UNKNOWN_OP = 'unknown op: "{op}"'
 DECODE_PARAMS = "decode params: {detail}"
 SESSION_NOT_FOUND = 'session "{id}" does not exist'
 LINE_TOO_LONG = "line exceeds {limit} bytes"
+ID_TOO_LARGE = "the request's id is too large to echo in a response of at most {limit} bytes"
 
 # --- parameter rules ---------------------------------------------------------
 UNKNOWN_FIELD = 'unknown field "{field}"'

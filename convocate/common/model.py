@@ -10,6 +10,7 @@ All functions here are pure.
 from __future__ import annotations
 
 import re
+import sys
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -255,8 +256,8 @@ class SessionMeta:
             raise BadRequest("stored port cannot be -1 (auto)")
         cpus = obj.get("cpus", 0) or 0
         memory = obj.get("memory_mb", 0) or 0
-        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus < 0:
-            raise BadRequest(f"bad cpus {cpus!r}")
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 <= cpus <= sys.float_info.max:
+            raise BadRequest(f"bad cpus {cpus!r}")  # NaN, and an integer beyond float's range, too
         if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
             raise BadRequest(f"bad memory_mb {memory!r}")
         image = obj.get("image", "") or ""
