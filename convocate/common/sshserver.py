@@ -27,6 +27,7 @@ import asyncssh
 
 from convocate.common import keys
 from convocate.common.errors import ConfigError
+from convocate.common.sshclient import CIPHERS
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,7 @@ class SubsystemListener:
             password_auth=False, kbdint_auth=False, public_key_auth=True,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
             login_timeout=login_timeout, keepalive_interval=30, keepalive_count_max=3,
+            encryption_algs=list(CIPHERS),
             server_version=self.server_version,
         )
         self.addresses = [(a[0], a[1]) for a in self._acceptor.get_addresses()]
