@@ -206,8 +206,17 @@ def _terminate(proc: subprocess.Popen | None, sig: int, timeout: float) -> int |
 
 
 def remove_containers(root: Path) -> int:
-    """Force-remove every container labelled with this relocated root; returns how many."""
+    """Force-remove every container labelled with this relocated root, then its agent's cgroup parent.
+
+    The agent removes its parent when it stops, but not while its containers are still in it; a
+    cluster torn down (agent first, then containers) would leave the parent in every hierarchy.
+
+    Returns:
+        How many containers were removed.
+    """
     import docker
+
+    from convocate_agent import cgroups
 
     client = docker.from_env()
     try:
@@ -216,6 +225,10 @@ def remove_containers(root: Path) -> int:
         for c in found:
             with contextlib.suppress(docker.errors.APIError):  # gone, or removal already in progress
                 c.remove(force=True)
+        agent_id = read_token(Paths(root.absolute()).agent_id_file)
+        if agent_id:
+            with contextlib.suppress(docker.errors.DockerException):
+                cgroups.detect(client.info(), f"convocate-sessions-{agent_id}").cleanup()
         return len(found)
     finally:
         client.close()
