@@ -397,7 +397,9 @@ HEADER_OBJECTS = st.one_of(
 @st.composite
 def attach_streams(draw: st.DrawFn) -> bytes:
     """What an attach client sends: a header line (or not), maybe terminal bytes after it."""
-    kind = draw(st.sampled_from(["object", "object", "object", "raw", "long", "unterminated"]))
+    kind = draw(st.sampled_from(["object", "object", "object", "raw", "long", "unterminated", "nothing"]))
+    if kind == "nothing":  # no header at all, or only blanks: the channel closes silently
+        return draw(st.sampled_from([b"", b" ", b"\t", b"  \t "]))
     if kind == "raw":
         header = draw(RAW_LINES)
     elif kind == "long":
@@ -529,11 +531,18 @@ def _count_frames(stream: bytes) -> list[bytes]:
 
 
 def _salvaged_id(line: bytes) -> Any:
+    """The ``id`` of a request line as a client reads it back from a response.
+
+    Raw UTF-8 surrogates (``\\xed\\xa0\\x80\\xed\\xb0\\x80``) decode to two lone surrogates, which the
+    agent echoes as the JSON escapes ``\\ud800\\udc00``: a JSON reader joins those into one character
+    (RFC 8259 §7), so the id is compared as it survives that round trip.
+    """
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    return obj.get("id", None) if isinstance(obj, dict) else None
+    found = obj.get("id", None) if isinstance(obj, dict) else None
+    return None if found is None else json.loads(json.dumps(found))
 
 
 async def _run_rpc_channel(root: Path, runtime: FakeRuntime, lines: list[Any], cuts: list[int]) -> None:
