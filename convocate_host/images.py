@@ -24,10 +24,9 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
 from convocate_host.report import LiveReport
-from convocate_host.target import HostError, Target
+from convocate_host.target import HostError, Target, relay
 
 ARCHIVE_DIR = str(Paths().image_archive_dir)
-CHUNK = 1 << 20
 AGENT_COMMAND: tuple[str, ...] = ("convocate-agent",)
 
 
@@ -122,24 +121,18 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
     source = await shell.open_process(["cat", "--", archive.path])
     sink = await agent.open_process([*command, "load-image", "--sha256", archive.sha256, "--tag", archive.tag, "-"])
     digest = hashlib.sha256()
-    sent = 0
-    started = last = time.monotonic()
-    try:
-        while chunk := await source.read(CHUNK):
-            digest.update(chunk)
-            sink.write(chunk)
-            await sink.drain()
-            sent += len(chunk)
-            now = time.monotonic()
-            if progress is not None and (now - last > 0.5 or sent == archive.size):
-                last = now
-                _draw(progress, archive, sent, now - started)
-        await sink.close_stdin()
-    except BaseException:
-        source.kill()
-        sink.kill()
-        raise
-    read_result, load_result = await source.wait(), await sink.wait()
+    started = time.monotonic()
+    seen = {"bytes": 0, "drawn": started}
+
+    def observe(chunk: bytes) -> None:
+        digest.update(chunk)
+        seen["bytes"] += len(chunk)
+        now = time.monotonic()
+        if progress is not None and now - seen["drawn"] > 0.5:
+            seen["drawn"] = now
+            _draw(progress, archive, seen["bytes"], now - started)
+
+    sent, read_result, load_result = await relay(source, sink, observe=observe)
     if progress is not None:
         _draw(progress, archive, sent, time.monotonic() - started)
         progress.write("\n")

@@ -21,10 +21,9 @@ import json
 from convocate.common.model import validate_uuid
 from convocate.common.paths import Paths
 from convocate_host.report import LiveReport
-from convocate_host.target import HostError, Target
+from convocate_host.target import HostError, Target, relay
 
 PATHS = Paths()
-CHUNK = 1 << 20
 #: One line per entry, sorted: type, mode, owner, size, SHA-256 (files) and path; run in the directory.
 _MANIFEST = r"""set -eu
 cd "$1"
@@ -77,18 +76,7 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
     await agent.sh('rm -rf -- "$1" && mkdir -p -- "$1"', staging, what="preparing the staging directory")
     sender = await shell.open_process(["tar", "-C", str(PATHS.session_base), "--numeric-owner", "-cf", "-", sid])
     receiver = await agent.open_process(["tar", "-C", staging, "--numeric-owner", "--same-owner", "-xpf", "-"])
-    sent = 0
-    try:
-        while chunk := await sender.read(CHUNK):
-            receiver.write(chunk)
-            await receiver.drain()
-            sent += len(chunk)
-        await receiver.close_stdin()
-    except BaseException:
-        sender.kill()
-        receiver.kill()
-        raise
-    packed, unpacked = await sender.wait(), await receiver.wait()
+    sent, packed, unpacked = await relay(sender, receiver)
     if not packed.ok or not unpacked.ok:
         await agent.run(["rm", "-rf", "--", staging], check=False)
         failed = packed if not packed.ok else unpacked

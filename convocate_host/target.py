@@ -21,7 +21,7 @@ import getpass
 import hashlib
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 CONNECT_TIMEOUT_S = 20.0
 
 #: Writes stdin to a temporary file beside $1, gives it mode $2 and owner $3, syncs it and renames
-#: it over $1; the temporary file never outlives a failure.
+#: it over $1; the temporary file never outlives a failure. With $4 (a SHA-256, or "-" for "does not
+#: exist") the rename happens only if $1 still is that, else it exits 3 (compare-and-swap).
 _WRITE_SCRIPT = """\
 set -eu
 tmp=$(mktemp "$(dirname -- "$1")/.convocate-host.XXXXXX")
@@ -44,10 +45,17 @@ cat > "$tmp"
 chmod "$2" "$tmp"
 chown "$3" "$tmp"
 sync -- "$tmp"
+if [ -n "${4:-}" ]; then
+    now=-
+    [ ! -e "$1" ] || now=$(sha256sum < "$1" | cut -d' ' -f1)
+    [ "$now" = "$4" ] || exit 3
+fi
 mv -f -- "$tmp" "$1"
 trap - EXIT
 sync -- "$(dirname -- "$1")"
 """
+#: How :func:`Target.write_file` names "the file must not exist yet" for ``expect_sha256``.
+ABSENT = "-"
 
 #: Prints "MODE OWNER:GROUP SHA256" of $1, or nothing when it does not exist.
 _STAT_SCRIPT = """\
@@ -62,6 +70,10 @@ class HostError(ConvocateError):
 
     code = "host"
     exit_code = 1
+
+
+class FileChanged(HostError):
+    """A compare-and-swap write found the file changed since it was read (someone else wrote it)."""
 
 
 class SudoRequired(HostError):
@@ -137,6 +149,41 @@ class Process(abc.ABC):
     @abc.abstractmethod
     def kill(self) -> None:
         """Stop the command (best effort)."""
+
+
+#: Bytes moved per read when one command's output is fed to another.
+RELAY_CHUNK = 1 << 20
+
+
+async def relay(source: Process, sink: Process, *,
+                observe: Callable[[bytes], None] | None = None) -> tuple[int, CommandResult, CommandResult]:
+    """Feed ``source``'s stdout to ``sink``'s stdin (with backpressure), then wait for both.
+
+    Args:
+        source: The command whose output is sent.
+        sink: The command that receives it.
+        observe: Called with each chunk on its way (hashing, progress).
+
+    Returns:
+        ``(bytes moved, source's result, sink's result)``.
+
+    Raises:
+        Whatever stopped the transfer; both commands are killed first.
+    """
+    moved = 0
+    try:
+        while chunk := await source.read(RELAY_CHUNK):
+            if observe is not None:
+                observe(chunk)
+            sink.write(chunk)
+            await sink.drain()
+            moved += len(chunk)
+        await sink.close_stdin()
+    except BaseException:
+        source.kill()
+        sink.kill()
+        raise
+    return moved, await source.wait(), await sink.wait()
 
 
 class Target(abc.ABC):
@@ -221,7 +268,8 @@ class Target(abc.ABC):
             return None
         return FileState(int(out[0], 8), out[1], out[2])
 
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root:root") -> bool:
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root:root",
+                         expect_sha256: str | None = None) -> bool:
         """Make ``path`` hold exactly ``data`` with ``mode`` and ``owner``, atomically.
 
         Nothing is written when the file already matches. The parent directory must exist.
@@ -231,17 +279,26 @@ class Target(abc.ABC):
             data: The whole content.
             mode: Permission bits.
             owner: ``user:group``.
+            expect_sha256: Replace the file only if it still has this SHA-256 (:data:`ABSENT`: only if it
+                does not exist), for a file another program writes too.
 
         Returns:
             True when something changed.
 
         Raises:
+            FileChanged: ``expect_sha256`` no longer holds; nothing was written.
             HostError: it could not be written; the old file (if any) is intact.
         """
         wanted = FileState(mode, owner, hashlib.sha256(data).hexdigest())
         if await self.file_state(path) == wanted:
             return False
-        await self.sh(_WRITE_SCRIPT, path, f"{mode:o}", owner, input=data, what=f"writing {path}")
+        result = await self.sh(_WRITE_SCRIPT, path, f"{mode:o}", owner, expect_sha256 or "", input=data, check=False)
+        if result.returncode == 3 and expect_sha256:
+            raise FileChanged(f"{self.description}: {path} changed while it was being updated")
+        if not result.ok:
+            raise HostError(messages.HOST_COMMAND_FAILED.format(
+                host=self.description, what=f"writing {path}", command=f"replace {path}",
+                status=result.returncode, detail=result.detail()))
         return True
 
     async def ensure_dir(self, path: str, *, mode: int = 0o755, owner: str = "root:root") -> bool:

@@ -52,7 +52,15 @@ from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
 from convocate_host.debs import APT_ENV
 from convocate_host.report import LiveReport
-from convocate_host.target import CommandResult, HostError, Target, add_ssh_options, open_target
+from convocate_host.target import (
+    ABSENT,
+    CommandResult,
+    FileChanged,
+    HostError,
+    Target,
+    add_ssh_options,
+    open_target,
+)
 
 DEFAULT_URI = "qemu:///system"
 #: libvirt's own image directory on Debian and Ubuntu (libvirt-daemon-system creates it, mode 0711).
@@ -1388,25 +1396,6 @@ async def _keep_existing(virsh: Virsh, spec: VMSpec, existing: DomainConfig, rep
 
 
 # --- DNS on the shell host ---------------------------------------------------------------------------------
-#: Replaces $1 with stdin only when $1 still has SHA-256 $2 ("-": does not exist), so a concurrent
-#: writer (status-serve) is never overwritten with stale content; exits 3 when it changed.
-_CAS_WRITE_SCRIPT = """\
-set -eu
-tmp=$(mktemp "$(dirname -- "$1")/.convocate-host.XXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
-cat > "$tmp"
-chmod "$3" "$tmp"
-chown "$4" "$tmp"
-sync -- "$tmp"
-now=-
-[ ! -e "$1" ] || now=$(sha256sum < "$1" | cut -d' ' -f1)
-[ "$now" = "$2" ] || exit 3
-mv -f -- "$tmp" "$1"
-trap - EXIT
-sync -- "$(dirname -- "$1")"
-"""
-
-
 async def read_cluster_domain(shell: Target, paths: Paths | None = None) -> str:
     """The cluster's DNS domain: the shell host's ``/etc/convocate/domain``, else :data:`DEFAULT_DOMAIN`."""
     data = await shell.read_file(str((paths or Paths()).shell_domain_file))
@@ -1453,18 +1442,14 @@ async def register_vm_dns(shell: Target, name: str, ip: str, domain: str, *, rep
             return False
         state = await shell.file_state(path)
         if state is not None:
-            mode, owner = f"{state.mode:o}", state.owner
+            mode, owner = state.mode, state.owner
         else:
-            mode, owner = "644", (await shell.sh('stat -c %U:%G -- "$1"', directory)).text.strip()
-        expected = hashlib.sha256(raw).hexdigest() if raw is not None else "-"
-        result = await shell.sh(_CAS_WRITE_SCRIPT, path, expected, mode, owner, input=new.encode(), check=False,
-                                what=f"writing {path}")
-        if result.returncode == 3:
-            continue
-        if not result.ok:
-            raise HostError(messages.HOST_COMMAND_FAILED.format(host=shell.description, what=f"writing {path}",
-                                                                command=f"replace {path}", status=result.returncode,
-                                                                detail=result.detail()))
+            mode, owner = 0o644, (await shell.sh('stat -c %U:%G -- "$1"', directory)).text.strip()
+        try:
+            await shell.write_file(path, new.encode(), mode=mode, owner=owner,
+                                   expect_sha256=hashlib.sha256(raw).hexdigest() if raw is not None else ABSENT)
+        except FileChanged:
+            continue  # status-serve rewrote it meanwhile: read it again
         report.changed(f"DNS record {vm_record(name, ip, domain).split(' #')[0]} written to {path}")
         return True
     raise HostError(messages.VM_DNS_BUSY.format(host=shell.description, path=path))

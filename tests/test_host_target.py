@@ -22,7 +22,7 @@ from convocate.common import keys
 from convocate.common.errors import ConfigError
 from convocate_host.prepare import kernel_needs_reboot
 from convocate_host.report import LiveReport
-from convocate_host.target import HostError, LocalTarget, SSHTarget, SudoRequired, Target
+from convocate_host.target import ABSENT, FileChanged, HostError, LocalTarget, SSHTarget, SudoRequired, Target
 from tests.harness import REPO, python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the targets run commands as root")
@@ -110,6 +110,23 @@ async def test_write_file_is_idempotent_and_sets_mode_and_owner(target: Target, 
     assert await target.read_file(str(path)) == b"two\n"
     assert await target.read_file(str(tmp_path / "missing")) is None
     assert sorted(p.name for p in path.parent.iterdir()) == ["thing.conf"]  # no temporary file left
+
+
+async def test_a_compare_and_swap_write_never_overwrites_another_writer(target: Target, tmp_path: Path):
+    path = tmp_path / "hosts"
+    with pytest.raises(FileChanged):  # it was to be new, but exists
+        path.write_bytes(b"theirs\n")
+        await target.write_file(str(path), b"mine\n", expect_sha256=ABSENT)
+    assert path.read_bytes() == b"theirs\n"
+    read = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(b"theirs, rewritten\n")  # someone writes between our read and our write
+    with pytest.raises(FileChanged):
+        await target.write_file(str(path), b"mine\n", expect_sha256=read)
+    assert path.read_bytes() == b"theirs, rewritten\n"
+    fresh = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert await target.write_file(str(path), b"mine\n", expect_sha256=fresh) is True
+    assert path.read_bytes() == b"mine\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".convocate-host.")] == []  # no temporary left
 
 
 async def test_a_failed_write_leaves_the_old_file(target: Target, tmp_path: Path):
