@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convocate.common import keys
+import asyncssh
+
+from convocate.common import keys, messages
+from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target
@@ -75,13 +78,23 @@ async def ensure_keypair(target: Target, path: str, comment: str, report: LiveRe
                          owner: str = CLAUDE_OWNER) -> str:
     """An ed25519 key pair at ``path`` (0600) and ``path.pub`` on ``target``; minted when missing.
 
+    An existing private key is never replaced (the peer trusts its public half); ``path.pub`` is
+    derived from it again, so a lost or stale public file is repaired, not a reason to re-key.
+
     Returns:
         The public key line (with ``comment``).
+
+    Raises:
+        ConfigError: ``path`` holds something that is not an ed25519 private key (left as it is).
     """
-    public = await target.read_file(path + ".pub")
-    if public is not None and await target.exists(path):
-        line = keys.public_key_line(keys.parse_public_key(public.decode(errors="replace"), source=path + ".pub"),
-                                    comment)
+    private = await target.read_file(path)
+    if private is not None:
+        try:
+            existing = asyncssh.import_private_key(private)
+        except (asyncssh.KeyImportError, ValueError) as e:
+            raise ConfigError(messages.KEY_UNREADABLE.format(path=f"{target.description}:{path}", detail=e)) from e
+        line = keys.public_key_line(existing, comment)
+        keys.parse_public_key(line, source=f"{target.description}:{path}")  # ed25519 only
         changed = await target.write_file(path + ".pub", (line + "\n").encode(), mode=0o644, owner=owner)
         # The private key's mode and owner are set again (it must stay unreadable to others).
         state = await target.file_state(path)
@@ -90,7 +103,7 @@ async def ensure_keypair(target: Target, path: str, comment: str, report: LiveRe
             await target.run(["chown", f"{user}:{group}", path])
             await target.run(["chmod", "600", path])
             changed = True
-        report.step(changed, f"key {path} kept ({keys.fingerprint(keys.parse_public_key(line))})")
+        report.step(changed, f"key {path} kept ({keys.fingerprint(existing)})")
         return line
     key = keys.generate_key(comment)
     await target.write_file(path, key.export_private_key("openssh"), mode=0o600, owner=owner)

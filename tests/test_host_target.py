@@ -225,3 +225,23 @@ def test_cli_help_lists_every_subcommand():
     for command in ("install", "init-shell", "init-agent", "update", "migrate-session", "create-vm", "version"):
         assert f"  {command}" in done.stdout
     assert "not implemented" not in done.stdout
+
+
+async def test_a_peering_key_is_minted_once_and_its_public_half_repaired(tmp_path: Path):
+    from convocate_host.peering import ensure_keypair
+
+    target = LocalTarget("127.0.0.1")
+    path = str(tmp_path / "agent_to_shell_ed25519_key")
+    report = LiveReport("h", io.StringIO())
+    line = await ensure_keypair(target, path, "convocate-agent abcd1234", report, owner="root:root")
+    assert report.changes == 1 and line.endswith(" convocate-agent abcd1234")
+    assert (tmp_path / "agent_to_shell_ed25519_key").stat().st_mode & 0o777 == 0o600
+    assert await ensure_keypair(target, path, "convocate-agent abcd1234", report, owner="root:root") == line
+    assert report.changes == 1  # kept
+    (tmp_path / "agent_to_shell_ed25519_key.pub").unlink()
+    assert await ensure_keypair(target, path, "convocate-agent abcd1234", report, owner="root:root") == line
+    assert (tmp_path / "agent_to_shell_ed25519_key.pub").read_text() == line + "\n"  # same key, not a new one
+    (tmp_path / "agent_to_shell_ed25519_key").write_text("not a key\n")
+    with pytest.raises(ConfigError):
+        await ensure_keypair(target, path, "convocate-agent abcd1234", report, owner="root:root")
+    assert (tmp_path / "agent_to_shell_ed25519_key").read_text() == "not a key\n"
