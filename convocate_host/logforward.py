@@ -3,7 +3,9 @@
 The certificates come from :mod:`convocate_host.pki` and the rsyslog drop-ins from
 :mod:`convocate_host.rsyslog` (both pure); this module reads what a host has, decides what to keep,
 writes what differs, checks the whole rsyslog configuration with ``rsyslogd -N1`` and restarts
-rsyslog only when one of its files changed.
+rsyslog only when one of its files changed. Where rsyslogd drops its privileges (Ubuntu's
+``$PrivDropToUser syslog``), the keys it reads are made readable to its group (0640 ``root:syslog``)
+and the log directory is its user's; Debian 12 runs it as root, and they stay root's alone.
 
 - shell host (init-shell): the cluster CA in ``/etc/convocate/rsyslog-ca/`` (made once, never
   replaced: every agent certificate chains to it), the server certificate (reissued when a name is
@@ -15,6 +17,8 @@ rsyslog only when one of its files changed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from convocate.common.paths import Paths
 from convocate_host import pki, rsyslog
 from convocate_host.report import LiveReport
@@ -25,11 +29,24 @@ LOG_PORT = rsyslog.DEFAULT_PORT
 RSYSLOG_UNIT = "rsyslog.service"
 
 
-async def _write_tls_files(target: Target, directory: str, files: dict[str, bytes]) -> bool:
-    await target.ensure_dir(directory, mode=0o700)
+async def rsyslog_account(target: Target) -> tuple[str, str]:
+    """The user and group the target's rsyslogd runs as (root on Debian 12, ``syslog`` on Ubuntu)."""
+    conf = await target.read_file("/etc/rsyslog.conf")
+    return rsyslog.rsyslog_account(conf.decode(errors="replace") if conf else "")
+
+
+async def _write_tls_files(target: Target, directory: str, files: dict[str, bytes], account: tuple[str, str]) -> bool:
+    """The TLS files, readable by rsyslogd: root's alone on Debian, its group's too where it drops privileges."""
+    user, group = account
+    shared = user != "root"
+    await target.ensure_dir(directory, mode=0o750 if shared else 0o700, owner=f"root:{group}" if shared else "root:root")
     changed = False
     for name, data in files.items():
-        changed |= await target.write_file(f"{directory}/{name}", data, mode=rsyslog.FILE_MODES[name])
+        mode = rsyslog.FILE_MODES[name]
+        if shared and mode == 0o600:
+            mode = 0o640
+        changed |= await target.write_file(f"{directory}/{name}", data, mode=mode,
+                                           owner=f"root:{group}" if shared else "root:root")
     return changed
 
 
@@ -71,18 +88,25 @@ async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveR
                                  installed[rsyslog.SERVER_CERT], installed[rsyslog.SERVER_KEY], dns_names=names)
     for warning in state.ca_warnings:
         report.note(warning)
-    files = {rsyslog.CA_CERT: state.ca.cert_pem, rsyslog.CA_KEY: state.ca.key_pem,
-             rsyslog.SERVER_CERT: state.server.cert_pem, rsyslog.SERVER_KEY: state.server.key_pem}
-    changed = await _write_tls_files(shell, ca_dir, files)
+    account = await rsyslog_account(shell)
+    # The CA's key stays root's alone: rsyslog never reads it, only convocate-host does.
+    changed = await _write_tls_files(shell, ca_dir, {rsyslog.CA_CERT: state.ca.cert_pem,
+                                                     rsyslog.SERVER_CERT: state.server.cert_pem,
+                                                     rsyslog.SERVER_KEY: state.server.key_pem}, account)
+    changed |= await shell.write_file(f"{ca_dir}/{rsyslog.CA_KEY}", state.ca.key_pem, mode=0o600)
     report.step(state.ca_created, f"rsyslog CA {'created' if state.ca_created else 'kept'} ({ca_dir})")
     if state.server_reasons:
         report.changed(f"rsyslog server certificate issued for {', '.join(names)}: {'; '.join(state.server_reasons)}")
     else:
         report.kept(f"rsyslog server certificate kept (names {', '.join(names)})")
     log_dir = str(PATHS.forwarded_log_dir)
-    made = await shell.ensure_dir(log_dir, mode=rsyslog.LOG_DIR_MODE, owner=f"{rsyslog.LOG_OWNER}:{rsyslog.LOG_GROUP}")
+    listener = rsyslog.ShellListener.from_paths(PATHS, port=port)
+    if account[0] != "root":  # rsyslogd writes the logs as its own user there
+        listener = replace(listener, file_owner=account[0])
+    made = await shell.ensure_dir(log_dir, mode=rsyslog.LOG_DIR_MODE,
+                                  owner=f"{listener.file_owner}:{rsyslog.LOG_GROUP}")
     report.step(made, f"session log directory {log_dir}")
-    text = rsyslog.render_shell_dropin(rsyslog.ShellListener.from_paths(PATHS, port=port))
+    text = rsyslog.render_shell_dropin(listener)
     return await _apply(shell, rsyslog.SHELL_DROPIN, text, changed, report)
 
 
@@ -112,7 +136,7 @@ async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_addres
     pair, reasons = pki.ensure_agent_cert(ca, agent_id, await agent.read_file(f"{tls}/{rsyslog.CLIENT_CERT}"),
                                           await agent.read_file(f"{tls}/{rsyslog.CLIENT_KEY}"))
     changed = await _write_tls_files(agent, tls, {rsyslog.CA_CERT: ca.cert_pem, rsyslog.CLIENT_CERT: pair.cert_pem,
-                                                  rsyslog.CLIENT_KEY: pair.key_pem})
+                                                  rsyslog.CLIENT_KEY: pair.key_pem}, await rsyslog_account(agent))
     if reasons:
         report.changed(f"rsyslog client certificate {pki.agent_peer_name(agent_id)} issued: {'; '.join(reasons)}")
     else:

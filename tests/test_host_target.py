@@ -8,6 +8,7 @@ it is sent with a shell, so both implementations are held to the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import grp
 import hashlib
 import io
 import os
@@ -245,3 +246,24 @@ async def test_a_peering_key_is_minted_once_and_its_public_half_repaired(tmp_pat
     with pytest.raises(ConfigError):
         await ensure_keypair(target, path, "convocate-agent abcd1234", report, owner="root:root")
     assert (tmp_path / "agent_to_shell_ed25519_key").read_text() == "not a key\n"
+
+
+async def test_tls_files_are_readable_by_an_unprivileged_rsyslog_and_root_only_otherwise(tmp_path: Path):
+    from convocate_host.logforward import _write_tls_files
+
+    target = LocalTarget("127.0.0.1")
+    files = {"ca.pem": b"certificate\n", "client.key": b"private\n"}
+    debian, ubuntu = tmp_path / "debian", tmp_path / "ubuntu"
+    assert await _write_tls_files(target, str(debian), files, ("root", "root")) is True
+    assert await _write_tls_files(target, str(debian), files, ("root", "root")) is False
+    # Ubuntu's rsyslogd drops to syslog:syslog ($PrivDropToUser); nobody:nogroup stands in for it here.
+    await _write_tls_files(target, str(ubuntu), files, ("nobody", "nogroup"))
+
+    def mode_owner(path: Path) -> tuple[str, str]:
+        st = path.stat()
+        return f"{st.st_mode & 0o777:o}", grp.getgrgid(st.st_gid).gr_name
+
+    assert [mode_owner(p) for p in (debian, debian / "ca.pem", debian / "client.key")] == \
+        [("700", "root"), ("644", "root"), ("600", "root")]
+    assert [mode_owner(p) for p in (ubuntu, ubuntu / "ca.pem", ubuntu / "client.key")] == \
+        [("750", "nogroup"), ("644", "nogroup"), ("640", "nogroup")]
