@@ -246,7 +246,7 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
     # --- update --all: both agents to the next build, one after the other ----------------------------------
     out = cluster.host_tool("update", "--all", "--shell-host", shell_ip, "--debs",
                             str(upgrade_debs["convocate-agent"].parent), "--image", TEST_IMAGE).stdout
-    assert f"updated 2 agent(s): {', '.join(cluster.agent_ids)}" in out, out
+    assert f"updated 2 agent(s): {', '.join(sorted(cluster.agent_ids))}" in out, out  # in registry order
     agents = json.loads(cluster.shell_cli("agents", "--json").stdout)
     assert sorted((a["agent_id"], a["status"], a["version"]) for a in agents) == \
         sorted((a, "ok", UPGRADE_VERSION) for a in cluster.agent_ids)
