@@ -106,14 +106,16 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
                                                       status_host_key=status_host_key, report=agent_report)
     await ensure_authorized(shell, str(PATHS.status_authorized_keys), status_key, shell_report,
                             f"agent {identity.agent_id}'s status key", owner=CLAUDE_OWNER)
+    # rsyslog is restarted by its own step; the agent reads current-image at every start of a session.
+    # Only what the agent reads when it starts (its status link, its service settings) restarts it.
+    await logforward.ensure_agent(shell, agent, identity.agent_id, options.shell_address, options.log_port,
+                                  agent_report)
     restart = status_changed
-    restart |= await logforward.ensure_agent(shell, agent, identity.agent_id, options.shell_address,
-                                             options.log_port, agent_report)
     restart |= await ensure_agent_defaults(agent, {"CONVOCATE_AGENT_LOG_SOCKET": str(PATHS.agent_log_socket),
                                                    "CONVOCATE_AGENT_DOCKER_PATH_PREFIX": options.docker_path_prefix},
                                            agent_report)
     await ensure_agent_image(shell, agent, options.image, agent_report, shell_report=shell_report)
-    restart |= await stamp_current_image(agent, options.image, agent_report)
+    await stamp_current_image(agent, options.image, agent_report)
     if restart:
         await agent.run(["systemctl", "restart", AGENT_UNIT], what="restarting the agent")
         agent_report.changed(f"{AGENT_UNIT} restarted with the new configuration")
