@@ -143,8 +143,11 @@ async def test_wait_returns_when_the_state_comes_and_fails_clearly_on_timeout(cl
 def test_the_tui_marks_a_waiting_session_and_jumps_to_it(cluster):
     from tests.test_tui import TUI
 
-    for name in ("calm-one", "asker", "calm-two"):
-        cluster.run_role("convocate", "new", name, "--cpus", "0.1", "--memory", "100")
+    # The asker's first tool call starts the in-session MCP server, which alone imports for 6 s and takes
+    # 65 MiB at 0.1 CPU (measured): within 100 MiB beside tmux and the stand-in it could not be sure to
+    # live (once, in CI, its report never came within the 60 s below). It gets room; the others stay small.
+    for name, cpus, memory in (("calm-one", "0.1", "100"), ("asker", "0.5", "256"), ("calm-two", "0.1", "100")):
+        cluster.run_role("convocate", "new", name, "--cpus", cpus, "--memory", memory)
     tui = TUI(cluster.env)
     try:
         tui.open(cols=170)  # room for the question after the row
