@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from convocate.tui.model import ClusterModel
 from tests.fake_agents import start_fake_cluster
@@ -137,11 +138,12 @@ def bench_terminal(root: Path, runs: int) -> tuple[list[float], list[float]]:
     return opens, repaints
 
 
-def run(runs: int = 3) -> list:
-    """The TUI figures with their baselines (for tests/bench/run.py)."""
-    from tests.bench.common import Figure, median
+def serve_fake_cluster(root: Path) -> tuple[asyncio.AbstractEventLoop, Any]:
+    """The :data:`AGENTS` x :data:`SESSIONS` stand-in agents, served by a loop on a thread of their own.
 
-    root = Path(tempfile.mkdtemp(prefix="convocate-bench-tui-"))
+    Returns:
+        ``(loop, fakes)``: stop the loop with ``loop.call_soon_threadsafe(loop.stop)``.
+    """
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict = {}
@@ -153,7 +155,17 @@ def run(runs: int = 3) -> list:
         loop.run_forever()
 
     threading.Thread(target=serve, daemon=True).start()
-    ready.wait(60)
+    if not ready.wait(60):
+        raise RuntimeError("the stand-in agents did not start within 60 s")
+    return loop, holder["fakes"]
+
+
+def run(runs: int = 3) -> list:
+    """The TUI figures with their baselines (for tests/bench/run.py)."""
+    from tests.bench.common import Figure, median
+
+    root = Path(tempfile.mkdtemp(prefix="convocate-bench-tui-"))
+    loop, fakes = serve_fake_cluster(root)
     opens, repaints = bench_terminal(root, runs)
     lists = bench_ls(root, runs)
     less = bench_less(runs)
@@ -165,7 +177,7 @@ def run(runs: int = 3) -> list:
                    "less paging 1000 lines in the same tmux"),
             Figure("TUI repaint after a key p99", "ms", percentile(repaints, 0.99), percentile(less, 0.99),
                    "less paging 1000 lines in the same tmux"),
-            Figure(f"TUI model rebuild, {label}", "ms", bench_model(holder["fakes"]))]
+            Figure(f"TUI model rebuild, {label}", "ms", bench_model(fakes))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,19 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="convocate-bench-tui-"))
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        holder["fakes"] = loop.run_until_complete(start_fake_cluster(root, AGENTS, SESSIONS))
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    ready.wait(60)
-    model_ms = bench_model(holder["fakes"])
+    loop, fakes = serve_fake_cluster(root)
+    model_ms = bench_model(fakes)
     opens, repaints = bench_terminal(root, args.runs)
     figures = {
         "agents": AGENTS, "sessions": AGENTS * SESSIONS,
