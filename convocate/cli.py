@@ -182,9 +182,15 @@ async def _cmd_events(args: argparse.Namespace) -> int:
 
 
 async def _cmd_install(args: argparse.Namespace) -> int:
-    from convocate.shell_install import ShellInstallOptions, install
+    from convocate.shell_install import ShellInstallOptions, install, render_defaults
 
-    options = ShellInstallOptions(build_image=args.image, base_image=args.base_image or None,
+    if args.print_defaults:
+        sys.stdout.write(render_defaults(args.status_port, args.base_image))
+        return 0
+
+    options = ShellInstallOptions(build_image=args.image is not False, require_image=args.image is True,
+                                  background_image=args.image_in_background,
+                                  base_image=args.base_image or None,
                                   claude_code=args.claude_code, image_tag=args.image_tag,
                                   image_context=args.image_context, domain=args.domain, status_port=args.status_port)
     report = install(Paths.from_env(), options)
@@ -418,8 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "
                        "debconf answers.")
-    p.add_argument("--image", action=argparse.BooleanOptionalAction, default=True,
-                   help="build the session image (--no-image: do not) [%(default)s]")
+    p.add_argument("--image", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the session image; given explicitly, a missing Docker is an error "
+                   "(--no-image: do not) [build it when Docker answers]")
+    p.add_argument("--image-in-background", action="store_true",
+                   help="start convocate-image-build.service without waiting instead of building here "
+                   "(what the package's postinst does)")
+    p.add_argument("--print-defaults", action="store_true",
+                   help="only print /etc/default/convocate as --status-port and --base-image make it "
+                   "(the postinst merges it with ucf)")
     p.add_argument("--base-image", help="local image to build the session image FROM (offline clusters)")
     p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in [pinned]")
     p.add_argument("--image-tag", help="session image tag [convocate:<version>]")

@@ -36,6 +36,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from convocate import image_status
 from convocate.common import hostsetup, keys, messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.hostsetup import StepReport
@@ -45,7 +46,9 @@ from convocate.common.version import __version__
 
 DEFAULT_STATUS_PORT = 223
 #: The packaged units ``install`` expects in system mode (DESIGN §7).
-UNITS = ("convocate-status.service", "convocate-dnsmasq-reload.path", "convocate-dnsmasq-reload.service")
+STATUS_UNIT = "convocate-status.service"
+UNITS = (STATUS_UNIT, "convocate-dnsmasq-reload.path", "convocate-dnsmasq-reload.service",
+         "convocate-image-build.service")
 DNSMASQ_UNIT = "dnsmasq.service"
 DEFAULTS_HEADER = """\
 # Settings of convocate-status.service (systemd.exec(5) EnvironmentFile=).
@@ -67,7 +70,13 @@ class ShellInstallOptions:
     """What ``install`` is told; None leaves the current setting as it is.
 
     Attributes:
-        build_image: Build the session image (debconf ``convocate/build-image``).
+        build_image: Build the session image. The package's postinst never does (it starts
+            ``convocate-image-build.service`` without waiting instead, which runs this with
+            ``--image``).
+        require_image: A missing or unreachable Docker is an error, not a note (``--image`` given
+            explicitly, as the build unit does).
+        background_image: Start ``convocate-image-build.service`` without waiting instead of
+            building here (what the postinst asks for when debconf ``convocate/build-image`` is true).
         base_image: Local image to build it FROM (offline clusters); None or ``""``: build
             ``convocate-base:bookworm`` with debootstrap (debconf ``convocate/base-image``).
         claude_code: Claude Code version from npm, or ``none`` for the tests' stand-in; None:
@@ -79,6 +88,8 @@ class ShellInstallOptions:
     """
 
     build_image: bool = True
+    require_image: bool = False
+    background_image: bool = False
     base_image: str | None = None
     claude_code: str | None = None
     image_tag: str | None = None
@@ -124,6 +135,7 @@ def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepRep
 
     if system:
         hostsetup.ensure_account(paths.session_base, str(paths.shell_program), set_shell=True, report=report)
+        hostsetup.check_port_free(_status_port_of(paths), STATUS_UNIT, report)
         hostsetup.ensure_dir(paths.session_base, mode=0o755, uid=uid, gid=gid, report=report, what="home")
         _ensure_login_shell(paths, report)
 
@@ -166,10 +178,14 @@ def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepRep
     else:
         report.kept(f"relocated root {paths.root}: system users, /etc/shells, units and dnsmasq left untouched")
 
-    if options.build_image:
+    if system:
+        hostsetup.restart_if_inputs_changed(paths, STATUS_UNIT, paths.run_dir, paths.shell_start_inputs(), report)
+    if options.background_image:
+        start_image_build(paths, report)
+    elif options.build_image:
         build_session_image(paths, options, report)
     else:
-        report.kept("session image: not built (as asked); `convocate install` builds it later")
+        report.kept("session image: not built (as asked); `convocate install --image` builds it later")
     return report
 
 
@@ -187,8 +203,31 @@ def _ensure_login_shell(paths: Paths, report: StepReport) -> None:
     report.changed(f"login shell {shell} added to {paths.login_shells}")
 
 
+def render_defaults(status_port: int | str | None = None, base_image: str | None = None) -> str:
+    """``/etc/default/convocate`` as the debconf answers make it (the postinst merges it with ucf).
+
+    Args:
+        status_port: Port of the status listener (debconf ``convocate/status-port``); None: 223.
+        base_image: Local base image of the session image (debconf ``convocate/base-image``); None or
+            ``""``: debootstrap (the line is left out, as older versions wrote the file).
+
+    Raises:
+        BadRequest: the port is not 1-65535.
+    """
+    values = {"CONVOCATE_STATUS_LISTEN": f":{check_status_port(status_port or DEFAULT_STATUS_PORT)}"}
+    if base_image:
+        values["CONVOCATE_BASE_IMAGE"] = base_image
+    return hostsetup.render_env_file("", values, DEFAULTS_HEADER)
+
+
 def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) -> None:
     path = paths.shell_defaults
+    if not paths.relocated:
+        # The package owns it: its postinst writes it from the debconf answers with ucf(1) (DESIGN §7).
+        if status_port is not None:
+            raise BadRequest(messages.DEFAULTS_BY_DEBCONF.format(path=path, package="convocate"))
+        report.kept(f"service settings {path}: kept by the package (ucf)")
+        return
     values = {} if status_port is None else {"CONVOCATE_STATUS_LISTEN": f":{status_port}"}
     try:
         current = path.read_text(encoding="utf-8")
@@ -201,6 +240,47 @@ def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) 
     path.parent.mkdir(parents=True, exist_ok=True)
     hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
                                mode=0o644, report=report, what="service settings")
+
+
+def _status_port_of(paths: Paths) -> int:
+    """The listener's port as ``/etc/default/convocate`` sets it (``CONVOCATE_STATUS_LISTEN=[HOST]:PORT``)."""
+    port = DEFAULT_STATUS_PORT
+    try:
+        for line in paths.shell_defaults.read_text(encoding="utf-8").splitlines():
+            key, _, value = line.strip().partition("=")
+            if key == "CONVOCATE_STATUS_LISTEN" and value.rpartition(":")[2].isdigit():
+                port = int(value.rpartition(":")[2])
+    except FileNotFoundError:
+        pass
+    return port
+
+
+def start_image_build(paths: Paths, report: StepReport) -> None:
+    """Start ``convocate-image-build.service`` without waiting for it (``systemctl --no-block``).
+
+    The postinst asks for this instead of building the image itself: the build takes minutes and the
+    network. deb-systemd-invoke cannot start a static unit without waiting, so systemctl is called
+    here, after asking policy-rc.d(8) as invoke-rc.d would (101: the administrator forbids starts).
+
+    Raises:
+        ConfigError: systemctl failed.
+    """
+    unit = image_status.BUILD_UNIT
+    if not hostsetup.systemd_running(paths):
+        report.note(messages.IMAGE_NOT_YET.format(tag=default_image_tag(), reason="systemd is not running here",
+                                                  retry="build it with `sudo convocate install --image`"))
+        return
+    policy = paths.root / "usr" / "sbin" / "policy-rc.d"
+    if os.access(policy, os.X_OK):
+        verdict = subprocess.run([str(policy), unit, "start"], check=False, env=hostsetup.child_env(),
+                                 stdin=subprocess.DEVNULL, capture_output=True).returncode
+        if verdict == 101:
+            report.note(messages.IMAGE_NOT_YET.format(tag=default_image_tag(), reason=f"{policy} forbids starting "
+                                                      f"{unit}", retry="build it with `sudo convocate install --image`"))
+            return
+    hostsetup.run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
+    hostsetup.run_command(["systemctl", "--no-block", "start", unit], f"starting {unit}")
+    report.changed(messages.IMAGE_BUILD_STARTED.format(unit=unit))
 
 
 def _ensure_dnsmasq(paths: Paths, report: StepReport) -> None:
@@ -231,9 +311,18 @@ def _docker_command() -> str | None:
     return shutil.which("docker")
 
 
+def _docker_unreachable(docker: str) -> str:
+    """Why dockerd does not answer ``docker version``, or ``""`` when it does."""
+    probe = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
+                           check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL)
+    if probe.returncode == 0:
+        return ""
+    return f"Docker is not reachable ({(probe.stderr.strip().splitlines() or ['no answer'])[-1]})"
+
+
 def _image_id(docker: str, tag: str) -> str | None:
     result = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True,
-                            check=False)
+                            check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL)
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -259,22 +348,32 @@ def build_session_image(paths: Paths, options: ShellInstallOptions, report: Step
     if not script.is_file():
         raise ConfigError(messages.IMAGE_CONTEXT_MISSING.format(path=context))
     docker = _docker_command()
-    if docker is None:
-        report.note(messages.IMAGE_NOT_BUILT.format(tag=tag, reason="Docker is not installed",
-                                                    command=" ".join(command)))
-        return
-    probe = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
-                           check=False)
-    if probe.returncode != 0:
-        detail = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
-        report.note(messages.IMAGE_NOT_BUILT.format(tag=tag, reason=f"Docker is not reachable ({detail})",
-                                                    command=" ".join(command)))
+    reason = "Docker is not installed" if docker is None else _docker_unreachable(docker)
+    if reason:
+        text = messages.IMAGE_NOT_BUILT.format(tag=tag, reason=reason, command=" ".join(command))
+        if paths.shell_state_dir.is_dir():
+            image_status.finish(paths, image_status.ImageBuild(image_status.BUILDING, tag), error=reason)
+        if options.require_image:
+            raise ConfigError(text)
+        report.note(text)
         return
     before = _image_id(docker, tag)
     paths.image_cache_dir.mkdir(parents=True, exist_ok=True)
-    status = subprocess.run(command, check=False).returncode
+    build = image_status.start(paths, tag) if paths.shell_state_dir.is_dir() else None
+    # Not debconf's environment, not its file descriptors, no standard input: nothing the build starts
+    # (debootstrap's chroot, apt in docker build) can wait on a frontend it cannot reach.
+    try:
+        status = subprocess.run(command, check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL).returncode
+    except BaseException as e:  # Ctrl-C, SIGTERM from systemctl stop: the record says it was cut short
+        if build is not None:
+            image_status.finish(paths, build, error=f"interrupted ({type(e).__name__})")
+        raise
     if status != 0:
+        if build is not None:
+            image_status.finish(paths, build, error=f"build-image.sh exited with status {status}")
         raise ConfigError(messages.IMAGE_BUILD_FAILED.format(tag=tag, status=status))
+    if build is not None:
+        image_status.finish(paths, build)
     after = _image_id(docker, tag)
     if after is not None and after == before:
         report.kept(f"session image {tag} up to date")

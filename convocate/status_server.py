@@ -36,7 +36,7 @@ from typing import Any
 import asyncssh
 
 from convocate.client import AgentClient
-from convocate.common import keys
+from convocate.common import keys, startinputs
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
 from convocate.common.model import SessionView
@@ -346,6 +346,7 @@ class StatusServer:
             OSError: an address or the socket path cannot be bound.
         """
         paths = self.config.paths
+        started_with = startinputs.digest(paths.shell_start_inputs())
         if not paths.status_host_key.exists():
             raise ConfigError(f"{paths.status_host_key} is missing: run `convocate-host init-shell`, "
                               "which creates the status host key")
@@ -362,6 +363,10 @@ class StatusServer:
         for addr in addresses:
             log.info("convocate status-serve %s listening on %s; local socket %s; dns %s (domain %s)",
                      __version__, format_address(addr), paths.status_socket, paths.dnsmasq_hosts, self.config.domain)
+        try:
+            startinputs.record(paths.run_dir, started_with)
+        except OSError as e:  # only dpkg-reconfigure's restart decision needs it
+            log.warning("cannot record what status-serve started with in %s: %s", paths.run_dir, e)
         return addresses
 
     async def _open_socket(self) -> None:

@@ -70,11 +70,18 @@ def _add_install(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shell-host", help="shell host for status events, '' for none [keep the current one]")
     p.add_argument("--listen-port", help="SSH port of the agent [keep the current one, else 222]")
     p.add_argument("--shell-port", help="status port on the shell host [keep the current one, else 223]")
+    p.add_argument("--print-defaults", action="store_true",
+                   help="only print /etc/default/convocate-agent as --listen-port and --shell-port make it "
+                   "(the postinst merges it with ucf)")
     p.set_defaults(func=_cmd_install)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from convocate_agent.install import InstallOptions, check_port, install
+    from convocate_agent.install import InstallOptions, check_port, install, render_defaults
+
+    if args.print_defaults:
+        sys.stdout.write(render_defaults(args.listen_port, args.shell_port))
+        return 0
 
     options = InstallOptions(
         shell_host=args.shell_host,

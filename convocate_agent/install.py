@@ -11,18 +11,24 @@ System mode (``/``), as root:
 
 - Docker must be reachable and the group ``docker`` must exist (the unit's
   ``SupplementaryGroups=docker``); otherwise a clear error.
-- group and user ``claude``, GID/UID 1337, home ``/home/claude``, shell ``/usr/sbin/nologin``
-  for a new user (an existing user's shell is left: the shell host's TUI may be it).
+- group and user ``claude`` (adduser ``--system``), GID/UID 1337, home ``/home/claude``, shell
+  ``/usr/sbin/nologin`` for a new user (an existing user's shell is left: the shell host's TUI may be it).
 - ``/etc/convocate-agent/`` owned by ``claude`` (the service runs as ``claude`` and writes
   ``settings.json`` there); agent ID and host key (0600) owned by ``claude``;
   ``session.env`` root-only 0600 (the unit hands it over with ``LoadCredential=``, which needs
   the file to exist, so an empty one is created).
-- the shell host (``shell-host``) and ``/etc/default/convocate-agent`` (listen address, shell
-  port), when given as options.
+- the shell host (``shell-host``), when given as an option. ``/etc/default/convocate-agent``
+  (listen address, shell port) is the package's: its postinst renders it (``--print-defaults``)
+  and merges it with ucf; only a relocated install writes it here.
 - the session base ``/home/claude`` and its skel, owned by ``claude``.
-- the slice's limits: ``CPUQuota`` = usable CPUs × 90% and ``MemoryMax`` = MemTotal × 90% of
-  this host, in a drop-in of ``convocate-sessions.slice``; ``systemctl daemon-reload`` if it
-  changed and systemd runs.
+- the slice's CPU limit: ``CPUQuota`` = usable CPUs × 90% of this host, in a drop-in of
+  ``convocate-sessions.slice`` (``MemoryMax=90%`` is static in the slice); ``systemctl
+  daemon-reload`` if it changed and systemd runs.
+- the state directory ``/var/lib/convocate-agent`` (settings, current image, image spool), with
+  the files older versions kept in ``/etc/convocate-agent`` moved there.
+- a check that the listen port is free (or held by the agent itself).
+- the agent restarted when something it reads at start changed (``convocate.common.startinputs``),
+  never otherwise: a restart ends the attached operators' relays.
 - checks that the packaged units (service, slice, image prune timer), the cron job and the
   are in place; they are static files of the package, not written here.
 - counts the session directories it adopts.
@@ -69,7 +75,8 @@ DEFAULT_LISTEN_PORT = 222
 DEFAULT_SHELL_PORT = 223
 #: The packaged files ``install`` expects in system mode (DESIGN §7).
 SLICE = "convocate-sessions.slice"
-UNITS = ("convocate-agent.service", SLICE, "convocate-image-prune.timer", "convocate-image-prune.service")
+AGENT_UNIT = "convocate-agent.service"
+UNITS = (AGENT_UNIT, SLICE, "convocate-image-prune.timer", "convocate-image-prune.service")
 DEFAULTS_HEADER = """\
 # Settings of convocate-agent.service (systemd.exec(5) EnvironmentFile=).
 #
@@ -149,30 +156,31 @@ class InstallReport(StepReport):
 
 @dataclass(frozen=True)
 class SliceLimits:
-    """The kernel's cap on all sessions together (capacity layer 2, DESIGN §4).
+    """The kernel's cap on all sessions together (capacity layer 2, DESIGN §4), as far as the unit cannot say it.
+
+    ``MemoryMax=90%`` stands in the packaged slice itself (systemd.resource-control(5) takes a
+    percentage of physical memory). ``CPUQuota=`` takes a percentage of *one* CPU, so 90% of all of
+    them depends on the host and is written here as a drop-in.
 
     Attributes:
-        cpu_quota_percent: ``CPUQuota=`` in percent of one CPU (200 = two CPUs).
-        memory_max_bytes: ``MemoryMax=`` in bytes.
+        cpu_quota_percent: ``CPUQuota=`` in percent of one CPU (180 = 90% of two CPUs).
     """
 
     cpu_quota_percent: int
-    memory_max_bytes: int
 
     @classmethod
     def for_host(cls, host: HostResources) -> SliceLimits:
-        """90% of the host's usable CPUs and of MemTotal (the same 90% as admission control)."""
-        return cls(int(round(host.cpus * LIMIT_FRACTION * 100)), int(host.memory_mb * LIMIT_FRACTION) * 1024 * 1024)
+        """90% of the host's usable CPUs (the same 90% as admission control)."""
+        return cls(int(round(host.cpus * LIMIT_FRACTION * 100)))
 
     def dropin(self) -> str:
-        """The drop-in's text (systemd.resource-control(5): CPUQuota=, MemoryMax=)."""
+        """The drop-in's text (systemd.resource-control(5): CPUQuota=)."""
         return (
             "# Written by `convocate-agent install` for this host: all convocate sessions together get at most\n"
-            "# 90% of its CPUs (CPUQuota = nproc x 90%) and of its memory (MemoryMax = MemTotal x 90%).\n"
+            "# 90% of its CPUs (CPUQuota = nproc x 90%; MemoryMax=90% is in the slice itself).\n"
             "# Rewritten on every install, upgrade and dpkg-reconfigure of convocate-agent.\n"
             "[Slice]\n"
             f"CPUQuota={self.cpu_quota_percent}%\n"
-            f"MemoryMax={self.memory_max_bytes}\n"
         )
 
 
@@ -244,11 +252,17 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
         except KeyError:
             raise ConfigError(messages.NO_DOCKER_GROUP) from None
         hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
+        hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
     # Files the service (user claude) reads or writes: owned by claude in system mode.
     owner = (uid, gid) if system else (None, None)
 
     hostsetup.ensure_dir(paths.agent_etc, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
                          report=report, what="config directory")
+    hostsetup.ensure_dir(paths.agent_state_dir, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
+                         report=report, what="state directory")
+    for old_path, new_path in ((paths.agent_etc / "settings.json", paths.agent_settings),
+                               (paths.agent_etc / "current-image", paths.current_image_file)):
+        hostsetup.move_state(old_path, new_path, report)
     _ensure_agent_id(paths, report, owner)
     _ensure_host_key(paths, report, owner)
     if system:
@@ -267,7 +281,7 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
     paths.slice_limits_dropin.parent.mkdir(parents=True, exist_ok=True)
     changed = hostsetup.write_if_changed(
         paths.slice_limits_dropin, limits.dropin().encode(), mode=0o644, report=report,
-        what=f"slice limits CPUQuota={limits.cpu_quota_percent}% MemoryMax={limits.memory_max_bytes}:")
+        what=f"slice limit CPUQuota={limits.cpu_quota_percent}%:")
     if system:
         if changed:
             hostsetup.daemon_reload(paths, report)
@@ -277,7 +291,10 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
     report.adopted = len(sessions)
     report.kept(f"adopted {len(sessions)} existing session(s)"
                 + (f"; {len(broken)} unreadable: " + ", ".join(b.uuid for b in broken) if broken else ""))
-    if not system:
+    if system:
+        hostsetup.restart_if_inputs_changed(paths, AGENT_UNIT, paths.agent_run_dir, paths.agent_start_inputs(),
+                                            report)
+    else:
         report.kept(f"relocated root {paths.root}: system users and units left untouched")
     return report
 
@@ -348,13 +365,35 @@ def _ensure_session_env(paths: Paths, report: InstallReport) -> None:
         report.kept(f"session env file {path} kept")
 
 
+def render_defaults(listen_port: int | None = None, shell_port: int | None = None) -> str:
+    """``/etc/default/convocate-agent`` as the debconf answers make it (the postinst merges it with ucf).
+
+    Args:
+        listen_port: SSH port of the agent (debconf ``convocate-agent/listen-port``); None: 222.
+        shell_port: Status port of the shell host (``convocate-agent/shell-port``); None: 223.
+
+    Raises:
+        BadRequest: a port is not 1-65535.
+    """
+    values = {"CONVOCATE_AGENT_LISTEN": f":{check_port(listen_port or DEFAULT_LISTEN_PORT, '--listen-port')}",
+              "CONVOCATE_AGENT_SHELL_PORT": str(check_port(shell_port or DEFAULT_SHELL_PORT, "--shell-port"))}
+    return hostsetup.render_env_file("", values, DEFAULTS_HEADER)
+
+
 def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallReport) -> None:
+    path = paths.agent_defaults
+    if not paths.relocated:
+        # The package owns it: its postinst writes it from the debconf answers with ucf(1), which keeps
+        # an administrator's edits (DESIGN §7); `install` only checks the ports it names.
+        if options.listen_port is not None or options.shell_port is not None:
+            raise BadRequest(messages.DEFAULTS_BY_DEBCONF.format(path=path, package="convocate-agent"))
+        report.kept(f"service settings {path}: kept by the package (ucf)")
+        return
     values: dict[str, str] = {}
     if options.listen_port is not None:
         values["CONVOCATE_AGENT_LISTEN"] = f":{check_port(options.listen_port, '--listen-port')}"
     if options.shell_port is not None:
         values["CONVOCATE_AGENT_SHELL_PORT"] = str(check_port(options.shell_port, "--shell-port"))
-    path = paths.agent_defaults
     try:
         current = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -367,6 +406,19 @@ def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallRepor
     path.parent.mkdir(parents=True, exist_ok=True)
     hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
                                mode=0o644, report=report, what="service settings")
+
+
+def listen_port_of(paths: Paths) -> int:
+    """The agent's SSH port as ``/etc/default/convocate-agent`` sets it (``CONVOCATE_AGENT_LISTEN=[HOST]:PORT``)."""
+    port = DEFAULT_LISTEN_PORT
+    try:
+        for line in paths.agent_defaults.read_text(encoding="utf-8").splitlines():
+            key, _, value = line.strip().partition("=")
+            if key == "CONVOCATE_AGENT_LISTEN" and value.rpartition(":")[2].isdigit():
+                port = int(value.rpartition(":")[2])
+    except FileNotFoundError:
+        pass
+    return port
 
 
 def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int, system: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from convocate.common import keys
+from convocate.common import keys, startinputs
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
@@ -144,6 +144,7 @@ class AgentServer:
             OSError: the listen address cannot be bound.
         """
         cfg, paths = self.config, self.config.paths
+        started_with = startinputs.digest(paths.agent_start_inputs())
         agent_id = read_token(paths.agent_id_file)
         if not agent_id:
             raise ConfigError(f"{paths.agent_id_file} is missing: run `convocate-agent install` first")
@@ -176,6 +177,10 @@ class AgentServer:
         addresses = await self.listener.start(cfg.login_timeout)
         for addr in addresses:
             log.info("convocate-agent %s (agent %s) listening on %s", __version__, agent_id, format_address(addr))
+        try:
+            startinputs.record(paths.agent_run_dir, started_with)
+        except OSError as e:  # only dpkg-reconfigure's restart decision needs it
+            log.warning("cannot record what the agent started with in %s: %s", paths.agent_run_dir, e)
         return addresses
 
     async def _purge_hourly(self) -> None:

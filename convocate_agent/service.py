@@ -165,7 +165,7 @@ class AgentService:
         self.events.publish(Event.now(kind, self.agent_id, session_id, data))
 
     def current_image(self) -> str:
-        """The tag new containers start from (``/etc/convocate-agent/current-image``).
+        """The tag new containers start from (``/var/lib/convocate-agent/current-image``).
 
         Raises:
             ConfigError: the file is missing or empty.

@@ -1,6 +1,6 @@
 """The agent's settings: defaults for new sessions and the agent's own cadences.
 
-Persisted in ``/etc/convocate-agent/settings.json`` (atomically), read at start
+Persisted in ``/var/lib/convocate-agent/settings.json`` (atomically), read at start
 and changed through the ``settings-get``/``settings-set`` ops. A missing file
 means all defaults; an invalid file stops the agent with a message naming the
 field, rather than running with half of it.

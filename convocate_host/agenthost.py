@@ -31,7 +31,6 @@ from pathlib import Path
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest
-from convocate.common.hostsetup import render_env_file
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate_host import logforward
 from convocate_host.debs import ensure_package, find_deb, installed_version
@@ -126,11 +125,25 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
 
 
 async def ensure_agent_defaults(agent: Target, values: dict[str, str], report: LiveReport) -> bool:
-    """Lines of ``/etc/default/convocate-agent`` (kept by ``convocate-agent install``); True when changed."""
+    """The agent service's environment that convocate-host sets, in a unit drop-in; True when changed.
+
+    ``/etc/default/convocate-agent`` belongs to the package (debconf answers, merged with ucf), so
+    convocate-host keeps its own settings in ``convocate-agent.service.d/50-convocate-host.conf``
+    (systemd.unit(5) drop-in, ``Environment=``). Lines an earlier convocate-host wrote into
+    ``/etc/default/convocate-agent`` for the same keys are removed from it; systemd re-reads the units.
+    """
+    dropin = str(PATHS.unit_dropin_dir(AGENT_UNIT) / "50-convocate-host.conf")
+    text = ("# Written by convocate-host init-agent: the agent's log socket and Docker path prefix.\n[Service]\n"
+            + "".join(f"Environment={k}={v}\n" for k, v in values.items()))
+    await agent.run(["mkdir", "-p", str(PATHS.unit_dropin_dir(AGENT_UNIT))], what="making the unit's drop-in dir")
+    changed = await agent.write_file(dropin, text.encode(), mode=0o644)
     path = str(PATHS.agent_defaults)
     current = (await agent.read_file(path) or b"").decode()
-    wanted = render_env_file(current, values, "# Settings of convocate-agent.service (systemd.exec(5)).\n")
-    changed = await agent.write_file(path, wanted.encode(), mode=0o644)
+    kept = [line for line in current.splitlines() if line.partition("=")[0].strip() not in values]
+    if current and kept != current.splitlines():
+        changed |= await agent.write_file(path, ("\n".join(kept) + "\n").encode(), mode=0o644)
+    if changed:
+        await agent.run(["systemctl", "daemon-reload"], what="reloading systemd's units")
     return report.step(changed, f"service settings {', '.join(f'{k}={v}' for k, v in values.items())}")
 
 

@@ -58,6 +58,7 @@ class FakeApi:
 def layout(tmp_path, current: str | None = "convocate:0.1.0", settings: dict | None = None) -> Paths:
     paths = Paths(tmp_path)
     paths.agent_etc.mkdir(parents=True)
+    paths.agent_state_dir.mkdir(parents=True)
     if current is not None:
         paths.current_image_file.write_text(current + "\n")
     if settings is not None:

@@ -175,7 +175,7 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
             host.sh(f"systemctl status --no-pager {unit}; journalctl --no-pager -u {unit}", check=False).stdout
     for unit in ("convocate-agent.service", "convocate-status.service"):
         assert host.sh(f"ps -o user= -p {host.main_pid(unit)}").stdout.strip() == "claude"
-    assert not host.exists("/etc/convocate-agent/current-image")  # so the image prune never prunes here
+    assert not host.exists("/var/lib/convocate-agent/current-image")  # so the image prune never prunes here
 
     host.sh("ssh-keygen -q -t ed25519 -N '' -C test -f /root/client_key"
             " && cat /root/client_key.pub >> /etc/convocate-agent/authorized_keys"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,28 @@ class StepReport:
         return f"{self.changes} change(s)" if self.changes else "nothing changed"
 
 
+#: What debconf's confmodule puts in a maintainer script's environment. A child that inherits them
+#: believes it runs under a debconf frontend it cannot reach: debootstrap's chroot looped in
+#: pam-auth-update on end of input that way (MACHINE-NOTES). debconf-devel(7), "ENVIRONMENT".
+DEBCONF_VARIABLES = ("DEBIAN_HAS_FRONTEND", "DEBCONF_REDIR", "DEBCONF_OLD_FD_BASE", "DEBCONF_FRONTEND",
+                     "DEBIAN_FRONTEND", "DEBCONF_PRIORITY", "DEBCONF_RECONFIGURE", "DEBCONF_SYSTEMRC")
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a command an install step starts: this one without debconf's variables.
+
+    Args:
+        environ: The environment to start from (default ``os.environ``).
+
+    Returns:
+        A copy without :data:`DEBCONF_VARIABLES`.
+    """
+    env = dict(os.environ if environ is None else environ)
+    for name in DEBCONF_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
 def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
     """Run a system command; a failure becomes a :class:`ConfigError` naming it.
 
@@ -66,7 +89,8 @@ def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[s
         ConfigError: the command is missing or exited non-zero; the message holds its stderr.
     """
     try:
-        result = subprocess.run(list(args), capture_output=True, text=True, check=False)
+        result = subprocess.run(list(args), capture_output=True, text=True, check=False, env=child_env(),
+                                stdin=subprocess.DEVNULL)
     except OSError as e:
         raise ConfigError(messages.COMMAND_FAILED.format(what=what, command=" ".join(args), status="-",
                                                          detail=e)) from e
@@ -79,12 +103,13 @@ def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[s
 
 # --- the claude account -------------------------------------------------------------------------
 def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: StepReport) -> None:
-    """Group and user ``claude`` with GID/UID 1337, created with groupadd(8)/useradd(8).
+    """Group and user ``claude`` with GID/UID 1337, created with addgroup(8)/adduser(8) ``--system``.
 
     The IDs are fixed because session containers run as 1337 on every host (DESIGN §4) and
     session homes move between hosts. They lie in Debian's range of dynamically allocated
     accounts (Debian Policy §9.2.2), so a clash with an existing account is refused, never
-    resolved silently. The password stays locked: logins are by SSH key only.
+    resolved silently (adduser warns that 1337 lies above ``SYS_UID_MAX``; that is expected). The
+    password stays locked: logins are by SSH key only.
 
     Args:
         home: The user's home (``/home/claude``); created by the caller, not here.
@@ -95,7 +120,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
 
     Raises:
         ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
-            groupadd/useradd/usermod failed.
+            addgroup/adduser/usermod failed.
     """
     try:
         group = grp.getgrnam(CLAUDE_USER)
@@ -112,7 +137,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
                                                                other=other, name=CLAUDE_USER))
-        run_command(["groupadd", "--gid", str(CLAUDE_GID), CLAUDE_USER], f"creating group {CLAUDE_USER}")
+        run_command(["addgroup", "--system", "--gid", str(CLAUDE_GID), CLAUDE_USER], f"creating group {CLAUDE_USER}")
         report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
     else:
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
@@ -135,8 +160,10 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
                                                                other=other, name=CLAUDE_USER))
-        run_command(["useradd", "--uid", str(CLAUDE_UID), "--gid", str(CLAUDE_GID), "--home-dir", str(home),
-                     "--no-create-home", "--shell", login_shell, "--comment", "convocate sessions", CLAUDE_USER],
+        # adduser(8) --system: password disabled and no subordinate UID/GID range (subuid(5)), which
+        # useradd gives every non-system user; the session user never runs user namespaces itself.
+        run_command(["adduser", "--system", "--uid", str(CLAUDE_UID), "--ingroup", CLAUDE_USER, "--home", str(home),
+                     "--no-create-home", "--shell", login_shell, "--gecos", "convocate sessions", CLAUDE_USER],
                     f"creating user {CLAUDE_USER}")
         report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {login_shell}) created")
     elif set_shell and user.pw_shell != login_shell:
@@ -144,6 +171,86 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         report.changed(f"user {CLAUDE_USER}: login shell {user.pw_shell} -> {login_shell}")
     else:
         report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {user.pw_shell}) kept")
+
+
+def check_port_free(port: int, unit: str, report: StepReport) -> None:
+    """Fail early when another program listens on the TCP port ``unit`` is to listen on.
+
+    The port may be held by ``unit`` itself (a reconfigure or an upgrade of a running service):
+    the owner of the listening socket is looked up in ``/proc/net/tcp{,6}`` and ``/proc/*/fd``
+    (proc(5)) and compared with the unit's ``MainPID``.
+
+    Args:
+        port: The TCP port.
+        unit: The service that will listen there.
+        report: Where the step is recorded.
+
+    Raises:
+        ConfigError: another process listens there; the message names it and says what to do.
+    """
+    inodes = _listening_inodes(port)
+    if not inodes:
+        report.kept(f"TCP port {port} is free for {unit}")
+        return
+    main_pid = _main_pid(unit)
+    owners = _socket_owners(inodes)
+    others = {pid: name for pid, name in owners.items() if pid != main_pid}
+    if owners and not others:
+        report.kept(f"TCP port {port} is held by {unit} itself")
+        return
+    who = ", ".join(f"{name} (PID {pid})" for pid, name in sorted(others.items())) or "another program"
+    raise ConfigError(messages.LISTEN_PORT_IN_USE.format(port=port, who=who, unit=unit))
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN (include/net/tcp_states.h).
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _socket_owners(inodes: set[str]) -> dict[int, str]:
+    owners: dict[int, str] = {}
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
+                owners[int(proc.name)] = (proc / "comm").read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            continue
+    return owners
+
+
+def _main_pid(unit: str) -> int:
+    result = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit], capture_output=True,
+                            text=True, check=False, env=child_env(), stdin=subprocess.DEVNULL)
+    text = result.stdout.strip()
+    return int(text) if result.returncode == 0 and text.isdigit() else 0
+
+
+def move_state(old: Path, new: Path, report: StepReport) -> None:
+    """Move a state file an older version kept in ``/etc`` to its place under ``/var/lib`` (FHS §5.8).
+
+    Nothing happens when ``old`` is gone; when both exist the newer place wins and ``old`` is left for
+    the operator to look at (reported).
+    """
+    if not old.exists():
+        return
+    if new.exists():
+        report.note(f"{old} is left over from an older version; {new} is used")
+        return
+    shutil.move(old, new)  # rename(2) on one file system
+    report.changed(f"{old.name} moved to {new} (state belongs under /var/lib)")
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -275,3 +382,43 @@ def unit_active_since(unit: str) -> float | None:
     if props.get("ActiveState") != "active" or not stamp.isdigit():
         return None
     return float(stamp)
+
+
+def restart_if_inputs_changed(paths: Paths, unit: str, run_dir: Path, inputs: Sequence[tuple[str, Path]],
+                              report: StepReport) -> bool:
+    """Restart a running ``unit`` when what it reads at start changed since it started.
+
+    The service records the digest of its start inputs in ``run_dir``
+    (:mod:`convocate.common.startinputs`); a service that recorded none (an older version) is
+    restarted. A stopped service is left to debhelper's start. systemd re-reads the unit files first
+    (``daemon-reload``), so an upgraded unit takes effect.
+
+    Args:
+        paths: The layout (``paths.systemd_runtime_dir`` tells whether systemd runs).
+        unit: The service, e.g. ``convocate-agent.service``.
+        run_dir: Its runtime directory, where it recorded what it started with.
+        inputs: Its start inputs (``Paths.agent_start_inputs()``).
+        report: Where the step is recorded.
+
+    Returns:
+        True if the service was restarted.
+
+    Raises:
+        ConfigError: systemctl failed.
+    """
+    from convocate.common import startinputs
+
+    if not systemd_running(paths):
+        return False
+    active = subprocess.run(["systemctl", "is-active", "--quiet", unit], check=False, env=child_env(),
+                            stdin=subprocess.DEVNULL).returncode == 0
+    if not active:
+        report.kept(f"{unit} is not running; nothing to restart")
+        return False
+    if not startinputs.changed_since_start(run_dir, inputs):
+        report.kept(f"{unit} kept running: nothing it reads at start changed")
+        return False
+    run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
+    run_command(["systemctl", "try-restart", unit], f"restarting {unit}")
+    report.changed(f"{unit} restarted: what it reads at start changed")
+    return True

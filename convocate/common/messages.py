@@ -87,13 +87,32 @@ IMAGE_NOT_BUILT = (
     "the session image {tag} was not built: {reason}. Install Docker (docker.io or docker-ce) and run"
     " `convocate install` again, or build it later with: {command}"
 )
+LISTEN_PORT_IN_USE = (
+    "TCP port {port} is in use by {who}, so {unit} cannot listen there: stop that program, or choose"
+    " another port with dpkg-reconfigure"
+)
+DEFAULTS_BY_DEBCONF = (
+    "{path} holds debconf answers that the {package} package writes (with ucf): change them with"
+    " `dpkg-reconfigure {package}`"
+)
+IMAGE_NOT_YET = "no session image yet: {tag} is not there because {reason}; {retry}"
+IMAGE_BUILD_RETRY = (
+    "build it with `sudo systemctl start {unit}` (follow it with `journalctl -fu {unit}`)"
+    " or in the foreground with `sudo convocate install --image`"
+)
+IMAGE_BUILD_FOLLOW = "follow it with `journalctl -fu {unit}`"
+IMAGE_BUILD_STARTED = (
+    "the session image is built in the background by {unit}: follow it with `journalctl -fu {unit}`;"
+    " `convocate image-status` says when it is ready"
+)
 IMAGE_CONTEXT_MISSING = (
     "the session image's build context {path} is missing: reinstall the convocate package, or pass"
     " --image-context DIR (or --no-image)"
 )
 IMAGE_BUILD_FAILED = (
     "building the session image {tag} failed (build-image.sh exited with status {status}; its output is above);"
-    " `convocate install --no-image` skips the build, `--base-image IMAGE` builds from a local base image"
+    " retry with `sudo convocate install --image` (or `sudo systemctl start convocate-image-build`);"
+    " `--base-image IMAGE` builds from a local base image"
 )
 
 # --- convocate-host: targets ---------------------------------------------------------

@@ -77,18 +77,24 @@ class Paths:
     def shell_known_host(self) -> Path:
         return self.agent_etc / "shell_known_host"
 
+    # --- agent host: /var/lib/convocate-agent, state the agent and convocate-host write ---------
+    @property
+    def agent_state_dir(self) -> Path:
+        """State that is not configuration (FHS §5.8): settings the agent writes, the current image."""
+        return self._p("var", "lib", "convocate-agent")
+
     @property
     def current_image_file(self) -> Path:
-        return self.agent_etc / "current-image"
+        return self.agent_state_dir / "current-image"
 
     @property
     def agent_settings(self) -> Path:
-        return self.agent_etc / "settings.json"
+        return self.agent_state_dir / "settings.json"
 
     @property
     def agent_image_spool(self) -> Path:
         """Where ``convocate-agent load-image`` spools an image archive until its digest is checked."""
-        return self._p("var", "lib", "convocate-agent", "incoming")
+        return self.agent_state_dir / "incoming"
 
     @property
     def agent_rsyslog_tls(self) -> Path:
@@ -235,6 +241,35 @@ class Paths:
         """The slice's computed ``CPUQuota=``/``MemoryMax=`` (systemd.unit(5) drop-in)."""
         return self._p("etc", "systemd", "system", "convocate-sessions.slice.d", "50-limits.conf")
 
+    def unit_dropin_dir(self, unit: str) -> Path:
+        """The administrator's (and convocate-host's) drop-ins of ``unit`` (systemd.unit(5))."""
+        return self._p("etc", "systemd", "system", f"{unit}.d")
+
+    def zipapp(self, package: str) -> Path:
+        """The zipapp a package ships: ``/usr/lib/<package>/<package>.pyz``."""
+        return self._p("usr", "lib", package, f"{package}.pyz")
+
+    def agent_start_inputs(self) -> list[tuple[str, Path]]:
+        """What ``convocate-agent serve`` reads when it starts (``convocate.common.startinputs``).
+
+        The root-only session env file is not among them: the service cannot read it itself (systemd
+        hands it over as a credential, or not at all in a container), no install step changes it,
+        and whoever edits it restarts the service.
+        """
+        unit = "convocate-agent.service"
+        return [("unit", self.unit_file(unit)), ("dropins", self.unit_dropin_dir(unit)),
+                ("defaults", self.agent_defaults), ("shell-host", self.shell_host_file),
+                ("shell-known-host", self.shell_known_host), ("shell-key", self.agent_to_shell_key),
+                ("host-key", self.agent_host_key), ("agent-id", self.agent_id_file),
+                ("zipapp", self.zipapp("convocate-agent"))]
+
+    def shell_start_inputs(self) -> list[tuple[str, Path]]:
+        """What ``convocate status-serve`` reads when it starts (``convocate.common.startinputs``)."""
+        unit = "convocate-status.service"
+        return [("unit", self.unit_file(unit)), ("dropins", self.unit_dropin_dir(unit)),
+                ("defaults", self.shell_defaults), ("domain", self.shell_domain_file),
+                ("host-key", self.status_host_key), ("zipapp", self.zipapp("convocate"))]
+
     @property
     def agent_defaults(self) -> Path:
         """``KEY=VALUE`` settings of ``convocate-agent.service`` (its ``EnvironmentFile=``)."""
@@ -303,6 +338,11 @@ class Paths:
     def migrated_dir(self) -> Path:
         """Shell host: session directories ``convocate-host migrate-session`` moved to an agent, kept as a backup."""
         return self.session_base / ".migrated"
+
+    @property
+    def image_build_status(self) -> Path:
+        """Shell host: the record of the last session image build (``convocate.image_status``)."""
+        return self.shell_state_dir / "image-build.json"
 
     @property
     def image_cache_dir(self) -> Path:

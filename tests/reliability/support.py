@@ -297,6 +297,7 @@ def make_service(root: Path, runtime: FakeRuntime) -> AgentService:
     paths = Paths(root)
     paths.session_base.mkdir(parents=True, exist_ok=True)
     paths.agent_etc.mkdir(parents=True, exist_ok=True)
+    paths.agent_state_dir.mkdir(parents=True, exist_ok=True)
     paths.current_image_file.write_text("convocate:fake\n")
     uid, gid = os.getuid(), os.getgid()
     return AgentService(paths=paths, agent_id="fuzz0001", settings=Settings(), store=SessionStore(paths, uid, gid),
