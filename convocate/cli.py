@@ -46,7 +46,8 @@ commands:
   agents                          list registered agents and whether they answer
   events [--json]                 stream the cluster's events as they happen
   status-serve [--listen H:P]     run the shell's status listener (convocate-status.service)
-  install [options]               set up this shell host and build the session image; idempotent
+  install [options]               set up this shell host (and build the session image); idempotent
+  image-status [--json]           is the session image built, being built, or why not
   new NAME [options]              create (and start) a session
   attach REF [--read-only]        attach this terminal; detach with Ctrl-b d
   kill REF                        stop a session's container
@@ -108,9 +109,40 @@ async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
         mark = agent_mark(states.get(agent_id, {}))
         if mark:
             print(f"{PROG}: agent {agent_id}: {mark}", file=sys.stderr)
+    image_problem = _image_problem(cluster.paths)
+    if image_problem:
+        print(f"{PROG}: {image_problem}", file=sys.stderr)
     if listing.errors and not listing.sessions and len(listing.errors) == len(cluster.clients):
         return next(iter(listing.errors.values())).exit_code
     return 0
+
+
+def _image_problem(paths: Paths) -> str | None:
+    """"no session image yet …" on a packaged shell host whose image build has not finished, else None."""
+    from convocate import image_status
+    from convocate.shell_install import default_image_tag
+
+    if not paths.image_context.is_dir():  # not a shell host installed from the package (the demo, tests)
+        return None
+    return image_status.problem(paths, default_image_tag())
+
+
+async def _cmd_image_status(args: argparse.Namespace) -> int:
+    from convocate import image_status
+    from convocate.shell_install import default_image_tag
+
+    paths = Paths.from_env()
+    tag = default_image_tag()
+    problem = image_status.problem(paths, tag)
+    build = image_status.load(paths.image_build_status)
+    if args.json:
+        _print_json({"tag": tag, "ready": problem is None, "build": None if build is None else vars(build),
+                     "problem": problem})
+    elif problem is None:
+        print(f"session image {tag}: built {build.finished if build else ''}".rstrip())
+    else:
+        print(problem)
+    return 0 if problem is None else ConfigError.exit_code
 
 
 async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
@@ -420,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_status_serve, daemon=True)
+
+    p = sub.add_parser("image-status", parents=[common], help="is the session image built",
+                       description="Say whether this shell host's session image is built, being built, or why "
+                       "not, and how to build it; exit 78 until it is built.")
+    p.set_defaults(func=_cmd_image_status, local=True)
 
     p = sub.add_parser("install", help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "

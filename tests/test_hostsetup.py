@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
+import pytest
+
+from convocate.common import hostsetup, startinputs
+from convocate.common.errors import ConfigError
 from convocate.common.hostsetup import StepReport, render_env_file, write_if_changed
 
 HEADER = "# header\n"
@@ -29,3 +34,58 @@ def test_write_if_changed_writes_once_and_fixes_the_mode(tmp_path):
     assert not write_if_changed(path, b"x\n", mode=0o640, report=report, what="file")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and report.steps[-1].endswith("owner/mode fixed")
     assert report.summary() == "2 change(s)"
+
+
+# --- what the postinst's install steps check and decide ------------------------------------------
+def test_a_port_another_program_listens_on_is_refused_with_its_name_and_pid(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(ConfigError) as caught:
+            hostsetup.check_port_free(port, "convocate-test-none.service", StepReport())
+        assert f"TCP port {port} is in use by " in str(caught.value)
+        assert f"(PID {os.getpid()})" in str(caught.value)
+        assert "convocate-test-none.service cannot listen there" in str(caught.value)
+    report = StepReport()
+    hostsetup.check_port_free(port, "convocate-test-none.service", report)
+    assert report.steps == [f"TCP port {port} is free for convocate-test-none.service"]
+
+
+def test_children_of_an_install_step_get_no_debconf_environment():
+    env = hostsetup.child_env({"PATH": "/bin", "DEBIAN_HAS_FRONTEND": "1", "DEBCONF_REDIR": "1",
+                               "DEBIAN_FRONTEND": "readline"})
+    assert env == {"PATH": "/bin"}
+
+
+def test_state_moves_from_etc_once_and_a_newer_copy_wins(tmp_path):
+    old, new = tmp_path / "etc" / "settings.json", tmp_path / "var" / "settings.json"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    old.write_text("old")
+    report = StepReport()
+    hostsetup.move_state(old, new, report)
+    assert new.read_text() == "old" and not old.exists() and report.changes == 1
+    old.write_text("stale")
+    hostsetup.move_state(old, new, report)
+    assert new.read_text() == "old" and old.read_text() == "stale"
+    assert report.steps[-1] == f"note: {old} is left over from an older version; {new} is used"
+
+
+def test_start_inputs_digest_changes_with_content_not_with_the_path_it_is_read_through(tmp_path):
+    a, b, dropins = tmp_path / "a", tmp_path / "b", tmp_path / "unit.d"
+    a.write_text("CONVOCATE_AGENT_LISTEN=:222\n")
+    b.write_text("CONVOCATE_AGENT_LISTEN=:222\n")
+    dropins.mkdir()
+    first = startinputs.digest([("defaults", a), ("dropins", dropins)])
+    assert first == startinputs.digest([("defaults", b), ("dropins", dropins)])
+    (dropins / "50-x.conf").write_text("[Service]\n")
+    assert startinputs.digest([("defaults", a), ("dropins", dropins)]) != first
+    run = tmp_path / "run"
+    run.mkdir()
+    assert startinputs.changed_since_start(run, [("defaults", a)])  # nothing recorded: restart
+    startinputs.record(run, startinputs.digest([("defaults", a)]))
+    assert not startinputs.changed_since_start(run, [("defaults", a)])
+    a.write_text("CONVOCATE_AGENT_LISTEN=:2222\n")
+    assert startinputs.changed_since_start(run, [("defaults", a)])
+    assert startinputs.digest([("x", tmp_path / "missing")]) != startinputs.digest([("x", a)])

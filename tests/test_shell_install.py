@@ -13,8 +13,9 @@ import uuid
 import docker.errors
 import pytest
 
+from convocate import image_status
 from convocate.common import keys, messages
-from convocate.common.errors import BadRequest
+from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.version import __version__
 from tests.harness import REPO, LocalCluster
 
@@ -69,6 +70,27 @@ def test_install_without_docker_says_how_to_build_the_image_later(tmp_path):
                          env={"DOCKER": str(tmp_path / "no-docker"), "PATH": "/usr/sbin:/sbin"})
     assert f"the session image convocate:{__version__} was not built: Docker is not installed" in result.stdout
     assert f"{REPO}/packaging/image/build-image.sh --tag convocate:{__version__}" in result.stdout
+    # The record says so too, for `convocate image-status`, `ls` and the TUI.
+    record = image_status.load(tmp_path / "var/lib/convocate/image-build.json")
+    assert record.state == image_status.FAILED and record.error == "Docker is not installed"
+
+
+def test_an_explicit_image_build_without_docker_fails_with_exit_78(tmp_path):
+    result = run_install(tmp_path, "--image", "--image-context", str(REPO / "packaging/image"), check=False,
+                         env={"DOCKER": str(tmp_path / "no-docker"), "PATH": "/usr/sbin:/sbin"})
+    assert result.returncode == ConfigError.exit_code
+    assert f"the session image convocate:{__version__} was not built: Docker is not installed" in result.stderr
+
+
+def test_install_prints_the_defaults_file_for_ucf_without_touching_anything(tmp_path):
+    result = run_install(tmp_path, "--print-defaults", "--status-port", "2223", "--base-image", "local/base:12")
+    lines = result.stdout.splitlines()
+    assert "CONVOCATE_STATUS_LISTEN=:2223" in lines and "CONVOCATE_BASE_IMAGE=local/base:12" in lines
+    assert lines[0].startswith("# Settings of convocate-status.service")
+    assert not (tmp_path / "etc").exists()
+    # The default answers give what older versions wrote, so ucf takes a file they left as its own.
+    default = run_install(tmp_path, "--print-defaults", "--status-port", "", "--base-image", "").stdout
+    assert [line for line in default.splitlines() if not line.startswith("#")] == ["CONVOCATE_STATUS_LISTEN=:223"]
 
 
 @pytest.mark.docker

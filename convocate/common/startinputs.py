@@ -40,9 +40,9 @@ def digest(inputs: Iterable[tuple[str, Path]]) -> str:
     """
     h = hashlib.sha256()
     for name, path in inputs:
-        files = sorted(path.glob("*.conf")) if path.is_dir() else [path]
-        for file in files:
-            h.update(f"{name}/{file.name}\0".encode())
+        files = [(f"{name}/{f.name}", f) for f in sorted(path.glob("*.conf"))] if path.is_dir() else [(name, path)]
+        for label, file in files:
+            h.update(f"{label}\0".encode())
             try:
                 data = file.read_bytes()
             except FileNotFoundError:
