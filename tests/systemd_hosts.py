@@ -48,7 +48,7 @@ RUN set -eu; export DEBIAN_FRONTEND=noninteractive; \\
     groupadd --system --gid "$DOCKER_GID" docker; \\
     apt-get update -q; \\
     apt-get install -y -q --no-install-recommends systemd systemd-sysv dbus python3 rsyslog-gnutls \\
-        openssh-client dnsmasq cron logrotate procps {packages} >/dev/null; \\
+        openssh-client dnsmasq cron logrotate procps adduser ucf {packages} >/dev/null; \\
     mkdir -p /tmp/docker-ce/DEBIAN; \\
     printf '%s\\n' 'Package: docker-ce' 'Version: 5:0.0-convocate-test' 'Architecture: all' \\
         'Maintainer: convocate tests <tests@localhost>' \\
