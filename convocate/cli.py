@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
@@ -391,9 +391,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 
@@ -176,7 +176,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_serve(sub)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest
 from convocate.common.version import __version__
 from convocate_host import vm
@@ -259,7 +259,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_init_shell(sub)
