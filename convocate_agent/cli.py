@@ -119,6 +119,7 @@ def _add_load_image(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sha256", required=True, help="the archive's SHA-256 as the sender computed it")
     p.add_argument("--tag", required=True, help="the image tag the archive carries (convocate:<version>)")
     p.add_argument("--set-current", action="store_true", help="make it this agent's current image")
+    p.add_argument("--size", type=int, help="the archive's size in bytes, for the progress bar's ETA [unknown]")
     p.add_argument("archive", nargs="?", default="-", help="archive file, or - for stdin [%(default)s]")
     p.set_defaults(func=_cmd_load_image)
 
@@ -130,11 +131,12 @@ def _cmd_load_image(args: argparse.Namespace) -> int:
     owner = (CLAUDE_UID, CLAUDE_GID) if not paths.relocated and os.geteuid() == 0 else (None, None)
     if args.archive == "-":
         loaded = load_image(paths, sys.stdin.buffer, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
-                            uid=owner[0], gid=owner[1])
+                            uid=owner[0], gid=owner[1], size_hint=args.size, progress=sys.stderr)
     else:
         with open(args.archive, "rb") as source:
             loaded = load_image(paths, source, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
-                                uid=owner[0], gid=owner[1])
+                                uid=owner[0], gid=owner[1], size_hint=args.size or os.fstat(source.fileno()).st_size,
+                                progress=sys.stderr)
     print(json.dumps({"tag": loaded.tag, "id": loaded.image_id, "bytes": loaded.size,
                       "current_set": loaded.current_set}))
     return 0

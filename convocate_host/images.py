@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -23,6 +22,7 @@ from typing import TextIO
 from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
+from convocate.common.progress import Progress
 from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target, relay
 
@@ -110,7 +110,8 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
         agent: Where it goes.
         archive: What to send; its ``sha256`` is the digest the agent checks.
         command: How to run ``convocate-agent`` there.
-        progress: Where the progress bar goes (stderr); None for none.
+        progress: Where the progress bar goes (stderr): redrawn in place on a terminal, else a
+            line every 10 s (:mod:`convocate.common.progress`); None for none.
 
     Returns:
         ``load-image``'s answer (``{"tag", "id", "bytes", "current_set"}``).
@@ -121,22 +122,16 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
     source = await shell.open_process(["cat", "--", archive.path])
     sink = await agent.open_process([*command, "load-image", "--sha256", archive.sha256, "--tag", archive.tag, "-"])
     digest = hashlib.sha256()
-    started = time.monotonic()
-    seen = {"bytes": 0, "drawn": started}
+    bar = None if progress is None else Progress(f"sending {archive.tag}", archive.size, out=progress)
 
     def observe(chunk: bytes) -> None:
         digest.update(chunk)
-        seen["bytes"] += len(chunk)
-        now = time.monotonic()
-        if progress is not None and now - seen["drawn"] > 0.5:
-            seen["drawn"] = now
-            _draw(progress, archive, seen["bytes"], now - started)
+        if bar is not None:
+            bar.advance(len(chunk))
 
     sent, read_result, load_result = await relay(source, sink, observe=observe)
-    if progress is not None:
-        _draw(progress, archive, sent, time.monotonic() - started)
-        progress.write("\n")
-        progress.flush()
+    if bar is not None:
+        bar.finish()
     if not read_result.ok:
         raise HostError(messages.HOST_COMMAND_FAILED.format(host=shell.description, what="reading the image archive",
                                                             command=f"cat {archive.path}",
@@ -151,16 +146,6 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
         raise HostError(messages.IMAGE_DIGEST_MISMATCH.format(tag=archive.tag, got=digest.hexdigest(),
                                                               expected=archive.sha256, size=sent))
     return json.loads(load_result.text.strip().splitlines()[-1])
-
-
-def _draw(out: TextIO, archive: ImageArchive, sent: int, seconds: float) -> None:
-    total = max(archive.size, 1)
-    width = 30
-    filled = int(width * min(sent, total) / total)
-    rate = sent / seconds / (1 << 20) if seconds > 0 else 0.0
-    out.write(f"\r  {archive.tag} [{'#' * filled}{'.' * (width - filled)}] "
-              f"{sent >> 20}/{archive.size >> 20} MiB {rate:.0f} MiB/s")
-    out.flush()
 
 
 async def ensure_agent_image(shell: Target, agent: Target, tag: str, report: LiveReport, *,
