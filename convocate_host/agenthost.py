@@ -143,7 +143,7 @@ async def stamp_current_image(agent: Target, tag: str, report: LiveReport) -> bo
 async def agents_status(shell: Target) -> list[dict]:
     """``convocate agents --json`` on the shell host, as the user ``claude``."""
     result = await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "agents", "--json"],
-                             what="asking the shell host for its agents", check=False)
+                             what="asking the shell host for its agents", check=False, reads=True)
     try:
         return json.loads(result.text)
     except ValueError as e:
@@ -209,7 +209,7 @@ async def update_host(shell: Target, host: Target, debs: Path, report: LiveRepor
 async def registered_agents(shell: Target) -> list[tuple[str, str]]:
     """``(agent-id, address)`` of every agent in the shell's registry."""
     script = 'for d in "$1"/*/; do [ -f "$d/address" ] && printf "%s %s\\n" "$(basename "$d")" "$(head -n1 "$d/address")"; done; true'
-    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agent registry")
+    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agent registry", reads=True)
     return [tuple(line.split(maxsplit=1)) for line in result.text.splitlines() if " " in line]  # type: ignore[misc]
 
 

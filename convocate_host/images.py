@@ -56,7 +56,7 @@ def archive_name(tag: str) -> str:
 
 async def image_id(target: Target, tag: str) -> str | None:
     """The ID of ``tag`` in the target's Docker (``docker`` CLI), or None when absent."""
-    result = await target.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False)
+    result = await target.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False, reads=True)
     return result.text.strip() or None if result.ok else None
 
 
@@ -78,7 +78,7 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
             meta = json.loads(meta_bytes)
         except ValueError:
             meta = {}
-        size = (await shell.sh('stat -c %s -- "$1" 2>/dev/null || echo -1', path)).text.strip()
+        size = (await shell.sh('stat -c %s -- "$1" 2>/dev/null || echo -1', path, reads=True)).text.strip()
         if meta.get("image_id") == wanted and str(meta.get("size")) == size:
             report.kept(f"image archive {path} ({int(size) >> 20} MiB) matches {tag}")
             return ImageArchive(tag, wanted, path, meta["sha256"], int(size))
@@ -86,6 +86,9 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
     saved = await shell.sh('set -e; docker save -o "$1.tmp" "$2"; sha256sum < "$1.tmp" | cut -d" " -f1; '
                            'stat -c %s -- "$1.tmp"; mv -f -- "$1.tmp" "$1"', path, tag,
                            what=f"saving {tag}")
+    if shell.dry_run:  # nothing was saved, so there is no digest to announce
+        report.changed(f"image {tag} would be saved to {path}")
+        return ImageArchive(tag, wanted, path, "", 0)
     digest, size_text = saved.text.split()
     archive = ImageArchive(tag, wanted, path, digest, int(size_text))
     await shell.write_file(meta_path, json.dumps({"tag": tag, "image_id": wanted, "sha256": digest,
@@ -96,7 +99,7 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
 
 async def agent_image(agent: Target, tag: str, command: Sequence[str] = AGENT_COMMAND) -> str | None:
     """The image ID the agent host's Docker has for ``tag``, or None."""
-    result = await agent.run([*command, "image-info", tag], what=f"asking for {tag}")
+    result = await agent.run([*command, "image-info", tag], what=f"asking for {tag}", reads=True)
     info = json.loads(result.text)
     return info["id"] if info.get("present") else None
 
@@ -164,6 +167,9 @@ async def ensure_agent_image(shell: Target, agent: Target, tag: str, report: Liv
         report.kept(f"image {tag} present ({wanted[:19]})")
         return False
     archive = await ensure_archive(shell, tag, shell_report or report)
+    if shell.dry_run or agent.dry_run:
+        report.changed(f"image {tag} would be sent and loaded (SHA-256 verified on arrival)")
+        return True
     answer = await send_archive(shell, agent, archive, command=command, progress=progress)
     report.changed(f"image {tag} loaded ({answer['bytes'] >> 20} MiB, SHA-256 verified on arrival)")
     return True

@@ -82,7 +82,7 @@ async def shell_names(shell: Target, extra: tuple[str, ...]) -> list[str]:
     """Every name agents may reach the shell host by: its address, host name, FQDN and ``extra``."""
     names = [shell.address, *extra]
     for command in (["hostname"], ["hostname", "--fqdn"]):
-        result = await shell.run(command, check=False)
+        result = await shell.run(command, check=False, reads=True)
         if result.ok and result.text.strip():
             names.append(result.text.strip())
     return list(dict.fromkeys(n for n in names if n and n != "localhost"))
@@ -90,8 +90,8 @@ async def shell_names(shell: Target, extra: tuple[str, ...]) -> list[str]:
 
 async def ensure_service(target: Target, unit: str, report: LiveReport) -> None:
     """``unit`` enabled and active (debhelper does it on install; this finds or fixes it)."""
-    enabled = (await target.run(["systemctl", "is-enabled", unit], check=False)).text.strip()
-    active = (await target.run(["systemctl", "is-active", unit], check=False)).text.strip()
+    enabled = (await target.run(["systemctl", "is-enabled", unit], check=False, reads=True)).text.strip()
+    active = (await target.run(["systemctl", "is-active", unit], check=False, reads=True)).text.strip()
     if enabled == "enabled" and active == "active":
         report.kept(f"{unit} enabled and active")
         return
