@@ -188,6 +188,9 @@ async def _cmd_install(args: argparse.Namespace) -> int:
                                   claude_code=args.claude_code, image_tag=args.image_tag,
                                   image_context=args.image_context, domain=args.domain, status_port=args.status_port)
     report = install(Paths.from_env(), options)
+    if args.json:
+        _print_json({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()})
+        return 0
     for step in report.steps:
         print(step)
     print(f"{PROG} install: {report.summary()}")
@@ -405,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", parents=[common], help="stream events")
     p.set_defaults(func=_cmd_events, local=True)
 
-    p = sub.add_parser("status-serve", help="run the status listener")
+    p = sub.add_parser("status-serve", parents=[common], help="run the status listener")
     p.add_argument("--listen", default=":223", help="SSH listen address HOST:PORT [%(default)s]")
     p.add_argument("--domain", help="cluster DNS domain [/etc/convocate/domain, else convocate.internal]")
     p.add_argument("--dnsmasq-pid-file", type=lambda v: Path(v) if v else None,
@@ -415,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_status_serve, daemon=True)
 
-    p = sub.add_parser("install", help="set up this shell host",
+    p = sub.add_parser("install", parents=[common], help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "
                        "debconf answers.")
     p.add_argument("--image", action=argparse.BooleanOptionalAction, default=True,

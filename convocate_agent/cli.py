@@ -82,6 +82,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
         shell_port=None if args.shell_port is None else check_port(args.shell_port, "--shell-port"),
     )
     report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID, options=options)
+    if args.json:
+        print(json.dumps({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()}))
+        return 0
     for step in report.steps:
         print(step)
     print(f"{PROG} install: {report.summary()}")
@@ -101,6 +104,10 @@ def _cmd_prune_images(args: argparse.Namespace) -> int:
     from convocate_agent.images import prune_images
 
     report = prune_images(Paths.from_env(), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"ok": not report.failed, "dry_run": args.dry_run, "removed": report.removed,
+                          "failed": report.failed, "skipped": report.skipped or None}))
+        return 1 if report.failed else 0
     if report.skipped and not args.quiet:
         print(f"nothing pruned: {report.skipped}")
     for tag in report.removed:
@@ -185,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_images(sub)
     _add_load_image(sub)
     _add_image_info(sub)
+    for name, p in sub.choices.items():
+        p.add_argument("--json", action="store_true",
+                       help="print errors as {\"ok\": false, \"code\", \"error\"} on stdout"
+                       + ("" if name == "serve" else ", and the result as JSON"))
     return parser
 
 

@@ -122,6 +122,17 @@ def test_a_bad_command_line_prints_one_usage_line(tmp_path, module, prog, args):
         in lines[-1]
 
 
+def test_agent_errors_with_json_are_json_on_stdout_with_the_same_status(tmp_path):
+    role = LocalCluster(root=tmp_path, image="x")
+    args = ("load-image", "--sha256", "abc", "--tag", "convocate:x")
+    plain = role.run_role("convocate_agent", *args, check=False, input="")
+    as_json = role.run_role("convocate_agent", *args, "--json", check=False, input="")
+    assert plain.returncode == as_json.returncode == 2
+    answer = json.loads(as_json.stdout)
+    assert answer == {"ok": False, "code": "bad_request", "error": "--sha256: 'abc' is not a SHA-256 digest (64 hex digits)"}
+    assert plain.stderr == f"convocate-agent: {answer['error']}\n" and as_json.stderr == ""
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the CLI as another uid")
 def test_a_user_without_the_claude_group_is_told_which_account_it_needs():
     root = Path(tempfile.mkdtemp(prefix="convocate-noperm-"))  # pytest's tmp dirs are 0700, closed to nobody
