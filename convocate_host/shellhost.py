@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convocate.common import messages
 from convocate.common.paths import Paths
 from convocate_host import logforward
 from convocate_host.debs import ensure_package, find_deb
@@ -61,12 +62,15 @@ async def init_shell(shell: Target, options: ShellOptions, report: LiveReport) -
         HostError: a command on the host failed.
     """
     deb = find_deb(options.debs, "convocate")
-    await ensure_package(shell, deb, report, {
+    installed = await ensure_package(shell, deb, report, {
         "convocate/build-image": ("boolean", "true" if options.build_image else "false"),
         "convocate/base-image": ("string", options.base_image),
         "convocate/domain": ("string", options.domain),
         "convocate/status-port": ("string", str(options.status_port)),
     })
+    if installed and shell.dry_run:  # the status host key and the rest are made by that install
+        report.note(messages.DRY_RUN_STOPS_AT_PACKAGE.format(package=deb.package))
+        return
     await read_status_host_key(shell)
     report.kept(f"status host key {PATHS.status_host_key} present")
     names = await shell_names(shell, options.names)

@@ -151,3 +151,33 @@ async def test_an_error_with_json_is_json_on_stdout_with_the_same_status(tmp_pat
     assert plain.returncode == as_json.returncode == 69  # EX_UNAVAILABLE: nothing listens on port 1
     answer = json.loads(as_json.stdout)
     assert answer["ok"] is False and answer["code"] == "unreachable" and answer["error"] in plain.stderr
+
+
+def _stand_in_deb(directory: Path, package: str) -> Path:
+    """A minimal real .deb named ``package`` (dpkg-deb --build): init-shell only reads its control fields."""
+    tree = directory / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 0.1.0\nArchitecture: all\n"
+                                             "Maintainer: test <test@example.org>\nDescription: stand-in\n")
+    debs = directory / "debs"
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(debs / f"{package}_0.1.0_all.deb")],
+                   check=True, capture_output=True)
+    return debs
+
+
+async def test_init_shell_dry_run_on_a_fresh_host_says_it_would_install_and_stops_there(ssh_host, host_container,
+                                                                                        tmp_path):
+    options, commands = ssh_host
+    debs = _stand_in_deb(tmp_path, "convocate")
+    before = docker_diff(host_container)
+    done = await convocate_host("init-shell", "--dry-run", "--json", "--debs", str(debs), *options)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert docker_diff(host_container) == before
+    steps = json.loads(done.stdout)["hosts"][0]["steps"]
+    assert {"status": "changed", "line": "convocate 0.1.0 installed"} in steps
+    assert any(s["status"] == "planned" and s["line"].startswith("would run: debconf-set-selections") for s in steps)
+    assert any(s["status"] == "planned" and s["line"].startswith("would write /") and "convocate_0.1.0_all.deb" in
+               s["line"] for s in steps)
+    assert steps[-1] == {"status": "note", "line": messages.DRY_RUN_STOPS_AT_PACKAGE.format(package="convocate")}
+    assert not any("apt-get install" in c or "debconf-set-selections" in c for c in commands), commands

@@ -236,3 +236,7 @@ DRY_RUN_DIR = "would make directory {path} (mode {mode:04o}, {owner})"
 DRY_RUN_STREAM = "would stream into: {command}{what}"
 DRY_RUN_SUMMARY = "{count} change(s) would be made; nothing was changed (dry run)"
 DRY_RUN_NOTHING = "nothing would change (dry run)"
+DRY_RUN_STOPS_AT_PACKAGE = (
+    "the dry run stops here: the next steps read what installing {package} creates (keys, IDs, services);"
+    " run it again once the package is installed to see them"
+)
