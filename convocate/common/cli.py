@@ -88,7 +88,7 @@ def no_permission(error: PermissionError, action: str = "reading") -> NoPermissi
 
     Args:
         error: The refusal (``EACCES``/``EPERM``) with the path it was about.
-        action: What was being done, for the message (``reading``, ``writing``).
+        action: What was being done, for the message (``reading``, ``writing``, ``using``).
 
     Returns:
         The error to raise, naming the path, the account and the group.
@@ -156,8 +156,8 @@ def run_main(prog: str, usage: str, argv: list[str], run: Callable[[list[str]], 
         return run(argv)
     except ConvocateError as e:
         return _report(prog, e, as_json)
-    except PermissionError as e:  # a file of /etc/convocate*, say, that this account may not read
-        return _report(prog, no_permission(e), as_json)
+    except PermissionError as e:  # a file of /etc/convocate*, say, that this account may not use
+        return _report(prog, no_permission(e, "using"), as_json)
     except KeyboardInterrupt:
         if as_json:
             print(json.dumps({"ok": False, "code": "interrupted", "error": "interrupted"}), flush=True)
