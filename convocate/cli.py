@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
@@ -226,6 +226,9 @@ async def _cmd_install(args: argparse.Namespace) -> int:
                                   claude_code=args.claude_code, image_tag=args.image_tag,
                                   image_context=args.image_context, domain=args.domain, status_port=args.status_port)
     report = install(Paths.from_env(), options)
+    if args.json:
+        _print_json({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()})
+        return 0
     for step in report.steps:
         print(step)
     print(f"{PROG} install: {report.summary()}")
@@ -429,9 +432,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
@@ -443,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", parents=[common], help="stream events")
     p.set_defaults(func=_cmd_events, local=True)
 
-    p = sub.add_parser("status-serve", help="run the status listener")
+    p = sub.add_parser("status-serve", parents=[common], help="run the status listener")
     p.add_argument("--listen", default=":223", help="SSH listen address HOST:PORT [%(default)s]")
     p.add_argument("--domain", help="cluster DNS domain [/etc/convocate/domain, else convocate.internal]")
     p.add_argument("--dnsmasq-pid-file", type=lambda v: Path(v) if v else None,
@@ -458,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "not, and how to build it; exit 78 until it is built.")
     p.set_defaults(func=_cmd_image_status, local=True)
 
-    p = sub.add_parser("install", help="set up this shell host",
+    p = sub.add_parser("install", parents=[common], help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "
                        "debconf answers.")
     p.add_argument("--image", action=argparse.BooleanOptionalAction, default=None,

@@ -18,6 +18,7 @@ from typing import Any
 import asyncssh
 
 from convocate.common import messages
+from convocate.common.cli import no_permission
 from convocate.common.errors import (
     ConfigError,
     Conflict,
@@ -70,7 +71,8 @@ class AgentClient:
         """Open the connection if it is not open.
 
         Raises:
-            ConfigError: the key or the pinned host key cannot be read.
+            ConfigError: the key or the pinned host key is missing or invalid.
+            NoPermission: this account may not read the key or the pinned host key.
             HostKeyMismatch: the agent presented another host key.
             Unreachable: the agent cannot be reached or refused the login.
         """
@@ -80,10 +82,15 @@ class AgentClient:
                     with contextlib.suppress(ConfigError):
                         self.record = load_agent(self.paths, self.record.agent_id)
                 rec = self.record
-                self._conn = await connect_pinned(
-                    host=rec.address, port=rec.port, key_path=rec.key_path, known_host_path=rec.known_host_path,
-                    peer=f"agent {rec.agent_id}", connect_timeout=self.connect_timeout,
-                    keepalive_interval=15, keepalive_count_max=3)
+                try:
+                    self._conn = await connect_pinned(
+                        host=rec.address, port=rec.port, key_path=rec.key_path, known_host_path=rec.known_host_path,
+                        peer=f"agent {rec.agent_id}", connect_timeout=self.connect_timeout,
+                        keepalive_interval=15, keepalive_count_max=3)
+                except ConfigError as e:  # a key this account may not read: say whose it is
+                    if isinstance(e.__cause__, PermissionError):
+                        raise no_permission(e.__cause__) from e
+                    raise
             return self._conn
 
     def _unreachable(self, error: Exception) -> Unreachable:
@@ -183,11 +190,15 @@ class Cluster:
 
     Raises:
         ConfigError: no agent is registered.
+        NoPermission: this account may not read the registry (it is the ``claude`` account's).
     """
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
-        records, self.registry_errors = load_registry(paths)
+        try:
+            records, self.registry_errors = load_registry(paths)
+        except PermissionError as e:  # /etc/convocate is the claude account's (0750)
+            raise no_permission(e) from e
         for error in self.registry_errors:
             log.warning("%s", error)
         if not records:

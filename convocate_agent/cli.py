@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 
@@ -89,6 +89,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
         shell_port=None if args.shell_port is None else check_port(args.shell_port, "--shell-port"),
     )
     report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID, options=options)
+    if args.json:
+        print(json.dumps({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()}))
+        return 0
     for step in report.steps:
         print(step)
     print(f"{PROG} install: {report.summary()}")
@@ -108,6 +111,10 @@ def _cmd_prune_images(args: argparse.Namespace) -> int:
     from convocate_agent.images import prune_images
 
     report = prune_images(Paths.from_env(), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"ok": not report.failed, "dry_run": args.dry_run, "removed": report.removed,
+                          "failed": report.failed, "skipped": report.skipped or None}))
+        return 1 if report.failed else 0
     if report.skipped and not args.quiet:
         print(f"nothing pruned: {report.skipped}")
     for tag in report.removed:
@@ -126,6 +133,7 @@ def _add_load_image(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sha256", required=True, help="the archive's SHA-256 as the sender computed it")
     p.add_argument("--tag", required=True, help="the image tag the archive carries (convocate:<version>)")
     p.add_argument("--set-current", action="store_true", help="make it this agent's current image")
+    p.add_argument("--size", type=int, help="the archive's size in bytes, for the progress bar's ETA [unknown]")
     p.add_argument("archive", nargs="?", default="-", help="archive file, or - for stdin [%(default)s]")
     p.set_defaults(func=_cmd_load_image)
 
@@ -137,11 +145,12 @@ def _cmd_load_image(args: argparse.Namespace) -> int:
     owner = (CLAUDE_UID, CLAUDE_GID) if not paths.relocated and os.geteuid() == 0 else (None, None)
     if args.archive == "-":
         loaded = load_image(paths, sys.stdin.buffer, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
-                            uid=owner[0], gid=owner[1])
+                            uid=owner[0], gid=owner[1], size_hint=args.size, progress=sys.stderr)
     else:
         with open(args.archive, "rb") as source:
             loaded = load_image(paths, source, sha256=args.sha256, tag=args.tag, set_current=args.set_current,
-                                uid=owner[0], gid=owner[1])
+                                uid=owner[0], gid=owner[1], size_hint=args.size or os.fstat(source.fileno()).st_size,
+                                progress=sys.stderr)
     print(json.dumps({"tag": loaded.tag, "id": loaded.image_id, "bytes": loaded.size,
                       "current_set": loaded.current_set}))
     return 0
@@ -183,13 +192,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_serve(sub)
     _add_prune_images(sub)
     _add_load_image(sub)
     _add_image_info(sub)
+    for name, p in sub.choices.items():
+        p.add_argument("--json", action="store_true",
+                       help="print errors as {\"ok\": false, \"code\", \"error\"} on stdout"
+                       + ("" if name == "serve" else ", and the result as JSON"))
     return parser
 
 

@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import docker
 import docker.errors
@@ -28,6 +28,7 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest, DockerError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
+from convocate.common.progress import Progress
 from convocate_agent.settings import load_settings
 
 #: The repository of session image tags (``convocate:<version>``).
@@ -185,8 +186,27 @@ def image_info(tag: str, *, client: docker.APIClient | None = None) -> dict:
             api.close()
 
 
+def _layer_progress(messages_: Iterable[dict], bar: Progress | None) -> None:
+    """Follow ``POST /images/load``'s progress stream: ``Loading layer`` messages carry ``progressDetail``.
+
+    Each layer's ``current``/``total`` (bytes) adds to the bar; a finished layer's total stays counted.
+    """
+    finished = 0
+    layers: dict[str, int] = {}
+    for message in messages_:
+        detail = message.get("progressDetail") or {}
+        if bar is None or "current" not in detail:
+            continue
+        layer = str(message.get("id", ""))
+        layers[layer] = int(detail.get("current") or 0)
+        if detail.get("total") and layers[layer] >= int(detail["total"]):
+            finished += layers.pop(layer)
+        bar.update(finished + sum(layers.values()))
+
+
 def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_current: bool = False,
-               client: docker.APIClient | None = None, uid: int | None = None, gid: int | None = None) -> LoadedImage:
+               client: docker.APIClient | None = None, uid: int | None = None, gid: int | None = None,
+               size_hint: int | None = None, progress: TextIO | None = None) -> LoadedImage:
     """Load an image archive (``docker save`` format) only if it is exactly the one announced.
 
     The archive is spooled to a private file under ``paths.agent_image_spool`` while its SHA-256 is
@@ -202,6 +222,10 @@ def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_cur
         client: Docker API client (default: from the environment).
         uid: Owner for a new ``current-image`` (the service user), or None.
         gid: Group for it, or None.
+        size_hint: The archive's size in bytes as the sender announced it, for the progress
+            bar's total and ETA; None when unknown.
+        progress: Where the progress bars of receiving and loading go (stderr); they are drawn
+            only when it is a terminal (:mod:`convocate.common.progress`). None for none.
 
     Returns:
         What was loaded.
@@ -219,19 +243,29 @@ def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_cur
     size = 0
     fd, spool = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=paths.agent_image_spool)
     try:
+        receiving = None if progress is None else Progress(f"receiving {tag}", size_hint, out=progress,
+                                                           plain_interval=None)
         with os.fdopen(fd, "wb") as out:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                if receiving is not None:
+                    receiving.update(size)
+        if receiving is not None:
+            receiving.finish()
         if digest.hexdigest() != expected:
             raise BadRequest(messages.IMAGE_DIGEST_MISMATCH.format(tag=tag, got=digest.hexdigest(),
                                                                    expected=expected, size=size))
         api = _api(client, f"loading {tag}")
         try:
+            loading = None if progress is None else Progress(f"loading {tag}", size, out=progress,
+                                                             plain_interval=None)
             with open(spool, "rb") as archive:
-                for _ in api.load_image(archive):
-                    pass
+                _layer_progress(api.load_image(archive, quiet=progress is None), loading)
+            if loading is not None:
+                loading.update(size)
+                loading.finish()
             image_id = api.inspect_image(tag)["Id"]
         except docker.errors.ImageNotFound as e:
             raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e

@@ -80,11 +80,11 @@ class AgentOptions:
 
 
 async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_report: LiveReport,
-                     agent_report: LiveReport) -> AgentIdentity:
+                     agent_report: LiveReport) -> AgentIdentity | None:
     """Install ``agent`` and join it to ``shell``.
 
     Returns:
-        The agent's identity.
+        The agent's identity; None from a dry run that stops where the package would be installed.
 
     Raises:
         BadRequest: no .deb, or the shell host has not the image.
@@ -92,11 +92,14 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
     """
     status_host_key = await read_status_host_key(shell)
     deb = find_deb(options.debs, "convocate-agent")
-    await ensure_package(agent, deb, agent_report, {
+    installed = await ensure_package(agent, deb, agent_report, {
         "convocate-agent/shell-host": ("string", options.shell_address),
         "convocate-agent/listen-port": ("string", str(options.listen_port)),
         "convocate-agent/shell-port": ("string", str(options.status_port)),
     })
+    if installed and agent.dry_run:  # the agent ID, host key and the rest are made by that install
+        agent_report.note(messages.DRY_RUN_STOPS_AT_PACKAGE.format(package=deb.package))
+        return None
     identity = await read_agent_identity(agent)
     agent_report.kept(f"agent ID {identity.agent_id}")
     login_key = await pin_shell_side(shell, identity, address=options.agent_address, port=options.listen_port,
@@ -156,7 +159,7 @@ async def stamp_current_image(agent: Target, tag: str, report: LiveReport) -> bo
 async def agents_status(shell: Target) -> list[dict]:
     """``convocate agents --json`` on the shell host, as the user ``claude``."""
     result = await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "agents", "--json"],
-                             what="asking the shell host for its agents", check=False)
+                             what="asking the shell host for its agents", check=False, reads=True)
     try:
         return json.loads(result.text)
     except ValueError as e:
@@ -182,6 +185,9 @@ async def wait_healthy(shell: Target, agent_id: str, report: LiveReport, *, vers
                 and link.get("connected"):
             report.kept(f"the shell host reaches agent {agent_id} (version {last.get('version')}) and its status "
                         "events reach the shell host")
+            return last
+        if shell.dry_run:  # nothing was restarted or registered, so there is nothing to wait for
+            report.note(f"would wait until the shell host reaches agent {agent_id} (now: {last.get('status')})")
             return last
         if time.monotonic() > deadline:
             raise HostError(messages.HOST_AGENT_UNHEALTHY.format(agent=agent_id, host=shell.description,
@@ -222,7 +228,7 @@ async def update_host(shell: Target, host: Target, debs: Path, report: LiveRepor
 async def registered_agents(shell: Target) -> list[tuple[str, str]]:
     """``(agent-id, address)`` of every agent in the shell's registry."""
     script = 'for d in "$1"/*/; do [ -f "$d/address" ] && printf "%s %s\\n" "$(basename "$d")" "$(head -n1 "$d/address")"; done; true'
-    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agent registry")
+    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agent registry", reads=True)
     return [tuple(line.split(maxsplit=1)) for line in result.text.splitlines() if " " in line]  # type: ignore[misc]
 
 

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from convocate.common.cli import run_main
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest
 from convocate.common.version import __version__
+from convocate_host import report as reports
 from convocate_host import vm
 from convocate_host.agenthost import AgentOptions, init_agent, update_all, update_host
 from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport
 from convocate_host.shellhost import ShellOptions, init_shell
-from convocate_host.target import Target, add_ssh_options, open_target
+from convocate_host.target import DryRunTarget, Target, add_ssh_options, open_target
 
 PROG = "convocate-host"
 
@@ -46,12 +48,25 @@ commands:
   version          print the version
   help             print this help
 
+Every command but create-vm takes --dry-run (say what would change, change nothing) and
+every command takes --json (the report, or the error, as JSON on stdout).
 Run '{PROG} <command> --help' for a command's options.
 """
+
+#: Subcommands without --dry-run (their steps do not mark their reads yet).
+NO_DRY_RUN = ("create-vm",)
 
 
 async def _target(args: argparse.Namespace, host: str | None) -> Target:
     return await open_target(args, host, local_address=getattr(args, "local_address", None))
+
+
+def _report_for(target: Target) -> LiveReport:
+    """A report for ``target``; a dry-run target tells it every change it did not make."""
+    report = LiveReport(target.description)
+    if isinstance(target, DryRunTarget):
+        target.on_plan = report.planned
+    return report
 
 
 def _run(coro: Callable[[], Awaitable[int]]) -> int:
@@ -63,7 +78,7 @@ def _on_host(args: argparse.Namespace, host: str | None, command: str,
     """Run ``work`` on one target with its report; ``work`` may hand back a new target (after a reboot)."""
     async def run() -> int:
         target = await _target(args, host)
-        report = LiveReport(target.description)
+        report = _report_for(target)
         try:
             target = await work(target, report) or target
         finally:
@@ -158,7 +173,7 @@ def _cmd_init_agent(args: argparse.Namespace) -> int:
         except BaseException:
             await shell.close()
             raise
-        shell_report, agent_report = LiveReport(shell.description), LiveReport(agent.description)
+        shell_report, agent_report = _report_for(shell), _report_for(agent)
         options = AgentOptions(debs=args.debs, image=args.image, shell_address=args.shell_address or shell.address,
                                agent_address=args.address or args.host, listen_port=args.listen_port,
                                status_port=args.status_port, log_port=args.log_port,
@@ -195,17 +210,18 @@ def _add_update(sub: argparse._SubParsersAction) -> None:
 def _cmd_update(args: argparse.Namespace) -> int:
     async def run() -> int:
         shell = await _target(args, args.shell_host)
-        shell_report = LiveReport(shell.description)
+        shell_report = _report_for(shell)
         try:
             if args.all:
                 done = await update_all(shell, lambda address: _target(args, address), args.debs, image=args.image,
-                                        shell_report=shell_report, make_report=lambda t: LiveReport(t.description))
-                print(f"updated {len(done)} agent(s): {', '.join(done)}")
+                                        shell_report=shell_report, make_report=_report_for)
+                if not args.json:
+                    print(f"updated {len(done)} agent(s): {', '.join(done)}")
             elif args.host == args.shell_host:
                 await update_host(shell, shell, args.debs, shell_report, image=args.image, shell_report=shell_report)
             else:
                 host = await _target(args, args.host)
-                report = LiveReport(host.description)
+                report = _report_for(host)
                 try:
                     await update_host(shell, host, args.debs, report, image=args.image, shell_report=shell_report)
                 finally:
@@ -237,14 +253,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         shell = await _target(args, args.shell_host)
-        shell_report = LiveReport(shell.description)
+        shell_report = _report_for(shell)
         try:
             addresses = dict(await registered_agents(shell))
             if args.agent not in addresses:
                 raise BadRequest(f"agent {args.agent!r} is not registered on {shell.description} "
                                  f"(registered: {', '.join(sorted(addresses)) or 'none'})")
             agent = await _target(args, addresses[args.agent])
-            report = LiveReport(agent.description)
+            report = _report_for(agent)
             try:
                 await migrate_session(shell, agent, args.session, args.agent, report, shell_report)
             finally:
@@ -259,7 +275,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=False)
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
     _add_install(sub)
     _add_init_shell(sub)
@@ -267,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_update(sub)
     _add_migrate(sub)
     vm.add_parser(sub)
+    for name, p in sub.choices.items():
+        p.add_argument("--json", action="store_true",
+                       help="print the report (what changed, what was kept) as one JSON object on stdout, and "
+                       "errors as {\"ok\": false, \"code\", \"error\"}")
+        if name not in NO_DRY_RUN:
+            p.add_argument("--dry-run", action="store_true",
+                           help="say what would change without changing anything: reads still happen; writes, "
+                           "package installs, service restarts and reboots do not")
     return parser
 
 
@@ -277,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         parsed = build_parser().parse_args(args)
         if not getattr(parsed, "func", None):
             raise BadRequest(f"unknown command {args[0]!r}; see '{PROG} help'")
-        return parsed.func(parsed)
+        reports.configure(json=parsed.json, dry_run=getattr(parsed, "dry_run", False))
+        status = parsed.func(parsed)
+        if parsed.json:
+            print(json.dumps(reports.json_document(parsed.command), indent=2, ensure_ascii=False))
+        return status
 
     return run_main(PROG, USAGE, sys.argv[1:] if argv is None else argv, run)

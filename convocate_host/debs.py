@@ -73,7 +73,8 @@ def find_deb(directory: Path, package: str) -> Deb:
 
 async def installed_version(target: Target, package: str) -> str | None:
     """The version of ``package`` installed on ``target``, or None."""
-    result = await target.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package], check=False)
+    result = await target.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package], check=False,
+                              reads=True)
     words = result.text.split()
     if result.ok and len(words) == 2 and words[0] == "installed":
         return words[1]
@@ -82,7 +83,7 @@ async def installed_version(target: Target, package: str) -> str | None:
 
 async def debconf_answers(target: Target, package: str) -> dict[str, str]:
     """The current debconf answers of ``package`` (debconf-show(1)): question → value."""
-    result = await target.run(["debconf-show", package], check=False)
+    result = await target.run(["debconf-show", package], check=False, reads=True)
     answers: dict[str, str] = {}
     for line in result.text.splitlines():
         question, sep, value = line.lstrip("* ").partition(":")

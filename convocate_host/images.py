@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -23,6 +22,7 @@ from typing import TextIO
 from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
+from convocate.common.progress import Progress
 from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target, relay
 
@@ -56,7 +56,7 @@ def archive_name(tag: str) -> str:
 
 async def image_id(target: Target, tag: str) -> str | None:
     """The ID of ``tag`` in the target's Docker (``docker`` CLI), or None when absent."""
-    result = await target.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False)
+    result = await target.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False, reads=True)
     return result.text.strip() or None if result.ok else None
 
 
@@ -78,7 +78,7 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
             meta = json.loads(meta_bytes)
         except ValueError:
             meta = {}
-        size = (await shell.sh('stat -c %s -- "$1" 2>/dev/null || echo -1', path)).text.strip()
+        size = (await shell.sh('stat -c %s -- "$1" 2>/dev/null || echo -1', path, reads=True)).text.strip()
         if meta.get("image_id") == wanted and str(meta.get("size")) == size:
             report.kept(f"image archive {path} ({int(size) >> 20} MiB) matches {tag}")
             return ImageArchive(tag, wanted, path, meta["sha256"], int(size))
@@ -86,6 +86,9 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
     saved = await shell.sh('set -e; docker save -o "$1.tmp" "$2"; sha256sum < "$1.tmp" | cut -d" " -f1; '
                            'stat -c %s -- "$1.tmp"; mv -f -- "$1.tmp" "$1"', path, tag,
                            what=f"saving {tag}")
+    if shell.dry_run:  # nothing was saved, so there is no digest to announce
+        report.changed(f"image {tag} would be saved to {path}")
+        return ImageArchive(tag, wanted, path, "", 0)
     digest, size_text = saved.text.split()
     archive = ImageArchive(tag, wanted, path, digest, int(size_text))
     await shell.write_file(meta_path, json.dumps({"tag": tag, "image_id": wanted, "sha256": digest,
@@ -96,7 +99,7 @@ async def ensure_archive(shell: Target, tag: str, report: LiveReport) -> ImageAr
 
 async def agent_image(agent: Target, tag: str, command: Sequence[str] = AGENT_COMMAND) -> str | None:
     """The image ID the agent host's Docker has for ``tag``, or None."""
-    result = await agent.run([*command, "image-info", tag], what=f"asking for {tag}")
+    result = await agent.run([*command, "image-info", tag], what=f"asking for {tag}", reads=True)
     info = json.loads(result.text)
     return info["id"] if info.get("present") else None
 
@@ -110,7 +113,8 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
         agent: Where it goes.
         archive: What to send; its ``sha256`` is the digest the agent checks.
         command: How to run ``convocate-agent`` there.
-        progress: Where the progress bar goes (stderr); None for none.
+        progress: Where the progress bar goes (stderr): redrawn in place on a terminal, else a
+            line every 10 s (:mod:`convocate.common.progress`); None for none.
 
     Returns:
         ``load-image``'s answer (``{"tag", "id", "bytes", "current_set"}``).
@@ -121,22 +125,16 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
     source = await shell.open_process(["cat", "--", archive.path])
     sink = await agent.open_process([*command, "load-image", "--sha256", archive.sha256, "--tag", archive.tag, "-"])
     digest = hashlib.sha256()
-    started = time.monotonic()
-    seen = {"bytes": 0, "drawn": started}
+    bar = None if progress is None else Progress(f"sending {archive.tag}", archive.size, out=progress)
 
     def observe(chunk: bytes) -> None:
         digest.update(chunk)
-        seen["bytes"] += len(chunk)
-        now = time.monotonic()
-        if progress is not None and now - seen["drawn"] > 0.5:
-            seen["drawn"] = now
-            _draw(progress, archive, seen["bytes"], now - started)
+        if bar is not None:
+            bar.advance(len(chunk))
 
     sent, read_result, load_result = await relay(source, sink, observe=observe)
-    if progress is not None:
-        _draw(progress, archive, sent, time.monotonic() - started)
-        progress.write("\n")
-        progress.flush()
+    if bar is not None:
+        bar.finish()
     if not read_result.ok:
         raise HostError(messages.HOST_COMMAND_FAILED.format(host=shell.description, what="reading the image archive",
                                                             command=f"cat {archive.path}",
@@ -151,16 +149,6 @@ async def send_archive(shell: Target, agent: Target, archive: ImageArchive, *,
         raise HostError(messages.IMAGE_DIGEST_MISMATCH.format(tag=archive.tag, got=digest.hexdigest(),
                                                               expected=archive.sha256, size=sent))
     return json.loads(load_result.text.strip().splitlines()[-1])
-
-
-def _draw(out: TextIO, archive: ImageArchive, sent: int, seconds: float) -> None:
-    total = max(archive.size, 1)
-    width = 30
-    filled = int(width * min(sent, total) / total)
-    rate = sent / seconds / (1 << 20) if seconds > 0 else 0.0
-    out.write(f"\r  {archive.tag} [{'#' * filled}{'.' * (width - filled)}] "
-              f"{sent >> 20}/{archive.size >> 20} MiB {rate:.0f} MiB/s")
-    out.flush()
 
 
 async def ensure_agent_image(shell: Target, agent: Target, tag: str, report: LiveReport, *,
@@ -179,6 +167,9 @@ async def ensure_agent_image(shell: Target, agent: Target, tag: str, report: Liv
         report.kept(f"image {tag} present ({wanted[:19]})")
         return False
     archive = await ensure_archive(shell, tag, shell_report or report)
+    if shell.dry_run or agent.dry_run:
+        report.changed(f"image {tag} would be sent and loaded (SHA-256 verified on arrival)")
+        return True
     answer = await send_archive(shell, agent, archive, command=command, progress=progress)
     report.changed(f"image {tag} loaded ({answer['bytes'] >> 20} MiB, SHA-256 verified on arrival)")
     return True

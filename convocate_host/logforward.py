@@ -57,8 +57,9 @@ async def _apply(target: Target, dropin_name: str, text: str, changed: bool, rep
     wrote = await target.write_file(path, text.encode(), mode=rsyslog.FILE_MODES[dropin_name])
     report.step(wrote, f"rsyslog drop-in {path}")
     changed |= wrote
-    await target.run(["rsyslogd", "-N1"], what="checking the rsyslog configuration")
-    active = (await target.run(["systemctl", "is-active", RSYSLOG_UNIT], check=False)).text.strip() == "active"
+    await target.run(["rsyslogd", "-N1"], what="checking the rsyslog configuration", reads=True)
+    active = (await target.run(["systemctl", "is-active", RSYSLOG_UNIT], check=False,
+                                reads=True)).text.strip() == "active"
     if changed or not active:
         await target.run(["systemctl", "enable", RSYSLOG_UNIT], what="enabling rsyslog", check=False)
         await target.run(["systemctl", "restart", RSYSLOG_UNIT], what="restarting rsyslog")

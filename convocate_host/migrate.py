@@ -34,7 +34,7 @@ find . -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
 
 async def manifest(target: Target, directory: str) -> str:
     """The manifest of ``directory`` on ``target`` (see ``_MANIFEST``)."""
-    return (await target.sh(_MANIFEST, directory, what=f"listing {directory}")).text
+    return (await target.sh(_MANIFEST, directory, what=f"listing {directory}", reads=True)).text
 
 
 async def migrate_session(shell: Target, agent: Target, session_id: str, agent_id: str, report: LiveReport,
@@ -63,7 +63,8 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
         json.loads(await shell.read_file(f"{source}/session.json") or b"")
     except ValueError as e:
         raise HostError(f"{shell.description}: {source}/session.json is not JSON ({e}); nothing moved") from e
-    running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/convocate-session-{sid}$"], check=False)
+    running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/convocate-session-{sid}$"], check=False,
+                              reads=True)
     if running.ok and running.text.strip():
         raise HostError(f"{shell.description}: a container runs for session {sid} there; stop it first "
                         "(nothing moved)")
@@ -74,7 +75,8 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
 
     staging = f"{PATHS.staging_dir}/migrate-{sid}"
     await agent.sh('rm -rf -- "$1" && mkdir -p -- "$1"', staging, what="preparing the staging directory")
-    sender = await shell.open_process(["tar", "-C", str(PATHS.session_base), "--numeric-owner", "-cf", "-", sid])
+    sender = await shell.open_process(["tar", "-C", str(PATHS.session_base), "--numeric-owner", "-cf", "-", sid],
+                                      reads=True)
     receiver = await agent.open_process(["tar", "-C", staging, "--numeric-owner", "--same-owner", "-xpf", "-"])
     sent, packed, unpacked = await relay(sender, receiver)
     if not packed.ok or not unpacked.ok:

@@ -90,8 +90,13 @@ async def prepare(target: Target, options: PrepareOptions, report: LiveReport, *
     """
     if options.upgrade:
         await target.run([*APT_ENV, "apt-get", "update", "-q"], what="apt-get update")
-        result = await target.run([*APT_ENV, "apt-get", "dist-upgrade", "-y", "-q",
-                                   "-o", "Dpkg::Options::=--force-confold"], what="apt-get dist-upgrade")
+        # A dry run asks apt what it would do (apt-get(8) --simulate), without even its binary caches
+        # (apt.conf(5): an empty Dir::Cache::pkgcache / srcpkgcache is not written).
+        simulate = (["--simulate", "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
+                    if target.dry_run else [])
+        result = await target.run([*APT_ENV, "apt-get", *simulate, "dist-upgrade", "-y", "-q",
+                                   "-o", "Dpkg::Options::=--force-confold"], what="apt-get dist-upgrade",
+                                  reads=bool(simulate))
         counts = _UPGRADED.search(result.text)
         touched = counts is not None and (int(counts.group(1)) or int(counts.group(2)))
         report.step(bool(touched), "packages upgraded (" + (counts.group(0) if counts else "apt said nothing") + ")")
@@ -117,7 +122,8 @@ async def prepare(target: Target, options: PrepareOptions, report: LiveReport, *
 async def ensure_packages(target: Target, packages: tuple[str, ...], report: LiveReport) -> None:
     """Install what is missing of ``packages`` (``a|b`` is satisfied by either, installs ``a``)."""
     names = sorted({name for spec in packages for name in spec.split("|")})
-    result = await target.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *names], check=False)
+    result = await target.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *names], check=False,
+                              reads=True)
     present = {line.split()[0] for line in result.text.splitlines() if line.endswith(" installed")}
     missing = [spec.split("|")[0] for spec in packages if not present & set(spec.split("|"))]
     if not missing:
@@ -130,7 +136,7 @@ async def ensure_packages(target: Target, packages: tuple[str, ...], report: Liv
 
 async def ensure_claude(target: Target, report: LiveReport) -> None:
     """Group and user ``claude`` with GID/UID 1337 (DESIGN §4); other IDs are an error."""
-    group = (await target.run(["getent", "group", CLAUDE_USER], check=False)).text.strip()
+    group = (await target.run(["getent", "group", CLAUDE_USER], check=False, reads=True)).text.strip()
     if group:
         gid = int(group.split(":")[2])
         if gid != CLAUDE_GID:
@@ -140,7 +146,7 @@ async def ensure_claude(target: Target, report: LiveReport) -> None:
     else:
         await target.run(["groupadd", "--gid", str(CLAUDE_GID), CLAUDE_USER], what=f"creating group {CLAUDE_USER}")
         report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
-    user = (await target.run(["getent", "passwd", CLAUDE_USER], check=False)).text.strip()
+    user = (await target.run(["getent", "passwd", CLAUDE_USER], check=False, reads=True)).text.strip()
     if user:
         uid, gid = int(user.split(":")[2]), int(user.split(":")[3])
         if (uid, gid) != (CLAUDE_UID, CLAUDE_GID):
@@ -157,7 +163,7 @@ async def ensure_claude(target: Target, report: LiveReport) -> None:
 
 async def ensure_utc(target: Target, report: LiveReport) -> None:
     """The host's time zone is UTC (session timestamps are UTC everywhere)."""
-    link = (await target.run(["readlink", "-f", "/etc/localtime"], check=False)).text.strip()
+    link = (await target.run(["readlink", "-f", "/etc/localtime"], check=False, reads=True)).text.strip()
     if link.endswith(("/UTC", "/Etc/UTC", "/Universal", "/Zulu")):
         report.kept("time zone UTC")
         return
@@ -171,7 +177,9 @@ async def ensure_utc(target: Target, report: LiveReport) -> None:
 
 async def ensure_firewall(target: Target, ports: list[str], report: LiveReport) -> None:
     """ufw allows SSH first, then ``ports``, and is enabled."""
-    status = (await target.run(["ufw", "status"], what="reading the firewall")).text
+    # In a dry run ufw may be one of the packages not installed yet: then every rule would be new.
+    status = (await target.run(["ufw", "status"], what="reading the firewall", reads=True,
+                               check=not target.dry_run)).text
     rules = {line.split()[0] for line in status.splitlines()[1:] if "ALLOW" in line}
     for port in ["22/tcp", *ports]:
         if port in rules:
@@ -188,8 +196,8 @@ async def ensure_firewall(target: Target, ports: list[str], report: LiveReport) 
 
 async def needs_reboot(target: Target) -> bool:
     """Whether ``target`` should reboot into a newer kernel (see :func:`kernel_needs_reboot`)."""
-    running = (await target.run(["uname", "-r"])).text.strip()
-    listing = (await target.sh("ls /boot 2>/dev/null || true")).text.split()
+    running = (await target.run(["uname", "-r"], reads=True)).text.strip()
+    listing = (await target.sh("ls /boot 2>/dev/null || true", reads=True)).text.split()
     installed = [name.removeprefix("vmlinuz-") for name in listing if name.startswith("vmlinuz-")]
     return kernel_needs_reboot(running, installed, await target.exists("/run/reboot-required"))
 
@@ -201,9 +209,11 @@ async def reboot_and_wait(target: Target, reconnect: Callable[[], Awaitable[Targ
     Raises:
         Unreachable: it did not come back in time.
     """
-    boot_id = (await target.run(["cat", "/proc/sys/kernel/random/boot_id"])).text.strip()
+    boot_id = (await target.run(["cat", "/proc/sys/kernel/random/boot_id"], reads=True)).text.strip()
     report.changed("rebooting into the new kernel")
     await target.run(["systemd-run", "--on-active=2", "systemctl", "reboot"], what="scheduling the reboot")
+    if target.dry_run:  # nothing was scheduled: there is no reboot to wait for
+        return target
     await target.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -212,7 +222,7 @@ async def reboot_and_wait(target: Target, reconnect: Callable[[], Awaitable[Targ
             fresh = await reconnect()
         except Unreachable:
             continue
-        if (await fresh.run(["cat", "/proc/sys/kernel/random/boot_id"])).text.strip() != boot_id:
+        if (await fresh.run(["cat", "/proc/sys/kernel/random/boot_id"], reads=True)).text.strip() != boot_id:
             report.kept("the host is back after the reboot")
             return fresh
         await fresh.close()

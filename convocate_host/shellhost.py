@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convocate.common import messages
 from convocate.common.paths import Paths
 from convocate_host import logforward
 from convocate_host.debs import ensure_package, find_deb
@@ -61,12 +62,15 @@ async def init_shell(shell: Target, options: ShellOptions, report: LiveReport) -
         HostError: a command on the host failed.
     """
     deb = find_deb(options.debs, "convocate")
-    await ensure_package(shell, deb, report, {
+    installed = await ensure_package(shell, deb, report, {
         "convocate/build-image": ("boolean", "true" if options.build_image else "false"),
         "convocate/base-image": ("string", options.base_image),
         "convocate/domain": ("string", options.domain),
         "convocate/status-port": ("string", str(options.status_port)),
     })
+    if installed and shell.dry_run:  # the status host key and the rest are made by that install
+        report.note(messages.DRY_RUN_STOPS_AT_PACKAGE.format(package=deb.package))
+        return
     await read_status_host_key(shell)
     report.kept(f"status host key {PATHS.status_host_key} present")
     names = await shell_names(shell, options.names)
@@ -82,7 +86,7 @@ async def shell_names(shell: Target, extra: tuple[str, ...]) -> list[str]:
     """Every name agents may reach the shell host by: its address, host name, FQDN and ``extra``."""
     names = [shell.address, *extra]
     for command in (["hostname"], ["hostname", "--fqdn"]):
-        result = await shell.run(command, check=False)
+        result = await shell.run(command, check=False, reads=True)
         if result.ok and result.text.strip():
             names.append(result.text.strip())
     return list(dict.fromkeys(n for n in names if n and n != "localhost"))
@@ -90,8 +94,8 @@ async def shell_names(shell: Target, extra: tuple[str, ...]) -> list[str]:
 
 async def ensure_service(target: Target, unit: str, report: LiveReport) -> None:
     """``unit`` enabled and active (debhelper does it on install; this finds or fixes it)."""
-    enabled = (await target.run(["systemctl", "is-enabled", unit], check=False)).text.strip()
-    active = (await target.run(["systemctl", "is-active", unit], check=False)).text.strip()
+    enabled = (await target.run(["systemctl", "is-enabled", unit], check=False, reads=True)).text.strip()
+    active = (await target.run(["systemctl", "is-active", unit], check=False, reads=True)).text.strip()
     if enabled == "enabled" and active == "active":
         report.kept(f"{unit} enabled and active")
         return

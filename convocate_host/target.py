@@ -193,25 +193,28 @@ class Target(abc.ABC):
         description: How messages name the host (``local host``, ``admin@10.0.0.5``).
         address: The host name or address other hosts reach it by.
         local: True for this machine.
+        dry_run: True when writes are only recorded (``--dry-run``).
     """
 
     description: str
     address: str
     local: bool
+    #: True for a :class:`DryRunTarget`: commands not marked ``reads`` are recorded, not run.
+    dry_run: bool = False
 
     @abc.abstractmethod
     async def _exec(self, argv: Sequence[str], input: bytes | None, timeout: float) -> CommandResult:
         """Run ``argv`` as root and collect its output."""
 
     @abc.abstractmethod
-    async def open_process(self, argv: Sequence[str]) -> Process:
-        """Start ``argv`` as root with stdin and stdout open."""
+    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
+        """Start ``argv`` as root with stdin and stdout open (``reads``: as for :meth:`run`)."""
 
     async def close(self) -> None:  # noqa: B027 - a local target has nothing to release
         """Release the connection, if any."""
 
     async def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
-                  timeout: float = DEFAULT_TIMEOUT_S, what: str | None = None) -> CommandResult:
+                  timeout: float = DEFAULT_TIMEOUT_S, what: str | None = None, reads: bool = False) -> CommandResult:
         """Run a command as root on the target.
 
         Args:
@@ -220,6 +223,9 @@ class Target(abc.ABC):
             check: Raise when it exits non-zero.
             timeout: Seconds before it is abandoned.
             what: What the command is for, for the error message.
+            reads: The caller's word that the command only reads (changes nothing on the host): a
+                :class:`DryRunTarget` runs such commands and only records the others. Never guessed
+                from the command; every call site says so.
 
         Returns:
             Its result.
@@ -244,7 +250,7 @@ class Target(abc.ABC):
 
     async def exists(self, path: str) -> bool:
         """Whether ``path`` exists on the target."""
-        return (await self.run(["test", "-e", path], check=False)).ok
+        return (await self.run(["test", "-e", path], check=False, reads=True)).ok
 
     async def read_file(self, path: str) -> bytes | None:
         """The bytes of ``path``, or None when it does not exist.
@@ -252,7 +258,7 @@ class Target(abc.ABC):
         Raises:
             HostError: it exists but cannot be read.
         """
-        result = await self.sh('[ -e "$1" ] || exit 3; exec cat -- "$1"', path, check=False)
+        result = await self.sh('[ -e "$1" ] || exit 3; exec cat -- "$1"', path, check=False, reads=True)
         if result.returncode == 3:
             return None
         if not result.ok:
@@ -263,7 +269,7 @@ class Target(abc.ABC):
 
     async def file_state(self, path: str) -> FileState | None:
         """Mode, owner and SHA-256 of ``path``, or None when it does not exist."""
-        out = (await self.sh(_STAT_SCRIPT, path, what=f"inspecting {path}")).text.split()
+        out = (await self.sh(_STAT_SCRIPT, path, what=f"inspecting {path}", reads=True)).text.split()
         if not out:
             return None
         return FileState(int(out[0], 8), out[1], out[2])
@@ -301,10 +307,13 @@ class Target(abc.ABC):
                 status=result.returncode, detail=result.detail()))
         return True
 
+    async def dir_state(self, path: str) -> list[str]:
+        """``[mode in octal, "user:group"]`` of the directory ``path``, or ``[]`` when it is none."""
+        return (await self.sh('[ -d "$1" ] && stat -c "%a %U:%G" -- "$1" || true', path, reads=True)).text.split()
+
     async def ensure_dir(self, path: str, *, mode: int = 0o755, owner: str = "root:root") -> bool:
         """Make ``path`` a directory (parents too) with ``mode`` and ``owner``; True when something changed."""
-        state = (await self.sh('[ -d "$1" ] && stat -c "%a %U:%G" -- "$1" || true', path)).text.split()
-        if state == [f"{mode:o}", owner]:
+        if await self.dir_state(path) == [f"{mode:o}", owner]:
             return False
         user, _, group = owner.partition(":")
         await self.run(["install", "-d", "-m", f"{mode:o}", "-o", user, "-g", group or user, path],
@@ -387,7 +396,7 @@ class LocalTarget(Target):
             raise
         return CommandResult(argv, proc.returncode or 0, out, err)
 
-    async def open_process(self, argv: Sequence[str]) -> Process:
+    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
         argv = tuple(argv)
         proc = await asyncio.create_subprocess_exec(
             *self._prefix, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -503,7 +512,7 @@ class SSHTarget(Target):
         status = completed.exit_status if completed.exit_status is not None else 255
         return CommandResult(argv, status, bytes(completed.stdout or b""), bytes(completed.stderr or b""))
 
-    async def open_process(self, argv: Sequence[str]) -> Process:
+    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
         argv = tuple(argv)
         try:
             proc = await self.connection.create_process(self._command(argv), encoding=None)
@@ -514,6 +523,120 @@ class SSHTarget(Target):
     async def close(self) -> None:
         self.connection.close()
         await self.connection.wait_closed()
+
+
+class _NullProcess(Process):
+    """What a dry run hands out for a stream that would change the host: it takes and gives nothing."""
+
+    def __init__(self, argv: tuple[str, ...]) -> None:
+        self._argv = argv
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def close_stdin(self) -> None:
+        pass
+
+    async def read(self, size: int) -> bytes:
+        return b""
+
+    async def wait(self) -> CommandResult:
+        return CommandResult(self._argv, 0, b"", b"")
+
+    def kill(self) -> None:
+        pass
+
+
+class DryRunTarget(Target):
+    """A target for ``--dry-run``: reads happen, writes are recorded as what would change.
+
+    Commands the call site marks ``reads=True`` (and the file reads of :class:`Target`) run on the
+    wrapped target; every other command, file write, directory creation and stream into a command
+    is recorded in :attr:`planned` (and told to ``on_plan``, the report) and treated as having
+    succeeded with no output. A file this run would have written reads back as written, so later
+    steps see the state the real run would leave.
+
+    Args:
+        inner: The real target.
+
+    Attributes:
+        planned: One line per would-be change, in order.
+        on_plan: Called with each such line (``LiveReport.would``); None to only record.
+    """
+
+    dry_run = True
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.description = inner.description
+        self.address = inner.address
+        self.local = inner.local
+        self.planned: list[str] = []
+        self.on_plan: Callable[[str], None] | None = None
+        self._written: dict[str, tuple[bytes, FileState]] = {}
+        self._dirs: dict[str, list[str]] = {}
+
+    def _plan(self, line: str) -> None:
+        self.planned.append(line)
+        if self.on_plan is not None:
+            self.on_plan(line)
+
+    async def _exec(self, argv: Sequence[str], input: bytes | None, timeout: float) -> CommandResult:
+        return await self.inner._exec(argv, input, timeout)  # only reached for reads (see run)
+
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+                  timeout: float = DEFAULT_TIMEOUT_S, what: str | None = None, reads: bool = False) -> CommandResult:
+        """Run ``argv`` on the real target if it only reads, else record it (see :meth:`Target.run`)."""
+        if reads:
+            return await self.inner.run(argv, input=input, check=check, timeout=timeout, what=what, reads=True)
+        self._plan(messages.DRY_RUN_COMMAND.format(command=shlex.join(argv), what=f" ({what})" if what else ""))
+        return CommandResult(tuple(argv), 0, b"", b"")
+
+    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
+        if reads:
+            return await self.inner.open_process(argv, reads=True)
+        self._plan(messages.DRY_RUN_STREAM.format(command=shlex.join(argv), what=""))
+        return _NullProcess(tuple(argv))
+
+    async def read_file(self, path: str) -> bytes | None:
+        if path in self._written:
+            return self._written[path][0]
+        return await self.inner.read_file(path)
+
+    async def file_state(self, path: str) -> FileState | None:
+        if path in self._written:
+            return self._written[path][1]
+        return await self.inner.file_state(path)
+
+    async def exists(self, path: str) -> bool:
+        return path in self._written or path in self._dirs or await self.inner.exists(path)
+
+    async def dir_state(self, path: str) -> list[str]:
+        return self._dirs[path] if path in self._dirs else await self.inner.dir_state(path)
+
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root:root",
+                         expect_sha256: str | None = None) -> bool:
+        """Record the write :meth:`Target.write_file` would make; True when it would change the file."""
+        wanted = FileState(mode, owner, hashlib.sha256(data).hexdigest())
+        if await self.file_state(path) == wanted:
+            return False
+        self._written[path] = (data, wanted)
+        self._plan(messages.DRY_RUN_WRITE.format(path=path, size=len(data), mode=mode, owner=owner))
+        return True
+
+    async def ensure_dir(self, path: str, *, mode: int = 0o755, owner: str = "root:root") -> bool:
+        """Record the directory :meth:`Target.ensure_dir` would make or fix; True when it would change."""
+        if await self.dir_state(path) == [f"{mode:o}", owner]:
+            return False
+        self._dirs[path] = [f"{mode:o}", owner]
+        self._plan(messages.DRY_RUN_DIR.format(path=path, mode=mode, owner=owner))
+        return True
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 # --- command line ------------------------------------------------------------------------------------
@@ -534,14 +657,19 @@ def add_ssh_options(parser: argparse.ArgumentParser) -> None:
 async def open_target(args: argparse.Namespace, host: str | None, *, local_address: str | None = None) -> Target:
     """This machine for no host (or ``local``), else an SSH login to ``host`` with the options of :func:`add_ssh_options`.
 
+    With ``args.dry_run`` the target is wrapped in a :class:`DryRunTarget`.
+
     Raises:
         SudoRequired: sudo needs a password (here or there).
         HostKeyMismatch: the host key is not the known one.
         Unreachable: the host cannot be reached or refused the login.
     """
+    target: Target
     if not host or host == LOCAL:
         local = LocalTarget(local_address)
         await local.check_sudo()
-        return local
-    return await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
-                                   known_hosts=args.known_hosts)
+        target = local
+    else:
+        target = await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
+                                         known_hosts=args.known_hosts)
+    return DryRunTarget(target) if getattr(args, "dry_run", False) else target

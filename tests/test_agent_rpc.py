@@ -213,7 +213,7 @@ async def test_a_missing_current_image_is_a_clear_error(ssh, cluster):
         refused = await rpc(ssh, "create", {"name": "x", "start": True})
     finally:
         image_file.write_text(f"{cluster.image}\n")
-    assert refused["code"] == "internal" and "no session image configured" in refused["error"]
+    assert refused["code"] == "config" and "no session image configured" in refused["error"]
 
 
 async def test_credentials_reach_sessions_read_only_and_agent_keys_never(ssh, cluster, docker_client):

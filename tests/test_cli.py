@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
+from convocate.common import messages
+from convocate.common.paths import Paths
 from tests.harness import REPO, LocalCluster, python
 
 pytestmark = pytest.mark.docker
@@ -70,6 +76,95 @@ def test_agent_errors_reach_the_operator_with_their_message(cluster):
     bad = cli(cluster, "new", "bad/name", check=False)
     assert bad.returncode == 2 and "name must be 1-64 characters" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_no_session_image_configured_exits_78_with_its_message_through_a_real_agent(cluster):
+    image_file = cluster.paths.current_image_file
+    image_file.unlink()
+    try:
+        done = cli(cluster, "new", "imageless", check=False)
+        as_json = cli(cluster, "new", "imageless", "--json", check=False)
+    finally:
+        image_file.write_text(f"{cluster.image}\n")
+    expected = messages.NO_IMAGE.format(path=image_file)
+    assert done.returncode == 78, (done.stdout, done.stderr)
+    assert done.stderr.strip() == f"convocate: {expected}"
+    assert as_json.returncode == 78 and as_json.stderr == ""
+    assert json.loads(as_json.stdout) == {"ok": False, "code": "config", "error": expected}
+    assert "imageless" not in cli(cluster, "ls").stdout
+
+
+def test_json_errors_go_to_stdout_with_the_same_exit_status(cluster):
+    for args in (("kill", "no-such-session"), ("new", "bad/name"), ("frobnicate",), ("ls", "--frob")):
+        plain = cli(cluster, *args, check=False)
+        as_json = cli(cluster, *args, "--json", check=False)
+        assert plain.returncode == as_json.returncode != 0, args
+        answer = json.loads(as_json.stdout)
+        assert answer["ok"] is False and answer["code"] and answer["error"], answer
+        assert answer["error"] in plain.stderr, (args, plain.stderr)
+
+
+@pytest.mark.parametrize("module,prog", [("convocate", "convocate"), ("convocate_agent", "convocate-agent"),
+                                         ("convocate_host", "convocate-host")])
+@pytest.mark.parametrize("args", [("frobnicate",), ("frobnicate", "--json"), ("install", "--frob")])
+def test_a_bad_command_line_prints_one_usage_line(tmp_path, module, prog, args):
+    done = LocalCluster(root=tmp_path, image="x").run_role(module, *args, check=False)
+    assert done.returncode == 2
+    if "--json" in args:
+        answer = json.loads(done.stdout)
+        assert answer["code"] == "usage" and "frobnicate" in answer["error"] and done.stderr == ""
+        return
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.count("usage:") == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"usage: {prog} ") and lines[-1].startswith(f"{prog}: error: ")
+    assert ("invalid choice: 'frobnicate'" if args[0] == "frobnicate" else "unrecognized arguments: --frob") \
+        in lines[-1]
+
+
+def test_agent_errors_with_json_are_json_on_stdout_with_the_same_status(tmp_path):
+    role = LocalCluster(root=tmp_path, image="x")
+    args = ("load-image", "--sha256", "abc", "--tag", "convocate:x")
+    plain = role.run_role("convocate_agent", *args, check=False, input="")
+    as_json = role.run_role("convocate_agent", *args, "--json", check=False, input="")
+    assert plain.returncode == as_json.returncode == 2
+    answer = json.loads(as_json.stdout)
+    assert answer == {"ok": False, "code": "bad_request", "error": "--sha256: 'abc' is not a SHA-256 digest (64 hex digits)"}
+    assert plain.stderr == f"convocate-agent: {answer['error']}\n" and as_json.stderr == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the CLI as another uid")
+def test_a_user_without_the_claude_group_is_told_which_account_it_needs():
+    root = Path(tempfile.mkdtemp(prefix="convocate-noperm-"))  # pytest's tmp dirs are 0700, closed to nobody
+    try:
+        root.chmod(0o755)
+        paths = Paths(root)
+        paths.agents_dir.mkdir(parents=True)
+        (paths.agents_dir / "abcd1234").mkdir()
+        for d in (paths.shell_etc, paths.agents_dir):
+            os.chown(d, 1, 1)  # daemon:daemon stands in for claude:claude, which this machine lacks
+        paths.shell_etc.chmod(0o755)
+        paths.agents_dir.chmod(0o750)
+        env = {**os.environ, "CONVOCATE_ROOT": str(root), "HOME": "/nonexistent"}
+        env.pop("SSH_AUTH_SOCK", None)
+        as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python(), "-m", "convocate"]
+        done = subprocess.run([*as_nobody, "ls"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        expected = messages.NO_PERMISSION.format(action="reading", path=paths.agents_dir, user="daemon",
+                                                 group="daemon", me="nobody")
+        assert done.returncode == 77, (done.stdout, done.stderr)
+        assert done.stderr == f"convocate: {expected}\n" and done.stdout == ""
+        as_json = subprocess.run([*as_nobody, "ls", "--json"], env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=60)
+        assert as_json.returncode == 77
+        assert json.loads(as_json.stdout) == {"ok": False, "code": "no_permission", "error": expected}
+
+        paths.shell_etc.chmod(0o750)  # now the directory above hides the registry: still one sentence
+        done = subprocess.run([*as_nobody, "ls"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 77
+        assert done.stderr == "convocate: " + messages.NO_PERMISSION.format(
+            action="reading", path=paths.agents_dir, user="daemon", group="daemon", me="nobody") + "\n"
+    finally:
+        shutil.rmtree(root)
 
 
 def test_no_registered_agent_says_what_to_run(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
+from convocate.common.progress import format_bytes
 from convocate_agent.images import load_image
 from convocate_host import images
 from convocate_host.report import LiveReport
@@ -71,7 +72,9 @@ async def test_an_image_goes_to_the_agent_verified_and_only_when_missing(tmp_pat
 
     answer = await images.send_archive(shell, agent, archive, command=agent_command(root), progress=out)
     assert answer["tag"] == scratch_tag and answer["bytes"] == archive.size and present(scratch_tag)
-    assert f"{archive.size >> 20}/{archive.size >> 20} MiB" in out.getvalue()  # the progress bar got to the end
+    total = format_bytes(archive.size)
+    assert f"sending {scratch_tag} [" in out.getvalue() and f" 100% {total}/{total} " in out.getvalue()  # got to the end
+    assert "\r" not in out.getvalue()  # not a terminal: plain lines, no redraws
     assert list((root / "var" / "lib" / "convocate-agent" / "incoming").iterdir()) == []  # spool emptied
     # The agent has it now: ensure_agent_image sends nothing.
     quiet = LiveReport("agent", io.StringIO())
@@ -93,6 +96,11 @@ async def test_a_tampered_archive_is_refused_and_nothing_is_loaded(tmp_path, scr
     assert not present(scratch_tag)
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_load_image_refuses_a_bad_digest_before_docker_sees_anything(tmp_path, scratch_tag):
     paths = Paths(tmp_path)
     paths.agent_etc.mkdir(parents=True)
@@ -103,8 +111,13 @@ def test_load_image_refuses_a_bad_digest_before_docker_sees_anything(tmp_path, s
     with pytest.raises(BadRequest, match="nothing was loaded"):
         load_image(paths, io.BytesIO(saved), sha256="0" * 64, tag=scratch_tag)
     assert not present(scratch_tag) and list(paths.agent_image_spool.iterdir()) == []
+    terminal = _Terminal()
     loaded = load_image(paths, io.BytesIO(saved), sha256=hashlib.sha256(saved).hexdigest(), tag=scratch_tag,
-                        set_current=True)
+                        set_current=True, size_hint=len(saved), progress=terminal)
+    drawn = terminal.getvalue()
+    assert f"receiving {scratch_tag} [" in drawn and f"loading {scratch_tag} [" in drawn and drawn.count("\n") == 2
+    finals = [line.rsplit("\r", 1)[-1] for line in drawn.split("\n")[:2]]  # each bar's last redraw
+    assert all("] 100% " in final for final in finals), finals  # both reached the end (cut at 80 columns here)
     assert present(scratch_tag) and loaded.current_set and paths.current_image_file.read_text() == f"{scratch_tag}\n"
     info = subprocess.run([*agent_command(tmp_path), "image-info", scratch_tag], capture_output=True, text=True)
     assert json.loads(info.stdout) == {"tag": scratch_tag, "present": True, "id": loaded.image_id}

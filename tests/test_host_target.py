@@ -23,7 +23,16 @@ from convocate.common import keys
 from convocate.common.errors import ConfigError
 from convocate_host.prepare import kernel_needs_reboot
 from convocate_host.report import LiveReport
-from convocate_host.target import ABSENT, FileChanged, HostError, LocalTarget, SSHTarget, SudoRequired, Target
+from convocate_host.target import (
+    ABSENT,
+    DryRunTarget,
+    FileChanged,
+    HostError,
+    LocalTarget,
+    SSHTarget,
+    SudoRequired,
+    Target,
+)
 from tests.harness import REPO, python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the targets run commands as root")
@@ -267,3 +276,52 @@ async def test_tls_files_are_readable_by_an_unprivileged_rsyslog_and_root_only_o
         [("700", "root"), ("644", "root"), ("600", "root")]
     assert [mode_owner(p) for p in (ubuntu, ubuntu / "ca.pem", ubuntu / "client.key")] == \
         [("750", "nogroup"), ("644", "nogroup"), ("640", "nogroup")]
+
+
+async def test_a_dry_run_target_runs_reads_and_only_records_everything_else(target: Target, tmp_path: Path):
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"old\n")
+    dry = DryRunTarget(target)
+    seen: list[str] = []
+    dry.on_plan = seen.append
+    assert (await dry.run(["cat", str(kept)], reads=True)).stdout == b"old\n"  # a read runs
+    result = await dry.run(["touch", str(tmp_path / "made")], what="making a file")
+    assert result.ok and result.stdout == b"" and not (tmp_path / "made").exists()  # a write does not
+    assert await dry.write_file(str(kept), b"new\n", mode=0o600) is True
+    assert await dry.write_file(str(tmp_path / "new"), b"x") is True
+    assert await dry.ensure_dir(str(tmp_path / "dir"), mode=0o700) is True
+    assert kept.read_bytes() == b"old\n" and not (tmp_path / "new").exists() and not (tmp_path / "dir").exists()
+    # What this run would have written reads back as written, so later steps see the planned state.
+    assert await dry.read_file(str(kept)) == b"new\n" and await dry.exists(str(tmp_path / "new"))
+    assert await dry.write_file(str(kept), b"new\n", mode=0o600) is False
+    assert await dry.ensure_dir(str(tmp_path / "dir"), mode=0o700) is False
+    sink = await dry.open_process(["tee", str(tmp_path / "streamed")])
+    sink.write(b"data")
+    await sink.close_stdin()
+    assert (await sink.wait()).ok and not (tmp_path / "streamed").exists()
+    assert seen == dry.planned and seen == [
+        f"would run: touch {tmp_path / 'made'} (making a file)",
+        f"would write {kept} (4 bytes, mode 0600, root:root)",
+        f"would write {tmp_path / 'new'} (1 bytes, mode 0644, root:root)",
+        f"would make directory {tmp_path / 'dir'} (mode 0700, root:root)",
+        f"would stream into: tee {tmp_path / 'streamed'}",
+    ]
+
+
+def test_a_dry_run_report_says_would_and_counts_what_would_change():
+    from convocate_host import report as reports
+
+    reports.configure(dry_run=True)
+    try:
+        out = io.StringIO()
+        report = LiveReport("h", out)
+        report.changed("user claude (UID 1337) created")
+        report.planned("would run: useradd claude")
+        report.kept("time zone UTC")
+        assert report.finish("install") == "install on h: 1 change(s) would be made; nothing was changed (dry run)"
+        assert out.getvalue().splitlines()[:3] == ["h: would   user claude (UID 1337) created",
+                                                   "h: plan    would run: useradd claude", "h: ok      time zone UTC"]
+        assert reports.json_document("install")["hosts"][0]["steps"][1] == {"status": "planned",
+                                                                             "line": "would run: useradd claude"}
+    finally:
+        reports.configure()

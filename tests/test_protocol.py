@@ -149,9 +149,21 @@ def test_response_wire_omits_absent_fields():
 
 
 def test_response_failure_maps_local_codes_to_internal():
-    from convocate.common.errors import ConfigError
+    from convocate.common.errors import NoPermission, UsageError
 
-    assert Response.failure(ConfigError("no image")).to_wire()["code"] == "internal"
+    assert Response.failure(NoPermission("cannot read")).to_wire()["code"] == "internal"
+    assert Response.failure(UsageError("bad option")).to_wire()["code"] == "internal"
+
+
+def test_a_config_error_travels_as_config_and_older_clients_read_it_as_internal():
+    from convocate.common.errors import ConfigError, InternalError, error_from_code
+
+    wire = Response.failure(ConfigError("no image")).to_wire()
+    assert wire["code"] == "config"
+    with pytest.raises(ConfigError, match="no image") as raised:
+        Response.parse(encode_line(wire).strip()).raise_for_error()
+    assert raised.value.exit_code == 78
+    assert type(error_from_code("some_future_code", "x")) is InternalError  # what an older client does with it
 
 
 def test_response_round_trip_raises_the_agents_error():

@@ -99,6 +99,31 @@ class HostKeyMismatch(Unreachable):
     code = "host_key_mismatch"
 
 
+class NoPermission(ConvocateError):
+    """This account may not read or write a file the command needs (EACCES/EPERM).
+
+    The message names the path and the account or group that may (sysexits.h: EX_NOPERM).
+    """
+
+    code = "no_permission"
+    exit_code = 77  # EX_NOPERM
+
+
+class UsageError(BadRequest):
+    """The command line itself is wrong: an unknown command or option, a missing argument.
+
+    Attributes:
+        usage: The one ``usage:`` line (or wrapped lines) of the command that was misused.
+    """
+
+    code = "usage"
+    exit_code = 2  # argparse's status for a bad command line
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 class ProtocolError(ConvocateError):
     """The peer sent something that does not follow the wire protocol."""
 
@@ -120,12 +145,15 @@ _BY_CODE: dict[str, type[ConvocateError]] = {
         Unreachable,
         HostKeyMismatch,
         ProtocolError,
+        NoPermission,
     )
 }
 
-#: The codes an agent may put in an RPC error response (DESIGN §3).
+#: The codes an agent may put in an RPC error response (DESIGN §3), plus (ext) ``config``: the
+#: agent's own configuration is missing or invalid (no session image configured, say). Clients that
+#: predate it map an unknown code to ``internal``, which is what they received before.
 WIRE_CODES = frozenset(
-    {"bad_request", "not_found", "conflict", "locked", "admission_denied", "docker_error", "internal"}
+    {"bad_request", "not_found", "conflict", "locked", "admission_denied", "docker_error", "internal", "config"}
 )
 
 

@@ -238,3 +238,24 @@ VM_LOCK_BUSY = (
     " one at a time); run create-vm again when it is done"
 )
 VM_BAD_OUTPUT = "{host}: cannot read what {what} printed ({detail}); is this libvirt/qemu-img version supported?"
+
+# --- command lines (convocate/common/cli.py) -----------------------------------------
+NO_PERMISSION = (
+    "{action} {path} needs the account {user} or membership of the group {group}"
+    " (sudo adduser {me} {group}, then log in again)"
+)
+NO_PERMISSION_ROOT = "{action} {path} needs root: run the command with sudo"
+NO_PERMISSION_UNKNOWN = "{action}: permission denied ({detail})"
+INTERNAL_ERROR = "internal error ({error}); this is a bug in {prog}: please report it with the traceback above"
+
+# --- convocate-host --dry-run ---------------------------------------------------------
+DRY_RUN_COMMAND = "would run: {command}{what}"
+DRY_RUN_WRITE = "would write {path} ({size} bytes, mode {mode:04o}, {owner})"
+DRY_RUN_DIR = "would make directory {path} (mode {mode:04o}, {owner})"
+DRY_RUN_STREAM = "would stream into: {command}{what}"
+DRY_RUN_SUMMARY = "{count} change(s) would be made; nothing was changed (dry run)"
+DRY_RUN_NOTHING = "nothing would change (dry run)"
+DRY_RUN_STOPS_AT_PACKAGE = (
+    "the dry run stops here: the next steps read what installing {package} creates (keys, IDs, services);"
+    " run it again once the package is installed to see them"
+)
