@@ -200,3 +200,42 @@ def test_lintian_manual_page_checks_are_clean(debs):
                             capture_output=True, text=True)
     assert result.stdout.strip() == "", result.stdout
     assert result.returncode == 0, result.stderr
+
+
+# --- README.Debian ---------------------------------------------------------------------------
+README_COMMAND = re.compile(r"`((?:convocate|convocate-agent|convocate-host)(?: [^`]*)?)`|^ {4}((?:convocate|convocate-agent"
+                            r"|convocate-host) .*)$", re.M)
+
+
+def readme_commands(package: str) -> list[list[str]]:
+    text = (REPO / "debian" / f"{package}.README.Debian").read_text(encoding="utf-8")
+    return [(m[1] or m[2]).split() for m in README_COMMAND.finditer(text)]
+
+
+@pytest.mark.parametrize("package", sorted(PARSERS))
+def test_readme_debian_command_lines_parse(package):
+    """Every command README.Debian names exists, and every command line with options is one the parser accepts."""
+    commands = readme_commands(package)
+    assert commands
+    for prog, *args in commands:
+        if not args or args[0] in ("help", "version"):
+            continue
+        assert args[0] in subcommands(prog), (prog, args)
+        if args[1:]:  # a line to type, not only the name of a command
+            PARSERS[prog]().parse_args(args)
+
+
+@pytest.mark.parametrize("package", sorted(PARSERS))
+def test_readme_debian_says_what_purge_keeps(package):
+    text = (REPO / "debian" / f"{package}.README.Debian").read_text(encoding="utf-8")
+    assert "Remove and purge" in text
+    if package != "convocate-host":
+        assert "never removes\n/home/claude" in text or "never removes /home/claude" in text
+        assert f"dpkg-reconfigure {package}" in text
+
+
+def test_packages_ship_readme_debian(debs, tmp_path):
+    for package in PARSERS:
+        listing = subprocess.run(["dpkg-deb", "-c", str(debs[package])], capture_output=True, text=True,
+                                 check=True).stdout
+        assert f"./usr/share/doc/{package}/README.Debian" in listing
