@@ -31,7 +31,7 @@ TEST_IMAGE="convocate:${VERSION}-standin"
 REAL_IMAGE="convocate:${VERSION}"
 APT_PACKAGES=(docker.io tmux openssh-client debootstrap python3 python3-venv iproute2 ca-certificates dnsmasq-base
               build-essential debhelper po-debconf dpkg-dev lintian systemd libvirt-clients qemu-utils genisoimage
-              rsyslog rsyslog-gnutls logrotate)
+              rsyslog rsyslog-gnutls logrotate ufw)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
