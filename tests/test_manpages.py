@@ -165,10 +165,8 @@ def test_exit_statuses_named_for_the_shell_are_the_error_classes():
 def test_exit_status_of_a_usage_error_is_the_one_documented(prog, capsys):
     main = {"convocate": convocate.cli.main, "convocate-agent": convocate_agent.cli.main,
             "convocate-host": convocate_host.cli.main}[prog]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["no-such-command"])
-    assert exit_info.value.code == USAGE
-    assert capsys.readouterr().err.count("usage:") >= 1
+    assert main(["no-such-command"]) == USAGE
+    assert capsys.readouterr().err.count("usage:") == 1
 
 
 @pytest.mark.parametrize("prog", sorted(PARSERS))
