@@ -69,6 +69,7 @@ FORM_PORT_RULE = "blank (no port), 0 (pick a free one) or a port number 1-65535"
 FORM_CPUS_RULE = "a number of cores ({low:g}..{high:g})"
 FORM_MEMORY_RULE = "a whole number of MiB ({low}..{high})"
 FORM_REFUSED = "{form}: the value of {label} is not accepted."
+FORM_AGENT_REFUSED = "{form}: agent {agent_id} refused it."
 FORM_VALUES_KEPT = "What you typed is kept: correct it and choose OK, or Cancel."
 
 # --- install steps (DESIGN §7) -----------------------------------------------------
