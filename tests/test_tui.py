@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from convocate.common import messages
 from tests.harness import REPO, LocalCluster, python, remove_containers
 from tests.test_cli import Terminal
 
@@ -234,3 +235,160 @@ def test_without_a_terminal_or_agents_it_says_what_to_do(tmp_path, cluster):
     login = subprocess.run([python(), "-m", "convocate", "-c", "ls /"], env=cluster.env, cwd=REPO,
                            capture_output=True, text=True, timeout=30)
     assert login.returncode == 2 and "does not run commands" in login.stderr
+
+
+# --- issue 13 item 7: the TUI tried as a new user would ------------------------------------------------
+
+def _header_clock(screen: str) -> str:
+    found = re.search(r"agent\(s\).*load [\d.]+ [\d.]+ [\d.]+\s+(\d\d:\d\d:\d\d)", screen)
+    assert found, f"no clock in the header:\n{screen}"
+    return found.group(1)
+
+
+def _clock_ticks(tui: TUI, still_shown: str) -> None:
+    """The header clock changes within 4 s while ``still_shown`` (the open dialog) stays on the screen."""
+    first = _header_clock(tui.screen())
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        screen = tui.screen()
+        if _header_clock(screen) != first:
+            assert still_shown in screen, f"the dialog went away while the clock ticked:\n{screen}"
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the header clock stayed at {first} with {still_shown!r} open:\n{tui.screen()}")
+
+
+def _form_lines(tui: TUI) -> dict[str, str]:
+    """The New/Edit form's fields as shown: label → value."""
+    shown = {}
+    for line in tui.screen().splitlines():
+        for label in ("Name:", "Protocol:", "Port:", "DNS name:", "CPUs:", "Memory MiB:"):
+            at = line.find(f"│ {label}")
+            if at >= 0:
+                shown[label.rstrip(":")] = line[at + 2 + len(label):].split("│")[0].strip()
+        for label in ("Start now", "Attach right away"):
+            if label in line:
+                shown[label] = "[X]" if f"[X]  {label}" in line else "[ ]"
+    return shown
+
+
+def _wait_form(tui: TUI, expected: dict[str, str], timeout: float = 10.0) -> None:
+    """Wait until the form shows ``expected`` (label → value, a subset of :func:`_form_lines`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = _form_lines(tui)
+        if all(shown.get(label) == value for label, value in expected.items()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the form does not show {expected}:\n{tui.screen()}")
+
+
+def _dialog_text(screen: str) -> str:
+    """The screen's text with box lines gone and wrapped lines joined, for matching sentences."""
+    return " ".join(screen.replace("│", " ").replace("─", " ").split())
+
+
+def test_new_form_with_invalid_values_names_the_field_and_comes_back_with_every_value(cluster, tui):
+    tui.open()
+    tui.keys("n")
+    tui.wait_for("New session on")
+    # An empty name, a port out of range, a DNS name with "_", CPUs that are no number; "Attach" unchecked.
+    tui.keys("Tab", "Tab", "70000", "Tab", "bad_name", "Tab", "web", "Tab", "300", "Tab", "Tab", "Space",
+             "Tab", "Tab", "Enter")
+    typed = {"Name": "", "Protocol": "tcp", "Port": "70000", "DNS name": "bad_name", "CPUs": "web",
+             "Memory MiB": "300", "Start now": "[X]", "Attach right away": "[ ]"}
+    fixes = [  # the field the error names, the rule it states, and the keys that fix it and press OK
+        ('field "name"', "1-64 characters", ["kept-values", *["Tab"] * 9, "Enter"], ("Name", "kept-values")),
+        ('field "port"', "1-65535", [*["BSpace"] * 6, "4321", *["Tab"] * 7, "Enter"], ("Port", "4321")),
+        ('field "dns_name"', "a-z, 0-9 and '-'", [*["BSpace"] * 8, "kept.example", *["Tab"] * 6, "Enter"],
+         ("DNS name", "kept.example")),
+        ('field "cpus"', "'web' is not a number", [*["BSpace"] * 3, "0.2", *["Tab"] * 5, "Enter"], ("CPUs", "0.2")),
+    ]
+    for field, rule, keys, (label, fixed) in fixes:
+        text = _dialog_text(tui.wait_for(field))
+        assert rule in text and messages.FORM_VALUES_KEPT in text, text
+        tui.keys("Enter")  # dismiss the error: the same form is back, with what was typed
+        _wait_form(tui, typed)
+        assert _form_lines(tui) == typed, tui.screen()
+        tui.keys(*keys)
+        typed[label] = fixed
+    tui.wait_state("kept-values", "R")
+    made = {s["name"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}["kept-values"]
+    assert (made["port"], made["dns_name"], made["cpus"], made["memory_mb"]) == (4321, "kept.example", 0.2, 300)
+    assert "[convocate] attached" not in tui.screen()  # "Attach right away" stayed unchecked
+    cli(cluster, "kill", "kept-values")
+    cli(cluster, "delete", "kept-values")
+
+
+def test_new_form_refused_by_admission_control_comes_back_with_the_values(cluster, tui):
+    tui.open()
+    tui.keys("n")
+    tui.wait_for("New session on")
+    tui.keys("too-big", *["Tab"] * 4, "100", "Tab", "200", *["Tab"] * 4, "Enter")  # 100 CPUs: valid, not admitted
+    assert "admission denied: cpus asked 100 cores" in _dialog_text(tui.wait_for("admission denied"))
+    tui.keys("Enter")
+    _wait_form(tui, {"Name": "too-big", "CPUs": "100", "Memory MiB": "200", "Attach right away": "[X]"})
+    tui.keys("Escape")  # cancel: back to the table, and nothing was made
+    tui.wait_gone("New session on")
+    assert "too-big" not in {s["name"] for s in json.loads(cli(cluster, "ls", "--json").stdout)}
+
+
+def test_edit_form_refused_by_the_agent_comes_back_with_the_values(cluster, tui):
+    cli(cluster, "new", "port-holder", "--no-start", "--port", "4545")
+    cli(cluster, "new", "edit-me", "--no-start")
+    tui.open()
+    tui.wait_state("edit-me", "-")
+    tui.select("edit-me")
+    tui.keys("e")
+    tui.wait_for("Edit edit-me")
+    tui.keys(*["BSpace"] * 7, "edited-name", "Tab", "Tab", "4545", *["Tab"] * 5, "Enter")
+    text = _dialog_text(tui.wait_for("already used"))
+    assert "port 4545/tcp is already used by session" in text, text  # the agent's rule, in its words
+    tui.keys("Enter")
+    _wait_form(tui, {"Name": "edited-name", "Port": "4545"})
+    assert "Edit edit-me" in tui.screen()
+    tui.keys("Tab", "Tab", *["BSpace"] * 4, "4546", *["Tab"] * 5, "Enter")
+    tui.wait_for("edit edit-me: done")
+    edited = {s["uuid"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}
+    assert [(s["name"], s["port"]) for s in edited.values() if s["name"] == "edited-name"] == [("edited-name", 4546)]
+    cli(cluster, "delete", "edited-name")
+    cli(cluster, "delete", "port-holder")
+
+
+def test_escape_does_not_swallow_the_next_key(cluster, tui):
+    tui.open()
+    tui.keys("Escape", pause=0.5)  # on the table: nothing to cancel
+    tui.keys("n")
+    tui.wait_for("New session on", timeout=5)
+    tui.keys("Escape", pause=0.5)  # in a dialog: cancels it
+    tui.wait_gone("New session on", timeout=5)
+    tui.keys("n")
+    tui.wait_for("New session on", timeout=5)
+    tui.keys("Escape", pause=0.5)
+    tui.wait_gone("New session on", timeout=5)
+    tui.keys("q")
+    tui.wait_for("EXIT=0")
+
+
+def test_the_header_clock_ticks_while_a_dialog_is_open(cluster, tui):
+    cli(cluster, "new", "clocked", "--no-start")
+    tui.open()
+    tui.wait_state("clocked", "-")
+    _clock_ticks(tui, "ACCESSED")  # the table itself
+    tui.keys("n")
+    tui.wait_for("New session on")
+    _clock_ticks(tui, "New session on")  # a form
+    tui.keys("clock-form", *["Tab"] * 4, "web", *["Tab"] * 5, "Enter")
+    tui.wait_for('field "cpus"')
+    _clock_ticks(tui, 'field "cpus"')  # a message
+    tui.keys("Enter")
+    _wait_form(tui, {"Name": "clock-form", "CPUs": "web"})
+    tui.keys("Escape")
+    tui.wait_gone("New session on")
+    tui.select("clocked")
+    tui.keys("d")
+    tui.wait_for("Delete clocked")
+    _clock_ticks(tui, "Delete clocked")  # a confirmation
+    tui.keys("n")
+    tui.wait_gone("Delete clocked")
+    cli(cluster, "delete", "clocked")

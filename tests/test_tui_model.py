@@ -1,7 +1,12 @@
-"""The TUI's model (convocate.tui.model), pure."""
+"""The TUI's model (convocate.tui.model) and its New/Edit form values (convocate.tui.fields), pure."""
 
+import pytest
+
+from convocate.common import messages
 from convocate.common.model import SessionMeta, SessionView
+from convocate.common.ops import decode_params
 from convocate.common.protocol import Event
+from convocate.tui.fields import FieldError, SessionFields, session_params
 from convocate.tui.model import REACHABLE, UNREACHABLE, ClusterModel
 
 S1 = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
@@ -46,3 +51,54 @@ def test_capacity_summary_sums_reachable_agents():
     model.set_capacity("agent001", cap)
     model.set_capacity("agent002", cap)
     assert model.capacity_summary() == "cpu 3/7.2  mem 4.0/18.0 GiB"
+
+
+# --- the New/Edit form's values (convocate.tui.fields) -------------------------------------------
+
+@pytest.mark.parametrize(("fields", "field", "says"), [
+    (SessionFields(name=""), "name", "name must be 1-64 characters"),
+    (SessionFields(name="a/b"), "name", "name must be 1-64 characters"),
+    (SessionFields(name="x" * 65), "name", "name must be 1-64 characters"),
+    (SessionFields(name="ok", protocol="sctp"), "protocol", 'must be "tcp" or "udp"'),
+    (SessionFields(name="ok", port="70000"), "port", messages.FORM_PORT_RULE),
+    (SessionFields(name="ok", port="-1"), "port", messages.FORM_PORT_RULE),
+    (SessionFields(name="ok", port="²"), "port", messages.FORM_PORT_RULE),
+    (SessionFields(name="ok", dns_name="bad_name"), "dns_name", "must be a-z, 0-9 and '-'"),
+    (SessionFields(name="ok", dns_name="a..b"), "dns_name", "empty label"),
+    (SessionFields(name="ok", cpus="web"), "cpus", "'web' is not a number of cores (0.01..1024)"),
+    (SessionFields(name="ok", cpus="nan"), "cpus", "is not a number of cores"),
+    (SessionFields(name="ok", cpus="0"), "cpus", "out of range (0.01..1024.0 cores)"),
+    (SessionFields(name="ok", cpus="2000"), "cpus", "out of range (0.01..1024.0 cores)"),
+    (SessionFields(name="ok", memory_mb="1.5"), "memory_mb", "is not a whole number of MiB (16..16777216)"),
+    (SessionFields(name="ok", memory_mb="8"), "memory_mb", "out of range (16..16777216 MiB)"),
+    # Several wrong: the first in form order is named, so the cursor goes back to it.
+    (SessionFields(name="", port="70000", cpus="web"), "name", "name must be"),
+    (SessionFields(name="ok", port="70000", cpus="web"), "port", messages.FORM_PORT_RULE),
+])
+def test_a_bad_value_names_its_field_and_the_rule_it_breaks(fields, field, says):
+    for op, session_id in (("create", None), ("edit", S1)):
+        with pytest.raises(FieldError) as raised:
+            session_params(fields, op, session_id)
+        assert raised.value.field == field and says in str(raised.value)
+        assert str(raised.value).startswith(f'field "{field}"')
+
+
+def test_the_form_notation_becomes_what_the_agent_decodes():
+    typed = SessionFields(name=" web app ", protocol="UDP", port="0", dns_name="App.Example", cpus="1.5",
+                          memory_mb="300")
+    create = session_params(typed, "create")
+    assert create == {"name": "web app", "protocol": "udp", "port": -1, "dns_name": "app.example", "cpus": 1.5,
+                      "memory_mb": 300}
+    assert decode_params("create", create) == create  # exactly what the agent's decoding gives back
+    # Blank: no port on create (left out), none on edit (0); CPUs and memory left out (default / unchanged).
+    assert session_params(SessionFields(name="b"), "create") == {"name": "b", "protocol": "tcp", "dns_name": ""}
+    assert session_params(SessionFields(name="b", protocol=""), "edit", S1) == {
+        "id": S1, "name": "b", "port": 0, "dns_name": ""}
+
+
+def test_an_unchanged_edit_form_sends_the_session_as_it_is():
+    meta = SessionMeta(S1, "kept", 1, 2, port=8080, protocol="udp", dns_name="kept.example", cpus=0.25,
+                       memory_mb=512)
+    assert session_params(SessionFields.of(meta), "edit", S1) == {
+        "id": S1, "name": "kept", "protocol": "udp", "port": 8080, "dns_name": "kept.example", "cpus": 0.25,
+        "memory_mb": 512}

@@ -63,6 +63,15 @@ HOST_KEY_MISMATCH = "{peer} ({address}) presented a host key that does not match
 AMBIGUOUS_SESSION = 'session reference "{ref}" matches {count} sessions: {matches}'
 NO_SUCH_SESSION = 'no session matches "{ref}" (by UUID, UUID prefix or name)'
 
+# --- TUI forms (the same rules as the agent's, in the form's own notation) -------------
+FORM_NOT_A_NUMBER = 'field "{field}": {value!r} is not {rule}'
+FORM_PORT_RULE = "blank (no port), 0 (pick a free one) or a port number 1-65535"
+FORM_CPUS_RULE = "a number of cores ({low:g}..{high:g})"
+FORM_MEMORY_RULE = "a whole number of MiB ({low}..{high})"
+FORM_REFUSED = "{form}: the value of {label} is not accepted."
+FORM_AGENT_REFUSED = "{form}: agent {agent_id} refused it."
+FORM_VALUES_KEPT = "What you typed is kept: correct it and choose OK, or Cancel."
+
 # --- install steps (DESIGN §7) -----------------------------------------------------
 DOCKER_UNREACHABLE = (
     "Docker is not reachable ({detail}). The agent runs every session as a Docker container: install"

@@ -5,6 +5,15 @@ owns the network on its own thread. Forms only call methods of
 :class:`ConvocateApp`; the network's notices are applied to the
 :class:`~convocate.tui.model.ClusterModel` in the form's ``while_waiting``
 (every 0.2 s, and only repainting when the model changed or the clock ticked).
+Every dialog keeps that going while it is open (:class:`Ticking`): the header
+clock ticks and the table stays live underneath, while the outcomes of ops
+(which may open a dialog of their own) wait until the dialog is closed.
+
+Escape: ncurses waits ``ESCDELAY`` (1000 ms by default) after an ESC byte for
+the rest of an escape sequence, and npyscreen turns a key that comes within
+that wait into Alt+key, which nothing is bound to: the key after Escape was
+lost. The TUI sets the wait to :data:`ESCAPE_DELAY_MS` (an escape sequence's
+bytes arrive together), unless the operator set ``ESCDELAY`` themselves.
 
 Keys: Enter attach, 1-9 jump to a row, N new, C clone, E edit, B background,
 D delete, K kill, O override, S settings, R restart, Q quit.
@@ -26,17 +35,21 @@ from typing import Any
 import npyscreen
 
 from convocate.client import Cluster
+from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.model import STATE_CONNECTED, SessionView
 from convocate.common.paths import Paths
 from convocate.orphans import MIGRATE_HINT
 from convocate.terminal import attach_terminal
+from convocate.tui.fields import FIELDS, LABELS, FieldError, SessionFields, session_params
 from convocate.tui.model import UNREACHABLE, ClusterModel, Row, header
 from convocate.tui.network import Network, Notice
 
 log = logging.getLogger(__name__)
 
 MIN_COLUMNS, MIN_LINES = 80, 16
+#: How long ncurses waits after ESC for the rest of an escape sequence, in ms (ncurses' default is 1000).
+ESCAPE_DELAY_MS = 25
 KEYS = "Enter attach  1-9 jump  W waiting  N new  C clone  E edit  B bg  D delete  K kill  O override  " \
        "S settings  R restart  Q quit"
 
@@ -77,7 +90,7 @@ class MainForm(npyscreen.FormBaseNew):
         for digit in "123456789":
             handlers[ord(digit)] = _jump(int(digit), self)
         self.table.add_handlers(handlers)
-        self._shown = (-1, "")
+        self._shown: tuple[int, str, str] = (-1, "", "")
 
     def selected(self) -> Row | None:
         rows = self.table.values
@@ -85,24 +98,34 @@ class MainForm(npyscreen.FormBaseNew):
         return rows[i] if rows and 0 <= i < len(rows) else None
 
     def while_waiting(self) -> None:
+        self.parentApp.drain()
+        if self.paint():
+            self.refresh()
+
+    def paint(self) -> bool:
+        """Bring the title (counts, load, clock), the status line and the table up to date in the pad.
+
+        Returns:
+            Whether anything changed (the caller puts the pad on the screen).
+        """
         app: ConvocateApp = self.parentApp
-        app.drain()
         clock = time.strftime("%H:%M:%S")
-        if (app.model.version, clock) == self._shown:
-            return
+        if (app.model.version, clock, app.message) == self._shown:
+            return False
         if app.model.version != self._shown[0]:
             app.refresh_rows(self)
-            self.table.display()
+            self.table.update()
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         capacity = app.model.capacity_summary()
         self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
                             f"  {capacity + '  ' if capacity else ''}load {load}  {clock}")
         self.message.value = app.message
-        self._shown = (app.model.version, clock)
+        self._shown = (app.model.version, clock, app.message)
         # Only the widgets that change: Form.display() erases the pad, and the table
         # skips redrawing lines it thinks are still on screen.
-        self.title.display()
-        self.message.display()
+        self.title.update()
+        self.message.update()
+        return True
 
 
 def _key(action: Callable[[], None], form: MainForm) -> Callable[[Any], None]:
@@ -119,7 +142,27 @@ def _jump(number: int, form: MainForm) -> Callable[[Any], None]:
     return go
 
 
-class Dialog(npyscreen.ActionPopup):
+class Ticking:
+    """Mixed into every dialog: while it waits for a key, the main form's header keeps ticking.
+
+    A dialog's own keypress timeout comes from ``parentApp`` (npyscreen sets it
+    only for forms that have one), so pass ``parentApp=app`` when making one.
+    """
+
+    parentApp: ConvocateApp
+
+    def while_waiting(self) -> None:
+        self.parentApp.tick()
+
+    def edit(self) -> None:
+        self.parentApp.dialogs.append(self)
+        try:
+            super().edit()  # type: ignore[misc]
+        finally:
+            self.parentApp.dialogs.remove(self)
+
+
+class Dialog(Ticking, npyscreen.ActionPopup):
     """A popup with OK and Cancel; Esc cancels at once. ``accepted`` says which button ended it."""
 
     accepted = False
@@ -138,21 +181,48 @@ class Dialog(npyscreen.ActionPopup):
 
 
 class SessionForm(Dialog):
-    """Fields of a new or edited session."""
+    """Fields of a new or edited session (their rules: :mod:`convocate.tui.fields`)."""
 
     DEFAULT_LINES = 16
     DEFAULT_COLUMNS = 66
 
     def create(self) -> None:
-        self.name_field = self.add(npyscreen.TitleText, name="Name:", begin_entry_at=16)
-        self.protocol = self.add(npyscreen.TitleText, name="Protocol:", value="tcp", begin_entry_at=16)
-        self.port = self.add(npyscreen.TitleText, name="Port:", begin_entry_at=16)
-        self.add(npyscreen.FixedText, value="  (port: blank none, 0 auto, else 1-65535)", editable=False)
-        self.dns = self.add(npyscreen.TitleText, name="DNS name:", begin_entry_at=16)
-        self.cpus = self.add(npyscreen.TitleText, name="CPUs:", begin_entry_at=16)
-        self.memory = self.add(npyscreen.TitleText, name="Memory MiB:", begin_entry_at=16)
+        self.fields: dict[str, Any] = {}
+        for key in FIELDS:
+            self.fields[key] = self.add(npyscreen.TitleText, name=f"{LABELS[key]}:", begin_entry_at=16)
+            if key == "port":
+                self.add(npyscreen.FixedText, value="  (port: blank none, 0 auto, else 1-65535)", editable=False)
+        self.fields["protocol"].value = "tcp"
         self.start_now = self.add(npyscreen.Checkbox, name="Start now", value=True)
         self.attach_now = self.add(npyscreen.Checkbox, name="Attach right away", value=True)
+
+    def values(self) -> SessionFields:
+        """What the operator typed."""
+        return SessionFields(**{key: widget.value or "" for key, widget in self.fields.items()})
+
+    def fill(self, values: SessionFields) -> None:
+        for key, widget in self.fields.items():
+            widget.value = getattr(values, key)
+
+    def focus(self, key: str | None) -> None:
+        """Put the cursor on field ``key`` (the first field for None) when the form is edited next."""
+        self.preserve_selected_widget = True
+        self.editw = self._widgets__.index(self.fields[key or FIELDS[0]])
+
+
+class MessagePopup(Ticking, npyscreen.Popup):
+    """A message with an OK button (npyscreen's ``notify_confirm``, but ticking, and below the header)."""
+
+    SHOW_ATY = 2  # the header (title, clock) stays in sight above it
+    DEFAULT_COLUMNS = 66
+
+
+class WideMessagePopup(MessagePopup):
+    """A :class:`MessagePopup` across the whole width, for long agent errors."""
+
+    DEFAULT_LINES = 14
+    DEFAULT_COLUMNS = None
+    SHOW_ATX = 0
 
 
 class ConvocateApp(npyscreen.NPSAppManaged):
@@ -173,8 +243,13 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self.message = ""
         self._numbers: dict[int, int] = {}
         self._followups: dict[str, Callable[[Any], None]] = {}
+        self._fallbacks: dict[str, Callable[[ConvocateError], None]] = {}
+        self._deferred: list[Notice] = []
+        self.dialogs: list[Any] = []  # the open dialogs, innermost last (see Ticking)
 
     def onStart(self) -> None:
+        if "ESCDELAY" not in os.environ:  # ncurses read it at initscr; an operator's own value wins
+            curses.set_escdelay(ESCAPE_DELAY_MS)
         self.main_form = self.addForm("MAIN", MainForm, name="convocate", minimum_lines=MIN_LINES,
                                       minimum_columns=MIN_COLUMNS)
         self.network.start()
@@ -183,14 +258,40 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self.network.stop()
 
     # --- notices from the network ----------------------------------------------------
-    def drain(self) -> None:
-        """Apply every pending notice to the model (UI thread)."""
+    def drain(self, *, under_dialog: bool = False) -> None:
+        """Apply every pending notice to the model (UI thread).
+
+        Args:
+            under_dialog: A dialog is open: the outcome of an op (``done``,
+                ``failed``: they may open a dialog of their own) waits for the
+                next drain without one; everything else is applied now.
+        """
+        if not under_dialog:
+            deferred, self._deferred = self._deferred, []
+            for notice in deferred:
+                self.apply(notice)
         while True:
             try:
                 notice, _ = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            self.apply(notice)
+            if under_dialog and notice.kind in ("done", "failed"):
+                self._deferred.append(notice)
+            else:
+                self.apply(notice)
+
+    def tick(self) -> None:
+        """While a dialog waits for a key: bring the main form up to date underneath, the dialogs staying on top.
+
+        The main form and then each open dialog are copied to the virtual screen
+        and the terminal is updated once, so only what changed (the clock) is sent.
+        """
+        self.drain(under_dialog=True)
+        if not self.main_form.paint():
+            return
+        for form in (self.main_form, *self.dialogs):
+            _stage(form)
+        curses.doupdate()
 
     def apply(self, notice: Notice) -> None:
         if notice.kind == "reach":
@@ -215,15 +316,19 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         elif notice.kind == "done":
             description, result = notice.payload
             self.message = f"{description}: done"
+            self._fallbacks.pop(description, None)
             followup = self._followups.pop(description, None)
             if followup is not None:
                 followup(result)
         elif notice.kind == "failed":
             description, error = notice.payload
             self._followups.pop(description, None)
+            fallback = self._fallbacks.pop(description, None)
             self.message = f"{description}: failed"
-            npyscreen.notify_confirm(f"{description} failed.\n\nagent {notice.agent_id}: {error}",
-                                     title="Error", wide=True, editw=1)
+            if fallback is not None:
+                fallback(error)
+            else:
+                _notify(self, f"{description} failed.\n\nagent {notice.agent_id}: {error}", title="Error", wide=True)
 
     def refresh_rows(self, form: MainForm) -> None:
         """Give the table the model's rows, keeping the cursor on the same session."""
@@ -259,9 +364,13 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         return row.agent_id, row.session
 
     def _op(self, agent_id: str, op: str, params: dict[str, Any], description: str,
-            then: Callable[[Any], None] | None = None) -> None:
+            then: Callable[[Any], None] | None = None,
+            otherwise: Callable[[ConvocateError], None] | None = None) -> None:
+        """Run an op in the background: ``then(result)`` on success; ``otherwise(error)`` (else a dialog) on failure."""
         if then is not None:
             self._followups[description] = then
+        if otherwise is not None:
+            self._fallbacks[description] = otherwise
         self.message = f"{description}..."
         self.network.call(agent_id, op, params, description)
 
@@ -271,7 +380,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             return
         agent_id, view = picked
         m = view.meta
-        if _confirm(question.format(name=m.name, id=m.uuid[:8], agent=agent_id), title=verb.title()):
+        if _confirm(self, question.format(name=m.name, id=m.uuid[:8], agent=agent_id), title=verb.title()):
             self._op(agent_id, op, {"id": m.uuid}, f"{verb} {m.name}")
 
     # --- actions ------------------------------------------------------------------------------
@@ -290,7 +399,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         view, agent_id = row.session, row.agent_id
         read_only = False
         if view.state == STATE_CONNECTED:
-            choice = _choose("Someone is attached", f"{view.meta.name} already has an operator attached.",
+            choice = _choose(self, "Someone is attached", f"{view.meta.name} already has an operator attached.",
                              ["Observe read-only", "Override: detach them and take over", "Cancel"])
             if choice == 0:
                 read_only = True
@@ -299,7 +408,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             else:
                 return
         if not view.running:
-            if not _confirm(f"{view.meta.name} is stopped. Start it and attach?", title="Attach"):
+            if not _confirm(self, f"{view.meta.name} is stopped. Start it and attach?", title="Attach"):
                 return
             if self._blocking(agent_id, "restart", {"id": view.meta.uuid}) is None:
                 return
@@ -312,7 +421,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         except ConvocateError:
             return None  # the failed notice shows the error
         except Exception as e:  # timeout
-            npyscreen.notify_confirm(f"{op} did not answer: {e}", title="Error", editw=1)
+            _notify(self, f"{op} did not answer: {e}", title="Error")
             return None
 
     def _attach(self, agent_id: str, view: SessionView, read_only: bool) -> None:
@@ -344,40 +453,61 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self.network.refresh(agent_id)
         self.message = f"attach {view.meta.name}: {error}" if error else f"detached from {view.meta.name}"
         if error:
-            npyscreen.notify_confirm(f"attach {view.meta.name}: {error}", title="Attach", wide=True, editw=1)
+            _notify(self, f"attach {view.meta.name}: {error}", title="Attach", wide=True)
         self.main_form._resize()  # the terminal may have changed size while attached
 
     def new(self) -> None:
         """N: create a session (agent picker when there are several)."""
         agents = sorted(aid for aid, info in self.model.agents.items() if info.reach != UNREACHABLE)
         if not agents:
-            npyscreen.notify_confirm("No agent is reachable.", title="New session", editw=1)
+            _notify(self, "No agent is reachable.", title="New session")
             return
         agent_id = agents[0]
         if len(agents) > 1:
-            choice = _choose("New session", "On which agent?", agents + ["Cancel"])
+            choice = _choose(self, "New session", "On which agent?", agents + ["Cancel"])
             if choice is None or choice >= len(agents):
                 return
             agent_id = agents[choice]
-        form = SessionForm(name=f"New session on {agent_id}")
-        form.edit()
-        if not form.accepted:
-            return
-        try:
-            params = _session_params(form, for_create=True)
-        except ValueError as e:
-            npyscreen.notify_confirm(str(e), title="New session", editw=1)
+        self._create(agent_id, SessionForm(name=f"New session on {agent_id}", parentApp=self))
+
+    def _create(self, agent_id: str, form: SessionForm) -> None:
+        """Edit the New form until its values pass or it is cancelled, then create; a refusal brings it back."""
+        params = self._fill_in(form, "create")
+        if params is None:
             return
         params["start"] = bool(form.start_now.value)
         attach_after = bool(form.attach_now.value) and params["start"]
-        description = f"create {params['name']}"
 
         def then(result: Any) -> None:
             if attach_after and isinstance(result, dict):
                 view = SessionView.from_wire(result, agent_id)
                 self._attach(agent_id, view, False)
 
-        self._op(agent_id, "create", params, description, then)
+        def otherwise(error: ConvocateError) -> None:
+            self._refused(form, agent_id, error)
+            self._create(agent_id, form)
+
+        self._op(agent_id, "create", params, f"create {params['name']}", then, otherwise)
+
+    def _fill_in(self, form: SessionForm, op: str, session_id: str | None = None) -> dict[str, Any] | None:
+        """Edit ``form`` until the agent's rules accept every value (each refusal says why); None when cancelled."""
+        while True:
+            form.edit()
+            if not form.accepted:
+                return None
+            try:
+                return session_params(form.values(), op, session_id)
+            except FieldError as e:
+                _notify(self, "\n\n".join((messages.FORM_REFUSED.format(form=form.name, label=LABELS[e.field]),
+                                            str(e), messages.FORM_VALUES_KEPT)), title=form.name)
+                form.focus(e.field)
+
+    def _refused(self, form: SessionForm, agent_id: str, error: ConvocateError) -> None:
+        """Say why the agent refused the form's values; the form comes back with them, cursor on the first field."""
+        text = (messages.FORM_AGENT_REFUSED.format(form=form.name, agent_id=agent_id), str(error),
+                messages.FORM_VALUES_KEPT)
+        _notify(self, "\n\n".join(text), title=form.name, wide=True)
+        form.focus(None)
 
     def clone(self) -> None:
         """C: copy the selected session's home into a new session."""
@@ -385,7 +515,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         if picked is None:
             return
         agent_id, view = picked
-        name = _ask("Clone", f"Name of the copy of {view.meta.name}:", f"{view.meta.name} copy"[:64])
+        name = _ask(self, "Clone", f"Name of the copy of {view.meta.name}:", f"{view.meta.name} copy"[:64])
         if name:
             self._op(agent_id, "clone", {"source_id": view.meta.uuid, "name": name}, f"clone {view.meta.name}")
 
@@ -395,26 +525,19 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         if picked is None:
             return
         agent_id, view = picked
-        m = view.meta
-        form = SessionForm(name=f"Edit {m.name}")
-        form.name_field.value = m.name
-        form.protocol.value = m.protocol
-        form.port.value = str(m.port) if m.port else ""
-        form.dns.value = m.dns_name
-        form.cpus.value = f"{m.cpus:g}"
-        form.memory.value = str(m.memory_mb)
+        form = SessionForm(name=f"Edit {view.meta.name}", parentApp=self)
+        form.fill(SessionFields.of(view.meta))
         form.start_now.hidden = form.attach_now.hidden = True
-        form.edit()
-        if not form.accepted:
-            return
-        try:
-            params = _session_params(form, for_create=False)
-        except ValueError as e:
-            npyscreen.notify_confirm(str(e), title="Edit", editw=1)
+        self._edit(agent_id, view, form)
+
+    def _edit(self, agent_id: str, view: SessionView, form: SessionForm) -> None:
+        """Edit the Edit form until its values pass or it is cancelled, then edit; a refusal brings it back."""
+        m = view.meta
+        params = self._fill_in(form, "edit", m.uuid)
+        if params is None:
             return
         if params.get("port") == 0 and not m.port:
             params.pop("port")
-        params["id"] = m.uuid
         needs_restart = view.running and (params.get("port", m.port) != m.port or
                                           params.get("protocol", m.protocol) != m.protocol or
                                           params.get("cpus", m.cpus) != m.cpus or
@@ -424,10 +547,14 @@ class ConvocateApp(npyscreen.NPSAppManaged):
 
         def then(_result: Any) -> None:
             if needs_restart and _confirm(
-                    f"{name}'s port and limits change at its next start. Restart it now?", title="Restart"):
+                    self, f"{name}'s port and limits change at its next start. Restart it now?", title="Restart"):
                 self._op(agent_id, "restart", {"id": m.uuid}, f"restart {name}")
 
-        self._op(agent_id, "edit", params, f"edit {m.name}", then)
+        def otherwise(error: ConvocateError) -> None:
+            self._refused(form, agent_id, error)
+            self._edit(agent_id, view, form)
+
+        self._op(agent_id, "edit", params, f"edit {m.name}", then, otherwise)
 
     def background(self) -> None:
         self._confirmed_op("background", "background",
@@ -454,12 +581,12 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         row = self.main_form.selected()
         agent_id = row.agent_id if row is not None and row.agent_id in agents else (agents[0] if agents else None)
         if agent_id is None:
-            npyscreen.notify_confirm("No agent is reachable.", title="Settings", editw=1)
+            _notify(self, "No agent is reachable.", title="Settings")
             return
         current = self._blocking(agent_id, "settings-get", {})
         if not isinstance(current, dict):
             return
-        form = Dialog(name=f"Settings of agent {agent_id}", lines=len(current) + 6, columns=70)
+        form = Dialog(name=f"Settings of agent {agent_id}", lines=len(current) + 6, columns=70, parentApp=self)
         fields = {key: form.add(npyscreen.TitleText, name=f"{key}:", value=str(value), begin_entry_at=26)
                   for key, value in current.items()}
         form.edit()
@@ -504,32 +631,8 @@ def _typed_like(text: str, example: Any) -> Any:
     return text
 
 
-def _session_params(form: SessionForm, *, for_create: bool) -> dict[str, Any]:
-    """Turn the form's text into op params. Port: blank none, 0 auto (-1 on the wire), else the number.
-
-    Raises:
-        ValueError: a number field does not hold a number.
-    """
-    params: dict[str, Any] = {"name": form.name_field.value.strip()}
-    protocol = form.protocol.value.strip().lower()
-    if protocol:
-        params["protocol"] = protocol
-    port = form.port.value.strip()
-    if port:
-        if not port.lstrip("-").isdigit():
-            raise ValueError(f"port {port!r} is not a number (blank for none, 0 for auto)")
-        params["port"] = -1 if int(port) == 0 else int(port)
-    elif not for_create:
-        params["port"] = 0
-    params["dns_name"] = form.dns.value.strip()
-    for attr, key, kind in (("cpus", "cpus", float), ("memory", "memory_mb", int)):
-        text = getattr(form, attr).value.strip()
-        if text:
-            try:
-                params[key] = kind(text)
-            except ValueError:
-                raise ValueError(f"{key} {text!r} is not a number") from None
-    return params
+class ChoicePopup(Ticking, npyscreen.Popup):
+    """A popup with a list to pick from and an OK button."""
 
 
 class ConfirmPopup(Dialog):
@@ -558,30 +661,50 @@ def _orphan_hint(view: SessionView) -> str:
     return MIGRATE_HINT.format(name=view.meta.name, id=view.meta.uuid[:8], uuid=view.meta.uuid)
 
 
-def _confirm(question: str, title: str) -> bool:
+def _confirm(app: ConvocateApp, question: str, title: str) -> bool:
     """Ask a yes/no question; True for yes."""
-    form = ConfirmPopup(name=title, lines=10, columns=66)
+    form = ConfirmPopup(name=title, lines=10, columns=66, parentApp=app)
     form.add(npyscreen.MultiLine, values=textwrap.wrap(question, 60), editable=False, max_height=4)
     form.edit()
     return form.accepted
 
 
-def _choose(title: str, question: str, options: list[str]) -> int | None:
+def _choose(app: ConvocateApp, title: str, question: str, options: list[str]) -> int | None:
     """A popup list; returns the chosen index or None."""
-    form = npyscreen.Popup(name=title, lines=min(8 + len(options), 20), columns=66)
+    form = ChoicePopup(name=title, lines=min(8 + len(options), 20), columns=66, parentApp=app)
     form.add(npyscreen.FixedText, value=question, editable=False)
     picker = form.add(npyscreen.SelectOne, values=options, value=[0], max_height=len(options) + 1, scroll_exit=True)
     form.edit()
     return picker.value[0] if picker.value else None
 
 
-def _ask(title: str, question: str, default: str) -> str:
+def _ask(app: ConvocateApp, title: str, question: str, default: str) -> str:
     """A one-line text popup; returns the text, ``""`` when cancelled."""
-    form = Dialog(name=title, lines=9, columns=66)
+    form = Dialog(name=title, lines=9, columns=66, parentApp=app)
     form.add(npyscreen.FixedText, value=question, editable=False)
     field = form.add(npyscreen.Textfield, value=default)
     form.edit()
     return field.value.strip() if form.accepted else ""
+
+
+def _notify(app: ConvocateApp, message: str, title: str, wide: bool = False) -> None:
+    """Show ``message`` until the operator presses Enter (on OK) or Esc."""
+    form = (WideMessagePopup if wide else MessagePopup)(name=title, color="STANDOUT", parentApp=app)
+    pager = form.add(npyscreen.Pager)
+    lines: list[str] = []
+    for paragraph in message.split("\n"):  # no break inside "1-64" or "a-z": rules stay readable
+        lines.extend(textwrap.wrap(paragraph, pager.width - 1, break_on_hyphens=False) or [""])
+    pager.values = lines
+    form.preserve_selected_widget = True
+    form.editw = 1  # the OK button
+    form.edit()
+
+
+def _stage(form: Any) -> None:
+    """Copy a form's pad to the virtual screen without updating the terminal (``pnoutrefresh``)."""
+    rows, columns = form._max_physical()
+    with contextlib.suppress(curses.error):
+        form.curses_pad.noutrefresh(form.show_from_y, form.show_from_x, form.show_aty, form.show_atx, rows, columns)
 
 
 def run_tui(paths: Paths) -> int:
