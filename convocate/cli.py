@@ -109,22 +109,14 @@ async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
         mark = agent_mark(states.get(agent_id, {}))
         if mark:
             print(f"{PROG}: agent {agent_id}: {mark}", file=sys.stderr)
-    image_problem = _image_problem(cluster.paths)
+    from convocate import image_status
+
+    image_problem = image_status.packaged_problem(cluster.paths)
     if image_problem:
         print(f"{PROG}: {image_problem}", file=sys.stderr)
     if listing.errors and not listing.sessions and len(listing.errors) == len(cluster.clients):
         return next(iter(listing.errors.values())).exit_code
     return 0
-
-
-def _image_problem(paths: Paths) -> str | None:
-    """"no session image yet …" on a packaged shell host whose image build has not finished, else None."""
-    from convocate import image_status
-    from convocate.shell_install import default_image_tag
-
-    if not paths.image_context.is_dir():  # not a shell host installed from the package (the demo, tests)
-        return None
-    return image_status.problem(paths, default_image_tag())
 
 
 async def _cmd_image_status(args: argparse.Namespace) -> int:

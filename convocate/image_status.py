@@ -22,6 +22,7 @@ from convocate.common import messages
 from convocate.common.fsutil import atomic_write
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339, now_ns
+from convocate.common.version import __version__
 
 BUILDING = "building"
 BUILT = "built"
@@ -118,3 +119,14 @@ def problem(paths: Paths, tag: str) -> str | None:
         return messages.IMAGE_NOT_YET.format(tag=tag, reason=f"its build of {build.started} was interrupted",
                                              retry=retry)
     return messages.IMAGE_NOT_YET.format(tag=tag, reason=f"its build failed ({build.error})", retry=retry)
+
+
+def packaged_problem(paths: Paths) -> str | None:
+    """:func:`problem` for this version's image on a shell host installed from the package, else None.
+
+    Where the packaged build context is missing (the demo, tests, a host without the convocate
+    package) the image comes from elsewhere and nothing is said.
+    """
+    if not paths.image_context.is_dir():
+        return None
+    return problem(paths, f"convocate:{__version__}")

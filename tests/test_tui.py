@@ -392,3 +392,16 @@ def test_the_header_clock_ticks_while_a_dialog_is_open(cluster, tui):
     tui.keys("n")
     tui.wait_gone("Delete clocked")
     cli(cluster, "delete", "clocked")
+
+
+def test_a_packaged_shell_host_without_its_session_image_says_so_and_how_to_build_it(cluster, tui):
+    context = cluster.root / "usr" / "share" / "convocate" / "image"  # as the convocate package ships it
+    context.mkdir(parents=True)
+    try:
+        tui.open()
+        tui.wait_for("no session image yet")
+        tui.wait_for("it has not been built")
+        tui.keys("q")
+        tui.wait_for("EXIT=0")
+    finally:
+        context.rmdir()

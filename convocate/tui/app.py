@@ -34,6 +34,7 @@ from typing import Any
 
 import npyscreen
 
+from convocate import image_status
 from convocate.client import Cluster
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError
@@ -252,6 +253,7 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             curses.set_escdelay(ESCAPE_DELAY_MS)
         self.main_form = self.addForm("MAIN", MainForm, name="convocate", minimum_lines=MIN_LINES,
                                       minimum_columns=MIN_COLUMNS)
+        self.message = image_status.packaged_problem(self.cluster.paths) or ""
         self.network.start()
 
     def onCleanExit(self) -> None:
