@@ -83,6 +83,11 @@ def load(path: Path) -> ImageBuild | None:
         return None
 
 
+def alive(build: ImageBuild) -> bool:
+    """Whether ``build`` is a ``building`` record whose process still runs."""
+    return build.state == BUILDING and _alive(build.pid)
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -112,7 +117,7 @@ def problem(paths: Paths, tag: str) -> str | None:
         return messages.IMAGE_NOT_YET.format(tag=tag, reason="it has not been built", retry=retry)
     if build.state == BUILT:
         return None
-    if build.state == BUILDING and _alive(build.pid):
+    if alive(build):
         return messages.IMAGE_NOT_YET.format(tag=tag, reason=f"it is being built since {build.started}",
                                              retry=messages.IMAGE_BUILD_FOLLOW.format(unit=BUILD_UNIT))
     if build.state == BUILDING:

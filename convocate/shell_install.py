@@ -266,6 +266,17 @@ def start_image_build(paths: Paths, report: StepReport) -> None:
         ConfigError: systemctl failed.
     """
     unit = image_status.BUILD_UNIT
+    tag = default_image_tag()
+    build = image_status.load(paths.image_build_status)
+    if build is not None and build.tag == tag and (build.state != image_status.BUILDING or image_status.alive(build)):
+        # Built, or being built: nothing to do. Failed: not again at every configure (that would fetch
+        # from the network each time); the operator is told how to retry.
+        problem = image_status.problem(paths, tag)
+        if problem is None:
+            report.kept(f"session image {tag} built")
+        else:
+            report.note(problem)
+        return
     if not hostsetup.systemd_running(paths):
         report.note(messages.IMAGE_NOT_YET.format(tag=default_image_tag(), reason="systemd is not running here",
                                                   retry="build it with `sudo convocate install --image`"))
@@ -280,7 +291,7 @@ def start_image_build(paths: Paths, report: StepReport) -> None:
             return
     hostsetup.run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
     hostsetup.run_command(["systemctl", "--no-block", "start", unit], f"starting {unit}")
-    report.changed(messages.IMAGE_BUILD_STARTED.format(unit=unit))
+    report.note(messages.IMAGE_BUILD_STARTED.format(unit=unit))
 
 
 def _ensure_dnsmasq(paths: Paths, report: StepReport) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from convocate.common import messages
 from convocate.common.version import __version__
 from tests.systemd_hosts import (
     PACKAGES,
@@ -157,6 +158,7 @@ def host(systemd_host_image: str) -> Iterator[PackageHost]:
 #: package's directories on every install).
 MANAGED = ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-agent", "/etc/default/convocate",
            "/etc/systemd/system/convocate-sessions.slice.d", "/home/claude", "/var/lib/convocate",
+           "/var/lib/convocate-agent",
            "/var/cache/convocate-agent", "/var/cache/convocate", "/var/cache/convocate-host", "/etc/passwd",
            "/etc/group", "/etc/shells", "/etc/dnsmasq.d/convocate")
 
@@ -165,10 +167,31 @@ MANAGED = ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-age
 def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, debs, upgrade_debs, tmp_path):
     upgrade = upgrade_debs
 
-    # --- install --------------------------------------------------------------------------------
-    host.preseed("convocate convocate/build-image boolean false")
+    # --- install at debconf's default priority, nothing preseeded -----------------------------------
+    # The session image is built by convocate-image-build.service, which the postinst starts without
+    # waiting. Here a drop-in points it at a Docker that is not there, so it fails at once: apt must
+    # have returned all the same, the package stays configured, and `convocate` says what to do.
+    host.sh("mkdir -p /etc/systemd/system/convocate-image-build.service.d && printf '%s\\n' '[Service]'"
+            " 'Environment=DOCKER_HOST=unix:///run/convocate-test-no-docker.sock'"
+            " > /etc/systemd/system/convocate-image-build.service.d/test.conf")
+    started = time.monotonic()
     output = host.install(debs)
+    print(f"apt-get install of the three packages took {time.monotonic() - started:.1f} s")
     assert "convocate install:" in output and "convocate-agent install:" in output, output
+    assert messages.IMAGE_BUILD_STARTED.format(unit="convocate-image-build.service") in output, output
+    for package in PACKAGES:
+        assert host.sh(f"dpkg-query -W -f='${{Status}}' {package}").stdout == "install ok installed"
+    deadline = time.monotonic() + 60
+    while host.sh("systemctl is-active convocate-image-build.service", check=False).stdout.strip() in (
+            "activating", "active"):
+        assert time.monotonic() < deadline, host.sh("journalctl --no-pager -u convocate-image-build").stdout
+        time.sleep(0.5)
+    image = host.sh("runuser -u claude -- convocate image-status", check=False)
+    assert image.returncode == 78, image.stdout + image.stderr
+    assert image.stdout.startswith(f"no session image yet: convocate:{__version__} is not there because its "
+                                   "build failed (Docker is not reachable"), image.stdout
+    assert "sudo systemctl start convocate-image-build.service" in image.stdout
+    assert "Docker is not reachable" in host.sh("journalctl --no-pager -u convocate-image-build").stdout
     for unit in ("convocate-agent.service", "convocate-status.service", "convocate-dnsmasq-reload.path",
                  "convocate-image-prune.timer"):
         assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", \
@@ -193,12 +216,18 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
             f" && chown -R claude:claude {registry}")
     agents = json.loads(host.sh("runuser -u claude -- convocate agents --json").stdout)
     assert [(a["agent_id"], a["status"]) for a in agents] == [(agent_id, "ok")]
+    assert "convocate: no session image yet:" in host.sh("runuser -u claude -- convocate ls 2>&1").stdout
 
     assert host.sh("stat -c '%U:%G %a' /etc/convocate-agent /etc/convocate-agent/ssh_host_ed25519_key "
                    "/etc/convocate-agent/session.env /run/convocate/status.sock").stdout.split() == [
         "claude:claude", "750", "claude:claude", "600", "root:root", "600", "claude:claude", "660"]
-    assert host.sh("getent passwd claude").stdout.strip() == \
-        "claude:x:1337:1337:convocate sessions:/home/claude:/usr/bin/convocate"
+    name, _, uid, gid, gecos, home, shell = host.sh("getent passwd claude").stdout.strip().split(":")
+    assert (name, uid, gid, home, shell) == ("claude", "1337", "1337", "/home/claude", "/usr/bin/convocate")
+    assert gecos.startswith("convocate sessions")
+    # adduser --system: no subordinate ID range (subuid(5)) as useradd would give a plain user.
+    assert host.sh("grep -s '^claude:' /etc/subuid /etc/subgid", check=False).stdout == ""
+    for package, path in (("convocate", "/etc/default/convocate"), ("convocate-agent", "/etc/default/convocate-agent")):
+        assert package in host.sh(f"ucfq --with-colons {path}").stdout  # merged with ucf, owned by the package
     assert "/usr/bin/convocate" in host.read("/etc/shells").splitlines()
     limits = host.read("/etc/systemd/system/convocate-sessions.slice.d/50-limits.conf")
     memory_max = next(line.split("=")[1] for line in limits.splitlines() if line.startswith("MemoryMax="))
@@ -221,6 +250,17 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     session = host.rpc(222, "create", {"name": "pkgtest", "start": False})["uuid"]
     session_json = f"/home/claude/{session}/session.json"
     session_before = host.read(session_json)
+    # State that is not configuration lives in /var/lib/convocate-agent; /etc/convocate-agent is read-only to it.
+    host.rpc(222, "settings-set", {"default_memory_mb": 300})
+    assert json.loads(host.read("/var/lib/convocate-agent/settings.json"))["default_memory_mb"] == 300
+    assert not host.exists("/etc/convocate-agent/settings.json")
+
+    # --- dpkg-reconfigure with the same answers: nothing the agent reads changed, so no restart -------
+    for package, unit in (("convocate-agent", "convocate-agent.service"), ("convocate", "convocate-status.service")):
+        pid = host.main_pid(unit)
+        out = host.sh(f"dpkg-reconfigure -fnoninteractive {package} 2>&1").stdout
+        assert f"{unit} kept running: nothing it reads at start changed" in out, out
+        assert host.main_pid(unit) == pid
 
     # --- dpkg-reconfigure with new preseeded answers -------------------------------------------------
     pid = host.main_pid("convocate-agent.service")
@@ -268,11 +308,63 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
         assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
     assert host.exists("/etc/convocate-agent/agent-id")  # remove keeps the configuration
     assert "/usr/bin/convocate" not in host.read("/etc/shells").splitlines()
-    host.sh("apt-get purge -y -q " + " ".join(PACKAGES))
+    # The login shell of claude is not left pointing at a program that is gone.
+    assert host.sh("getent passwd claude").stdout.strip().endswith(":/usr/sbin/nologin")
+    host.sh("mkdir -p /var/lib/convocate-agent/incoming && touch /var/lib/convocate-agent/incoming/image-x.tar")
+    purge = host.sh("apt-get purge -y -q " + " ".join(PACKAGES) + " 2>&1").stdout
+    assert "the session homes under /home/claude are kept" in purge, purge
     for gone in ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-agent", "/etc/default/convocate",
-                 "/etc/systemd/system/convocate-sessions.slice.d", "/var/lib/convocate", "/var/cache/convocate-agent",
-                 "/var/cache/convocate", "/var/cache/convocate-host", "/etc/dnsmasq.d/convocate"):
+                 "/etc/systemd/system/convocate-sessions.slice.d", "/var/lib/convocate", "/var/lib/convocate-agent",
+                 "/var/cache/convocate-agent", "/var/cache/convocate", "/var/cache/convocate-host",
+                 "/etc/dnsmasq.d/convocate"):
         assert not host.exists(gone), f"{gone} survived the purge"
+    assert host.sh("ucfq --with-colons /etc/default/convocate /etc/default/convocate-agent").stdout.count(
+        "convocate") == 0
     assert host.sh("debconf-show convocate-agent; debconf-show convocate").stdout.strip() == ""
     assert host.read(session_json) == session_before
     assert host.sh(f"stat -c %U /home/claude/{session}").stdout.strip() == "claude"
+
+
+@pytest.mark.docker
+def test_a_postinst_that_cannot_finish_names_the_cause_and_dpkg_configure_a_finishes_it(host: PackageHost, debs):
+    """dockerd down, UID 1337 taken, the port in use: each fails the configure with its reason and the way on."""
+    deb = host.copy_in(debs["convocate-agent"])
+    way_on = "convocate-agent: fix it, then run: dpkg --configure -a"
+
+    def status() -> str:
+        return host.sh("dpkg-query -W -f='${Status}' convocate-agent").stdout
+
+    def fails(command: str, *reason: str) -> None:
+        result = host.sh(f"{command} 2>&1", check=False)
+        assert result.returncode != 0, result.stdout
+        for text in (*reason, way_on):
+            assert text in result.stdout, result.stdout
+        assert status() == "install ok half-configured"
+
+    def finishes() -> None:
+        host.sh("dpkg --configure -a")
+        assert status() == "install ok installed"
+        assert host.sh("systemctl is-active convocate-agent.service", check=False).stdout.strip() == "active"
+
+    # dockerd down: its socket is a plain file now.
+    host.sh("touch /tmp/not-a-socket && mount --bind /tmp/not-a-socket /run/docker.sock")
+    fails(f"apt-get install -y -q {deb}", "Docker is not reachable (", "start it (systemctl start docker)")
+    host.sh("umount /run/docker.sock")
+    finishes()
+
+    # UID 1337 belongs to someone else.
+    host.sh("apt-get purge -y -q convocate-agent && userdel claude && useradd --uid 1337 --gid users --no-create-home squatter")
+    fails(f"apt-get install -y -q {deb}", "UID 1337 belongs to user squatter")
+    host.sh("userdel squatter")
+    finishes()
+
+    # Another program listens on the agent's port 222.
+    host.sh("systemctl stop convocate-agent.service && systemd-run --unit=convocate-test-squatter python3 -c "
+            "'import socket, time; s = socket.socket(); s.bind((\"0.0.0.0\", 222)); s.listen(); time.sleep(600)'")
+    deadline = time.monotonic() + 20
+    while ":222 " not in host.sh("ss -Htln", check=False).stdout:
+        assert time.monotonic() < deadline, "the squatter did not listen on 222"
+        time.sleep(0.2)
+    fails(f"apt-get install -y -q --reinstall {deb}", "TCP port 222 is in use by python3 (PID ")
+    host.sh("systemctl stop convocate-test-squatter.service")
+    finishes()
