@@ -30,14 +30,17 @@ invoking user's ownership; no account, no ``/etc/shells``, no systemctl, no dnsm
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from convocate import image_status
-from convocate.common import hostsetup, keys, messages
+from convocate.common import hostsetup, keys, messages, progress
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX, normalize_dns_name
@@ -322,6 +325,41 @@ def _docker_command() -> str | None:
     return shutil.which("docker")
 
 
+#: docker build's progress line, as build-image.sh passes it on (``    Step 3/34 : RUN ...``).
+_DOCKER_STEP = re.compile(r"\bStep (\d+)/(\d+) : (.*)$")
+#: Lines of a failed build shown again below the progress bar.
+_FAILED_TAIL = 40
+
+
+def _run_build(command: list[str]) -> int:
+    """Run build-image.sh; returns its exit status.
+
+    On a terminal its output becomes one progress bar (docker build's steps, with an ETA) and, if it
+    fails, its last lines; anywhere else (the journal of convocate-image-build.service, a pipe) the
+    output passes through as it is.
+    """
+    env, stdin = hostsetup.child_env(), subprocess.DEVNULL
+    if not sys.stderr.isatty():
+        return subprocess.run(command, check=False, env=env, stdin=stdin).returncode
+    tail: collections.deque[str] = collections.deque(maxlen=_FAILED_TAIL)
+    with subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as build, \
+            progress.Progress("building the session image", unit="steps", out=sys.stderr) as bar:
+        assert build.stdout is not None
+        for line in build.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            found = _DOCKER_STEP.search(line)
+            if found:
+                bar.step(int(found.group(1)), int(found.group(2)), found.group(3))
+            elif line.startswith("build-image: ["):
+                bar.update(bar.done, line.partition("] ")[2])
+        status = build.wait()
+    if status != 0:
+        sys.stderr.write("\n".join(tail) + "\n")
+    return status
+
+
 def _docker_unreachable(docker: str) -> str:
     """Why dockerd does not answer ``docker version``, or ``""`` when it does."""
     probe = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
@@ -374,7 +412,7 @@ def build_session_image(paths: Paths, options: ShellInstallOptions, report: Step
     # Not debconf's environment, not its file descriptors, no standard input: nothing the build starts
     # (debootstrap's chroot, apt in docker build) can wait on a frontend it cannot reach.
     try:
-        status = subprocess.run(command, check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL).returncode
+        status = _run_build(command)
     except BaseException as e:  # Ctrl-C, SIGTERM from systemctl stop: the record says it was cut short
         if build is not None:
             image_status.finish(paths, build, error=f"interrupted ({type(e).__name__})")

@@ -127,3 +127,28 @@ def test_install_without_docker_says_what_to_do(tmp_path):
 
 def run_install_with(root, *args):
     return LocalCluster(root=root, image="unused").run_role("convocate_agent", "install", *args)
+
+
+def test_install_moves_the_state_older_versions_kept_in_etc_to_var_lib(tmp_path):
+    etc = tmp_path / "etc" / "convocate-agent"
+    etc.mkdir(parents=True)
+    (etc / "settings.json").write_text('{"default_memory_mb": 300}\n')
+    (etc / "current-image").write_text("convocate:0.0.9\n")
+    result = run_install(tmp_path)
+    state = tmp_path / "var" / "lib" / "convocate-agent"
+    assert (state / "settings.json").read_text() == '{"default_memory_mb": 300}\n'
+    assert (state / "current-image").read_text() == "convocate:0.0.9\n"
+    assert not (etc / "settings.json").exists() and not (etc / "current-image").exists()
+    assert f"settings.json moved to {state / 'settings.json'} (state belongs under /var/lib)" in result.stdout
+    assert "moved to" not in run_install(tmp_path).stdout
+
+
+def test_install_prints_the_defaults_file_for_ucf_as_older_versions_wrote_it(tmp_path):
+    printed = run_install_with(tmp_path, "--print-defaults", "--listen-port", "2222", "--shell-port", "").stdout
+    assert [line for line in printed.splitlines() if not line.startswith("#")] == [
+        "CONVOCATE_AGENT_LISTEN=:2222", "CONVOCATE_AGENT_SHELL_PORT=223"]
+    assert not (tmp_path / "etc").exists()
+    # A file an older version wrote with the default answers is byte for byte the rendered one: ucf takes it over.
+    run_install(tmp_path)
+    written = (tmp_path / "etc/default/convocate-agent").read_text()
+    assert written == run_install_with(tmp_path, "--print-defaults", "--listen-port", "", "--shell-port", "").stdout

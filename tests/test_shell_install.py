@@ -110,3 +110,28 @@ def test_install_builds_the_session_image_with_the_shipped_script(tmp_path, dock
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag)
+
+
+@pytest.mark.docker
+def test_on_a_terminal_the_image_build_is_one_progress_bar_with_docker_builds_steps(tmp_path, docker_client,
+                                                                                      session_image):
+    import pexpect
+
+    from tests.harness import python
+
+    tag = f"convocate:test-{uuid.uuid4().hex[:12]}"
+    env = LocalCluster(root=tmp_path, image="unused").env
+    try:
+        child = pexpect.spawn(python(), ["-m", "convocate", "install", "--image", "--image-context",
+                                         str(REPO / "packaging/image"), "--claude-code", "none", "--image-tag", tag],
+                              env=env, cwd=str(REPO), encoding="utf-8", timeout=300, dimensions=(24, 160))
+        child.expect(r"building the session image \[[#.]+\] +step \d+/\d+")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        screen = child.before
+        assert f"session image {tag} built" in screen
+        assert "Step 1/" not in screen  # docker build's own lines went into the bar, not onto the terminal
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag)
