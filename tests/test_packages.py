@@ -74,6 +74,11 @@ def test_zipapps_are_reproducible(tmp_path, debs):
     for package in PACKAGES:
         first = (tmp_path / "a" / f"{package}.pyz").read_bytes()
         assert first == (tmp_path / "b" / f"{package}.pyz").read_bytes(), f"{package}: two builds differ"
+        # And the site-packages unpacked beside it (shiv/<pkg>.pyz_<build id>/), which the .deb ships too.
+        trees = [sorted((str(f.relative_to(tmp_path / n)), f.read_bytes())
+                        for d in (tmp_path / n / "shiv").glob(f"{package}.pyz_*") for f in d.rglob("*") if f.is_file())
+                 for n in ("a", "b")]
+        assert trees[0] == trees[1] and trees[0], f"{package}: two builds' unpacked trees differ"
         # The .deb was built by dpkg-buildpackage from a copy of the tree: the same bytes again.
         unpacked = tmp_path / f"deb-{package}"
         run(["dpkg-deb", "-x", str(debs[package]), str(unpacked)])
