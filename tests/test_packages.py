@@ -294,8 +294,17 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
         build_id = host.sh(f"python3 -c 'import json, zipfile; print(json.loads(zipfile.ZipFile("
                            f"\"/usr/lib/{package}/{package}.pyz\").read(\"environment.json\"))[\"build_id\"])'"
                            ).stdout.strip()
-        assert host.sh(f"ls -A /var/cache/{package}/shiv").stdout.split() == [
-            f".{package}.pyz_{build_id}_lock", f"{package}.pyz_{build_id}"], f"{package}: old extractions left"
+        # Only this build's unpacked tree, compiled for this python3; nothing extracted at run time.
+        assert host.sh(f"ls -A /usr/lib/{package}/shiv").stdout.split() == [f"{package}.pyz_{build_id}"], \
+            f"{package}: an older build's tree is left"
+        assert host.sh(f"find /usr/lib/{package}/shiv -name '*.cpython-3*.pyc' | head -1").stdout.strip()
+        assert not host.exists(f"/var/cache/{package}/shiv")
+
+    # --- /var/cache may be deleted (FHS §5.5): the agent starts without it -------------------------------
+    host.sh("rm -rf /var/cache/convocate-agent /var/cache/convocate /var/cache/convocate-host"
+            " && systemctl restart convocate-agent.service")
+    assert host.wait_for_ping(2222)["version"] == UPGRADE_VERSION
+    assert host.sh("runuser -u claude -- convocate version").stdout.strip() == f"convocate version v{UPGRADE_VERSION}"
 
     # --- a second install of the same version changes nothing --------------------------------------------
     state = host.snapshot(*MANAGED)

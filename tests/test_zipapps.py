@@ -236,6 +236,15 @@ def test_postinst_compile_and_prerm_clean_leave_the_shipped_tree(shipped, tmp_pa
         sorted(str(p.relative_to(shipped_root)) for p in shipped_root.rglob("*"))
 
 
+@pytest.mark.parametrize("package", ("convocate", "convocate-agent", "convocate-host"))
+def test_the_maintainer_scripts_run_these_commands(package):
+    root = f"/usr/lib/{package}/shiv"
+    postinst = (REPO / "debian" / f"{package}.postinst").read_text()
+    prerm = (REPO / "debian" / f"{package}.prerm").read_text()
+    assert "python3 " + " ".join(a.replace("{root}", root) for a in COMPILE) in postinst
+    assert "find " + " ".join(a.replace("{root}", root) for a in CLEAN) in prerm
+
+
 # --- the merge of per-version site-packages ------------------------------------------------------------------
 def site(tmp_path: Path, version: str, files: dict[str, str]) -> str:
     top = tmp_path / f"python{version}"
