@@ -234,9 +234,15 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     for package, path in (("convocate", "/etc/default/convocate"), ("convocate-agent", "/etc/default/convocate-agent")):
         assert package in host.sh(f"ucfq --with-colons {path}").stdout  # merged with ucf, owned by the package
     assert "/usr/bin/convocate" in host.read("/etc/shells").splitlines()
+    # The slice: MemoryMax=90% of physical memory (static in the unit), CPUQuota from the install step's drop-in.
     limits = host.read("/etc/systemd/system/convocate-sessions.slice.d/50-limits.conf")
-    memory_max = next(line.split("=")[1] for line in limits.splitlines() if line.startswith("MemoryMax="))
-    assert host.sh("systemctl show --property=MemoryMax --value convocate-sessions.slice").stdout.strip() == memory_max
+    quota = next(line.split("=")[1] for line in limits.splitlines() if line.startswith("CPUQuota="))
+    shown = dict(line.split("=", 1) for line in host.sh(
+        "systemctl show --property=MemoryMax,CPUQuotaPerSecUSec convocate-sessions.slice").stdout.splitlines())
+    mem_total = int(next(line.split()[1] for line in host.read("/proc/meminfo").splitlines()
+                         if line.startswith("MemTotal:"))) * 1024
+    assert abs(int(shown["MemoryMax"]) - mem_total * 0.9) < mem_total * 0.01, shown
+    assert float(shown["CPUQuotaPerSecUSec"].rstrip("s")) == int(quota.rstrip("%")) / 100, (shown, quota)
 
     # dnsmasq re-reads the hosts file status-serve (user claude) writes, through the path unit.
     host.sh("runuser -u claude -- sh -c 'echo \"127.0.0.2 pkgtest.convocate.internal\" "
