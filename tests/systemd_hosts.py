@@ -224,6 +224,9 @@ def ensure_base_image(suite: str, *, include: tuple[str, ...] = BASE_INCLUDE) ->
             part.rename(tarball)
         finally:
             subprocess.run(["rm", "-rf", "--one-file-system", str(rootfs), str(part)], capture_output=True)
+        for stale in CACHE.glob(f"convocate-base-{suite}-*.tar"):  # made from another mirror or recipe
+            if stale != tarball:
+                stale.unlink(missing_ok=True)
     run([DOCKER, "import", "--change", 'CMD ["/bin/bash"]', "--change", f"LABEL {BASE_LABEL}",
          "--change", f"LABEL convocate.base-key={key}", "--change", f"LABEL convocate.base-suite={suite}",
          str(tarball), tag])
@@ -257,6 +260,11 @@ def build_systemd_image(context: Path, label: str, *, packages: tuple[str, ...] 
     base = ensure_base_image(suite)
     stand_in = context / "stand-in"
     (stand_in / "usr" / "bin").mkdir(parents=True)
+    # A file of its own: dpkg drops a package all of whose files other packages own ("Noting
+    # disappearance of docker-ce"), as trixie's dpkg did to a stand-in of bare directories.
+    doc = stand_in / "usr" / "share" / "doc" / "docker-ce"
+    doc.mkdir(parents=True)
+    (doc / "README.convocate-test").write_text("Stand-in for Docker: the test mounts this machine's dockerd socket.\n")
     if docker_cli:
         shutil.copy2(DOCKER, stand_in / "usr" / "bin" / "docker")
     (context / "Dockerfile").write_text(SYSTEMD_DOCKERFILE.format(
@@ -287,9 +295,14 @@ class Host:
     def exists(self, path: str) -> bool:
         return self.sh(f"test -e {shlex.quote(path)}", check=False).returncode == 0
 
-    def copy_in(self, path: Path) -> str:
-        run([DOCKER, "cp", str(path), f"{self.id}:/tmp/{path.name}"])
-        return f"/tmp/{path.name}"
+    def copy_in(self, path: Path, directory: str = "/var/tmp") -> str:
+        """Copy ``path`` into ``directory`` of the container; returns the path there.
+
+        Not /tmp: trixie's systemd mounts a tmpfs there (tmp.mount), which ``docker cp`` does not see
+        (it writes to the container's root file system underneath).
+        """
+        run([DOCKER, "cp", str(path), f"{self.id}:{directory}/{path.name}"])
+        return f"{directory}/{path.name}"
 
     def main_pid(self, unit: str) -> int:
         return int(self.sh(f"systemctl show --property=MainPID --value {unit}").stdout)
