@@ -35,6 +35,7 @@ import pytest
 from convocate.common import messages
 from convocate.common.version import __version__
 from tests.systemd_hosts import (
+    DOCKER,
     PACKAGES,
     REPO,
     UPGRADE_VERSION,
@@ -135,6 +136,41 @@ class PackageHost(Host):
                     raise
                 time.sleep(0.3)
 
+    def fail_image_builds(self) -> None:
+        """Point convocate-image-build.service at a Docker that is not there (a drop-in), so it fails at once.
+
+        The postinst starts the session image build in the background; on these hosts it would rebuild
+        images on this machine's dockerd and fetch Claude Code from npm. Failing, it shows what an operator
+        sees when the build fails, and leaves the package configured.
+        """
+        self.sh("mkdir -p /etc/systemd/system/convocate-image-build.service.d && printf '%s\\n' '[Service]'"
+                " 'Environment=DOCKER_HOST=unix:///run/convocate-test-no-docker.sock'"
+                " > /etc/systemd/system/convocate-image-build.service.d/test.conf")
+
+    def install_through_readline(self, debs: dict[str, Path], timeout: float = 300) -> str:
+        """``apt-get install`` of the three .debs through debconf's readline frontend under a pty, like a person.
+
+        Nothing is preseeded and debconf keeps its default priority (high): a question asked here would
+        wait for an answer and end the test at ``timeout`` with the question on screen.
+
+        Returns:
+            What the terminal showed.
+        """
+        import pexpect
+
+        files = " ".join(self.copy_in(debs[p]) for p in PACKAGES)
+        child = pexpect.spawn(DOCKER, ["exec", "-it", "-e", "DEBIAN_FRONTEND=readline", "-e", "TERM=xterm", self.id,
+                                       "sh", "-c", f"apt-get install -y -q {files}; echo APT-EXIT=$?"],
+                              encoding="utf-8", timeout=timeout, dimensions=(50, 200))
+        try:
+            child.expect(r"APT-EXIT=(\d+)")
+        except pexpect.TIMEOUT:
+            raise AssertionError(f"apt-get waited for input at debconf's default priority:\n{child.before}") from None
+        screen, status = child.before, int(child.match.group(1))
+        child.expect(pexpect.EOF)
+        assert status == 0, screen
+        return screen
+
     def install(self, debs: dict[str, Path], *, reinstall: bool = False) -> str:
         files = " ".join(self.copy_in(debs[p]) for p in PACKAGES)
         return self.sh(f"apt-get install -y -q {'--reinstall ' if reinstall else ''}{files} 2>&1").stdout
@@ -176,9 +212,7 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     # The session image is built by convocate-image-build.service, which the postinst starts without
     # waiting. Here a drop-in points it at a Docker that is not there, so it fails at once: apt must
     # have returned all the same, the package stays configured, and `convocate` says what to do.
-    host.sh("mkdir -p /etc/systemd/system/convocate-image-build.service.d && printf '%s\\n' '[Service]'"
-            " 'Environment=DOCKER_HOST=unix:///run/convocate-test-no-docker.sock'"
-            " > /etc/systemd/system/convocate-image-build.service.d/test.conf")
+    host.fail_image_builds()
     started = time.monotonic()
     output = host.install(debs)
     print(f"apt-get install of the three packages took {time.monotonic() - started:.1f} s")
@@ -388,3 +422,14 @@ def test_a_postinst_that_cannot_finish_names_the_cause_and_dpkg_configure_a_fini
     fails(f"apt-get install -y -q --reinstall {deb}", "TCP port 222 is in use by python3 (PID ")
     host.sh("systemctl stop convocate-test-squatter.service")
     finishes()
+
+
+@pytest.mark.docker
+def test_apt_install_through_the_readline_frontend_asks_nothing_at_the_default_priority(host: PackageHost, debs):
+    host.fail_image_builds()
+    screen = host.install_through_readline(debs)
+    assert "convocate install:" in screen and "convocate-agent install:" in screen, screen
+    for package in PACKAGES:
+        assert host.sh(f"dpkg-query -W -f='${{Status}}' {package}").stdout == "install ok installed"
+    assert host.sh("systemctl is-active convocate-agent.service convocate-status.service").stdout.split() == [
+        "active", "active"]

@@ -5,9 +5,10 @@ suite="trixie")``: a base debootstrapped from this machine's Debian mirror and c
 ``.cache/images``; how its systemd 257 boots on this machine's cgroup v1 dockerd is written there).
 In it:
 
-- ``apt-get install ./*.deb`` of the three packages (the session fixture ``debs``), non-interactively.
-  The shell package's image build is preseeded off, as in tests/test_packages.py: the agent host
-  here drives this machine's dockerd, whose session images the test must not rebuild.
+- ``apt-get install`` of the three packages (the session fixture ``debs``) through debconf's readline
+  frontend at its default priority, nothing preseeded; at the end, purged and installed again
+  non-interactively. The shell package's image build, started in the background by its postinst,
+  is pointed at a Docker that is not there: this machine's session images must not be rebuilt.
 - The services active, as user ``claude``, under Python 3.13 (trixie's).
 - The agent answering ``ping`` over OpenSSH (``ssh -s convocate-agent-rpc``) from inside the host.
 - A session served: with the stand-in session image made current for that agent, created and
@@ -88,12 +89,14 @@ def host(trixie_image: str, prefix: Path) -> Iterator[PackageHost]:
 
 @pytest.fixture(scope="module")
 def installed(host: PackageHost, debs: dict[str, Path]) -> str:
-    """The three packages installed with ``apt-get install ./*.deb``; returns apt's output."""
-    host.sh("mkdir -p /var/tmp/debs")  # not /tmp, see Host.copy_in
-    for package in PACKAGES:
-        host.copy_in(debs[package], "/var/tmp/debs")
-    host.preseed("convocate convocate/build-image boolean false")
-    return host.sh("cd /var/tmp/debs && apt-get install -y -q ./*.deb 2>&1", timeout=600).stdout
+    """The three packages installed through debconf's readline frontend at its default priority; apt's output.
+
+    Nothing is preseeded. The shell package's image build, which its postinst starts in the background,
+    is pointed at a Docker that is not there (``PackageHost.fail_image_builds``): this machine's session
+    images must not be rebuilt.
+    """
+    host.fail_image_builds()
+    return host.install_through_readline(debs)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +106,13 @@ def agent(host: PackageHost, installed: str, prefix: Path) -> str:
             " && cat /root/client_key.pub >> /etc/convocate-agent/authorized_keys"
             " && printf '[127.0.0.1]:222 %s\\n' \"$(cat /etc/convocate-agent/ssh_host_ed25519_key.pub)\""
             " > /root/known_hosts")
-    host.sh(f"printf '%s\\n' {TEST_IMAGE} > /etc/convocate-agent/current-image"
-            " && chown claude:claude /etc/convocate-agent/current-image"
-            f" && printf 'CONVOCATE_AGENT_DOCKER_PATH_PREFIX=%s\\n' {prefix} >> /etc/default/convocate-agent"
-            " && systemctl restart convocate-agent.service")
+    # As convocate-host init-agent does: the current image, and the path prefix in the unit's drop-in.
+    host.sh(f"printf '%s\\n' {TEST_IMAGE} > /var/lib/convocate-agent/current-image"
+            " && chown claude:claude /var/lib/convocate-agent/current-image"
+            " && mkdir -p /etc/systemd/system/convocate-agent.service.d"
+            f" && printf '[Service]\\nEnvironment=CONVOCATE_AGENT_DOCKER_PATH_PREFIX=%s\\n' {prefix}"
+            " > /etc/systemd/system/convocate-agent.service.d/50-convocate-host.conf"
+            " && systemctl daemon-reload && systemctl restart convocate-agent.service")
     host.wait_for_ping(222)
     return host.read("/etc/convocate-agent/agent-id").strip()
 
@@ -118,11 +124,13 @@ def test_the_host_is_debian_13_with_systemd_running(host: PackageHost):
     assert int(host.sh("systemctl --version").stdout.split()[1]) >= 257
 
 
-def test_the_three_packages_install_noninteractively(host: PackageHost, installed: str):
+def test_the_three_packages_install_through_a_real_frontend(host: PackageHost, installed: str):
     assert "convocate install:" in installed and "convocate-agent install:" in installed, installed
     for package in PACKAGES:
         status = host.sh(f"dpkg-query -W -f='${{Status}} ${{Version}}' {package}").stdout
         assert status == f"install ok installed {__version__}", status
+    image = host.sh("runuser -u claude -- convocate image-status", check=False)
+    assert image.returncode == 78 and image.stdout.startswith("no session image yet:"), image.stdout
 
 
 def test_the_services_are_active_as_claude(host: PackageHost, installed: str):
@@ -171,3 +179,14 @@ def _wait_for_pane(host: PackageHost, session: str, text: str, timeout: float = 
             return pane
         assert time.monotonic() < deadline, f"the pane never showed {text!r}:\n{pane}"
         time.sleep(0.5)
+
+
+def test_purged_and_installed_again_noninteractively(host: PackageHost, agent: str, debs: dict[str, Path]):
+    """Last in the module: the same packages again, non-interactively, after a purge that keeps the sessions."""
+    purge = host.sh("apt-get purge -y -q " + " ".join(PACKAGES) + " 2>&1").stdout
+    assert "the session homes under /home/claude are kept" in purge, purge
+    output = host.install(debs)
+    assert "convocate install:" in output and "convocate-agent install:" in output, output
+    for package in PACKAGES:
+        assert host.sh(f"dpkg-query -W -f='${{Status}}' {package}").stdout == "install ok installed"
+    assert host.wait_for_ping(222)["agent_id"] != agent  # purge took the agent ID with the configuration
