@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from convocate.common import messages
+from convocate.common import hostsetup, messages
 from convocate.common.errors import Unreachable
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
 from convocate_host.debs import APT_ENV
@@ -144,7 +144,7 @@ async def ensure_claude(target: Target, report: LiveReport) -> None:
                                                                 actual=gid, wanted=CLAUDE_GID))
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID})")
     else:
-        await target.run(["groupadd", "--gid", str(CLAUDE_GID), CLAUDE_USER], what=f"creating group {CLAUDE_USER}")
+        await target.run(hostsetup.group_command(), what=f"creating group {CLAUDE_USER}")
         report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
     user = (await target.run(["getent", "passwd", CLAUDE_USER], check=False, reads=True)).text.strip()
     if user:
@@ -155,9 +155,8 @@ async def ensure_claude(target: Target, report: LiveReport) -> None:
                                                                 wanted=f"{CLAUDE_UID}:{CLAUDE_GID}"))
         report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID})")
     else:
-        await target.run(["useradd", "--uid", str(CLAUDE_UID), "--gid", str(CLAUDE_GID), "--home-dir",
-                          f"/home/{CLAUDE_USER}", "--create-home", "--shell", "/usr/sbin/nologin", "--comment",
-                          "convocate sessions", CLAUDE_USER], what=f"creating user {CLAUDE_USER}")
+        await target.run(hostsetup.user_command(f"/home/{CLAUDE_USER}", "/usr/sbin/nologin", create_home=True),
+                         what=f"creating user {CLAUDE_USER}")
         report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}) created")
 
 

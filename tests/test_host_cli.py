@@ -116,13 +116,13 @@ async def test_install_dry_run_changes_nothing_and_lists_what_would_change(ssh_h
                "apt-get install -y" in line for line in lines), lines
     assert f"{host}: would   group claude (GID 1337) created" in lines
     assert f"{host}: would   user claude (UID 1337) created" in lines
-    assert any(f"{host}: plan    would run: useradd --uid 1337" in line for line in lines)
+    assert any(f"{host}: plan    would run: adduser --system --uid 1337" in line for line in lines)
     for port in ("22/tcp", "223/tcp", "514/tcp"):
         assert f"{host}: would   firewall allows {port}" in lines
     assert lines[-1].startswith(f"install on {host}: ") and lines[-1].endswith("nothing was changed (dry run)")
     # apt was asked what it would upgrade (--simulate, a read); the package lists were not updated.
     assert any("apt-get --simulate" in c and "dist-upgrade" in c for c in commands)
-    assert not any("apt-get update" in c or "apt-get install" in c or "useradd" in c or "groupadd" in c
+    assert not any("apt-get update" in c or "apt-get install" in c or "adduser" in c or "addgroup" in c
                    for c in commands), commands
 
 

@@ -102,6 +102,28 @@ def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[s
 
 
 # --- the claude account -------------------------------------------------------------------------
+def group_command() -> list[str]:
+    """addgroup(8) for the group ``claude`` with GID 1337 (run where it is missing)."""
+    return ["addgroup", "--system", "--gid", str(CLAUDE_GID), CLAUDE_USER]
+
+
+def user_command(home: str, login_shell: str, *, create_home: bool) -> list[str]:
+    """adduser(8) ``--system`` for the user ``claude`` with UID 1337 in the group ``claude``.
+
+    ``--system``: the password is disabled and no subordinate UID/GID range (subuid(5)) is given,
+    which useradd(8) gives every non-system user; the session user never runs user namespaces itself.
+    adduser warns that 1337 lies above ``SYS_UID_MAX``; that is expected.
+
+    Args:
+        home: The home directory (``/home/claude``).
+        login_shell: ``/usr/bin/convocate`` on a shell host, ``/usr/sbin/nologin`` elsewhere.
+        create_home: Make the home directory (convocate-host install) or leave it to the caller.
+    """
+    return ["adduser", "--system", "--uid", str(CLAUDE_UID), "--ingroup", CLAUDE_USER, "--home", home,
+            *([] if create_home else ["--no-create-home"]), "--shell", login_shell, "--gecos",
+            "convocate sessions", CLAUDE_USER]
+
+
 def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: StepReport) -> None:
     """Group and user ``claude`` with GID/UID 1337, created with addgroup(8)/adduser(8) ``--system``.
 
@@ -137,7 +159,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
                                                                other=other, name=CLAUDE_USER))
-        run_command(["addgroup", "--system", "--gid", str(CLAUDE_GID), CLAUDE_USER], f"creating group {CLAUDE_USER}")
+        run_command(group_command(), f"creating group {CLAUDE_USER}")
         report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
     else:
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
@@ -160,11 +182,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
                                                                other=other, name=CLAUDE_USER))
-        # adduser(8) --system: password disabled and no subordinate UID/GID range (subuid(5)), which
-        # useradd gives every non-system user; the session user never runs user namespaces itself.
-        run_command(["adduser", "--system", "--uid", str(CLAUDE_UID), "--ingroup", CLAUDE_USER, "--home", str(home),
-                     "--no-create-home", "--shell", login_shell, "--gecos", "convocate sessions", CLAUDE_USER],
-                    f"creating user {CLAUDE_USER}")
+        run_command(user_command(str(home), login_shell, create_home=False), f"creating user {CLAUDE_USER}")
         report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {login_shell}) created")
     elif set_shell and user.pw_shell != login_shell:
         run_command(["usermod", "--shell", login_shell, CLAUDE_USER], f"setting the login shell of {CLAUDE_USER}")
