@@ -73,8 +73,7 @@ def shell() -> Iterator[Shell]:
     root = Path(tempfile.mkdtemp(prefix="cvli-", dir="/tmp"))
     paths = Paths(root)
     state = pki.ensure_shell_pki(None, None, None, None, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
-    port = free_port()
-    listener = replace(rsyslog.ShellListener.from_paths(paths, port=port, address="127.0.0.1"),
+    listener = replace(rsyslog.ShellListener.from_paths(paths, address="127.0.0.1"),
                        file_owner=None, file_group=None)  # rsyslogd runs as this test's user
     _write(listener.ca_file, state.ca.cert_pem, 0o644)
     _write(listener.cert_file, state.server.cert_pem, 0o644)
@@ -83,11 +82,16 @@ def shell() -> Iterator[Shell]:
     dropins = rsyslog.rsyslog_dropin_dir(paths)
     dropins.mkdir(parents=True)
     (dropins / rsyslog.SHELL_DROPIN).write_text(rsyslog.render_shell_dropin(listener))
+    # What init-agent does on the shell host for each agent: a port from the range, its own listener.
+    ports: dict[str, int] = {}
+    for agent_id in (AGENT_A, AGENT_B):
+        ports[agent_id] = rsyslog.choose_log_port(agent_id, None, ports, set(), range(free_port(), 65536))
+        (dropins / rsyslog.shell_agent_dropin(agent_id)).write_text(
+            rsyslog.render_shell_agent_dropin(listener, agent_id, ports[agent_id]))
     work = root / "work"
     work.mkdir()
     conf = root / "shell.conf"
     conf.write_text(f'global(workDirectory="{work}")\ninclude(file="{dropins}/*.conf")\n')
-    ports = {AGENT_A: port, AGENT_B: port}
 
     def listening() -> bool:
         for p in set(ports.values()):
@@ -120,12 +124,18 @@ def test_agent_a_cannot_write_into_agent_bs_log(shell: Shell):
     wait_for(lambda: "marker from A" in shell.log(AGENT_A), "A's marker in A's log")
     time.sleep(1.0)  # anything else of that connection has been written by now
     assert shell.log(AGENT_B) == before_b, "agent A's certificate wrote into agent B's log"
-    # Refused rather than filed under A: A's own log holds only what A said about itself.
+    # Refused rather than filed under A: A's own log holds only what A said about itself, and the
+    # refusal names the certificate (the input) that sent each forged line.
     assert "forged by A" not in shell.log(AGENT_A)
+    rejected = wait_for(lambda: len(lines := shell.log(rsyslog.REJECT_LOG.removesuffix(".log")).splitlines()) == 3
+                        and lines, "the three forged lines in the reject log")
+    assert all(f" by convocate_agent_{AGENT_A} " in line and "forged by A as B" in line for line in rejected)
 
     # A's certificate on B's listener is refused outright, whatever it claims.
     outcome = shell.send(shell.ports[AGENT_B], cert_a, [frame(AGENT_B, "A on B's listener")])
     assert outcome != b"open", "B's listener accepted agent A's certificate"
+    wait_for(lambda: any("not permitted to talk to it" in line and f"{AGENT_A}.agents.convocate" in line
+                         for line in shell.daemon.log().splitlines()), "B's listener's refusal of A's name")
     time.sleep(1.0)
     assert shell.log(AGENT_B) == before_b
     assert "A on B's listener" not in shell.log(AGENT_A)
