@@ -7,8 +7,9 @@ init-agent (DESIGN §6), each step idempotent:
 2. the peering keys minted and both host keys pinned (:mod:`convocate_host.peering`); the agent is
    registered in the shell's ``/etc/convocate/agents/<agent-id>/`` and authorized in its
    ``status_authorized_keys``, which status-serve re-reads by itself.
-3. log forwarding: the agent's rsyslog TLS client certificate from the cluster CA, and rsyslog
-   forwarding the session containers' logs to the shell host (:mod:`convocate_host.logforward`).
+3. log forwarding: the agent's own TLS listener on the shell host (a port of the log range,
+   admitting only this agent's certificate), its rsyslog TLS client certificate from the cluster CA,
+   and rsyslog forwarding the session containers' logs to that port (:mod:`convocate_host.logforward`).
 4. the session image: sent from the shell host when the agent lacks it (SHA-256 checked on
    arrival), then stamped as the agent's ``current-image``.
 5. the agent restarted when its own configuration changed, then checked from the shell host:
@@ -64,7 +65,7 @@ class AgentOptions:
         agent_address: How the shell host reaches the agent (its registry ``address``).
         listen_port: The agent's SSH port.
         status_port: The shell's status port.
-        log_port: The shell's TLS log port.
+        log_port: The first of the shell's TLS log ports (the agent gets one of the range).
         docker_path_prefix: Where the agent host's files appear to its dockerd (an agent in a
             container driving its host's dockerd); empty normally.
     """
@@ -111,7 +112,7 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
     # rsyslog is restarted by its own step; the agent reads current-image at every start of a session.
     # Only what the agent reads when it starts (its status link, its service settings) restarts it.
     await logforward.ensure_agent(shell, agent, identity.agent_id, options.shell_address, options.log_port,
-                                  agent_report)
+                                  agent_report, shell_report)
     restart = status_changed
     restart |= await ensure_agent_defaults(agent, {"CONVOCATE_AGENT_LOG_SOCKET": str(PATHS.agent_log_socket),
                                                    "CONVOCATE_AGENT_DOCKER_PATH_PREFIX": options.docker_path_prefix},

@@ -27,6 +27,8 @@ from convocate_host.agenthost import AgentOptions, init_agent, update_all, updat
 from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport
+from convocate_host.rsyslog import FIRST_PORT as LOG_PORT
+from convocate_host.rsyslog import PORT_COUNT
 from convocate_host.shellhost import ShellOptions, init_shell
 from convocate_host.target import DryRunTarget, Target, add_ssh_options, open_target
 
@@ -97,7 +99,7 @@ def _add_install(sub: argparse._SubParsersAction) -> None:
                        "waited for when a new kernel needs it; this machine never is.")
     p.add_argument("--host", help="the host to prepare [this machine]")
     p.add_argument("--role", choices=["agent", "shell", "both"], default="agent",
-                   help="which ports the firewall opens: agent 222, shell 223 and 514 [%(default)s]")
+                   help="which ports the firewall opens: agent 222, shell 223 and 6514:6769 [%(default)s]")
     p.add_argument("--no-upgrade", action="store_true", help="skip apt-get dist-upgrade")
     p.add_argument("--no-firewall", action="store_true", help="leave ufw alone")
     p.add_argument("--no-reboot", action="store_true", help="never reboot; say when a reboot is due")
@@ -118,14 +120,16 @@ def _cmd_install(args: argparse.Namespace) -> int:
 def _add_init_shell(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-shell", help="set up the shell host",
                        description="Install the convocate package on the shell host and set up the status "
-                       "listener (tcp/223), the log CA and the TLS log listener (tcp/514).")
+                       "listener (tcp/223), the log CA and what the agents' TLS log listeners share (one port "
+                       "each, from tcp/6514, opened in ufw as a range).")
     p.add_argument("--host", help="the shell host [this machine]")
     p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
     p.add_argument("--no-image", action="store_true", help="do not build the session image now")
     p.add_argument("--base-image", default="", help="local base image for the session image [debootstrap]")
     p.add_argument("--domain", default="convocate.internal", help="the cluster's DNS domain [%(default)s]")
     p.add_argument("--status-port", type=int, default=223, help="status listener port [%(default)s]")
-    p.add_argument("--log-port", type=int, default=514, help="TLS log listener port [%(default)s]")
+    p.add_argument("--log-port", type=int, default=LOG_PORT,
+                   help=f"first of the {PORT_COUNT} TLS log ports, one per agent [%(default)s]")
     p.add_argument("--name", action="append", default=[], dest="names",
                    help="another name or address agents reach the shell host by (its TLS certificate names it); "
                    "repeatable")
@@ -157,7 +161,9 @@ def _add_init_agent(sub: argparse._SubParsersAction) -> None:
                    "machine's host name]")
     p.add_argument("--listen-port", type=int, default=222, help="the agent's SSH port [%(default)s]")
     p.add_argument("--status-port", type=int, default=223, help="the shell's status port [%(default)s]")
-    p.add_argument("--log-port", type=int, default=514, help="the shell's TLS log port [%(default)s]")
+    p.add_argument("--log-port", type=int, default=LOG_PORT,
+                   help="first of the shell's TLS log ports, as given to init-shell; the agent gets its own "
+                   "[%(default)s]")
     p.add_argument("--docker-path-prefix", default="",
                    help="where the agent host's files appear to its dockerd, for an agent in a container "
                    "that drives its host's dockerd [none]")

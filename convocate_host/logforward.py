@@ -9,10 +9,17 @@ and the log directory is its user's; Debian 12 runs it as root, and they stay ro
 
 - shell host (init-shell): the cluster CA in ``/etc/convocate/rsyslog-ca/`` (made once, never
   replaced: every agent certificate chains to it), the server certificate (reissued when a name is
-  missing or it nears its end), ``/var/log/convocate-agent/``, the TLS listener drop-in. The rotation
-  of those logs is the ``convocate`` package's ``/etc/logrotate.d/convocate-agent-logs``.
+  missing or it nears its end), ``/var/log/convocate-agent/``, the drop-in every agent's listener
+  shares. The rotation of those logs is the ``convocate`` package's ``/etc/logrotate.d/convocate-agent-logs``.
+- shell host (init-agent): the agent's own TLS log port, recorded in the registry
+  (``/etc/convocate/agents/<id>/log-port``, kept on a re-run), and its listener drop-in, which admits
+  only that agent's certificate (issue 14 item 7, see :mod:`convocate_host.rsyslog` for why a port
+  per agent). Adding it restarts the shell's rsyslog: the other agents reconnect on their own and
+  resend what they were sending (at least once). The ports come from ``--log-port`` on
+  (:data:`rsyslog.PORT_COUNT` of them), which init-shell opens in ufw as one range.
 - agent host (init-agent): the CA certificate, the agent's client certificate and key in
-  ``/etc/convocate-agent/rsyslog-tls/``, the spool directory, the forwarding drop-in.
+  ``/etc/convocate-agent/rsyslog-tls/``, the spool directory, the forwarding drop-in aimed at the
+  agent's own port.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target
 
 PATHS = Paths()
-LOG_PORT = rsyslog.DEFAULT_PORT
+LOG_PORT = rsyslog.FIRST_PORT
 RSYSLOG_UNIT = "rsyslog.service"
 
 
@@ -54,7 +61,7 @@ async def _apply(target: Target, dropin_name: str, text: str, changed: bool, rep
     """Write the drop-in, validate rsyslog's configuration, restart it when anything changed."""
     await target.ensure_dir(str(PATHS.rsyslog_dropin_dir), mode=0o755)
     path = f"{PATHS.rsyslog_dropin_dir}/{dropin_name}"
-    wrote = await target.write_file(path, text.encode(), mode=rsyslog.FILE_MODES[dropin_name])
+    wrote = await target.write_file(path, text.encode(), mode=rsyslog.FILE_MODES.get(dropin_name, rsyslog.FILE_MODES[rsyslog.SHELL_AGENT_DROPIN]))
     report.step(wrote, f"rsyslog drop-in {path}")
     changed |= wrote
     await target.run(["rsyslogd", "-N1"], what="checking the rsyslog configuration", reads=True)
@@ -69,14 +76,26 @@ async def _apply(target: Target, dropin_name: str, text: str, changed: bool, rep
     return changed
 
 
+def _shell_listener(account: tuple[str, str]) -> rsyslog.ShellListener:
+    listener = rsyslog.ShellListener.from_paths(PATHS)
+    if account[0] != "root":  # rsyslogd writes the logs as its own user there
+        listener = replace(listener, file_owner=account[0])
+    return listener
+
+
 async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveReport) -> bool:
-    """CA, server certificate, log directory and TLS listener on the shell host; True when any changed.
+    """CA, server certificate, log directory and the listeners' shared drop-in on the shell host.
+
+    The listeners themselves are each agent's (:func:`ensure_agent`).
 
     Args:
         shell: The shell host.
         names: Names and addresses agents reach it by (the server certificate carries them).
-        port: The listener's TCP port.
+        port: The first of the agents' TLS log ports (checked here, used by init-agent).
         report: Where steps go.
+
+    Returns:
+        True when anything changed.
 
     Raises:
         ConfigError: half a CA is there, or it is unusable (nothing is replaced).
@@ -101,9 +120,8 @@ async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveR
     else:
         report.kept(f"rsyslog server certificate kept (names {', '.join(names)})")
     log_dir = str(PATHS.forwarded_log_dir)
-    listener = rsyslog.ShellListener.from_paths(PATHS, port=port)
-    if account[0] != "root":  # rsyslogd writes the logs as its own user there
-        listener = replace(listener, file_owner=account[0])
+    rsyslog.port_range(port)  # a first port whose range leaves 1..65535 fails before anything is written
+    listener = _shell_listener(account)
     made = await shell.ensure_dir(log_dir, mode=rsyslog.LOG_DIR_MODE,
                                   owner=f"{listener.file_owner}:{rsyslog.LOG_GROUP}")
     report.step(made, f"session log directory {log_dir}")
@@ -111,21 +129,65 @@ async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveR
     return await _apply(shell, rsyslog.SHELL_DROPIN, text, changed, report)
 
 
+async def listening_ports(target: Target) -> set[int]:
+    """The TCP ports something listens on at ``target`` (``ss -Htln``, iproute2); empty when ss fails."""
+    result = await target.run(["ss", "-Htln"], check=False, reads=True)
+    ports = set()
+    for line in result.text.splitlines() if result.ok else []:
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rpartition(":")[2].isdigit():
+            ports.add(int(fields[3].rpartition(":")[2]))
+    return ports
+
+
+async def ensure_log_port(shell: Target, agent_id: str, first_port: int, report: LiveReport) -> int:
+    """The agent's own TLS log port on the shell host, recorded in its registry dir (kept on a re-run).
+
+    Args:
+        shell: The shell host; the agent's registry directory must exist (peering made it).
+        agent_id: The agent.
+        first_port: The first port of the range (:func:`rsyslog.port_range`).
+        report: Where the shell's steps go.
+
+    Returns:
+        The port (see :func:`rsyslog.choose_log_port`).
+
+    Raises:
+        ConfigError: the range is full.
+        HostError: the registry cannot be read or written.
+    """
+    script = ('for f in "$1"/*/log-port; do [ -f "$f" ] && '
+              'printf "%s %s\\n" "$(basename "$(dirname "$f")")" "$(head -n1 "$f")"; done; true')
+    result = await shell.sh(script, str(PATHS.agents_dir), what="reading the agents' TLS log ports", reads=True)
+    recorded = {}
+    for line in result.text.splitlines():
+        name, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            recorded[name] = int(value)
+    port = rsyslog.choose_log_port(agent_id, recorded.get(agent_id), recorded, await listening_ports(shell),
+                                   rsyslog.port_range(first_port))
+    path = str(PATHS.agent_log_port_file(agent_id))
+    report.step(await shell.write_file(path, f"{port}\n".encode(), mode=0o644),
+                f"agent {agent_id}'s TLS log port {port} ({path})")
+    return port
+
+
 async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_address: str, port: int,
-                       report: LiveReport) -> bool:
-    """The agent's client certificate and forwarding to the shell host; True when any changed.
+                       report: LiveReport, shell_report: LiveReport) -> bool:
+    """The agent's listener on the shell host, its client certificate and its forwarding; True when any changed.
 
     Args:
         shell: The shell host (holds the CA's key).
         agent: The agent host.
         agent_id: Its ID (the certificate's name, the log file's name).
         shell_address: How the agent reaches the shell host.
-        port: The shell's TLS log port.
+        port: The first of the shell's TLS log ports; the agent gets one of them (:func:`ensure_log_port`).
         report: Where the agent's steps go.
+        shell_report: Where the shell's steps go.
 
     Raises:
         HostError: the shell host has no CA (run init-shell), or a command failed.
-        ConfigError: the CA is unusable.
+        ConfigError: the CA is unusable, or no port of the range is free.
     """
     ca_dir = str(PATHS.rsyslog_ca_dir)
     ca_cert = await shell.read_file(f"{ca_dir}/{rsyslog.CA_CERT}")
@@ -133,10 +195,14 @@ async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_addres
     if ca_cert is None or ca_key is None:
         raise HostError(f"{shell.description}: no rsyslog CA in {ca_dir}: run `convocate-host init-shell` first")
     ca = pki.CertificateAuthority.load(ca_cert, ca_key)
+    # The shell side first, so the listener is up when the agent's rsyslog starts sending.
+    own_port = await ensure_log_port(shell, agent_id, port, shell_report)
+    text = rsyslog.render_shell_agent_dropin(_shell_listener(await rsyslog_account(shell)), agent_id, own_port)
+    changed = await _apply(shell, rsyslog.shell_agent_dropin(agent_id), text, False, shell_report)
     tls = str(PATHS.agent_rsyslog_tls)
     pair, reasons = pki.ensure_agent_cert(ca, agent_id, await agent.read_file(f"{tls}/{rsyslog.CLIENT_CERT}"),
                                           await agent.read_file(f"{tls}/{rsyslog.CLIENT_KEY}"))
-    changed = await _write_tls_files(agent, tls, {rsyslog.CA_CERT: ca.cert_pem, rsyslog.CLIENT_CERT: pair.cert_pem,
+    changed |= await _write_tls_files(agent, tls, {rsyslog.CA_CERT: ca.cert_pem, rsyslog.CLIENT_CERT: pair.cert_pem,
                                                   rsyslog.CLIENT_KEY: pair.key_pem}, await rsyslog_account(agent))
     if reasons:
         report.changed(f"rsyslog client certificate {pki.agent_peer_name(agent_id)} issued: {'; '.join(reasons)}")
@@ -144,5 +210,5 @@ async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_addres
         report.kept(f"rsyslog client certificate {pki.agent_peer_name(agent_id)} kept")
     await agent.ensure_dir(str(PATHS.rsyslog_spool_dir), mode=0o700)
     text = rsyslog.render_agent_dropin(rsyslog.AgentForwarder.from_paths(PATHS, agent_id, shell_address,
-                                                                         shell_port=port))
+                                                                         shell_port=own_port))
     return await _apply(agent, rsyslog.AGENT_DROPIN, text, changed, report)

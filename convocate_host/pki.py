@@ -1,7 +1,7 @@
 """The cluster's log-forwarding PKI: the rsyslog CA, the shell host's server certificate, agent client certificates.
 
 The session containers' logs travel from each agent host to the shell host over TLS (DESIGN §2, §5, §6):
-the shell's rsyslog listens on tcp/514 with a server certificate, each agent's rsyslog connects with a client
+the shell's rsyslog listens on one port per agent (from tcp/6514) with a server certificate, each agent's rsyslog connects with a client
 certificate, and both trust only the cluster CA kept in ``/etc/convocate/rsyslog-ca/`` on the shell host.
 
 Every key is ECDSA on NIST P-256 (secp256r1), every signature ECDSA with SHA-256, every file PEM (keys as

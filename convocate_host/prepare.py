@@ -9,7 +9,8 @@ In order, each step idempotent:
 3. group and user ``claude`` with GID/UID 1337, home ``/home/claude`` (session containers run as
    1337 on every host, DESIGN §4); an account with other IDs is an error, never "fixed".
 4. the time zone UTC (timedatectl(1) when systemd runs, else ``/etc/localtime``).
-5. ufw: allow 22/tcp first, then the role's ports (agent 222/tcp; shell 223/tcp and 514/tcp),
+5. ufw: allow 22/tcp first, then the role's ports (agent 222/tcp; shell 223/tcp and the agents' TLS
+   log ports 6514:6769/tcp),
    then enable it, so the operator's SSH session is never cut off.
 6. a reboot when the upgrade installed a kernel newer than the running one (or the host says
    ``/run/reboot-required``): remote hosts are rebooted and waited for (polled every 30 s, up to
@@ -29,9 +30,10 @@ from convocate.common.errors import Unreachable
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
 from convocate_host.debs import APT_ENV
 from convocate_host.report import LiveReport
+from convocate_host.rsyslog import firewall_rule
 from convocate_host.target import HostError, Target
 
-ROLE_PORTS = {"agent": ("222/tcp",), "shell": ("223/tcp", "514/tcp")}
+ROLE_PORTS = {"agent": ("222/tcp",), "shell": ("223/tcp", firewall_rule())}
 #: Packages every convocate host gets; alternatives are ``a|b`` (the first is installed).
 BASE_PACKAGES = ("docker.io|docker-ce", "dnsmasq", "jq", "curl", "git", "ufw", "ca-certificates", "openssh-server",
                  "tzdata", "sudo")

@@ -28,20 +28,27 @@ Agent host (:func:`render_agent_dropin`, written by ``convocate-host init-agent`
     after rsyslog re-creates it on a restart; lines written while rsyslog is down are lost (never blocked).
     imuxsock makes the socket mode 0666, so any local user of the agent host can add lines to the stream.
 
-Shell host (:func:`render_shell_dropin`, written by ``convocate-host init-shell``)
-    An ``imtcp`` input on tcp/514 with TLS only (``gtls``, mode 1), requiring a client certificate that chains
-    to the cluster CA, carries clientAuth and names a host under ``agents.convocate`` (``x509/name``, permitted
-    peer ``*.agents.convocate``). Its ruleset ``convocate_agents`` writes each message to
-    ``/var/log/convocate-agent/<HOSTNAME>.log`` only when HOSTNAME is an agent ID (``^[a-z0-9]{8}$``, checked
-    with ``re_match``, and the path property filtered with ``securepath="replace"`` as well); anything else
-    goes to ``/var/log/convocate-agent/_rejected.log`` (``_`` is not in the agent ID alphabet, so no agent
-    can own that name). The ruleset ends with ``stop`` and is bound to the input, so none of it reaches
-    ``/var/log/syslog``. Lines read ``TIMESTAMP convocate-<uuid>: the line`` (the agent's reception time,
-    RFC 3339 with microseconds).
+Shell host (:func:`render_shell_dropin` by ``convocate-host init-shell``, :func:`render_shell_agent_dropin` by ``init-agent``)
+    One ``imtcp`` input **per agent**, each on its own TCP port (:func:`choose_log_port`, from
+    :data:`FIRST_PORT`), TLS only (``gtls``, mode 1), requiring a client certificate that chains to the
+    cluster CA, carries clientAuth and names exactly that agent (``x509/name``, permitted peer
+    ``<agent-id>.agents.convocate``, no wildcard). The input's ruleset knows whose input it is: a message
+    whose HOSTNAME is that agent's ID goes to ``/var/log/convocate-agent/<agent-id>.log`` (a static file
+    name, never built from the message); a message naming anything else, another agent's ID included, is
+    refused from that file and goes to ``/var/log/convocate-agent/_rejected.log`` together with the name of
+    the input it came in by, i.e. the certificate that sent it (``_`` is not in the agent ID alphabet, so no
+    agent can own that name). Every ruleset ends with ``stop`` and is bound to its input, so none of it
+    reaches ``/var/log/syslog``. Lines read ``TIMESTAMP convocate-<uuid>: the line`` (the agent's reception
+    time, RFC 3339 with microseconds).
 
-    rsyslog (8.2302) exposes no property with the TLS peer's certificate name (rsyslog issues #436, #3567),
-    so the shell cannot check that HOSTNAME is the sender's own agent ID: the check is that the sender holds
-    a client certificate of this cluster, and that the name it gives stays inside the log directory.
+    Why a port per agent: rsyslog 8.2302 (Debian 12) exposes no property holding the TLS peer's
+    certificate name (rsyslog issues #436, #3567 and #1597, all still open), so a single listener can
+    check that a sender holds *a* cluster certificate but not which one sent a given message. What it does
+    check is ``permittedPeer`` per ``input()``, and which input a message arrived on (its ruleset): one
+    input per agent with that agent's name as the only permitted peer ties every message to the sender's
+    certificate. The shared drop-in (templates, the reject ruleset, ``imtcp``) comes from init-shell; each
+    agent's drop-in (``61-convocate-agent-<id>.conf``) from its init-agent, with the port recorded in the
+    shell's registry (``/etc/convocate/agents/<id>/log-port``) so a re-run keeps it.
 
 Coexistence with Debian's ``/etc/rsyslog.conf``: it loads ``imuxsock`` and ``imklog`` and sets legacy
 defaults (``$FileOwner``, ``$FileCreateMode``, ``$WorkDirectory``). The drop-ins load no module that file
@@ -69,12 +76,15 @@ from convocate.common import messages
 from convocate.common import syslog as common_syslog
 from convocate.common.errors import ConfigError
 from convocate.common.paths import Paths
-from convocate_host.pki import AGENT_NAME_SUFFIX, SHELL_PEER_NAME, split_host_names, validate_agent_id
+from convocate_host.pki import SHELL_PEER_NAME, agent_peer_name, split_host_names, validate_agent_id
 
-#: TCP port of the shell host's TLS listener (DESIGN §2: "rsyslog/TLS tcp/514").
-DEFAULT_PORT = 514
-#: Drop-in file names under ``/etc/rsyslog.d/``.
+#: First TCP port of the shell host's per-agent TLS listeners: 6514, syslog over TLS (RFC 5425 §4.1).
+FIRST_PORT = 6514
+#: How many agents' listeners the port range holds (agents beyond it need a larger range of their own).
+PORT_COUNT = 256
+#: Drop-in file names under ``/etc/rsyslog.d/``; each agent's listener is :func:`shell_agent_dropin`.
 SHELL_DROPIN = "60-convocate-shell.conf"
+SHELL_AGENT_DROPIN = "61-convocate-agent-{agent_id}.conf"
 AGENT_DROPIN = "60-convocate-agent.conf"
 #: File names in the shell's ``/etc/convocate/rsyslog-ca/`` and the agent's ``/etc/convocate-agent/rsyslog-tls/``.
 CA_CERT = "ca.pem"
@@ -87,7 +97,7 @@ CLIENT_KEY = "client.key"
 REJECT_LOG = "_rejected.log"
 #: Permission bits ``convocate-host`` gives each file: certificates are public, keys are not.
 FILE_MODES = {CA_CERT: 0o644, CA_KEY: 0o600, SERVER_CERT: 0o644, SERVER_KEY: 0o600, CLIENT_CERT: 0o644,
-              CLIENT_KEY: 0o600, SHELL_DROPIN: 0o644, AGENT_DROPIN: 0o644}
+              CLIENT_KEY: 0o600, SHELL_DROPIN: 0o644, SHELL_AGENT_DROPIN: 0o644, AGENT_DROPIN: 0o644}
 #: The owner of the session log directory and files on a Debian shell host: written by rsyslogd (root),
 #: readable by group adm like the rest of /var/log.
 LOG_OWNER = "root"
@@ -175,18 +185,65 @@ def docker_log_options(session_id: str, socket: Path | None = None) -> dict[str,
 
 # --- shell host ------------------------------------------------------------------------------------------
 
+def port_range(first: int = FIRST_PORT, count: int = PORT_COUNT) -> range:
+    """The shell host's per-agent TLS log ports: ``first`` .. ``first + count - 1``.
+
+    Raises:
+        ConfigError: the range leaves 1..65535.
+    """
+    _int("log port", first, 1, 65535 - count + 1)
+    return range(first, first + count)
+
+
+def firewall_rule(first: int = FIRST_PORT, count: int = PORT_COUNT) -> str:
+    """The ufw rule that opens the range (``6514:6769/tcp``; ufw(8) takes ``PORT:PORT`` with a protocol)."""
+    ports = port_range(first, count)
+    return f"{ports[0]}:{ports[-1]}/tcp"
+
+
+def choose_log_port(agent_id: str, recorded: int | None, others: dict[str, int], listening: set[int],
+                    ports: range) -> int:
+    """The shell's TLS log port of an agent: the one it has, else the lowest free one (idempotent init-agent).
+
+    Args:
+        agent_id: The agent.
+        recorded: Its port from the registry (``/etc/convocate/agents/<id>/log-port``), or ``None``.
+        others: The other registered agents' ports, by agent ID.
+        listening: TCP ports something listens on at the shell host now (``ss -Htln``).
+        ports: The allowed range (:func:`port_range`).
+
+    Returns:
+        ``recorded`` when it is in ``ports`` and no other agent holds it (its own listener may be among
+        ``listening``); else the lowest port of ``ports`` that no other agent holds and nothing listens on.
+
+    Raises:
+        ConfigError: ``agent_id`` is malformed or every port of the range is taken.
+    """
+    validate_agent_id(agent_id)
+    held = {port for other, port in others.items() if other != agent_id}
+    if recorded is not None and recorded in ports and recorded not in held:
+        return recorded
+    for port in ports:
+        if port not in held and port not in listening:
+            return port
+    raise ConfigError(messages.LOG_PORTS_EXHAUSTED.format(agent=agent_id, first=ports[0], last=ports[-1]))
+
+
+def shell_agent_dropin(agent_id: str) -> str:
+    """File name of an agent's listener on the shell host, ``61-convocate-agent-<agent-id>.conf``."""
+    return SHELL_AGENT_DROPIN.format(agent_id=validate_agent_id(agent_id))
+
+
 @dataclass(frozen=True)
 class ShellListener:
-    """The shell host's TLS listener and where it writes.
+    """The shell host's TLS listeners (one per agent) and where they write.
 
     Attributes:
         ca_file: The cluster CA certificate (``rsyslog-ca/ca.pem``).
         cert_file: The shell's server certificate (``rsyslog-ca/server.pem``).
         key_file: Its key (``rsyslog-ca/server.key``).
         log_dir: The per-agent log directory.
-        port: TCP port, 1-65535.
         address: Listen address; ``None`` listens on every address.
-        permitted_peer: The client certificate name pattern accepted (rsyslog ``permittedPeer``).
         file_owner: Owner of the log files and directories rsyslog creates; ``None`` keeps rsyslog's own
             user. Must be the user rsyslogd runs as unless that is root (see :func:`rsyslog_account`).
         file_group: Their group; ``None`` keeps rsyslog's.
@@ -198,41 +255,33 @@ class ShellListener:
     cert_file: Path
     key_file: Path
     log_dir: Path
-    port: int = DEFAULT_PORT
     address: str | None = None
-    permitted_peer: str = f"*.{AGENT_NAME_SUFFIX}"
     file_owner: str | None = LOG_OWNER
     file_group: str | None = LOG_GROUP
     dir_mode: int = LOG_DIR_MODE
     file_mode: int = LOG_FILE_MODE
 
     @classmethod
-    def from_paths(cls, paths: Paths, *, port: int = DEFAULT_PORT, address: str | None = None) -> ShellListener:
-        """The listener of a shell host laid out by ``paths`` (``/etc/convocate/rsyslog-ca/*``)."""
+    def from_paths(cls, paths: Paths, *, address: str | None = None) -> ShellListener:
+        """The listeners of a shell host laid out by ``paths`` (``/etc/convocate/rsyslog-ca/*``)."""
         ca_dir = paths.rsyslog_ca_dir
         return cls(ca_file=ca_dir / CA_CERT, cert_file=ca_dir / SERVER_CERT, key_file=ca_dir / SERVER_KEY,
-                   log_dir=session_log_dir(paths), port=port, address=address)
+                   log_dir=session_log_dir(paths), address=address)
 
 
 _SHELL_DROPIN = """\
 # @dropin@: receive convocate's session logs from the agent hosts (DESIGN §5).
 # Written by `convocate-host init-shell`; a re-run overwrites changes.
 #
-# TLS only (gtls) on tcp/@port@: a client must present a certificate issued by the cluster CA for
-# <agent-id>.@suffix@ (x509/name, clientAuth). Each message's HOSTNAME is the agent ID (the
-# agents' template puts it there); it names @log_dir@/<agent-id>.log only when it is 8 characters
-# of [a-z0-9], anything else lands in @reject@. The ruleset is bound to this input and
-# ends with stop: nothing of it reaches the default rules (/var/log/syslog).
-# TLS files, modes and owners are set on the input and the actions, not in global(), and the only
+# What every agent's listener shares: imtcp, the line formats and the ruleset of refused messages.
+# The listeners themselves are the files @agent_dropin@, one per agent,
+# written by `convocate-host init-agent`: each is TLS only on a port of its own and admits only the
+# certificate of its agent, and files under that agent only what names that agent; anything else lands
+# in @log_dir@/@reject@ with the input (the certificate) it came by.
+# TLS files, modes and owners are set on the inputs and the actions, not in global(), and the only
 # module loaded is imtcp, which Debian's /etc/rsyslog.conf does not load.
 
 module(load="imtcp")
-
-template(name="convocate_agent_file" type="list") {
-    constant(value="@log_dir@/")
-    property(name="hostname" securepath="replace")
-    constant(value=".log")
-}
 
 template(name="convocate_agent_line" type="list") {
     property(name="timestamp" dateFormat="rfc3339")
@@ -247,6 +296,8 @@ template(name="convocate_agent_reject" type="list") {
     property(name="timegenerated" dateFormat="rfc3339")
     constant(value=" from ")
     property(name="fromhost-ip")
+    constant(value=" by ")
+    property(name="inputname")
     constant(value=" hostname=\\"")
     property(name="hostname" format="json")
     constant(value="\\" ")
@@ -256,23 +307,38 @@ template(name="convocate_agent_reject" type="list") {
     constant(value="\\n")
 }
 
-ruleset(name="convocate_agents") {
-    if re_match($hostname, '^[a-z0-9]{8}$') then {
-        action(type="omfile" name="convocate_agent_log" dynaFile="convocate_agent_file"
-               template="convocate_agent_line" dynaFileCacheSize="100"
+ruleset(name="convocate_agents_rejected") {
+    action(type="omfile" name="convocate_agent_reject" file="@log_dir@/@reject@"
+           template="convocate_agent_reject"
+           createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
+    stop
+}
+"""
+
+_SHELL_AGENT_DROPIN = """\
+# @dropin@: the TLS listener of agent @agent_id@'s session logs (issue 14 item 7).
+# Written by `convocate-host init-agent`; a re-run overwrites changes. Needs @shared@.
+#
+# tcp/@port@ admits one client certificate: @peer@, issued by the cluster CA (x509/name,
+# clientAuth). What arrives here was sent with that certificate, so it is agent @agent_id@'s whatever
+# the message says: it goes to @log_dir@/@agent_id@.log when its HOSTNAME is @agent_id@, and to
+# @log_dir@/@reject@ (with this input's name) when it names anything else.
+
+ruleset(name="convocate_agent_@agent_id@") {
+    if $hostname == "@agent_id@" then {
+        action(type="omfile" name="convocate_agent_@agent_id@" file="@log_dir@/@agent_id@.log"
+               template="convocate_agent_line"
                createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
     } else {
-        action(type="omfile" name="convocate_agent_reject" file="@log_dir@/@reject@"
-               template="convocate_agent_reject"
-               createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
+        call convocate_agents_rejected
     }
     stop
 }
 
-input(type="imtcp" name="convocate_agents" port="@port@"@address@ ruleset="convocate_agents"
+input(type="imtcp" name="convocate_agent_@agent_id@" port="@port@"@address@ ruleset="convocate_agent_@agent_id@"
       keepAlive="on"
       streamDriver.name="gtls" streamDriver.mode="1"
-      streamDriver.authMode="x509/name" permittedPeer=["@permitted_peer@"]
+      streamDriver.authMode="x509/name" permittedPeer=["@peer@"]
       streamDriver.checkExtendedKeyPurpose="on" streamDriver.permitExpiredCerts="off"
       streamDriver.CAFile="@ca_file@"
       streamDriver.CertFile="@cert_file@"
@@ -280,46 +346,69 @@ input(type="imtcp" name="convocate_agents" port="@port@"@address@ ruleset="convo
 """
 
 
+def _shell_values(listener: ShellListener) -> dict[str, str]:
+    owner = ""
+    if _word("file_owner", listener.file_owner):
+        owner += f' fileOwner="{listener.file_owner}" dirOwner="{listener.file_owner}"'
+    if _word("file_group", listener.file_group):
+        owner += f' fileGroup="{listener.file_group}" dirGroup="{listener.file_group}"'
+    indent = "\n" + " " * 14
+    return {
+        "log_dir": _path("log_dir", listener.log_dir).rstrip("/") or "/",
+        "reject": REJECT_LOG,
+        "dir_mode": f"{_int('dir_mode', listener.dir_mode, 0, 0o7777):04o}",
+        "file_mode": f"{_int('file_mode', listener.file_mode, 0, 0o7777):04o}",
+        "owner": f"{indent}{owner}" if owner else "",
+    }
+
+
 def render_shell_dropin(listener: ShellListener) -> str:
-    """The shell host's drop-in, ``/etc/rsyslog.d/60-convocate-shell.conf``.
+    """The shell host's shared drop-in, ``/etc/rsyslog.d/60-convocate-shell.conf`` (no listener of its own).
 
     Args:
-        listener: Port, address, TLS files and the log directory.
+        listener: TLS files, the log directory, its owner and modes.
 
     Returns:
         The RainerScript text.
 
     Raises:
         ConfigError: a path is not absolute or holds a character that cannot go in a RainerScript string,
-            the port is out of range, the address or a user/group name is malformed.
+            or a user/group name or mode is malformed.
     """
-    owner = ""
-    if _word("file_owner", listener.file_owner):
-        owner += f' fileOwner="{listener.file_owner}" dirOwner="{listener.file_owner}"'
-    if _word("file_group", listener.file_group):
-        owner += f' fileGroup="{listener.file_group}" dirGroup="{listener.file_group}"'
-    owner = f"\n              {owner}" if owner else ""
-    peer = listener.permitted_peer
-    name = peer.removeprefix("*.")
-    if _host("permitted_peer", name) != name:
-        raise ConfigError(messages.BAD_RSYSLOG_VALUE.format(field="permitted_peer", value=peer,
-                                                            rule="is not a host name or *.domain"))
-    log_dir = _path("log_dir", listener.log_dir).rstrip("/") or "/"
+    values = _shell_values(listener)
+    values["owner"] = values["owner"].replace("\n" + " " * 14, "\n" + " " * 10)
+    dropins = rsyslog_dropin_dir(Paths())
+    return _fill(_SHELL_DROPIN, dropin=str(dropins / SHELL_DROPIN),
+                 agent_dropin=str(dropins / SHELL_AGENT_DROPIN.format(agent_id="<agent-id>")), **values)
+
+
+def render_shell_agent_dropin(listener: ShellListener, agent_id: str, port: int) -> str:
+    """An agent's TLS listener on the shell host, ``/etc/rsyslog.d/61-convocate-agent-<agent-id>.conf``.
+
+    Args:
+        listener: TLS files, the log directory, its owner and modes, the listen address.
+        agent_id: The agent; only the certificate ``<agent-id>.agents.convocate`` may connect.
+        port: This agent's TCP port (:func:`choose_log_port`).
+
+    Returns:
+        The RainerScript text; it needs :func:`render_shell_dropin`'s file beside it.
+
+    Raises:
+        ConfigError: the agent ID, a path, the port, the address or a user/group name is malformed.
+    """
+    dropins = rsyslog_dropin_dir(Paths())
     return _fill(
-        _SHELL_DROPIN,
-        dropin=str(rsyslog_dropin_dir(Paths()) / SHELL_DROPIN),
-        suffix=AGENT_NAME_SUFFIX,
-        port=str(_int("port", listener.port, 1, 65535)),
+        _SHELL_AGENT_DROPIN,
+        dropin=str(dropins / shell_agent_dropin(agent_id)),
+        shared=str(dropins / SHELL_DROPIN),
+        agent_id=agent_id,
+        peer=agent_peer_name(agent_id),
+        port=str(_int("port", port, 1, 65535)),
         address=f' address="{_host("address", listener.address)}"' if listener.address else "",
-        log_dir=log_dir,
-        reject=REJECT_LOG,
-        dir_mode=f"{_int('dir_mode', listener.dir_mode, 0, 0o7777):04o}",
-        file_mode=f"{_int('file_mode', listener.file_mode, 0, 0o7777):04o}",
-        owner=owner,
-        permitted_peer=peer,
         ca_file=_path("ca_file", listener.ca_file),
         cert_file=_path("cert_file", listener.cert_file),
         key_file=_path("key_file", listener.key_file),
+        **_shell_values(listener),
     )
 
 
@@ -337,7 +426,7 @@ class AgentForwarder:
         cert_file: The agent's client certificate (``rsyslog-tls/client.pem``).
         key_file: Its key (``rsyslog-tls/client.key``).
         spool_dir: Where the queue spills to disk (must exist; rsyslog does not create it).
-        shell_port: The shell listener's TCP port.
+        shell_port: This agent's own TLS listener port on the shell host (:func:`choose_log_port`).
         shell_peer_name: The name the shell's server certificate must carry.
         queue_size: Messages held in memory before the queue spills to disk.
         queue_max_disk_bytes: Disk the queue may use, in bytes; beyond it new messages are dropped.
@@ -353,7 +442,7 @@ class AgentForwarder:
     cert_file: Path
     key_file: Path
     spool_dir: Path
-    shell_port: int = DEFAULT_PORT
+    shell_port: int = FIRST_PORT
     shell_peer_name: str = SHELL_PEER_NAME
     queue_size: int = 10000
     queue_max_disk_bytes: int = 512 * 1024 * 1024
@@ -362,7 +451,7 @@ class AgentForwarder:
 
     @classmethod
     def from_paths(cls, paths: Paths, agent_id: str, shell_address: str, *,
-                   shell_port: int = DEFAULT_PORT) -> AgentForwarder:
+                   shell_port: int = FIRST_PORT) -> AgentForwarder:
         """The forwarder of an agent host laid out by ``paths`` (``/etc/convocate-agent/rsyslog-tls/*``)."""
         tls = paths.agent_rsyslog_tls
         return cls(agent_id=agent_id, shell_address=shell_address, socket=paths.agent_log_socket,
@@ -377,9 +466,10 @@ _AGENT_DROPIN = """\
 # Session containers log through Docker's syslog driver (syslog-format=rfc5424) to the socket
 # @socket@. Its messages have their own ruleset, so none reaches the host's own rules,
 # and go to @shell_address@:@shell_port@ over TLS (gtls, x509/name: the server certificate must be issued
-# by the cluster CA for @shell_peer_name@), as RFC 5424 with HOSTNAME @agent_id@, which the shell
-# uses to pick the file. While the shell is unreachable they wait in a disk-assisted queue (up to
-# @queue_max_disk_bytes@ bytes in @spool_dir@), retried forever; beyond that they are dropped, never
+# by the cluster CA for @shell_peer_name@), as RFC 5424 with HOSTNAME @agent_id@, to this agent's
+# own listener there, which admits only this agent's certificate and files only lines naming @agent_id@.
+# While the shell is unreachable they wait in a disk-assisted queue (up to @queue_max_disk_bytes@ bytes
+# in @spool_dir@), retried forever; beyond that they are dropped, never
 # blocking the containers. imuxsock is already loaded by Debian's /etc/rsyslog.conf: this file only
 # adds an input of it; TLS files are set on the action, not in global().
 

@@ -5,10 +5,11 @@
    runs ``convocate install`` (account, ``/etc/convocate``, status host key, dnsmasq drop-in,
    session image).
 2. the status host key is there (``convocate install`` made it).
-3. log collection: the cluster's rsyslog CA, the shell's TLS server certificate, the TLS listener
-   on tcp/514 writing ``/var/log/convocate-agent/<agent-id>.log``, their rotation
+3. log collection: the cluster's rsyslog CA, the shell's TLS server certificate, the drop-in the
+   agents' TLS listeners share (each agent's own listener, on a port of tcp/6514-6769 writing
+   ``/var/log/convocate-agent/<agent-id>.log``, comes with its init-agent), their rotation
    (:mod:`convocate_host.logforward`).
-4. ufw allows 223/tcp and 514/tcp when ufw is on the host.
+4. ufw allows 223/tcp and the log port range 6514:6769/tcp when ufw is on the host.
 5. ``convocate-status.service`` enabled and running.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from convocate.common import messages
 from convocate.common.paths import Paths
-from convocate_host import logforward
+from convocate_host import logforward, rsyslog
 from convocate_host.debs import ensure_package, find_deb
 from convocate_host.peering import read_status_host_key
 from convocate_host.prepare import ensure_firewall
@@ -42,7 +43,7 @@ class ShellOptions:
         status_port: debconf ``convocate/status-port``.
         names: Extra DNS names or addresses agents may reach the shell host by (its TLS certificate names
             them all, besides its address and host name).
-        log_port: Port of the TLS log listener.
+        log_port: The first of the agents' TLS log ports (:func:`convocate_host.rsyslog.port_range`).
     """
 
     debs: Path
@@ -76,7 +77,8 @@ async def init_shell(shell: Target, options: ShellOptions, report: LiveReport) -
     names = await shell_names(shell, options.names)
     await logforward.ensure_shell(shell, names, options.log_port, report)
     if await shell.exists("/usr/sbin/ufw"):
-        await ensure_firewall(shell, [f"{options.status_port}/tcp", f"{options.log_port}/tcp"], report)
+        await ensure_firewall(shell, [f"{options.status_port}/tcp",
+                                      rsyslog.firewall_rule(options.log_port)], report)
     else:
         report.note("ufw is not installed: open the status and log ports yourself")
     await ensure_service(shell, STATUS_UNIT, report)

@@ -117,7 +117,7 @@ async def test_install_dry_run_changes_nothing_and_lists_what_would_change(ssh_h
     assert f"{host}: would   group claude (GID 1337) created" in lines
     assert f"{host}: would   user claude (UID 1337) created" in lines
     assert any(f"{host}: plan    would run: adduser --system --uid 1337" in line for line in lines)
-    for port in ("22/tcp", "223/tcp", "514/tcp"):
+    for port in ("22/tcp", "223/tcp", "6514:6769/tcp"):
         assert f"{host}: would   firewall allows {port}" in lines
     assert lines[-1].startswith(f"install on {host}: ") and lines[-1].endswith("nothing was changed (dry run)")
     # apt was asked what it would upgrade (--simulate, a read); the package lists were not updated.

@@ -207,8 +207,8 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
         log = f"/var/log/convocate-agent/{agent_id}.log"
         _wait(lambda log=log, sid=sid: cluster.shell.exists(log) and f"session {sid}" in cluster.shell.read(log),
               60, f"the supervisor's first line of {sid} in {log}")
-    tls = cluster.shell.sh("ss -tnp state established '( sport = :514 )'").stdout
-    assert tls.count("rsyslogd") >= 2, tls  # one TLS connection per agent
+    tls = cluster.shell.sh("ss -tnp state established '( sport >= :6514 and sport <= :6769 )'").stdout
+    assert tls.count("rsyslogd") >= 2, tls  # one TLS connection per agent, each on its own port
 
     # --- every command a second time: nothing changed -----------------------------------------------------
     again = _parallel(cluster, installs)

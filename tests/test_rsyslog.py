@@ -10,6 +10,7 @@ must stay under 108 bytes), issues the PKI with :mod:`convocate_host.pki`, rende
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -122,6 +123,7 @@ class Cluster:
     paths: Paths
     ca: pki.CertificateAuthority
     listener: rsyslog.ShellListener
+    port: int
     forwarder: rsyslog.AgentForwarder
     shell: Rsyslogd
     agent: Rsyslogd
@@ -162,7 +164,7 @@ class Cluster:
         ctx.load_cert_chain(d / "c.pem", d / "c.key")
         shutil.rmtree(d)
         try:
-            with socket.create_connection(("127.0.0.1", self.listener.port), timeout=10) as raw, \
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw, \
                     ctx.wrap_socket(raw, server_hostname=pki.SHELL_PEER_NAME) as tls:
                 for frame in frames:
                     tls.sendall(f"{len(frame)} ".encode() + frame)
@@ -202,13 +204,14 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
     paths = Paths(short_root)
     shell_pki = pki.ensure_shell_pki(None, None, None, None, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
     ca = shell_pki.ca
-    listener = replace(rsyslog.ShellListener.from_paths(paths, port=free_port(), address="127.0.0.1"),
+    port = free_port()  # this agent's listener on the shell host
+    listener = replace(rsyslog.ShellListener.from_paths(paths, address="127.0.0.1"),
                        file_owner=None, file_group=None)  # rsyslogd runs as this test's user
     _write(listener.ca_file, ca.cert_pem, rsyslog.FILE_MODES[rsyslog.CA_CERT])
     _write(listener.ca_file.with_name(rsyslog.CA_KEY), ca.key_pem, rsyslog.FILE_MODES[rsyslog.CA_KEY])
     _write(listener.cert_file, shell_pki.server.cert_pem, rsyslog.FILE_MODES[rsyslog.SERVER_CERT])
     _write(listener.key_file, shell_pki.server.key_pem, rsyslog.FILE_MODES[rsyslog.SERVER_KEY])
-    forwarder = replace(rsyslog.AgentForwarder.from_paths(paths, AGENT, "127.0.0.1", shell_port=listener.port),
+    forwarder = replace(rsyslog.AgentForwarder.from_paths(paths, AGENT, "127.0.0.1", shell_port=port),
                         resume_interval_s=1, resume_interval_max_s=2)
     client, _ = pki.ensure_agent_cert(ca, AGENT, None, None)
     _write(forwarder.ca_file, ca.cert_pem, rsyslog.FILE_MODES[rsyslog.CA_CERT])
@@ -220,6 +223,7 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
     dropins = rsyslog.rsyslog_dropin_dir(paths)
     dropins.mkdir(parents=True)
     (dropins / rsyslog.SHELL_DROPIN).write_text(rsyslog.render_shell_dropin(listener))
+    (dropins / rsyslog.shell_agent_dropin(AGENT)).write_text(rsyslog.render_shell_agent_dropin(listener, AGENT, port))
     (dropins / rsyslog.AGENT_DROPIN).write_text(rsyslog.render_agent_dropin(forwarder))
     confs = short_root / "test-rsyslog"
     for name in ("shell", "agent"):
@@ -228,7 +232,8 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
     # but without the system socket /dev/log.
     (confs / "shell.conf").write_text(
         f'global(workDirectory="{confs / "shell-work"}")\n'
-        f'include(file="{dropins / rsyslog.SHELL_DROPIN}")\n')
+        f'include(file="{dropins / rsyslog.SHELL_DROPIN}")\n'
+        f'include(file="{dropins / rsyslog.shell_agent_dropin(AGENT)}")\n')
     (confs / "agent.conf").write_text(
         f'global(workDirectory="{confs / "agent-work"}")\n'
         'module(load="imuxsock" SysSock.Use="off")\n'
@@ -236,12 +241,12 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
 
     def listening() -> bool:
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", listener.port)) == 0
+            return s.connect_ex(("127.0.0.1", port)) == 0
 
     shell = Rsyslogd("shell", confs / "shell.conf", listening)
     agent = Rsyslogd("agent", confs / "agent.conf", forwarder.socket.exists)
     try:
-        yield Cluster(paths, ca, listener, forwarder, shell, agent)
+        yield Cluster(paths, ca, listener, port, forwarder, shell, agent)
     finally:
         agent.stop()
         shell.stop()
@@ -251,20 +256,28 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
 
 def test_installed_defaults_come_from_paths():
     paths = Paths()
-    shell = rsyslog.render_shell_dropin(rsyslog.ShellListener.from_paths(paths))
+    listener = rsyslog.ShellListener.from_paths(paths)
+    shell = rsyslog.render_shell_dropin(listener)
+    mine = rsyslog.render_shell_agent_dropin(listener, AGENT, rsyslog.FIRST_PORT)
     agent = rsyslog.render_agent_dropin(rsyslog.AgentForwarder.from_paths(paths, AGENT, "shell.example.net"))
-    assert 'port="514"' in shell and "address=" not in shell
-    assert f'streamDriver.CAFile="{paths.rsyslog_ca_dir}/ca.pem"' in shell
-    assert 'constant(value="/var/log/convocate-agent/")' in shell
-    assert 'fileOwner="root" dirOwner="root" fileGroup="adm" dirGroup="adm")' in shell
-    assert 'dirCreateMode="0750" fileCreateMode="0640"' in shell
+    assert "input(" not in shell, "the shared drop-in has no listener: each agent has its own"
+    assert 'port="6514"' in mine and "address=" not in mine
+    assert f'permittedPeer=["{AGENT}.agents.convocate"]' in mine and "*" not in mine
+    assert f'streamDriver.CAFile="{paths.rsyslog_ca_dir}/ca.pem"' in mine
+    assert f'if $hostname == "{AGENT}" then' in mine
+    assert f'file="/var/log/convocate-agent/{AGENT}.log"' in mine
+    assert 'file="/var/log/convocate-agent/_rejected.log"' in shell
+    for text in (shell, mine):
+        assert 'fileOwner="root" dirOwner="root" fileGroup="adm" dirGroup="adm")' in text
+        assert 'dirCreateMode="0750" fileCreateMode="0640"' in text
+    assert rsyslog.shell_agent_dropin(AGENT) == f"61-convocate-agent-{AGENT}.conf"
     assert f'Socket="{paths.agent_log_socket}"' in agent and str(paths.agent_log_socket) == "/run/convocate-agent/syslog.sock"
     assert f'StreamDriver.KeyFile="{paths.agent_rsyslog_tls}/client.key"' in agent
     assert 'queue.spoolDirectory="/var/spool/rsyslog"' in agent
-    assert 'target="shell.example.net" port="514"' in agent
+    assert 'target="shell.example.net" port="6514"' in agent
     assert f'StreamDriverPermittedPeers="{pki.SHELL_PEER_NAME}"' in agent
     assert f'constant(value=" {AGENT} ")' in agent
-    for text in (shell, agent):
+    for text in (shell, mine, agent):
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
         assert "global(" not in code
         assert re.findall(r'module\(load="(\w+)"', code) == (["imtcp"] if text is shell else [])
@@ -302,12 +315,37 @@ def test_agent_parameters_are_checked(field, value):
         rsyslog.render_agent_dropin(replace(forwarder, **{field: value}))
 
 
-@pytest.mark.parametrize("field,value", [("port", 0), ("address", "not an address"), ("file_owner", 'root"'),
-                                         ("permitted_peer", "*.bad domain"), ("dir_mode", -1)])
+@pytest.mark.parametrize("field,value", [("address", "not an address"), ("file_owner", 'root"'), ("dir_mode", -1),
+                                         ("ca_file", Path('/etc/x"y'))])
 def test_shell_parameters_are_checked(field, value):
     listener = rsyslog.ShellListener.from_paths(Paths())
     with pytest.raises(ConfigError):
-        rsyslog.render_shell_dropin(replace(listener, **{field: value}))
+        rsyslog.render_shell_agent_dropin(replace(listener, **{field: value}), AGENT, rsyslog.FIRST_PORT)
+
+
+@pytest.mark.parametrize("agent_id,port", [("AB12CD34", 6514), ("ab12cd34/..", 6514), ('ab12"d34', 6514),
+                                           ("*", 6514), (AGENT, 0), (AGENT, 70000)])
+def test_a_listener_needs_an_agent_id_and_a_port(agent_id, port):
+    with pytest.raises(ConfigError):
+        rsyslog.render_shell_agent_dropin(rsyslog.ShellListener.from_paths(Paths()), agent_id, port)
+
+
+def test_log_ports_are_kept_then_the_lowest_free_one():
+    ports = rsyslog.port_range()
+    assert (ports[0], ports[-1]) == (6514, 6769) and rsyslog.firewall_rule() == "6514:6769/tcp"
+    others = {"zz99yy88": 6514, "yy88zz99": 6516}
+    # A re-run keeps the agent's port even though its own listener is on it now.
+    assert rsyslog.choose_log_port(AGENT, 6520, others, {6520}, ports) == 6520
+    # A new agent: neither another agent's port nor one some other daemon listens on.
+    assert rsyslog.choose_log_port(AGENT, None, others, {6515}, ports) == 6517
+    # A recorded port another agent holds, or one outside the range, is given up for a free one.
+    assert rsyslog.choose_log_port(AGENT, 6516, others, set(), ports) == 6515
+    assert rsyslog.choose_log_port(AGENT, 514, others, set(), ports) == 6515
+    full = {f"a{i:07d}": p for i, p in enumerate(rsyslog.port_range(7000, 3))}
+    with pytest.raises(ConfigError, match="no free TLS log port"):
+        rsyslog.choose_log_port(AGENT, None, full, set(), rsyslog.port_range(7000, 3))
+    with pytest.raises(ConfigError):
+        rsyslog.port_range(65500, 256)
 
 
 def test_rsyslog_account_reads_the_privilege_drop():
@@ -328,7 +366,11 @@ def test_dropins_pass_rsyslogd_check_beside_debians_rsyslog_conf(tmp_path):
     main = tmp_path / "rsyslog.conf"
     main.write_text(text.replace("$IncludeConfig /etc/rsyslog.d/*.conf", f"$IncludeConfig {dropins}/*.conf"))
     paths = Paths()
-    (dropins / rsyslog.SHELL_DROPIN).write_text(rsyslog.render_shell_dropin(rsyslog.ShellListener.from_paths(paths)))
+    listener = rsyslog.ShellListener.from_paths(paths)
+    (dropins / rsyslog.SHELL_DROPIN).write_text(rsyslog.render_shell_dropin(listener))
+    for i, agent_id in enumerate((AGENT, "zz99yy88")):  # two agents' listeners beside each other
+        (dropins / rsyslog.shell_agent_dropin(agent_id)).write_text(
+            rsyslog.render_shell_agent_dropin(listener, agent_id, rsyslog.FIRST_PORT + i))
     (dropins / rsyslog.AGENT_DROPIN).write_text(
         rsyslog.render_agent_dropin(rsyslog.AgentForwarder.from_paths(paths, AGENT, "shell.example.net")))
     result = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True)
@@ -414,7 +456,8 @@ def test_forged_agent_ids_never_name_a_file_outside_the_log_dir(cluster: Cluster
     rejected = wait_for(lambda: reject.exists() and len(reject.read_text().splitlines()) == len(forged) and
                         reject.read_text().splitlines(), "every forged message in the reject file")
     assert all(f"forged {i}" in line for i, line in enumerate(rejected))
-    assert 'from 127.0.0.1 hostname="..\\/..\\/..\\/..\\/tmp\\/evil" ' in rejected[0], "JSON-escaped"
+    assert f'from 127.0.0.1 by convocate_agent_{AGENT} hostname="..\\/..\\/..\\/..\\/tmp\\/evil" ' in rejected[0], \
+        "JSON-escaped, with the input (the certificate) it came by"
     assert sorted(os.listdir(cluster.log_dir)) == [rsyslog.REJECT_LOG, f"{AGENT}.log"]
     new = {p for p in cluster.paths.root.rglob("*")} - before
     unexpected = {p for p in new if p.parent not in (cluster.log_dir, cluster.shell.conf.parent / "shell-work")
@@ -549,3 +592,34 @@ def test_a_running_container_keeps_logging_across_a_restart_of_the_agents_rsyslo
     finally:
         with contextlib.suppress(docker.errors.APIError):
             c.remove(force=True)
+
+
+# --- init-agent on the shell host: a port of its own per agent ------------------------------------------
+
+async def test_init_agent_gives_each_agent_its_own_log_port_and_keeps_it(tmp_path: Path, monkeypatch):
+    """logforward.ensure_log_port through a real Target on this machine, with the registry under tmp_path."""
+    from convocate_host import logforward
+    from convocate_host.report import LiveReport
+    from convocate_host.target import LocalTarget
+
+    paths = Paths(tmp_path)
+    monkeypatch.setattr(logforward, "PATHS", paths)
+    for agent_id in (AGENT, "zz99yy88"):
+        paths.agent_dir(agent_id).mkdir(parents=True)  # peering registers the agent first
+    target = LocalTarget("127.0.0.1")
+    report = LiveReport(target.description, io.StringIO())
+    with socket.socket() as busy:  # something else already listens on the first port of the range
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        first = busy.getsockname()[1]
+        assert first in await logforward.listening_ports(target)
+        mine = await logforward.ensure_log_port(target, AGENT, first, report)
+        other = await logforward.ensure_log_port(target, "zz99yy88", first, report)
+    assert first < mine < other < first + rsyslog.PORT_COUNT
+    assert paths.agent_log_port_file(AGENT).read_text() == f"{mine}\n"
+    # A re-run keeps both, even with the agents' own listeners up on them now.
+    with socket.socket() as up:
+        up.bind(("0.0.0.0", mine))
+        up.listen()
+        assert await logforward.ensure_log_port(target, AGENT, first, report) == mine
+    assert await logforward.ensure_log_port(target, "zz99yy88", first, report) == other

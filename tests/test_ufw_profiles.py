@@ -18,14 +18,14 @@ import pytest
 
 from convocate.shell_install import DEFAULT_STATUS_PORT
 from convocate_agent.install import DEFAULT_LISTEN_PORT
-from convocate_host.rsyslog import DEFAULT_PORT as DEFAULT_LOG_PORT
+from convocate_host.rsyslog import port_range
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "packaging" / "ufw"
 UFW = shutil.which("ufw") or "/usr/sbin/ufw"
 #: The ports each profile opens: the defaults the code uses (DESIGN §2).
 EXPECTED = {
-    "convocate": {(DEFAULT_STATUS_PORT, "tcp"), (DEFAULT_LOG_PORT, "tcp")},
+    "convocate": {(DEFAULT_STATUS_PORT, "tcp"), *((p, "tcp") for p in port_range())},  # a log port per agent
     "convocate-agent": {(DEFAULT_LISTEN_PORT, "tcp")},
 }
 #: The package whose .install line ships each profile.
@@ -66,7 +66,7 @@ def test_profiles_directory_holds_exactly_the_two_profiles():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_profile_follows_ufw_framework_format(name):
-    """One section named as the file, the three fields ufw-framework(8) requires, ports as PORT[,PORT]/PROTO."""
+    """One section named as the file, the three fields ufw-framework(8) requires, ports as PORT[:PORT][,...]/PROTO."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(PROFILES / name, encoding="utf-8")
     assert parser.sections() == [name]
@@ -75,9 +75,11 @@ def test_profile_follows_ufw_framework_format(name):
     assert all(section[field].strip() for field in section)
     ports = set()
     for spec in section["ports"].split("|"):
-        match = re.fullmatch(r"(\d+(?:,\d+)*)/(tcp|udp)", spec)
+        match = re.fullmatch(r"(\d+(?::\d+)?(?:,\d+(?::\d+)?)*)/(tcp|udp)", spec)
         assert match, spec
-        ports |= {(int(p), match[2]) for p in match[1].split(",")}
+        for item in match[1].split(","):
+            first, _, last = item.partition(":")
+            ports |= {(p, match[2]) for p in range(int(first), int(last or first) + 1)}
     assert ports == EXPECTED[name]
 
 
@@ -118,7 +120,9 @@ def test_ufw_allow_by_profile_opens_exactly_the_role_ports(ufw_root, name):
     result = ufw(ufw_root, "--dry-run", "allow", name)
     assert result.returncode == 0, result.stderr
     assert problems(result.stderr) == []
-    ports = ",".join(str(p) for p, _ in sorted(EXPECTED[name]))
+    section = configparser.ConfigParser(interpolation=None)
+    section.read(PROFILES / name, encoding="utf-8")
+    ports = section[name]["ports"].split("/")[0]  # ufw writes ranges as PORT:PORT, as the profile does
     rule = "-p tcp --dport {0} -j ACCEPT" if "," not in ports else "-p tcp -m multiport --dports {0} -j ACCEPT"
     for chain in ("ufw-user-input", "ufw6-user-input"):
         added = [line for line in result.stdout.splitlines() if line.startswith(f"-A {chain} ")]

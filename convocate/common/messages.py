@@ -180,6 +180,8 @@ CA_HALF_PRESENT = (
 )
 CA_EXPIRED = "the rsyslog CA expired on {when}: it cannot issue certificates; remove it to create a new CA"
 BAD_RSYSLOG_VALUE = "rsyslog {field}: {value!r} {rule}"
+LOG_PORTS_EXHAUSTED = ("no free TLS log port for agent {agent} in {first}..{last}: every one is another agent's "
+                       "or in use on the shell host; give init-shell and init-agent another --log-port")
 # Why init-shell / init-agent reissue a certificate (or warn about the CA): one reason each.
 CERT_MISSING = "no certificate"
 CERT_KEY_MISSING = "no private key"

@@ -178,6 +178,10 @@ class Paths:
         """The agent's SSH port (222 when absent)."""
         return self.agent_dir(agent_id) / "port"
 
+    def agent_log_port_file(self, agent_id: str) -> Path:
+        """The shell's TLS log port that only this agent's client certificate may send to (issue 14 item 7)."""
+        return self.agent_dir(agent_id) / "log-port"
+
     def shell_to_agent_key(self, agent_id: str) -> Path:
         """Private key this shell authenticates to the agent with."""
         return self.agent_dir(agent_id) / "shell_to_agent_ed25519_key"
