@@ -13,7 +13,7 @@ import logging
 
 from convocate.common.errors import BadRequest
 from convocate.common.model import SessionMeta, SessionView, is_uuid4
-from convocate.common.paths import Paths
+from convocate.common.paths import LEGACY_SESSION_FILE, Paths
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def scan_orphans(paths: Paths) -> list[SessionView]:
     """Every session directory under the shell host's session base, as orphan views.
 
     Directories whose name is not a UUIDv4 or whose ``session.json`` is unreadable are skipped
-    (and logged): they are not sessions anyone could run.
+    (and logged): they are not sessions anyone could run. The shell host has no record store: an
+    orphan's metadata is the ``session.json`` a single-host convocate left in the home, read here for
+    display only; ``convocate-host migrate-session`` validates it and turns it into the agent's record.
     """
     try:
         entries = sorted(p for p in paths.session_base.iterdir() if p.is_dir() and is_uuid4(p.name))
@@ -35,7 +37,7 @@ def scan_orphans(paths: Paths) -> list[SessionView]:
     views = []
     for directory in entries:
         try:
-            meta = SessionMeta.from_json(json.loads((directory / "session.json").read_text(encoding="utf-8")),
+            meta = SessionMeta.from_json(json.loads((directory / LEGACY_SESSION_FILE).read_text(encoding="utf-8")),
                                          expected_uuid=directory.name)
         except FileNotFoundError:
             continue

@@ -31,7 +31,10 @@ System mode (``/``), as root:
   never otherwise: a restart ends the attached operators' relays.
 - checks that the packaged units (service, slice, image prune timer), the cron job and the
   are in place; they are static files of the package, not written here.
-- counts the session directories it adopts.
+- the agent's record store (``/var/lib/convocate-agent/sessions``, ``locks``, ``trash``, owned by
+  ``claude``), and the ``session.json`` an agent before issue 14 kept in each home moved into it,
+  once and validated (an invalid one is reported and its session left out).
+- counts the sessions it adopts.
 
 Relocated (``CONVOCATE_ROOT``, tests and the demo): the same files under the root, with the
 invoking user's ownership; no account, no systemctl, and the packaged files are not checked.
@@ -61,6 +64,7 @@ from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate_agent.admission import LIMIT_FRACTION, HostResources
+from convocate_agent.locks import SessionLocks
 from convocate_agent.store import SessionStore
 
 AGENT_ID_LENGTH = 8
@@ -287,6 +291,7 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
             hostsetup.daemon_reload(paths, report)
         _check_packaged_files(paths, report)
 
+    _ensure_session_records(paths, report, owner, uid, gid)
     sessions, broken = SessionStore(paths, uid, gid).load_all()
     report.adopted = len(sessions)
     report.kept(f"adopted {len(sessions)} existing session(s)"
@@ -444,6 +449,33 @@ def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int
     root = os.geteuid() == 0
     atomic_write(skel_file, text, mode=0o644, uid=uid if root else None, gid=gid if root else None)
     report.changed(f"skel {skel_file} written")
+
+
+def _ensure_session_records(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None],
+                            uid: int, gid: int) -> None:
+    """The agent's record store, and the metadata of an agent before issue 14 moved into it (once).
+
+    The records, the locks and the trash records live in the state directory, which no session
+    container mounts; older agents kept ``session.json`` in each home, where the session could
+    rewrite it. Each such file is validated (an invalid one is reported and its session left out)
+    and becomes a record owned by the service's user; stale lock files beside the homes go.
+    """
+    for directory, what in ((paths.session_records_dir, "session records"),
+                            (paths.session_locks_dir, "session locks"),
+                            (paths.trash_records_dir, "trash records")):
+        hostsetup.ensure_dir(directory, mode=0o750, uid=owner[0], gid=owner[1], report=report, what=what)
+    record_owner = (owner[0], owner[1]) if owner[0] is not None and owner[1] is not None else None
+    migration = SessionStore(paths, uid, gid, record_owner=record_owner).migrate_legacy()
+    for sid in migration.migrated:
+        report.changed(messages.LEGACY_RECORD_MIGRATED.format(id=sid, path=paths.session_record(sid)))
+    for trash_id in migration.trash_migrated:
+        report.changed(f"trash entry {trash_id}: its session.json moved into {paths.trash_records_dir}")
+    for note in migration.notes:
+        report.changed(note)
+    for _, line in migration.refused:
+        report.note(line)
+    for sid in SessionLocks(paths).sweep_legacy():
+        report.changed(f"stale lock {paths.legacy_lock_file(sid)} of an older agent removed")
 
 
 def _check_packaged_files(paths: Paths, report: InstallReport) -> None:

@@ -1,4 +1,8 @@
-"""Per-session lifecycle locks: ``/home/claude/<uuid>.lock`` holding a PID.
+"""Per-session lifecycle locks: ``/var/lib/convocate-agent/locks/<uuid>.lock`` holding a PID.
+
+The locks live in the agent's state dir, which no session container mounts (issue 14); agents
+before it kept them beside the homes (``/home/claude/<uuid>.lock``), and :meth:`SessionLocks.sweep_legacy`
+clears the stale ones left there.
 
 A lifecycle op (create, clone, edit, delete, kill, restart) holds its
 session's lock for its whole duration. The lock is the file itself, created
@@ -15,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from convocate.common import messages
 from convocate.common.errors import Locked
@@ -67,7 +72,7 @@ class SessionLocks:
     """Takes, inspects and clears session lock files.
 
     Args:
-        paths: The installation layout (lock files live beside the session dirs).
+        paths: The installation layout (lock files live in its ``session_locks_dir``).
     """
 
     def __init__(self, paths: Paths) -> None:
@@ -75,10 +80,16 @@ class SessionLocks:
         self._pid = os.getpid()
         self._start = process_start_time(self._pid)
 
-    def holder(self, session_id: str) -> LockHolder | None:
-        """The recorded holder of ``session_id``'s lock, live or not; None when unlocked."""
+    def holder(self, session_id: str, *, legacy: bool = False) -> LockHolder | None:
+        """The recorded holder of ``session_id``'s lock, live or not; None when unlocked.
+
+        Args:
+            session_id: The session UUID.
+            legacy: Read the lock where agents before issue 14 kept it.
+        """
+        path = self.paths.legacy_lock_file(session_id) if legacy else self.paths.lock_file(session_id)
         try:
-            text = self.paths.lock_file(session_id).read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return None
         lines = text.splitlines()
@@ -112,6 +123,7 @@ class SessionLocks:
             Locked: a live holder (another op, here or in another process) has it.
         """
         path = self.paths.lock_file(session_id)
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         content = f"{self._pid}\n{op} {self._start if self._start is not None else ''}\n".encode()
         for _ in range(3):
             try:
@@ -145,23 +157,32 @@ class SessionLocks:
             os.unlink(self.paths.lock_file(session_id))
         return h
 
-    def locked_ids(self) -> set[str]:
-        """Session IDs with a live lock, from one scan of the session base."""
+    def _lock_ids(self, directory: Path) -> list[str]:
         try:
-            names = os.listdir(self.paths.session_base)
+            names = os.listdir(directory)
         except FileNotFoundError:
-            return set()
-        return {name[:-5] for name in names
-                if name.endswith(".lock") and is_uuid4(name[:-5]) and self.is_locked(name[:-5])}
+            return []
+        return [name[:-5] for name in names if name.endswith(".lock") and is_uuid4(name[:-5])]
+
+    def locked_ids(self) -> set[str]:
+        """Session IDs with a live lock, from one scan of the lock directory."""
+        return {sid for sid in self._lock_ids(self.paths.session_locks_dir) if self.is_locked(sid)}
 
     def sweep(self) -> list[str]:
-        """Remove every stale lock under the session base; returns the session IDs freed."""
-        freed: list[str] = []
-        try:
-            names = os.listdir(self.paths.session_base)
-        except FileNotFoundError:
-            return freed
-        for name in names:
-            if name.endswith(".lock") and is_uuid4(name[:-5]) and self.clear_stale(name[:-5]):
-                freed.append(name[:-5])
+        """Remove every stale lock; returns the session IDs freed."""
+        return [sid for sid in self._lock_ids(self.paths.session_locks_dir) if self.clear_stale(sid)]
+
+    def sweep_legacy(self) -> list[str]:
+        """Remove the stale ``/home/claude/<uuid>.lock`` files of agents before issue 14; returns their IDs.
+
+        A lock there whose holder still lives (an older agent still running during the upgrade)
+        is left; nothing here honours it, as nothing but that agent could have written it.
+        """
+        freed = []
+        for sid in self._lock_ids(self.paths.session_base):
+            h = self.holder(sid, legacy=True)
+            if h is not None and not h.alive:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.paths.legacy_lock_file(sid))
+                freed.append(sid)
         return freed

@@ -658,17 +658,23 @@ class AgentService:
     async def recover(self) -> dict[str, int]:
         """Clean up after a crash and re-discover containers; run once before serving.
 
-        Removes half-built homes and stale locks, removes stopped containers whose
+        Moves the metadata an older agent kept in the homes into the records (once, validated),
+        finishes a create, clone or delete a crash interrupted, removes half-built homes and stale locks, removes stopped containers whose
         session is gone, and detaches tmux clients left by a previous agent's attaches.
 
         Returns:
             Counts of what was found and cleaned, for the start-up log.
         """
+        migrated = await asyncio.to_thread(self.store.migrate_legacy)
+        legacy_locks = self.locks.sweep_legacy()
+        interrupted = await asyncio.to_thread(self.store.finish_interrupted)
         staged = self.store.sweep_staging()
         stale = self.locks.sweep()
         await self.purge_trash()
-        report = {"staging_removed": len(staged), "stale_locks": len(stale), "containers": 0, "running": 0,
-                  "orphan_containers_removed": 0, "stale_attaches": 0}
+        report = {"records_migrated": len(migrated.migrated) + len(migrated.trash_migrated),
+                  "records_refused": len(migrated.refused), "interrupted": len(interrupted),
+                  "staging_removed": len(staged), "stale_locks": len(stale) + len(legacy_locks), "containers": 0,
+                  "running": 0, "orphan_containers_removed": 0, "stale_attaches": 0}
         try:
             containers = await self.runtime.containers()
         except DockerError as e:

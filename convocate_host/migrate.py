@@ -3,13 +3,18 @@
 An orphan (state ``O``, DESIGN §4) is a session directory ``/home/claude/<uuid>/`` on the shell
 host that no agent claims, e.g. left by a single-host convocate. Migration:
 
-1. refuses when the shell host runs a container for the session, when the directory has no
-   valid-looking ``session.json``, or when the agent already has a session of that UUID;
+1. refuses when the shell host runs a container for the session, when the directory's
+   ``session.json`` is not valid session metadata (the model's validators), or when the agent
+   already has a session (a record or a home) of that UUID;
 2. copies the directory with tar (owners, modes, symlinks kept) into a staging directory on the
    agent, then compares a manifest of both sides (type, mode, owner, size and SHA-256 of every
-   entry): only an identical copy is renamed into ``/home/claude/<uuid>/``;
-3. moves the shell's copy aside to ``/home/claude/.migrated/<uuid>/`` (a backup, never deleted
-   here), after which the agent lists the session like any other.
+   entry): only an identical copy is renamed into ``/home/claude/<uuid>/``, without its
+   ``session.json``;
+3. writes the validated metadata as the agent's record of the session,
+   ``/var/lib/convocate-agent/sessions/<uuid>.json`` (issue 14: the agent never reads metadata
+   from a home, which the session can write), after which the agent lists the session like any other;
+4. moves the shell's copy aside to ``/home/claude/.migrated/<uuid>/`` (a backup, never deleted
+   here).
 
 A second run finds the session on the agent and nothing on the shell host, and says so.
 """
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import json
 
-from convocate.common.model import validate_uuid
-from convocate.common.paths import Paths
+from convocate.common.errors import BadRequest
+from convocate.common.model import SessionMeta, validate_uuid
+from convocate.common.paths import CLAUDE_USER, LEGACY_SESSION_FILE, Paths
 from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target, relay
 
@@ -49,20 +55,26 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
     sid = validate_uuid(session_id, "--session")
     source = str(PATHS.session_dir(sid))
     target_dir = str(PATHS.session_dir(sid))
-    on_agent = await agent.exists(f"{target_dir}/session.json")
-    on_shell = await shell.exists(f"{source}/session.json")
+    record = str(PATHS.session_record(sid))
+    legacy = f"{source}/{LEGACY_SESSION_FILE}"
+    on_agent = await agent.exists(record)
+    on_shell = await shell.exists(legacy)
     if on_agent and not on_shell:
         report.kept(f"session {sid} is on agent {agent_id}; the shell host has no copy left")
         return False
     if on_agent:
         raise HostError(f"{agent.description}: session {sid} already exists there; the shell's copy {source} "
                         "was left alone (compare them by hand)")
+    if await agent.exists(target_dir):
+        raise HostError(f"{agent.description}: {target_dir} exists without a record in {PATHS.session_records_dir}"
+                        " (an interrupted migration?); the shell's copy was left alone: compare them, then remove"
+                        f" {target_dir} and run migrate-session again")
     if not on_shell:
-        raise HostError(f"{shell.description}: {source}/session.json does not exist: not an orphan session")
+        raise HostError(f"{shell.description}: {legacy} does not exist: not an orphan session")
     try:
-        json.loads(await shell.read_file(f"{source}/session.json") or b"")
-    except ValueError as e:
-        raise HostError(f"{shell.description}: {source}/session.json is not JSON ({e}); nothing moved") from e
+        meta = SessionMeta.from_json(json.loads(await shell.read_file(legacy) or b""), expected_uuid=sid)
+    except (ValueError, BadRequest) as e:
+        raise HostError(f"{shell.description}: {legacy} is not valid session metadata ({e}); nothing moved") from e
     running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/convocate-session-{sid}$"], check=False,
                               reads=True)
     if running.ok and running.text.strip():
@@ -89,9 +101,13 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
         raise HostError(f"the copy of session {sid} on {agent.description} differs from the shell's; it was "
                         "removed and the shell's copy is untouched")
     report.changed(f"session {sid} copied ({sent >> 10} KiB, {len(here.splitlines()) // 2} entries verified)")
-    await agent.sh('mv -- "$1" "$2" && rmdir -- "$3"', f"{staging}/{sid}", target_dir, staging,
-                   what="moving the session into place")
+    await agent.sh('rm -f -- "$1/$4" && mv -- "$1" "$2" && rmdir -- "$3"', f"{staging}/{sid}", target_dir, staging,
+                   LEGACY_SESSION_FILE, what="moving the session into place")
     report.changed(f"session {sid} in place at {target_dir}")
+    owner = f"{CLAUDE_USER}:{CLAUDE_USER}"
+    await agent.ensure_dir(str(PATHS.session_records_dir), mode=0o750, owner=owner)
+    await agent.write_file(record, (json.dumps(meta.to_json(), indent=2) + "\n").encode(), mode=0o640, owner=owner)
+    report.changed(f"session {sid} recorded at {record}")
     backup = f"{PATHS.migrated_dir}/{sid}"
     await shell.sh('mkdir -p -- "$(dirname -- "$2")" && mv -- "$1" "$2"', source, backup,
                    what="moving the shell's copy aside")

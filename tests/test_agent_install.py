@@ -52,6 +52,40 @@ def test_install_reports_adopted_sessions(tmp_path):
     assert "adopted 3 existing session(s)" in run_install(tmp_path).stdout
 
 
+def test_install_moves_the_homes_session_json_into_the_agents_records_once(tmp_path):
+    """Upgrade from an agent before issue 14: each home's session.json becomes a record, validated."""
+    base = tmp_path / "home" / "claude"
+    records = tmp_path / "var" / "lib" / "convocate-agent" / "sessions"
+    base.mkdir(parents=True)
+    good = SessionMeta(new_uuid(), "good", 1, 2, port=1001, dns_name="web", cpus=0.5, memory_mb=256)
+    later = SessionMeta(new_uuid(), "later", 3, 4, port=1001, dns_name="web", cpus=0.5, memory_mb=256)
+    bad = SessionMeta(new_uuid(), "bad", 1, 1)
+    texts = {good.uuid: json.dumps(good.to_json()), later.uuid: json.dumps(later.to_json()),
+             bad.uuid: json.dumps(dict(bad.to_json(), dns_name="x\n6.6.6.6 evil.example.org"))}
+    for sid, text in texts.items():
+        (base / sid).mkdir()
+        (base / sid / "session.json").write_text(text)
+    dead = new_uuid()
+    (base / f"{dead}.lock").write_text("999999999\ncreate\n")  # a stale lock of the old agent
+
+    out = run_install(tmp_path).stdout
+    assert f"session {good.uuid}: its session.json moved from the home into {records / good.uuid}.json" in out
+    assert f"session {bad.uuid}:" in out and "is not a valid session record" in out and "left out" in out
+    assert f"dns_name 'web' of its session.json is already session {good.uuid}'s; cleared" in out
+    assert "adopted 2 existing session(s)" in out
+    assert SessionMeta.from_json(json.loads((records / f"{good.uuid}.json").read_text())) == good
+    assert SessionMeta.from_json(json.loads((records / f"{later.uuid}.json").read_text())) == \
+        later.with_changes(dns_name="", port=0)
+    assert not (records / f"{bad.uuid}.json").exists() and (base / bad.uuid / "session.json").exists()
+    assert not (base / good.uuid / "session.json").exists() and not (base / f"{dead}.lock").exists()
+
+    # once: what a session writes into its home afterwards is not read again
+    (base / good.uuid / "session.json").write_text(json.dumps(dict(good.to_json(), name="forged", cpus=8)))
+    again = run_install(tmp_path).stdout
+    assert "moved from the home" not in again and "adopted 2 existing session(s)" in again
+    assert json.loads((records / f"{good.uuid}.json").read_text())["name"] == "good"
+
+
 def test_install_refuses_a_corrupt_agent_id(tmp_path):
     etc = tmp_path / "etc" / "convocate-agent"
     etc.mkdir(parents=True)

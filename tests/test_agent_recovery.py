@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -80,3 +81,28 @@ def test_serve_without_install_says_what_to_do(tmp_path):
     assert result.returncode == 78
     assert "agent-id is missing: run `convocate-agent install` first" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+async def test_an_agent_started_on_the_old_layout_moves_each_homes_session_json_into_its_records(fresh_cluster):
+    """Issue 14 upgrade: the metadata an older agent kept in the homes becomes records at start, validated, once."""
+    cluster = fresh_cluster
+    paths = cluster.paths
+    async with connect(cluster) as conn:
+        kept = await rpc_ok(conn, "create", {"name": "kept", "dns_name": "kept", "cpus": 0.2, "memory_mb": 128})
+    cluster.stop()
+    sid = kept["uuid"]
+    # What an agent before issue 14 left: the record inside the home, the lock beside it.
+    os.rename(paths.session_record(sid), paths.legacy_session_file(sid))
+    bad = new_uuid()
+    paths.session_dir(bad).mkdir()
+    record = json.loads(paths.legacy_session_file(sid).read_text())
+    paths.legacy_session_file(bad).write_text(json.dumps(dict(record, uuid=bad, cpus=-4)))
+    cluster.start(same_port=True)
+    assert "records_migrated=1" in cluster.log_text() and "records_refused=1" in cluster.log_text()
+    assert f"session {bad}:" in cluster.log_text()
+    assert paths.session_record(sid).is_file() and not paths.legacy_session_file(sid).exists()
+    async with connect(cluster) as conn:
+        listed = {m["uuid"]: m for m in await rpc_ok(conn, "list")}
+        assert set(listed) == {sid}
+        assert (listed[sid]["name"], listed[sid]["dns_name"], listed[sid]["cpus"]) == ("kept", "kept", 0.2)
+        await rpc_ok(conn, "delete", {"id": sid})

@@ -118,7 +118,8 @@ async def test_session_lifecycle_through_every_op(ssh, cluster, docker_client):
 
     deleted = await rpc_ok(ssh, "delete", {"id": sid})
     assert deleted["uuid"] == sid
-    assert (cluster.paths.trash_dir / deleted["trash"] / "session.json").exists()
+    assert (cluster.paths.trash_dir / deleted["trash"]).is_dir()
+    assert (cluster.paths.trash_records_dir / f"{deleted['trash']}.json").exists()
     assert not cluster.paths.session_dir(sid).exists()
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(f"convocate-session-{sid}")

@@ -224,7 +224,7 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
 
     # --- migrate-session: an orphan on the shell host moves to agent 1 ---------------------------------------
     orphan = str(uuid.uuid4())
-    meta = json.loads(cluster.agents[0].read(f"/home/claude/{sessions[cluster.agent_ids[0]]}/session.json"))
+    meta = json.loads(cluster.agents[0].read(f"/var/lib/convocate-agent/sessions/{sessions[cluster.agent_ids[0]]}.json"))
     meta.update(uuid=orphan, name="orphan", port=0, dns_name="")
     cluster.shell.sh(f"mkdir -p /home/claude/{orphan}/work && echo kept > /home/claude/{orphan}/work/notes.txt"
                      f" && ln -s work/notes.txt /home/claude/{orphan}/link"
@@ -236,6 +236,9 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
     assert cluster.agents[0].read(f"/home/claude/{orphan}/work/notes.txt") == "kept\n"
     assert cluster.agents[0].sh(f"readlink /home/claude/{orphan}/link").stdout.strip() == "work/notes.txt"
     assert cluster.agents[0].sh(f"stat -c %u /home/claude/{orphan}/work/notes.txt").stdout.strip() == "1337"
+    # the metadata became the agent's record; the home the session can write holds none (issue 14)
+    assert json.loads(cluster.agents[0].read(f"/var/lib/convocate-agent/sessions/{orphan}.json"))["name"] == "orphan"
+    assert not cluster.agents[0].exists(f"/home/claude/{orphan}/session.json")
     listing = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
     assert listing[orphan]["agent_id"] == cluster.agent_ids[0] and listing[orphan]["name"] == "orphan"
     assert cluster.shell.exists(f"/home/claude/.migrated/{orphan}/session.json")

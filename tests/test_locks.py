@@ -16,6 +16,7 @@ SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 def locks(tmp_path):
     paths = Paths(tmp_path)
     paths.session_base.mkdir(parents=True)
+    paths.session_locks_dir.mkdir(parents=True)
     return SessionLocks(paths)
 
 
@@ -59,3 +60,18 @@ def test_sweep_removes_only_stale_locks(locks):
     locks.paths.lock_file(other).write_text(f"{os.getppid()}\n")
     assert locks.sweep() == [SID]
     assert locks.paths.lock_file(other).exists()
+
+
+def test_locks_live_outside_the_session_base_and_stale_legacy_ones_are_swept(locks):
+    """Issue 14: no lock beside the homes; the stale ones an older agent left there go at start."""
+    with locks.hold(SID, "create"):
+        assert locks.paths.lock_file(SID).parent == locks.paths.session_locks_dir
+        assert [n for n in os.listdir(locks.paths.session_base) if n.endswith(".lock")] == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
+    locks.paths.legacy_lock_file(SID).write_text(f"{dead.pid}\ncreate\n")
+    locks.paths.legacy_lock_file(live).write_text(f"{os.getppid()}\n")
+    assert locks.sweep_legacy() == [SID]
+    assert not locks.paths.legacy_lock_file(SID).exists() and locks.paths.legacy_lock_file(live).exists()
+    assert not locks.is_locked(live)  # only the agent's own lock directory counts

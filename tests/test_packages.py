@@ -293,7 +293,7 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     assert "no current image is set" in host.sh("journalctl --no-pager -u convocate-image-prune.service").stdout
 
     session = host.rpc(222, "create", {"name": "pkgtest", "start": False})["uuid"]
-    session_json = f"/home/claude/{session}/session.json"
+    session_json = f"/var/lib/convocate-agent/sessions/{session}.json"  # the agent's record (issue 14)
     session_before = host.read(session_json)
     # State that is not configuration lives in /var/lib/convocate-agent; /etc/convocate-agent is read-only to it.
     host.rpc(222, "settings-set", {"default_memory_mb": 300})
@@ -366,9 +366,11 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     assert host.sh("getent passwd claude").stdout.strip().endswith(":/usr/sbin/nologin")
     host.sh("mkdir -p /var/lib/convocate-agent/incoming && touch /var/lib/convocate-agent/incoming/image-x.tar")
     purge = host.sh("apt-get purge -y -q " + " ".join(PACKAGES) + " 2>&1").stdout
-    assert "the session homes under /home/claude are kept" in purge, purge
+    assert "the session homes under /home/claude and their records in" in purge, purge
     for gone in ("/etc/convocate-agent", "/etc/convocate", "/etc/default/convocate-agent", "/etc/default/convocate",
-                 "/etc/systemd/system/convocate-sessions.slice.d", "/var/lib/convocate", "/var/lib/convocate-agent",
+                 "/etc/systemd/system/convocate-sessions.slice.d", "/var/lib/convocate",
+                 "/var/lib/convocate-agent/settings.json", "/var/lib/convocate-agent/locks",
+                 "/var/lib/convocate-agent/incoming",
                  "/var/cache/convocate-agent", "/var/cache/convocate", "/var/cache/convocate-host",
                  "/etc/dnsmasq.d/convocate"):
         assert not host.exists(gone), f"{gone} survived the purge"

@@ -18,12 +18,23 @@ def test_default_root_is_the_real_filesystem():
     assert p.status_socket == Path("/run/convocate/status.sock")
 
 
+def test_the_agents_records_live_outside_every_home():
+    """Issue 14: metadata and locks sit in the agent's state dir, which no session container mounts."""
+    p = Paths.from_env({})
+    assert p.session_record(SID) == Path("/var/lib/convocate-agent/sessions") / f"{SID}.json"
+    assert p.lock_file(SID) == Path("/var/lib/convocate-agent/locks") / f"{SID}.lock"
+    assert p.trash_records_dir == Path("/var/lib/convocate-agent/trash")
+    for record in (p.session_record(SID), p.lock_file(SID), p.trash_records_dir):
+        assert not record.is_relative_to(p.session_base)
+
+
 def test_convocate_root_relocates_every_path(tmp_path):
     p = Paths.from_env({"CONVOCATE_ROOT": str(tmp_path)})
     assert p.relocated
     every = [getattr(p, name) for name in dir(p) if isinstance(getattr(type(p), name, None), property)
              and name != "relocated"]
-    every += [p.session_dir(SID), p.lock_file(SID), p.agent_dir("abcd1234"), p.shell_to_agent_key("abcd1234")]
+    every += [p.session_dir(SID), p.lock_file(SID), p.session_record(SID), p.legacy_session_file(SID),
+              p.legacy_lock_file(SID), p.agent_dir("abcd1234"), p.shell_to_agent_key("abcd1234")]
     for path in every:
         assert isinstance(path, Path) and path.is_relative_to(tmp_path), path
 
@@ -35,3 +46,5 @@ def test_session_paths_refuse_traversal():
             p.session_dir(bad)
         with pytest.raises(BadRequest):
             p.lock_file(bad)
+        with pytest.raises(BadRequest):
+            p.session_record(bad)

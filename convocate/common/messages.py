@@ -43,6 +43,14 @@ ADMISSION_DENIED = (
     " (90% of {total} on this host)"
 )
 INVALID_SESSION_FILE = "{path}: invalid session metadata: {detail}"
+# The agent's records of its sessions (issue 14): migration from the homes, and what a crash left.
+LEGACY_RECORD_MIGRATED = "session {id}: its session.json moved from the home into {path}"
+LEGACY_RECORD_REFUSED = "session {id}: {path} is not a valid session record ({detail}); the session is left out"
+LEGACY_RECORD_CLEARED = ("session {id}: {field} {value!r} of its session.json is already session {owner}'s;"
+                         " cleared")
+RECORD_WITHOUT_HOME = "session {id}: the record {path} has no home {home}; the session is left out"
+HOME_WITHOUT_RECORD = "{home}: a home without a record in {records}; not a session (left alone)"
+NO_TRASH_RECORD = 'trash entry "{id}" has no record in {path}; it cannot be restored'
 
 # --- attach ------------------------------------------------------------------
 ATTACH_BAD_HEADER = "bad attach header: {detail}"

@@ -21,6 +21,8 @@ ROOT_ENV = "CONVOCATE_ROOT"
 CLAUDE_USER = "claude"
 CLAUDE_UID = 1337
 CLAUDE_GID = 1337
+#: The metadata file inside a home, as the original convocate and versions before issue 14 kept it.
+LEGACY_SESSION_FILE = "session.json"
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,38 @@ class Paths:
         """``/run/convocate-agent/sessions/<uuid>/``: mounted read-only in the session as ``/run/convocate-agent``."""
         return self.agent_run_dir / "sessions" / validate_uuid(session_id)
 
+    # --- agent host: the agent's records of its sessions (issue 14) ---------------------------
+    # A session owns its home and nothing else: what the agent knows about a session (its metadata,
+    # its lifecycle lock, the metadata of its trash entries) lives in the agent's state directory,
+    # which no session container mounts. Only staging and trash stay beside the homes, because
+    # rename(2) must not cross filesystems; no container mounts those either.
+    @property
+    def session_records_dir(self) -> Path:
+        """``/var/lib/convocate-agent/sessions/``: one ``<uuid>.json`` per session, written by the agent alone."""
+        return self.agent_state_dir / "sessions"
+
+    def session_record(self, session_id: str) -> Path:
+        """``/var/lib/convocate-agent/sessions/<uuid>.json``, the agent's record of one session."""
+        return self.session_records_dir / f"{validate_uuid(session_id)}.json"
+
+    @property
+    def session_locks_dir(self) -> Path:
+        """``/var/lib/convocate-agent/locks/``: the lifecycle locks."""
+        return self.agent_state_dir / "locks"
+
+    def lock_file(self, session_id: str) -> Path:
+        """``/var/lib/convocate-agent/locks/<uuid>.lock``, holding the PID of the lifecycle operation in progress."""
+        return self.session_locks_dir / f"{validate_uuid(session_id)}.lock"
+
+    def legacy_lock_file(self, session_id: str) -> Path:
+        """``/home/claude/<uuid>.lock``, where versions before issue 14 kept the lock."""
+        return self.session_base / f"{validate_uuid(session_id)}.lock"
+
+    @property
+    def trash_records_dir(self) -> Path:
+        """``/var/lib/convocate-agent/trash/``: ``<trash-id>.json``, the record of each deleted session."""
+        return self.agent_state_dir / "trash"
+
     # --- agent host: sessions under /home/claude ----------------------------------
     @property
     def session_base(self) -> Path:
@@ -134,6 +168,7 @@ class Paths:
 
     @property
     def trash_dir(self) -> Path:
+        """Deleted homes, ``<uuid>.<ns>/`` (beside the homes: a rename must stay on their filesystem)."""
         return self.session_base / ".trash"
 
     @property
@@ -147,15 +182,14 @@ class Paths:
         return self.session_base / ".claude-shared"
 
     def session_dir(self, session_id: str) -> Path:
-        """``/home/claude/<uuid>``; the UUID is validated before it becomes a path."""
+        """``/home/claude/<uuid>``, the session's home; the UUID is validated before it becomes a path."""
         return self.session_base / validate_uuid(session_id)
 
-    def session_file(self, session_id: str) -> Path:
-        return self.session_dir(session_id) / "session.json"
-
-    def lock_file(self, session_id: str) -> Path:
-        """``/home/claude/<uuid>.lock``, holding the PID of the lifecycle operation in progress."""
-        return self.session_base / f"{validate_uuid(session_id)}.lock"
+    def legacy_session_file(self, session_id: str) -> Path:
+        """``/home/claude/<uuid>/session.json``: where the original convocate and versions before issue 14
+        kept the metadata, inside the home the session can write. Read only to migrate it once (agent
+        host) and to show orphans (shell host)."""
+        return self.session_dir(session_id) / LEGACY_SESSION_FILE
 
     # --- shell host: /etc/convocate (DESIGN §5) ----------------------------------
     @property

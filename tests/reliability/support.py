@@ -121,7 +121,7 @@ def tree(path: Path) -> dict[str, tuple[str, int, int]]:
 
 
 def session_dirs(paths: Paths) -> set[str]:
-    """UUIDs of the directories under the session base (whether or not they hold a ``session.json``)."""
+    """UUIDs of the directories under the session base (whether or not the agent has a record of them)."""
     try:
         return {e.name for e in os.scandir(paths.session_base) if is_uuid4(e.name) and e.is_dir()}
     except FileNotFoundError:
@@ -129,9 +129,10 @@ def session_dirs(paths: Paths) -> set[str]:
 
 
 def lock_files(paths: Paths) -> list[str]:
-    """Names of the ``<uuid>.lock`` files under the session base."""
+    """Names of the ``<uuid>.lock`` files in the lock directory (and beside the homes, where none belongs)."""
     try:
-        return sorted(n for n in os.listdir(paths.session_base) if n.endswith(".lock"))
+        return sorted(n for d in (paths.session_locks_dir, paths.session_base) if d.is_dir()
+                      for n in os.listdir(d) if n.endswith(".lock"))
     except FileNotFoundError:
         return []
 
@@ -157,14 +158,17 @@ def assert_sound_root(paths: Paths, *, staging_empty: bool = True, locks_gone: b
         Every session, by UUID.
 
     Raises:
-        AssertionError: a session directory without a valid ``session.json``, a
+        AssertionError: a session directory without a valid record, a record without a home, a
             half-built home, or a left-over lock.
     """
     store = SessionStore(paths, os.getuid(), os.getgid())
     sessions = {}
     for sid in session_dirs(paths):
-        assert (paths.session_dir(sid) / "session.json").is_file(), f"session dir {sid} has no session.json"
-        sessions[sid] = store.load(sid)  # raises on an invalid file
+        assert paths.session_record(sid).is_file(), f"session dir {sid} has no record"
+        sessions[sid] = store.load(sid)  # raises on an invalid record
+    records = ({n[:-5] for n in os.listdir(paths.session_records_dir) if n.endswith(".json")}
+               if paths.session_records_dir.is_dir() else set())
+    assert records <= set(sessions), f"records without a home: {sorted(records - set(sessions))}"
     if staging_empty:
         left = sorted(os.listdir(paths.staging_dir)) if paths.staging_dir.is_dir() else []
         assert left == [], f"half-built homes left in {paths.staging_dir}: {left}"

@@ -478,10 +478,12 @@ def _meta_json(sid: str) -> dict[str, Any]:
 
 
 def test_a_session_file_from_disk_loads_or_is_reported_broken():
-    """``session.json`` is input too (an old agent, a full disk, a hand edit): never an unexpected exception."""
+    """A session record is input too (an old agent's ``session.json`` migrated, a full disk, a hand edit): never an
+    unexpected exception, whether read as a record or migrated from a home."""
     with tempfile.TemporaryDirectory(prefix="cvrel-store-") as tmp:
         paths = Paths(Path(tmp))
         paths.session_base.mkdir(parents=True)
+        paths.session_records_dir.mkdir(parents=True)
         store = SessionStore(paths, 0, 0)
 
         @fuzz_settings(150, 1500)
@@ -507,6 +509,12 @@ def test_a_session_file_from_disk_loads_or_is_reported_broken():
             else:
                 data = raw
             (home / "session.json").write_bytes(data)
+            migrated = store.migrate_legacy()
+            assert (sid in migrated.migrated) != (sid in {u for u, _ in migrated.refused})
+            if sid in migrated.migrated:
+                assert not (home / "session.json").exists()
+            else:
+                paths.session_record(sid).write_bytes(data)
             try:
                 meta = store.load(sid)
             except ConvocateError as e:
@@ -516,7 +524,8 @@ def test_a_session_file_from_disk_loads_or_is_reported_broken():
                 json.dumps(meta.to_json(), allow_nan=False)  # what the agent writes back and sends is strict JSON
             good, broken = store.load_all()
             assert sid in {m.uuid for m in good} | {b.uuid for b in broken}
-            (home / "session.json").unlink()
+            (home / "session.json").unlink(missing_ok=True)
+            paths.session_record(sid).unlink()
             home.rmdir()
 
         load()
