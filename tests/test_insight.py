@@ -11,15 +11,15 @@ from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
 from convocate_agent.insight import (
     Activity,
-    ReportError,
     PeerCredentials,
+    ReportError,
     ReportSockets,
-    cgroup_container_ids,
-    peer_refusal,
     append_log,
+    cgroup_container_ids,
     merge_logs,
     next_activity,
     parse_report,
+    peer_refusal,
     read_log_tail,
 )
 
