@@ -10,6 +10,13 @@ writes them itself at start: on cgroup v1 ``cpu.cfs_period_us`` /
 and ``memory.max`` (kernel Documentation/admin-guide/cgroup-v1/ and
 cgroup-v2.rst). Either way the parent caps all sessions together at 90% of
 the host's CPUs and memory, whatever each session's own limits say.
+
+Tasks: each session has its own pids limit (the agent setting ``pids_limit``),
+and the parent caps all sessions together at half of the host's tasks, so a
+fork bomb in sessions cannot take the host's last PIDs: the slice's
+``TasksMax=50%`` (of the smaller of ``kernel.pid_max`` and
+``kernel.threads-max``, systemd.resource-control(5)), or with cgroupfs the same
+number in the parent's ``pids.max`` (kernel Documentation/admin-guide/cgroup-v1/pids.rst).
 """
 
 from __future__ import annotations
@@ -27,6 +34,20 @@ SLICE = "convocate-sessions.slice"
 CGROUPFS_PARENT = "convocate-sessions"
 #: CFS period used for the parent's quota, in microseconds (the kernel default).
 CFS_PERIOD_US = 100_000
+#: Share of the host's tasks all sessions may hold together (the slice's ``TasksMax=50%``).
+TASKS_SHARE = 0.5
+
+
+def sessions_tasks_max(proc_sys: Path = Path("/proc/sys/kernel")) -> int | None:
+    """Tasks all sessions may have together: :data:`TASKS_SHARE` of ``min(pid_max, threads-max)``.
+
+    The same base systemd uses for a percentage in ``TasksMax=``. None when unreadable.
+    """
+    try:
+        limits = [int((proc_sys / name).read_text().strip()) for name in ("pid_max", "threads-max")]
+    except (OSError, ValueError):
+        return None
+    return max(1, int(min(limits) * TASKS_SHARE))
 
 
 @dataclass(frozen=True)
@@ -56,12 +77,14 @@ class CgroupParent:
             return {"unified": self.root / self.name}
         return {"cpu": self.root / "cpu" / self.name, "memory": self.root / "memory" / self.name}
 
-    def apply_limits(self, cpus: float, memory_bytes: int) -> bool:
-        """Write the parent's CPU quota and memory limit (cgroupfs driver; systemd's slice has its own).
+    def apply_limits(self, cpus: float, memory_bytes: int, tasks: int | None = None) -> bool:
+        """Write the parent's CPU quota, memory and tasks limits (cgroupfs driver; systemd's slice has its own).
 
         Args:
             cpus: Cores all sessions may use together (nproc x 90%).
             memory_bytes: Memory all sessions may use together (MemTotal x 90%).
+            tasks: Tasks (processes and threads) all sessions may have together
+                (``pids.max``), or None to leave it alone.
 
         Returns:
             True if the limits are in place; False (and a log line saying why)
@@ -73,10 +96,12 @@ class CgroupParent:
         try:
             if self.version == 2:
                 unified = self._dirs()["unified"]
-                _enable_controllers(self.root, ("cpu", "memory"))
+                _enable_controllers(self.root, ("cpu", "memory") + (("pids",) if tasks else ()))
                 unified.mkdir(exist_ok=True)
                 _write(unified / "cpu.max", f"{quota} {CFS_PERIOD_US}")
                 _write(unified / "memory.max", str(memory_bytes))
+                if tasks:
+                    _write(unified / "pids.max", str(tasks))
             else:
                 cpu, memory = self._dirs()["cpu"], self._dirs()["memory"]
                 cpu.mkdir(exist_ok=True)
@@ -84,12 +109,16 @@ class CgroupParent:
                 _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                 _write(cpu / "cpu.cfs_quota_us", str(quota))
                 _write(memory / "memory.limit_in_bytes", str(memory_bytes))
+                if tasks:
+                    pids = self.root / "pids" / self.name
+                    pids.mkdir(exist_ok=True)
+                    _write(pids / "pids.max", str(tasks))
         except OSError as e:
             log.warning("cgroup parent %s: cannot set its limits (%s); each session's own limits still apply",
                         self.docker_value, e)
             return False
-        log.info("cgroup parent %s (cgroup v%d): %.2f CPUs, %d MiB for all sessions together",
-                 self.docker_value, self.version, cpus, memory_bytes >> 20)
+        log.info("cgroup parent %s (cgroup v%d): %.2f CPUs, %d MiB, %s tasks for all sessions together",
+                 self.docker_value, self.version, cpus, memory_bytes >> 20, tasks or "unlimited")
         return True
 
     def memory_usage_bytes(self) -> int | None:

@@ -9,6 +9,24 @@ Containers are named ``convocate-session-<uuid>`` and labelled with the
 session UUID, the agent ID, the session's CPU and memory reservation, and,
 under a relocated root (tests, the demo), that root, so every container an
 installation made can be found with one label query.
+
+Hardening (DESIGN §8, a session is untrusted): a container starts as the
+session user (``User=1337:1337``; the image has the user built in and its
+entrypoint needs no privilege then, packaging/image/entrypoint) with every
+capability dropped and none added back (``CapDrop=["ALL"]``), with
+``no-new-privileges`` (setuid and file-capability binaries give nothing),
+Docker's default seccomp profile (never ``seccomp=unconfined``), AppArmor's
+``docker-default`` where the host has AppArmor (Docker applies it by default;
+the agent names it so that a changed daemon default cannot drop it), a
+read-only root file system with tmpfs on ``/run`` (owned by the session user:
+the entrypoint's ``/run/convocate``), ``/tmp`` and ``/var/tmp``, the home as
+the only writable bind mount, and a pids limit (``PidsLimit``, the agent
+setting ``pids_limit``). Docker exec processes (the agent's attach, capture
+and send) inherit the container's capability set, ``no-new-privileges``,
+seccomp and AppArmor profiles: the Engine API's exec (1.41) takes only
+``User``, ``Privileged``, ``Env``, ``WorkingDir`` and the TTY fields, so the
+agent sets ``User`` to the session user and ``Privileged`` to false (and
+Docker refuses a privileged exec in such a container anyway).
 """
 
 from __future__ import annotations
@@ -59,6 +77,14 @@ ATTACH_MARKER = "convocate-attach"
 STOP_TIMEOUT_S = 10
 
 _TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+#: Capabilities a session container keeps: none (it starts as the session user, see the module doc).
+CAP_ADD: tuple[str, ...] = ()
+#: Docker's ``HostConfig.SecurityOpt`` of a session: no privilege gain (AppArmor is added where present).
+SECURITY_OPT = ("no-new-privileges:true",)
+#: AppArmor profile Docker ships and loads (``docker-default``), named where the host has AppArmor.
+APPARMOR_PROFILE = "docker-default"
+#: Size of the ``/run`` tmpfs: the entrypoint's status file and nothing else.
+RUN_TMPFS_SIZE = "16m"
 
 
 def container_name(session_id: str) -> str:
@@ -111,6 +137,7 @@ class SessionSpec:
         report_dir: Host directory holding the session's report socket, mounted read-only
             at ``/run/convocate-agent`` (convocate_agent.insight), or None.
         restart_backoff_s: The supervisor's first restart delay (``CONVOCATE_BACKOFF_BASE``).
+        pids_limit: Most tasks (processes and threads) in the container (Docker ``PidsLimit``).
     """
 
     session_id: str
@@ -129,6 +156,36 @@ class SessionSpec:
     cgroup_parent: str | None = None
     report_dir: Path | None = None
     restart_backoff_s: float = 1.0
+    pids_limit: int = 4096
+
+
+def tmpfs_mounts(uid: int, gid: int, memory_mb: int) -> dict[str, str]:
+    """Docker's ``HostConfig.Tmpfs`` of a session: the writable places of its read-only root.
+
+    ``/run`` belongs to the session user (the entrypoint makes ``/run/convocate`` there) and is
+    ``noexec``; ``/tmp`` and ``/var/tmp`` are world-writable and sticky like on any host, and keep
+    ``exec`` because build tools run what they put there. Every tmpfs page counts against the
+    container's memory limit; the sizes only stop one of them from taking all of it.
+
+    Args:
+        uid: The session user's UID.
+        gid: The session user's GID.
+        memory_mb: The container's memory limit, in MiB.
+    """
+    half = max(16, memory_mb // 2)
+    return {
+        "/run": f"rw,nosuid,nodev,noexec,size={RUN_TMPFS_SIZE},mode=0755,uid={uid},gid={gid}",
+        "/tmp": f"rw,nosuid,nodev,exec,size={half}m,mode=1777",
+        "/var/tmp": f"rw,nosuid,nodev,exec,size={half}m,mode=1777",
+    }
+
+
+def apparmor_enabled(path: Path = Path("/sys/module/apparmor/parameters/enabled")) -> bool:
+    """Whether the host kernel has AppArmor on (where Docker applies ``docker-default``)."""
+    try:
+        return path.read_text().strip().upper().startswith("Y")
+    except OSError:
+        return False
 
 
 @dataclass
@@ -312,6 +369,9 @@ class DockerRuntime:
             mounts.append(Mount(target=CONTAINER_CLAUDE_SHARED, source=self.docker_path(spec.claude_shared),
                                 type="bind", read_only=True))
         memory = spec.memory_mb * 1024 * 1024
+        security_opt = list(SECURITY_OPT)
+        if apparmor_enabled():
+            security_opt.append(f"apparmor={APPARMOR_PROFILE}")
         kwargs: dict[str, Any] = dict(
             name=container_name(spec.session_id),
             hostname=spec.hostname or None,
@@ -324,6 +384,14 @@ class DockerRuntime:
             mem_limit=memory,
             memswap_limit=memory,
             stop_signal="SIGTERM",
+            user=f"{spec.uid}:{spec.gid}",
+            cap_drop=["ALL"],
+            cap_add=list(CAP_ADD) or None,
+            security_opt=security_opt,
+            read_only=True,
+            tmpfs=tmpfs_mounts(spec.uid, spec.gid, spec.memory_mb),
+            pids_limit=spec.pids_limit,
+            privileged=False,
         )
         if spec.port:
             kwargs["ports"] = {f"{spec.port}/{spec.protocol}": spec.port}
@@ -456,7 +524,7 @@ class DockerRuntime:
         def run() -> tuple[int, bytes]:
             try:
                 created = self.api.exec_create(container_name(session_id), cmd, user=f"{uid}:{gid}",
-                                               environment={"HOME": CONTAINER_HOME})
+                                               privileged=False, environment={"HOME": CONTAINER_HOME})
             except docker.errors.APIError as e:
                 if e.status_code in (404, 409):  # no such container / not running
                     return -1, str(e.explanation or e).encode()
@@ -511,7 +579,7 @@ class DockerRuntime:
 
         def start() -> tuple[str, Any]:
             created = self.api.exec_create(container_name(session_id), ["sh", "-c", script, ATTACH_MARKER],
-                                           stdin=True, tty=True, user=f"{uid}:{gid}",
+                                           stdin=True, tty=True, user=f"{uid}:{gid}", privileged=False,
                                            environment={"TERM": term, "HOME": CONTAINER_HOME, "LANG": "C.UTF-8"})
             wrapper = self.api.exec_start(created["Id"], socket=True, tty=True)
             return created["Id"], wrapper

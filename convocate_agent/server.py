@@ -207,7 +207,7 @@ class AgentServer:
         name = f"convocate-sessions-{agent_id}" if self.config.paths.relocated else None
         parent = cgroups.detect(info, name)
         limits = self.service.host.limits
-        parent.apply_limits(limits.cpus, limits.memory_mb << 20)
+        parent.apply_limits(limits.cpus, limits.memory_mb << 20, cgroups.sessions_tasks_max())
         self.service.cgroup = parent
 
     def handle_process(self, process: asyncssh.SSHServerProcess, caller: Caller) -> Any:

@@ -135,13 +135,18 @@ class AgentService:
         self.uid = uid
         self.gid = gid
         self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
-        self.reports = ReportSockets(paths, self.on_report)
+        self.reports = ReportSockets(paths, self.on_report, uid=uid, gid=gid, container_of=self._container_id)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
 
     # --- helpers ---------------------------------------------------------------
+    async def _container_id(self, session_id: str) -> str | None:
+        """The ID of the session's running container (a report's sender must live in it), or None."""
+        state = await self.runtime.container(session_id)
+        return state.container_id if state is not None and state.running else None
+
     async def _running_reservations(self) -> dict[str, Reservation]:
         return {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.runtime.containers()).items()
                 if c.running}
@@ -332,6 +337,7 @@ class AgentService:
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
             report_dir=report_dir, restart_backoff_s=self.settings.restart_backoff_s,
+            pids_limit=self.settings.pids_limit,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)

@@ -21,6 +21,9 @@ from convocate.common.protocol import json_type
 
 IMAGE_PRUNE_POLICIES = ("unused", "never")
 AGENT_COMMAND_MAX = 1024
+#: Bounds of ``pids_limit``: enough for tmux, Claude Code and a build; at most Linux's PID_MAX_LIMIT.
+PIDS_LIMIT_MIN = 64
+PIDS_LIMIT_MAX = 4_194_304
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Settings:
             (except the current one) daily; ``never`` keeps them.
         restart_backoff_s: First delay before the session supervisor restarts a
             crashed agent command, in seconds; it doubles with each failure in a row.
+        pids_limit: Most processes and threads one session container may have at once
+            (Docker ``HostConfig.PidsLimit``, the pids controller's ``pids.max``); applies
+            from a session's next (re)start.
     """
 
     default_cpus: float = 0.5
@@ -47,6 +53,7 @@ class Settings:
     trash_retention_days: int = 7
     image_prune: str = "unused"
     restart_backoff_s: float = 1.0
+    pids_limit: int = 4096
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -103,6 +110,8 @@ def _check(key: str, value: Any) -> Any:
         return float(value)
     if key == "default_memory_mb":
         return _int_in(key, value, MEMORY_MIN_MB, MEMORY_MAX_MB, " MiB")
+    if key == "pids_limit":
+        return _int_in(key, value, PIDS_LIMIT_MIN, PIDS_LIMIT_MAX, " tasks")
     if key == "heartbeat_interval_s":
         return _int_in(key, value, 1, 3600, " s")
     if key == "trash_retention_days":

@@ -1,6 +1,6 @@
 """The cgroup parent of session containers (convocate_agent.cgroups), against a scratch cgroup tree."""
 
-from convocate_agent.cgroups import CgroupParent, container_cgroup, detect
+from convocate_agent.cgroups import CgroupParent, container_cgroup, detect, sessions_tasks_max
 
 
 def test_detect_follows_dockers_driver(tmp_path):
@@ -47,3 +47,21 @@ def test_cleanup_sweeps_the_parent_from_every_v1_hierarchy_docker_made_it_in(tmp
     parent.cleanup()
     assert sorted(p.parent.name for p in tmp_path.glob(f"*/{parent.name}")) == ["pids"]
     assert (tmp_path / "cpu" / "other-parent").is_dir()
+
+
+def test_the_parent_caps_the_tasks_of_all_sessions(tmp_path):
+    for controller in ("cpu", "memory", "pids"):
+        (tmp_path / "v1" / controller).mkdir(parents=True)
+    assert CgroupParent("cgroupfs", 1, "convocate-sessions", tmp_path / "v1").apply_limits(1.0, 1 << 30, 5000)
+    assert (tmp_path / "v1/pids/convocate-sessions/pids.max").read_text() == "5000"
+    (tmp_path / "v2").mkdir()
+    assert CgroupParent("cgroupfs", 2, "convocate-sessions", tmp_path / "v2").apply_limits(1.0, 1 << 30, 7000)
+    assert (tmp_path / "v2/convocate-sessions/pids.max").read_text() == "7000"
+    assert (tmp_path / "v2/cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+
+
+def test_sessions_get_half_of_the_hosts_tasks(tmp_path):
+    (tmp_path / "pid_max").write_text("4194304\n")
+    (tmp_path / "threads-max").write_text("200000\n")
+    assert sessions_tasks_max(tmp_path) == 100000
+    assert sessions_tasks_max(tmp_path / "missing") is None

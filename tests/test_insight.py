@@ -11,12 +11,15 @@ from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
 from convocate_agent.insight import (
     Activity,
+    PeerCredentials,
     ReportError,
     ReportSockets,
     append_log,
+    cgroup_container_ids,
     merge_logs,
     next_activity,
     parse_report,
+    peer_refusal,
     read_log_tail,
 )
 
@@ -136,3 +139,29 @@ def _connect(path):
     s.connect(f"/proc/self/fd/{fd}/{path.name}")
     os.close(fd)
     return s
+
+
+CID = "ab" * 32
+V1_CGROUP = f"12:pids:/convocate-sessions-1234abcd/{CID}\n11:memory:/convocate-sessions-1234abcd/{CID}\n"
+V2_SYSTEMD = f"0::/convocate-sessions.slice/docker-{CID}.scope\n"
+
+
+def test_container_ids_are_read_from_both_drivers_cgroup_paths():
+    assert cgroup_container_ids(V1_CGROUP) == {CID}
+    assert cgroup_container_ids(V2_SYSTEMD) == {CID}
+    assert cgroup_container_ids("0::/user.slice/user-0.slice/session-1.scope\n") == set()
+
+
+@pytest.mark.parametrize(("peer", "cgroup", "why"), [
+    (PeerCredentials(50, 1337, 1337), V1_CGROUP, None),
+    (PeerCredentials(50, 1337, 1337), V2_SYSTEMD, None),
+    (PeerCredentials(7, 0, 0), None, None),  # the agent itself
+    (PeerCredentials(50, 65534, 65534), V1_CGROUP, "uid 65534"),
+    (PeerCredentials(50, 1337, 1337), "0::/user.slice\n", "in no container"),
+    (PeerCredentials(50, 1337, 1337), V1_CGROUP.replace("ab", "cd"), "not in the session's container"),
+    (PeerCredentials(50, 1337, 1337), None, "cannot be read"),
+    (PeerCredentials(0, 1337, 1337), V1_CGROUP, "outside the agent's PID namespace"),
+])
+def test_only_the_sessions_container_and_the_agent_may_report(peer, cgroup, why):
+    refusal = peer_refusal(peer, cgroup, CID, session_uid=1337, agent_uid=0, agent_pid=7)
+    assert refusal is None if why is None else why in refusal

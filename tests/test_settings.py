@@ -29,6 +29,7 @@ def test_partial_update_round_trips_through_the_file(tmp_path):
     ({"agent_command": "a\nb"}, "one line"),
     ({"image_prune": "sometimes"}, "must be one of"),
     ({"trash_retention_days": True}, "must be an integer"),
+    ({"pids_limit": 10}, "out of range"),
 ])
 def test_invalid_updates_name_the_field(changes, fragment):
     with pytest.raises(BadRequest) as e:

@@ -278,3 +278,7 @@ DRY_RUN_STOPS_AT_PACKAGE = (
     "the dry run stops here: the next steps read what installing {package} creates (keys, IDs, services);"
     " run it again once the package is installed to see them"
 )
+
+# --- report sockets (convocate_agent.insight) ---------------------------------------------------------
+#: The answer to a report whose sender is not the session's container or the agent (details go to the log).
+REPORT_PEER_REFUSED = "refused: only this session's container may report on this socket"

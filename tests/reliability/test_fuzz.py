@@ -109,6 +109,7 @@ VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "agent_command": st.text(max_size=40).filter(lambda s: s.strip() and not any(c in s for c in "\n\r\x00")),
     "heartbeat_interval_s": st.integers(1, 3600), "trash_retention_days": st.integers(0, 3650),
     "image_prune": st.sampled_from(["unused", "never"]), "restart_backoff_s": st.floats(0.01, 60),
+    "pids_limit": st.integers(64, 4_194_304),
 }
 FIELD_NAMES = sorted({p.name for spec in OPS.values() if spec for p in spec} | set(VALID_SETTINGS))
 

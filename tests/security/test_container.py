@@ -1,0 +1,202 @@
+"""A hostile session against its own container (issue 14, item 6).
+
+Each test starts a real session through a real agent (the ``cluster`` fixture) and tries from inside its
+container what code running there would: read and use capabilities, run a setuid binary, write to the
+image, fork without end. The agent's own ``docker exec`` (the attach channel) is checked from the host.
+Every container is the agent's (labelled with the cluster's root) and is killed and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from convocate_agent import cgroups
+from tests.conftest import connect, rpc_ok
+from tests.test_agent_attach import open_attach
+
+pytestmark = pytest.mark.docker
+
+USER = "1337:1337"
+ENV = {"HOME": "/home/claude"}
+
+#: Prints, for every process the container can see, its UIDs, capability sets and no_new_privs, as JSON.
+PROCESSES = r"""
+import json, os
+out = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
+    except OSError:
+        continue
+    out[pid] = {k: fields[k].split() for k in ("Name", "Uid", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")}
+print(json.dumps(out))
+"""
+
+#: Runs the setuid-root ``su`` on a pty and reports the UIDs it runs with (from /proc, zombie or not).
+SETUID = r"""
+import os, pty, select, stat, time
+assert os.stat("/bin/su").st_mode & stat.S_ISUID and os.stat("/bin/su").st_uid == 0, "su is not setuid root"
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/bin/su", ["su", "root", "-c", "id"])
+seen, deadline = b"", time.time() + 10
+while b"assword" not in seen and time.time() < deadline:
+    if select.select([fd], [], [], 0.1)[0]:
+        try:
+            seen += os.read(fd, 1024)
+        except OSError:
+            break
+status = open(f"/proc/{pid}/status").read()
+print(status.split("Uid:")[1].split("\n")[0].strip(), "|", seen.decode(errors="replace").strip()[-60:])
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+"""
+
+#: Forks until the kernel says no (at most 150 children), then kills and reaps every child.
+FORK_BOMB = r"""
+import errno, os, signal
+children, error = [], None
+try:
+    while len(children) < 150:
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        children.append(pid)
+except OSError as e:
+    error = errno.errorcode.get(e.errno, str(e.errno))
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+for pid in children:
+    os.waitpid(pid, 0)
+print(len(children), error)
+"""
+
+
+async def start_session(ssh, name: str) -> str:
+    made = await rpc_ok(ssh, "create", {"name": name, "cpus": 0.2, "memory_mb": 256, "start": True})
+    return made["uuid"]
+
+
+async def end_session(ssh, sid: str) -> None:
+    await rpc_ok(ssh, "kill", {"id": sid})
+    await rpc_ok(ssh, "delete", {"id": sid})
+
+
+def run_in(docker_client, sid: str, script: str, user: str = USER) -> tuple[int, str]:
+    container = docker_client.containers.get(f"convocate-session-{sid}")
+    code, out = container.exec_run(["python3", "-c", script], user=user, environment=ENV)
+    return code, out.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def session(cluster):
+    async def make():
+        async with connect(cluster) as ssh:
+            return await start_session(ssh, "hostile")
+
+    sid = asyncio.run(make())
+    yield sid
+
+    async def end():
+        async with connect(cluster) as ssh:
+            await end_session(ssh, sid)
+
+    asyncio.run(end())
+
+
+def test_no_process_in_a_session_has_or_can_regain_a_capability(session, docker_client):
+    code, out = run_in(docker_client, session, PROCESSES)
+    assert code == 0, out
+    processes = json.loads(out)
+    assert {" ".join(p["Name"]) for p in processes.values()} >= {"docker-init", "tmux: server", "python3"}, processes
+    privileged = {pid: p for pid, p in processes.items()
+                  if "0" in p["Uid"] or any(int(p[k][0], 16) for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb"))
+                  or p["NoNewPrivs"] != ["1"]}
+    # tini (PID 1) and the entrypoint included: nothing runs as root, nothing holds or may regain a capability.
+    assert not privileged, privileged
+
+
+def test_a_setuid_binary_gives_the_session_no_root(session, docker_client):
+    code, out = run_in(docker_client, session, SETUID)
+    assert code == 0, out
+    uids = out.split("|")[0].split()
+    assert uids == ["1337"] * 4, f"su ran with UIDs {uids} (real, effective, saved, fs): {out!r}"
+
+
+def test_the_image_is_read_only_even_to_root_in_the_container(session, docker_client):
+    container = docker_client.containers.get(f"convocate-session-{session}")
+    code, out = container.exec_run(["sh", "-c", "awk '$2 == \"/\" {print $4}' /proc/self/mounts"], user=USER)
+    assert code == 0 and out.decode().split(",")[0] == "ro", out
+    for target in ("/usr/local/bin/claude", "/etc/claude-code/managed-settings.json", "/usr/bin/planted"):
+        code, out = container.exec_run(["sh", "-c", f"echo planted >> {target}"], user="0:0")
+        assert code != 0 and b"Read-only file system" in out, (target, out)
+    # What a session needs to write still takes writes: its home, /tmp, /var/tmp, /run/convocate.
+    code, out = container.exec_run(
+        ["sh", "-c", "for d in /home/claude /tmp /var/tmp /run/convocate; do echo x > $d/probe && rm $d/probe || exit 1; done"],
+        user=USER, environment=ENV)
+    assert code == 0, out
+
+
+def test_the_agents_attach_runs_without_privileges(cluster, session, docker_client):
+    async def scenario():
+        async with connect(cluster) as ssh:
+            process, screen = await open_attach(ssh, session)
+            try:
+                container = docker_client.containers.get(f"convocate-session-{session}")
+                for _ in range(100):
+                    container.reload()
+                    running = [docker_client.api.exec_inspect(e) for e in container.attrs.get("ExecIDs") or []]
+                    running = [e for e in running if e["Running"] and e.get("Pid")
+                               and "convocate-attach" in e["ProcessConfig"]["arguments"]]
+                    if running:
+                        break
+                    await asyncio.sleep(0.05)
+                assert running, "no attach exec found"
+                status = Path(f"/proc/{running[0]['Pid']}/status").read_text()
+                return dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            finally:
+                process.close()
+
+    fields = asyncio.run(scenario())
+    assert fields["Uid"].split() == ["1337"] * 4
+    assert int(fields["CapBnd"], 16) == 0 and int(fields["CapEff"], 16) == 0, fields["CapBnd"]
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def _parent_pids_max(docker_client, agent_id: str) -> str:
+    parent = cgroups.detect(docker_client.info(), f"convocate-sessions-{agent_id}")
+    path = (parent.root / parent.name if parent.version == 2 else parent.root / "pids" / parent.name) / "pids.max"
+    return path.read_text().strip()
+
+
+def test_a_fork_bomb_stops_at_the_sessions_pids_limit(cluster, session, docker_client):
+    container = docker_client.containers.get(f"convocate-session-{session}")
+    assert container.attrs["HostConfig"]["PidsLimit"] == 4096  # the default of the agent setting pids_limit
+    assert _parent_pids_max(docker_client, cluster.agent_id) not in ("max", "")  # and all sessions together
+
+    async def scenario():
+        async with connect(cluster) as ssh:
+            await rpc_ok(ssh, "settings-set", {"pids_limit": 64})
+            try:
+                sid = await start_session(ssh, "fork-bomb")
+            finally:
+                await rpc_ok(ssh, "settings-set", {"pids_limit": 4096})
+            try:
+                code, out = await asyncio.to_thread(run_in, docker_client, sid, FORK_BOMB)
+                alive = (await rpc_ok(ssh, "get", {"id": sid}))["running"]
+                return code, out, alive
+            finally:
+                with contextlib.suppress(AssertionError):
+                    await end_session(ssh, sid)
+
+    code, out, alive = asyncio.run(scenario())
+    assert code == 0, out
+    made, error = out.split()
+    assert int(made) < 64 and error == "EAGAIN", out
+    assert alive  # the session survived its own fork bomb
