@@ -16,7 +16,6 @@ client comes from ``127.0.0.1``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import select
 import socket
