@@ -250,14 +250,15 @@ class Cluster:
         exact = [s for s in listing.sessions if s.view.meta.uuid == ref]
         if exact:
             return exact[0]
-        by_prefix = [s for s in listing.sessions if len(ref) >= 4 and s.view.meta.uuid.startswith(ref.lower())]
-        by_name = [s for s in listing.sessions if s.view.meta.name == ref]
-        for matches in (by_name, by_prefix):
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                shown = ", ".join(f"{m.view.meta.uuid[:8]} ({m.view.meta.name}@{m.client.agent_id})" for m in matches)
-                raise AmbiguousReference(messages.AMBIGUOUS_SESSION.format(ref=ref, count=len(matches), matches=shown))
+        # A name and a UUID prefix are equals: a session named like another one's UUID prefix
+        # ("fe793004") must not silently win over it (issue 14), nor the prefix over the name.
+        matches = [s for s in listing.sessions
+                   if s.view.meta.name == ref or (len(ref) >= 4 and s.view.meta.uuid.startswith(ref.lower()))]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            shown = ", ".join(f"{m.view.meta.uuid[:8]} ({m.view.meta.name}@{m.client.agent_id})" for m in matches)
+            raise AmbiguousReference(messages.AMBIGUOUS_SESSION.format(ref=ref, count=len(matches), matches=shown))
         orphan = next((v for v in listing.orphans if ref in (v.meta.uuid, v.meta.name)
                        or (len(ref) >= 4 and v.meta.uuid.startswith(ref.lower()))), None)
         if orphan is not None:

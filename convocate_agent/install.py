@@ -68,10 +68,10 @@ from convocate_agent.locks import SessionLocks
 from convocate_agent.store import SessionStore
 
 AGENT_ID_LENGTH = 8
-_AGENT_ID = re.compile(r"^[a-z0-9]{8}$")
+_AGENT_ID = re.compile(r"[a-z0-9]{8}")
 _ALPHABET = string.ascii_lowercase + string.digits
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 #: Login shell of a ``claude`` user created on an agent host: nobody logs in there.
 NOLOGIN = "/usr/sbin/nologin"
@@ -98,7 +98,7 @@ def new_agent_id() -> str:
 
 def valid_agent_id(value: str) -> bool:
     """Whether ``value`` has the agent ID form (8 of ``a-z0-9``)."""
-    return bool(_AGENT_ID.match(value))
+    return bool(_AGENT_ID.fullmatch(value))
 
 
 def check_port(value: int | str, option: str) -> int:
@@ -120,7 +120,7 @@ def check_host(value: str, option: str) -> str:
         BadRequest: anything else; the message names ``option``.
     """
     host = value.strip()
-    if host == "" or _HOST_NAME.match(host):
+    if host == "" or _HOST_NAME.fullmatch(host):
         return host
     try:
         ipaddress.ip_address(host)

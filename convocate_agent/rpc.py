@@ -2,13 +2,17 @@
 
 A client may send one request and close its side (the original clients do),
 or keep the channel open and send several; requests on one channel are
-answered in order. Every failure becomes an error response with a stable
+answered in order. A channel that has not delivered a complete request line
+within :data:`REQUEST_TIMEOUT_S` of opening, or of its previous response, is
+answered with a ``bad_request`` error and closed: an unterminated line cannot
+hold a channel (and up to 1 MiB of the agent's memory) forever. Every failure becomes an error response with a stable
 ``code``; nothing a client sends can stop the agent. Each op is logged with
 the caller's key fingerprint, its outcome and its duration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +36,11 @@ from convocate.common.protocol import (
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client has to deliver a complete request line, from the channel's opening or from the
+#: previous response (sshd's LoginGraceTime, for one request). Every convocate client writes its
+#: request in one go right after opening the channel; 1 MiB, the longest line, takes 8 s at 1 Mbit/s.
+REQUEST_TIMEOUT_S = 10.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -92,13 +101,18 @@ class RpcDispatcher:
             log.exception("op %s failed unexpectedly", op)
             response = Response.failure(InternalError(f"internal error: {type(e).__name__}: {e}"), request_id)
         elapsed_ms = (time.monotonic() - started) * 1000
-        outcome = "ok" if response.ok else f"{response.code}: {response.error}"
+        outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
         log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
         return response
 
 
 def _printable(op: str) -> str:
     return op if op.isprintable() and len(op) <= 64 else repr(op[:64])
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped: an error that quotes a client's bytes stays one log line."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class DataReader:
@@ -122,6 +136,49 @@ class DataReader:
                     await self._on_resize(e.width, e.height)
             except (asyncssh.BreakReceived, asyncssh.SignalReceived):
                 continue
+
+
+class RequestTimeout(BadRequest):
+    """No complete request line arrived in time (see :data:`REQUEST_TIMEOUT_S`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(messages.MALFORMED_REQUEST.format(detail=messages.RPC_REQUEST_TIMEOUT.format(seconds=seconds)))
+        self.seconds = seconds
+
+
+class DeadlineReader:
+    """A reader whose reads fail once a deadline has passed; the deadline restarts on request.
+
+    Not an idle timeout per read: a client that trickles one byte at a time
+    gets no more time than one that sends nothing.
+
+    Args:
+        reader: The channel's reader.
+        seconds: Time allowed from each :meth:`restart` (and from creation).
+    """
+
+    def __init__(self, reader: DataReader, seconds: float) -> None:
+        self._reader = reader
+        self.seconds = seconds
+        self._deadline = time.monotonic() + seconds
+
+    def restart(self) -> None:
+        """Give the client ``seconds`` again from now (after a response went out)."""
+        self._deadline = time.monotonic() + self.seconds
+
+    async def read(self, n: int = -1) -> bytes:
+        """Read like the wrapped reader.
+
+        Raises:
+            RequestTimeout: the deadline passed before or during the read.
+        """
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout(self.seconds)
+        try:
+            return await asyncio.wait_for(self._reader.read(n), remaining)
+        except TimeoutError:
+            raise RequestTimeout(self.seconds) from None
 
 
 def _render(response: Response) -> bytes:
@@ -149,12 +206,27 @@ def _render(response: Response) -> bytes:
         return encode_line(replace(failure, id=NO_ID).to_wire())
 
 
-async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: str) -> None:
-    """Answer requests on one channel until the client closes its side, then close."""
+async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: str,
+                            request_timeout: float = REQUEST_TIMEOUT_S) -> None:
+    """Answer requests on one channel until the client closes its side, then close.
+
+    Args:
+        process: The accepted channel.
+        dispatcher: Answers each request.
+        caller: The caller's key fingerprint, for the log.
+        request_timeout: Seconds allowed for each complete request line (:data:`REQUEST_TIMEOUT_S`).
+    """
+    reader = DeadlineReader(DataReader(process.stdin), request_timeout)
     try:
-        async for frame in read_frames(DataReader(process.stdin)):
-            response = await dispatcher.handle_frame(frame, caller)
-            process.stdout.write(_render(response))
+        try:
+            async for frame in read_frames(reader):
+                response = await dispatcher.handle_frame(frame, caller)
+                process.stdout.write(_render(response))
+                await process.stdout.drain()
+                reader.restart()
+        except RequestTimeout as e:
+            log.info("rpc channel from %s closed: %s", caller, messages.RPC_REQUEST_TIMEOUT.format(seconds=e.seconds))
+            process.stdout.write(_render(Response.failure(e)))
             await process.stdout.drain()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
         log.info("rpc channel from %s ended: %s", caller, e)

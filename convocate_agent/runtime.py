@@ -76,7 +76,7 @@ ATTACH_MARKER = "convocate-attach"
 #: Seconds ``docker stop`` waits after SIGTERM before SIGKILL (DESIGN §3, kill).
 STOP_TIMEOUT_S = 10
 
-_TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 #: Capabilities a session container keeps: none (it starts as the session user, see the module doc).
 CAP_ADD: tuple[str, ...] = ()
 #: Docker's ``HostConfig.SecurityOpt`` of a session: no privilege gain (AppArmor is added where present).
@@ -572,7 +572,7 @@ class DockerRuntime:
         Raises:
             DockerError: the exec could not be created or started.
         """
-        if not _TERM.match(term):
+        if not _TERM.fullmatch(term):
             term = "xterm-256color"
         attach = "tmux attach-session " + ("-r " if read_only else "") + f"-t {TMUX_SESSION}"
         script = f"stty rows {int(rows)} cols {int(cols)} 2>/dev/null; exec {attach}"

@@ -25,13 +25,13 @@ from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
-from convocate.common.sshserver import Caller, SubsystemListener, format_address
+from convocate.common.sshserver import LOGIN_GRACE_S, Caller, SubsystemListener, format_address
 from convocate.common.version import __version__
 from convocate_agent import cgroups
 from convocate_agent.admission import HostResources
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.locks import SessionLocks
-from convocate_agent.rpc import RpcDispatcher, serve_rpc_channel
+from convocate_agent.rpc import REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
@@ -60,6 +60,8 @@ class ServeConfig:
         uid: UID of the ``claude`` user in session containers.
         gid: GID of the ``claude`` user in session containers.
         shutdown_timeout: Seconds to wait for open channels at shutdown.
+        login_timeout: Seconds from TCP accept to completed authentication (sshd's LoginGraceTime).
+        rpc_request_timeout: Seconds an RPC channel has for each complete request line.
         docker_path_prefix: Where this host's files appear on dockerd's host, when the agent
             drives another host's dockerd (see :class:`DockerRuntime`); empty normally.
         log_socket: The rsyslog socket session containers log to, or None for Docker's default.
@@ -77,7 +79,8 @@ class ServeConfig:
     gid: int = CLAUDE_GID
     status_queue_limit: int = 10_000
     shutdown_timeout: float = 10.0
-    login_timeout: float = 30.0
+    login_timeout: float = LOGIN_GRACE_S
+    rpc_request_timeout: float = REQUEST_TIMEOUT_S
     docker_path_prefix: str = ""
     log_socket: Path | None = None
 
@@ -214,7 +217,8 @@ class AgentServer:
         """Route an accepted channel to its subsystem handler."""
         assert self.service is not None and self.dispatcher is not None
         if process.subsystem == RPC_SUBSYSTEM:
-            coro, tasks = serve_rpc_channel(process, self.dispatcher, str(caller)), self._rpc_tasks
+            coro = serve_rpc_channel(process, self.dispatcher, str(caller), self.config.rpc_request_timeout)
+            tasks = self._rpc_tasks
         else:
             coro, tasks = serve_attach_channel(process, self.service, str(caller)), self._attach_tasks
         task = asyncio.ensure_future(coro)

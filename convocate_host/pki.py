@@ -60,11 +60,11 @@ SHELL_PEER_NAME = "shell.convocate"
 #: DNS suffix of the agents' client certificate names: ``<agent-id>.agents.convocate`` (not a real domain).
 AGENT_NAME_SUFFIX = "agents.convocate"
 #: An agent ID (DESIGN §4; the rule ``convocate-agent install`` generates IDs by).
-AGENT_ID_RE = re.compile(r"^[a-z0-9]{8}$")
+AGENT_ID_RE = re.compile(r"[a-z0-9]{8}")
 
 _ORGANIZATION = "convocate"
 _USAGE_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 def agent_peer_name(agent_id: str) -> str:
@@ -91,7 +91,7 @@ def validate_agent_id(agent_id: str) -> str:
     Raises:
         ConfigError: it is not 8 characters of ``[a-z0-9]`` (DESIGN §4).
     """
-    if not isinstance(agent_id, str) or not AGENT_ID_RE.match(agent_id):
+    if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):
         raise ConfigError(messages.BAD_AGENT_ID.format(value=agent_id))
     return agent_id
 
@@ -127,7 +127,7 @@ def split_host_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
 def _validate_dns_name(name: str) -> str:
     host = name.lower().removesuffix(".") if isinstance(name, str) else ""
     labels = host.split(".")
-    if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+    if not host or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ConfigError(messages.BAD_CERT_HOST_NAME.format(value=name))
     return host
 

@@ -107,20 +107,20 @@ LOG_FILE_MODE = 0o640
 
 # A value written into a double-quoted RainerScript string: no quote, backslash, "$" or control character
 # can come through, so a parameter can never end the string or start a new statement.
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@:,=-]*$")
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9._-]+$")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@:,=-]*")
+_SAFE_WORD = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _path(field: str, value: Path | str) -> str:
     text = str(value)
-    if not _SAFE_PATH.match(text) or "/../" in f"{text}/":
+    if not _SAFE_PATH.fullmatch(text) or "/../" in f"{text}/":
         raise ConfigError(messages.BAD_RSYSLOG_VALUE.format(
             field=field, value=text, rule="must be an absolute path of letters, digits and ._/+@:,=-"))
     return text
 
 
 def _word(field: str, value: str | None) -> str | None:
-    if value is not None and not _SAFE_WORD.match(value):
+    if value is not None and not _SAFE_WORD.fullmatch(value):
         raise ConfigError(messages.BAD_RSYSLOG_VALUE.format(field=field, value=value,
                                                             rule="must be a user or group name"))
     return value

@@ -103,11 +103,11 @@ KIB = 1024
 
 ET.register_namespace("convocate", METADATA_NS)
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_NET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_./:=@+,-]+$")
-_RAM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([MG]?)(?:I?B)?\s*$", re.I)
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_./:=@+,-]+")
+_RAM = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([MG]?)(?:I?B)?\s*", re.I)
 _UNITS = {"": 1, "b": 1, "bytes": 1, "k": KIB, "kib": KIB, "kb": 1000, "m": MIB, "mib": MIB, "mb": 1000 ** 2,
           "g": GIB, "gib": GIB, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
 
@@ -200,7 +200,7 @@ def parse_ram(value: str | int) -> int:
     """
     if isinstance(value, int):
         return value
-    match = _RAM.match(value)
+    match = _RAM.fullmatch(value)
     if not match:
         raise BadRequest(messages.VM_BAD_OPTION.format(option="--ram", value=value,
                                                        rule="give MiB (2048, 2048M) or GiB (2G, 1.5GiB)"))
@@ -218,7 +218,7 @@ def parse_network(value: str) -> NetworkRef:
         BadRequest: the name has characters other than letters, digits, ``_ . -``.
     """
     kind, name = ("bridge", value[len("bridge:"):]) if value.startswith("bridge:") else ("network", value)
-    if not _NET_NAME.match(name):
+    if not _NET_NAME.fullmatch(name):
         raise BadRequest(messages.VM_BAD_OPTION.format(
             option="--network", value=value, rule="a libvirt network name or bridge:BRIDGE (letters, digits, _ . -)"))
     return NetworkRef(kind, name)
@@ -259,7 +259,7 @@ def make_spec(*, name: str, cpus: int, ram: str | int, osdisk: int, datadisk: in
         return BadRequest(messages.VM_BAD_OPTION.format(option=option, value=value, rule=rule))
 
     vm_name = name.lower()
-    if not _LABEL.match(vm_name):
+    if not _LABEL.fullmatch(vm_name):
         raise BadRequest(messages.VM_BAD_NAME.format(value=name))
     if not isinstance(cpus, int) or not 1 <= cpus <= 1024:
         raise bad("--cpu", cpus, "a whole number of vCPUs, 1 to 1024")
@@ -272,11 +272,11 @@ def make_spec(*, name: str, cpus: int, ram: str | int, osdisk: int, datadisk: in
     key = keys.parse_public_key(ssh_key, source="--ssh-key")
     if image.startswith(("https://", "http://")):
         file_name = posixpath.basename(image.split("?", 1)[0])
-        if not file_name or not _SAFE_TOKEN.match(file_name):
+        if not file_name or not _SAFE_TOKEN.fullmatch(file_name):
             raise bad("--image", image, "the URL must end in a plain file name")
-    elif not _SAFE_PATH.match(image) or "/../" in image + "/":
+    elif not _SAFE_PATH.fullmatch(image) or "/../" in image + "/":
         raise bad("--image", image, "an absolute path on the hypervisor or an http(s) URL")
-    if not _SAFE_PATH.match(pool_dir) or "/../" in pool_dir + "/":
+    if not _SAFE_PATH.fullmatch(pool_dir) or "/../" in pool_dir + "/":
         raise bad("--pool-dir", pool_dir, "an absolute path of letters, digits and . _ / + -")
     address = gw = None
     dns: tuple[ipaddress.IPv4Address, ...] = ()
@@ -301,7 +301,7 @@ def make_spec(*, name: str, cpus: int, ram: str | int, osdisk: int, datadisk: in
     elif gateway or nameservers:
         raise bad("--gateway/--nameserver", gateway or ",".join(nameservers), "only with a static --ip")
     if domain:
-        if len(vm_name) + 1 + len(domain) > 253 or not all(_LABEL.match(x) for x in domain.lower().split(".")):
+        if len(vm_name) + 1 + len(domain) > 253 or not all(_LABEL.fullmatch(x) for x in domain.lower().split(".")):
             raise bad("--domain", domain, "RFC 1123 labels of a-z, 0-9 and '-' separated by dots, at most 253"
                       " characters with the VM name")
     return VMSpec(name=vm_name, cpus=cpus, ram_mib=ram_mib, osdisk_gib=osdisk, datadisk_gib=datadisk,
@@ -906,7 +906,7 @@ class Virsh:
         """
         for command in commands:
             for token in command:
-                if not _SAFE_TOKEN.match(token):
+                if not _SAFE_TOKEN.fullmatch(token):
                     raise ValueError(f"not a plain virsh argument: {token!r}")
         line = " ; ".join(" ".join(command) for command in commands)
         result = await self.target.run(self.argv(line), check=False, input=input)

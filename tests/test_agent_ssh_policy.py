@@ -32,7 +32,7 @@ def assert_agent_serves(cluster, tmp_path):
 @pytest.mark.parametrize("extra, trailing, message", [
     ([], ["echo", "hi"], b"exec request failed"),
     (["-T"], [], b"shell request failed"),
-    (["-tt"], [], b"shell request failed"),
+    (["-tt"], [], b"PTY allocation request failed"),  # refused at pty-req, before the shell request
     (["-s"], ["sftp"], b"subsystem request failed"),
     (["-s"], ["no-such-subsystem"], b"subsystem request failed"),
     (["-W", "127.0.0.1:22"], [], b"administratively prohibited"),

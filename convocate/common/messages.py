@@ -56,6 +56,18 @@ NO_TRASH_RECORD = 'trash entry "{id}" has no record in {path}; it cannot be rest
 ATTACH_BAD_HEADER = "bad attach header: {detail}"
 ATTACH_HINT = "[convocate] attached to {name} ({id}); detach with Ctrl-b d"
 
+# --- before authentication, and channel limits (docs/security.md) ----------------
+PREAUTH_FLOOD = (
+    "refused {count} unauthenticated connection(s) in {seconds:.1f} s from {sources} source(s) ({top});"
+    " by cap: {caps}; caps: {max_startups} unauthenticated in total, {per_source} per source"
+)
+TOO_MANY_CHANNELS = "too many open channels on this connection (at most {limit})"
+LOW_NOFILE = (
+    "the open-file limit is {limit}, below the {wanted} the documented scale needs;"
+    " set LimitNOFILE= in the unit (the packaged units set 8192)"
+)
+RPC_REQUEST_TIMEOUT = "no complete request line within {seconds:g} s"
+
 # --- keys and configuration ------------------------------------------------------
 NOT_ED25519 = "{path}: key type {algorithm} is not accepted; convocate uses ed25519 only"
 KEY_UNREADABLE = "{path}: cannot read key: {detail}"

@@ -36,9 +36,9 @@ AUTO_PORT_LOW = 1001
 PORT_MAX = 65535
 
 NAME_MAX = 64
-_NAME = re.compile(r"^[A-Za-z0-9 _.\-]{1,64}$")
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[A-Za-z0-9 _.\-]{1,64}")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 DNS_NAME_MAX = 253
 
 
@@ -59,13 +59,14 @@ def validate_uuid(value: Any, field_name: str = "id") -> str:
     Raises:
         BadRequest: ``value`` is not a string in canonical UUIDv4 form (RFC 9562 §5.4).
     """
-    if not isinstance(value, str) or not _UUID4.match(value):
-        shown = value if isinstance(value, str) else repr(value)
+    if not isinstance(value, str) or not _UUID4.fullmatch(value):
+        # Control characters are shown escaped, so the text cannot forge a line where it is logged.
+        shown = (value if value.isprintable() else repr(value)[1:-1]) if isinstance(value, str) else repr(value)
         raise BadRequest(messages.BAD_UUID.format(field=field_name, value=shown))
     return value
 
 
-_TRASH_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})\.(\d{1,20})$")
+_TRASH_ID = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})\.(\d{1,20})")
 
 
 def parse_trash_id(value: Any) -> tuple[str, int]:
@@ -77,7 +78,7 @@ def parse_trash_id(value: Any) -> tuple[str, int]:
     Raises:
         BadRequest: not of that form (checked before it becomes a path).
     """
-    m = _TRASH_ID.match(value) if isinstance(value, str) else None
+    m = _TRASH_ID.fullmatch(value) if isinstance(value, str) else None
     if not m:
         raise BadRequest(f'field "trash_id": {value!r} is not a trash entry ID (<uuid>.<nanoseconds>)')
     return m.group(1), int(m.group(2))
@@ -85,7 +86,7 @@ def parse_trash_id(value: Any) -> tuple[str, int]:
 
 def is_uuid4(value: str) -> bool:
     """Whether ``value`` is a canonical UUIDv4 (e.g. a directory name under the session base)."""
-    return bool(_UUID4.match(value))
+    return bool(_UUID4.fullmatch(value))
 
 
 def new_uuid() -> str:
@@ -102,7 +103,7 @@ def validate_name(value: Any, field_name: str = "name") -> str:
     Raises:
         BadRequest: the name breaks the rule.
     """
-    if not isinstance(value, str) or not _NAME.match(value) or value != value.strip():
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value != value.strip():
         raise BadRequest(messages.BAD_NAME.format(field=field_name, value=value))
     return value
 
@@ -161,7 +162,7 @@ def normalize_dns_name(value: Any) -> str:
             raise bad("empty label")
         if len(label) > 63:
             raise bad(f"label {label[:16]!r}... is longer than 63 characters")
-        if not _DNS_LABEL.match(label):
+        if not _DNS_LABEL.fullmatch(label):
             raise bad(f"label {label!r} must be a-z, 0-9 and '-', not starting or ending with '-'")
     return name
 

@@ -4,8 +4,17 @@
 accept the same thing and nothing else: an ed25519 host key; public-key
 logins with ed25519 keys listed in an ``authorized_keys`` file that is re-read
 whenever it changes; ``session`` channels carrying one of the daemon's
-subsystems. Shell, exec, sftp, port, socket, agent and X11 forwarding are
-refused at the protocol level, and every refusal is logged.
+subsystems. Shell, exec, sftp, port, socket, agent and X11 forwarding, ``env``
+and ``pty-req`` are refused at the protocol level, and every refusal is logged.
+
+Before authentication nobody is trusted (DESIGN §8): :class:`StartupGate`
+caps the connections that have not authenticated yet, in total and per
+source address, the way sshd's ``MaxStartups`` / ``PerSourceMaxStartups``
+do; a connection over either cap is closed before the SSH version exchange,
+and :class:`FloodReport` turns a flood of such refusals into one log line.
+An unauthenticated connection lives at most :data:`LOGIN_GRACE_S` seconds
+(sshd's ``LoginGraceTime``), and an authenticated one holds at most
+:data:`MAX_CHANNELS` channels at a time (sshd's ``MaxSessions``).
 
 :class:`SubsystemListener` owns the listening sockets and the open
 connections; the daemon gives it a handler that receives each accepted
@@ -15,17 +24,22 @@ channel together with the :class:`Caller` that opened it.
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
 import re
+import resource
+import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from convocate.common import keys
+from convocate.common import keys, messages
 from convocate.common.errors import ConfigError
 from convocate.common.sshclient import CIPHERS
 
@@ -33,6 +47,45 @@ log = logging.getLogger(__name__)
 
 #: How an authorized key's comment names the agent it belongs to (``convocate-agent abcd1234``).
 _AGENT_COMMENT = re.compile(r"\bconvocate-agent ([a-z0-9]{8})\b")
+
+#: Connections that have not authenticated yet, at most, in total: sshd's ``MaxStartups`` in its
+#: single-number form (a hard cap; sshd's random early drop ``start:rate:full`` is not
+#: implemented). 128 is sshd's default ``full`` (100) rounded up: an honest peer authenticates
+#: within milliseconds, so even a shell host whose operators all reconnect at once stays far below.
+MAX_STARTUPS = 128
+#: Of those, at most this many from one source (sshd's ``PerSourceMaxStartups``), so that one
+#: address cannot take every slot: a flood from fewer than ``MAX_STARTUPS / PER_SOURCE_MAX_STARTUPS``
+#: sources leaves room for everyone else.
+PER_SOURCE_MAX_STARTUPS = 32
+#: How sources are grouped for :data:`PER_SOURCE_MAX_STARTUPS`, in prefix bits (sshd's
+#: ``PerSourceNetBlockSize 32:64``): one IPv4 address, or one IPv6 /64 (what one host is given).
+SOURCE_PREFIX_V4 = 32
+SOURCE_PREFIX_V6 = 64
+#: The listening socket's backlog (listen(2); asyncssh's default is 100). asyncio accepts up to
+#: this many connections in one pass of its loop before any of them reaches the caps, so it is
+#: also the burst of descriptors a flood takes for a moment: kept well below the 1024 of a unit
+#: without LimitNOFILE=. A full queue makes an honest client retransmit its SYN (1 s later).
+LISTEN_BACKLOG = 128
+#: Seconds a connection may take from TCP accept to completed authentication (sshd's
+#: ``LoginGraceTime``, default 120 s). Honest peers need milliseconds (~9 ms on loopback).
+LOGIN_GRACE_S = 10.0
+#: Channels one authenticated connection may hold open at once (sshd's ``MaxSessions``, default
+#: 10). A TUI holds one attach and a few RPC calls at a time; the benchmarks run 25 calls at once.
+MAX_CHANNELS = 64
+#: A flood's summary is logged once no connection was refused for this many seconds (more than the
+#: 1, 2 and 4 s a refused client's SYN retransmissions come apart, so one burst is one line)...
+FLOOD_QUIET_S = 5.0
+#: ...or after this many seconds of a flood that goes on, and again for each such period.
+FLOOD_REPORT_S = 60.0
+#: Sources named in a flood summary, most refused first.
+FLOOD_TOP_SOURCES = 5
+#: Open files the daemons want at least (``LimitNOFILE=`` in the units is 8192): the
+#: unauthenticated cap plus the documented scale (200 sessions, 200 attached operators) with room.
+WANTED_NOFILE = 4096
+
+#: The message asyncio's accept loop reports when ``accept(2)`` fails for lack of resources
+#: (EMFILE, ENFILE, ENOBUFS, ENOMEM); it would log a traceback for each retry.
+_ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
 
 
 def parse_listen(value: str, default_port: int) -> tuple[str, int]:
@@ -64,6 +117,120 @@ def format_address(addr: tuple[str, int]) -> str:
     """``host:port``, with brackets around an IPv6 host."""
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def source_block(host: str) -> str:
+    """The group a peer address counts in for the per-source cap (see :data:`SOURCE_PREFIX_V6`).
+
+    Args:
+        host: The peer's address as the socket reports it (``127.0.0.2``, ``2001:db8::1``,
+            ``::ffff:192.0.2.1``).
+
+    Returns:
+        ``192.0.2.1`` for IPv4 (an IPv4-mapped IPv6 address counts as its IPv4 address),
+        ``2001:db8::/64`` for IPv6; the text unchanged if it is not an address.
+    """
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv4Address):
+        return str(ipaddress.ip_network(f"{addr}/{SOURCE_PREFIX_V4}", strict=False).network_address)
+    return str(ipaddress.ip_network(f"{addr}/{SOURCE_PREFIX_V6}", strict=False))
+
+
+class StartupGate:
+    """Counts unauthenticated connections and says whether one more may start (pure, no sockets).
+
+    The rule is sshd's ``MaxStartups N`` plus ``PerSourceMaxStartups M``: a
+    new connection is refused while ``N`` connections in total, or ``M``
+    from its source group, have not authenticated yet; authenticated
+    connections do not count.
+
+    Args:
+        max_startups: The total cap.
+        per_source: The cap per source group (:func:`source_block`).
+    """
+
+    def __init__(self, max_startups: int = MAX_STARTUPS, per_source: int = PER_SOURCE_MAX_STARTUPS) -> None:
+        self.max_startups = max_startups
+        self.per_source = per_source
+        self.in_flight = 0
+        self._by_source: Counter[str] = Counter()
+
+    def admit(self, source: str) -> str | None:
+        """Count a new connection from ``source`` in, unless a cap is reached.
+
+        Returns:
+            None when admitted (call :meth:`release` once it authenticates or
+            goes away); otherwise which cap refused it, ``"total"`` or ``"per-source"``.
+        """
+        if self.in_flight >= self.max_startups:
+            return "total"
+        if self._by_source[source] >= self.per_source:
+            return "per-source"
+        self.in_flight += 1
+        self._by_source[source] += 1
+        return None
+
+    def release(self, source: str) -> None:
+        """Count out one admitted connection from ``source``."""
+        self.in_flight -= 1
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def from_source(self, source: str) -> int:
+        """Unauthenticated connections from ``source`` now."""
+        return self._by_source.get(source, 0)
+
+
+@dataclass
+class FloodReport:
+    """What was refused since the last summary (pure; the listener decides when to log it).
+
+    Attributes:
+        refused: Refused connections by source group.
+        caps: Refusals by the cap that refused them (``total``, ``per-source``, ``accept``).
+        started: ``time.monotonic()`` of the first refusal of this period, or None.
+        last: ``time.monotonic()`` of the latest refusal.
+    """
+
+    refused: Counter[str] = field(default_factory=Counter)
+    caps: Counter[str] = field(default_factory=Counter)
+    started: float | None = None
+    last: float = 0.0
+
+    def note(self, source: str, cap: str, now: float) -> bool:
+        """Count one refusal; True if it starts a new period (the caller schedules the summary)."""
+        first = self.started is None
+        if first:
+            self.started = now
+        self.refused[source] += 1
+        self.caps[cap] += 1
+        self.last = now
+        return first
+
+    def due(self, now: float, quiet: float = FLOOD_QUIET_S, period: float = FLOOD_REPORT_S) -> bool:
+        """Whether the summary should be logged now: quiet for ``quiet`` s, or ``period`` s long."""
+        return self.started is not None and (now - self.last >= quiet or now - self.started >= period)
+
+    def summary(self, now: float, gate: StartupGate) -> str:
+        """The log line for this period, then start a new one."""
+        total = sum(self.refused.values())
+        top = ", ".join(f"{src} {n}" for src, n in self.refused.most_common(FLOOD_TOP_SOURCES))
+        more = len(self.refused) - FLOOD_TOP_SOURCES
+        line = messages.PREAUTH_FLOOD.format(
+            count=total, seconds=now - (self.started or now), sources=len(self.refused),
+            top=top + (f", {more} more" if more > 0 else ""),
+            caps=", ".join(f"{cap} {n}" for cap, n in sorted(self.caps.items())),
+            max_startups=gate.max_startups, per_source=gate.per_source)
+        self.refused.clear()
+        self.caps.clear()
+        self.started = None
+        return line
 
 
 class AuthorizedKeysFile:
@@ -126,14 +293,58 @@ class Caller:
 Handler = Callable[[asyncssh.SSHServerProcess, Caller], Any]
 
 
+class _PolicyChannel(asyncssh.SSHServerChannel):
+    """A session channel that refuses ``env`` requests instead of keeping them (DESIGN §2).
+
+    asyncssh stores every ``env`` request a client sends and has no option to
+    refuse them (``pty-req`` it refuses with ``allow_pty=False``); a client
+    could grow a channel's environment without bound, and none of convocate's
+    subsystems reads it. This overrides asyncssh's handler for that one
+    request, ``_process_env_request`` (asyncssh is pinned, 2.24.1; the
+    security tests send ``env`` through asyncssh and OpenSSH, so a change
+    there fails them). ``on_env`` is set by :meth:`_PolicyConnection.session_requested`.
+    """
+
+    on_env: Callable[[bytes], None] | None = None
+
+    def _process_env_request(self, packet: Any) -> bool:
+        name = packet.get_string()
+        packet.get_string()
+        packet.check_end()
+        if self.on_env is not None:
+            self.on_env(name)
+        return False
+
+
 class SubsystemSession(asyncssh.SSHServerProcess):
-    """A session channel that accepts only the listener's subsystems."""
+    """A session channel that accepts only the listener's subsystems.
+
+    Args:
+        handler: Runs the accepted subsystem.
+        caller: Who opened the channel.
+        subsystems: The subsystem names accepted.
+        on_close: Called once when the channel is gone (the connection's channel count).
+    """
 
     def __init__(self, handler: Callable[[asyncssh.SSHServerProcess], Any], caller: Caller,
-                 subsystems: frozenset[str]) -> None:
+                 subsystems: frozenset[str], on_close: Callable[[], None] | None = None) -> None:
         super().__init__(handler, None, 0, False)
         self._caller = caller
         self._subsystems = subsystems
+        self._on_close = on_close
+        self._env_refused = 0
+
+    def env_refused(self, name: bytes) -> None:
+        """Log an ``env`` request refused on this channel (the first one; later ones are counted)."""
+        self._env_refused += 1
+        if self._env_refused == 1:
+            log.info("refused env request %r from %s", name[:64].decode(errors="replace"), self._caller)
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        # Not reached while the listener passes allow_pty=False (asyncssh refuses first); kept as a
+        # second line: no convocate subsystem uses a pty (attach takes its size from the header).
+        log.info("refused pty request from %s", self._caller)
+        return False
 
     def shell_requested(self) -> bool:
         log.info("refused shell request from %s", self._caller)
@@ -149,6 +360,14 @@ class SubsystemSession(asyncssh.SSHServerProcess):
         log.info("refused subsystem %r from %s", subsystem[:64], self._caller)
         return False
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._env_refused > 1:
+            log.info("refused %d env requests in all on that channel from %s", self._env_refused, self._caller)
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
 
 class _PolicyConnection(asyncssh.SSHServer):
     """Per-connection policy: who may log in, and what they may open."""
@@ -159,15 +378,30 @@ class _PolicyConnection(asyncssh.SSHServer):
         self._peer = "?"
         self._keys: keys.AuthorizedKeys | None = None
         self._candidate: Caller | None = None
+        self._startup: str | None = None  # the source group while counted as unauthenticated
+        self._channels = 0
         self.caller = Caller("unauthenticated")
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        self._listener.connections.add(conn)
         peer = conn.get_extra_info("peername")
         self._peer = format_address((peer[0], peer[1])) if peer else "?"
+        source = source_block(peer[0]) if peer else "?"
+        refused_by = self._listener.gate.admit(source)
+        if refused_by is not None:  # closed before the version exchange, like sshd past MaxStartups
+            self._listener.note_refusal(source, refused_by)
+            conn.abort()
+            return
+        self._startup = source
+        self._conn = conn
+        self._listener.connections.add(conn)
+
+    def _end_startup(self) -> None:
+        if self._startup is not None:
+            self._listener.gate.release(self._startup)
+            self._startup = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._end_startup()
         if self._conn is not None:
             self._listener.connections.discard(self._conn)
 
@@ -198,6 +432,7 @@ class _PolicyConnection(asyncssh.SSHServer):
         return True
 
     def auth_completed(self) -> None:
+        self._end_startup()
         self.caller = self._candidate or Caller("?", peer=self._peer)
         log.info("connection from %s authenticated with key %s", self._peer, self.caller.fingerprint)
 
@@ -219,10 +454,24 @@ class _PolicyConnection(asyncssh.SSHServer):
         log.info("refused remote socket forward from %s", self.caller)
         return False
 
-    def session_requested(self) -> SubsystemSession:
+    def session_requested(self) -> tuple[asyncssh.SSHServerChannel, SubsystemSession]:
         caller = self.caller
-        return SubsystemSession(lambda process: self._listener.handler(process, caller), caller,
-                                self._listener.subsystems)
+        limit = self._listener.max_channels
+        if self._channels >= limit:
+            log.info("refused channel %d from %s: %d channels are open", self._channels + 1, caller, limit)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            messages.TOO_MANY_CHANNELS.format(limit=limit))
+        assert self._conn is not None
+        self._channels += 1
+        session = SubsystemSession(lambda process: self._listener.handler(process, caller), caller,
+                                   self._listener.subsystems, on_close=self._channel_closed)
+        chan = self._conn.create_server_channel()
+        chan.__class__ = _PolicyChannel  # a subclass adding no state: only the env handler differs
+        chan.on_env = session.env_refused  # type: ignore[attr-defined]
+        return chan, session
+
+    def _channel_closed(self) -> None:
+        self._channels -= 1
 
 
 class SubsystemListener:
@@ -237,10 +486,15 @@ class SubsystemListener:
         handler: Called with each accepted channel and its caller; may return
             an awaitable, which asyncssh runs as a task.
         server_version: SSH software version string (``convocate-agent_0.1.0``).
+        max_startups: Unauthenticated connections at most, in total (:data:`MAX_STARTUPS`).
+        per_source_max_startups: Of those, at most from one source (:data:`PER_SOURCE_MAX_STARTUPS`).
+        max_channels: Open channels at most per connection (:data:`MAX_CHANNELS`).
     """
 
     def __init__(self, *, listen: str, default_port: int, host_key: asyncssh.SSHKey, authorized_keys: Path,
-                 subsystems: frozenset[str], handler: Handler, server_version: str) -> None:
+                 subsystems: frozenset[str], handler: Handler, server_version: str,
+                 max_startups: int = MAX_STARTUPS, per_source_max_startups: int = PER_SOURCE_MAX_STARTUPS,
+                 max_channels: int = MAX_CHANNELS) -> None:
         self.listen = listen
         self.default_port = default_port
         self.host_key = host_key
@@ -248,12 +502,19 @@ class SubsystemListener:
         self.subsystems = subsystems
         self.handler = handler
         self.server_version = server_version
+        self.gate = StartupGate(max_startups, per_source_max_startups)
+        self.max_channels = max_channels
+        self.flood = FloodReport()
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._flood_timer: asyncio.TimerHandle | None = None
         self.addresses: list[tuple[str, int]] = []
 
-    async def start(self, login_timeout: float = 30.0) -> list[tuple[str, int]]:
+    async def start(self, login_timeout: float = LOGIN_GRACE_S) -> list[tuple[str, int]]:
         """Bind and start accepting; returns the bound ``(host, port)`` addresses.
+
+        Args:
+            login_timeout: Seconds from accept to completed authentication (:data:`LOGIN_GRACE_S`).
 
         Raises:
             ConfigError: the listen address is invalid.
@@ -261,18 +522,66 @@ class SubsystemListener:
         """
         host, port = parse_listen(self.listen, self.default_port)
         self.authorized_keys.current()
+        _check_nofile()
+        self._watch_accept_errors()
         self._acceptor = await asyncssh.create_server(
             lambda: _PolicyConnection(self), host or None, port,
             server_host_keys=[self.host_key],
             encoding=None, line_editor=False,
             password_auth=False, kbdint_auth=False, public_key_auth=True,
-            agent_forwarding=False, x11_forwarding=False, allow_scp=False,
-            login_timeout=login_timeout, keepalive_interval=30, keepalive_count_max=3,
+            agent_forwarding=False, x11_forwarding=False, allow_scp=False, allow_pty=False,
+            login_timeout=login_timeout, keepalive_interval=30, keepalive_count_max=3, backlog=LISTEN_BACKLOG,
             encryption_algs=list(CIPHERS),
             server_version=self.server_version,
         )
         self.addresses = [(a[0], a[1]) for a in self._acceptor.get_addresses()]
         return self.addresses
+
+    def note_refusal(self, source: str, cap: str) -> None:
+        """Count a connection refused before authentication; the summary is logged later, once.
+
+        Args:
+            source: The source group (:func:`source_block`).
+            cap: ``total``, ``per-source``, or ``accept`` (``accept(2)`` itself failed).
+        """
+        loop = asyncio.get_running_loop()
+        if self.flood.note(source, cap, time.monotonic()) and self._flood_timer is None:
+            self._flood_timer = loop.call_later(FLOOD_QUIET_S, self._flood_tick)
+
+    def _flood_tick(self) -> None:
+        self._flood_timer = None
+        now = time.monotonic()
+        if self.flood.due(now):
+            log.warning("%s", self.flood.summary(now, self.gate))
+        else:
+            wait = min(FLOOD_QUIET_S - (now - self.flood.last), FLOOD_REPORT_S - (now - (self.flood.started or now)))
+            self._flood_timer = asyncio.get_running_loop().call_later(max(wait, 0.05), self._flood_tick)
+
+    def _watch_accept_errors(self) -> None:
+        """Count ``accept(2)`` failures for lack of file descriptors into the flood summary.
+
+        asyncio reports each one through the loop's exception handler, which
+        logs a traceback every time (one per retry, each second, for as long
+        as the descriptors are gone). Other reports go to the handler that
+        was there before, or asyncio's default.
+        """
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        if getattr(previous, "_convocate_accept_watch", False):
+            return
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if context.get("message") == _ACCEPT_EXHAUSTED and isinstance(exc, OSError):
+                self.note_refusal(errno.errorcode.get(exc.errno or 0, "accept"), "accept")
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        handler._convocate_accept_watch = True  # type: ignore[attr-defined]
+        loop.set_exception_handler(handler)
 
     async def stop_accepting(self) -> None:
         """Close the listening sockets; open connections stay."""
@@ -283,6 +592,18 @@ class SubsystemListener:
 
     async def close_connections(self) -> None:
         """Close every open connection and wait until they are gone."""
+        if self._flood_timer is not None:
+            self._flood_timer.cancel()
+            self._flood_timer = None
+            if self.flood.started is not None:
+                log.warning("%s", self.flood.summary(time.monotonic(), self.gate))
         for conn in list(self.connections):
             conn.close()
         await asyncio.gather(*(conn.wait_closed() for conn in list(self.connections)), return_exceptions=True)
+
+
+def _check_nofile() -> None:
+    """Warn when the open-file limit is below what the documented scale needs (:data:`WANTED_NOFILE`)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < WANTED_NOFILE:
+        log.warning("%s", messages.LOW_NOFILE.format(limit=soft, wanted=WANTED_NOFILE))

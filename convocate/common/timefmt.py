@@ -13,7 +13,7 @@ import re
 import time
 
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})"
 )
 
 
@@ -45,7 +45,7 @@ def parse_rfc3339(text: str) -> int:
     Raises:
         ValueError: ``text`` is not an RFC 3339 date-time (RFC 3339 §5.6).
     """
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if not m:
         raise ValueError(f"{text!r} is not an RFC 3339 timestamp")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
