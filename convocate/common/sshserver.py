@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,6 @@ from convocate.common.errors import ConfigError
 from convocate.common.sshclient import CIPHERS
 
 log = logging.getLogger(__name__)
-
-#: How an authorized key's comment names the agent it belongs to (``convocate-agent abcd1234``).
-_AGENT_COMMENT = re.compile(r"\bconvocate-agent ([a-z0-9]{8})\b")
 
 
 def parse_listen(value: str, default_port: int) -> tuple[str, int]:
@@ -105,20 +101,14 @@ class Caller:
 
     Attributes:
         fingerprint: SHA-256 fingerprint of the client key (``SHA256:...``).
-        comment: The comment of the matching ``authorized_keys`` line.
+        comment: The comment of the matching ``authorized_keys`` line (for logs only: it names
+            nobody; status-serve binds a key to its agent through the shell's registry).
         peer: ``host:port`` the connection came from.
     """
 
     fingerprint: str
     comment: str = ""
     peer: str = ""
-
-    @property
-    def agent_id(self) -> str | None:
-        """The agent ID the key's comment names (``convocate-agent <id>``), if any."""
-        m = _AGENT_COMMENT.search(self.comment)
-        return m.group(1) if m else None
-
     def __str__(self) -> str:
         return self.fingerprint
 

@@ -28,6 +28,7 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event, encode_line
+from convocate.common.timefmt import format_rfc3339
 from convocate.dns import is_ours
 from tests.harness import LocalCluster, remove_containers
 
@@ -37,6 +38,7 @@ SID_GOOD = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
 SID_BAD = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 SID_OUT = "3c1f6a2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
 OTHER_AGENT = "other123"
+NOW = format_rfc3339(time.time_ns())
 
 
 @pytest.fixture
@@ -145,11 +147,11 @@ async def test_an_injected_or_outside_dns_name_never_reaches_the_hosts_file(shel
         send(process, Event.now("agent.started", agent, data={"version": "x"}),
              created(agent, SID_BAD, "x\n6.6.6.6 evil.example.org"),
              created(agent, SID_OUT, "api.anthropic.com"),
-             {"type": "container.created", "agent_id": agent, "session_id": SID_OUT, "timestamp": "t",
+             {"type": "container.created", "agent_id": agent, "session_id": SID_OUT, "timestamp": NOW,
               "data": {"dns_name": ["not", "a", "string"]}},
-             {"type": "container.created", "agent_id": agent, "session_id": "../../etc", "timestamp": "t",
+             {"type": "container.created", "agent_id": agent, "session_id": "../../etc", "timestamp": NOW,
               "data": {"dns_name": "sneaky"}},
-             {"type": "agent.heartbeat" * 100, "agent_id": agent, "timestamp": "t"},
+             {"type": "agent.heartbeat" * 100, "agent_id": agent, "timestamp": NOW},
              created(agent, SID_GOOD, "good"))
         # The good event after the bad ones: the link survived them.
         await sub.wait_for(lambda m: m["type"] == "container.created" and m.get("session_id") == SID_GOOD)
@@ -180,7 +182,7 @@ async def test_the_registry_binds_a_key_to_its_agent_not_the_key_comment(shell):
              Event.now("agent.started", agent, data={"version": "real"}))
         await sub.wait_for(lambda m: m["type"] == "agent.started" and m["agent_id"] == agent)
         assert not any(m.get("agent_id") == OTHER_AGENT for m in sub.messages), sub.messages
-        await wait_log(shell, f"claiming agent {OTHER_AGENT}")
+        await wait_log(shell, f"claiming agent '{OTHER_AGENT}'")
     assert "forged" not in shell.paths.dnsmasq_hosts.read_text()
 
 
