@@ -272,3 +272,7 @@ DRY_RUN_STOPS_AT_PACKAGE = (
     "the dry run stops here: the next steps read what installing {package} creates (keys, IDs, services);"
     " run it again once the package is installed to see them"
 )
+HOST_NO_STATUS_KEY = (
+    "agent {agent} has no status key yet, so none is bound to it in the shell's registry; run"
+    " `convocate-host init-agent` for it"
+)
