@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -389,8 +390,7 @@ class StatusHub:
             except BadRequest as e:
                 log.warning("dns: agent %s lists session %s with a name it may not publish: %s",
                             view.agent_id, view.meta.uuid, e)
-                view = SessionView(view.meta.with_changes(dns_name=""), view.running, view.attached_count,
-                                   view.locked, view.agent_id, view.extra, view.orphan)
+                view = dataclasses.replace(view, meta=view.meta.with_changes(dns_name=""))
             kept.append(view)
         return kept
 

@@ -156,3 +156,12 @@ def test_an_agent_is_down_only_when_its_last_link_ends():
     (left1, up1, msgs1), (left2, up2, msgs2) = asyncio.run(scenario())
     assert (left1, up1, msgs1) == (1, True, [])
     assert (left2, up2) == (0, False) and [m["data"]["connected"] for m in msgs2] == [False]
+
+
+def test_a_resync_drops_names_the_session_may_not_publish():
+    hub = StatusHub(clock=Clock())
+    views = [SessionView(SessionMeta(SID, "x", 1, 1, dns_name="api.anthropic.com")),
+             SessionView(SessionMeta(SID, "y", 1, 1, dns_name="web.convocate.internal"))]
+    kept = hub.valid_names(views, "convocate.internal")
+    assert [v.meta.dns_name for v in kept] == ["", "web.convocate.internal"]
+    assert [v.meta.name for v in kept] == ["x", "y"]
