@@ -4,9 +4,15 @@ status-serve owns the lines it writes and only those: each ends with a marker
 comment ``# convocate <agent-id> <session-uuid>``. Every other line of the file
 (hosts added by hand or by ``convocate-host create-vm``) is kept byte for
 byte. A session with DNS name ``web`` on an agent at 10.0.0.5 gives
-``10.0.0.5 web.<domain> web``. The file is rewritten atomically and only when
-its content changes; then dnsmasq is sent SIGHUP, which makes it re-read its
-``--addn-hosts`` files (dnsmasq(8), SIGHUP).
+``10.0.0.5 web.<domain> web``; a name already inside the domain
+(``web.<domain>``) is written as it is. The file is rendered whole from
+status-serve's state, never from event text: every record is checked again
+here (the name by :func:`convocate.common.model.validate_dns_name`, the address,
+agent ID and session UUID by their own rules) and a record that fails is left
+out and logged, so no value can add a line or a name outside the domain. The
+file is rewritten atomically and only when its content changes; then dnsmasq
+is sent SIGHUP, which makes it re-read its ``--addn-hosts`` files (dnsmasq(8),
+SIGHUP).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from convocate.common.errors import BadRequest
 from convocate.common.fsutil import atomic_write, read_token
+from convocate.common.model import is_uuid4, validate_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +52,30 @@ class HostRecord:
     session_id: str
 
     def line(self, domain: str) -> str:
-        names = f"{self.name}.{domain} {self.name}" if domain else self.name
+        """The hosts-file line: ``ADDRESS NAME.DOMAIN NAME # convocate AGENT SESSION``.
+
+        A name with a dot is already inside ``domain`` (:meth:`problem` made sure) and is written alone.
+        """
+        names = f"{self.name}.{domain} {self.name}" if domain and "." not in self.name else self.name
         return f"{self.address} {names} {MARKER} {self.agent_id} {self.session_id}"
 
+    def problem(self, domain: str) -> str | None:
+        """Why this record must not be written, or None when every field is what its rule allows."""
+        if not is_ip(self.address):
+            return f"address {self.address!r} is not an IP address"
+        if not _AGENT_ID.match(self.agent_id):
+            return f"agent ID {self.agent_id!r} is not 8 of a-z and 0-9"
+        if not is_uuid4(self.session_id):
+            return f"session ID {self.session_id!r} is not a UUIDv4"
+        try:
+            if validate_dns_name(self.name, domain or None) != self.name or not self.name:
+                return f"DNS name {self.name!r} is not in canonical form"
+        except BadRequest as e:
+            return e.message
+        return None
 
+
+_AGENT_ID = re.compile(r"^[a-z0-9]{8}\Z")
 _OURS = re.compile(r"\s# convocate [a-z0-9]{8} [0-9a-f-]{36}\s*$")
 
 
@@ -68,7 +96,15 @@ def render_hosts(current: str, records: list[HostRecord], domain: str) -> str:
         The content to write.
     """
     foreign = [line for line in current.splitlines() if not is_ours(line)]
-    ours = [r.line(domain) for r in sorted(set(records), key=lambda r: (r.name, r.agent_id, r.session_id))]
+    valid = []
+    for record in set(records):
+        problem = record.problem(domain)
+        if problem is None:
+            valid.append(record)
+        else:
+            log.warning("dns: left out the record of session %r on agent %r: %s",
+                        record.session_id, record.agent_id, problem)
+    ours = [r.line(domain) for r in sorted(valid, key=lambda r: (r.name, r.agent_id, r.session_id))]
     lines = foreign + ours
     return "\n".join(lines) + "\n" if lines else ""
 

@@ -2,13 +2,21 @@
 
 Each registered agent is a directory holding its ``address``, ``port``
 (222 when absent), the private key this shell authenticates with
-(``shell_to_agent_ed25519_key``) and the agent's pinned host key
-(``known_host``). ``convocate-host init-agent`` writes them; the demo writes
-one for its local agent.
+(``shell_to_agent_ed25519_key``), the agent's pinned host key
+(``known_host``) and the public half of the agent's status key
+(``status_ed25519_key.pub``). ``convocate-host init-agent`` writes them (and
+``update`` records the status key of an agent registered before it existed);
+the demo writes one for its local agent.
+
+The status key file is what binds a status connection to an agent ID: a key
+speaks for the one agent whose entry holds it, never for the agent its
+``status_authorized_keys`` comment names (issue 14).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +25,11 @@ from convocate.common.errors import ConfigError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
 
+log = logging.getLogger(__name__)
+
 DEFAULT_AGENT_PORT = 222
+#: An agent ID: 8 of a-z and 0-9 (DESIGN §4), the name of its registry entry.
+AGENT_ID = re.compile(r"^[a-z0-9]{8}\Z")
 
 
 @dataclass(frozen=True)
@@ -96,3 +108,52 @@ def register_agent(paths: Paths, agent_id: str, address: str, port: int, host_ke
     atomic_write(paths.agent_known_host(agent_id), f"{host_key_line.strip()}\n".encode())
     keys.write_private_key(paths.shell_to_agent_key(agent_id), client_key)
     return load_agent(paths, agent_id)
+
+
+def bind_status_key(paths: Paths, agent_id: str, public_key_line: str) -> None:
+    """Record ``public_key_line`` as the status key of ``agent_id`` (its registry entry's ``status_ed25519_key.pub``).
+
+    Raises:
+        ConfigError: the line is not an ed25519 public key.
+    """
+    key = keys.parse_public_key(public_key_line, source=f"agent {agent_id} status key")
+    paths.agent_dir(agent_id).mkdir(parents=True, exist_ok=True, mode=0o755)
+    atomic_write(paths.agent_status_key(agent_id), f"{keys.public_key_line(key)}\n".encode(), mode=0o644)
+
+
+def status_key_bindings(paths: Paths) -> dict[str, str]:
+    """Fingerprint (``SHA256:...``) of every recorded status key → the agent ID whose entry holds it.
+
+    An entry whose file is unreadable or not an ed25519 key binds nothing (logged). A key found
+    in two entries binds neither: which agent it speaks for cannot be told.
+    """
+    found: dict[str, list[str]] = {}
+    try:
+        entries = sorted(p for p in paths.agents_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except FileNotFoundError:
+        return {}
+    for entry in entries:
+        if not AGENT_ID.match(entry.name):
+            continue
+        path = paths.agent_status_key(entry.name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("registry: cannot read %s: %s", path, e)
+            continue
+        try:
+            key = keys.parse_public_key(text, source=str(path))
+        except ConfigError as e:
+            log.warning("registry: %s", e)
+            continue
+        found.setdefault(keys.fingerprint(key), []).append(entry.name)
+    bindings = {}
+    for fingerprint, agents in found.items():
+        if len(agents) == 1:
+            bindings[fingerprint] = agents[0]
+        else:
+            log.warning("registry: status key %s is recorded for agents %s; it is bound to none of them",
+                        fingerprint, ", ".join(agents))
+    return bindings

@@ -14,15 +14,29 @@ Agents connect with their ``agent_to_shell`` key (listed in
 - keeps the dnsmasq hosts file in step with the sessions' DNS names, from the
   events and from a ``list`` of the agent after each ``agent.started``.
 
-An agent's key comment (``convocate-agent <id>``) binds its connection to that
-agent ID; an unbound key is bound to the ID of its first event. Events that
-claim another agent are refused.
+Every session is untrusted, and so is what an agent says for it (issue 14):
+
+- a status key speaks for the one agent whose registry entry holds it
+  (``/etc/convocate/agents/<id>/status_ed25519_key.pub``, recorded by
+  ``convocate-host init-agent`` or ``update``), never for the agent its
+  ``status_authorized_keys`` comment names; a key no entry holds is refused;
+  an event claiming another agent is refused and logged;
+- every event's fields are checked for type and size (:func:`check_event`), the
+  DNS name by :func:`convocate.common.model.validate_dns_name` inside the
+  cluster's domain; a bad event is refused and logged, and the link stays up;
+- the hosts file is rendered whole from the state, never from event text;
+- an agent's links are counted per connection: a second connection with the
+  same key ending does not mark the live one down;
+- a local subscriber may send nothing but newline-terminated lines, which are
+  discarded; one that sends :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline
+  is disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -39,7 +53,7 @@ from convocate.client import AgentClient
 from convocate.common import keys, startinputs
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
-from convocate.common.model import SessionView
+from convocate.common.model import SessionView, is_uuid4, validate_dns_name
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate.common.protocol import (
     AGENT_HEARTBEAT,
@@ -50,7 +64,12 @@ from convocate.common.protocol import (
     CONTAINER_DELETED,
     CONTAINER_EDITED,
     CONTAINER_STARTED,
+    CONTAINER_STOPPED,
+    EVENT_TYPES,
     REPLAY_DONE,
+    SESSION_ACTIVITY,
+    SESSION_ATTACHED,
+    SESSION_DETACHED,
     STATUS_SUBSYSTEM,
     Event,
     LineTooLong,
@@ -58,10 +77,10 @@ from convocate.common.protocol import (
     read_frame_batches,
 )
 from convocate.common.sshserver import Caller, SubsystemListener, format_address
-from convocate.common.timefmt import format_rfc3339, now_ns
+from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 from convocate.common.version import __version__
 from convocate.dns import HostRecord, HostsFile, is_ip
-from convocate.registry import load_agent
+from convocate.registry import AGENT_ID, load_agent, status_key_bindings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +95,67 @@ SUBSCRIBER_BACKLOG_BYTES = 16 << 20
 #: the loop turns every few ms, and each turn's fan-out stays smaller than a Unix socket's send buffer.
 AGENT_BATCH_BYTES = 8 * 1024
 DEFAULT_DOMAIN = "convocate.internal"
+#: Bytes a local subscriber may send without a newline before it is disconnected (64 KiB). Subscribers
+#: have nothing to say; what they send is read in chunks and thrown away, so this bounds one line only.
+SUBSCRIBER_INPUT_MAX = 64 * 1024
+#: Event types that concern one session: they need a ``session_id`` (a UUIDv4).
+SESSION_EVENTS = frozenset({CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED, CONTAINER_STOPPED,
+                            CONTAINER_DELETED, SESSION_ATTACHED, SESSION_DETACHED, SESSION_ACTIVITY})
+#: Event types whose data is the session's metadata, ``dns_name`` included.
+METADATA_EVENTS = frozenset({CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED})
+#: Longest ``timestamp`` (RFC 3339 with nanoseconds and an offset is 35 characters).
+TIMESTAMP_MAX = 64
+#: Longest ``version`` and ``image`` of ``agent.started`` (a Docker reference is at most 255 characters).
+STARTED_TEXT_MAX = 256
+
+
+def check_event(event: Event, domain: str | None) -> None:
+    """Check every field of an agent's event for type and size before anything of it is used.
+
+    Args:
+        event: The parsed event.
+        domain: The cluster's DNS domain, for :func:`validate_dns_name`.
+
+    Raises:
+        BadRequest: a field breaks its rule; the message says which (and is safe to log: values are repr'd).
+    """
+    def bad(what: str) -> BadRequest:
+        return BadRequest(f"event {event.type[:64]!r}: {what}")
+
+    if event.type not in EVENT_TYPES:
+        raise bad("not an event type agents send")
+    if not AGENT_ID.match(event.agent_id):
+        raise bad(f"agent_id {event.agent_id[:64]!r} is not 8 of a-z and 0-9")
+    if event.type in SESSION_EVENTS:
+        if event.session_id is None or not is_uuid4(event.session_id):
+            raise bad(f"session_id {str(event.session_id)[:64]!r} is not a UUIDv4")
+    elif event.session_id is not None:
+        raise bad("an agent event carries no session_id")
+    if len(event.timestamp) > TIMESTAMP_MAX:
+        raise bad(f"timestamp longer than {TIMESTAMP_MAX} characters")
+    try:
+        parse_rfc3339(event.timestamp)
+    except (TypeError, ValueError) as e:
+        raise bad(f"timestamp {event.timestamp!r} is not RFC 3339: {e}") from e
+    if event.data is not None and not isinstance(event.data, dict):
+        raise bad(f"data must be an object, got {type(event.data).__name__}")
+    data = event.data or {}
+    if event.type == AGENT_STARTED:
+        for name in ("version", "image"):
+            value = data.get(name, "")
+            if not isinstance(value, str) or len(value) > STARTED_TEXT_MAX:
+                raise bad(f"data.{name} must be a string of at most {STARTED_TEXT_MAX} characters")
+        if not isinstance(data.get("capacity", {}), dict):
+            raise bad("data.capacity must be an object")
+    for name in ("heartbeat_interval_s", "interval_s"):
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(f"data.{name} must be a number")
+    if event.type in METADATA_EVENTS:
+        uuid = data.get("uuid", event.session_id)
+        if uuid != event.session_id:
+            raise bad(f"data.uuid {str(uuid)[:64]!r} is not the event's session_id")
+        validate_dns_name(data.get("dns_name", "") or "", domain)
 
 
 @dataclass
@@ -117,6 +197,7 @@ class AgentState:
         heartbeat_interval_s: From ``agent.started`` (30 until told).
         peer: Address of the status connection.
         sessions: Session UUID → DNS name (``""`` for none).
+        links: The open status connections of this agent (one token each); connected while any is.
     """
 
     agent_id: str
@@ -130,6 +211,7 @@ class AgentState:
     heartbeat_interval_s: float = 30.0
     peer: str = ""
     sessions: dict[str, str] = field(default_factory=dict)
+    links: set[object] = field(default_factory=set)
 
     def status_message(self) -> dict[str, Any]:
         """The shell-local ``agent.status`` message for subscribers."""
@@ -238,15 +320,25 @@ class StatusHub:
         self.subscribers.add(queue)
         return queue
 
-    def connected(self, agent_id: str, peer: str) -> None:
+    def connected(self, agent_id: str, peer: str, link: object = None) -> None:
+        """A status connection of ``agent_id`` opened (``link``: its token, one per connection)."""
         state = self.agent(agent_id)
+        state.links.add(link)
         state.connected, state.peer = True, peer
         self.broadcast(state.status_message())
 
-    def disconnected(self, agent_id: str) -> None:
+    def disconnected(self, agent_id: str, link: object = None) -> int:
+        """The connection ``link`` of ``agent_id`` ended; the agent is down once none is left.
+
+        Returns:
+            How many connections of the agent are still open.
+        """
         state = self.agent(agent_id)
-        state.connected = False
-        self.broadcast(state.status_message())
+        state.links.discard(link)
+        if not state.links:
+            state.connected = False
+            self.broadcast(state.status_message())
+        return len(state.links)
 
     def record(self, event: Event) -> bool:
         """Apply an agent's event to its state and fan it out.
@@ -271,7 +363,7 @@ class StatusHub:
             if isinstance(interval, (int, float)) and interval > 0:
                 state.heartbeat_interval_s = float(interval)
         elif event.type in (CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED) and event.session_id:
-            name = str(data.get("dns_name", "") or "")
+            name = str(data.get("dns_name", "") or "").lower()  # checked by check_event before
             dns_changed = (state.sessions.get(event.session_id) or "") != name
             state.sessions[event.session_id] = name
         elif event.type == CONTAINER_DELETED and event.session_id:
@@ -289,6 +381,19 @@ class StatusHub:
         state.sessions = fresh
         return changed
 
+    def valid_names(self, sessions: list[SessionView], domain: str | None) -> list[SessionView]:
+        """``sessions`` with every DNS name :func:`validate_dns_name` refuses cleared (and logged)."""
+        kept = []
+        for view in sessions:
+            try:
+                validate_dns_name(view.meta.dns_name, domain)
+            except BadRequest as e:
+                log.warning("dns: agent %s lists session %s with a name it may not publish: %s",
+                            view.agent_id, view.meta.uuid, e)
+                view = dataclasses.replace(view, meta=view.meta.with_changes(dns_name=""))
+            kept.append(view)
+        return kept
+
     def check_stale(self) -> None:
         """Mark agents silent for more than ``stale_after`` heartbeats as stale and tell subscribers."""
         now = self.clock()
@@ -301,12 +406,12 @@ class StatusHub:
                 self.broadcast(state.status_message())
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: one token per connection in AgentState.links
 class _AgentLink:
-    """One agent's status channel: who opened it and the agent ID it is bound to (None until known)."""
+    """One agent's status channel: who opened it and the agent ID its key is bound to in the registry."""
 
     caller: Caller
-    agent_id: str | None
+    agent_id: str
     peer_ip: str
 
 
@@ -394,9 +499,16 @@ class StatusServer:
         return self._spawn(self._serve_agent(process, caller))
 
     async def _serve_agent(self, process: asyncssh.SSHServerProcess, caller: Caller) -> None:
-        link = _AgentLink(caller, caller.agent_id, caller.peer.rsplit(":", 1)[0].strip("[]"))
-        if link.agent_id:
-            self.hub.connected(link.agent_id, caller.peer)
+        agent_id = (await asyncio.to_thread(status_key_bindings, self.config.paths)).get(caller.fingerprint)
+        if agent_id is None:
+            log.warning("status: refused a link from %s: key %s is bound to no agent in %s (run `convocate-host "
+                        "init-agent` or `update` for the agent, which records its status key there)",
+                        caller.peer, caller.fingerprint, self.config.paths.agents_dir)
+            with contextlib.suppress(Exception):
+                process.exit(1)
+            return
+        link = _AgentLink(caller, agent_id, caller.peer.rsplit(":", 1)[0].strip("[]"))
+        self.hub.connected(agent_id, caller.peer, link)
         try:
             # Whole reads (READ_CHUNK: what the channel holds), handled a batch at a time.
             async for frames in read_frame_batches(process.stdin, batch_bytes=AGENT_BATCH_BYTES):
@@ -409,9 +521,12 @@ class StatusServer:
         except (OSError, asyncssh.Error) as e:
             log.info("status: connection from %s ended: %s", caller, e)
         finally:
-            if link.agent_id is not None:
-                self.hub.disconnected(link.agent_id)
-                log.info("status: agent %s disconnected", link.agent_id)
+            still_open = self.hub.disconnected(agent_id, link)
+            if still_open:
+                log.info("status: a link of agent %s from %s closed; %d still open", agent_id, caller.peer,
+                         still_open)
+            else:
+                log.info("status: agent %s disconnected", agent_id)
             with contextlib.suppress(Exception):
                 process.exit(0)
 
@@ -425,12 +540,14 @@ class StatusServer:
         except BadRequest as e:
             log.warning("status: %s sent a bad event: %s", link.caller, e)
             return
-        if link.agent_id is None:
-            link.agent_id = event.agent_id
-            self.hub.connected(link.agent_id, link.caller.peer)
         if event.agent_id != link.agent_id:
-            log.warning("status: refused an event claiming agent %s on the connection of agent %s (key %s)",
-                        event.agent_id, link.agent_id, link.caller.fingerprint)
+            log.warning("status: refused an event claiming agent %r on the connection of agent %s (key %s)",
+                        event.agent_id[:64], link.agent_id, link.caller.fingerprint)
+            return
+        try:
+            check_event(event, self.config.domain)
+        except BadRequest as e:
+            log.warning("status: refused an event of agent %s: %s", link.agent_id, e)
             return
         if link.agent_id not in self._addresses:
             self._addresses[link.agent_id] = link.peer_ip
@@ -459,7 +576,7 @@ class StatusServer:
         except ConvocateError as e:
             log.warning("status: cannot resync agent %s: %s", agent_id, e)
             return
-        if self.hub.resync(agent_id, views):
+        if self.hub.resync(agent_id, self.hub.valid_names(views, self.config.domain)):
             await self._update_dns()
 
     async def _agent_address(self, agent_id: str) -> str | None:
@@ -512,12 +629,29 @@ class StatusServer:
                 continue
             writer.write(b"".join(take_all(queue)))  # type: ignore[arg-type]
 
+    @staticmethod
+    async def _discard_input(reader: asyncio.StreamReader) -> None:
+        """Read what a subscriber sends, in chunks, and throw it away; return at EOF or a runaway line.
+
+        Subscribers have nothing to say, so nothing is kept: memory stays bounded by one chunk.
+        A subscriber that sends :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline is told off
+        in the log and disconnected.
+        """
+        since_newline = 0
+        while chunk := await reader.read(SUBSCRIBER_INPUT_MAX):
+            end = chunk.rfind(b"\n")
+            since_newline = len(chunk) - end - 1 if end >= 0 else since_newline + len(chunk)
+            if since_newline >= SUBSCRIBER_INPUT_MAX:
+                log.warning("status socket: a subscriber sent %d bytes without a newline; disconnecting it",
+                            since_newline)
+                return
+
     async def _subscriber(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue = self.hub.subscribe()
         self._local[queue] = writer
-        gone = asyncio.ensure_future(reader.read())  # subscribers send nothing; EOF means they left
+        gone = asyncio.ensure_future(self._discard_input(reader))  # returns when they left or misbehaved
         try:
-            while True:
+            while not gone.done():
                 if queue.empty():
                     ready = asyncio.ensure_future(queue.ready.wait())
                     done, _ = await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)

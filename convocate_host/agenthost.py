@@ -5,7 +5,8 @@ init-agent (DESIGN §6), each step idempotent:
 1. the ``convocate-agent`` package, debconf preseeded with the shell host and ports; its postinst
    runs ``convocate-agent install`` (account, agent ID, host key, slice limits).
 2. the peering keys minted and both host keys pinned (:mod:`convocate_host.peering`); the agent is
-   registered in the shell's ``/etc/convocate/agents/<agent-id>/`` and authorized in its
+   registered in the shell's ``/etc/convocate/agents/<agent-id>/``, its status key recorded there
+   (``status_ed25519_key.pub``: the binding of that key to this agent ID) and then authorized in
    ``status_authorized_keys``, which status-serve re-reads by itself.
 3. log forwarding: the agent's own TLS listener on the shell host (a port of the log range,
    admitting only this agent's certificate), its rsyslog TLS client certificate from the cluster CA,
@@ -16,7 +17,9 @@ init-agent (DESIGN §6), each step idempotent:
    ``convocate agents`` must report it ``ok``.
 
 update: the newest .debs of whatever convocate packages the host has, the image of the new
-version, ``current-image`` stamped; running session containers keep their image until they are
+version, ``current-image`` stamped, and for an agent its status key recorded in the shell's
+registry (an agent joined by an older convocate-host has none, and status-serve refuses its
+status link until it has); running session containers keep their image until they are
 restarted. ``--all`` rolls every registered agent, one at a time, and stops at the first one
 that does not come back healthy.
 """
@@ -39,11 +42,13 @@ from convocate_host.images import ensure_agent_image
 from convocate_host.peering import (
     CLAUDE_OWNER,
     AgentIdentity,
+    bind_status_key,
     ensure_authorized,
     pin_agent_side,
     pin_shell_side,
     read_agent_identity,
     read_status_host_key,
+    read_status_key,
 )
 from convocate_host.report import LiveReport
 from convocate_host.target import HostError, Target
@@ -107,6 +112,7 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
                                      report=shell_report)
     status_key, status_changed = await pin_agent_side(agent, identity, shell_login_key=login_key,
                                                       status_host_key=status_host_key, report=agent_report)
+    await bind_status_key(shell, identity.agent_id, status_key, shell_report)
     await ensure_authorized(shell, str(PATHS.status_authorized_keys), status_key, shell_report,
                             f"agent {identity.agent_id}'s status key", owner=CLAUDE_OWNER)
     # rsyslog is restarted by its own step; the agent reads current-image at every start of a session.
@@ -218,6 +224,11 @@ async def update_host(shell: Target, host: Target, debs: Path, report: LiveRepor
     if "convocate-agent" not in present:
         return None
     identity = await read_agent_identity(host)
+    status_key = await read_status_key(host)
+    if status_key is None:
+        report.note(messages.HOST_NO_STATUS_KEY.format(agent=identity.agent_id))
+    else:
+        await bind_status_key(shell, identity.agent_id, status_key, shell_report)
     tag = image or f"convocate:{new_versions['convocate-agent']}"
     await ensure_agent_image(shell, host, tag, report, shell_report=shell_report)
     if await stamp_current_image(host, tag, report):

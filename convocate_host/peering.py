@@ -5,8 +5,10 @@
   (``known_host``), address and port; its public half is in the agent's ``authorized_keys``.
 - agent → shell (tcp/223): the agent's status emitter logs in with
   ``agent_to_shell_ed25519_key``; its public half is in the shell's ``status_authorized_keys``
-  with the comment ``convocate-agent <agent-id>`` (status-serve names the agent by it), and the
-  shell's status host key is pinned in the agent's ``shell_known_host``.
+  (comment ``convocate-agent <agent-id>``, for people: it binds nothing) and in the agent's
+  registry entry as ``status_ed25519_key.pub``, which is what binds the key to that one agent ID
+  for status-serve (issue 14); the shell's status host key is pinned in the agent's
+  ``shell_known_host``.
 
 Keys are minted once (ed25519, DESIGN §2) and kept on later runs; a line is written only when it
 differs. Both daemons re-read their authorized keys when the file changes, so a new agent is
@@ -141,6 +143,45 @@ async def pin_shell_side(shell: Target, agent: AgentIdentity, *, address: str, p
     report.step(changed, f"agent {agent.agent_id} registered at {address}:{port}, host key pinned ({directory})")
     return await ensure_keypair(shell, str(PATHS.shell_to_agent_key(agent.agent_id)),
                                 f"convocate-shell {shell.address}", report)
+
+
+async def read_status_key(agent: Target) -> str | None:
+    """The public half of the agent's status key, derived from its private key (not the agent's ``.pub`` file).
+
+    Returns:
+        ``ssh-ed25519 AAAA...`` without a comment, or None when the agent has no status key yet.
+
+    Raises:
+        ConfigError: the file holds something that is not an ed25519 private key.
+    """
+    path = str(PATHS.agent_to_shell_key)
+    private = await agent.read_file(path)
+    if private is None:
+        return None
+    try:
+        key = asyncssh.import_private_key(private)
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise ConfigError(messages.KEY_UNREADABLE.format(path=f"{agent.description}:{path}", detail=e)) from e
+    line = keys.public_key_line(key)
+    keys.parse_public_key(line, source=f"{agent.description}:{path}")  # ed25519 only
+    return line
+
+
+async def bind_status_key(shell: Target, agent_id: str, status_key_line: str, report: LiveReport) -> bool:
+    """Record the agent's status key in its registry entry on the shell: the one agent ID the key speaks for.
+
+    Written before the key is authorized, so status-serve never sees the key without its binding.
+
+    Returns:
+        True when the file changed.
+
+    Raises:
+        ConfigError: ``status_key_line`` is not an ed25519 public key line.
+    """
+    key = keys.parse_public_key(status_key_line, source=f"agent {agent_id} status key")
+    path = str(PATHS.agent_status_key(agent_id))
+    changed = await shell.write_file(path, f"{keys.public_key_line(key)}\n".encode(), mode=0o644, owner=CLAUDE_OWNER)
+    return report.step(changed, f"agent {agent_id}'s status key ({keys.fingerprint(key)}) bound to it in {path}")
 
 
 async def pin_agent_side(agent: Target, identity: AgentIdentity, *, shell_login_key: str, status_host_key: str,

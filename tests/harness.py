@@ -6,8 +6,8 @@ provisions real ones: it runs ``convocate-agent install``, mints the shell's
 ed25519 key and authorizes it on the agent, registers the agent in the shell's
 registry with its pinned host key, and starts ``convocate-agent serve`` on
 loopback as a real subprocess. With ``status=True`` it also creates the
-shell's status host key, mints the agent's ``agent_to_shell`` key and pins
-both ways, and runs ``convocate status-serve`` before the agent.
+shell's status host key, mints the agent's ``agent_to_shell`` key, pins
+both ways, records that key in the agent's registry entry, and runs ``convocate status-serve`` before the agent.
 
 ``python -m tests.harness demo-up STATE_DIR`` brings the demo cluster up (or
 reuses it) and prints the environment for the ``convocate`` CLI;
@@ -30,7 +30,7 @@ from pathlib import Path
 from convocate.common import keys
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import ROOT_ENV, Paths
-from convocate.registry import AgentRecord, register_agent
+from convocate.registry import AgentRecord, bind_status_key, register_agent
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -119,6 +119,7 @@ class LocalCluster:
         auth = paths.status_authorized_keys
         if not auth.exists() or line not in auth.read_text():
             atomic_write(auth, line.encode(), mode=0o644)
+        bind_status_key(paths, self.agent_id, line)  # the shell's registry: whose key this is
         atomic_write(paths.shell_known_host, (keys.public_key_line(status_key) + "\n").encode())
         atomic_write(paths.shell_host_file, b"127.0.0.1\n")
 

@@ -33,3 +33,21 @@ def test_update_writes_only_on_change(tmp_path):
     assert hosts.update([record]) is False
     assert (tmp_path / "hosts").stat().st_mtime_ns == stamp
     assert hosts.update([]) is True and (tmp_path / "hosts").read_text() == ""
+
+
+def test_a_record_whose_field_breaks_its_rule_is_left_out_and_no_line_is_added():
+    current = "10.0.0.9 vm-one.c.internal vm-one\n"
+    records = [HostRecord("10.0.0.2", "x\n6.6.6.6 evil.example.org", "abcd1234", SID1),
+               HostRecord("10.0.0.2", "api.anthropic.com", "abcd1234", SID1),
+               HostRecord("10.0.0.2 6.6.6.6", "ok", "abcd1234", SID1),
+               HostRecord("10.0.0.2", "ok", "abcd\n234", SID1),
+               HostRecord("10.0.0.2", "ok", "abcd1234", "../../etc"),
+               HostRecord("10.0.0.2", "Upper", "abcd1234", SID1),
+               HostRecord("10.0.0.3", "web", "abcd1234", SID2)]
+    assert render_hosts(current, records, "c.internal").splitlines() == [
+        "10.0.0.9 vm-one.c.internal vm-one", f"10.0.0.3 web.c.internal web # convocate abcd1234 {SID2}"]
+
+
+def test_a_name_inside_the_domain_is_written_as_it_is():
+    lines = render_hosts("", [HostRecord("10.0.0.2", "api.c.internal", "abcd1234", SID1)], "c.internal").splitlines()
+    assert lines == [f"10.0.0.2 api.c.internal # convocate abcd1234 {SID1}"]

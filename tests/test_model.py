@@ -9,6 +9,7 @@ from convocate.common.model import (
     derive_state,
     new_uuid,
     normalize_dns_name,
+    validate_dns_name,
     validate_name,
     validate_port,
     validate_protocol,
@@ -62,6 +63,22 @@ def test_dns_names_are_lowercased_and_checked():
                      (".".join(["a" * 60] * 5), "longer than 253"), ("under_score", "label"), ("end.", "empty label")]:
         with pytest.raises(BadRequest, match=why):
             normalize_dns_name(bad)
+
+
+def test_a_session_dns_name_is_one_label_or_inside_the_cluster_domain():
+    assert validate_dns_name("Web-1") == "web-1"
+    assert validate_dns_name("") == ""
+    assert validate_dns_name("Web.Convocate.Internal", "convocate.internal") == "web.convocate.internal"
+    assert validate_dns_name("a.b.convocate.internal", "convocate.internal") == "a.b.convocate.internal"
+    for bad, domain, why in [("api.anthropic.com", None, "is one label"),
+                             ("web.convocate.internal", None, "is one label"),
+                             ("api.anthropic.com", "convocate.internal", "inside the cluster's domain"),
+                             ("convocate.internal", "convocate.internal", "inside the cluster's domain"),
+                             ("evilconvocate.internal", "convocate.internal", "inside the cluster's domain"),
+                             ("x\n6.6.6.6 evil.example.org", "convocate.internal", "label"),
+                             (["web"], "convocate.internal", "must be a string")]:
+        with pytest.raises(BadRequest, match=why):
+            validate_dns_name(bad, domain)
 
 
 def test_rfc3339_round_trip_keeps_nanoseconds():

@@ -15,8 +15,8 @@ def test_every_op_of_the_design_is_declared():
 
 
 def test_create_normalises_values():
-    out = decode_params("create", {"name": "n", "dns_name": "A.B", "protocol": "", "port": -1, "start": True})
-    assert out == {"name": "n", "dns_name": "a.b", "protocol": "tcp", "port": -1, "start": True}
+    out = decode_params("create", {"name": "n", "dns_name": "A-B", "protocol": "", "port": -1, "start": True})
+    assert out == {"name": "n", "dns_name": "a-b", "protocol": "tcp", "port": -1, "start": True}
 
 
 @pytest.mark.parametrize("op, params, fragment", [
@@ -31,6 +31,8 @@ def test_create_normalises_values():
     ("create", {"name": "x", "cpus": 0}, 'field "cpus"'),
     ("create", {"name": "x", "memory_mb": 1}, 'field "memory_mb"'),
     ("create", {"name": "x", "dns_name": "bad_name"}, "not a valid DNS name"),
+    ("create", {"name": "x", "dns_name": "api.anthropic.com"}, "is one label"),
+    ("edit", {"id": SID, "dns_name": "x\n6.6.6.6 evil.example.org"}, "not a valid DNS name"),
     ("clone", {"source_id": SID}, 'missing required field "name"'),
     ("send", {"id": SID, "text": "a\x00b"}, "NUL"),
     ("send", {"id": SID, "text": "a" * 70000}, "longer than"),

@@ -23,6 +23,7 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.protocol import Event, encode_line
+from convocate.registry import bind_status_key
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
 from tests.test_agent_attach import detach, open_attach
@@ -326,14 +327,17 @@ async def test_a_burst_from_several_agents_reaches_every_subscriber_whole_and_in
     cluster = lone_cluster
     cluster.install()
     cluster.start()
-    emitter = keys.generate_key()
-    auth = cluster.paths.status_authorized_keys
-    auth.write_text(auth.read_text() + keys.public_key_line(emitter, "burst emitters") + "\n")
-    host_key = keys.load_private_key(cluster.paths.status_host_key).convert_to_public()
     agents, count = [f"burst{i:03d}" for i in range(4)], 3000
+    emitters = {agent_id: keys.generate_key() for agent_id in agents}  # one key per agent, bound in the registry
+    auth = cluster.paths.status_authorized_keys
+    auth.write_text(auth.read_text() + "".join(keys.public_key_line(k) + "\n" for k in emitters.values()))
+    for agent_id, key in emitters.items():
+        bind_status_key(cluster.paths, agent_id, keys.public_key_line(key))
+    host_key = keys.load_private_key(cluster.paths.status_host_key).convert_to_public()
 
     async def burst(agent_id: str) -> None:
-        async with asyncssh.connect("127.0.0.1", cluster.status_port, username="claude", client_keys=[emitter],
+        async with asyncssh.connect("127.0.0.1", cluster.status_port, username="claude",
+                                    client_keys=[emitters[agent_id]],
                                     known_hosts=([host_key], [], []), agent_path=None, config=None) as conn:
             process = await conn.create_process(subsystem="convocate-status", encoding=None)
             process.stdin.write(b"".join(

@@ -138,3 +138,30 @@ def test_event_queue_drops_the_oldest_and_counts():
 def test_backoff_doubles_from_one_second_to_thirty():
     delays = backoff_delays()
     assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_an_agent_is_down_only_when_its_last_link_ends():
+    async def scenario():
+        hub = StatusHub(clock=Clock())
+        live, second = object(), object()
+        hub.connected("abcd1234", "127.0.0.1:5000", live)
+        hub.connected("abcd1234", "127.0.0.1:5001", second)
+        queue = hub.subscribe()
+        drain(queue)
+        left = hub.disconnected("abcd1234", second)
+        after_second = (left, hub.agents["abcd1234"].connected, drain(queue))
+        left = hub.disconnected("abcd1234", live)
+        return after_second, (left, hub.agents["abcd1234"].connected, drain(queue))
+
+    (left1, up1, msgs1), (left2, up2, msgs2) = asyncio.run(scenario())
+    assert (left1, up1, msgs1) == (1, True, [])
+    assert (left2, up2) == (0, False) and [m["data"]["connected"] for m in msgs2] == [False]
+
+
+def test_a_resync_drops_names_the_session_may_not_publish():
+    hub = StatusHub(clock=Clock())
+    views = [SessionView(SessionMeta(SID, "x", 1, 1, dns_name="api.anthropic.com")),
+             SessionView(SessionMeta(SID, "y", 1, 1, dns_name="web.convocate.internal"))]
+    kept = hub.valid_names(views, "convocate.internal")
+    assert [v.meta.dns_name for v in kept] == ["", "web.convocate.internal"]
+    assert [v.meta.name for v in kept] == ["x", "y"]

@@ -300,8 +300,8 @@ def test_new_form_with_invalid_values_names_the_field_and_comes_back_with_every_
     fixes = [  # the field the error names, the rule it states, and the keys that fix it and press OK
         ('field "name"', "1-64 characters", ["kept-values", *["Tab"] * 9, "Enter"], ("Name", "kept-values")),
         ('field "port"', "1-65535", [*["BSpace"] * 6, "4321", *["Tab"] * 7, "Enter"], ("Port", "4321")),
-        ('field "dns_name"', "a-z, 0-9 and '-'", [*["BSpace"] * 8, "kept.example", *["Tab"] * 6, "Enter"],
-         ("DNS name", "kept.example")),
+        ('field "dns_name"', "a-z, 0-9 and '-'", [*["BSpace"] * 8, "kept-example", *["Tab"] * 6, "Enter"],
+         ("DNS name", "kept-example")),
         ('field "cpus"', "'web' is not a number", [*["BSpace"] * 3, "0.2", *["Tab"] * 5, "Enter"], ("CPUs", "0.2")),
     ]
     for field, rule, keys, (label, fixed) in fixes:
@@ -314,7 +314,7 @@ def test_new_form_with_invalid_values_names_the_field_and_comes_back_with_every_
         typed[label] = fixed
     tui.wait_state("kept-values", "R")
     made = {s["name"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}["kept-values"]
-    assert (made["port"], made["dns_name"], made["cpus"], made["memory_mb"]) == (4321, "kept.example", 0.2, 300)
+    assert (made["port"], made["dns_name"], made["cpus"], made["memory_mb"]) == (4321, "kept-example", 0.2, 300)
     assert "[convocate] attached" not in tui.screen()  # "Attach right away" stayed unchecked
     cli(cluster, "kill", "kept-values")
     cli(cluster, "delete", "kept-values")

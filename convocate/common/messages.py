@@ -25,6 +25,10 @@ BAD_NAME = (
 BAD_PORT = 'field "port": {value} is out of range (0 none, -1 auto, 1-65535)'
 BAD_PROTOCOL = 'field "protocol": must be "tcp" or "udp", got {value!r}'
 BAD_DNS_NAME = 'field "dns_name": {value!r} is not a valid DNS name: {reason}'
+DNS_NAME_NOT_A_LABEL = (
+    "a session's DNS name is one label of a-z, 0-9 and '-' (the shell host adds the cluster's domain)"
+)
+DNS_NAME_OUTSIDE_DOMAIN = "a dotted name must lie inside the cluster's domain {domain}"
 BAD_RANGE = 'field "{field}": {value} is out of range ({low}..{high}{unit})'
 BAD_TEXT = 'field "{field}": {reason}'
 
@@ -294,3 +298,7 @@ DRY_RUN_STOPS_AT_PACKAGE = (
 # --- report sockets (convocate_agent.insight) ---------------------------------------------------------
 #: The answer to a report whose sender is not the session's container or the agent (details go to the log).
 REPORT_PEER_REFUSED = "refused: only this session's container may report on this socket"
+HOST_NO_STATUS_KEY = (
+    "agent {agent} has no status key yet, so none is bound to it in the shell's registry; run"
+    " `convocate-host init-agent` for it"
+)

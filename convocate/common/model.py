@@ -40,6 +40,8 @@ _NAME = re.compile(r"[A-Za-z0-9 _.\-]{1,64}")
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 DNS_NAME_MAX = 253
+#: Longest DNS label (RFC 1035 §2.3.4).
+DNS_LABEL_MAX = 63
 
 
 def validate_uuid(value: Any, field_name: str = "id") -> str:
@@ -133,12 +135,14 @@ def validate_protocol(value: Any) -> str:
 
 
 def normalize_dns_name(value: Any) -> str:
-    """Lowercase and check a session DNS name; ``""`` means none.
+    """Lowercase a DNS name and check its syntax only; ``""`` means none.
 
     Rules (RFC 1123 §2.1, RFC 1035 §2.3.4): dot-separated labels of 1-63
     characters from ``a-z 0-9 -``, not starting or ending with ``-``, at most
-    253 characters in all. A trailing dot is refused (names are relative to
-    the cluster's domain).
+    253 characters in all. A trailing dot is refused. This is the syntax layer
+    of :func:`validate_dns_name`; alone it serves names read back from stored
+    metadata (which older agents may hold dotted) and the cluster's domain.
+    Whether a session may *publish* a name is :func:`validate_dns_name`'s rule.
 
     Returns:
         The lowercased name.
@@ -160,11 +164,42 @@ def normalize_dns_name(value: Any) -> str:
     for label in name.split("."):
         if label == "":
             raise bad("empty label")
-        if len(label) > 63:
-            raise bad(f"label {label[:16]!r}... is longer than 63 characters")
+        if len(label) > DNS_LABEL_MAX:
+            raise bad(f"label {label[:16]!r}... is longer than {DNS_LABEL_MAX} characters")
         if not _DNS_LABEL.fullmatch(label):
             raise bad(f"label {label!r} must be a-z, 0-9 and '-', not starting or ending with '-'")
     return name
+
+
+def validate_dns_name(value: Any, domain: str | None = None) -> str:
+    """The one check of a session's DNS name: the agent's on create/edit, status-serve's on every event.
+
+    A session's DNS name is one RFC 1123 label (``web``), which the shell host publishes as
+    ``web.<domain>`` and ``web``; or, where the cluster's domain is known (status-serve), a name
+    inside that domain (``web.convocate.internal``), published as it is. Any other dotted name is
+    refused: ``api.anthropic.com`` would otherwise be answered by the cluster's resolver for every
+    host that uses it (issue 14). The agent does not know the cluster's domain, so it takes single
+    labels only.
+
+    Args:
+        value: The candidate (a request parameter, or a field of an agent's event).
+        domain: The cluster's DNS domain (status-serve); None where it is not known (the agent).
+
+    Returns:
+        The lowercased name, ``""`` for none.
+
+    Raises:
+        BadRequest: not a string, bad syntax (see :func:`normalize_dns_name`), or outside the domain.
+    """
+    name = normalize_dns_name(value)
+    if "." not in name:
+        return name
+    domain = (domain or "").lower().strip(".")
+    if domain and name.endswith("." + domain) and name != domain:
+        return name
+    reason = (messages.DNS_NAME_OUTSIDE_DOMAIN.format(domain=domain) if domain
+              else messages.DNS_NAME_NOT_A_LABEL)
+    raise BadRequest(messages.BAD_DNS_NAME.format(value=value, reason=reason))
 
 
 @dataclass(frozen=True)

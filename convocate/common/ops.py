@@ -16,8 +16,8 @@ from typing import Any
 from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.model import (
-    normalize_dns_name,
     parse_trash_id,
+    validate_dns_name,
     validate_name,
     validate_port,
     validate_protocol,
@@ -118,7 +118,7 @@ def _id(name: str = "id") -> Param:
 _NAME = Param("name", "string", check=validate_name)
 _PORT = Param("port", "integer", check=validate_port)
 _PROTOCOL = Param("protocol", "string", check=validate_protocol)
-_DNS = Param("dns_name", "string", check=normalize_dns_name)
+_DNS = Param("dns_name", "string", check=validate_dns_name)
 _CPUS = Param("cpus", "number", check=_cpus)
 _MEMORY = Param("memory_mb", "integer", check=_memory)
 

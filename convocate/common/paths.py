@@ -224,6 +224,10 @@ class Paths:
         """The agent's pinned host key."""
         return self.agent_dir(agent_id) / "known_host"
 
+    def agent_status_key(self, agent_id: str) -> Path:
+        """The public half of the agent's status key: the one key status-serve takes as this agent (issue 14)."""
+        return self.agent_dir(agent_id) / "status_ed25519_key.pub"
+
     @property
     def shell_domain_file(self) -> Path:
         """The cluster's DNS domain (one line)."""

@@ -28,7 +28,6 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import resource
 import time
 from collections import Counter
@@ -44,9 +43,6 @@ from convocate.common.errors import ConfigError
 from convocate.common.sshclient import CIPHERS
 
 log = logging.getLogger(__name__)
-
-#: How an authorized key's comment names the agent it belongs to (``convocate-agent abcd1234``).
-_AGENT_COMMENT = re.compile(r"\bconvocate-agent ([a-z0-9]{8})\b")
 
 #: Connections that have not authenticated yet, at most, in total: sshd's ``MaxStartups`` in its
 #: single-number form (a hard cap; sshd's random early drop ``start:rate:full`` is not
@@ -272,20 +268,14 @@ class Caller:
 
     Attributes:
         fingerprint: SHA-256 fingerprint of the client key (``SHA256:...``).
-        comment: The comment of the matching ``authorized_keys`` line.
+        comment: The comment of the matching ``authorized_keys`` line (for logs only: it names
+            nobody; status-serve binds a key to its agent through the shell's registry).
         peer: ``host:port`` the connection came from.
     """
 
     fingerprint: str
     comment: str = ""
     peer: str = ""
-
-    @property
-    def agent_id(self) -> str | None:
-        """The agent ID the key's comment names (``convocate-agent <id>``), if any."""
-        m = _AGENT_COMMENT.search(self.comment)
-        return m.group(1) if m else None
-
     def __str__(self) -> str:
         return self.fingerprint
 

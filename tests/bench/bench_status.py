@@ -24,6 +24,7 @@ import asyncssh
 
 from convocate.common import keys
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event, LineDecoder, encode_line
+from convocate.registry import bind_status_key
 from convocate.status_server import StatusHub, take_all
 from tests.bench.common import Figure, percentile, scratch_cluster
 from tests.bench.status_peers import SINK_SUBSYSTEM
@@ -62,6 +63,7 @@ async def _latency(cluster, rounds: int) -> tuple[list[float], list[float]]:
 
 
 BATCH = 50  # events per write
+BENCH_AGENT = "bench000"  # the agent ID the bench's status key is bound to
 
 
 async def _open_pushers(port: int, host_key: asyncssh.SSHKey, client_key: asyncssh.SSHKey,
@@ -120,8 +122,8 @@ async def _served(cluster, client_key: asyncssh.SSHKey, seconds: float) -> tuple
             raise RuntimeError("the status socket counter did not start")
         pushers = await _open_pushers(cluster.status_port, host_key, client_key, STATUS_SUBSYSTEM)
         started = time.monotonic()
-        sent = sum(await asyncio.gather(*(_push(conn, process, f"bench{i:03d}", seconds)
-                                          for i, (conn, process) in enumerate(pushers))))
+        # One key is one agent (the registry binds it to BENCH_AGENT): every pusher is a link of that agent.
+        sent = sum(await asyncio.gather(*(_push(conn, process, BENCH_AGENT, seconds) for conn, process in pushers)))
         counter.stdin.write(f"{sent}\n".encode())
         await counter.stdin.drain()
         received, last = (await asyncio.wait_for(counter.stdout.readline(), 120)).split()
@@ -159,6 +161,7 @@ async def _throughput(cluster, seconds: float) -> tuple[float, float]:
     client_key = keys.generate_key()
     auth = cluster.paths.status_authorized_keys
     auth.write_text(auth.read_text() + keys.public_key_line(client_key, "bench emitters") + "\n")
+    bind_status_key(cluster.paths, BENCH_AGENT, keys.public_key_line(client_key))
     served, sent, received = await _served(cluster, client_key, seconds)
     if received < sent:
         print(f"bench status: the subscriber got {received} of {sent} heartbeats (cut off, or still behind "
