@@ -84,10 +84,10 @@ def test_a_bad_value_names_its_field_and_the_rule_it_breaks(fields, field, says)
 
 
 def test_the_form_notation_becomes_what_the_agent_decodes():
-    typed = SessionFields(name=" web app ", protocol="UDP", port="0", dns_name="App.Example", cpus="1.5",
+    typed = SessionFields(name=" web app ", protocol="UDP", port="0", dns_name="App-Example", cpus="1.5",
                           memory_mb="300")
     create = session_params(typed, "create")
-    assert create == {"name": "web app", "protocol": "udp", "port": -1, "dns_name": "app.example", "cpus": 1.5,
+    assert create == {"name": "web app", "protocol": "udp", "port": -1, "dns_name": "app-example", "cpus": 1.5,
                       "memory_mb": 300}
     assert decode_params("create", create) == create  # exactly what the agent's decoding gives back
     # Blank: no port on create (left out), none on edit (0); CPUs and memory left out (default / unchanged).
@@ -97,8 +97,8 @@ def test_the_form_notation_becomes_what_the_agent_decodes():
 
 
 def test_an_unchanged_edit_form_sends_the_session_as_it_is():
-    meta = SessionMeta(S1, "kept", 1, 2, port=8080, protocol="udp", dns_name="kept.example", cpus=0.25,
+    meta = SessionMeta(S1, "kept", 1, 2, port=8080, protocol="udp", dns_name="kept-example", cpus=0.25,
                        memory_mb=512)
     assert session_params(SessionFields.of(meta), "edit", S1) == {
-        "id": S1, "name": "kept", "protocol": "udp", "port": 8080, "dns_name": "kept.example", "cpus": 0.25,
+        "id": S1, "name": "kept", "protocol": "udp", "port": 8080, "dns_name": "kept-example", "cpus": 0.25,
         "memory_mb": 512}
