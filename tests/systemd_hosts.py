@@ -72,7 +72,8 @@ SUITE_NAMES = {"bookworm": "Debian 12 (bookworm)", "trixie": "Debian 13 (trixie)
 
 SYSTEMD_DOCKERFILE = """\
 # {name} with systemd as PID 1 (MACHINE-NOTES), with what the convocate packages depend on,
-# so that installing them needs no download. docker-ce is a stand-in: the test mounts the host's
+# so that installing them needs no download, and perl, whose Term::ReadLine debconf's readline
+# frontend needs (minbase has only perl-base). docker-ce is a stand-in: the test mounts the host's
 # Docker socket, and the group docker gets that socket's GID.
 FROM {base}
 ARG DOCKER_GID
@@ -82,7 +83,7 @@ RUN set -eu; export DEBIAN_FRONTEND=noninteractive; \\
     groupadd --system --gid "$DOCKER_GID" docker; \\
     apt-get update -q; \\
     apt-get install -y -q --no-install-recommends systemd systemd-sysv dbus python3 rsyslog-gnutls \\
-        openssh-client dnsmasq cron logrotate procps adduser ucf {packages} >/dev/null; \\
+        openssh-client dnsmasq cron logrotate procps adduser ucf perl {packages} >/dev/null; \\
     mkdir -p /tmp/docker-ce/DEBIAN; \\
     printf '%s\\n' 'Package: docker-ce' 'Version: 5:0.0-convocate-test' 'Architecture: all' \\
         'Maintainer: convocate tests <tests@localhost>' \\
