@@ -107,8 +107,9 @@ def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> It
     sweep(own, set())
 
 
-def _make_cluster(root: Path, image: str) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(root=root, image=image)
+def make_cluster(root: Path, image: str, **options: Any) -> Iterator[LocalCluster]:
+    """A running agent under ``root`` until the generator is closed (``options`` go to :class:`LocalCluster`)."""
+    cluster = LocalCluster(root=root, image=image, **options)
     cluster.install()
     cluster.start()
     try:
@@ -121,13 +122,13 @@ def _make_cluster(root: Path, image: str) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterator[LocalCluster]:
     """A running agent shared by the tests of one module."""
-    yield from _make_cluster(tmp_path_factory.mktemp("cluster"), session_image)
+    yield from make_cluster(tmp_path_factory.mktemp("cluster"), session_image)
 
 
 @pytest.fixture
 def fresh_cluster(tmp_path: Path, session_image: str) -> Iterator[LocalCluster]:
     """A running agent of the test's own (for tests that stop or break it)."""
-    yield from _make_cluster(tmp_path / "root", session_image)
+    yield from make_cluster(tmp_path / "root", session_image)
 
 
 @pytest.fixture

@@ -156,25 +156,43 @@ class Cluster:
 
     def tls_send(self, frames: list[bytes], cert: pki.IssuedCert) -> Exception | bytes:
         """Send octet-counted frames to the shell listener as a TLS client with ``cert``; what reading then gave."""
-        d = Path(tempfile.mkdtemp(dir=self.paths.root))
-        (d / "c.pem").write_bytes(cert.cert_pem)
-        (d / "c.key").write_bytes(cert.key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=self.ca.cert_pem.decode())
-        ctx.load_cert_chain(d / "c.pem", d / "c.key")
-        shutil.rmtree(d)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=pki.SHELL_PEER_NAME) as tls:
-                for frame in frames:
-                    tls.sendall(f"{len(frame)} ".encode() + frame)
-                tls.settimeout(3)
-                try:
-                    return tls.recv(1)  # the listener never writes: b"" is a close, a timeout means still open
-                except TimeoutError:
-                    return b"open"
-        except (ssl.SSLError, OSError) as e:
-            return e
+        return tls_send(self.port, self.ca, cert, frames, scratch=self.paths.root)
+
+
+def tls_send(port: int, ca: pki.CertificateAuthority, cert: pki.IssuedCert, frames: list[bytes], *,
+             scratch: Path) -> Exception | bytes:
+    """Octet-counted frames (RFC 6587 §3.4.1) to ``port`` on loopback as a TLS client holding ``cert``.
+
+    Args:
+        port: The listener's port.
+        ca: The CA the listener's certificate is checked against.
+        cert: The client certificate to present.
+        frames: The syslog messages.
+        scratch: A directory for the key files ssl needs on disk (removed again at once).
+
+    Returns:
+        What reading then gave: ``b""`` (the listener closed), ``b"open"`` (still open after 3 s; the
+        listener never writes), or the exception the handshake or the connection raised.
+    """
+    d = Path(tempfile.mkdtemp(dir=scratch))
+    (d / "c.pem").write_bytes(cert.cert_pem)
+    (d / "c.key").write_bytes(cert.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    ctx.load_cert_chain(d / "c.pem", d / "c.key")
+    shutil.rmtree(d)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=pki.SHELL_PEER_NAME) as tls:
+            for f in frames:
+                tls.sendall(f"{len(f)} ".encode() + f)
+            tls.settimeout(3)
+            try:
+                return tls.recv(1)
+            except TimeoutError:
+                return b"open"
+    except (ssl.SSLError, OSError) as e:
+        return e
 
 
 def frame(hostname: str, text: str) -> bytes:

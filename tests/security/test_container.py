@@ -9,7 +9,6 @@ Every container is the agent's (labelled with the cluster's root) and is killed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from convocate_agent import cgroups
 from tests.conftest import connect, rpc_ok
+from tests.security.conftest import running_session
 from tests.test_agent_attach import open_attach
 
 pytestmark = pytest.mark.docker
@@ -78,16 +78,6 @@ print(len(children), error)
 """
 
 
-async def start_session(ssh, name: str) -> str:
-    made = await rpc_ok(ssh, "create", {"name": name, "cpus": 0.2, "memory_mb": 256, "start": True})
-    return made["uuid"]
-
-
-async def end_session(ssh, sid: str) -> None:
-    await rpc_ok(ssh, "kill", {"id": sid})
-    await rpc_ok(ssh, "delete", {"id": sid})
-
-
 def run_in(docker_client, sid: str, script: str, user: str = USER) -> tuple[int, str]:
     container = docker_client.containers.get(f"convocate-session-{sid}")
     code, out = container.exec_run(["python3", "-c", script], user=user, environment=ENV)
@@ -96,18 +86,8 @@ def run_in(docker_client, sid: str, script: str, user: str = USER) -> tuple[int,
 
 @pytest.fixture(scope="module")
 def session(cluster):
-    async def make():
-        async with connect(cluster) as ssh:
-            return await start_session(ssh, "hostile")
-
-    sid = asyncio.run(make())
-    yield sid
-
-    async def end():
-        async with connect(cluster) as ssh:
-            await end_session(ssh, sid)
-
-    asyncio.run(end())
+    with running_session(cluster, "hostile", cpus=0.2, memory_mb=256) as sid:
+        yield sid
 
 
 def test_no_process_in_a_session_has_or_can_regain_a_capability(session, docker_client):
@@ -180,22 +160,18 @@ def test_a_fork_bomb_stops_at_the_sessions_pids_limit(cluster, session, docker_c
     assert container.attrs["HostConfig"]["PidsLimit"] == 4096  # the default of the agent setting pids_limit
     assert _parent_pids_max(docker_client, cluster.agent_id) not in ("max", "")  # and all sessions together
 
-    async def scenario():
+    async def agent(op: str, params: dict) -> dict:
         async with connect(cluster) as ssh:
-            await rpc_ok(ssh, "settings-set", {"pids_limit": 64})
-            try:
-                sid = await start_session(ssh, "fork-bomb")
-            finally:
-                await rpc_ok(ssh, "settings-set", {"pids_limit": 4096})
-            try:
-                code, out = await asyncio.to_thread(run_in, docker_client, sid, FORK_BOMB)
-                alive = (await rpc_ok(ssh, "get", {"id": sid}))["running"]
-                return code, out, alive
-            finally:
-                with contextlib.suppress(AssertionError):
-                    await end_session(ssh, sid)
+            return await rpc_ok(ssh, op, params)
 
-    code, out, alive = asyncio.run(scenario())
+    asyncio.run(agent("settings-set", {"pids_limit": 64}))
+    try:
+        with running_session(cluster, "fork-bomb", cpus=0.2, memory_mb=256) as sid:
+            asyncio.run(agent("settings-set", {"pids_limit": 4096}))  # only this session's container has 64
+            code, out = run_in(docker_client, sid, FORK_BOMB)
+            alive = asyncio.run(agent("get", {"id": sid}))["running"]
+    finally:
+        asyncio.run(agent("settings-set", {"pids_limit": 4096}))
     assert code == 0, out
     made, error = out.split()
     assert int(made) < 64 and error == "EAGAIN", out

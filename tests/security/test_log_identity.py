@@ -21,7 +21,7 @@ import pytest
 
 from convocate.common.paths import Paths
 from convocate_host import pki, rsyslog
-from tests.test_rsyslog import GTLS_DRIVER, RSYSLOGD, Rsyslogd, _write, frame, free_port, wait_for
+from tests.test_rsyslog import GTLS_DRIVER, RSYSLOGD, Rsyslogd, _write, frame, free_port, tls_send, wait_for
 
 AGENT_A = "aaaa1111"
 AGENT_B = "bbbb2222"
@@ -43,27 +43,7 @@ class Shell:
 
     def send(self, port: int, cert: pki.IssuedCert, frames: list[bytes]) -> Exception | bytes:
         """Frames, octet-counted, to ``port`` as a TLS client holding ``cert``; what reading then gave."""
-        import ssl
-
-        d = Path(tempfile.mkdtemp(dir=self.root))
-        (d / "c.pem").write_bytes(cert.cert_pem)
-        (d / "c.key").write_bytes(cert.key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=self.ca.cert_pem.decode())
-        ctx.load_cert_chain(d / "c.pem", d / "c.key")
-        shutil.rmtree(d)
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=pki.SHELL_PEER_NAME) as tls:
-                for f in frames:
-                    tls.sendall(f"{len(f)} ".encode() + f)
-                tls.settimeout(3)
-                try:
-                    return tls.recv(1)  # the listener never writes: b"" is a close, a timeout means still open
-                except TimeoutError:
-                    return b"open"
-        except (ssl.SSLError, OSError) as e:
-            return e
+        return tls_send(port, self.ca, cert, frames, scratch=self.root)
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from convocate.common.sshserver import (
     PER_SOURCE_MAX_STARTUPS,
     WANTED_NOFILE,
 )
-from tests.conftest import connect, rpc
-from tests.harness import REPO, LocalCluster, remove_containers
+from tests.conftest import connect, make_cluster, rpc
+from tests.harness import REPO, LocalCluster
 
 #: Connections in the big flood: past the 1024 descriptors of a unit without LimitNOFILE=.
 FLOOD = 1100
@@ -51,16 +51,8 @@ _SUMMARY = re.compile(r"refused (\d+) unauthenticated connection\(s\)")
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterator[LocalCluster]:
     """An agent under systemd's default open-file limit (``prlimit`` execs it, keeping the PID)."""
-    root = tmp_path_factory.mktemp("preauth")
-    cluster = LocalCluster(root=root, image=session_image,
-                           command_prefix=["prlimit", f"--nofile={SYSTEMD_DEFAULT_NOFILE}", "--"])
-    cluster.install()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        remove_containers(root)
+    yield from make_cluster(tmp_path_factory.mktemp("preauth"), session_image,
+                            command_prefix=["prlimit", f"--nofile={SYSTEMD_DEFAULT_NOFILE}", "--"])
 
 
 class Flood:

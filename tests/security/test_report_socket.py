@@ -20,6 +20,7 @@ import pytest
 
 from convocate.common import messages
 from tests.conftest import connect, rpc_ok
+from tests.security.conftest import running_session
 
 pytestmark = pytest.mark.docker
 
@@ -54,32 +55,10 @@ def forge_as(cluster, uid: int, gid: int, sid: str) -> dict:
     return json.loads(result.stdout)
 
 
-async def start_session(ssh, name: str) -> str:
-    made = await rpc_ok(ssh, "create", {"name": name, "cpus": 0.1, "memory_mb": 160, "start": True})
-    sid = made["uuid"]
-    for _ in range(200):  # the stand-in's SessionStart (the supervisor's start says "starting"): then quiet
-        meta = await rpc_ok(ssh, "get", {"id": sid})
-        if meta.get("activity") == "idle" and not meta.get("activity_detail"):
-            return sid
-        await asyncio.sleep(0.05)
-    raise AssertionError("the session never went idle")
-
-
 @pytest.fixture(scope="module")
 def session(cluster):
-    async def make():
-        async with connect(cluster) as ssh:
-            return await start_session(ssh, "forged")
-
-    sid = asyncio.run(make())
-    yield sid
-
-    async def end():
-        async with connect(cluster) as ssh:
-            await rpc_ok(ssh, "kill", {"id": sid})
-            await rpc_ok(ssh, "delete", {"id": sid})
-
-    asyncio.run(end())
+    with running_session(cluster, "forged", cpus=0.1, memory_mb=160, until_idle=True) as sid:
+        yield sid
 
 
 def activity(cluster, sid: str) -> tuple[str, str]:
