@@ -341,6 +341,20 @@ def test_administrators_edits_become_the_answers(host: DebconfHost):
         "2345", "2346", "edited.example.org", "2347", "edited.example.org"]
 
 
+def test_ucf_keeps_an_edited_defaults_file_when_a_new_answer_comes_noninteractively(host: DebconfHost):
+    # The edit above (quotes around 2346) is not what the answers render, so ucf(1) holds the file as the
+    # administrator's: a new preseeded answer does not overwrite it without asking; it lands in .ucf-dist.
+    before = host.read(AGENT_DEFAULTS)
+    host.preseed("convocate-agent convocate-agent/listen-port string 2348")
+    host.sh("dpkg-reconfigure -fnoninteractive convocate-agent")
+    assert host.read(AGENT_DEFAULTS) == before
+    assert host.setting(f"{AGENT_DEFAULTS}.ucf-dist", "CONVOCATE_AGENT_LISTEN") == ":2348"
+    # Taking the package's version (what an administrator answers ucf's question with) ends that.
+    host.sh("UCF_FORCE_CONFFNEW=1 dpkg-reconfigure -fnoninteractive convocate-agent")
+    assert host.setting(AGENT_DEFAULTS, "CONVOCATE_AGENT_LISTEN") == ":2348"
+    assert not host.exists(f"{AGENT_DEFAULTS}.ucf-dist")
+
+
 def test_preseeded_answer_wins_over_a_file_nobody_edited_across_two_config_runs(host: DebconfHost):
     # apt runs the config script before unpacking (dpkg-preconfigure), then again from the postinst.
     host.preseed("convocate-agent convocate-agent/listen-port string 2350",

@@ -274,7 +274,8 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
     # adduser --system: no subordinate ID range (subuid(5)) as useradd would give a plain user.
     assert host.sh("grep -s '^claude:' /etc/subuid /etc/subgid", check=False).stdout == ""
     for package, path in (("convocate", "/etc/default/convocate"), ("convocate-agent", "/etc/default/convocate-agent")):
-        assert package in host.sh(f"ucfq --with-colons {path}").stdout  # merged with ucf, owned by the package
+        # merged with ucf and registered to the package (ucfq: path:package:exists:changed)
+        assert host.sh(f"ucfq --with-colons {path}").stdout.split(":")[1] == package
     assert "/usr/bin/convocate" in host.read("/etc/shells").splitlines()
     # The slice: MemoryMax=90% of physical memory (static in the unit), CPUQuota from the install step's drop-in.
     limits = host.read("/etc/systemd/system/convocate-sessions.slice.d/50-limits.conf")
@@ -384,8 +385,9 @@ def test_install_reconfigure_upgrade_reinstall_remove_purge(host: PackageHost, d
                  "/var/cache/convocate-agent", "/var/cache/convocate", "/var/cache/convocate-host",
                  "/etc/dnsmasq.d/convocate"):
         assert not host.exists(gone), f"{gone} survived the purge"
-    assert host.sh("ucfq --with-colons /etc/default/convocate /etc/default/convocate-agent").stdout.count(
-        "convocate") == 0
+    # ucf forgot them: no package owns either path any more (ucfq: path:package:exists:changed).
+    assert [line.split(":")[1] for line in host.sh(
+        "ucfq --with-colons /etc/default/convocate /etc/default/convocate-agent").stdout.splitlines()] == ["", ""]
     assert host.sh("debconf-show convocate-agent; debconf-show convocate").stdout.strip() == ""
     assert host.read(session_json) == session_before
     assert host.sh(f"stat -c %U /home/claude/{session}").stdout.strip() == "claude"

@@ -152,8 +152,11 @@ def test_the_agent_answers_ping_over_openssh(host: PackageHost, agent: str):
 def test_a_session_is_served_through_the_agent(host: PackageHost, agent: str, prefix: Path):
     made = host.rpc(222, "create", {"name": "trixie", "cpus": 0.2, "memory_mb": 200, "start": True})
     session = made["uuid"]
-    # Its home is where dockerd mounts it from: this machine's side of the host's /home/claude.
-    assert (prefix / "home" / "claude" / session / "session.json").is_file()
+    # Its home is where dockerd mounts it from: this machine's side of the host's /home/claude; the agent's
+    # record of it is in the host's own state directory, out of the session's reach.
+    assert (prefix / "home" / "claude" / session).is_dir()
+    assert not (prefix / "home" / "claude" / session / "session.json").exists()
+    assert host.exists(f"/var/lib/convocate-agent/sessions/{session}.json")
     listed = {s["uuid"]: s for s in host.rpc(222, "list")}
     assert listed[session]["running"] and listed[session]["image"] == TEST_IMAGE, listed[session]
     container = f"convocate-session-{session}"
@@ -189,4 +192,8 @@ def test_purged_and_installed_again_noninteractively(host: PackageHost, agent: s
     assert "convocate install:" in output and "convocate-agent install:" in output, output
     for package in PACKAGES:
         assert host.sh(f"dpkg-query -W -f='${{Status}}' {package}").stdout == "install ok installed"
-    assert host.wait_for_ping(222)["agent_id"] != agent  # purge took the agent ID with the configuration
+    # Purge took the agent's ID, host key and authorized keys with the configuration: pin and authorize again.
+    host.sh("cat /root/client_key.pub >> /etc/convocate-agent/authorized_keys"
+            " && printf '[127.0.0.1]:222 %s\\n' \"$(cat /etc/convocate-agent/ssh_host_ed25519_key.pub)\""
+            " > /root/known_hosts")
+    assert host.wait_for_ping(222)["agent_id"] != agent
