@@ -26,11 +26,11 @@ from convocate_host import vm
 from convocate_host.agenthost import AgentOptions, init_agent, update_all, update_host
 from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
-from convocate_host.report import LiveReport
+from convocate_host.report import LiveReport, report_for
 from convocate_host.rsyslog import FIRST_PORT as LOG_PORT
 from convocate_host.rsyslog import PORT_COUNT
 from convocate_host.shellhost import ShellOptions, init_shell
-from convocate_host.target import DryRunTarget, Target, add_ssh_options, open_target
+from convocate_host.target import Target, add_ssh_options, open_target
 
 PROG = "convocate-host"
 
@@ -50,25 +50,13 @@ commands:
   version          print the version
   help             print this help
 
-Every command but create-vm takes --dry-run (say what would change, change nothing) and
-every command takes --json (the report, or the error, as JSON on stdout).
+Every command takes --dry-run (say what would change, change nothing) and --json (the
+report, or the error, as JSON on stdout).
 Run '{PROG} <command> --help' for a command's options.
 """
 
-#: Subcommands without --dry-run (their steps do not mark their reads yet).
-NO_DRY_RUN = ("create-vm",)
-
-
 async def _target(args: argparse.Namespace, host: str | None) -> Target:
     return await open_target(args, host, local_address=getattr(args, "local_address", None))
-
-
-def _report_for(target: Target) -> LiveReport:
-    """A report for ``target``; a dry-run target tells it every change it did not make."""
-    report = LiveReport(target.description)
-    if isinstance(target, DryRunTarget):
-        target.on_plan = report.planned
-    return report
 
 
 def _run(coro: Callable[[], Awaitable[int]]) -> int:
@@ -80,7 +68,7 @@ def _on_host(args: argparse.Namespace, host: str | None, command: str,
     """Run ``work`` on one target with its report; ``work`` may hand back a new target (after a reboot)."""
     async def run() -> int:
         target = await _target(args, host)
-        report = _report_for(target)
+        report = report_for(target)
         try:
             target = await work(target, report) or target
         finally:
@@ -179,7 +167,7 @@ def _cmd_init_agent(args: argparse.Namespace) -> int:
         except BaseException:
             await shell.close()
             raise
-        shell_report, agent_report = _report_for(shell), _report_for(agent)
+        shell_report, agent_report = report_for(shell), report_for(agent)
         options = AgentOptions(debs=args.debs, image=args.image, shell_address=args.shell_address or shell.address,
                                agent_address=args.address or args.host, listen_port=args.listen_port,
                                status_port=args.status_port, log_port=args.log_port,
@@ -216,18 +204,18 @@ def _add_update(sub: argparse._SubParsersAction) -> None:
 def _cmd_update(args: argparse.Namespace) -> int:
     async def run() -> int:
         shell = await _target(args, args.shell_host)
-        shell_report = _report_for(shell)
+        shell_report = report_for(shell)
         try:
             if args.all:
                 done = await update_all(shell, lambda address: _target(args, address), args.debs, image=args.image,
-                                        shell_report=shell_report, make_report=_report_for)
+                                        shell_report=shell_report, make_report=report_for)
                 if not args.json:
                     print(f"updated {len(done)} agent(s): {', '.join(done)}")
             elif args.host == args.shell_host:
                 await update_host(shell, shell, args.debs, shell_report, image=args.image, shell_report=shell_report)
             else:
                 host = await _target(args, args.host)
-                report = _report_for(host)
+                report = report_for(host)
                 try:
                     await update_host(shell, host, args.debs, report, image=args.image, shell_report=shell_report)
                 finally:
@@ -259,14 +247,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         shell = await _target(args, args.shell_host)
-        shell_report = _report_for(shell)
+        shell_report = report_for(shell)
         try:
             addresses = dict(await registered_agents(shell))
             if args.agent not in addresses:
                 raise BadRequest(f"agent {args.agent!r} is not registered on {shell.description} "
                                  f"(registered: {', '.join(sorted(addresses)) or 'none'})")
             agent = await _target(args, addresses[args.agent])
-            report = _report_for(agent)
+            report = report_for(agent)
             try:
                 await migrate_session(shell, agent, args.session, args.agent, report, shell_report)
             finally:
@@ -289,14 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_update(sub)
     _add_migrate(sub)
     vm.add_parser(sub)
-    for name, p in sub.choices.items():
+    for p in sub.choices.values():
         p.add_argument("--json", action="store_true",
                        help="print the report (what changed, what was kept) as one JSON object on stdout, and "
                        "errors as {\"ok\": false, \"code\", \"error\"}")
-        if name not in NO_DRY_RUN:
-            p.add_argument("--dry-run", action="store_true",
-                           help="say what would change without changing anything: reads still happen; writes, "
-                           "package installs, service restarts and reboots do not")
+        p.add_argument("--dry-run", action="store_true",
+                       help="say what would change without changing anything: reads still happen; writes, "
+                       "package installs, service restarts and reboots do not")
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from convocate.common import messages
 from convocate.common.hostsetup import StepReport
+from convocate_host.target import DryRunTarget, Target
 
 #: Entry kinds of :attr:`LiveReport.entries`.
 CHANGED, KEPT, NOTE, PLANNED = "changed", "ok", "note", "planned"
@@ -135,3 +136,11 @@ class LiveReport(StepReport):
         """This report as ``{"host", "command", "changes", "summary", "steps": [{"status", "line"}]}``."""
         return {"host": self.host, "command": self.command, "changes": self.changes, "summary": self.summary(),
                 "steps": [{"status": kind, "line": line} for kind, line in self.entries]}
+
+
+def report_for(target: Target) -> LiveReport:
+    """A report for ``target``, named after it; a dry-run target tells it every change it did not make."""
+    report = LiveReport(target.description)
+    if isinstance(target, DryRunTarget):
+        target.on_plan = report.planned
+    return report

@@ -51,7 +51,7 @@ from convocate.common.errors import AdmissionDenied, BadRequest, ConfigError, Co
 from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
 from convocate_host.debs import APT_ENV
-from convocate_host.report import LiveReport
+from convocate_host.report import report_for
 from convocate_host.target import (
     ABSENT,
     CommandResult,
@@ -888,9 +888,19 @@ class Virsh:
         return [*_VIRSH_ENV, "virsh", "-c", self.uri, *args]
 
     async def run(self, *args: str, check: bool = True, what: str | None = None,
-                  input: bytes | None = None) -> CommandResult:
-        """One virsh command (the arguments are passed as they are, never parsed by a shell)."""
-        return await self.target.run(self.argv(*args), check=check, input=input, what=what or f"virsh {args[0]}")
+                  input: bytes | None = None, reads: bool = False) -> CommandResult:
+        """One virsh command (the arguments are passed as they are, never parsed by a shell).
+
+        Args:
+            args: The virsh command and its arguments.
+            check: Raise when it fails.
+            what: What it is for, for the error message.
+            input: Bytes for its stdin.
+            reads: The caller's word that the command only reads (:meth:`Target.run`); a dry run
+                runs only those.
+        """
+        return await self.target.run(self.argv(*args), check=check, input=input, what=what or f"virsh {args[0]}",
+                                     reads=reads)
 
     async def session(self, commands: Sequence[Sequence[str]], *, what: str, input: bytes | None = None) -> str:
         """Several virsh commands in one connection (``virsh 'cmd1 ; cmd2'``); returns their stdout.
@@ -909,7 +919,7 @@ class Virsh:
                 if not _SAFE_TOKEN.fullmatch(token):
                     raise ValueError(f"not a plain virsh argument: {token!r}")
         line = " ; ".join(" ".join(command) for command in commands)
-        result = await self.target.run(self.argv(line), check=False, input=input)
+        result = await self.target.run(self.argv(line), check=False, input=input, what=what)
         errors = [e for e in result.stderr.decode("utf-8", "replace").splitlines() if e.startswith("error:")]
         if not result.ok or errors:
             raise HostError(messages.HOST_COMMAND_FAILED.format(
@@ -944,13 +954,14 @@ async def probe_hypervisor(target: Target, virsh: Virsh, pool_dir: str = DEFAULT
 
 async def _probe(target: Target, virsh: Virsh, pool_dir: str) -> Hypervisor:
     notes: list[str] = []
-    node = await virsh.run("nodeinfo", check=False)
+    node = await virsh.run("nodeinfo", check=False, reads=True)
     if node.ok:
         cpus, memory_kib = parse_nodeinfo(node.text)
         libvirt, source = True, "virsh nodeinfo"
     elif virsh.uri.startswith("qemu") and not (await target.sh(
-            '[ -x /usr/sbin/libvirtd ] || [ -x /usr/sbin/virtqemud ]', check=False)).ok:
-        out = (await target.sh("nproc; cat /proc/meminfo", what="reading the host's CPUs and memory")).text
+            '[ -x /usr/sbin/libvirtd ] || [ -x /usr/sbin/virtqemud ]', check=False, reads=True)).ok:
+        out = (await target.sh("nproc; cat /proc/meminfo", what="reading the host's CPUs and memory",
+                               reads=True)).text
         cpus, memory_kib = int(out.split()[0]), parse_meminfo(out)
         libvirt, source = False, "nproc and /proc/meminfo (no libvirt yet)"
     else:
@@ -959,24 +970,24 @@ async def _probe(target: Target, virsh: Virsh, pool_dir: str) -> Hypervisor:
     disk_bytes = 0
     disk_source = ""
     if libvirt:
-        pools = await virsh.run("pool-list", "--all", "--name", what="listing storage pools")
+        pools = await virsh.run("pool-list", "--all", "--name", what="listing storage pools", reads=True)
         for pool in filter(None, (p.strip() for p in pools.text.splitlines())):
-            xml = await virsh.run("pool-dumpxml", pool, check=False)
+            xml = await virsh.run("pool-dumpxml", pool, check=False, reads=True)
             if xml.ok:
                 name, path, capacity = parse_pool_xml(xml.text)
                 if path == posixpath.normpath(pool_dir) and capacity > 0:
                     disk_bytes, disk_source = capacity, f"storage pool {name} ({path})"
                     break
     if not disk_source:
-        df = await target.sh(_DF_SCRIPT, pool_dir, what=f"measuring the filesystem of {pool_dir}")
+        df = await target.sh(_DF_SCRIPT, pool_dir, what=f"measuring the filesystem of {pool_dir}", reads=True)
         disk_bytes, disk_source = parse_df(df.text), f"filesystem of {pool_dir} (df)"
     domains: list[DomainConfig] = []
     sizes: dict[str, int] = {}
     if libvirt:
-        listing = await virsh.run("list", "--all", "--name", what="listing libvirt domains")
+        listing = await virsh.run("list", "--all", "--name", what="listing libvirt domains", reads=True)
         for name in filter(None, (n.strip() for n in listing.text.splitlines())):
             config = parse_domain_xml((await virsh.run("dumpxml", "--inactive", name,
-                                                       what=f"reading domain {name}")).text)
+                                                       what=f"reading domain {name}", reads=True)).text)
             domains.append(config)
             for disk in config.disks:
                 if disk.device != "disk" or disk.key in sizes:
@@ -1001,7 +1012,7 @@ async def _disk_size(virsh: Virsh, domain: str, disk: DiskRef) -> int | None:
     if disk.target:
         attempts.append(("domblkinfo", domain, disk.target))
     for args in attempts:
-        result = await virsh.run(*args, check=False)
+        result = await virsh.run(*args, check=False, reads=True)
         if result.ok:
             try:
                 return parse_capacity(result.text)
@@ -1018,7 +1029,7 @@ async def install_kvm_stack(target: Target, report: StepReport) -> bool:
         HostError: apt-get failed.
     """
     query = await target.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *KVM_PACKAGES],
-                             check=False)
+                             check=False, reads=True)
     missing = [p for p in KVM_PACKAGES if p not in parse_dpkg_installed(query.text)]
     if not missing:
         report.kept("KVM/libvirt stack present (" + ", ".join(KVM_PACKAGES) + ")")
@@ -1032,14 +1043,25 @@ async def install_kvm_stack(target: Target, report: StepReport) -> bool:
     return True
 
 
-async def _wait_for_libvirt(virsh: Virsh, timeout_s: float = 30.0) -> None:
-    """Wait until libvirt answers (its daemon starts from the package's postinst, or by socket activation)."""
+async def _wait_for_libvirt(virsh: Virsh, timeout_s: float = 30.0) -> bool:
+    """Wait until libvirt answers (its daemon starts from the package's postinst, or by socket activation).
+
+    Returns:
+        True once it answers; False from a dry run when it does not (the start of libvirtd that
+        would follow is recorded, and nothing is waited for).
+
+    Raises:
+        HypervisorError: it did not answer within ``timeout_s`` seconds.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        result = await virsh.run("nodeinfo", check=False)
+        result = await virsh.run("nodeinfo", check=False, reads=True)
         if result.ok:
-            return
+            return True
+        if virsh.target.dry_run:
+            await virsh.target.run(["systemctl", "start", "libvirtd"], check=False)
+            return False
         if loop.time() >= deadline:
             raise HypervisorError(messages.VM_LIBVIRT_UNREACHABLE.format(host=virsh.target.description, uri=virsh.uri,
                                                                          detail=result.detail()))
@@ -1055,11 +1077,11 @@ async def ensure_network(virsh: Virsh, network: NetworkRef, report: StepReport) 
     """
     target = virsh.target
     if network.kind == "bridge":
-        if not (await target.sh('[ -d "/sys/class/net/$1/bridge" ]', network.name, check=False)).ok:
+        if not (await target.sh('[ -d "/sys/class/net/$1/bridge" ]', network.name, check=False, reads=True)).ok:
             raise HypervisorError(messages.VM_NO_BRIDGE.format(host=target.description, bridge=network.name))
         report.kept(f"bridge {network.name} present")
         return
-    info = await virsh.run("net-info", network.name, check=False)
+    info = await virsh.run("net-info", network.name, check=False, reads=True)
     if not info.ok:
         raise HypervisorError(messages.VM_NO_NETWORK.format(host=target.description, network=network.name))
     fields = _fields(info.text)
@@ -1134,7 +1156,8 @@ async def _image_info(target: Target, path: str) -> tuple[str, int] | None:
     """``(format, virtual size)`` of an image file, or None when it does not exist."""
     if not await target.exists(path):
         return None
-    result = await target.run(["qemu-img", "info", "--output=json", "-U", path], what=f"inspecting {path}")
+    result = await target.run(["qemu-img", "info", "--output=json", "-U", path], what=f"inspecting {path}",
+                              reads=True)
     try:
         return parse_image_info(result.text)
     except (ValueError, KeyError) as e:
@@ -1142,7 +1165,7 @@ async def _image_info(target: Target, path: str) -> tuple[str, int] | None:
                                                       detail=e)) from e
 
 
-async def ensure_image(target: Target, spec: VMSpec, report: StepReport) -> tuple[str, int]:
+async def ensure_image(target: Target, spec: VMSpec, report: StepReport) -> tuple[str, int] | None:
     """The cloud image on the hypervisor; a URL is downloaded once into the pool directory.
 
     A download lands under a temporary name and is renamed only when complete and, when the
@@ -1150,7 +1173,8 @@ async def ensure_image(target: Target, spec: VMSpec, report: StepReport) -> tupl
     its SHA-256 matches. An image already there is used as it is.
 
     Returns:
-        ``(format, virtual size in bytes)`` of the image.
+        ``(format, virtual size in bytes)`` of the image; None from a dry run that would download
+        it (there is no image to read them from).
 
     Raises:
         BadRequest: the image path does not exist on the hypervisor.
@@ -1164,6 +1188,10 @@ async def ensure_image(target: Target, spec: VMSpec, report: StepReport) -> tupl
     if info is None:
         result = await target.sh(_DOWNLOAD_SCRIPT, spec.image, path, what=f"downloading {spec.image}",
                                  timeout=3600.0)
+        if target.dry_run:
+            report.changed(f"cloud image {path} downloaded from {spec.image} (checked against the SHA256SUMS"
+                           " beside it, if the server publishes one)")
+            return None
         checked = "SHA-256 checked against SHA256SUMS" if "verified" in result.text else "no SHA256SUMS to check"
         report.changed(f"cloud image {path} downloaded from {spec.image} ({checked})")
         info = await _image_info(target, path)
@@ -1226,7 +1254,7 @@ async def vm_address(virsh: Virsh, spec: VMSpec, *, timeout_s: float = IP_WAIT_S
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        result = await virsh.run("domifaddr", spec.name, "--source", source, check=False)
+        result = await virsh.run("domifaddr", spec.name, "--source", source, check=False, reads=True)
         try:
             found = parse_domifaddr(result.text, spec.mac) if result.ok else []
         except ValueError:
@@ -1247,10 +1275,16 @@ async def hypervisor_lock(target: Target, path: str = LOCK_PATH, *,
     losing the connection, or this process dying) ends it and releases the lock, so a crashed
     run never leaves the hypervisor locked.
 
+    A dry run takes no lock: flock(1) creates the lock file, and a dry run only reads, so another
+    run's lock does not hold it up either. The lock a real run would take is recorded.
+
     Raises:
         HostError: another holder kept the lock for ``wait_s`` seconds, or flock failed.
     """
     proc = await target.open_process(["flock", "-w", f"{wait_s:g}", path, "sh", "-c", "echo locked; exec cat"])
+    if target.dry_run:
+        yield
+        return
     first = b""
     while not first.endswith(b"\n"):
         chunk = await proc.read(64)
@@ -1280,8 +1314,10 @@ class VMResult:
         name: The domain name.
         ip: Its IPv4 address, or None when DHCP gave none in time.
         ip_source: ``static``, ``DHCP lease`` or ``ARP table``.
-        created: The domain was defined by this run.
+        created: The domain was defined by this run (by a dry run: would be).
         report: Every step.
+        stopped: A dry run stopped before the domain (a note in the report says where and why);
+            ``ip`` is None then.
     """
 
     name: str
@@ -1289,6 +1325,7 @@ class VMResult:
     ip_source: str
     created: bool
     report: StepReport
+    stopped: bool = False
 
 
 async def create_vm(target: Target, spec: VMSpec, *, uri: str = DEFAULT_URI, install_stack: bool = True,
@@ -1307,6 +1344,11 @@ async def create_vm(target: Target, spec: VMSpec, *, uri: str = DEFAULT_URI, ins
             admission check until the domain is defined; None for :data:`LOCK_PATH`.
         lock_wait_s: How long to wait for another create-vm to release it, in seconds.
 
+    On a :class:`~convocate_host.target.DryRunTarget` every read runs and every change is only
+    recorded; the run stops with a note where a later step needs what a change it did not make
+    would have left (the KVM/libvirt packages, a running libvirt, the downloaded cloud image),
+    and does not wait for a DHCP lease of a VM it did not start.
+
     Returns:
         The VM's name, address and the report.
 
@@ -1322,13 +1364,23 @@ async def create_vm(target: Target, spec: VMSpec, *, uri: str = DEFAULT_URI, ins
     virsh = Virsh(target, uri)
     async with hypervisor_lock(target, lock_path or LOCK_PATH, wait_s=lock_wait_s):
         created = await _create_locked(target, virsh, spec, install_stack, report)
-    ip, source = await vm_address(virsh, spec, timeout_s=ip_timeout_s)
+    if created is None:
+        return VMResult(spec.name, None, "dry run", False, report, stopped=True)
+    if target.dry_run and created and spec.ip is None:  # no VM was started: no lease to wait for
+        report.note(messages.VM_DRY_RUN_NO_LEASE.format(name=spec.name, seconds=ip_timeout_s))
+        return VMResult(spec.name, None, "DHCP lease", created, report)
+    ip, source = await vm_address(virsh, spec, timeout_s=0 if target.dry_run else ip_timeout_s)
     return VMResult(spec.name, ip, source, created, report)
 
 
 async def _create_locked(target: Target, virsh: Virsh, spec: VMSpec, install_stack: bool,
-                         report: StepReport) -> bool:
-    """The steps of :func:`create_vm` under the hypervisor lock; True when the domain was defined now."""
+                         report: StepReport) -> bool | None:
+    """The steps of :func:`create_vm` under the hypervisor lock.
+
+    Returns:
+        True when the domain was defined now, False when it was kept; None when a dry run
+        stopped before the domain (the note says why).
+    """
     uri = virsh.uri
     host = await probe_hypervisor(target, virsh, spec.pool_dir)
     for note in host.notes:
@@ -1341,18 +1393,26 @@ async def _create_locked(target: Target, virsh: Virsh, spec: VMSpec, install_sta
     report.kept(check_admission(host.capacity, host.pledged, spec.asked, name=spec.name, host=target.description)
                 + f" ({host.capacity.source}; {host.capacity.disk_source})")
     if install_stack:
-        await install_kvm_stack(target, report)
+        if await install_kvm_stack(target, report) and target.dry_run:
+            report.note(messages.VM_DRY_RUN_STOPS_AT_STACK)
+            return None
     else:
         report.note("KVM/libvirt packages not checked (--no-install)")
-    await _wait_for_libvirt(virsh)
-    if uri.startswith("qemu") and not (await target.sh("[ -c /dev/kvm ]", check=False)).ok:
+    if not await _wait_for_libvirt(virsh):
+        report.note(messages.VM_DRY_RUN_STOPS_AT_LIBVIRT.format(uri=uri))
+        return None
+    if uri.startswith("qemu") and not (await target.sh("[ -c /dev/kvm ]", check=False, reads=True)).ok:
         raise HypervisorError(messages.VM_NO_KVM.format(host=target.description))
     await ensure_network(virsh, spec.network, report)
     layout = vm_layout(spec)
     if not await target.exists(spec.pool_dir):
         await target.ensure_dir(spec.pool_dir, mode=0o711)
         report.changed(f"pool directory {spec.pool_dir} created")
-    image_format, image_size = await ensure_image(target, spec, report)
+    image = await ensure_image(target, spec, report)
+    if image is None:
+        report.note(messages.VM_DRY_RUN_STOPS_AT_IMAGE.format(image=layout.image))
+        return None
+    image_format, image_size = image
     if image_size > spec.osdisk_gib * GIB:
         raise BadRequest(messages.VM_OSDISK_TOO_SMALL.format(
             wanted=spec.osdisk_gib, image=layout.image, actual=f"{_num(image_size / GIB)} GiB",
@@ -1387,7 +1447,8 @@ async def _keep_existing(virsh: Virsh, spec: VMSpec, existing: DomainConfig, rep
     if soft:
         report.note(f"domain {spec.name}: first-boot settings differ and are not applied to an existing VM"
                     f" ({'; '.join(soft)})")
-    state = (await virsh.run("domstate", spec.name, what=f"reading the state of {spec.name}")).text.strip()
+    state = (await virsh.run("domstate", spec.name, what=f"reading the state of {spec.name}",
+                             reads=True)).text.strip()
     if state == "running":
         report.kept(f"domain {spec.name} running")
     else:
@@ -1431,7 +1492,7 @@ async def register_vm_dns(shell: Target, name: str, ip: str, domain: str, *, rep
     """
     path = hosts_path or str(Paths().dnsmasq_hosts)
     directory = posixpath.dirname(path)
-    if not (await shell.sh('[ -d "$1" ]', directory, check=False)).ok:
+    if not (await shell.sh('[ -d "$1" ]', directory, check=False, reads=True)).ok:
         raise HostError(messages.VM_DNS_NO_SHELL.format(host=shell.description, directory=directory))
     for _ in range(attempts):
         raw = await shell.read_file(path)
@@ -1444,7 +1505,7 @@ async def register_vm_dns(shell: Target, name: str, ip: str, domain: str, *, rep
         if state is not None:
             mode, owner = state.mode, state.owner
         else:
-            mode, owner = 0o644, (await shell.sh('stat -c %U:%G -- "$1"', directory)).text.strip()
+            mode, owner = 0o644, (await shell.sh('stat -c %U:%G -- "$1"', directory, reads=True)).text.strip()
         try:
             await shell.write_file(path, new.encode(), mode=mode, owner=owner,
                                    expect_sha256=hashlib.sha256(raw).hexdigest() if raw is not None else ABSENT)
@@ -1523,23 +1584,25 @@ async def command(args: argparse.Namespace) -> int:
             spec = spec_from_args(args, await read_cluster_domain(shell, shell_paths))
         hypervisor = await open_target(args, args.hypervisor)
         try:
-            report = LiveReport(hypervisor.description)
+            report = report_for(hypervisor)
             result = await create_vm(hypervisor, spec, uri=args.uri, install_stack=not args.no_install,
                                      report=report, ip_timeout_s=args.ip_wait)
         finally:
             await hypervisor.close()
-        if result.ip is None:
-            report.note(messages.VM_NO_IP.format(name=spec.name, source=result.ip_source, seconds=args.ip_wait))
-        else:
+        if result.stopped:
+            pass  # the dry run's note says where it stopped; there is no address to register
+        elif result.ip is not None:
             report.kept(f"VM {spec.name} address {result.ip} ({result.ip_source})")
+        elif not hypervisor.dry_run:
+            report.note(messages.VM_NO_IP.format(name=spec.name, source=result.ip_source, seconds=args.ip_wait))
+        if shell is None and not result.stopped:
+            report.note(messages.VM_NO_SHELL_HOST.format(name=spec.name))
         report.finish("create-vm")
         if shell is not None and result.ip is not None:
-            shell_report = LiveReport(shell.description)
+            shell_report = report_for(shell)
             await register_vm_dns(shell, spec.name, result.ip, spec.domain, report=shell_report,
                                   hosts_path=str(shell_paths.dnsmasq_hosts))
             shell_report.finish("create-vm")
-        elif shell is None:
-            print(f"create-vm: no --shell-host, so {spec.name} was not added to the cluster DNS")
     finally:
         if shell is not None:
             await shell.close()

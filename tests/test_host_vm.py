@@ -14,23 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from convocate import dns
-from convocate.common import keys
+from convocate.common import keys, messages
 from convocate.common.errors import AdmissionDenied, BadRequest, ConfigError, Conflict
 from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
-from convocate_host import vm
-from convocate_host.target import CommandResult, LocalTarget
+from convocate_host import cli, vm
+from convocate_host import report as reports
+from convocate_host.report import LiveReport
+from convocate_host.target import CommandResult, DryRunTarget, LocalTarget
 
 GIB = 1024 ** 3
 
@@ -652,3 +655,201 @@ def test_command_line_creates_the_vm_and_registers_its_dns_name(ssh_key: str, ba
     assert "192.168.122.50 web.lab.example web # convocate-vm web" in paths.dnsmasq_hosts.read_text()
     assert STATUS_LINE in paths.dnsmasq_hosts.read_text()
     assert '"fqdn": "web.lab.example"' in (pool / "web-cloudinit" / "user-data").read_text()
+
+
+# --- --dry-run ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def dry_run_mode() -> Iterator[None]:
+    """Reports made in the test print as a dry run's (``would``/``plan``); the mode is reset afterwards."""
+    reports.configure(dry_run=True)
+    try:
+        yield
+    finally:
+        reports.configure()
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root``: kind, mode, size, mtime and the SHA-256 of a file, by relative path."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        state[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
+    return state
+
+
+def dry_report() -> LiveReport:
+    return LiveReport("hv", io.StringIO())
+
+
+@needs_tools
+async def test_create_vm_dry_run_runs_only_reads_and_lists_every_change(ssh_key: str, base_image: Path,
+                                                                        tmp_path: Path, dry_run_mode: None) -> None:
+    pool = tmp_path / "pool"
+    old = other_domain("old", vcpus=4, memory_gib=8, disks=[f"{pool}/old.qcow2"])
+    uri = write_node(tmp_path / "node.xml", pool_dir=pool, volumes=[("old.qcow2", 40)], domains=[old])
+    spec = spec_for(ssh_key, base_image, pool)
+    layout = vm.vm_layout(spec)
+    recorder = RecordingTarget()
+    dry = DryRunTarget(recorder)
+    report = dry_report()
+    dry.on_plan = report.planned
+    before = tree_state(tmp_path)
+
+    result = await vm.create_vm(dry, spec, uri=uri, install_stack=False, report=report, **quick(tmp_path))
+
+    assert tree_state(tmp_path) == before and not pool.exists()  # no disk, no seed, no lock file
+    assert recorder.changes() == []  # every command that ran on the host only read
+    assert {c.split()[0] for c in recorder.virsh_commands()} <= READ_ONLY_VIRSH
+    assert not any("flock" in argv for argv in recorder.commands)
+    assert (result.created, result.ip, result.stopped) == (True, "192.168.122.50", False)
+    would = [line for kind, line in report.entries if kind == "changed"]
+    assert would == [f"pool directory {pool} created", f"OS disk {layout.os_disk} created (2 GiB qcow2)",
+                     f"data disk {layout.data_disk} created (1 GiB qcow2)",
+                     f"cloud-init seed {layout.seed_iso} built (meta-data, network-config, user-data)",
+                     "domain web defined, started and marked autostart (2 vCPUs, 2048 MiB, vda 2 GiB, vdb 1 GiB at"
+                     " /var, NIC on default)"]
+    assert report.changes == 5 and report.summary() == "5 change(s) would be made; nothing was changed (dry run)"
+    plan = [line for kind, line in report.entries if kind == "planned"]
+    assert plan[0].startswith("would stream into: flock -w 600 ")  # the lock a real run takes, not taken
+    assert f"would make directory {pool} (mode 0711, root:root)" in plan
+    assert f"would make directory {layout.seed_dir} (mode 0700, root:root)" in plan
+    assert any(line.startswith(f"would write {layout.seed_dir}/user-data (") for line in plan)
+    assert any("qemu-img convert" in line and layout.os_disk in line for line in plan)
+    assert any("qemu-img create" in line and layout.data_disk in line for line in plan)
+    assert any("genisoimage" in line and layout.seed_iso in line for line in plan)
+    assert plan[-1].startswith("would run: env LC_ALL=C virsh -c ") and \
+        plan[-1].endswith("'define /dev/stdin ; start web ; autostart web' (defining and starting domain web)")
+    assert virsh_session(uri, "list --all --name").split() == ["old"]  # the node file still defines only "old"
+
+    # A DHCP VM: the dry run started no VM, so it waits for no lease and says so.
+    dhcp = spec_for(ssh_key, base_image, pool, ip=None)
+    recorder.commands.clear()
+    report = dry_report()
+    result = await vm.create_vm(DryRunTarget(recorder), dhcp, uri=uri, install_stack=False, report=report,
+                                ip_timeout_s=60, lock_path=str(tmp_path / "create-vm.lock"))
+    assert (result.ip, result.created) == (None, True)
+    assert report.entries[-1] == ("note", messages.VM_DRY_RUN_NO_LEASE.format(name="web", seconds=60))
+    assert not any("domifaddr" in c for c in recorder.virsh_commands())
+    assert tree_state(tmp_path) == before
+
+
+@needs_virsh
+async def test_create_vm_dry_run_stops_with_a_note_where_it_would_need_a_download(
+        ssh_key: str, tmp_path: Path, dry_run_mode: None) -> None:
+    pool = tmp_path / "pool"
+    uri = write_node(tmp_path / "node.xml", pool_dir=pool)
+    recorder = RecordingTarget()
+    dry = DryRunTarget(recorder)
+    report = dry_report()
+    dry.on_plan = report.planned
+    spec = spec_for(ssh_key, "https://example.org/images/noble.img", pool)
+    result = await vm.create_vm(dry, spec, uri=uri, install_stack=False, report=report, **quick(tmp_path))
+    image = f"{pool}/noble.img"
+    assert (result.stopped, result.ip, result.created) == (True, None, False)
+    assert report.entries[-1] == ("note", messages.VM_DRY_RUN_STOPS_AT_IMAGE.format(image=image))
+    assert ("changed", f"cloud image {image} downloaded from https://example.org/images/noble.img (checked against"
+            " the SHA256SUMS beside it, if the server publishes one)") in report.entries
+    assert any(kind == "planned" and "curl" in line for kind, line in report.entries)
+    assert not any("curl" in " ".join(argv) for argv in recorder.commands)  # nothing was fetched
+    assert recorder.changes() == [] and not pool.exists()
+
+
+@needs_virsh
+async def test_create_vm_dry_run_stops_with_a_note_where_it_would_install_the_kvm_stack(
+        ssh_key: str, tmp_path: Path, dry_run_mode: None) -> None:
+    installed = vm.parse_dpkg_installed(subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *vm.KVM_PACKAGES], capture_output=True,
+        text=True).stdout)
+    missing = [p for p in vm.KVM_PACKAGES if p not in installed]
+    if not missing:
+        pytest.skip("every KVM/libvirt package is installed here: there is nothing a dry run would install")
+    uri = write_node(tmp_path / "node.xml", pool_dir=tmp_path / "pool")
+    recorder = RecordingTarget()  # refuses apt-get and dpkg: the dry run must not reach them
+    dry = DryRunTarget(recorder)
+    report = dry_report()
+    dry.on_plan = report.planned
+    result = await vm.create_vm(dry, spec_for(ssh_key, "/nonexistent.img", tmp_path / "pool"), uri=uri,
+                                install_stack=True, report=report, **quick(tmp_path))
+    assert result.stopped and report.entries[-1] == ("note", messages.VM_DRY_RUN_STOPS_AT_STACK)
+    assert ("changed", "KVM/libvirt stack installed: " + ", ".join(missing)) in report.entries
+    assert any(kind == "planned" and "apt-get install" in line for kind, line in report.entries)
+    assert recorder.changes() == [] and not (tmp_path / "pool").exists()
+
+
+def _create_vm_args(tmp_path: Path, base_image: Path, ssh_key: str, *extra: str) -> list[str]:
+    key = tmp_path / "id_ed25519.pub"
+    key.write_text(ssh_key + "\n")
+    pool = tmp_path / "pool"
+    return ["create-vm", "--hypervisor", "local", "--uri", write_node(tmp_path / "node.xml", pool_dir=pool),
+            "--no-install", "--name", "web", "--cpu", "2", "--ram", "2G", "--osdisk", "2", "--datadisk", "1",
+            "--image", str(base_image), "--ssh-key", str(key), "--ip", "192.168.122.50/24", "--pool-dir",
+            str(pool), *extra]
+
+
+@needs_tools
+def test_command_line_dry_run_changes_nothing_and_lists_the_domain_disks_seed_and_dns_record(
+        ssh_key: str, base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``create-vm --dry-run --shell-host local`` as the operator types it: every file, the lock and the DNS stay."""
+    root = tmp_path / "root"
+    paths = Paths(root)
+    paths.dnsmasq_hosts.parent.mkdir(parents=True)
+    paths.dnsmasq_hosts.write_text(f"{STATUS_LINE}\n")
+    paths.shell_domain_file.parent.mkdir(parents=True)
+    paths.shell_domain_file.write_text("lab.example\n")
+    monkeypatch.setenv("CONVOCATE_ROOT", str(root))
+    lock = tmp_path / "create-vm.lock"
+    monkeypatch.setattr(vm, "LOCK_PATH", str(lock))
+    argv = _create_vm_args(tmp_path, base_image, ssh_key, "--shell-host", "local", "--dry-run")
+    uri = argv[argv.index("--uri") + 1]
+    domains = virsh_session(uri, "list --all --name")
+    before = tree_state(tmp_path)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        reports.configure()
+    out = capsys.readouterr().out.splitlines()
+
+    assert tree_state(tmp_path) == before  # disks, seed, node file, DNS hosts file: not one byte or mtime
+    assert not lock.exists() and not (tmp_path / "pool").exists()
+    assert virsh_session(uri, "list --all --name") == domains
+    pool = tmp_path / "pool"
+    for line in (f"local host: would   OS disk {pool}/web-os.qcow2 created (2 GiB qcow2)",
+                 f"local host: would   data disk {pool}/web-data.qcow2 created (1 GiB qcow2)",
+                 f"local host: would   cloud-init seed {pool}/web-seed.iso built (meta-data, network-config, user-data)",
+                 "local host: ok      VM web address 192.168.122.50 (static)",
+                 "create-vm on local host: 5 change(s) would be made; nothing was changed (dry run)",
+                 f"local host: would   DNS record 192.168.122.50 web.lab.example web written to {paths.dnsmasq_hosts}",
+                 "create-vm on local host: 1 change(s) would be made; nothing was changed (dry run)"):
+        assert line in out, out
+    assert any(line.startswith("local host: would   domain web defined, started and marked autostart") for line in out)
+    assert any(line.startswith(f"local host: plan    would write {paths.dnsmasq_hosts} (") for line in out)
+    assert any(line.startswith("local host: plan    would run: env LC_ALL=C virsh") and "define /dev/stdin" in line
+               for line in out)
+
+
+@needs_tools
+def test_command_line_dry_run_json_is_one_document(ssh_key: str, base_image: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """With --json stdout is one JSON document, also without --shell-host (that remark is a note in it)."""
+    monkeypatch.setattr(vm, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
+    argv = _create_vm_args(tmp_path, base_image, ssh_key, "--dry-run", "--json")
+    before = tree_state(tmp_path)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        reports.configure()
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # the whole of stdout
+    assert tree_state(tmp_path) == before
+    assert (document["ok"], document["command"], document["dry_run"], document["changes"]) == \
+        (True, "create-vm", True, 5)
+    [report] = document["hosts"]
+    assert report["summary"] == messages.DRY_RUN_SUMMARY.format(count=5)
+    steps = report["steps"]
+    assert {"status": "note", "line": messages.VM_NO_SHELL_HOST.format(name="web")} in steps
+    changed = [s["line"] for s in steps if s["status"] == "changed"]
+    assert [line.split(" ")[0] for line in changed] == ["pool", "OS", "data", "cloud-init", "domain"]
+    assert sum(s["status"] == "planned" for s in steps) >= 8

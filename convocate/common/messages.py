@@ -273,6 +273,23 @@ VM_LOCK_BUSY = (
     " one at a time); run create-vm again when it is done"
 )
 VM_BAD_OUTPUT = "{host}: cannot read what {what} printed ({detail}); is this libvirt/qemu-img version supported?"
+VM_NO_SHELL_HOST = "no --shell-host, so VM {name} gets no record in the cluster DNS"
+VM_DRY_RUN_STOPS_AT_STACK = (
+    "the dry run stops here: the next steps need the KVM/libvirt packages it would install (libvirt, qemu-img,"
+    " genisoimage); run it again once they are installed to see them"
+)
+VM_DRY_RUN_STOPS_AT_LIBVIRT = (
+    "the dry run stops here: libvirt at {uri} does not answer until libvirtd is started, and the next steps ask it;"
+    " run it again once libvirt answers to see them"
+)
+VM_DRY_RUN_STOPS_AT_IMAGE = (
+    "the dry run stops here: the next steps read the format and size of the cloud image {image} it would download;"
+    " run it again with the image in place (or --image PATH) to see them"
+)
+VM_DRY_RUN_NO_LEASE = (
+    "the dry run does not wait for VM {name}'s DHCP lease (it started no VM): a real run waits up to {seconds:g} s"
+    " for it, then registers the DNS name"
+)
 
 # --- command lines (convocate/common/cli.py) -----------------------------------------
 NO_PERMISSION = (
