@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 LABEL = "convocate.test=packages-trixie"
 SUITE = "trixie"
+#: Every agent ID the host has had, whose session containers teardown removes.
+AGENT_IDS: set[str] = set()
 #: The services the three packages start, and whose main process runs as claude.
 SERVICES = ("convocate-agent.service", "convocate-status.service")
 
@@ -74,8 +76,10 @@ def host(trixie_image: str, prefix: Path) -> Iterator[PackageHost]:
     try:
         yield made
     finally:
-        agent_id = made.sh("cat /etc/convocate-agent/agent-id", check=False).stdout.strip()
-        if agent_id:  # the agent's session containers, which belong to this machine's dockerd
+        # The session containers of every agent ID the host had (a purge makes a new one), which belong
+        # to this machine's dockerd.
+        AGENT_IDS.add(made.sh("cat /etc/convocate-agent/agent-id", check=False).stdout.strip())
+        for agent_id in AGENT_IDS - {""}:
             ids = subprocess.run([DOCKER, "ps", "-aq", f"--filter=label=convocate.agent={agent_id}"],
                                  capture_output=True, text=True).stdout.split()
             if ids:
@@ -114,7 +118,9 @@ def agent(host: PackageHost, installed: str, prefix: Path) -> str:
             " > /etc/systemd/system/convocate-agent.service.d/50-convocate-host.conf"
             " && systemctl daemon-reload && systemctl restart convocate-agent.service")
     host.wait_for_ping(222)
-    return host.read("/etc/convocate-agent/agent-id").strip()
+    agent_id = host.read("/etc/convocate-agent/agent-id").strip()
+    AGENT_IDS.add(agent_id)
+    return agent_id
 
 
 def test_the_host_is_debian_13_with_systemd_running(host: PackageHost):
