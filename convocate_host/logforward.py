@@ -125,7 +125,9 @@ async def ensure_shell(shell: Target, names: list[str], port: int, report: LiveR
     made = await shell.ensure_dir(log_dir, mode=rsyslog.LOG_DIR_MODE,
                                   owner=f"{listener.file_owner}:{rsyslog.LOG_GROUP}")
     report.step(made, f"session log directory {log_dir}")
-    text = rsyslog.render_shell_dropin(listener)
+    listeners = await shell.sh('ls "$1"/' + rsyslog.SHELL_AGENT_DROPIN.format(agent_id="*") + " 2>/dev/null; true",
+                               str(PATHS.rsyslog_dropin_dir), what="looking for the agents' listeners", reads=True)
+    text = rsyslog.render_shell_dropin(listener, load_imtcp=bool(listeners.text.strip()))
     return await _apply(shell, rsyslog.SHELL_DROPIN, text, changed, report)
 
 
@@ -197,8 +199,14 @@ async def ensure_agent(shell: Target, agent: Target, agent_id: str, shell_addres
     ca = pki.CertificateAuthority.load(ca_cert, ca_key)
     # The shell side first, so the listener is up when the agent's rsyslog starts sending.
     own_port = await ensure_log_port(shell, agent_id, port, shell_report)
-    text = rsyslog.render_shell_agent_dropin(_shell_listener(await rsyslog_account(shell)), agent_id, own_port)
-    changed = await _apply(shell, rsyslog.shell_agent_dropin(agent_id), text, False, shell_report)
+    listener = _shell_listener(await rsyslog_account(shell))
+    # The shared drop-in loads imtcp from the first listener on (init-shell leaves it out until then).
+    shared = f"{PATHS.rsyslog_dropin_dir}/{rsyslog.SHELL_DROPIN}"
+    loaded = await shell.write_file(shared, rsyslog.render_shell_dropin(listener).encode(),
+                                    mode=rsyslog.FILE_MODES[rsyslog.SHELL_DROPIN])
+    shell_report.step(loaded, f"rsyslog drop-in {shared} loads imtcp")
+    text = rsyslog.render_shell_agent_dropin(listener, agent_id, own_port)
+    changed = await _apply(shell, rsyslog.shell_agent_dropin(agent_id), text, loaded, shell_report)
     tls = str(PATHS.agent_rsyslog_tls)
     pair, reasons = pki.ensure_agent_cert(ca, agent_id, await agent.read_file(f"{tls}/{rsyslog.CLIENT_CERT}"),
                                           await agent.read_file(f"{tls}/{rsyslog.CLIENT_KEY}"))

@@ -281,7 +281,7 @@ _SHELL_DROPIN = """\
 # TLS files, modes and owners are set on the inputs and the actions, not in global(), and the only
 # module loaded is imtcp, which Debian's /etc/rsyslog.conf does not load.
 
-module(load="imtcp")
+@imtcp@
 
 template(name="convocate_agent_line" type="list") {
     property(name="timestamp" dateFormat="rfc3339")
@@ -362,11 +362,18 @@ def _shell_values(listener: ShellListener) -> dict[str, str]:
     }
 
 
-def render_shell_dropin(listener: ShellListener) -> str:
+#: The shared drop-in's module line while no agent has a listener yet: ``rsyslogd -N1`` refuses a
+#: loaded imtcp that has no input ("module loaded, but no listeners defined").
+_IMTCP_LATER = "# imtcp is loaded here once the first agent's listener exists (convocate-host init-agent)."
+
+
+def render_shell_dropin(listener: ShellListener, *, load_imtcp: bool = True) -> str:
     """The shell host's shared drop-in, ``/etc/rsyslog.d/60-convocate-shell.conf`` (no listener of its own).
 
     Args:
         listener: TLS files, the log directory, its owner and modes.
+        load_imtcp: Load imtcp, which the agents' listeners need; False while there is none (init-shell
+            on a new shell host), since rsyslog refuses a loaded imtcp without an input.
 
     Returns:
         The RainerScript text.
@@ -379,7 +386,8 @@ def render_shell_dropin(listener: ShellListener) -> str:
     values["owner"] = values["owner"].replace("\n" + " " * 14, "\n" + " " * 10)
     dropins = rsyslog_dropin_dir(Paths())
     return _fill(_SHELL_DROPIN, dropin=str(dropins / SHELL_DROPIN),
-                 agent_dropin=str(dropins / SHELL_AGENT_DROPIN.format(agent_id="<agent-id>")), **values)
+                 agent_dropin=str(dropins / SHELL_AGENT_DROPIN.format(agent_id="<agent-id>")),
+                 imtcp='module(load="imtcp")' if load_imtcp else _IMTCP_LATER, **values)
 
 
 def render_shell_agent_dropin(listener: ShellListener, agent_id: str, port: int) -> str:

@@ -641,3 +641,17 @@ async def test_init_agent_gives_each_agent_its_own_log_port_and_keeps_it(tmp_pat
         up.listen()
         assert await logforward.ensure_log_port(target, AGENT, first, report) == mine
     assert await logforward.ensure_log_port(target, "zz99yy88", first, report) == other
+
+
+def test_the_shared_drop_in_loads_imtcp_only_once_a_listener_needs_it(tmp_path):
+    """rsyslogd -N1 refuses a loaded imtcp without an input: a new shell host's drop-in leaves it out."""
+    listener = rsyslog.ShellListener.from_paths(Paths())
+    later = rsyslog.render_shell_dropin(listener, load_imtcp=False)
+    assert 'module(load="imtcp")' not in later and "once the first agent's listener exists" in later
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(f'global(workDirectory="{tmp_path}")\n' + later)
+    result = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    conf.write_text(f'global(workDirectory="{tmp_path}")\n' + rsyslog.render_shell_dropin(listener))
+    refused = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "no listeners defined" in refused.stderr + refused.stdout

@@ -87,7 +87,8 @@ ANY_JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.
 
 UUIDS = st.uuids(version=4).map(str) | st.sampled_from(SEEDS)
 LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,12}[a-zA-Z0-9])?", fullmatch=True)
-VALID_DNS = st.lists(LABEL, min_size=1, max_size=3).map(".".join) | st.just("")
+#: What create and edit accept as a session's DNS name: one RFC 1123 label (the shell host adds the domain), or none.
+VALID_DNS = LABEL | st.just("")
 VALID_NAME = st.from_regex(r"[A-Za-z0-9_.\-]([A-Za-z0-9 _.\-]{0,62}[A-Za-z0-9_.\-])?", fullmatch=True)
 TIMESTAMPS = st.builds(lambda y, mo, d, h, mi, s, f, z: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{f}{z}",
                        st.integers(1970, 2100), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23),
