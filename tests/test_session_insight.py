@@ -34,8 +34,8 @@ async def type_line(ssh, sid: str, text: str) -> None:
     await rpc_ok(ssh, "send", {"id": sid, "text": text, "enter": True})
 
 
-async def started(ssh, name: str) -> str:
-    made = await rpc_ok(ssh, "create", {"name": name, "cpus": 0.1, "memory_mb": 160, "start": True})
+async def started(ssh, name: str, cpus: float = 0.1, memory_mb: int = 160) -> str:
+    made = await rpc_ok(ssh, "create", {"name": name, "cpus": cpus, "memory_mb": memory_mb, "start": True})
     for _ in range(100):
         if "convocate stand-in claude" in (await rpc_ok(ssh, "capture", {"id": made["uuid"]}))["text"]:
             return made["uuid"]
@@ -45,7 +45,10 @@ async def started(ssh, name: str) -> str:
 
 async def test_activity_follows_hooks_and_mcp_tools(cluster):
     async with connect(cluster) as ssh, Subscriber(cluster.paths.status_socket) as sub:
-        sid = await started(ssh, "busy")
+        # It calls the in-session MCP server, whose import alone takes ~1.9 CPU-seconds (mcp, pydantic;
+        # measured with `docker run --cpus`): ~19 s at 0.1 CPU, past the 15 s wait. 0.5 CPU, as the TUI's
+        # waiting test gives its asking session.
+        sid = await started(ssh, "busy", cpus=0.5, memory_mb=256)
         await sub.wait_for(activity("idle", sid, ""))  # SessionStart
         start = len(sub.messages)
         await type_line(ssh, sid, "write the docs")
