@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from convocate.common.protocol import STATUS_SUBSYSTEM, Event, encode_line
 from convocate.common.timefmt import format_rfc3339
 from convocate.dns import is_ours
 from tests.harness import LocalCluster, remove_containers
+from tests.test_status import Subscriber
 
 DOMAIN = "convocate.internal"
 FOREIGN = "10.9.8.7 vm-one.convocate.internal vm-one"
@@ -78,44 +78,6 @@ def send(process: asyncssh.SSHClientProcess, *events: dict | Event) -> None:
     process.stdin.write(b"".join(encode_line(e.to_wire() if isinstance(e, Event) else e) for e in events))
 
 
-class Subscriber:
-    """A local reader of status.sock, collecting every message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[dict] = []
-        self._changed = asyncio.Event()
-
-    async def __aenter__(self) -> Subscriber:
-        reader, self._writer = await asyncio.open_unix_connection(str(self.path))
-        self._task = asyncio.create_task(self._read(reader))
-        await self.wait_for(lambda m: m["type"] == "replay.done")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._task.cancel()
-        self._writer.close()
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            self.messages.append(json.loads(line))
-            self._changed.set()
-
-    async def wait_for(self, match, start: int = 0, timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for message in self.messages[start:]:
-                if match(message):
-                    return message
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching message within {timeout} s; saw "
-                                     f"{[(m['type'], m.get('agent_id')) for m in self.messages[start:]]}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
-
-
 def link_state(agent_id: str, connected: bool):
     return lambda m: m["type"] == "agent.status" and m["agent_id"] == agent_id and m["data"]["connected"] is connected
 
@@ -161,11 +123,11 @@ async def test_an_injected_or_outside_dns_name_never_reaches_the_hosts_file(shel
         assert lines[1:] == [f"127.0.0.1 good.{DOMAIN} good # convocate {agent} {SID_GOOD}"], text
         assert all(line == FOREIGN or is_ours(line) for line in lines)
         assert "evil" not in text and "anthropic" not in text and "sneaky" not in text
-        seen = [m for m in sub.messages if m["type"].startswith("container.") or "heartbeat" in m["type"]]
+        seen = [m for m in sub.since(0) if m["type"].startswith("container.") or "heartbeat" in m["type"]]
         assert [m.get("session_id") for m in seen] == [SID_GOOD], seen  # the bad ones were not passed on
         send(process, Event.now("agent.heartbeat", agent, data={"interval_s": 30}))
         await sub.wait_for(lambda m: m["type"] == "agent.heartbeat")
-        assert not any(m["type"] == "agent.status" and not m["data"]["connected"] for m in sub.messages)
+        assert not any(m["type"] == "agent.status" and not m["data"]["connected"] for m in sub.since(0))
     log = shell.status_log_text()
     assert "evil.example.org" in log and "api.anthropic.com" in log and "refused" in log
 
@@ -181,7 +143,7 @@ async def test_the_registry_binds_a_key_to_its_agent_not_the_key_comment(shell):
              created(OTHER_AGENT, SID_BAD, "forged"),
              Event.now("agent.started", agent, data={"version": "real"}))
         await sub.wait_for(lambda m: m["type"] == "agent.started" and m["agent_id"] == agent)
-        assert not any(m.get("agent_id") == OTHER_AGENT for m in sub.messages), sub.messages
+        assert not any(m.get("agent_id") == OTHER_AGENT for m in sub.since(0)), sub.since(0)
         await wait_log(shell, f"claiming agent '{OTHER_AGENT}'")
     assert "forged" not in shell.paths.dnsmasq_hosts.read_text()
 
@@ -204,9 +166,9 @@ async def test_a_key_the_registry_binds_to_no_agent_is_refused(shell):
         async with status_link(shell) as (_, process):  # the real agent, for a marker after the stranger
             send(process, Event.now("agent.started", agent, data={"version": "real"}))
             await sub.wait_for(lambda m: m["type"] == "agent.started" and m["data"]["version"] == "real")
-        assert not any(m.get("data", {}).get("version") == "forged" for m in sub.messages
-                       if isinstance(m.get("data"), dict)), sub.messages
-        assert not any(m["type"] == "container.created" for m in sub.messages)
+        assert not any(m.get("data", {}).get("version") == "forged" for m in sub.since(0)
+                       if isinstance(m.get("data"), dict)), sub.since(0)
+        assert not any(m["type"] == "container.created" for m in sub.since(0))
     assert "forged" not in shell.paths.dnsmasq_hosts.read_text()
 
 
@@ -224,8 +186,8 @@ async def test_a_second_link_with_the_same_key_does_not_take_the_live_one_down_w
             await asyncio.sleep(0.1)
         send(live, Event.now("agent.heartbeat", agent, data={"interval_s": 30, "n": "after"}))
         await sub.wait_for(lambda m: m["type"] == "agent.heartbeat" and m["data"].get("n") == "after")
-        assert not any(link_state(agent, False)(m) for m in sub.messages), \
-            [m for m in sub.messages if m["type"] == "agent.status"]
+        assert not any(link_state(agent, False)(m) for m in sub.since(0)), \
+            [m for m in sub.since(0) if m["type"] == "agent.status"]
     # The live link's own end does mark the agent down.
     async with Subscriber(shell.paths.status_socket) as sub:
         await sub.wait_for(link_state(agent, False))
