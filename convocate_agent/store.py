@@ -601,11 +601,7 @@ class SessionStore:
                     child_dst = os.open(name, _DIR_FLAGS, dir_fd=dst_fd)
                     try:
                         self._copy_dir_fd(child_src, child_dst, f"{where}/{name}", keep_owner)
-                        now = os.fstat(child_src)
-                        if self._chown:
-                            os.fchown(child_dst, uid, gid)
-                        os.fchmod(child_dst, stat.S_IMODE(now.st_mode))
-                        os.utime(child_dst, ns=(now.st_atime_ns, now.st_mtime_ns))
+                        self._copy_metadata(child_dst, os.fstat(child_src), uid, gid)
                     finally:
                         os.close(child_dst)
                 finally:
@@ -623,6 +619,13 @@ class SessionStore:
             else:
                 log.info("copy: skipping special file %s/%s", where, name)
 
+    def _copy_metadata(self, fd: int, st: os.stat_result, uid: int, gid: int) -> None:
+        """Give the copy at ``fd`` the source's mode and times (``st``), and the session's owner when chowning."""
+        if self._chown:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
     def _copy_file_fd(self, src_fd: int, dst_fd: int, name: str, uid: int, gid: int, where: str) -> None:
         try:
             fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_fd)
@@ -639,10 +642,7 @@ class SessionStore:
             try:
                 with open(fd_in, "rb", closefd=False) as src, open(fd_out, "wb", closefd=False) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-                if self._chown:
-                    os.fchown(fd_out, uid, gid)
-                os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
-                os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                self._copy_metadata(fd_out, st, uid, gid)
             finally:
                 os.close(fd_out)
         finally:
