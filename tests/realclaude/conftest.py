@@ -222,8 +222,18 @@ class Driver:
 
     async def wait_activity(self, session: RealSession, kind: str, since: int, detail: str | None = None,
                             timeout: float = 60) -> dict:
-        """The first ``session.activity`` event of ``kind`` after index ``since``."""
-        _, message = await self.events.wait_for(activity(kind, session.sid, detail), since, timeout=timeout)
+        """The first ``session.activity`` event of ``kind`` after index ``since``.
+
+        Raises:
+            AssertionError: none within ``timeout`` seconds (with the activities seen and the screen).
+        """
+        try:
+            _, message = await self.events.wait_for(activity(kind, session.sid, detail), since, timeout=timeout)
+        except AssertionError:
+            seen = [(m["data"]["activity"], m["data"]["detail"]) for m in self.events.since(since)
+                    if m["type"] == "session.activity" and m.get("session_id") == session.sid]
+            raise AssertionError(f"no activity {kind!r} (detail {detail!r}) within {timeout} s; saw {seen}; "
+                                 f"screen:\n{await self.screen(session)}") from None
         return message
 
     async def screen(self, session: RealSession) -> str:

@@ -4,6 +4,9 @@ a scripted fake Messages API in the session's own network namespace (see conftes
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 
@@ -69,3 +72,114 @@ async def test_ask_operator_waits_and_the_answer_reaches_the_model(driver: Drive
     last = conversation(requests[-1])
     assert "Use Postgres" in last and question in last
     await driver.wait_screen(s, "Postgres it is.")
+
+
+async def _one_turn(driver: Driver, s, prompt: str, answer: str) -> dict:
+    """Type ``prompt``, the fake API answers ``answer``; returns the model request that carried the prompt."""
+    before = len(s.api.message_requests())
+    s.api.queue_text(answer)
+    since = await driver.prompt(s, prompt)
+    await driver.wait_activity(s, "idle", since)
+    await driver.wait_screen(s, answer)
+    return s.api.wait_message_requests(before + 1)[before]
+
+
+def _claude_pids(container) -> list[int]:
+    """Host PIDs of the Claude Code processes in the session's container (`docker top`)."""
+    top = container.top(ps_args="-eo pid,comm")
+    pid, comm = top["Titles"].index("PID"), top["Titles"].index("COMMAND")
+    return [int(row[pid]) for row in top["Processes"] if row[comm] == "claude"]
+
+
+async def _wait_transcript(s, text: str, timeout: float = 30) -> None:
+    """Wait until one of the session's Claude Code transcripts holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while not any(text in p.read_text(errors="replace") for p in (s.home / ".claude" / "projects").glob("*/*.jsonl")):
+        assert time.monotonic() < deadline, f"no transcript with {text!r} within {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def test_kill_9_of_claude_resumes_the_conversation(driver: Driver):
+    s = await driver.start("crashy")
+    await _one_turn(driver, s, "Remember the word pelican.", "Noted: pelican.")
+    # Claude Code writes its transcript (~/.claude/projects/<cwd>/<id>.jsonl) a moment after the answer is
+    # on screen; a kill before that leaves `claude -c` nothing to continue (see the report in docs/benchmarks.md).
+    await _wait_transcript(s, "Noted: pelican.")
+    container = driver.container(s.sid)
+    (pid,) = _claude_pids(container)
+    since = len(driver.events.messages)
+    os.kill(pid, signal.SIGKILL)  # the claude of the container this test started, by its PID
+    await driver.wait_screen(s, "restarting with")
+    await driver.wait_activity(s, "idle", since, detail="")  # the supervisor's claude -c: SessionStart again
+    logs = container.logs().decode(errors="replace")
+    assert "restarting with 'claude -c'" in logs, logs[-2000:]
+    request = await _one_turn(driver, s, "Which word?", "Pelican.")
+    seen = conversation(request)
+    assert "Remember the word pelican." in seen and "Noted: pelican." in seen, seen[-2000:]
+
+
+#: Why the restart and clone tests end as xfail today (they pass as soon as it is no longer true).
+NO_RESUME_AT_START = ("the supervisor starts plain `claude` when a container starts (restart op, a started clone), "
+                      "so Claude Code opens a new conversation; only a crash inside the container resumes with -c")
+
+
+async def test_container_restart_answers_and_keeps_the_conversation(driver: Driver):
+    s = await driver.start("restarted")
+    await _one_turn(driver, s, "Remember the word heron.", "Noted: heron.")
+    await _wait_transcript(s, "Noted: heron.")
+    old_container = driver.container(s.sid).id
+    await driver.restart(s)
+    assert driver.container(s.sid).id != old_container  # a new container: the fake API was re-attached
+    request = await _one_turn(driver, s, "Which word?", "Heron.")
+    seen = conversation(request)
+    assert "Which word?" in seen
+    if "Remember the word heron." not in seen:
+        pytest.xfail(NO_RESUME_AT_START)
+    assert "Noted: heron." in seen
+
+
+async def test_clone_answers_with_its_own_history(driver: Driver):
+    source = await driver.start("original")
+    await _one_turn(driver, source, "Remember the word egret.", "Noted: egret.")
+    await _wait_transcript(source, "Noted: egret.")
+    await driver.call("kill", {"id": source.sid})
+    copy = await driver.clone(source, "copy")
+    first = await _one_turn(driver, copy, "Which word?", "Egret.")
+    second = await _one_turn(driver, copy, "And now the word ibis.", "Noted: ibis.")
+    seen = conversation(second)
+    assert "Which word?" in seen and "Egret." in seen  # the copy's own turns
+    assert len(source.api.message_requests()) == 1, "the copy's requests reached the source's API"
+    if "Remember the word egret." not in conversation(first):
+        pytest.xfail(NO_RESUME_AT_START)
+    assert "Remember the word egret." in seen
+
+
+@pytest.mark.xfail(strict=True, reason="needs engineer limited's part, not in main yet: the StopFailure hook "
+                   "making the activity `limited` (with activity_until) and the agent settings resume_after_limit, "
+                   "resume_message, limit_retry_s")
+async def test_429_makes_the_session_limited_then_it_resumes(driver: Driver):
+    reset = int(time.time()) + 10
+    await driver.call("settings-set", {"resume_after_limit": True, "resume_message": "continue",
+                                       "limit_retry_s": 10})
+    try:
+        s = await driver.start("limited")
+        s.api.queue_error(429, {
+            "x-should-retry": "false", "retry-after": "10",
+            "anthropic-ratelimit-unified-status": "rejected",
+            "anthropic-ratelimit-unified-reset": str(reset),
+            "anthropic-ratelimit-unified-representative-claim": "five_hour",
+            "anthropic-ratelimit-unified-5h-status": "rejected",
+            "anthropic-ratelimit-unified-5h-reset": str(reset),
+        }, {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limited"}})
+        s.api.queue_text("Resumed after the limit.")
+        since = await driver.prompt(s, "Do the long job")
+        await driver.wait_activity(s, "limited", since)
+        got = await driver.call("get", {"id": s.sid})
+        assert got["activity"] == "limited" and got.get("activity_until"), got
+        await driver.wait_activity(s, "working", since, detail="continue", timeout=90)  # resume_after_limit
+        await driver.wait_activity(s, "idle", since)
+        await driver.wait_screen(s, "Resumed after the limit.")
+        requests = s.api.wait_message_requests(2)
+        assert "continue" in conversation(requests[-1])
+    finally:
+        await driver.call("settings-set", {"resume_after_limit": False})
