@@ -3,7 +3,8 @@
 #
 #   ./build.sh deps            apt packages, the .venv with pinned Python deps, a running dockerd
 #   ./build.sh image [--real]  the session image: convocate:<v>-standin (tests) or convocate:<v> (Claude Code)
-#   ./build.sh test [--full] [ARGS]  deps + test image + the suite (ARGS go to pytest; --full: full reliability run)
+#   ./build.sh test [--full] [ARGS]  deps + both images + the suite (ARGS go to pytest; --full: full reliability
+#                              run; CONVOCATE_REAL_IMAGE=none: no real Claude Code image, tests/realclaude skip)
 #   ./build.sh zipapps [--out DIR]
 #                              the three role zipapps (shiv, reproducible) [build/zipapps]
 #   ./build.sh debs [--out DIR] [--version V]
@@ -112,8 +113,18 @@ cmd_test() {  # cmd_test [--full] [PYTEST ARGS]: --full runs tests/reliability a
     fi
     cmd_deps
     build_image "$TEST_IMAGE" none
-    say "running the test suite (reliability suite: $reliability)"
-    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" CONVOCATE_RELIABILITY="$reliability" "$PY" -m pytest "$@"
+    # The real Claude Code image for tests/realclaude (-m realclaude): build-image.sh skips it when the
+    # tag is up to date and reuses the cached npm stage otherwise; CONVOCATE_REAL_IMAGE=none leaves it
+    # out and those tests skip, saying so.
+    local real="${CONVOCATE_REAL_IMAGE:-$REAL_IMAGE}"
+    if [ "$real" = none ]; then
+        say "CONVOCATE_REAL_IMAGE=none: no real Claude Code image; the tests in tests/realclaude skip"
+    else
+        build_image "$real"
+    fi
+    say "running the test suite (reliability suite: $reliability; real Claude Code image: $real)"
+    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" CONVOCATE_REAL_IMAGE="$real" CONVOCATE_RELIABILITY="$reliability" \
+        "$PY" -m pytest "$@"
 }
 
 cmd_lint() {

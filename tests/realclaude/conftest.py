@@ -56,10 +56,6 @@ HOME = "/home/claude"
 PROMPT_MARK = "❯"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "realclaude: drives the real Claude Code (image CONVOCATE_REAL_IMAGE)")
-
-
 @pytest.fixture(scope="session")
 def real_image(docker_client: docker.DockerClient) -> str:
     if REAL_IMAGE == "none":
@@ -268,6 +264,8 @@ async def driver(real_cluster: LocalCluster, docker_client: docker.DockerClient,
     """A :class:`Driver` on the shared real cluster; the test's sessions are stopped and its helpers removed."""
     async with connect(real_cluster) as ssh, Subscriber(real_cluster.paths.status_socket) as events:
         d = Driver(real_cluster, ssh, events, docker_client, tmp_path, real_image)
+        if (await d.call("settings-get")).get("skip_permissions") is False:  # the setting, once main has it
+            await d.call("settings-set", {"skip_permissions": True})
         try:
             yield d
         finally:

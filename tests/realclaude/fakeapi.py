@@ -177,9 +177,3 @@ def conversation(request: dict[str, Any]) -> str:
     """The text of a model request's ``messages``, joined: what the model was shown."""
     return "\n".join(texts(request["body"]))
 
-
-def remove_test_containers(client: docker.DockerClient) -> None:
-    """Force-remove every helper container of these tests (label ``convocate.test=realcc``)."""
-    for c in client.containers.list(all=True, filters={"label": "convocate.test=realcc"}, ignore_removed=True):
-        with contextlib.suppress(docker.errors.APIError):
-            c.remove(force=True)
