@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.realclaude.conftest import Driver
+from tests.realclaude.fake_messages_api import UNSCRIPTED
 from tests.realclaude.fakeapi import conversation
 
 pytestmark = [pytest.mark.docker, pytest.mark.realclaude]
@@ -33,6 +34,11 @@ async def test_plain_answer_goes_working_then_idle(driver: Driver):
     waited = await asyncio.to_thread(driver.cluster.run_role, "convocate", "wait", s.sid, "--for", "idle",
                                      "--timeout", "30")
     assert waited.returncode == 0, waited.stderr
+    # A turn nobody scripted: Claude Code shows the fake's error, and the request is on record.
+    await driver.prompt(s, "And one more thing")
+    await driver.wait_screen(s, UNSCRIPTED)
+    last = s.api.wait_message_requests(2)[-1]
+    assert last["answer"] == "unscripted" and "And one more thing" in conversation(last)
 
 
 async def test_bash_tool_use_writes_a_file_in_the_work_dir(driver: Driver):
