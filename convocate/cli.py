@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only print /etc/default/convocate as --status-port and --base-image make it "
                    "(the postinst merges it with ucf)")
     p.add_argument("--base-image", help="local image to build the session image FROM (offline clusters)")
-    p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in [pinned]")
+    p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in "
+                   "[the pin in <image context>/claude-code.version]")
     p.add_argument("--image-tag", help="session image tag [convocate:<version>]")
     p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
     p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")
