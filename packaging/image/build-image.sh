@@ -101,10 +101,10 @@ if [[ -z "$claude_code" ]]; then
     [[ -r "$PIN_FILE" ]] || die "the Claude Code pin $PIN_FILE is missing"
     claude_code="$(tr -d '[:space:]' <"$PIN_FILE")"
     [[ "$claude_code" =~ $SEMVER_RE ]] \
-        || die "$PIN_FILE must hold one version like 2.1.330, got '$claude_code'"
+        || die "$PIN_FILE must hold one version like X.Y.Z, got '$claude_code'"
 fi
 [[ "$claude_code" == none || "$claude_code" =~ $SEMVER_RE ]] \
-    || die "--claude-code must be a version like 2.1.330 or 'none', got '$claude_code'"
+    || die "--claude-code must be a version like X.Y.Z or 'none', got '$claude_code'"
 
 if [[ -z "$convocate_version" ]]; then
     convocate_version="$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
