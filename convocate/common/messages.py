@@ -331,3 +331,11 @@ CLAUDE_CODE_ROLL_NOTE = (
     "running sessions keep Claude Code as they have it until they are restarted ((R)estart in the TUI);"
     " new sessions and restarts take {version}"
 )
+CLAUDE_CODE_NO_SHELL_PACKAGE = (
+    "{host} has no convocate package, so there is no build context to build the session image from;"
+    " run `convocate-host init-shell` there first"
+)
+CLAUDE_CODE_IMAGE_MISMATCH = (
+    "the image {tag} says it carries Claude Code {label!r} (label convocate.claude-code), not {version};"
+    " it was not rolled out"
+)
