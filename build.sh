@@ -225,15 +225,21 @@ cmd_demo() {
         "$PY" -m tests.harness demo-down "$state"
         return
     fi
+    case "${1:-}" in
+        "" | --standin) ;;
+        *) die "demo: unknown argument '$1' (--standin or --stop)" ;;
+    esac
     cmd_deps
-    local image="$REAL_IMAGE"
+    local image="$REAL_IMAGE" real=1
     if [ "${1:-}" = "--standin" ]; then
-        image="$TEST_IMAGE"
+        image="$TEST_IMAGE" real=0
         build_image "$TEST_IMAGE" none
-    elif ! build_image "$REAL_IMAGE"; then
-        say "could not build the image with Claude Code from the npm registry; using the stand-in claude"
-        image="$TEST_IMAGE"
-        build_image "$TEST_IMAGE" none
+    else
+        # The real Claude Code at the pinned version (packaging/image/claude-code.version): the build needs the
+        # Debian mirror and the npm registry, nothing else.
+        build_image "$REAL_IMAGE" \
+            || die "demo: could not build $REAL_IMAGE with Claude Code from the npm registry (see above);" \
+                   "./build.sh demo --standin shows convocate with the tests' stand-in claude instead"
     fi
     "$PY" -m tests.harness demo-up "$state" --image "$image" --port "$port"
     export CONVOCATE_ROOT="$state/root"
@@ -241,6 +247,13 @@ cmd_demo() {
     sessions="$("$cli" ls --json)"
     if ! grep -q '"name": "demo"' <<<"$sessions"; then
         "$cli" new demo
+    fi
+    if [ "$real" -eq 1 ] && ! compgen -G "$CONVOCATE_ROOT/etc/convocate/credentials/*.json" >/dev/null; then
+        # No credential stored on the demo's shell side (convocate auth set): Claude Code cannot log in by itself.
+        say "No Claude credential is set, so the demo session shows Claude Code's login prompt."
+        say "Give it one (an API key, or the token 'claude setup-token' prints; asked without echo), then restart:"
+        say "  CONVOCATE_ROOT=$CONVOCATE_ROOT $cli auth set --api-key      (or --oauth-token)"
+        say "  CONVOCATE_ROOT=$CONVOCATE_ROOT $cli restart demo"
     fi
     say "opening the TUI: Enter attaches to the highlighted session, Ctrl-b d comes back, Q quits."
     say "The cluster keeps running; ./build.sh demo opens the TUI again, ./build.sh demo --stop stops it."

@@ -102,7 +102,7 @@ async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
     elif args.waiting:
         print(waiting_table([s.view for s in sessions]))
     else:
-        print(sessions_table([s.view for s in sessions] + orphans))
+        print(sessions_table([s.view for s in sessions] + orphans, wide=args.wide))
     for agent_id, error in sorted(listing.errors.items()):
         print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
     for agent_id in sorted(cluster.clients):
@@ -431,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
     p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")
+    p.add_argument("--wide", action="store_true",
+                   help="also each session's image and the Claude Code version its container runs")
     p.set_defaults(func=_cmd_ls)
     p = sub.add_parser("agents", parents=[common], help="list agents")
     p.set_defaults(func=_cmd_agents)
