@@ -2,9 +2,13 @@
 # build.sh — the one entry point for building, testing and trying convocate.
 #
 #   ./build.sh deps            apt packages, the .venv with pinned Python deps, a running dockerd
-#   ./build.sh image [--real]  the session image: convocate:<v>-standin (tests) or convocate:<v> (Claude Code)
-#   ./build.sh test [--full] [ARGS]  deps + both images + the suite (ARGS go to pytest; --full: full reliability
-#                              run; CONVOCATE_REAL_IMAGE=none: no real Claude Code image, tests/realclaude skip)
+#   ./build.sh image [--real | --claude-code VERSION|latest [--registry URL]]
+#                              the session image: convocate:<v>-standin (tests), or convocate:<v> with
+#                              Claude Code at the pinned version (--real); --claude-code first moves the
+#                              pin (packaging/image/claude-code.version; latest: the npm registry's newest)
+#   ./build.sh test [--full] [ARGS]  deps + both images (the real one at the pinned Claude Code) + the suite
+#                              (ARGS go to pytest; --full: full reliability run; CONVOCATE_REAL_IMAGE=none:
+#                              no real Claude Code image, tests/realclaude skip)
 #   ./build.sh zipapps [--out DIR]
 #                              the three role zipapps (shiv, reproducible) [build/zipapps]
 #   ./build.sh debs [--out DIR] [--version V]
@@ -14,7 +18,8 @@
 #   ./build.sh bench [--json] [--only NAME]
 #                              the benchmarks: every figure with its baseline and ratio
 #   ./build.sh demo [--standin|--stop]
-#                              a local cluster on loopback (agent and status listener), a session, and the TUI
+#                              a local cluster on loopback (agent and status listener), a session, and the TUI:
+#                              real Claude Code (pinned) by default, --standin for the tests' stand-in claude
 #
 # Everything it needs it installs itself (Debian 12, as root or with sudo).
 set -euo pipefail
@@ -95,9 +100,25 @@ build_image() {  # build_image TAG [none]: 'none' puts the stand-in claude in pl
     packaging/image/build-image.sh "${args[@]}"
 }
 
-cmd_image() {
+cmd_image() {  # cmd_image [--real | --claude-code VERSION|latest [--registry URL]]
+    local real=0 claude_code="" registry=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --real) real=1; shift ;;
+            --claude-code) [ $# -ge 2 ] || die "image: --claude-code needs VERSION or latest"
+                           claude_code="$2"; real=1; shift 2 ;;
+            --registry) [ $# -ge 2 ] || die "image: --registry needs a URL"; registry=(--registry "$2"); shift 2 ;;
+            *) die "image: unknown argument '$1'" ;;
+        esac
+    done
     cmd_deps
-    if [ "${1:-}" = "--real" ]; then
+    if [ -n "$claude_code" ]; then
+        # Resolve and pin first (atomically; a network error or a bad answer leaves the pin alone), then
+        # build what the pin says: build-image.sh reads packaging/image/claude-code.version.
+        "$PY" -m convocate_host.claude_pin pin "$claude_code" "${registry[@]}" \
+            || die "image: the Claude Code pin was not changed; nothing was built"
+    fi
+    if [ "$real" -eq 1 ]; then
         build_image "$REAL_IMAGE"
     else
         build_image "$TEST_IMAGE" none
@@ -216,15 +237,21 @@ cmd_demo() {
         "$PY" -m tests.harness demo-down "$state"
         return
     fi
+    case "${1:-}" in
+        "" | --standin) ;;
+        *) die "demo: unknown argument '$1' (--standin or --stop)" ;;
+    esac
     cmd_deps
-    local image="$REAL_IMAGE"
+    local image="$REAL_IMAGE" real=1
     if [ "${1:-}" = "--standin" ]; then
-        image="$TEST_IMAGE"
+        image="$TEST_IMAGE" real=0
         build_image "$TEST_IMAGE" none
-    elif ! build_image "$REAL_IMAGE"; then
-        say "could not build the image with Claude Code from the npm registry; using the stand-in claude"
-        image="$TEST_IMAGE"
-        build_image "$TEST_IMAGE" none
+    else
+        # The real Claude Code at the pinned version (packaging/image/claude-code.version): the build needs the
+        # Debian mirror and the npm registry, nothing else.
+        build_image "$REAL_IMAGE" \
+            || die "demo: could not build $REAL_IMAGE with Claude Code from the npm registry (see above);" \
+                   "./build.sh demo --standin shows convocate with the tests' stand-in claude instead"
     fi
     "$PY" -m tests.harness demo-up "$state" --image "$image" --port "$port"
     export CONVOCATE_ROOT="$state/root"
@@ -232,6 +259,13 @@ cmd_demo() {
     sessions="$("$cli" ls --json)"
     if ! grep -q '"name": "demo"' <<<"$sessions"; then
         "$cli" new demo
+    fi
+    if [ "$real" -eq 1 ] && ! compgen -G "$CONVOCATE_ROOT/etc/convocate/credentials/*.json" >/dev/null; then
+        # No credential stored on the demo's shell side (convocate auth set): Claude Code cannot log in by itself.
+        say "No Claude credential is set, so the demo session shows Claude Code's login prompt."
+        say "Give it one (an API key, or the token 'claude setup-token' prints; asked without echo), then restart:"
+        say "  CONVOCATE_ROOT=$CONVOCATE_ROOT $cli auth set --api-key      (or --oauth-token)"
+        say "  CONVOCATE_ROOT=$CONVOCATE_ROOT $cli restart demo"
     fi
     say "opening the TUI: Enter attaches to the highlighted session, Ctrl-b d comes back, Q quits."
     say "The cluster keeps running; ./build.sh demo opens the TUI again, ./build.sh demo --stop stops it."
@@ -249,7 +283,7 @@ cmd_bench() {
 }
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {

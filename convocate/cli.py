@@ -102,7 +102,7 @@ async def _cmd_ls(args: argparse.Namespace, cluster: Cluster) -> int:
     elif args.waiting:
         print(waiting_table([s.view for s in sessions]))
     else:
-        print(sessions_table([s.view for s in sessions] + orphans))
+        print(sessions_table([s.view for s in sessions] + orphans, wide=args.wide))
     for agent_id, error in sorted(listing.errors.items()):
         print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
     for agent_id in sorted(cluster.clients):
@@ -431,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
     p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")
+    p.add_argument("--wide", action="store_true",
+                   help="also each session's image and the Claude Code version its container runs")
     p.set_defaults(func=_cmd_ls)
     p = sub.add_parser("agents", parents=[common], help="list agents")
     p.set_defaults(func=_cmd_agents)
@@ -466,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only print /etc/default/convocate as --status-port and --base-image make it "
                    "(the postinst merges it with ucf)")
     p.add_argument("--base-image", help="local image to build the session image FROM (offline clusters)")
-    p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in [pinned]")
+    p.add_argument("--claude-code", help="Claude Code version from npm, or 'none' for the stand-in "
+                   "[the pin in <image context>/claude-code.version]")
     p.add_argument("--image-tag", help="session image tag [convocate:<version>]")
     p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
     p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")

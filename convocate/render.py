@@ -31,9 +31,16 @@ def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = COLU
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip() for r in all_rows)
 
 
-def sessions_table(views: list[SessionView]) -> str:
-    """The ``convocate ls`` table, in the given order, numbered from 1."""
-    return format_table(session_row(i, v) for i, v in enumerate(views, start=1))
+#: ``convocate ls --wide`` adds these: the image the container last started from, and its Claude Code version.
+WIDE_COLUMNS = ("IMAGE", "CLAUDE CODE")
+
+
+def sessions_table(views: list[SessionView], *, wide: bool = False) -> str:
+    """The ``convocate ls`` table, in the given order, numbered from 1; ``wide`` adds :data:`WIDE_COLUMNS`."""
+    if not wide:
+        return format_table(session_row(i, v) for i, v in enumerate(views, start=1))
+    return format_table(((*session_row(i, v), v.meta.image or "-", v.claude_code or "-")
+                         for i, v in enumerate(views, start=1)), (*COLUMNS, *WIDE_COLUMNS))
 
 
 def waiting_table(views: list[SessionView]) -> str:

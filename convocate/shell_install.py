@@ -83,7 +83,7 @@ class ShellInstallOptions:
         base_image: Local image to build it FROM (offline clusters); None or ``""``: build
             ``convocate-base:bookworm`` with debootstrap (debconf ``convocate/base-image``).
         claude_code: Claude Code version from npm, or ``none`` for the tests' stand-in; None:
-            the version build-image.sh pins.
+            the one pin, ``claude-code.version`` in the build context, which build-image.sh reads.
         image_tag: Tag to build; None: ``convocate:<version>``.
         image_context: Build context; None: the one the package ships.
         domain: The cluster's DNS domain (debconf ``convocate/domain``).

@@ -32,7 +32,7 @@ from convocate.common.protocol import (
     encode_line,
     json_type,
 )
-from convocate_agent.rpc import DataReader
+from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService, AttachRequest
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,28 @@ def parse_header(line: bytes) -> AttachRequest:
     return AttachRequest(session_id, size["cols"], size["rows"], read_only, term or "xterm-256color")
 
 
-async def _read_header(stdin: DataReader) -> tuple[bytes | LineTooLong | None, bytes]:
+async def _read_header(stdin: DataReader, timeout: float) -> tuple[bytes | LineTooLong | None, bytes]:
     """Read up to the first newline; returns ``(header, bytes after it)``.
 
     At EOF, bytes without a newline are the header all the same (as :func:`read_frames` treats
     the RPC's last line), so such a client gets its answer; nothing at all gives ``None``.
+
+    Args:
+        stdin: The channel's reader.
+        timeout: Seconds allowed for the whole header, however it trickles in (the RPC's
+            request deadline, :data:`convocate_agent.rpc.REQUEST_TIMEOUT_S`).
+
+    Raises:
+        BadRequest: ``bad attach header: no complete request line within N s``.
     """
     decoder = LineDecoder(HEADER_MAX)
+    reader = DeadlineReader(stdin, timeout)
     while True:
-        chunk = await stdin.read(RELAY_CHUNK)
+        try:
+            chunk = await reader.read(RELAY_CHUNK)
+        except RequestTimeout:
+            raise BadRequest(messages.ATTACH_BAD_HEADER.format(
+                detail=messages.RPC_REQUEST_TIMEOUT.format(seconds=timeout))) from None
         if not chunk:
             tail = decoder.pending()
             return (tail if tail.strip() else None), b""
@@ -113,8 +126,17 @@ async def _read_header(stdin: DataReader) -> tuple[bytes | LineTooLong | None, b
             return frames[0], chunk[chunk.index(b"\n") + 1:]
 
 
-async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: AgentService, caller: str) -> None:
-    """Run one attach: header, relay, clean-up. Always ends by closing the channel."""
+async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: AgentService, caller: str,
+                               header_timeout: float = REQUEST_TIMEOUT_S) -> None:
+    """Run one attach: header, relay, clean-up. Always ends by closing the channel.
+
+    Args:
+        process: The SSH channel of the ``convocate-agent-attach`` subsystem.
+        service: The agent's service.
+        caller: Who connected, for the log.
+        header_timeout: Seconds allowed for the header line; a channel that sends none in time
+            gets the refusal line and is closed (a held, silent channel costs the agent a slot).
+    """
     pending_size: list[tuple[int, int]] = []
 
     async def remember_size(cols: int, rows: int) -> None:
@@ -122,7 +144,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
 
     reader = DataReader(process.stdin, remember_size)
     try:
-        header, leftover = await _read_header(reader)
+        header, leftover = await _read_header(reader, header_timeout)
         if header is None:
             process.exit(0)
             return

@@ -102,13 +102,17 @@ def valid_agent_id(value: str) -> bool:
 
 
 def check_port(value: int | str, option: str) -> int:
-    """A TCP port 1-65535.
+    """A TCP port 1-65535, written in ASCII digits.
+
+    ``str.isdigit`` alone would take ``"２２２"`` (full-width digits, which ``int`` reads as 222)
+    from a debconf answer or an ``/etc/default`` file and write it back to files that sshd, ufw and
+    systemd read as bytes.
 
     Raises:
         BadRequest: anything else; the message names ``option``.
     """
     text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= PORT_MAX:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= PORT_MAX:
         raise BadRequest(messages.BAD_INSTALL_PORT.format(option=option, value=value))
     return int(text)
 

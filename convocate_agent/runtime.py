@@ -62,6 +62,9 @@ LABEL_AGENT = "convocate.agent"
 LABEL_ROOT = "convocate.root"
 LABEL_CPUS = "convocate.cpus"
 LABEL_MEMORY = "convocate.memory_mb"
+#: The session image's label with its Claude Code version (packaging/image/build-image.sh); Docker copies an
+#: image's labels into each container made from it, so the container list carries it.
+LABEL_CLAUDE_CODE = "convocate.claude-code"
 
 #: tmux session that the image's entrypoint creates (packaging/image/).
 TMUX_SESSION = "main"
@@ -104,6 +107,8 @@ class ContainerState:
         image: Image reference it was created from.
         cpus: CPU reservation recorded at start, in cores.
         memory_mb: Memory reservation recorded at start, in MiB.
+        claude_code: The Claude Code version of its image (label ``convocate.claude-code``: ``X.Y.Z``,
+            ``none`` for the stand-in), ``""`` when the image has no such label.
     """
 
     session_id: str
@@ -113,6 +118,7 @@ class ContainerState:
     image: str
     cpus: float
     memory_mb: int
+    claude_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -652,7 +658,8 @@ def _state_from_row(row: dict[str, Any]) -> ContainerState | None:
     except ValueError:
         cpus, memory = 0.0, 0
     status = str(row.get("State", ""))
-    return ContainerState(sid, row.get("Id", ""), status == "running", status, str(row.get("Image", "")), cpus, memory)
+    return ContainerState(sid, row.get("Id", ""), status == "running", status, str(row.get("Image", "")), cpus, memory,
+                          str(labels.get(LABEL_CLAUDE_CODE, "")))
 
 
 def _namespaced_pid(host_pid: int) -> int | None:

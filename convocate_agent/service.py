@@ -161,6 +161,7 @@ class AgentService:
             running=running,
             attached_count=self._attached.get(meta.uuid, 0) if running else 0,
             locked=self.locks.is_locked(meta.uuid) if locked is None else locked,
+            claude_code=container.claude_code if container is not None else "",
         )
 
     async def _wire(self, meta: SessionMeta, locked: bool | None = None) -> dict[str, Any]:
@@ -318,8 +319,9 @@ class AgentService:
                 await asyncio.to_thread(self.store.trash, session_id)
                 self.reports.close(session_id)
                 raise
-            wire = self._view(meta, ContainerState(session_id, "", True, "running", image, meta.cpus, meta.memory_mb),
-                              False).to_wire()
+            started = await self.runtime.container(session_id) or ContainerState(  # it carries the image's labels
+                session_id, "", True, "running", image, meta.cpus, meta.memory_mb)
+            wire = self._view(meta, started, False).to_wire()
             self._emit(CONTAINER_CREATED, session_id, wire)
             self._emit(CONTAINER_STARTED, session_id, wire)
             return wire

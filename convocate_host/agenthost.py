@@ -157,10 +157,12 @@ async def ensure_agent_defaults(agent: Target, values: dict[str, str], report: L
     return report.step(changed, f"service settings {', '.join(f'{k}={v}' for k, v in values.items())}")
 
 
-async def stamp_current_image(agent: Target, tag: str, report: LiveReport) -> bool:
-    """``current-image`` names ``tag``; True when it changed."""
-    changed = await agent.write_file(str(PATHS.current_image_file), f"{tag}\n".encode(), owner=CLAUDE_OWNER)
-    return report.step(changed, f"current image {tag} ({PATHS.current_image_file})")
+async def stamp_current_image(agent: Target, tag: str, report: LiveReport, *, path: str | None = None,
+                              owner: str = CLAUDE_OWNER) -> bool:
+    """``current-image`` (``path``, default the agent's standard one) names ``tag``; True when it changed."""
+    path = path or str(PATHS.current_image_file)
+    changed = await agent.write_file(path, f"{tag}\n".encode(), owner=owner)
+    return report.step(changed, f"current image {tag} ({path})")
 
 
 async def agents_status(shell: Target) -> list[dict]:

@@ -44,7 +44,8 @@ commands:
   install          prepare a vanilla Debian/Ubuntu host (packages, Docker, user claude, UTC, ufw)
   init-shell       install and set up the shell host (status listener, log CA and TLS listener)
   init-agent       install an agent host and join it to the shell host (keys, pins, logs, image)
-  update           roll new packages and the session image to a host, or to every agent (--all)
+  update           roll new packages and the session image to a host, or to every agent (--all);
+                   --claude-code VERSION rolls a new Claude Code without new packages
   migrate-session  move an orphan session directory from the shell host to an agent
   create-vm        boot a new VM on a KVM hypervisor (libvirt, cloud-init)
   version          print the version
@@ -196,12 +197,60 @@ def _add_update(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--all", action="store_true", help="every agent registered on the shell host")
     p.add_argument("--shell-host", help="the shell host (image source, health checks) [this machine]")
     p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
-    p.add_argument("--image", help="session image tag [convocate:<new agent version>]")
+    p.add_argument("--image", help="session image tag [convocate:<new agent version>; with --claude-code: the "
+                   "tag to build, convocate:<shell's convocate version>-cc<VERSION>]")
+    p.add_argument("--claude-code", metavar="VERSION",
+                   help="roll this Claude Code version (X.Y.Z, or latest: the npm registry's newest) without new "
+                   "packages: the shell host builds the image with it, each agent gets it as its current image; "
+                   "--debs is not used")
+    p.add_argument("--registry", help="npm registry asked for --claude-code latest [$NPM_CONFIG_REGISTRY, else "
+                   "https://registry.npmjs.org]")
     add_ssh_options(p)
     p.set_defaults(func=_cmd_update)
 
 
+def _cmd_update_claude_code(args: argparse.Namespace) -> int:
+    from convocate_host import claude_pin, claude_roll
+
+    # "none" builds the tests' stand-in claude (build-image.sh --claude-code none).
+    version = "none" if args.claude_code == "none" else claude_pin.resolve(args.claude_code, args.registry)
+
+    async def run() -> int:
+        shell = await _target(args, args.shell_host)
+        shell_report = report_for(shell)
+        if args.claude_code == claude_pin.LATEST:
+            shell_report.note(f"Claude Code latest is {version} (npm registry {claude_pin.registry_url(args.registry)})")
+        try:
+            tag = await claude_roll.build_image(shell, version, shell_report, tag=args.image)
+            if args.all:
+                done = await claude_roll.roll_all(shell, lambda address: _target(args, address), tag, version,
+                                                  shell_report=shell_report, make_report=report_for,
+                                                  progress=None if args.json else sys.stderr)
+                if not args.json:
+                    print(f"rolled Claude Code {version} ({tag}) to {len(done)} agent(s): {', '.join(done)}")
+            elif args.host == args.shell_host:
+                await claude_roll.roll_to_agent(shell, shell, tag, version, shell_report, shell_report=shell_report)
+            else:
+                host = await _target(args, args.host)
+                report = report_for(host)
+                try:
+                    await claude_roll.roll_to_agent(shell, host, tag, version, report, shell_report=shell_report,
+                                                    progress=None if args.json else sys.stderr)
+                finally:
+                    await host.close()
+                report.finish("update --claude-code")
+        finally:
+            await shell.close()
+        shell_report.finish("update --claude-code")
+        return 0
+
+    return _run(run)
+
+
 def _cmd_update(args: argparse.Namespace) -> int:
+    if args.claude_code:
+        return _cmd_update_claude_code(args)
+
     async def run() -> int:
         shell = await _target(args, args.shell_host)
         shell_report = report_for(shell)

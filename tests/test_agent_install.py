@@ -143,6 +143,7 @@ def test_install_applies_the_debconf_answers_and_keeps_them(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--listen-port", "http"), messages.BAD_INSTALL_PORT.format(option="--listen-port", value="http")),
     (("--shell-port", "70000"), messages.BAD_INSTALL_PORT.format(option="--shell-port", value="70000")),
+    (("--listen-port", "２２２"), messages.BAD_INSTALL_PORT.format(option="--listen-port", value="２２２")),
     (("--shell-host", "bad host!"), messages.BAD_INSTALL_HOST.format(option="--shell-host", value="bad host!")),
 ])
 def test_install_refuses_a_bad_answer_and_says_which(tmp_path, args, message):

@@ -61,6 +61,42 @@ def test_ls_new_and_lifecycle_verbs(cluster):
     assert "cli-two" not in cli(cluster, "ls").stdout
 
 
+def test_ls_wide_shows_the_claude_code_each_container_runs_and_a_restart_takes_the_new_one(cluster):
+    """The roll ``convocate-host update --claude-code`` makes, seen from ``ls``: a new current image."""
+    label = subprocess.run(["docker", "image", "inspect", "--format",
+                            '{{index .Config.Labels "convocate.claude-code"}}', cluster.image],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    newer = f"convocate-test-pin:cc-{uuid.uuid4().hex[:8]}"  # the same image with another version label
+    subprocess.run(["docker", "build", "-q", "--label", "convocate.test=pin", "--label",
+                    "convocate.claude-code=9.9.9", "-t", newer, "-"], input=f"FROM {cluster.image}\n",
+                   capture_output=True, text=True, check=True)
+    current = cluster.paths.current_image_file
+    try:
+        kept = json.loads(cli(cluster, "new", "cc-kept", "--cpus", "0.1", "--memory", "128", "--json").stdout)
+        moved = json.loads(cli(cluster, "new", "cc-moved", "--cpus", "0.1", "--memory", "128", "--json").stdout)
+        idle = json.loads(cli(cluster, "new", "cc-idle", "--no-start", "--json").stdout)
+        assert kept["claude_code"] == label and moved["claude_code"] == label and "claude_code" not in idle
+        current.write_text(f"{newer}\n")
+        restarted = json.loads(cli(cluster, "restart", moved["uuid"], "--json").stdout)
+        assert restarted["claude_code"] == "9.9.9" and restarted["image"] == newer
+        listing = {s["uuid"]: s for s in json.loads(cli(cluster, "ls", "--json").stdout)}
+        assert listing[kept["uuid"]]["claude_code"] == label  # running sessions keep theirs
+        assert listing[moved["uuid"]]["claude_code"] == "9.9.9"
+        table = cli(cluster, "ls", "--wide").stdout.splitlines()
+        assert table[0].split()[-3:] == ["IMAGE", "CLAUDE", "CODE"]
+        rows = {name: next(line for line in table if f"  {name}  " in line) for name in ("cc-kept", "cc-moved", "cc-idle")}
+        assert rows["cc-kept"].split()[-2:] == [cluster.image, label]
+        assert rows["cc-moved"].split()[-2:] == [newer, "9.9.9"]
+        assert rows["cc-idle"].split()[-2:] == ["-", "-"]
+        assert "IMAGE" not in cli(cluster, "ls").stdout.splitlines()[0]
+    finally:
+        current.write_text(f"{cluster.image}\n")
+        for name in ("cc-kept", "cc-moved", "cc-idle"):
+            cli(cluster, "kill", name, check=False)
+            cli(cluster, "delete", name, check=False)
+        subprocess.run(["docker", "image", "rm", "-f", newer], capture_output=True)
+
+
 def test_unknown_and_ambiguous_references_are_clear_errors(cluster):
     missing = cli(cluster, "kill", "no-such-session", check=False)
     assert missing.returncode == 3 and 'no session matches "no-such-session"' in missing.stderr

@@ -319,3 +319,23 @@ HOST_NO_STATUS_KEY = (
     "agent {agent} has no status key yet, so none is bound to it in the shell's registry; run"
     " `convocate-host init-agent` for it"
 )
+
+# --- the Claude Code pin (convocate_host.claude_pin, convocate-host update --claude-code) ----------
+CLAUDE_CODE_BAD_VERSION = "Claude Code version {value!r} is not a plain X.Y.Z version (nor 'latest')"
+CLAUDE_CODE_REGISTRY_FAILED = "cannot ask the npm registry {url} for the newest Claude Code: {reason}; the pin is unchanged"
+CLAUDE_CODE_REGISTRY_BAD = "the npm registry {url} gave no usable newest Claude Code: {reason}; the pin is unchanged"
+CLAUDE_CODE_PIN_UNREADABLE = "the Claude Code pin {path} is unusable: {reason} (it must hold one X.Y.Z line)"
+CLAUDE_CODE_PINNED = "Claude Code {old} \u2192 {new} (pinned in {path})"
+CLAUDE_CODE_PIN_KEPT = "Claude Code {version} (already pinned in {path})"
+CLAUDE_CODE_ROLL_NOTE = (
+    "running sessions keep Claude Code as they have it until they are restarted ((R)estart in the TUI);"
+    " new sessions and restarts take {version}"
+)
+CLAUDE_CODE_NO_SHELL_PACKAGE = (
+    "{host} has no convocate package, so there is no build context to build the session image from;"
+    " run `convocate-host init-shell` there first"
+)
+CLAUDE_CODE_IMAGE_MISMATCH = (
+    "the image {tag} says it carries Claude Code {label!r} (label convocate.claude-code), not {version};"
+    " it was not rolled out"
+)

@@ -354,6 +354,8 @@ class SessionView:
         locked: A lifecycle lock with a live holder exists.
         agent_id: The agent the session lives on (filled in by shell-side clients).
         orphan: A session directory on the shell host that no agent claims (state ``O``).
+        claude_code: The Claude Code version the session's container runs (its image's
+            ``convocate.claude-code`` label), ``""`` when it has no container or the label is missing.
     """
 
     meta: SessionMeta
@@ -363,6 +365,7 @@ class SessionView:
     agent_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     orphan: bool = False
+    claude_code: str = ""
 
     @property
     def state(self) -> str:
@@ -395,6 +398,8 @@ class SessionView:
             attached_count=self.attached_count,
             **m._activity_json(),
         )
+        if self.claude_code:  # (ext) omitted when unknown
+            wire["claude_code"] = self.claude_code
         return wire
 
     @classmethod
@@ -412,10 +417,12 @@ class SessionView:
         if not isinstance(count, int) or isinstance(count, bool):
             count = 1 if obj.get("attached") else 0
         state = obj.get("state")
+        claude_code = obj.get("claude_code", "")
         return cls(
             meta=meta,
             running=running,
             attached_count=count,
             locked=state == STATE_LOCKED,
             agent_id=agent_id,
+            claude_code=claude_code if isinstance(claude_code, str) else "",
         )

@@ -3,7 +3,11 @@
 #
 #   packaging/image/build-image.sh --tag TAG [--claude-code VERSION|none]
 #       [--base-image IMAGE] [--cache-dir DIR] [--convocate-version V]
-#       [--mirror URL] [--force]
+#       [--mirror URL] [--force] [--print-build]
+#
+# The Claude Code version is pinned in one place, claude-code.version beside
+# this script (one line, a plain semver); --claude-code overrides it for one
+# build. `./build.sh image --claude-code latest` moves the pin.
 #
 # Two steps:
 #   1. Base image. Without --base-image, make sure `convocate-base:bookworm`
@@ -25,7 +29,10 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 readonly SCRIPT_DIR REPO_DIR
 readonly DEFAULT_BASE_IMAGE="convocate-base:bookworm"
-readonly DEFAULT_CLAUDE_CODE_VERSION="2.1.330"   # keep in step with the Dockerfile
+# The one pin of Claude Code's version (the Dockerfile's ARG has no default:
+# this script always passes it).
+readonly PIN_FILE="${SCRIPT_DIR}/claude-code.version"
+readonly SEMVER_RE='^[0-9]+\.[0-9]+\.[0-9]+([-.][0-9A-Za-z.]+)?$'
 readonly DEFAULT_MIRROR="http://deb.debian.org/debian"
 readonly SUITE="bookworm"
 # The files docker build sees (the .dockerignore whitelists exactly these).
@@ -34,21 +41,23 @@ readonly CONTEXT_FILES=(.dockerignore Dockerfile entrypoint supervisor tmux.conf
     session/mcp-requirements.txt session/managed-settings.json session/mcp.json)
 
 tag=""
-claude_code="${DEFAULT_CLAUDE_CODE_VERSION}"
+claude_code=""
 base_image=""
 cache_dir="${REPO_DIR}/.cache/images"
 convocate_version=""
 mirror=""
 force=0
+print_build=0
 
 usage() {
     cat <<EOF
 usage: $(basename "$0") --tag TAG [--claude-code VERSION|none] [--base-image IMAGE]
                       [--cache-dir DIR] [--convocate-version V] [--mirror URL] [--force]
+                      [--print-build]
 
   --tag TAG              name:tag of the session image to build (required)
   --claude-code VERSION  Claude Code version from npm, or 'none' for the stand-in
-                         (default ${DEFAULT_CLAUDE_CODE_VERSION})
+                         (default: the pin in ${PIN_FILE})
   --base-image IMAGE     existing local image to build FROM (default: build or
                          reuse ${DEFAULT_BASE_IMAGE} with debootstrap)
   --cache-dir DIR        where the base rootfs tarball is cached
@@ -58,6 +67,9 @@ usage: $(basename "$0") --tag TAG [--claude-code VERSION|none] [--base-image IMA
   --mirror URL           Debian mirror for debootstrap and apt in the base image
                          (default: the host's apt sources, else ${DEFAULT_MIRROR})
   --force                build even when TAG is up to date
+  --print-build          print what the build would use (tag, Claude Code version,
+                         build args, labels, context hash) and exit without building;
+                         the base image must exist already
 EOF
 }
 
@@ -79,13 +91,20 @@ while [[ $# -gt 0 ]]; do
         --convocate-version) need_arg "$@"; convocate_version="$2"; shift 2 ;;
         --mirror)            need_arg "$@"; mirror="$2"; shift 2 ;;
         --force)             force=1; shift ;;
+        --print-build)       print_build=1; shift ;;
         -h|--help)           usage; exit 0 ;;
         *)                   usage >&2; die "unknown argument: $1" ;;
     esac
 done
 [[ -n "$tag" ]] || { usage >&2; die "--tag is required"; }
-[[ "$claude_code" == none || "$claude_code" =~ ^[0-9]+\.[0-9]+\.[0-9]+([-.][0-9A-Za-z.]+)?$ ]] \
-    || die "--claude-code must be a version like ${DEFAULT_CLAUDE_CODE_VERSION} or 'none', got '$claude_code'"
+if [[ -z "$claude_code" ]]; then
+    [[ -r "$PIN_FILE" ]] || die "the Claude Code pin $PIN_FILE is missing"
+    claude_code="$(tr -d '[:space:]' <"$PIN_FILE")"
+    [[ "$claude_code" =~ $SEMVER_RE ]] \
+        || die "$PIN_FILE must hold one version like X.Y.Z, got '$claude_code'"
+fi
+[[ "$claude_code" == none || "$claude_code" =~ $SEMVER_RE ]] \
+    || die "--claude-code must be a version like X.Y.Z or 'none', got '$claude_code'"
 
 if [[ -z "$convocate_version" ]]; then
     convocate_version="$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
@@ -233,6 +252,9 @@ if [[ -n "$base_image" ]]; then
     image_exists "$base_image" \
         || die "base image '$base_image' not found in the local Docker (nothing can be pulled here)"
     step "using base image $base_image"
+elif [[ $print_build -eq 1 ]]; then
+    base_image="$DEFAULT_BASE_IMAGE"
+    image_exists "$base_image" || die "--print-build: base image $base_image is not built yet (it does not build it)"
 else
     base_image="$DEFAULT_BASE_IMAGE"
     build_base_image "$base_image"
@@ -258,6 +280,21 @@ context_hash="$(
     } | sha256sum | cut -c1-32
 )"
 
+build_args=(--build-arg "BASE_IMAGE=${base_image}" --build-arg "CLAUDE_CODE_VERSION=${claude_code}")
+labels=(convocate.image=1 "convocate.version=${convocate_version}" "convocate.claude-code=${claude_code}"
+    "convocate.context-hash=${context_hash}")
+
+if [[ $print_build -eq 1 ]]; then
+    # What the build would use, one KEY=VALUE per line (tests read it; nothing is built).
+    echo "tag=${tag}"
+    echo "claude_code=${claude_code}"
+    echo "pin_file=${PIN_FILE}"
+    for ((i = 1; i < ${#build_args[@]}; i += 2)); do echo "build_arg=${build_args[i]}"; done
+    for l in "${labels[@]}"; do echo "label=${l}"; done
+    echo "context_hash=${context_hash}"
+    exit 0
+fi
+
 old_id=""
 if image_exists "$tag"; then
     old_id="$(docker image inspect --format '{{.Id}}' "$tag")"
@@ -271,7 +308,6 @@ if image_exists "$tag"; then
     fi
 fi
 
-build_args=(--build-arg "BASE_IMAGE=${base_image}" --build-arg "CLAUDE_CODE_VERSION=${claude_code}")
 for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
     [[ -z "${!v:-}" ]] || build_args+=(--build-arg "$v=${!v}")
 done
@@ -293,10 +329,7 @@ done
 step "docker build $tag (FROM $base_image, Claude Code ${claude_code})"
 if ! DOCKER_BUILDKIT=0 docker build --force-rm \
         "${build_args[@]}" \
-        --label convocate.image=1 \
-        --label "convocate.version=${convocate_version}" \
-        --label "convocate.claude-code=${claude_code}" \
-        --label "convocate.context-hash=${context_hash}" \
+        "${labels[@]/#/--label=}" \
         --tag "$tag" \
         "$context_dir" >"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2

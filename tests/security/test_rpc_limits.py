@@ -19,7 +19,7 @@ import pytest
 from asyncssh.packet import String
 
 from convocate.common import messages
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
 from convocate.common.sshserver import MAX_CHANNELS
 from convocate_agent.rpc import REQUEST_TIMEOUT_S
 from tests.conftest import connect, openssh_args, rpc, rpc_ok, run_openssh
@@ -54,6 +54,30 @@ async def test_an_unterminated_request_line_is_closed_after_the_request_timeout(
     response = json.loads(lines[0])
     detail = messages.RPC_REQUEST_TIMEOUT.format(seconds=REQUEST_TIMEOUT_S)
     assert response == {"ok": False, "error": messages.MALFORMED_REQUEST.format(detail=detail), "code": "bad_request"}
+    assert REQUEST_TIMEOUT_S - 0.5 <= elapsed <= REQUEST_TIMEOUT_S + 3, elapsed
+
+
+async def test_an_attach_header_that_never_ends_is_refused_after_the_request_timeout(ssh) -> None:
+    """A silent or trickling attach channel must not hold one of the agent's channel slots for ever."""
+    process = await ssh.create_process(subsystem=ATTACH_SUBSYSTEM, encoding=None)
+    started = time.monotonic()
+    process.stdin.write(b'{"id": "')  # and never the rest of the header
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(1)
+            process.stdin.write(b"0")
+
+    trickler = asyncio.ensure_future(trickle())
+    try:
+        out = await _read_all(process, REQUEST_TIMEOUT_S + 5)
+    finally:
+        trickler.cancel()
+        process.close()
+    elapsed = time.monotonic() - started
+    detail = messages.RPC_REQUEST_TIMEOUT.format(seconds=REQUEST_TIMEOUT_S)
+    assert json.loads(out) == {"ok": False, "error": messages.ATTACH_BAD_HEADER.format(detail=detail),
+                               "code": "bad_request"}, out
     assert REQUEST_TIMEOUT_S - 0.5 <= elapsed <= REQUEST_TIMEOUT_S + 3, elapsed
 
 

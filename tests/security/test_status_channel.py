@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh.packet import String
 
 from convocate.common import keys
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event, encode_line
@@ -224,3 +225,22 @@ async def test_a_local_subscriber_writing_without_newlines_is_cut_off_and_memory
     # It still serves subscribers afterwards.
     async with Subscriber(shell.paths.status_socket):
         pass
+
+
+async def test_env_and_pty_are_refused_on_the_status_subsystem(shell):
+    """An agent's key buys the status channel, not a way to set status-serve's environment or a terminal."""
+    host_key = keys.load_private_key(shell.paths.status_host_key).convert_to_public()
+    client_key = keys.load_private_key(shell.paths.agent_to_shell_key)
+    async with asyncssh.connect("127.0.0.1", shell.status_port, username="claude", client_keys=[client_key],
+                                known_hosts=([host_key], [], []), agent_path=None, config=None) as conn:
+        process = await conn.create_process(subsystem=STATUS_SUBSYSTEM, encoding=None,
+                                            env={"LD_PRELOAD": "/tmp/evil.so"})
+        try:
+            # asyncssh sends env without asking for a reply; ask for one to see status-serve's answer.
+            assert await process.channel._make_request(b"env", String("PROBE_WITH_REPLY"), String("1")) is False
+        finally:
+            process.close()
+        with pytest.raises(asyncssh.ChannelOpenError) as refused:
+            await conn.create_process(subsystem=STATUS_SUBSYSTEM, encoding=None, term_type="xterm")
+        assert refused.value.code == asyncssh.OPEN_REQUEST_PTY_FAILED
+    await wait_log(shell, "refused env request 'LD_PRELOAD' from SHA256:")
