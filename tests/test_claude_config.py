@@ -55,8 +55,7 @@ def test_a_fresh_home_gets_every_key_and_a_private_file(home):
     assert got["mcpServers"] == json.loads(MCP.read_text())["mcpServers"]
     assert "customApiKeyResponses" not in got and "bypassPermissionsModeAccepted" not in got
     assert stat.S_IMODE((home / ".claude.json").stat().st_mode) == 0o600
-    assert done.stdout.startswith(f"{home}/.claude.json: MCP server convocate; onboarding done; theme dark; "
-                                  f"{WORK} trusted")
+    assert done.stdout == f"{home}/.claude.json: MCP server convocate; onboarding done; {WORK} trusted; theme dark\n"
     assert [p.name for p in home.iterdir()] == [".claude.json"]  # no temporary file left
 
 
@@ -98,6 +97,36 @@ def test_a_second_run_changes_nothing(home):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even rewritten
     assert (home / ".claude.json").read_text() == text
     assert config(home)["customApiKeyResponses"]["approved"] == [SUFFIX]
+
+
+def test_what_claude_code_itself_drops_is_no_reason_to_rewrite(home):
+    assert run(home).returncode == 0
+    # As Claude Code 2.1.330 rewrites the file: no theme at its default, a project without onboarding.
+    data = config(home)
+    del data["theme"]
+    data["projects"][WORK] = {"hasTrustDialogAccepted": True, "lastGracefulShutdown": False}
+    (home / ".claude.json").write_text(json.dumps(data))
+    before = (home / ".claude.json").stat()
+    again = run(home)
+    assert (again.returncode, again.stdout) == (0, "")
+    assert (home / ".claude.json").stat().st_mtime_ns == before.st_mtime_ns and "theme" not in config(home)
+    # Along with a real change they are filled in again.
+    assert run(home, api_key=KEY).stdout.endswith("API key approved; theme dark\n")
+    assert config(home)["theme"] == "dark" and config(home)["projects"][WORK]["hasCompletedProjectOnboarding"]
+
+
+def test_a_bypass_acceptance_claude_code_moved_to_the_user_settings_counts(home):
+    assert run(home, "--skip-permissions").returncode == 0
+    # Claude Code 2.1.330 moves it at its first start with the flag:
+    data = config(home)
+    del data["bypassPermissionsModeAccepted"]
+    (home / ".claude.json").write_text(json.dumps(data))
+    (home / ".claude").mkdir()
+    (home / ".claude" / "settings.json").write_text('{"skipDangerousModePermissionPrompt": true}')
+    again = run(home, "--skip-permissions")
+    assert (again.returncode, again.stdout) == (0, "") and "bypassPermissionsModeAccepted" not in config(home)
+    (home / ".claude" / "settings.json").write_text("[not an object]")  # hostile: as if not there
+    assert run(home, "--skip-permissions").stdout.startswith(f"{home}/.claude.json: bypass permissions mode accepted")
 
 
 def test_the_api_key_and_the_bypass_acceptance_follow_the_environment(home):
