@@ -339,7 +339,8 @@ class AgentService:
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
             report_dir=report_dir, restart_backoff_s=self.settings.restart_backoff_s,
-            pids_limit=self.settings.pids_limit,
+            pids_limit=self.settings.pids_limit, work_dir=self.settings.work_dir,
+            skip_permissions=self.settings.skip_permissions,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)
