@@ -24,6 +24,9 @@ AGENT_COMMAND_MAX = 1024
 #: Bounds of ``pids_limit``: enough for tmux, Claude Code and a build; at most Linux's PID_MAX_LIMIT.
 PIDS_LIMIT_MIN = 64
 PIDS_LIMIT_MAX = 4_194_304
+#: Bounds of ``limit_retry_s`` (issue 15): from a second to a day.
+LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S = 1, 86_400
+RESUME_MESSAGE_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class Settings:
         pids_limit: Most processes and threads one session container may have at once
             (Docker ``HostConfig.PidsLimit``, the pids controller's ``pids.max``); applies
             from a session's next (re)start.
+        limit_retry_s: Seconds a ``limited`` session whose reset time is unknown (or not believable) stays
+            limited before the agent counts the limit as over (issue 15).
+        resume_after_limit: When a ``limited`` session's limit resets (plus a few seconds), type
+            ``resume_message`` into it, as the ``send`` op does (text, then Enter).
+        resume_message: What ``resume_after_limit`` types (one line).
     """
 
     default_cpus: float = 0.5
@@ -54,6 +62,10 @@ class Settings:
     image_prune: str = "unused"
     restart_backoff_s: float = 1.0
     pids_limit: int = 4096
+    # --- usage limits (issue 15) ---
+    limit_retry_s: int = 300
+    resume_after_limit: bool = False
+    resume_message: str = "continue"
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -123,6 +135,21 @@ def _check(key: str, value: Any) -> Any:
             raise _bad(messages.BAD_TEXT.format(field=key, reason="must not be empty"))
         if len(value) > AGENT_COMMAND_MAX or any(c in value for c in "\n\r\x00"):
             raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be one line of at most {AGENT_COMMAND_MAX} characters"))
+        return value
+    if key == "limit_retry_s":
+        return _int_in(key, value, LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S, " s")
+    if key == "resume_after_limit":
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "a boolean", value)
+        return value
+    if key == "resume_message":
+        if not isinstance(value, str):
+            raise _wrong_type(key, "a string", value)
+        if not value.strip():
+            raise _bad(messages.BAD_TEXT.format(field=key, reason="must not be empty"))
+        if len(value) > RESUME_MESSAGE_MAX or not value.isprintable():
+            raise _bad(messages.BAD_TEXT.format(
+                field=key, reason=f"must be one line of at most {RESUME_MESSAGE_MAX} printable characters"))
         return value
     if key == "image_prune":
         if value not in IMAGE_PRUNE_POLICIES:
