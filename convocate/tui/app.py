@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import curses
+import curses.ascii
 import logging
 import os
 import queue
@@ -648,9 +649,16 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         """The reply box for one waiting session; its text goes through ``send`` (text, then Enter)."""
         form = Dialog(name=f"Reply to {view.meta.name} on {agent_id}", lines=14, columns=78, parentApp=self)
         question = textwrap.wrap(view.meta.activity_detail or "needs the operator", 70)
-        form.add(npyscreen.MultiLine, values=question[:5], editable=False, max_height=min(5, len(question)))
-        form.add(npyscreen.FixedText, value="Your answer (Enter on OK sends it):", editable=False)
+        for line in question[:5]:
+            form.add(npyscreen.FixedText, value=line, editable=False)
+        form.add(npyscreen.FixedText, value="Your answer (Enter sends it, Esc cancels):", editable=False)
         field = form.add(npyscreen.Textfield, value="")
+
+        def send_it(_key: Any) -> None:
+            form.accepted = True
+            form.editing = field.editing = False
+
+        field.add_handlers({curses.ascii.NL: send_it, curses.ascii.CR: send_it})
         form.edit()
         text = " ".join((field.value or "").split())
         if not form.accepted or not text:
