@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
-from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common import messages
+from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths

@@ -38,7 +38,10 @@ def _reporter():
 report = _reporter()
 
 
-def failure(current=Activity("working", "do it", 1), retry=300, **data):
+WORKING = Activity("working", "do it", 1)
+
+
+def failure(current=WORKING, retry=300, **data):
     return next_activity(current, "hook", "StopFailure", {"error": "rate_limit", **data}, NOW, limit_retry_s=retry)
 
 
