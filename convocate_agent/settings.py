@@ -30,6 +30,9 @@ SESSION_HOME = "/home/claude"
 #: Longest ``work_dir``, in bytes of UTF-8 (one file name's limit, NAME_MAX; the whole path stays well
 #: below PATH_MAX).
 WORK_DIR_MAX_BYTES = 255
+#: Bounds of ``limit_retry_s`` (issue 15): from a second to a day.
+LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S = 1, 86_400
+RESUME_MESSAGE_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class Settings:
         skip_permissions: Run Claude Code with ``--dangerously-skip-permissions`` (and its
             acceptance, ``bypassPermissionsModeAccepted``, in ``~/.claude.json``;
             ``CONVOCATE_SKIP_PERMISSIONS``); applies from a session's next (re)start.
+        limit_retry_s: Seconds a ``limited`` session whose reset time is unknown (or not believable) stays
+            limited before the agent counts the limit as over (issue 15).
+        resume_after_limit: When a ``limited`` session's limit resets (plus a few seconds), type
+            ``resume_message`` into it, as the ``send`` op does (text, then Enter).
+        resume_message: What ``resume_after_limit`` types (one line).
     """
 
     default_cpus: float = 0.5
@@ -70,6 +78,10 @@ class Settings:
     pids_limit: int = 4096
     work_dir: str = SESSION_HOME + "/work"
     skip_permissions: bool = False
+    # --- usage limits (issue 15) ---
+    limit_retry_s: int = 300
+    resume_after_limit: bool = False
+    resume_message: str = "continue"
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -145,6 +157,21 @@ def _check(key: str, value: Any) -> Any:
     if key == "skip_permissions":
         if not isinstance(value, bool):
             raise _wrong_type(key, "a boolean", value)
+        return value
+    if key == "limit_retry_s":
+        return _int_in(key, value, LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S, " s")
+    if key == "resume_after_limit":
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "a boolean", value)
+        return value
+    if key == "resume_message":
+        if not isinstance(value, str):
+            raise _wrong_type(key, "a string", value)
+        if not value.strip():
+            raise _bad(messages.BAD_TEXT.format(field=key, reason="must not be empty"))
+        if len(value) > RESUME_MESSAGE_MAX or not value.isprintable():
+            raise _bad(messages.BAD_TEXT.format(
+                field=key, reason=f"must be one line of at most {RESUME_MESSAGE_MAX} printable characters"))
         return value
     if key == "image_prune":
         if value not in IMAGE_PRUNE_POLICIES:

@@ -115,6 +115,8 @@ VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
                           st.lists(st.from_regex(r"[A-Za-z0-9_ .-]{1,20}", fullmatch=True)
                                    .filter(lambda p: p not in (".", "..")), max_size=4)),
     "skip_permissions": st.booleans(),
+    "limit_retry_s": st.integers(1, 86_400), "resume_after_limit": st.booleans(),
+    "resume_message": st.text(min_size=1, max_size=40).filter(lambda s: s.strip() and s.isprintable()),
 }
 FIELD_NAMES = sorted({p.name for spec in OPS.values() if spec for p in spec} | set(VALID_SETTINGS))
 
