@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from convocate.client import AgentClient, Cluster, SessionRef
+from convocate.common import messages
 from convocate.common.cli import ArgumentParser, run_main, usage_line
-from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound, Unreachable
+from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.events import agent_mark, agent_states, format_message, subscribe
@@ -58,6 +59,8 @@ commands:
   background REF                  detach every operator; the session keeps running
   override REF                    take over a locked or attached session
   send REF TEXT [--no-enter]      type TEXT into a session
+  reply REF TEXT|- [--force] [--wait [--timeout S]]
+                                  answer a session that waits for the operator (- reads stdin)
   capture REF [--lines N]         print a session's screen
   logs REF [-f] [--lines N]       the session's supervisor and activity logs
   wait REF --for STATE [--timeout S]
@@ -377,7 +380,7 @@ async def _cmd_logs(args: argparse.Namespace, cluster: Cluster) -> int:
         await asyncio.sleep(1.0)
 
 
-WAIT_STATES = ("waiting", "idle", "exited", "working", "crashed")
+WAIT_STATES = ("waiting", "idle", "exited", "working", "crashed", "limited")
 
 
 async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
@@ -412,6 +415,54 @@ async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
         return 124
     print(f"{ref.view.meta.name} is {args.state}")
     return 0
+
+
+# --- reply (issue 15) -------------------------------------------------------------------
+def reply_text(words: list[str], stdin: Any) -> str:
+    """The reply: the words joined by spaces, or all of stdin for ``-``; line breaks become spaces.
+
+    A reply is one line typed at Claude's prompt and then Enter (as ``send`` does): a newline in the
+    middle would submit half of it.
+
+    Raises:
+        BadRequest: the text is empty.
+    """
+    raw = stdin.read() if words == ["-"] else " ".join(words)
+    text = " ".join(raw.split())
+    if not text:
+        raise BadRequest(messages.REPLY_EMPTY)
+    return text
+
+
+async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
+    """Type an answer into a waiting session; refuse one that is not waiting unless --force."""
+    text = reply_text(args.text, sys.stdin)
+    ref = await cluster.resolve(args.ref)
+    sid, client, name = ref.view.meta.uuid, ref.client, ref.view.meta.name
+    activity = ref.view.meta.activity
+    if activity != "waiting" and not args.force:
+        raise Conflict(messages.REPLY_NOT_WAITING.format(name=name, activity=activity or "without activity"))
+    result = await client.call("send", {"id": sid, "text": text, "enter": True})
+    if not args.wait:
+        if args.json:
+            _print_json(result)
+        else:
+            print(messages.REPLY_SENT.format(name=name))
+        return 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while True:
+        now = SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+        if now != "waiting":
+            if args.json:
+                _print_json({**result, "activity": now})
+            else:
+                print(messages.REPLY_TAKEN.format(name=name, activity=now or "without activity"))
+            return 0
+        if loop.time() >= deadline:
+            print(f"{PROG}: {messages.REPLY_STILL_WAITING.format(name=name, timeout=args.timeout)}", file=sys.stderr)
+            return 124
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -512,6 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+")
     p.add_argument("--no-enter", action="store_true", help="do not press Enter after the text")
     p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("reply", parents=[common], help="answer a session waiting for the operator",
+                       description="Type TEXT (or stdin, for -) into a session that waits for the operator, "
+                       "then Enter, as send does; refused (exit 4) when the session is not waiting.")
+    p.add_argument("ref")
+    p.add_argument("text", nargs="+", help="the answer; - reads it from stdin")
+    p.add_argument("--force", action="store_true", help="type it even when the session is not waiting")
+    p.add_argument("--wait", action="store_true", help="return once the session has left waiting")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --wait: give up after S seconds (exit 124) [%(default)s]")
+    p.set_defaults(func=_cmd_reply)
 
     p = sub.add_parser("logs", parents=[common], help="show a session's logs")
     p.add_argument("ref")

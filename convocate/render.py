@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from convocate.common.model import SessionView
+from convocate.common.model import ACTIVITY_LIMITED, SessionMeta, SessionView
 
 COLUMNS = ("#", "ST", "NAME", "AGENT", "SESSION", "ACTIVITY", "PORT", "DNS", "CREATED", "LAST ACCESSED")
 
@@ -16,12 +16,27 @@ def local_time(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
+def until_clock(ns: int, now_ns: int | None = None) -> str:
+    """A reset time in the local time zone: ``HH:MM`` today, ``MM-DD HH:MM`` on another day."""
+    when = time.localtime(ns / 1e9)
+    today = time.localtime(time.time() if now_ns is None else now_ns / 1e9)
+    same_day = (when.tm_year, when.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", when)
+
+
+def activity_text(meta: SessionMeta, now_ns: int | None = None) -> str:
+    """A session's activity for a table: ``limited until 17:00`` for a limited one, else the state (``-``)."""
+    if meta.activity == ACTIVITY_LIMITED and meta.activity_until:
+        return f"limited until {until_clock(meta.activity_until, now_ns)}"
+    return meta.activity or "-"
+
+
 def session_row(index: int, view: SessionView) -> tuple[str, ...]:
     """One table row for a session."""
     m = view.meta
     port = f"{m.port}/{m.protocol}" if m.port else "-"
-    return (str(index), view.state, m.name, view.agent_id or "-", m.uuid[:8], m.activity or "-", port, m.dns_name or "-",
-            local_time(m.created_at), local_time(m.last_accessed))
+    return (str(index), view.state, m.name, view.agent_id or "-", m.uuid[:8], activity_text(m), port,
+            m.dns_name or "-", local_time(m.created_at), local_time(m.last_accessed))
 
 
 def format_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...] = COLUMNS) -> str:

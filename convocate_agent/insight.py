@@ -27,7 +27,8 @@ status) and ``supervisor`` (start, exit, backoff, gave_up).
 
 :func:`next_activity` turns reports into the session's activity state:
 ``working``, ``waiting`` (for the operator, with the question), ``idle``,
-``crashed`` (the supervisor gave up) or ``exited``. Each report is also
+``crashed`` (the supervisor gave up), ``exited``, or ``limited`` (a usage or
+rate limit ended the turn; with the time it resets). Each report is also
 appended to the session's ``~/.convocate/logs/activity.log`` (rotated at
 1 MiB), which ``convocate logs`` shows beside the supervisor's log. Files in
 a session's home belong to the session, so they are opened without following
@@ -58,12 +59,18 @@ from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
-WORKING, WAITING, IDLE, CRASHED, EXITED = ACTIVITIES
+WORKING, WAITING, IDLE, CRASHED, EXITED, LIMITED = ACTIVITIES
 SOCKET_NAME = "agent.sock"
 #: Claude Code's name prefix for the tools of convocate's in-session MCP server.
 OWN_TOOLS = "mcp__convocate__"
 REPORT_MAX = 64 * 1024
 DETAIL_MAX = 500
+#: Furthest a reported reset time may lie ahead, in s: Claude's limits reset within 5 hours or a week;
+#: anything later (or earlier than now) is not believed (a session is untrusted, DESIGN §8).
+LIMIT_HORIZON_S = 8 * 24 * 3600
+#: What a ``StopFailure`` with this ``error`` is (Claude Code 2.1.330's hook input); any other error ends the
+#: turn as ``idle`` with "turn failed: <error>".
+RATE_LIMIT_ERROR = "rate_limit"
 LOG_DIR = (".convocate", "logs")
 ACTIVITY_LOG = "activity.log"
 SUPERVISOR_LOG = "supervisor.log"
@@ -85,11 +92,13 @@ class Activity:
         state: One of :data:`ACTIVITIES`, or ``""`` when nothing was reported yet.
         detail: The question (waiting), the progress message, or why it crashed.
         at: When it last changed, ns since the epoch.
+        until: ``limited`` only: when the limit resets, or when the agent tries again (ns since the epoch).
     """
 
     state: str = ""
     detail: str = ""
     at: int = 0
+    until: int = 0
 
 
 def _text(data: dict[str, Any], key: str) -> str:
@@ -97,16 +106,47 @@ def _text(data: dict[str, Any], key: str) -> str:
     return (value if isinstance(value, str) else str(value))[:DETAIL_MAX]
 
 
-def next_activity(current: Activity, source: str, event: str, data: dict[str, Any], now: int) -> Activity | None:
+def limit_until(data: dict[str, Any], now: int, retry_s: float) -> int:
+    """When a ``limited`` session's limit resets, in ns since the epoch.
+
+    ``resets_at`` (epoch seconds, from the transcript) counts only as an
+    integer within [now, now + :data:`LIMIT_HORIZON_S`]; anything else the
+    session says is ignored, and the agent tries again ``retry_s`` from now.
+    """
+    resets = data.get("resets_at")
+    if isinstance(resets, int) and not isinstance(resets, bool):
+        at = resets * 1_000_000_000
+        if now <= at <= now + LIMIT_HORIZON_S * 1_000_000_000:
+            return at
+    return now + int(retry_s * 1_000_000_000)
+
+
+def next_activity(current: Activity, source: str, event: str, data: dict[str, Any], now: int, *,
+                  limit_retry_s: float = 300.0) -> Activity | None:
     """The activity after one report, or None when the report does not change it.
 
     Rules: a prompt or a tool call means working; a notification (Claude Code
     asks for permission or input) or an ``ask`` means waiting, with its text,
     until the operator's next prompt; the end of a turn (Stop) otherwise means idle; the supervisor giving up means
     crashed; a clean exit means exited. Progress and explicit status reports
-    set what they say.
+    set what they say. A turn ended by an API error (``StopFailure``, Claude
+    Code 2.1.330) with ``error`` ``rate_limit`` means limited, with Claude's
+    message and the reset time (:func:`limit_until`); any other API error
+    (``authentication_failed``, ``overloaded``, ``billing_error``, ...) ends the
+    turn as idle with "turn failed: <error>". Limited ends with the next
+    prompt, tool call or turn, as every state does.
+
+    Args:
+        current: The activity before the report.
+        source: ``hook``, ``mcp`` or ``supervisor``.
+        event: The report's event.
+        data: The report's data (untrusted).
+        now: The time, ns since the epoch.
+        limit_retry_s: When a limit's reset time is unknown, seconds until the agent tries again
+            (agent setting ``limit_retry_s``).
     """
     new: tuple[str, str] | None = None
+    until = 0
     if source == "hook":
         if event == "UserPromptSubmit":
             new = (WORKING, _text(data, "prompt"))
@@ -123,6 +163,14 @@ def next_activity(current: Activity, source: str, event: str, data: dict[str, An
             new = (IDLE, "")
         elif event == "SessionEnd":
             new = (EXITED, _text(data, "reason"))
+        elif event == "StopFailure":
+            error = _text(data, "error")[:64] or "unknown"
+            message = _text(data, "last_assistant_message")
+            if error == RATE_LIMIT_ERROR:
+                new = (LIMITED, message or "rate limited")
+                until = limit_until(data, now, limit_retry_s)
+            else:
+                new = (IDLE, (f"turn failed: {error}" + (f" ({message})" if message else ""))[:DETAIL_MAX])
     elif source == "mcp":
         if event == "progress":
             new = (WORKING, _text(data, "message"))
@@ -141,9 +189,10 @@ def next_activity(current: Activity, source: str, event: str, data: dict[str, An
             new = (EXITED, "the agent command exited cleanly")
         elif event == "exit":
             new = (current.state or WORKING, f"exited with status {data.get('status')}; the supervisor restarts it")
-    if new is None or (new[0], new[1]) == (current.state, current.detail):
+            until = current.until if new[0] == LIMITED else 0
+    if new is None or (new[0], new[1], until) == (current.state, current.detail, current.until):
         return None
-    return Activity(new[0], new[1], now)
+    return Activity(new[0], new[1], now, until)
 
 
 class ReportError(ValueError):

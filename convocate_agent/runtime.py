@@ -144,6 +144,9 @@ class SessionSpec:
             at ``/run/convocate-agent`` (convocate_agent.insight), or None.
         restart_backoff_s: The supervisor's first restart delay (``CONVOCATE_BACKOFF_BASE``).
         pids_limit: Most tasks (processes and threads) in the container (Docker ``PidsLimit``).
+        work_dir: The directory Claude Code works in, inside the container (``CONVOCATE_WORK_DIR``).
+        skip_permissions: Run the agent command with ``--dangerously-skip-permissions``
+            (``CONVOCATE_SKIP_PERMISSIONS`` ``1``/``0``).
     """
 
     session_id: str
@@ -163,6 +166,8 @@ class SessionSpec:
     report_dir: Path | None = None
     restart_backoff_s: float = 1.0
     pids_limit: int = 4096
+    work_dir: str = CONTAINER_HOME + "/work"
+    skip_permissions: bool = False
 
 
 def tmpfs_mounts(uid: int, gid: int, memory_mb: int) -> dict[str, str]:
@@ -366,6 +371,8 @@ class DockerRuntime:
             CONVOCATE_SESSION_ID=spec.session_id,
             CONVOCATE_AGENT_COMMAND=spec.agent_command,
             CONVOCATE_BACKOFF_BASE=f"{spec.restart_backoff_s:g}",
+            CONVOCATE_WORK_DIR=spec.work_dir,
+            CONVOCATE_SKIP_PERMISSIONS="1" if spec.skip_permissions else "0",
         )
         mounts = [Mount(target=CONTAINER_HOME, source=self.docker_path(spec.home), type="bind")]
         if spec.report_dir is not None:

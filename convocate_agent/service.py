@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from convocate.common import messages
-from convocate.common.errors import ConfigError, Conflict, DockerError, NotFound
+from convocate.common.errors import ConfigError, Conflict, ConvocateError, DockerError, NotFound
 from convocate.common.fsutil import read_token
 from convocate.common.model import (
     AUTO_PORT_LOW,
@@ -52,6 +52,7 @@ from convocate_agent.insight import (
     ACTIVITY_LOG,
     CRASHED,
     EXITED,
+    LIMITED,
     SUPERVISOR_LOG,
     Activity,
     ReportSockets,
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 SESSION_ENV_CREDENTIAL = "session.env"
 #: Seconds a started session may take to accept attaches.
 READY_TIMEOUT_S = 20.0
+#: Seconds after a limit's reset before ``resume_after_limit`` types its message (clocks differ a little).
+RESUME_GRACE_S = 3.0
 
 
 class EventSink(Protocol):
@@ -140,6 +143,9 @@ class AgentService:
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
+        # resume_after_limit (issue 15): at most one pending resume per session, and the tasks typing one.
+        self._resumes: dict[str, asyncio.TimerHandle] = {}
+        self._resuming: set[asyncio.Task[None]] = set()
 
     # --- helpers ---------------------------------------------------------------
     async def _container_id(self, session_id: str) -> str | None:
@@ -329,7 +335,8 @@ class AgentService:
     async def _start(self, meta: SessionMeta, image: str) -> SessionMeta:
         """Admit, start and wait for a session's container; persists the image used."""
         report_dir = await self.reports.ensure(meta.uuid)
-        meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns())
+        self._cancel_resume(meta.uuid)
+        meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns(), activity_until=0)
         self.store.save(meta)
         spec = SessionSpec(
             session_id=meta.uuid, image=image, home=self.paths.session_dir(meta.uuid), cpus=meta.cpus,
@@ -339,7 +346,8 @@ class AgentService:
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
             report_dir=report_dir, restart_backoff_s=self.settings.restart_backoff_s,
-            pids_limit=self.settings.pids_limit,
+            pids_limit=self.settings.pids_limit, work_dir=self.settings.work_dir,
+            skip_permissions=self.settings.skip_permissions,
         )
         async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
             await self.runtime.start(spec)
@@ -399,6 +407,7 @@ class AgentService:
             await self.runtime.remove(session_id)
             trashed = await asyncio.to_thread(self.store.trash, session_id)
             self.reports.close(session_id)
+            self._cancel_resume(session_id)
         self._emit(CONTAINER_DELETED, session_id)
         return {"uuid": session_id, "trash": trashed.name}
 
@@ -460,6 +469,8 @@ class AgentService:
         await asyncio.to_thread(save_settings, self.paths.agent_settings, updated)
         self.settings = updated
         log.info("settings changed: %s", ", ".join(sorted(params)) or "nothing")
+        if {"resume_after_limit", "resume_message"} & set(params):
+            self.reschedule_resumes()
         return updated.to_json()
 
     async def capture(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -597,8 +608,8 @@ class AgentService:
             meta = self.store.load(session_id)
         except (NotFound, ConfigError):
             return
-        current = Activity(meta.activity, meta.activity_detail, meta.activity_at)
-        new = next_activity(current, source, event, data, now_ns())
+        current = Activity(meta.activity, meta.activity_detail, meta.activity_at, meta.activity_until)
+        new = next_activity(current, source, event, data, now_ns(), limit_retry_s=self.settings.limit_retry_s)
         if new is not None:
             self._set_activity(session_id, new, meta)
 
@@ -609,12 +620,79 @@ class AgentService:
         except (NotFound, ConfigError):
             return None
         previous = meta.activity
-        meta = meta.with_changes(activity=activity.state, activity_detail=activity.detail, activity_at=activity.at)
+        meta = meta.with_changes(activity=activity.state, activity_detail=activity.detail, activity_at=activity.at,
+                                 activity_until=activity.until if activity.state == LIMITED else 0)
         self.store.save(meta)
-        self._emit(SESSION_ACTIVITY, session_id, {"activity": activity.state, "detail": activity.detail,
-                                                  "previous": previous, "name": meta.name,
-                                                  "at": format_rfc3339(activity.at)})
+        data = {"activity": activity.state, "detail": activity.detail, "previous": previous, "name": meta.name,
+                "at": format_rfc3339(activity.at)}
+        if meta.activity_until:
+            data["until"] = format_rfc3339(meta.activity_until)
+        self._emit(SESSION_ACTIVITY, session_id, data)
+        self._schedule_resume(meta)
         return meta
+
+    # --- resume after a usage limit (issue 15) ------------------------------------------------------
+    def _cancel_resume(self, session_id: str) -> None:
+        handle = self._resumes.pop(session_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _schedule_resume(self, meta: SessionMeta) -> None:
+        """(Re)plan the one resume of a session: at ``activity_until`` + :data:`RESUME_GRACE_S` while it is limited.
+
+        Any other activity, ``resume_after_limit`` off, or no event loop (a synchronous caller) cancels it.
+        Timers live in memory only; :meth:`recover` plans them again from the stored activities.
+        """
+        self._cancel_resume(meta.uuid)
+        if not (self.settings.resume_after_limit and meta.activity == LIMITED and meta.activity_until):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max(0.0, (meta.activity_until - now_ns()) / 1e9) + RESUME_GRACE_S
+        self._resumes[meta.uuid] = loop.call_later(delay, self._start_resume, meta.uuid, meta.activity_at)
+
+    def reschedule_resumes(self) -> int:
+        """Plan the resumes of every stored ``limited`` session (after a restart or a settings change).
+
+        Returns:
+            How many are pending now.
+        """
+        for session_id in list(self._resumes):
+            self._cancel_resume(session_id)
+        for meta in self.store.load_all()[0]:
+            self._schedule_resume(meta)
+        return len(self._resumes)
+
+    def _start_resume(self, session_id: str, limited_at: int) -> None:
+        self._resumes.pop(session_id, None)
+        task = asyncio.get_running_loop().create_task(self._resume(session_id, limited_at))
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, session_id: str, limited_at: int) -> None:
+        """Type ``resume_message`` into a session still limited since ``limited_at``, as ``send`` does."""
+        try:
+            meta = self.store.load(session_id)
+        except (NotFound, ConfigError):
+            return
+        if not self.settings.resume_after_limit or meta.activity != LIMITED or meta.activity_at != limited_at:
+            return
+        text = self.settings.resume_message
+        try:
+            await self.send({"id": session_id, "text": text, "enter": True})
+        except ConvocateError as e:
+            log.info("session %s: cannot resume after its limit: %s", session_id, e)
+            return
+        log.info("session %s: limit reset at %s, typed %r", session_id, format_rfc3339(meta.activity_until), text)
+        try:
+            append_log(self.paths.session_dir(session_id), ACTIVITY_LOG,
+                       report_line("agent", "resume", {"message": text,
+                                                       "until": format_rfc3339(meta.activity_until)}),
+                       (self.uid, self.gid))
+        except OSError as e:
+            log.info("session %s: cannot append to its activity log: %s", session_id, e)
 
     async def logs(self, params: dict[str, Any]) -> dict[str, Any]:
         """The session's supervisor, activity and report logs, merged by time (newest last)."""
@@ -691,6 +769,7 @@ class AgentService:
         report["containers"] = len(containers)
         for meta in self.store.load_all()[0]:
             await self.reports.ensure(meta.uuid)
+        report["resumes_planned"] = self.reschedule_resumes()
         for sid, state in containers.items():
             if not self.store.exists(sid):
                 if state.running:

@@ -9,6 +9,7 @@ field, rather than running with half of it.
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,14 @@ AGENT_COMMAND_MAX = 1024
 #: Bounds of ``pids_limit``: enough for tmux, Claude Code and a build; at most Linux's PID_MAX_LIMIT.
 PIDS_LIMIT_MIN = 64
 PIDS_LIMIT_MAX = 4_194_304
+#: The session user's home inside the container; ``work_dir`` must be it or below it.
+SESSION_HOME = "/home/claude"
+#: Longest ``work_dir``, in bytes of UTF-8 (one file name's limit, NAME_MAX; the whole path stays well
+#: below PATH_MAX).
+WORK_DIR_MAX_BYTES = 255
+#: Bounds of ``limit_retry_s`` (issue 15): from a second to a day.
+LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S = 1, 86_400
+RESUME_MESSAGE_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,19 @@ class Settings:
         pids_limit: Most processes and threads one session container may have at once
             (Docker ``HostConfig.PidsLimit``, the pids controller's ``pids.max``); applies
             from a session's next (re)start.
+        work_dir: The directory, inside the container, Claude Code works in (the tmux pane's cwd;
+            ``CONVOCATE_WORK_DIR``). A project directory rather than the home: Claude Code's
+            trust of the home folder lasts one run only, so a restart would ask again. The
+            entrypoint creates it and marks it trusted in ``~/.claude.json``; applies from a
+            session's next (re)start.
+        skip_permissions: Run Claude Code with ``--dangerously-skip-permissions`` (and its
+            acceptance, ``bypassPermissionsModeAccepted``, in ``~/.claude.json``;
+            ``CONVOCATE_SKIP_PERMISSIONS``); applies from a session's next (re)start.
+        limit_retry_s: Seconds a ``limited`` session whose reset time is unknown (or not believable) stays
+            limited before the agent counts the limit as over (issue 15).
+        resume_after_limit: When a ``limited`` session's limit resets (plus a few seconds), type
+            ``resume_message`` into it, as the ``send`` op does (text, then Enter).
+        resume_message: What ``resume_after_limit`` types (one line).
     """
 
     default_cpus: float = 0.5
@@ -54,6 +76,12 @@ class Settings:
     image_prune: str = "unused"
     restart_backoff_s: float = 1.0
     pids_limit: int = 4096
+    work_dir: str = SESSION_HOME + "/work"
+    skip_permissions: bool = False
+    # --- usage limits (issue 15) ---
+    limit_retry_s: int = 300
+    resume_after_limit: bool = False
+    resume_message: str = "continue"
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -124,11 +152,57 @@ def _check(key: str, value: Any) -> Any:
         if len(value) > AGENT_COMMAND_MAX or any(c in value for c in "\n\r\x00"):
             raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be one line of at most {AGENT_COMMAND_MAX} characters"))
         return value
+    if key == "work_dir":
+        return _check_work_dir(key, value)
+    if key == "skip_permissions":
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "a boolean", value)
+        return value
+    if key == "limit_retry_s":
+        return _int_in(key, value, LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S, " s")
+    if key == "resume_after_limit":
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "a boolean", value)
+        return value
+    if key == "resume_message":
+        if not isinstance(value, str):
+            raise _wrong_type(key, "a string", value)
+        if not value.strip():
+            raise _bad(messages.BAD_TEXT.format(field=key, reason="must not be empty"))
+        if len(value) > RESUME_MESSAGE_MAX or not value.isprintable():
+            raise _bad(messages.BAD_TEXT.format(
+                field=key, reason=f"must be one line of at most {RESUME_MESSAGE_MAX} printable characters"))
+        return value
     if key == "image_prune":
         if value not in IMAGE_PRUNE_POLICIES:
             raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be one of {', '.join(IMAGE_PRUNE_POLICIES)}"))
         return value
     raise _bad(messages.UNKNOWN_FIELD.format(field=key))  # pragma: no cover - guarded by updated()
+
+
+def _check_work_dir(key: str, value: Any) -> str:
+    """A ``work_dir``: an absolute, normalised path equal to or below ``/home/claude``.
+
+    The rules: absolute; already normalised (``posixpath.normpath`` leaves it as it is, so no
+    ``.`` or ``..`` component, no ``//``, no trailing ``/``); ``/home/claude`` or below it; no
+    NUL or other control character (it travels in an environment variable and lands in logs);
+    at most ``WORK_DIR_MAX_BYTES`` bytes of UTF-8.
+    """
+    if not isinstance(value, str):
+        raise _wrong_type(key, "a string", value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _bad(messages.BAD_TEXT.format(field=key, reason="must not contain NUL or other control characters"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        raise _bad(messages.BAD_TEXT.format(field=key, reason="must be valid UTF-8")) from None
+    if size > WORK_DIR_MAX_BYTES:
+        raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be at most {WORK_DIR_MAX_BYTES} bytes"))
+    if not value.startswith("/") or posixpath.normpath(value) != value or "/../" in value + "/":
+        raise _bad(messages.BAD_TEXT.format(field=key, reason="must be an absolute, normalised path (no . or ..)"))
+    if value != SESSION_HOME and not value.startswith(SESSION_HOME + "/"):
+        raise _bad(messages.BAD_TEXT.format(field=key, reason=f"must be {SESSION_HOME} or a directory below it"))
+    return value
 
 
 def load_settings(path: Path) -> Settings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import subprocess
@@ -80,17 +81,33 @@ def _roots_in_use() -> set[str]:
     return roots
 
 
+#: Age after which a container of another run counts as left behind, in seconds.
+STALE_AFTER_S = 2 * 3600
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Remove containers that crashed runs left under pytest's temp roots.
 
-    At the start: those of earlier runs whose agent is gone (a concurrent
-    run's are left alone). At the end: whatever this run's roots still have.
+    At the start: those of earlier runs whose agent is gone and whose root
+    pytest already removed or that are older than :data:`STALE_AFTER_S` (a
+    concurrent run's containers without an agent, e.g. ``test_image.py``'s,
+    are left alone). At the end: whatever this run's roots still have.
     """
     own = str(tmp_path_factory.getbasetemp())
     base = str(Path(own).parent)
 
-    def sweep(prefix: str, spare: set[str]) -> None:
+    def stale(c: Any, root: str) -> bool:
+        if not Path(root).exists():
+            return True
+        created = c.attrs.get("Created", "")
+        try:
+            born = datetime.datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")
+        except ValueError:
+            return True
+        return (datetime.datetime.now(datetime.UTC) - born).total_seconds() > STALE_AFTER_S
+
+    def sweep(prefix: str, spare: set[str], only_stale: bool) -> None:
         try:
             client = docker.from_env()
         except docker.errors.DockerException:
@@ -98,13 +115,13 @@ def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> It
         with contextlib.closing(client):
             for c in client.containers.list(all=True, filters={"label": "convocate.root"}, ignore_removed=True):
                 root = c.labels.get("convocate.root", "")
-                if root.startswith(prefix) and root not in spare:
+                if root.startswith(prefix) and root not in spare and (not only_stale or stale(c, root)):
                     with contextlib.suppress(docker.errors.APIError):
                         c.remove(force=True)
 
-    sweep(base, _roots_in_use())
+    sweep(base, _roots_in_use(), only_stale=True)
     yield
-    sweep(own, set())
+    sweep(own, set(), only_stale=False)
 
 
 def make_cluster(root: Path, image: str, **options: Any) -> Iterator[LocalCluster]:

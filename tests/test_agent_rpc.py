@@ -241,3 +241,50 @@ async def test_credentials_reach_sessions_read_only_and_agent_keys_never(ssh, cl
         env_file.unlink()
         (shared / ".credentials.json").unlink()
         shared.rmdir()
+
+
+async def test_work_dir_and_skip_permissions_apply_from_a_sessions_next_start_and_to_clones(ssh, cluster,
+                                                                                            docker_client):
+    bad = await rpc(ssh, "settings-set", {"work_dir": "/home/claude/../../etc"})
+    assert bad["code"] == "bad_request" and 'field "work_dir": must be an absolute, normalised path' in bad["error"]
+    made = await rpc_ok(ssh, "create", {"name": "prompt", "cpus": 0.1, "memory_mb": 128, "start": True})
+    sid, home = made["uuid"], cluster.paths.session_dir(made["uuid"])
+
+    def pane_path(session_id):
+        container = docker_client.containers.get(f"convocate-session-{session_id}")
+        env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+        out = container.exec_run(["tmux", "display-message", "-p", "-t", "main", "#{pane_current_path}"],
+                                 user="1337:1337", environment={"HOME": "/home/claude"}).output
+        return out.decode().strip(), env["CONVOCATE_WORK_DIR"], env["CONVOCATE_SKIP_PERMISSIONS"]
+
+    try:
+        screen = await wait_for_text(ssh, sid, "convocate stand-in claude")
+        assert "convocate stand-in claude\n" in screen  # the agent command as it is
+        assert pane_path(sid) == ("/home/claude/work", "/home/claude/work", "0")
+        config = json.loads((home / ".claude.json").read_text())
+        assert config["projects"]["/home/claude/work"]["hasTrustDialogAccepted"] is True
+        assert "bypassPermissionsModeAccepted" not in config
+
+        await rpc_ok(ssh, "settings-set", {"work_dir": "/home/claude/proj/a", "skip_permissions": True})
+        assert pane_path(sid)[1:] == ("/home/claude/work", "0")  # a running session keeps what it started with
+        await rpc_ok(ssh, "restart", {"id": sid})
+        await wait_for_text(ssh, sid, "convocate stand-in claude --dangerously-skip-permissions")
+        assert pane_path(sid) == ("/home/claude/proj/a", "/home/claude/proj/a", "1")
+        config = json.loads((home / ".claude.json").read_text())
+        assert config["bypassPermissionsModeAccepted"] is True
+        assert config["projects"]["/home/claude/proj/a"]["hasTrustDialogAccepted"] is True
+        assert (home / "proj" / "a").is_dir() and (home / "proj" / "a").stat().st_uid == 1337
+
+        await rpc_ok(ssh, "kill", {"id": sid})
+        clone = (await rpc_ok(ssh, "clone", {"source_id": sid, "name": "prompt copy"}))["uuid"]
+        try:
+            await rpc_ok(ssh, "restart", {"id": clone})
+            await wait_for_text(ssh, clone, "convocate stand-in claude --dangerously-skip-permissions")
+            assert pane_path(clone)[0] == "/home/claude/proj/a"
+        finally:
+            await rpc_ok(ssh, "kill", {"id": clone})
+            await rpc_ok(ssh, "delete", {"id": clone})
+    finally:
+        await rpc_ok(ssh, "settings-set", {"work_dir": "/home/claude/work", "skip_permissions": False})
+        await rpc_ok(ssh, "kill", {"id": sid})
+        await rpc_ok(ssh, "delete", {"id": sid})

@@ -109,7 +109,9 @@ async def test_good_settings_survive_an_agent_restart(fresh_cluster):
         assert bad["code"] == "bad_request" and 'field "default_memory_mb": 5 is out of range' in bad["error"]
         wanted = {"default_cpus": 0.75, "default_memory_mb": 777, "agent_command": "claude --model x",
                   "restart_backoff_s": 0.5, "pids_limit": 2048,
-                  "heartbeat_interval_s": 12, "trash_retention_days": 3, "image_prune": "never"}
+                  "heartbeat_interval_s": 12, "trash_retention_days": 3, "image_prune": "never",
+                  "work_dir": "/home/claude/src", "skip_permissions": True,
+                  "limit_retry_s": 60, "resume_after_limit": True, "resume_message": "go on"}
         await rpc_ok(ssh, "settings-set", wanted)
     cluster.stop()
     cluster.start(same_port=True)

@@ -19,6 +19,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -106,12 +107,15 @@ def agent_socket():
 def run_session(docker_client, session_image, tmp_path):
     started = []
 
-    def run(agent: AgentSocket | None = None, home_files: dict[str, str] | None = None, **env):
+    def run(agent: AgentSocket | None = None, home_files: dict[str, str] | None = None,
+            setup: Callable[[Path], None] | None = None, **env):
         home = tmp_path / f"home{len(started)}"
         home.mkdir()
         for name, text in (home_files or {}).items():
             (home / name).write_text(text)
             os.chown(home / name, 1337, 1337)
+        if setup is not None:
+            setup(home)
         environment = {"CLAUDE_UID": "1337", "CLAUDE_GID": "1337", "CONVOCATE_BACKOFF_BASE": "0.05",
                        "CONVOCATE_AGENT_COMMAND": "claude", **env}
         mounts = [docker.types.Mount("/home/claude", str(home), type="bind")]
@@ -318,3 +322,109 @@ def test_without_the_agent_the_session_works_and_the_misses_are_logged(run_sessi
     while b"mcp ask not delivered" not in container.logs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert b"mcp ask not delivered" in container.logs()  # report.log reaches docker logs
+
+
+# --- straight to the prompt: work dir, ~/.claude.json, skip_permissions -------------------
+
+API_KEY = "sk-ant-api03-" + "x" * 40 + "the-last-20-chars-00"
+
+
+def pane_path(container) -> str:
+    return tmux(container, "display-message", "-p", "-t", "main", "#{pane_current_path}").output.decode().strip()
+
+
+def test_the_session_works_in_its_work_dir_with_claude_json_set_at_every_start(run_session):
+    operator = {"numStartups": 12, "theme": "light", "editorMode": "vim",
+                "projects": {"/home/claude/work": {"allowedTools": ["Bash(make:*)"]}},
+                "customApiKeyResponses": {"approved": [], "rejected": [API_KEY[-20:]]}}
+    container, home = run_session(home_files={".claude.json": json.dumps(operator)}, ANTHROPIC_API_KEY=API_KEY)
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude")
+    assert pane_path(container) == "/home/claude/work"
+    work = home / "work"
+    assert work.is_dir() and (work.stat().st_uid, work.stat().st_gid) == (1337, 1337)
+    config = json.loads((home / ".claude.json").read_text())
+    assert config["hasCompletedOnboarding"] is True and config["theme"] == "light"  # a theme is kept
+    assert config["projects"]["/home/claude/work"] == {"allowedTools": ["Bash(make:*)"],
+                                                       "hasTrustDialogAccepted": True,
+                                                       "hasCompletedProjectOnboarding": True}
+    assert config["customApiKeyResponses"] == {"approved": [API_KEY[-20:]], "rejected": []}
+    assert config["numStartups"] == 12 and config["editorMode"] == "vim" and "convocate" in config["mcpServers"]
+    assert "bypassPermissionsModeAccepted" not in config and API_KEY not in (home / ".claude.json").read_text()
+    assert (home / ".claude.json").stat().st_uid == 1337
+    assert "convocate stand-in claude\n" in wait_screen(container, "convocate stand-in claude")  # no flag
+
+    # The operator (or Claude) changes the file meanwhile; a restart keeps that and restores the keys.
+    config["projects"]["/home/claude/work"]["hasTrustDialogAccepted"] = False
+    config["hasCompletedOnboarding"] = False
+    config["mcpServers"]["theirs"] = {"command": "/bin/true"}
+    config["verbose"] = True
+    (home / ".claude.json").write_text(json.dumps(config))
+    container.restart(timeout=10)
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude")
+    assert pane_path(container) == "/home/claude/work"
+    again = json.loads((home / ".claude.json").read_text())
+    assert again["projects"]["/home/claude/work"]["hasTrustDialogAccepted"] is True
+    assert again["hasCompletedOnboarding"] is True and again["verbose"] is True
+    assert set(again["mcpServers"]) == {"convocate", "theirs"} and again["editorMode"] == "vim"
+
+
+def test_skip_permissions_adds_the_flag_at_start_and_resume_and_accepts_the_mode(run_session, agent_socket):
+    container, home = run_session(agent=agent_socket, CONVOCATE_SKIP_PERMISSIONS="1",
+                                  CONVOCATE_WORK_DIR="/home/claude/projects/site")
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude --dangerously-skip-permissions")
+    assert pane_path(container) == "/home/claude/projects/site"
+    config = json.loads((home / ".claude.json").read_text())
+    assert config["bypassPermissionsModeAccepted"] is True
+    assert config["projects"]["/home/claude/projects/site"]["hasTrustDialogAccepted"] is True
+    type_line(container, "/crash")
+    wait_screen(container, "convocate stand-in claude --dangerously-skip-permissions -c")
+    assert [d["command"] for _, e, d in agent_socket.events("supervisor") if e == "start"] == [
+        "claude --dangerously-skip-permissions", "claude --dangerously-skip-permissions -c"]
+    assert b"(permissions skipped), work dir /home/claude/projects/site" in container.logs()
+
+
+def test_a_command_with_the_flag_already_gets_it_once(run_session):
+    container, _ = run_session(CONVOCATE_SKIP_PERMISSIONS="1",
+                               CONVOCATE_AGENT_COMMAND="claude --dangerously-skip-permissions --verbose")
+    wait_ready(container)
+    screen = wait_screen(container, "convocate stand-in claude")
+    assert screen.count("--dangerously-skip-permissions") == 1, screen
+
+
+def test_a_symlinked_or_invalid_work_dir_falls_back_with_a_warning(run_session, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def plant(home: Path) -> None:
+        (home / "work").symlink_to(outside)  # e.g. what a clone of a hostile session copies
+
+    container, home = run_session(setup=plant)
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude")
+    assert pane_path(container) == "/home/claude"
+    logs = container.logs().decode()
+    assert "warning: /home/claude/work is a symlink; refusing it" in logs, logs
+    assert "the session works in /home/claude, not in /home/claude/work" in logs, logs
+    assert (home / "work").is_symlink() and not list(outside.iterdir())
+    assert json.loads((home / ".claude.json").read_text())["projects"]["/home/claude"]["hasTrustDialogAccepted"]
+
+    container, home = run_session(CONVOCATE_WORK_DIR="/home/claude/../etc", CONVOCATE_SKIP_PERMISSIONS="yes")
+    wait_ready(container)
+    screen = wait_screen(container, "convocate stand-in claude")
+    assert pane_path(container) == "/home/claude/work" and "--dangerously" not in screen
+    logs = container.logs().decode()
+    assert "CONVOCATE_WORK_DIR '/home/claude/../etc' is not /home/claude or a normalised path below it" in logs
+    assert "CONVOCATE_SKIP_PERMISSIONS must be 1 or 0, got 'yes'" in logs
+
+
+def test_a_hostile_claude_json_is_left_alone_and_the_session_still_starts(run_session):
+    container, home = run_session(home_files={".claude.json": "[1, 2"})
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude")
+    assert (home / ".claude.json").read_text() == "[1, 2"
+    logs = container.logs().decode()
+    assert "warning: ~/.claude.json is not set up, Claude Code may stop at a dialog: claude-config: " \
+           "/home/claude/.claude.json left alone, it is not readable JSON" in logs, logs

@@ -30,6 +30,22 @@ def test_partial_update_round_trips_through_the_file(tmp_path):
     ({"image_prune": "sometimes"}, "must be one of"),
     ({"trash_retention_days": True}, "must be an integer"),
     ({"pids_limit": 10}, "out of range"),
+    ({"skip_permissions": 1}, 'field "skip_permissions" must be a boolean'),
+    ({"skip_permissions": "true"}, "must be a boolean"),
+    ({"work_dir": 5}, 'field "work_dir" must be a string'),
+    ({"work_dir": "work"}, "absolute, normalised path"),
+    ({"work_dir": "/home/claude/work/"}, "absolute, normalised path"),
+    ({"work_dir": "/home/claude//work"}, "absolute, normalised path"),
+    ({"work_dir": "/home/claude/./work"}, "absolute, normalised path"),
+    ({"work_dir": "/home/claude/../etc"}, "absolute, normalised path"),
+    ({"work_dir": "/home/claude/a/.."}, "absolute, normalised path"),
+    ({"work_dir": "//home/claude/work"}, "/home/claude or a directory below it"),
+    ({"work_dir": "/home/claudette"}, "/home/claude or a directory below it"),
+    ({"work_dir": "/etc"}, "/home/claude or a directory below it"),
+    ({"work_dir": "/home/claude/a\x00b"}, "NUL or other control characters"),
+    ({"work_dir": "/home/claude/a\nb"}, "NUL or other control characters"),
+    ({"work_dir": "/home/claude/\udc80"}, "valid UTF-8"),
+    ({"work_dir": "/home/claude/" + "é" * 122}, "at most 255 bytes"),  # 13 + 244 bytes
 ])
 def test_invalid_updates_name_the_field(changes, fragment):
     with pytest.raises(BadRequest) as e:
@@ -45,3 +61,19 @@ def test_an_invalid_file_is_a_clear_config_error(tmp_path):
     path.write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_settings(path)
+
+
+@pytest.mark.parametrize("work_dir", ["/home/claude", "/home/claude/work", "/home/claude/projects/my site",
+                                      "/home/claude/..hidden", "/home/claude/" + "é" * 121])
+def test_work_dir_accepts_the_home_and_normalised_paths_below_it(work_dir):
+    assert Settings().updated({"work_dir": work_dir}).work_dir == work_dir
+
+
+def test_work_dir_and_skip_permissions_default_to_a_project_dir_and_todays_behaviour(tmp_path):
+    assert (Settings().work_dir, Settings().skip_permissions) == ("/home/claude/work", False)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"default_cpus": 1}))  # a file of an older agent: the new fields default
+    assert load_settings(path).work_dir == "/home/claude/work"
+    save_settings(path, Settings().updated({"work_dir": "/home/claude/src", "skip_permissions": True}))
+    loaded = load_settings(path)
+    assert (loaded.work_dir, loaded.skip_permissions) == ("/home/claude/src", True)

@@ -339,3 +339,14 @@ CLAUDE_CODE_IMAGE_MISMATCH = (
     "the image {tag} says it carries Claude Code {label!r} (label convocate.claude-code), not {version};"
     " it was not rolled out"
 )
+# --- usage limits and replies (issue 15: convocate reply, the TUI's W list) -----------------------------
+REPLY_NOT_WAITING = (
+    "{name} is not waiting for an answer (it is {activity}); `convocate send` types into it anyway,"
+    " or give --force"
+)
+REPLY_EMPTY = "nothing to reply: the text is empty"
+REPLY_STILL_WAITING = "{name} is still waiting after {timeout:g} s; the reply was typed but not taken"
+REPLY_TAKEN = "{name} took the reply (now {activity})"
+REPLY_SENT = "replied to {name}"
+NO_SESSION_WAITING = "no session is waiting for you"
+SESSION_LIMITED = "{name} hit a usage limit{until}: {detail}"

@@ -28,7 +28,9 @@ STATE_ORPHAN = "O"
 
 PROTOCOLS = ("tcp", "udp")
 #: Activity states of the agent inside a session (convocate_agent.insight).
-ACTIVITIES = ("working", "waiting", "idle", "crashed", "exited")
+ACTIVITIES = ("working", "waiting", "idle", "crashed", "exited", "limited")
+#: The activity of a session that hit a usage or rate limit (issue 15); ``activity_until`` says when it resets.
+ACTIVITY_LIMITED = "limited"
 PORT_NONE = 0
 PORT_AUTO = -1
 #: Lowest port the agent hands out for ``port: -1`` (DESIGN §3).
@@ -221,6 +223,8 @@ class SessionMeta:
             ``idle``, ``crashed``, ``exited``), ``""`` when unknown.
         activity_detail: The question it waits on, its progress message, or why it crashed.
         activity_at: When the activity last changed, ns since the epoch (0: never).
+        activity_until: ``limited`` only: when the limit resets (or the agent tries again), ns since
+            the epoch; 0 otherwise. On the wire ``activity_until`` (RFC 3339), omitted when 0.
     """
 
     uuid: str
@@ -236,6 +240,7 @@ class SessionMeta:
     activity: str = ""
     activity_detail: str = ""
     activity_at: int = 0
+    activity_until: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The object written to ``session.json``."""
@@ -259,6 +264,8 @@ class SessionMeta:
             out["activity_detail"] = self.activity_detail
         if self.activity_at:
             out["activity_at"] = format_rfc3339(self.activity_at)
+        if self.activity_until:
+            out["activity_until"] = format_rfc3339(self.activity_until)
         return out
 
     @classmethod
@@ -305,6 +312,10 @@ class SessionMeta:
             activity_at = parse_rfc3339(obj["activity_at"]) if obj.get("activity_at") else 0
         except (TypeError, ValueError) as e:
             raise BadRequest(f"bad activity_at: {e}") from e
+        try:
+            activity_until = parse_rfc3339(obj["activity_until"]) if obj.get("activity_until") else 0
+        except (TypeError, ValueError) as e:
+            raise BadRequest(f"bad activity_until: {e}") from e
         return cls(
             uuid=sid,
             name=validate_name(obj.get("name")),
@@ -319,6 +330,7 @@ class SessionMeta:
             activity=activity if activity in ACTIVITIES else "",
             activity_detail=detail if isinstance(detail, str) else "",
             activity_at=activity_at,
+            activity_until=activity_until if activity == ACTIVITY_LIMITED else 0,
         )
 
     def with_changes(self, **changes: Any) -> SessionMeta:

@@ -15,14 +15,16 @@ that wait into Alt+key, which nothing is bound to: the key after Escape was
 lost. The TUI sets the wait to :data:`ESCAPE_DELAY_MS` (an escape sequence's
 bytes arrive together), unless the operator set ``ESCDELAY`` themselves.
 
-Keys: Enter attach, 1-9 jump to a row, N new, C clone, E edit, B background,
-D delete, K kill, O override, S settings, R restart, Q quit.
+Keys: Enter attach, 1-9 jump to a row, w jump to the next waiting session,
+W list the waiting sessions and reply to one without attaching, N new, C clone,
+E edit, B background, D delete, K kill, O override, S settings, R restart, Q quit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import curses
+import curses.ascii
 import logging
 import os
 import queue
@@ -38,9 +40,11 @@ from convocate import image_status
 from convocate.client import Cluster
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError
-from convocate.common.model import STATE_CONNECTED, SessionView
+from convocate.common.model import ACTIVITY_LIMITED, STATE_CONNECTED, SessionView
 from convocate.common.paths import Paths
+from convocate.common.timefmt import parse_rfc3339
 from convocate.orphans import MIGRATE_HINT
+from convocate.render import until_clock
 from convocate.terminal import attach_terminal
 from convocate.tui.fields import FIELDS, LABELS, FieldError, SessionFields, session_params
 from convocate.tui.model import UNREACHABLE, ClusterModel, Row, header
@@ -51,8 +55,8 @@ log = logging.getLogger(__name__)
 MIN_COLUMNS, MIN_LINES = 80, 16
 #: How long ncurses waits after ESC for the rest of an escape sequence, in ms (ncurses' default is 1000).
 ESCAPE_DELAY_MS = 25
-KEYS = "Enter attach  1-9 jump  W waiting  N new  C clone  E edit  B bg  D delete  K kill  O override  " \
-       "S settings  R restart  Q quit"
+KEYS = "Enter attach  1-9 jump  w next waiting  W reply  N new  C clone  E edit  B bg  D delete  K kill  " \
+       "O override  S settings  R restart  Q quit"
 
 
 class SessionTable(npyscreen.MultiLineAction):
@@ -88,6 +92,7 @@ class MainForm(npyscreen.FormBaseNew):
                             "w": app.next_waiting, "q": app.quit}.items():
             # By code, not by character: MultiLine binds ord("k"), ord("n") ... itself, and codes are looked up first.
             handlers[ord(key)] = handlers[ord(key.upper())] = _key(action, self)
+        handlers[ord("W")] = _key(app.waiting_list, self)  # w jumps to the next waiting row, W lists them all
         for digit in "123456789":
             handlers[ord(digit)] = _jump(int(digit), self)
         self.table.add_handlers(handlers)
@@ -118,7 +123,9 @@ class MainForm(npyscreen.FormBaseNew):
             self.table.update()
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         capacity = app.model.capacity_summary()
+        counts = app.model.activity_counts()
         self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
+                            f"{f' ({counts})' if counts else ''}"
                             f"  {capacity + '  ' if capacity else ''}load {load}  {clock}")
         self.message.value = app.message
         self._shown = (app.model.version, clock, app.message)
@@ -310,9 +317,17 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             data = message.get("data") if isinstance(message.get("data"), dict) else {}
             if message.get("type") == "session.activity" and data.get("activity") == "waiting" \
                     and data.get("previous") != "waiting":
-                self.message = f"{data.get('name', '?')} is waiting: {data.get('detail', '')}  (W jumps there)"
+                self.message = f"{data.get('name', '?')} is waiting: {data.get('detail', '')}  (w jumps there, W replies)"
                 with contextlib.suppress(curses.error):
                     curses.beep()  # a session needs the operator
+            elif message.get("type") == "session.activity" and data.get("activity") == ACTIVITY_LIMITED:
+                until = data.get("until")
+                try:
+                    until_text = f" until {until_clock(parse_rfc3339(until))}" if isinstance(until, str) else ""
+                except ValueError:
+                    until_text = ""
+                self.message = messages.SESSION_LIMITED.format(name=data.get("name", "?"), until=until_text,
+                                                               detail=data.get("detail", ""))
             if self.model.apply(message):
                 self.network.refresh(notice.agent_id)
         elif notice.kind == "done":
@@ -609,10 +624,47 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self.refresh_rows(self.main_form)
         index = self.model.next_waiting(after)
         if index is None:
-            self.message = "no session is waiting for you"
+            self.message = messages.NO_SESSION_WAITING
             return
         self.main_form.table.cursor_line = index
         self.main_form.table.display()
+
+    def waiting_list(self) -> None:
+        """W: every session waiting for the operator, across agents, with its question; Enter replies to one."""
+        waiting = self.model.waiting()
+        if not waiting:
+            self.message = messages.NO_SESSION_WAITING
+            return
+        form = WaitingForm(name=f"Waiting for you ({len(waiting)})", parentApp=self)
+        width = form.columns - 8
+        form.sessions.values = [(v.agent_id, v) for v in waiting]
+        form.sessions.width_hint = width
+        form.edit()
+        if not form.accepted or form.chosen is None:
+            return
+        agent_id, view = form.chosen
+        self.reply(agent_id, view)
+
+    def reply(self, agent_id: str, view: SessionView) -> None:
+        """The reply box for one waiting session; its text goes through ``send`` (text, then Enter)."""
+        form = Dialog(name=f"Reply to {view.meta.name} on {agent_id}", lines=14, columns=78, parentApp=self)
+        question = textwrap.wrap(view.meta.activity_detail or "needs the operator", 70)
+        for line in question[:5]:
+            form.add(npyscreen.FixedText, value=line, editable=False)
+        form.add(npyscreen.FixedText, value="Your answer (Enter sends it, Esc cancels):", editable=False)
+        field = form.add(npyscreen.Textfield, value="")
+
+        def send_it(_key: Any) -> None:
+            form.accepted = True
+            form.editing = field.editing = False
+
+        field.add_handlers({curses.ascii.NL: send_it, curses.ascii.CR: send_it})
+        form.edit()
+        text = " ".join((field.value or "").split())
+        if not form.accepted or not text:
+            return
+        self._op(agent_id, "send", {"id": view.meta.uuid, "text": text, "enter": True},
+                 f"reply to {view.meta.name}")
 
     def quit(self) -> None:
         self.switchForm(None)
@@ -635,6 +687,46 @@ def _typed_like(text: str, example: Any) -> Any:
 
 class ChoicePopup(Ticking, npyscreen.Popup):
     """A popup with a list to pick from and an OK button."""
+
+
+class WaitingList(npyscreen.MultiLineAction):
+    """The waiting sessions (values: ``(agent_id, SessionView)``); Enter picks the highlighted one."""
+
+    width_hint = 60
+
+    def display_value(self, item: tuple[str, SessionView]) -> str:
+        agent_id, view = item
+        since = time.strftime("%H:%M", time.localtime(view.meta.activity_at / 1e9)) if view.meta.activity_at else "--:--"
+        text = f"{view.meta.name[:20]:<20} {agent_id:<8} {since}  ? {view.meta.activity_detail or 'needs the operator'}"
+        return text[: self.width_hint]
+
+    def actionHighlighted(self, item: tuple[str, SessionView], key: int) -> None:
+        form: WaitingForm = self.parent
+        form.chosen, form.accepted = item, True
+        form.editing = self.editing = False
+
+
+class WaitingForm(Dialog):
+    """W: the sessions waiting for the operator; Enter (or OK) on one opens its reply box, Esc closes."""
+
+    DEFAULT_LINES = 18
+    DEFAULT_COLUMNS = None
+    SHOW_ATX = 0
+    SHOW_ATY = 2
+    chosen: tuple[str, SessionView] | None = None
+
+    def create(self) -> None:
+        self.add(npyscreen.FixedText, value=f"{'NAME':<20} {'AGENT':<8} {'SINCE'}  QUESTION", editable=False,
+                 color="LABEL")
+        self.sessions = self.add(WaitingList, values=[], max_height=-2, scroll_exit=True)
+
+    def on_ok(self) -> bool:
+        rows = self.sessions.values
+        i = self.sessions.cursor_line
+        if self.chosen is None and rows and 0 <= i < len(rows):
+            self.chosen = rows[i]
+        self.accepted = self.chosen is not None
+        return False
 
 
 class ConfirmPopup(Dialog):

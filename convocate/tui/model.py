@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convocate.common.errors import BadRequest
-from convocate.common.model import SessionView
+from convocate.common.model import ACTIVITY_LIMITED, SessionView
 from convocate.common.protocol import (
     AGENT_SHUTDOWN,
     AGENT_STARTED,
@@ -33,6 +33,7 @@ from convocate.common.protocol import (
 )
 from convocate.common.timefmt import parse_rfc3339
 from convocate.orphans import unclaimed
+from convocate.render import until_clock
 
 CONNECTING, REACHABLE, UNREACHABLE = "connecting", "reachable", "unreachable"
 
@@ -105,6 +106,11 @@ class Row:
             cells = (*lead, "WAITING")
             question = f"? {m.activity_detail or 'needs the operator'}"
             return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=False)) + "  " + question
+        if m.activity == ACTIVITY_LIMITED:
+            # A limited session shows when its limit resets, and Claude's message, in the same place.
+            until = f"limited until {until_clock(m.activity_until)}" if m.activity_until else "limited"
+            return "  ".join(_fit(c, w) for c, w in zip(lead, WIDTHS, strict=False)) + "  " + until + \
+                (f"  {m.activity_detail}" if m.activity_detail else "")
         cells = (*lead, m.activity or "-", port, m.dns_name or "-", _clock(m.created_at), _clock(m.last_accessed))
         return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
 
@@ -198,8 +204,13 @@ class ClusterModel:
                 at_ns = parse_rfc3339(at) if isinstance(at, str) else old.meta.activity_at
             except ValueError:
                 at_ns = old.meta.activity_at
+            until = data.get("until")
+            try:
+                until_ns = parse_rfc3339(until) if isinstance(until, str) else 0
+            except ValueError:
+                until_ns = 0
             meta = old.meta.with_changes(activity=str(data.get("activity", "")), activity_detail=str(data.get("detail", "")),
-                                         activity_at=at_ns)
+                                         activity_at=at_ns, activity_until=until_ns)
             sessions[sid] = dataclasses.replace(old, meta=meta)
         elif kind in (SESSION_ATTACHED, SESSION_DETACHED) and sid in sessions:
             count = data.get("attached_count")
@@ -248,6 +259,18 @@ class ClusterModel:
         start = next((i for i, r in enumerate(rows) if r.session is not None and after is not None
                       and (r.agent_id, r.session.meta.uuid) == after), -1)
         return next((i for i in waiting if i > start), waiting[0])
+
+    def waiting(self) -> list[SessionView]:
+        """Every session of a reachable agent waiting for the operator, the longest waiting first."""
+        views = [v for aid, views in self.sessions.items() if self.agents[aid].reach != UNREACHABLE
+                 for v in views.values() if v.meta.activity == "waiting"]
+        return sorted(views, key=lambda v: (v.meta.activity_at, v.agent_id, v.meta.name))
+
+    def activity_counts(self) -> str:
+        """``2 waiting, 1 limited`` for the title (``""`` when none is either)."""
+        counts = {kind: sum(1 for views in self.sessions.values() for v in views.values() if v.meta.activity == kind)
+                  for kind in ("waiting", ACTIVITY_LIMITED)}
+        return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
 
     def session_count(self) -> int:
         return sum(len(v) for v in self.sessions.values())

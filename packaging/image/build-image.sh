@@ -37,7 +37,7 @@ readonly DEFAULT_MIRROR="http://deb.debian.org/debian"
 readonly SUITE="bookworm"
 # The files docker build sees (the .dockerignore whitelists exactly these).
 readonly CONTEXT_FILES=(.dockerignore Dockerfile entrypoint supervisor tmux.conf claude-standin
-    session/convocate_report.py session/convocate-report session/convocate_mcp.py session/register-mcp
+    session/convocate_report.py session/convocate-report session/convocate_mcp.py session/claude-config
     session/mcp-requirements.txt session/managed-settings.json session/mcp.json)
 
 tag=""

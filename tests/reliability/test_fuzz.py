@@ -111,6 +111,12 @@ VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "heartbeat_interval_s": st.integers(1, 3600), "trash_retention_days": st.integers(0, 3650),
     "image_prune": st.sampled_from(["unused", "never"]), "restart_backoff_s": st.floats(0.01, 60),
     "pids_limit": st.integers(64, 4_194_304),
+    "work_dir": st.builds(lambda parts: "/".join(["/home/claude", *parts]),
+                          st.lists(st.from_regex(r"[A-Za-z0-9_ .-]{1,20}", fullmatch=True)
+                                   .filter(lambda p: p not in (".", "..")), max_size=4)),
+    "skip_permissions": st.booleans(),
+    "limit_retry_s": st.integers(1, 86_400), "resume_after_limit": st.booleans(),
+    "resume_message": st.text(min_size=1, max_size=40).filter(lambda s: s.strip() and s.isprintable()),
 }
 FIELD_NAMES = sorted({p.name for spec in OPS.values() if spec for p in spec} | set(VALID_SETTINGS))
 

@@ -13,7 +13,11 @@ the message says which session it is.
 Sources:
     hook        Claude Code hooks: EVENT is the hook's hook_event_name, data
                 the hook's stdin JSON reduced to session_id, source, reason,
-                prompt, message, notification_type and tool_name.
+                prompt, message, notification_type, tool_name and (StopFailure)
+                error, error_details and last_assistant_message. A StopFailure
+                with error "rate_limit" also gets resets_at (int, epoch seconds)
+                and limit_type (e.g. "five_hour") from the last API error line
+                of the session's transcript, when it has them.
     mcp         the in-container MCP server (convocate-mcp): progress
                 {message}, ask {question}, status {status, message}.
     supervisor  convocate-supervisor: start {attempt, command}, exit
@@ -41,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 import time
 
@@ -52,7 +57,12 @@ MAX_LINE = 64 * 1024
 #: Longest string in data, in characters.
 MAX_TEXT = 2000
 #: What a hook message keeps of the hook's stdin JSON.
-HOOK_KEYS = ("session_id", "source", "reason", "prompt", "message", "notification_type", "tool_name")
+HOOK_KEYS = ("session_id", "source", "reason", "prompt", "message", "notification_type", "tool_name",
+             "error", "last_assistant_message")
+#: Most bytes of the transcript's end read for a rate limit's reset time (the file can grow to many MiB).
+TRANSCRIPT_TAIL = 256 * 1024
+#: Longest ``limit_type`` kept, in characters.
+LIMIT_TYPE_MAX = 64
 #: Events of the sources other than hook, with the type of each data key.
 EVENTS: dict[str, dict[str, dict[str, type]]] = {
     "supervisor": {
@@ -234,11 +244,80 @@ def _trim(path: str) -> None:
 # --- command line -----------------------------------------------------------------
 
 
+def read_tail(path: object, limit: int = TRANSCRIPT_TAIL) -> bytes:
+    """The last ``limit`` bytes of a regular file, opened without following a symlink; b"" otherwise.
+
+    The transcript is the session's own file, named by the hook input: it is
+    opened with ``O_NOFOLLOW`` (a link as its last component is refused) and
+    ``O_NONBLOCK`` (a FIFO cannot hang the hook), and read only if it is a
+    regular file. Never raises.
+    """
+    if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+        return b""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b""
+        start = max(0, st.st_size - limit)
+        os.lseek(fd, start, os.SEEK_SET)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    return data.split(b"\n", 1)[-1] if start > 0 else data  # the first line may be cut
+
+
+def rate_limit_info(tail: bytes) -> dict:
+    """``resets_at`` and ``limit_type`` of the last API error in a transcript's tail (``{}`` if none).
+
+    Claude Code 2.1.330 writes each API error as a JSONL line with
+    ``"type": "assistant"`` and ``"isApiErrorMessage": true``; after a 429
+    that carried the ``anthropic-ratelimit-unified-*`` headers it holds
+    ``"apiErrorParams": {"rate_limit_info": {"resetsAt": <epoch s>,
+    "rateLimitType": "five_hour", ...}}``. Only the last such line counts (an
+    older one is an older limit). Lines that are not JSON objects are skipped;
+    a ``resetsAt`` that is not an integer is left out (the agent checks its range).
+    """
+    for line in reversed(tail.splitlines()):
+        if b"isApiErrorMessage" not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(entry, dict) or entry.get("type") != "assistant" or entry.get("isApiErrorMessage") is not True:
+            continue
+        params = entry.get("apiErrorParams")
+        info = params.get("rate_limit_info") if isinstance(params, dict) else None
+        out: dict = {}
+        if isinstance(info, dict):
+            resets = info.get("resetsAt")
+            if isinstance(resets, int) and not isinstance(resets, bool):
+                out["resets_at"] = resets
+            kind = info.get("rateLimitType")
+            if isinstance(kind, str) and kind:
+                out["limit_type"] = kind[:LIMIT_TYPE_MAX]
+        return out
+    return {}
+
+
 def hook_message(raw: bytes) -> tuple[str, dict] | None:
     """``(event, data)`` for a hook's stdin JSON, or None if it has no event name."""
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(payload, dict):
         return None
@@ -246,6 +325,17 @@ def hook_message(raw: bytes) -> tuple[str, dict] | None:
     if not isinstance(event, str) or not event:
         return None
     data = {k: payload[k] for k in HOOK_KEYS if isinstance(payload.get(k), (str, int, float, bool))}
+    if event == "StopFailure":
+        details = payload.get("error_details")
+        if isinstance(details, str):
+            data["error_details"] = details
+        elif details is not None:
+            try:
+                data["error_details"] = json.dumps(details, ensure_ascii=False)[:MAX_TEXT]
+            except (TypeError, ValueError, RecursionError):
+                pass
+        if data.get("error") == "rate_limit":
+            data.update(rate_limit_info(read_tail(payload.get("transcript_path"))))
     return event, data
 
 
