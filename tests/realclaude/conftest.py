@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -83,27 +82,6 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory, real_image: str) -> I
         remove_containers(cluster.root)
 
 
-# --- TEMPORARY: until the entrypoint writes these keys --------------------------------------
-# Engineer `prompt` makes the entrypoint write them (and adds the agent settings work_dir and
-# skip_permissions); once main has that, this helper goes and so does its one caller.
-def seed_claude_json(home: Path, work_dir: str) -> None:  # TEMPORARY: until the entrypoint writes these keys
-    """Pre-seed ``~/.claude.json`` so Claude Code lands at its prompt (onboarding done, key approved, trusted),
-    and allow Bash in ``~/.claude/settings.json`` (in place of ``skip_permissions``)."""
-    state = {
-        "hasCompletedOnboarding": True,
-        "theme": "dark",
-        "customApiKeyResponses": {"approved": [API_KEY[-20:]], "rejected": []},
-        "projects": {work_dir: {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}},
-    }
-    (home / ".claude").mkdir(exist_ok=True)
-    atomic_write(home / ".claude.json", json.dumps(state).encode(), mode=0o600)
-    atomic_write(home / ".claude" / "settings.json", json.dumps({"permissions": {"allow": ["Bash"]}}).encode(),
-                 mode=0o600)
-    for path in (home / ".claude", home / ".claude.json", home / ".claude" / "settings.json"):
-        os.chown(path, 1337, 1337)
-# --- end of TEMPORARY ------------------------------------------------------------------------
-
-
 def activity(kind: str, sid: str, detail: str | None = None):
     """A matcher for ``session.activity`` events of ``sid`` (tests.test_status.Subscriber)."""
     return lambda m: (m["type"] == "session.activity" and m.get("session_id") == sid
@@ -152,8 +130,8 @@ class Driver:
         return await rpc_ok(self.ssh, op, params)
 
     async def work_dir(self) -> str:
-        """The sessions' working directory: the agent setting ``work_dir`` where it exists, else the home."""
-        return (await self.call("settings-get")).get("work_dir", HOME)
+        """The sessions' working directory inside the container (the agent setting ``work_dir``)."""
+        return (await self.call("settings-get"))["work_dir"]
 
     def host_path(self, session: RealSession, path: str) -> Path:
         """Where a path inside the session's container (under /home/claude) is on the host."""
@@ -185,12 +163,15 @@ class Driver:
         return api
 
     async def start(self, name: str) -> RealSession:
-        """Create a session, prepare its home, start it and wire it to a fresh fake API."""
+        """Create a session, start it and wire it to a fresh fake API.
+
+        Nothing is seeded in its home: the entrypoint's claude-config writes the ``~/.claude.json`` keys
+        (onboarding, the work dir trusted, the key approved) and ``skip_permissions`` is on (below).
+        """
         made = await self.call("create", {"name": name, "cpus": SESSION_CPUS, "memory_mb": SESSION_MEMORY_MB})
         sid = made["uuid"]
         self.sessions.append(sid)
         session = RealSession(sid, self.new_api(), self.cluster.paths.session_dir(sid))
-        seed_claude_json(session.home, await self.work_dir())  # TEMPORARY: until the entrypoint writes these keys
         await self.restart(session)
         return session
 
@@ -264,7 +245,7 @@ async def driver(real_cluster: LocalCluster, docker_client: docker.DockerClient,
     """A :class:`Driver` on the shared real cluster; the test's sessions are stopped and its helpers removed."""
     async with connect(real_cluster) as ssh, Subscriber(real_cluster.paths.status_socket) as events:
         d = Driver(real_cluster, ssh, events, docker_client, tmp_path, real_image)
-        if (await d.call("settings-get")).get("skip_permissions") is False:  # the setting, once main has it
+        if not (await d.call("settings-get"))["skip_permissions"]:  # the Bash tool runs without asking
             await d.call("settings-set", {"skip_permissions": True})
         try:
             yield d

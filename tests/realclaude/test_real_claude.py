@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 
@@ -118,15 +119,10 @@ async def test_kill_9_of_claude_resumes_the_conversation(driver: Driver):
     await driver.wait_screen(s, "restarting with")
     await driver.wait_activity(s, "idle", since, detail="")  # the supervisor's claude -c: SessionStart again
     logs = container.logs().decode(errors="replace")
-    assert "restarting with 'claude -c'" in logs, logs[-2000:]
+    assert re.search(r"restarting with 'claude [^']*-c' in", logs), logs[-2000:]
     request = await _one_turn(driver, s, "Which word?", "Pelican.")
     seen = conversation(request)
     assert "Remember the word pelican." in seen and "Noted: pelican." in seen, seen[-2000:]
-
-
-#: Why the restart and clone tests end as xfail today (they pass as soon as it is no longer true).
-NO_RESUME_AT_START = ("the supervisor starts plain `claude` when a container starts (restart op, a started clone), "
-                      "so Claude Code opens a new conversation; only a crash inside the container resumes with -c")
 
 
 async def test_container_restart_answers_and_keeps_the_conversation(driver: Driver):
@@ -138,10 +134,7 @@ async def test_container_restart_answers_and_keeps_the_conversation(driver: Driv
     assert driver.container(s.sid).id != old_container  # a new container: the fake API was re-attached
     request = await _one_turn(driver, s, "Which word?", "Heron.")
     seen = conversation(request)
-    assert "Which word?" in seen
-    if "Remember the word heron." not in seen:
-        pytest.xfail(NO_RESUME_AT_START)
-    assert "Noted: heron." in seen
+    assert "Which word?" in seen and "Remember the word heron." in seen and "Noted: heron." in seen, seen[-2000:]
 
 
 async def test_clone_answers_with_its_own_history(driver: Driver):
@@ -155,14 +148,10 @@ async def test_clone_answers_with_its_own_history(driver: Driver):
     seen = conversation(second)
     assert "Which word?" in seen and "Egret." in seen  # the copy's own turns
     assert len(source.api.message_requests()) == 1, "the copy's requests reached the source's API"
-    if "Remember the word egret." not in conversation(first):
-        pytest.xfail(NO_RESUME_AT_START)
+    assert "Remember the word egret." in conversation(first)  # the copy continues the source's conversation
     assert "Remember the word egret." in seen
 
 
-@pytest.mark.xfail(strict=True, reason="needs engineer limited's part, not in main yet: the StopFailure hook "
-                   "making the activity `limited` (with activity_until) and the agent settings resume_after_limit, "
-                   "resume_message, limit_retry_s")
 async def test_429_makes_the_session_limited_then_it_resumes(driver: Driver):
     reset = int(time.time()) + 10
     await driver.call("settings-set", {"resume_after_limit": True, "resume_message": "continue",
