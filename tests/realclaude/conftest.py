@@ -32,6 +32,7 @@ import pytest
 
 from convocate.common.fsutil import atomic_write
 from convocate.common.version import __version__
+from convocate_host import claude_pin
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
 from tests.realclaude.fakeapi import BASE_URL, FakeAPI
@@ -60,10 +61,14 @@ def real_image(docker_client: docker.DockerClient) -> str:
     if REAL_IMAGE == "none":
         pytest.skip("CONVOCATE_REAL_IMAGE=none: the real Claude Code image is not wanted in this run")
     try:
-        docker_client.images.get(REAL_IMAGE)
+        image = docker_client.images.get(REAL_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"the real Claude Code image {REAL_IMAGE} is missing; run ./build.sh image --real "
                     "(or set CONVOCATE_REAL_IMAGE=none to skip these tests)")
+    built, pinned = image.labels.get("convocate.claude-code"), claude_pin.read_pin()
+    if built != pinned:  # these tests are about the pinned Claude Code (issue 15, item 6)
+        pytest.fail(f"{REAL_IMAGE} has Claude Code {built}, the pin (packaging/image/claude-code.version) says "
+                    f"{pinned}; rebuild it with ./build.sh image --real")
     return REAL_IMAGE
 
 
