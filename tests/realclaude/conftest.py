@@ -72,9 +72,27 @@ def real_image(docker_client: docker.DockerClient) -> str:
     return REAL_IMAGE
 
 
+def _sweep_stale_helpers(client: docker.DockerClient) -> None:
+    """Remove fake API helpers (label ``convocate.test=realcc``) whose session container no longer runs.
+
+    A crashed run leaves them behind; a live run's helpers share a running container's namespace and stay.
+    """
+    for helper in client.containers.list(all=True, filters={"label": "convocate.test=realcc"}, ignore_removed=True):
+        mode = helper.attrs.get("HostConfig", {}).get("NetworkMode", "")
+        try:
+            alive = mode.startswith("container:") and client.containers.get(mode.split(":", 1)[1]).status == "running"
+        except docker.errors.NotFound:
+            alive = False
+        if not alive:
+            with contextlib.suppress(docker.errors.APIError):
+                helper.remove(force=True)
+
+
 @pytest.fixture(scope="session")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory, real_image: str) -> Iterator[LocalCluster]:
+def real_cluster(tmp_path_factory: pytest.TempPathFactory, real_image: str,
+                 docker_client: docker.DockerClient) -> Iterator[LocalCluster]:
     """One agent and status-serve, the real image current, for every real-Claude test of the run."""
+    _sweep_stale_helpers(docker_client)
     cluster = LocalCluster(root=tmp_path_factory.mktemp("realclaude"), image=real_image, status=True)
     cluster.install()
     lines = "".join(f"{k}={v}\n" for k, v in SESSION_ENV.items())
