@@ -386,6 +386,34 @@ def test_skip_permissions_adds_the_flag_at_start_and_resume_and_accepts_the_mode
     assert b"(permissions skipped), work dir /home/claude/projects/site" in container.logs()
 
 
+def _conversation(lines: list[dict]) -> Callable[[Path], None]:
+    """A ``setup`` that leaves Claude Code's transcript of the default work dir in the home."""
+    def plant(home: Path) -> None:
+        project = home / ".claude" / "projects" / "-home-claude-work"
+        project.mkdir(parents=True)
+        (project / "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines))
+        for path in (home / ".claude", home / ".claude" / "projects", project, *project.iterdir()):
+            os.chown(path, 1337, 1337)
+    return plant
+
+
+def test_a_start_continues_the_conversation_the_work_dir_has(run_session, agent_socket):
+    """A container restart or a clone: Claude Code's transcript is there, so the first start is ``-c``."""
+    container, _ = run_session(agent=agent_socket, setup=_conversation([
+        {"type": "summary"}, {"type": "user", "message": {"role": "user", "content": "hi"}}]))
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude -c")
+    assert [d["command"] for _, e, d in agent_socket.events("supervisor") if e == "start"] == ["claude -c"]
+
+
+def test_a_transcript_without_a_user_turn_starts_a_new_conversation(run_session):
+    container, _ = run_session(setup=_conversation([{"type": "assistant", "isApiErrorMessage": True}]))
+    wait_ready(container)
+    screen = wait_screen(container, "convocate stand-in claude")
+    assert "claude -c" not in screen, screen
+
+
 def test_a_command_with_the_flag_already_gets_it_once(run_session):
     container, _ = run_session(CONVOCATE_SKIP_PERMISSIONS="1",
                                CONVOCATE_AGENT_COMMAND="claude --dangerously-skip-permissions --verbose")
