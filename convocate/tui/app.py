@@ -111,7 +111,9 @@ class MainForm(npyscreen.FormBaseNew):
         """
         app: ConvocateApp = self.parentApp
         clock = time.strftime("%H:%M:%S")
-        if (app.model.version, clock, app.message) == self._shown:
+        selected = self.selected()
+        message = app.message or (selected.detail if selected is not None else "")
+        if (app.model.version, clock, message) == self._shown:
             return False
         if app.model.version != self._shown[0]:
             app.refresh_rows(self)
@@ -120,8 +122,8 @@ class MainForm(npyscreen.FormBaseNew):
         capacity = app.model.capacity_summary()
         self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
                             f"  {capacity + '  ' if capacity else ''}load {load}  {clock}")
-        self.message.value = app.message
-        self._shown = (app.model.version, clock, app.message)
+        self.message.value = message  # the app's news first, else the selected session's credential trouble
+        self._shown = (app.model.version, clock, message)
         # Only the widgets that change: Form.display() erases the pad, and the table
         # skips redrawing lines it thinks are still on screen.
         self.title.update()
