@@ -540,6 +540,7 @@ class AgentService:
         """Store (or replace) a credential; new and restarted sessions get it. Never returns the secret."""
         credential = await asyncio.to_thread(self.credentials.put, params["name"], params["kind"], params["secret"])
         log.info("credential %s (%s) set: %s", credential.name, credential.kind, credential.fingerprint)
+        await self._announce_credential_change(credential.name)
         return credential.summary()
 
     async def credential_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -554,7 +555,21 @@ class AgentService:
         """
         await asyncio.to_thread(self.credentials.delete, params["name"])
         log.info("credential %s removed", params["name"])
+        await self._announce_credential_change(params["name"])
         return {"name": params["name"], "deleted": True}
+
+    async def _announce_credential_change(self, name: str) -> None:
+        """Publish ``container.edited`` for each session using ``name``, so TUIs mark (or unmark) the stale ones."""
+        try:
+            containers = await self.runtime.containers()
+        except DockerError as e:
+            log.warning("credential %s changed; cannot tell which sessions use it: %s", name, e)
+            return
+        fingerprints = self._fingerprints()
+        for meta in self.store.load_all()[0]:
+            if resolved_name(meta.credential) == name:
+                self._emit(CONTAINER_EDITED, meta.uuid,
+                           self._view(meta, containers.get(meta.uuid), fingerprints=fingerprints).to_wire())
 
     async def capture(self, params: dict[str, Any]) -> dict[str, Any]:
         """The session pane's text; ``lines`` > 0 includes that many lines of history."""

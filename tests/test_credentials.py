@@ -133,6 +133,7 @@ async def test_a_session_gets_the_default_credential_in_claude_env_and_nowhere_e
         await rpc_ok(ssh, "credential_set", {"name": "default", "kind": "api_key", "secret": ROTATED})
         view = await rpc_ok(ssh, "get", {"id": sid})
         assert view["credential_stale"] is True
+        assert f"event container.edited session={sid}" in cluster.log_text()  # TUIs learn it at once
         assert any(s["uuid"] == sid and s["credential_stale"] for s in await rpc_ok(ssh, "list"))
         restarted = await rpc_ok(ssh, "restart", {"id": sid})
         assert restarted["credential_stale"] is False
