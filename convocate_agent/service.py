@@ -800,6 +800,7 @@ class AgentService:
         report["containers"] = len(containers)
         for meta in self.store.load_all()[0]:
             await self.reports.ensure(meta.uuid)
+            self.reports.write_credential_env(meta.uuid, None)  # left by a start this agent did not finish
         for sid, state in containers.items():
             if not self.store.exists(sid):
                 if state.running:
