@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import docker
 import pytest
@@ -456,3 +457,30 @@ def test_a_hostile_claude_json_is_left_alone_and_the_session_still_starts(run_se
     logs = container.logs().decode()
     assert "warning: ~/.claude.json is not set up, Claude Code may stop at a dialog: claude-config: " \
            "/home/claude/.claude.json left alone, it is not readable JSON" in logs, logs
+
+
+def test_credential_env_reaches_the_session_user_verbatim_and_only_known_names(run_session, tmp_path):
+    """credential.env (issue 15) is data: no expansion, no quoting rules, unknown names skipped, nothing sourced."""
+    agent_dir = tmp_path / "agent-dir"
+    agent_dir.mkdir()
+    tricky = "sk-$(touch /tmp/pwned)'\"`id`;x=y"
+    (agent_dir / "credential.env").write_text(
+        f"ANTHROPIC_API_KEY={tricky}\nPATH=/evil\nnot a line\n# comment\n"
+        "ANTHROPIC_BASE_URL=http://127.0.0.1:9 with spaces\nCLAUDE_CODE_OAUTH_TOKEN=tok")
+    os.chown(agent_dir / "credential.env", 1337, 1337)
+    os.chmod(agent_dir / "credential.env", 0o600)
+    os.chmod(agent_dir, 0o755)
+    agent = SimpleNamespace(dir=agent_dir)
+    container, _ = run_session(agent=agent)
+    wait_ready(container)
+    code, out = tmux(container, "show-environment", "-g")
+    env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+    assert env["ANTHROPIC_API_KEY"] == tricky
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9 with spaces"
+    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == "tok"  # a last line without a newline counts
+    assert env["PATH"] != "/evil"
+    assert container.exec_run(["test", "-e", "/tmp/pwned"]).exit_code != 0
+    logs = container.logs().decode()
+    assert "session environment from /run/convocate-agent/credential.env: ANTHROPIC_API_KEY ANTHROPIC_BASE_URL " \
+           "CLAUDE_CODE_OAUTH_TOKEN" in logs and "skipped a line" in logs and tricky not in logs
+    assert not any(e.startswith("ANTHROPIC_API_KEY=") for e in container.attrs["Config"]["Env"])
