@@ -21,6 +21,7 @@ from typing import Any
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common import messages
 from convocate.common.cli import ArgumentParser, run_main, usage_line
+from convocate.common.credentials import DEFAULT_NAME, validate_name, validate_session_credential
 from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
@@ -65,6 +66,11 @@ commands:
   logs REF [-f] [--lines N]       the session's supervisor and activity logs
   wait REF --for STATE [--timeout S]
                                   wait until a session is waiting, idle or exited
+  auth set [--name N] (--api-key | --oauth-token) [--from-file F]
+                                  store a Claude credential and send it to every agent
+  auth push [--name N]            send the stored credentials to every agent again
+  auth status [--json]            which agent holds which credential (fingerprints only)
+  auth rm NAME                    remove a credential from the shell host and every agent
   trash                           list deleted sessions still in the agents' trash
   restore TRASH-ID                bring a deleted session back from the trash
   version                         print the version
@@ -260,7 +266,7 @@ def _pick_agent(cluster: Cluster, agent_id: str | None) -> AgentClient:
 def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for attr, key in (("port", "port"), ("protocol", "protocol"), ("dns", "dns_name"), ("cpus", "cpus"),
-                      ("memory", "memory_mb")):
+                      ("memory", "memory_mb"), ("credential", "credential")):
         value = getattr(args, attr, None)
         if value is not None:
             params[key] = value
@@ -270,6 +276,8 @@ def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
 async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
     client = _pick_agent(cluster, args.agent)
     params = {"name": args.name, **_lifecycle_params(args), "start": not args.no_start}
+    if not params.get("credential"):
+        params.pop("credential", None)  # the default: an older agent without credentials still answers
     result = await client.call("create", params)
     _report(args, "created", result, client)
     if args.attach:
@@ -340,11 +348,11 @@ async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
     if args.name is not None:
         params["name"] = args.name
     if len(params) == 1:
-        raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus or --memory")
+        raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus, --memory or --credential")
     result = await ref.client.call("edit", params)
     _report(args, "edited", result, ref.client)
-    if ref.view.running and any(k in params for k in ("port", "protocol", "cpus", "memory_mb")):
-        print(f"{PROG}: port and limits take effect at the next `{PROG} restart`", file=sys.stderr)
+    if ref.view.running and any(k in params for k in ("port", "protocol", "cpus", "memory_mb", "credential")):
+        print(f"{PROG}: port, limits and credential take effect at the next `{PROG} restart`", file=sys.stderr)
     return 0
 
 
@@ -463,6 +471,93 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
             print(f"{PROG}: {messages.REPLY_STILL_WAITING.format(name=name, timeout=args.timeout)}", file=sys.stderr)
             return 124
         await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+# --- auth (issue 15) ------------------------------------------------------------------
+def _kind(args: argparse.Namespace) -> str:
+    """``api_key`` or ``oauth_token`` from the flags; a value given to either flag is refused unseen."""
+    flags = ("api_key", "oauth_token")  # each flag's dest is the kind it names
+    if args.stray or any(getattr(args, flag) not in (None, True) for flag in flags):
+        raise BadRequest(messages.AUTH_SECRET_IN_ARGV)
+    chosen = [flag for flag in flags if getattr(args, flag) is True]
+    if len(chosen) != 1:
+        raise BadRequest("give exactly one of --api-key and --oauth-token")
+    return chosen[0]
+
+
+async def _cmd_auth_set(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    kind = _kind(args)
+    name = validate_name(args.name)
+    secret = auth.read_secret(args.from_file, sys.stdin, f"{'API key' if kind == 'api_key' else 'OAuth token'} "
+                                                         f"for credential {name} (not echoed): ")
+    credential, outcomes = await auth.set_credential(cluster.paths, cluster, name, kind, secret)
+    return _auth_sent(args, [credential], outcomes)
+
+
+def _auth_sent(args: argparse.Namespace, credentials: list[Any], outcomes: list[Any]) -> int:
+    from convocate import auth
+
+    if args.json:
+        _print_json({"credentials": [c.summary() for c in credentials],
+                     "agents": [{"agent_id": o.agent_id, "ok": o.error is None,
+                                 **({"error": str(o.error)} if o.error else {"results": o.results})}
+                                for o in outcomes]})
+        failed = sum(o.error is not None for o in outcomes)
+    else:
+        failed = auth.print_outcomes(outcomes, lambda o: "; ".join(
+            messages.AUTH_SET_OK.format(agent=o.agent_id, name=r["name"], kind=r["kind"], fingerprint=r["fingerprint"])
+            for r in o.results))
+    if failed:
+        print(f"{PROG}: " + messages.AUTH_PUSH_HINT.format(failed=failed, total=len(outcomes)), file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _cmd_auth_push(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    credentials, outcomes = await auth.push(cluster.paths, cluster, validate_name(args.name) if args.name else None)
+    return _auth_sent(args, credentials, outcomes)
+
+
+async def _cmd_auth_status(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    rows, errors, note = await auth.status(cluster.paths, cluster)
+    if args.json:
+        _print_json({"credentials": [r.to_json() for r in rows],
+                     "errors": {a: str(e) for a, e in sorted(errors.items())}, "note": note})
+    else:
+        print(format_table([(r.agent_id, r.name, r.kind or "-", r.fingerprint or "-", r.state or "-") for r in rows],
+                           ("AGENT", "NAME", "KIND", "FINGERPRINT", "STATE")))
+    if not args.json:
+        for agent_id, error in sorted(errors.items()):
+            print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
+    return 1 if errors or any(r.state not in (auth.IN_SYNC, "") for r in rows) else 0
+
+
+async def _cmd_auth_rm(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    name = validate_name(args.name)
+    had, outcomes = await auth.remove(cluster.paths, cluster, name)
+    if args.json:
+        _print_json({"name": name, "shell": had, "agents": [
+            {"agent_id": o.agent_id, "ok": o.error is None, "removed": bool(o.results and o.results[0]),
+             **({"error": str(o.error)} if o.error else {})} for o in outcomes]})
+        failed = sum(o.error is not None for o in outcomes)
+    else:
+        print(f"shell host: {name} {'removed' if had else 'was not there'}")
+        failed = auth.print_outcomes(outcomes, lambda o: (messages.AUTH_RM_OK if o.results and o.results[0]
+                                                          else messages.AUTH_RM_ABSENT).format(agent=o.agent_id,
+                                                                                               name=name))
+    if failed:
+        print(f"{PROG}: {failed} of {len(outcomes)} agent(s) did not answer; run `{PROG} auth rm {name}` again "
+              "once they do", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -472,6 +567,15 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", help="DNS name for the session (RFC 1123)")
     p.add_argument("--cpus", type=float, help="CPU limit in cores [agent default]")
     p.add_argument("--memory", type=int, help="memory limit in MiB [agent default]")
+    p.add_argument("--credential", type=_session_credential,
+                   help=f"cluster credential to start with ('' for the agent's {DEFAULT_NAME}) [{DEFAULT_NAME}]")
+
+
+def _session_credential(value: str) -> str:
+    try:
+        return validate_session_credential(value)
+    except BadRequest as e:
+        raise argparse.ArgumentTypeError(e.message.removeprefix('field "credential": ')) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -586,6 +690,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--for", dest="state", required=True, choices=WAIT_STATES)
     p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (exit 124) [no limit]")
     p.set_defaults(func=_cmd_wait)
+
+    auth = sub.add_parser("auth", help="the cluster's Claude credentials",
+                          description="Store Claude credentials on the shell host (root, 0600) and send them to "
+                          "every agent; sessions get theirs at each start.")
+    auth_sub = auth.add_subparsers(dest="auth_command", prog=f"{PROG} auth", required=True)
+    p = auth_sub.add_parser("set", parents=[common], help="store a credential and send it to every agent",
+                            description="The secret comes from --from-file, stdin, or a no-echo prompt; never "
+                            "from the command line.")
+    p.add_argument("--name", default=DEFAULT_NAME, help="credential name [%(default)s]")
+    # nargs="?" so that a secret typed after the flag is caught and refused without being echoed.
+    p.add_argument("--api-key", nargs="?", const=True, default=None, metavar="",
+                   help="an Anthropic API key (ANTHROPIC_API_KEY)")
+    p.add_argument("--oauth-token", nargs="?", const=True, default=None, metavar="",
+                   help="a long-lived OAuth token from `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN)")
+    p.add_argument("--from-file", type=Path, help="read the secret from FILE ('-' for stdin)")
+    p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_auth_set)
+    p = auth_sub.add_parser("push", parents=[common], help="send the stored credentials to every agent again")
+    p.add_argument("--name", help="only this credential [all]")
+    p.set_defaults(func=_cmd_auth_push)
+    p = auth_sub.add_parser("status", parents=[common], help="which agent holds which credential")
+    p.set_defaults(func=_cmd_auth_status)
+    p = auth_sub.add_parser("rm", parents=[common], help="remove a credential everywhere")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_auth_rm)
 
     p = sub.add_parser("trash", parents=[common], help="list deleted sessions")
     p.set_defaults(func=_cmd_trash)

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from convocate.common import messages
+from convocate.common.fsutil import atomic_write
 from convocate.common.model import ACTIVITIES, validate_uuid
 from convocate.common.paths import Paths
 from convocate.common.protocol import LineDecoder, LineTooLong
@@ -497,6 +498,34 @@ class ReportSockets:
         finally:
             writer.close()
 
+    def write_credential_env(self, session_id: str, data: bytes | None) -> Path | None:
+        """Write (or, for None, remove) the session's ``credential.env`` beside its socket.
+
+        The file is 0600 and owned by the session user (an agent running as root gives it away;
+        the packaged agent is that user), written atomically, so the container's entrypoint, and
+        no other session, can read it through the read-only mount of this directory.
+
+        Args:
+            session_id: The session UUID (its directory must exist: :meth:`ensure` first).
+            data: The file's bytes (convocate.common.credentials.render_env_file), or None.
+
+        Returns:
+            The file's path, or None when it was removed.
+
+        Raises:
+            OSError: the file could not be written.
+        """
+        path = self.paths.session_credential_env(session_id)
+        if data is None:
+            path.unlink(missing_ok=True)
+            return None
+        as_root = os.geteuid() == 0
+        if not as_root and os.geteuid() != self.uid:
+            log.warning("session %s: the agent runs as uid %d, not the session user %d: the session cannot read "
+                        "its credential.env", session_id, os.geteuid(), self.uid)
+        atomic_write(path, data, mode=0o600, uid=self.uid if as_root else None, gid=self.gid if as_root else None)
+        return path
+
     def close(self, session_id: str) -> None:
         """Stop listening for a session and remove its socket directory."""
         server = self._servers.pop(session_id, None)
@@ -504,6 +533,8 @@ class ReportSockets:
             server.close()
         self._containers.pop(session_id, None)
         directory = self.directory(session_id)
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.session_credential_env(session_id).unlink()
         with contextlib.suppress(FileNotFoundError):
             (directory / SOCKET_NAME).unlink()
         with contextlib.suppress(OSError):

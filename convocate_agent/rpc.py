@@ -74,6 +74,9 @@ class RpcDispatcher:
             "logs": service.logs,
             "trash": service.trash,
             "restore": service.restore,
+            "credential_set": service.credential_set,
+            "credential_list": service.credential_list,
+            "credential_delete": service.credential_delete,
         }
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: str) -> Response:

@@ -70,7 +70,7 @@ LABEL_CLAUDE_CODE = "convocate.claude-code"
 TMUX_SESSION = "main"
 #: Where the session home is mounted in the container.
 CONTAINER_HOME = "/home/claude"
-#: Where the host's shared Claude credentials are mounted, read-only.
+#: Where the host's shared Claude settings (and fallback credentials) are mounted, read-only.
 CONTAINER_CLAUDE_SHARED = "/opt/convocate/claude-shared"
 #: Where the session's report socket directory is mounted.
 CONTAINER_REPORT_DIR = "/run/convocate-agent"
@@ -135,8 +135,11 @@ class SessionSpec:
         protocol: ``tcp`` or ``udp``.
         hostname: Container hostname.
         agent_command: Command the supervisor runs.
-        environment: Extra environment (e.g. ``ANTHROPIC_API_KEY`` from the root-only env file).
-        claude_shared: Host directory with shared Claude credentials, mounted read-only, or None.
+        environment: Extra Docker environment, never a secret (``docker inspect`` shows it): the
+            session's credential and the session env file reach it through ``credential.env`` in
+            ``report_dir`` instead (convocate_agent.service, issue 15).
+        claude_shared: Host directory with shared Claude settings (and the fallback credentials file,
+            used when no cluster credential is configured), mounted read-only, or None.
         uid: UID of the ``claude`` user inside the container.
         gid: GID of the ``claude`` user inside the container.
         cgroup_parent: Docker ``HostConfig.CgroupParent`` (capacity layer 2), or None.

@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from convocate.common import messages
+from convocate.common.credentials import (
+    Credential,
+    CredentialStore,
+    render_env_file,
+    resolved_name,
+    session_env,
+    summaries,
+)
 from convocate.common.errors import ConfigError, Conflict, ConvocateError, DockerError, NotFound
 from convocate.common.fsutil import read_token
 from convocate.common.model import (
@@ -139,6 +147,7 @@ class AgentService:
         self.gid = gid
         self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
         self.reports = ReportSockets(paths, self.on_report, uid=uid, gid=gid, container_of=self._container_id)
+        self.credentials = CredentialStore(paths.agent_credentials_dir)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
@@ -160,14 +169,27 @@ class AgentService:
     def _outside_memory(self) -> int:
         return outside_memory_mb(self.cgroup.memory_usage_bytes() if self.cgroup else None)
 
-    def _view(self, meta: SessionMeta, container: ContainerState | None, locked: bool | None = None) -> SessionView:
+    def _fingerprints(self) -> dict[str, str]:
+        """Name → fingerprint of the credentials this agent holds (an unreadable store counts as empty)."""
+        try:
+            return self.credentials.fingerprints()
+        except OSError as e:
+            log.warning("cannot read the credential store %s: %s", self.credentials.directory, e)
+            return {}
+
+    def _view(self, meta: SessionMeta, container: ContainerState | None, locked: bool | None = None,
+              fingerprints: dict[str, str] | None = None) -> SessionView:
         running = bool(container and container.running)
+        current = self._fingerprints() if fingerprints is None else fingerprints
+        name = resolved_name(meta.credential)
         return SessionView(
             meta=meta,
             running=running,
             attached_count=self._attached.get(meta.uuid, 0) if running else 0,
             locked=self.locks.is_locked(meta.uuid) if locked is None else locked,
             claude_code=container.claude_code if container is not None else "",
+            credential_stale=running and meta.credential_fingerprint != current.get(name, ""),
+            credential_missing=bool(meta.credential) and meta.credential not in current,
         )
 
     async def _wire(self, meta: SessionMeta, locked: bool | None = None) -> dict[str, Any]:
@@ -281,8 +303,9 @@ class AgentService:
         for b in broken:
             log.warning("skipping session %s: %s", b.uuid, b.reason)
         locked = self.locks.locked_ids()
+        fingerprints = self._fingerprints()
         sessions.sort(key=lambda m: m.last_accessed, reverse=True)
-        return [self._view(m, containers.get(m.uuid), m.uuid in locked).to_wire() for m in sessions]
+        return [self._view(m, containers.get(m.uuid), m.uuid in locked, fingerprints).to_wire() for m in sessions]
 
     async def get(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self._wire(self.store.load(params["id"]))
@@ -297,6 +320,7 @@ class AgentService:
                 others = self._others(session_id)
                 dns_name = params.get("dns_name", "")
                 self._check_dns(dns_name, others)
+                self._check_credential(params.get("credential", ""))
                 protocol = params.get("protocol", "tcp")
                 port = self._resolve_port(params.get("port", 0), protocol, others)
                 now = now_ns()
@@ -304,6 +328,7 @@ class AgentService:
                     uuid=session_id, name=params["name"], created_at=now, last_accessed=now, port=port,
                     protocol=protocol, dns_name=dns_name, cpus=params.get("cpus", settings.default_cpus),
                     memory_mb=params.get("memory_mb", settings.default_memory_mb),
+                    credential=params.get("credential", ""),
                 )
                 if start:
                     image = self.current_image()  # fail before anything is made
@@ -332,28 +357,75 @@ class AgentService:
             self._emit(CONTAINER_STARTED, session_id, wire)
             return wire
 
+    def _check_credential(self, name: str) -> None:
+        """Refuse a session credential named explicitly that this agent does not hold.
+
+        Raises:
+            NotFound: no credential of that name (``""``, the default, is never refused).
+        """
+        if name and self.credentials.get(name) is None:
+            raise NotFound(messages.CREDENTIAL_NOT_ON_AGENT.format(name=name))
+
+    def _session_credential(self, meta: SessionMeta) -> Credential | None:
+        """The credential a session starts with: its own, else ``default``; None (logged) when there is none."""
+        name = resolved_name(meta.credential)
+        try:
+            credential = self.credentials.get(name)
+        except (ConfigError, OSError) as e:
+            log.warning("session %s: cannot read its credential %s (%s); it starts without one", meta.uuid, name, e)
+            return None
+        if credential is None and meta.credential:
+            log.warning(messages.CREDENTIAL_MISSING_AT_START.format(id=meta.uuid, name=name))
+        return credential
+
+    def _write_credential_env(self, meta: SessionMeta) -> str:
+        """Write the session's ``credential.env`` for its next container start; returns the fingerprint in it.
+
+        Holds the session env file's lines and the session's credential (convocate.common.credentials);
+        nothing of it goes into Docker's environment, labels or the session's record.
+        """
+        credential = self._session_credential(meta)
+        env, skipped = session_env(self._session_environment(), credential)
+        if skipped:
+            log.warning("session env file: %s not passed to sessions (only Claude Code's, proxy and CA variables "
+                        "are)", ", ".join(sorted(skipped)))
+        self.reports.write_credential_env(meta.uuid, render_env_file(env) if env else None)
+        if credential is not None:
+            log.info("session %s starts with credential %s (%s, %s)", meta.uuid, credential.name, credential.kind,
+                     credential.fingerprint)
+        return credential.fingerprint if credential is not None else ""
+
     async def _start(self, meta: SessionMeta, image: str) -> SessionMeta:
-        """Admit, start and wait for a session's container; persists the image used."""
+        """Admit, start and wait for a session's container; persists the image and credential fingerprint used.
+
+        The session's ``credential.env`` exists from just before the container starts until it is
+        ready (its entrypoint has read it by then) and is removed after, whatever happened.
+        """
         report_dir = await self.reports.ensure(meta.uuid)
         self._cancel_resume(meta.uuid)
+        fingerprint = self._write_credential_env(meta)
         meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns(), activity_until=0)
         self.store.save(meta)
         spec = SessionSpec(
             session_id=meta.uuid, image=image, home=self.paths.session_dir(meta.uuid), cpus=meta.cpus,
             memory_mb=meta.memory_mb, port=meta.port, protocol=meta.protocol,
             hostname=meta.dns_name.split(".")[0] if meta.dns_name else f"session-{meta.uuid[:8]}",
-            agent_command=self.settings.agent_command, environment=self._session_environment(),
+            agent_command=self.settings.agent_command,
             claude_shared=self.paths.claude_shared_dir if self.paths.claude_shared_dir.is_dir() else None,
             uid=self.uid, gid=self.gid, cgroup_parent=self.cgroup.docker_value if self.cgroup else None,
             report_dir=report_dir, restart_backoff_s=self.settings.restart_backoff_s,
             pids_limit=self.settings.pids_limit, work_dir=self.settings.work_dir,
             skip_permissions=self.settings.skip_permissions,
         )
-        async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
-            await self.runtime.start(spec)
-            waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
+        try:
+            async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
+                await self.runtime.start(spec)
+                waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
+        finally:
+            self.reports.write_credential_env(meta.uuid, None)
         log.info("session %s ready in %.0f ms (image %s)", meta.uuid, waited * 1000, image)
-        meta = self.store.load(meta.uuid).with_changes(image=image, last_accessed=now_ns())  # reports may have come
+        meta = self.store.load(meta.uuid).with_changes(image=image, last_accessed=now_ns(),  # reports may have come
+                                                       credential_fingerprint=fingerprint)
         self.store.save(meta)
         return meta
 
@@ -368,6 +440,9 @@ class AgentService:
                 for key in ("name", "cpus", "memory_mb"):
                     if key in params:
                         changes[key] = params[key]
+                if "credential" in params and params["credential"] != meta.credential:
+                    self._check_credential(params["credential"])
+                    changes["credential"] = params["credential"]
                 if "dns_name" in params and params["dns_name"] != meta.dns_name:
                     self._check_dns(params["dns_name"], others)
                     changes["dns_name"] = params["dns_name"]
@@ -390,7 +465,7 @@ class AgentService:
         with self.locks.hold(source_id, "clone"), self.locks.hold(session_id, "clone"):
             now = now_ns()
             meta = SessionMeta(uuid=session_id, name=params["name"], created_at=now, last_accessed=now,
-                               cpus=source.cpus, memory_mb=source.memory_mb)
+                               cpus=source.cpus, memory_mb=source.memory_mb, credential=source.credential)
             await asyncio.to_thread(self.store.clone, source_id, meta)
         wire = self._view(meta, None, False).to_wire()
         self._emit(CONTAINER_CREATED, session_id, wire)
@@ -472,6 +547,42 @@ class AgentService:
         if {"resume_after_limit", "resume_message"} & set(params):
             self.reschedule_resumes()
         return updated.to_json()
+
+    # --- credentials (issue 15) ------------------------------------------------------------
+    async def credential_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Store (or replace) a credential; new and restarted sessions get it. Never returns the secret."""
+        credential = await asyncio.to_thread(self.credentials.put, params["name"], params["kind"], params["secret"])
+        log.info("credential %s (%s) set: %s", credential.name, credential.kind, credential.fingerprint)
+        await self._announce_credential_change(credential.name)
+        return credential.summary()
+
+    async def credential_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """``[{name, kind, fingerprint, set_at}]`` of every credential this agent holds, by name."""
+        return summaries(await asyncio.to_thread(self.credentials.all))
+
+    async def credential_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Remove a credential; sessions started with it keep it until they stop.
+
+        Raises:
+            NotFound: there is no credential of that name.
+        """
+        await asyncio.to_thread(self.credentials.delete, params["name"])
+        log.info("credential %s removed", params["name"])
+        await self._announce_credential_change(params["name"])
+        return {"name": params["name"], "deleted": True}
+
+    async def _announce_credential_change(self, name: str) -> None:
+        """Publish ``container.edited`` for each session using ``name``, so TUIs mark (or unmark) the stale ones."""
+        try:
+            containers = await self.runtime.containers()
+        except DockerError as e:
+            log.warning("credential %s changed; cannot tell which sessions use it: %s", name, e)
+            return
+        fingerprints = self._fingerprints()
+        for meta in self.store.load_all()[0]:
+            if resolved_name(meta.credential) == name:
+                self._emit(CONTAINER_EDITED, meta.uuid,
+                           self._view(meta, containers.get(meta.uuid), fingerprints=fingerprints).to_wire())
 
     async def capture(self, params: dict[str, Any]) -> dict[str, Any]:
         """The session pane's text; ``lines`` > 0 includes that many lines of history."""
@@ -769,6 +880,7 @@ class AgentService:
         report["containers"] = len(containers)
         for meta in self.store.load_all()[0]:
             await self.reports.ensure(meta.uuid)
+            self.reports.write_credential_env(meta.uuid, None)  # left by a start this agent did not finish
         report["resumes_planned"] = self.reschedule_resumes()
         for sid, state in containers.items():
             if not self.store.exists(sid):

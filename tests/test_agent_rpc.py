@@ -231,10 +231,21 @@ async def test_credentials_reach_sessions_read_only_and_agent_keys_never(ssh, cl
         assert mounts["/opt/convocate/claude-shared"]["RW"] is False
         assert mounts["/home/claude"]["RW"] is True
         assert not any(str(cluster.paths.agent_etc) in m["Source"] for m in mounts.values())
-        env = container.attrs["Config"]["Env"]
-        assert "ANTHROPIC_API_KEY=sk-test-123" in env and "OTHER=x y" in env
+        env = container.attrs["Config"]["Env"]  # the session env file reaches the session, not Docker (issue 15)
+        assert not any("sk-test-123" in e or e.startswith("OTHER=") for e in env)
+        code, out = container.exec_run(["tmux", "show-environment", "-g", "ANTHROPIC_API_KEY"], user="1337:1337",
+                                       environment={"HOME": "/home/claude"})
+        assert code == 0 and out.decode().strip() == "ANTHROPIC_API_KEY=sk-test-123"
+        link = ["readlink", "/home/claude/.claude/.credentials.json"]
+        code, out = container.exec_run(link, user="1337:1337")
+        assert out.decode().strip() == ""  # a key is given: the shared credentials file is not linked
         code, out = container.exec_run(["sh", "-c", "echo x > /opt/convocate/claude-shared/new"], user="1337:1337")
         assert code != 0 and b"Read-only file system" in out
+        env_file.write_text("# no key now\n")  # no credential at all: the shared file is the fallback
+        await rpc_ok(ssh, "restart", {"id": made["uuid"]})
+        container = docker_client.containers.get(f"convocate-session-{made['uuid']}")
+        code, out = container.exec_run(link, user="1337:1337")
+        assert out.decode().strip() == "/opt/convocate/claude-shared/.credentials.json"
         await rpc_ok(ssh, "kill", {"id": made["uuid"]})
         await rpc_ok(ssh, "delete", {"id": made["uuid"]})
     finally:

@@ -101,7 +101,21 @@ def test_each_subcommand_offers_exactly_its_options(scripts, prog, name):
     expected = {s for a in sub._actions for s in a.option_strings}
     assert expected >= {"-h", "--help"}
     assert sorted(complete(scripts, [prog, name, "-"])) == sorted(expected)
-    assert sorted(complete(scripts, [prog, name, ""])) == sorted(expected)  # also before the first dash
+    children = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+    if children:  # a command of commands (convocate auth): their names before the first dash
+        assert sorted(complete(scripts, [prog, name, ""])) == sorted(children[0].choices)
+        for child_name, child in children[0].choices.items():
+            options = {s for a in child._actions for s in a.option_strings}
+            assert sorted(complete(scripts, [prog, name, child_name, "-"])) == sorted(options)
+    else:
+        assert sorted(complete(scripts, [prog, name, ""])) == sorted(expected)  # also before the first dash
+
+
+def test_auth_set_completes_its_file_and_not_after_its_flags(scripts, tmp_path):
+    (tmp_path / "key.txt").write_text("")
+    assert complete(scripts, ["convocate", "auth", "set", "--from-file", "ke"], cwd=tmp_path) == ["key.txt"]
+    assert complete(scripts, ["convocate", "auth", "set", "--api-key", "--fr"]) == ["--from-file"]
+    assert complete(scripts, ["convocate", "auth", "--json", "st"]) == ["status"]
 
 
 def test_options_after_other_words_and_options(scripts):

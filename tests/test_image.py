@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import docker
 import pytest
@@ -386,6 +387,34 @@ def test_skip_permissions_adds_the_flag_at_start_and_resume_and_accepts_the_mode
     assert b"(permissions skipped), work dir /home/claude/projects/site" in container.logs()
 
 
+def _conversation(lines: list[dict]) -> Callable[[Path], None]:
+    """A ``setup`` that leaves Claude Code's transcript of the default work dir in the home."""
+    def plant(home: Path) -> None:
+        project = home / ".claude" / "projects" / "-home-claude-work"
+        project.mkdir(parents=True)
+        (project / "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines))
+        for path in (home / ".claude", home / ".claude" / "projects", project, *project.iterdir()):
+            os.chown(path, 1337, 1337)
+    return plant
+
+
+def test_a_start_continues_the_conversation_the_work_dir_has(run_session, agent_socket):
+    """A container restart or a clone: Claude Code's transcript is there, so the first start is ``-c``."""
+    container, _ = run_session(agent=agent_socket, setup=_conversation([
+        {"type": "summary"}, {"type": "user", "message": {"role": "user", "content": "hi"}}]))
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude -c")
+    assert [d["command"] for _, e, d in agent_socket.events("supervisor") if e == "start"] == ["claude -c"]
+
+
+def test_a_transcript_without_a_user_turn_starts_a_new_conversation(run_session):
+    container, _ = run_session(setup=_conversation([{"type": "assistant", "isApiErrorMessage": True}]))
+    wait_ready(container)
+    screen = wait_screen(container, "convocate stand-in claude")
+    assert "claude -c" not in screen, screen
+
+
 def test_a_command_with_the_flag_already_gets_it_once(run_session):
     container, _ = run_session(CONVOCATE_SKIP_PERMISSIONS="1",
                                CONVOCATE_AGENT_COMMAND="claude --dangerously-skip-permissions --verbose")
@@ -428,3 +457,30 @@ def test_a_hostile_claude_json_is_left_alone_and_the_session_still_starts(run_se
     logs = container.logs().decode()
     assert "warning: ~/.claude.json is not set up, Claude Code may stop at a dialog: claude-config: " \
            "/home/claude/.claude.json left alone, it is not readable JSON" in logs, logs
+
+
+def test_credential_env_reaches_the_session_user_verbatim_and_only_known_names(run_session, tmp_path):
+    """credential.env (issue 15) is data: no expansion, no quoting rules, unknown names skipped, nothing sourced."""
+    agent_dir = tmp_path / "agent-dir"
+    agent_dir.mkdir()
+    tricky = "sk-$(touch /tmp/pwned)'\"`id`;x=y"
+    (agent_dir / "credential.env").write_text(
+        f"ANTHROPIC_API_KEY={tricky}\nPATH=/evil\nnot a line\n# comment\n"
+        "ANTHROPIC_BASE_URL=http://127.0.0.1:9 with spaces\nCLAUDE_CODE_OAUTH_TOKEN=tok")
+    os.chown(agent_dir / "credential.env", 1337, 1337)
+    os.chmod(agent_dir / "credential.env", 0o600)
+    os.chmod(agent_dir, 0o755)
+    agent = SimpleNamespace(dir=agent_dir)
+    container, _ = run_session(agent=agent)
+    wait_ready(container)
+    code, out = tmux(container, "show-environment", "-g")
+    env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+    assert env["ANTHROPIC_API_KEY"] == tricky
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9 with spaces"
+    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == "tok"  # a last line without a newline counts
+    assert env["PATH"] != "/evil"
+    assert container.exec_run(["test", "-e", "/tmp/pwned"]).exit_code != 0
+    logs = container.logs().decode()
+    assert "session environment from /run/convocate-agent/credential.env: ANTHROPIC_API_KEY ANTHROPIC_BASE_URL " \
+           "CLAUDE_CODE_OAUTH_TOKEN" in logs and "skipped a line" in logs and tricky not in logs
+    assert not any(e.startswith("ANTHROPIC_API_KEY=") for e in container.attrs["Config"]["Env"])

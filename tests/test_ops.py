@@ -11,7 +11,7 @@ SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 def test_every_op_of_the_design_is_declared():
     assert set(OPS) == {"ping", "list", "get", "create", "edit", "clone", "delete", "kill", "background", "override",
                         "restart", "settings-get", "settings-set", "capture", "send", "capacity", "logs", "trash",
-                        "restore"}
+                        "restore", "credential_set", "credential_list", "credential_delete"}
 
 
 def test_create_normalises_values():
@@ -38,6 +38,14 @@ def test_create_normalises_values():
     ("send", {"id": SID, "text": "a" * 70000}, "longer than"),
     ("capture", {"id": SID, "lines": -1}, 'field "lines"'),
     ("edit", {"id": SID, "name": True}, 'field "name" must be a string, got boolean'),
+    ("credential_set", {"name": "Default", "kind": "api_key", "secret": "k"}, "a credential name is"),
+    ("credential_set", {"name": "../x", "kind": "api_key", "secret": "k"}, "a credential name is"),
+    ("credential_set", {"name": "a", "kind": "password", "secret": "k"}, 'field "kind"'),
+    ("credential_set", {"name": "a", "kind": "api_key"}, 'missing required field "secret"'),
+    ("credential_set", {"name": "a", "kind": "api_key", "secret": 5}, 'field "secret" must be a string'),
+    ("credential_delete", {}, 'missing required field "name"'),
+    ("create", {"name": "x", "credential": "Bad Name"}, 'field "credential"'),
+    ("edit", {"id": SID, "credential": "a" * 33}, 'field "credential"'),
 ])
 def test_bad_params_name_the_field(op, params, fragment):
     with pytest.raises(BadRequest) as e:
@@ -48,3 +56,18 @@ def test_bad_params_name_the_field(op, params, fragment):
 
 def test_settings_set_passes_an_open_object_through():
     assert decode_params("settings-set", {"default_cpus": 1}) == {"default_cpus": 1}
+
+
+@pytest.mark.parametrize("secret", ["sk-ant-with space", "line\nbreak", "", "x" * 4097, "caf\u00e9"])
+def test_a_bad_secret_is_refused_without_being_quoted(secret):
+    with pytest.raises(BadRequest) as refused:
+        decode_params("credential_set", {"name": "default", "kind": "api_key", "secret": secret})
+    assert refused.value.message.startswith('decode params: field "secret"')
+    assert not secret or secret not in refused.value.message
+
+
+def test_credential_params_decode():
+    assert decode_params("credential_set", {"name": "team-b", "kind": "oauth_token", "secret": "sk-ant-oat01-x"}) == {
+        "name": "team-b", "kind": "oauth_token", "secret": "sk-ant-oat01-x"}
+    assert decode_params("create", {"name": "n", "credential": ""}) == {"name": "n", "credential": ""}
+    assert decode_params("edit", {"id": SID, "credential": "team-b"}) == {"id": SID, "credential": "team-b"}

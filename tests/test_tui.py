@@ -405,3 +405,28 @@ def test_a_packaged_shell_host_without_its_session_image_says_so_and_how_to_buil
         tui.wait_for("EXIT=0")
     finally:
         context.rmdir()
+
+
+def test_a_session_on_an_old_credential_is_marked_and_its_reason_shown_when_selected(cluster, tui):
+    assert cluster.run_role("convocate", "auth", "set", "--name", "tui-cred", "--api-key", input="sk-ant-tui-one",
+                            timeout=120).returncode == 0
+    cli(cluster, "new", "on-cred", "--cpus", "0.1", "--memory", "100", "--credential", "tui-cred")
+    tui.open()
+    tui.wait_state("on-cred", "R")
+    assert messages.CREDENTIAL_STALE_MARK not in tui.row("on-cred")
+    cluster.run_role("convocate", "auth", "set", "--name", "tui-cred", "--api-key", input="sk-ant-tui-two",
+                     timeout=120)
+    tui.wait_for(messages.CREDENTIAL_STALE_MARK)  # live, from the agent's container.edited
+    assert tui.row("on-cred").rstrip(" │").endswith(messages.CREDENTIAL_STALE_MARK)
+    tui.select("on-cred")
+    tui.wait_for('runs with an old credential "tui-cred"')
+    cli(cluster, "restart", "on-cred")
+    deadline = time.monotonic() + 20
+    while messages.CREDENTIAL_STALE_MARK in tui.row("on-cred") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert messages.CREDENTIAL_STALE_MARK not in tui.row("on-cred")
+    cli(cluster, "kill", "on-cred")
+    cli(cluster, "delete", "on-cred")
+    cli(cluster, "auth", "rm", "tui-cred")
+    tui.keys("q")
+    tui.wait_for("EXIT=0")

@@ -102,3 +102,22 @@ def test_an_unchanged_edit_form_sends_the_session_as_it_is():
     assert session_params(SessionFields.of(meta), "edit", S1) == {
         "id": S1, "name": "kept", "protocol": "udp", "port": 8080, "dns_name": "kept-example", "cpus": 0.25,
         "memory_mb": 512}
+
+
+def test_a_session_on_an_old_credential_is_marked_and_its_detail_says_why():
+    model = ClusterModel({"agent001": "a:222"})
+    model.set_reach("agent001", REACHABLE)
+    model.replace_sessions("agent001", [view(S1, "fresh", 10, running=True)])
+    (row,) = model.rows()
+    assert messages.CREDENTIAL_STALE_MARK not in row.render(1) and row.detail == ""
+    stale = view(S1, "fresh", 10, running=True)
+    stale = SessionView(stale.meta.with_changes(credential="team-b", credential_fingerprint="sha256:00112233445566aa"),
+                        running=True, credential_stale=True)
+    model.apply(Event.now("container.edited", "agent001", S1, stale.to_wire()).to_wire())
+    (row,) = model.rows()
+    assert row.render(1).endswith("  " + messages.CREDENTIAL_STALE_MARK)
+    assert row.detail == messages.CREDENTIAL_STALE_DETAIL.format(name="team-b", running="sha256:00112233445566aa")
+    missing = SessionView(stale.meta, running=False, credential_missing=True)
+    model.apply(Event.now("container.stopped", "agent001", S1, missing.to_wire()).to_wire())
+    (row,) = model.rows()
+    assert row.detail == messages.CREDENTIAL_MISSING_DETAIL.format(name="team-b", agent="agent001")

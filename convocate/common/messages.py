@@ -32,6 +32,42 @@ DNS_NAME_OUTSIDE_DOMAIN = "a dotted name must lie inside the cluster's domain {d
 BAD_RANGE = 'field "{field}": {value} is out of range ({low}..{high}{unit})'
 BAD_TEXT = 'field "{field}": {reason}'
 
+# --- credentials (convocate.common.credentials, issue 15) ---------------------------
+BAD_CREDENTIAL_NAME = (
+    'field "{field}": a credential name is 1-32 of a-z, 0-9 and "-", starting with a letter or digit'
+    " (got {value!r})"
+)
+BAD_CREDENTIAL_KIND = 'field "kind": must be "api_key" or "oauth_token", got {value!r}'
+#: Never quotes the value: it is a secret.
+BAD_CREDENTIAL_SECRET = (
+    'field "secret": must be 1-{limit} printable ASCII characters without spaces (the value is not shown)'
+)
+CREDENTIAL_NOT_FOUND = 'credential "{name}" does not exist on this agent'
+CREDENTIAL_NOT_ON_AGENT = (
+    'credential "{name}" does not exist on this agent: set it with `convocate auth set --name {name}` '
+    "(or `convocate auth push` if the shell host has it)"
+)
+#: A session whose credential is gone at start: it starts without one (agent log and the session's view).
+CREDENTIAL_MISSING_AT_START = 'session {id}: its credential "{name}" does not exist on this agent; started without one'
+AUTH_SET_OK = "agent {agent}: {name} ({kind}) {fingerprint} set"
+AUTH_AGENT_FAILED = "agent {agent}: failed: {error}"
+AUTH_PUSH_HINT = "{failed} of {total} agent(s) did not take it; run `convocate auth push` once they answer"
+AUTH_RM_OK = "agent {agent}: {name} removed"
+AUTH_RM_ABSENT = "agent {agent}: {name} was not there"
+AUTH_NOTHING_STORED = "the shell host holds no credential{which}: set one with `convocate auth set`"
+AUTH_NO_SECRET = "no secret given: pass --from-file FILE, pipe it on stdin, or type it at the prompt"
+AUTH_SECRET_IN_ARGV = "a secret is never taken from the command line: use --from-file FILE, stdin or the prompt"
+AUTH_SHELL_UNREADABLE = "the shell host's credentials ({path}) are root's: run as root to compare fingerprints"
+AUTH_STATUS_MISSING = "missing"
+AUTH_STATUS_DIFFERS = "differs from the shell's"
+AUTH_STATUS_NOT_ON_SHELL = "not on the shell host"
+#: The TUI's marker and detail line for a session started with a credential that has since changed.
+CREDENTIAL_STALE_MARK = "old-cred"
+CREDENTIAL_STALE_DETAIL = (
+    'runs with an old credential "{name}" ({running}), changed or removed since: restart it to use the current one'
+)
+CREDENTIAL_MISSING_DETAIL = 'its credential "{name}" is not on agent {agent}: it runs without one'
+
 # --- lifecycle conflicts -------------------------------------------------------
 PORT_IN_USE = "port {port}/{protocol} is already used by session {owner}"
 PORT_BUSY_ON_HOST = "port {port}/{protocol} is in use on the agent host"

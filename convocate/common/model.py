@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from convocate.common import messages
+from convocate.common.credentials import validate_session_credential
 from convocate.common.errors import BadRequest
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 
@@ -44,6 +45,8 @@ _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 DNS_NAME_MAX = 253
 #: Longest DNS label (RFC 1035 §2.3.4).
 DNS_LABEL_MAX = 63
+#: A credential fingerprint as the agent records it (convocate.common.credentials.fingerprint).
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{16}")
 
 
 def validate_uuid(value: Any, field_name: str = "id") -> str:
@@ -225,6 +228,10 @@ class SessionMeta:
         activity_at: When the activity last changed, ns since the epoch (0: never).
         activity_until: ``limited`` only: when the limit resets (or the agent tries again), ns since
             the epoch; 0 otherwise. On the wire ``activity_until`` (RFC 3339), omitted when 0.
+        credential: Name of the cluster credential the session uses; ``""`` means ``default``
+            (convocate.common.credentials).
+        credential_fingerprint: Fingerprint of the credential its container last started with,
+            ``""`` for none (never the secret).
     """
 
     uuid: str
@@ -241,6 +248,8 @@ class SessionMeta:
     activity_detail: str = ""
     activity_at: int = 0
     activity_until: int = 0
+    credential: str = ""
+    credential_fingerprint: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The object written to ``session.json``."""
@@ -256,6 +265,8 @@ class SessionMeta:
             "memory_mb": self.memory_mb,
             "image": self.image,
             **self._activity_json(),
+            "credential": self.credential,
+            "credential_fingerprint": self.credential_fingerprint,
         }
 
     def _activity_json(self) -> dict[str, Any]:
@@ -316,6 +327,10 @@ class SessionMeta:
             activity_until = parse_rfc3339(obj["activity_until"]) if obj.get("activity_until") else 0
         except (TypeError, ValueError) as e:
             raise BadRequest(f"bad activity_until: {e}") from e
+        credential = validate_session_credential(obj.get("credential", "") or "")
+        fingerprint = obj.get("credential_fingerprint", "") or ""
+        if not isinstance(fingerprint, str) or (fingerprint and not _FINGERPRINT.fullmatch(fingerprint)):
+            raise BadRequest(f"bad credential_fingerprint {fingerprint!r}")
         return cls(
             uuid=sid,
             name=validate_name(obj.get("name")),
@@ -331,6 +346,8 @@ class SessionMeta:
             activity_detail=detail if isinstance(detail, str) else "",
             activity_at=activity_at,
             activity_until=activity_until if activity == ACTIVITY_LIMITED else 0,
+            credential=credential,
+            credential_fingerprint=fingerprint,
         )
 
     def with_changes(self, **changes: Any) -> SessionMeta:
@@ -368,6 +385,9 @@ class SessionView:
         orphan: A session directory on the shell host that no agent claims (state ``O``).
         claude_code: The Claude Code version the session's container runs (its image's
             ``convocate.claude-code`` label), ``""`` when it has no container or the label is missing.
+        credential_stale: The container runs with a credential fingerprint that is no longer the
+            current one for its credential's name (``convocate auth set`` changed it, or removed it).
+        credential_missing: The session names a credential the agent does not have (it starts without one).
     """
 
     meta: SessionMeta
@@ -378,6 +398,8 @@ class SessionView:
     extra: dict[str, Any] = field(default_factory=dict)
     orphan: bool = False
     claude_code: str = ""
+    credential_stale: bool = False
+    credential_missing: bool = False
 
     @property
     def state(self) -> str:
@@ -409,6 +431,10 @@ class SessionView:
             memory_mb=m.memory_mb,
             attached_count=self.attached_count,
             **m._activity_json(),
+            credential=m.credential,
+            credential_fingerprint=m.credential_fingerprint,
+            credential_stale=self.credential_stale,
+            credential_missing=self.credential_missing,
         )
         if self.claude_code:  # (ext) omitted when unknown
             wire["claude_code"] = self.claude_code
@@ -437,4 +463,6 @@ class SessionView:
             locked=state == STATE_LOCKED,
             agent_id=agent_id,
             claude_code=claude_code if isinstance(claude_code, str) else "",
+            credential_stale=obj.get("credential_stale") is True,
+            credential_missing=obj.get("credential_missing") is True,
         )

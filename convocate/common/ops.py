@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from convocate.common import messages
+from convocate.common import credentials, messages
 from convocate.common.errors import BadRequest
 from convocate.common.model import (
     parse_trash_id,
@@ -121,6 +121,9 @@ _PROTOCOL = Param("protocol", "string", check=validate_protocol)
 _DNS = Param("dns_name", "string", check=validate_dns_name)
 _CPUS = Param("cpus", "number", check=_cpus)
 _MEMORY = Param("memory_mb", "integer", check=_memory)
+#: A session's credential name (issue 15): ``""`` means the agent's ``default`` credential.
+_CREDENTIAL = Param("credential", "string", check=credentials.validate_session_credential)
+_CREDENTIAL_NAME = Param("name", "string", required=True, check=credentials.validate_name)
 
 #: Every op and its parameters. ``None`` marks an op whose params are an open
 #: object validated by its handler (``settings-set``).
@@ -131,9 +134,9 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "create": (
         Param("name", "string", required=True, check=validate_name),
         _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY,
-        Param("start", "boolean"),
+        Param("start", "boolean"), _CREDENTIAL,
     ),
-    "edit": (_id(), _NAME, _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY),
+    "edit": (_id(), _NAME, _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY, _CREDENTIAL),
     "clone": (_id("source_id"), Param("name", "string", required=True, check=validate_name)),
     "delete": (_id(),),
     "kill": (_id(),),
@@ -148,6 +151,14 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "logs": (_id(), Param("lines", "integer", check=_lines), Param("since", "string", check=_timestamp)),
     "trash": (),
     "restore": (Param("trash_id", "string", required=True, check=_trash_id),),
+    # (ext, issue 15) the cluster's Claude credentials; no result or error ever carries a secret.
+    "credential_set": (
+        _CREDENTIAL_NAME,
+        Param("kind", "string", required=True, check=credentials.validate_kind),
+        Param("secret", "string", required=True, check=credentials.validate_secret),
+    ),
+    "credential_list": (),
+    "credential_delete": (_CREDENTIAL_NAME,),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).

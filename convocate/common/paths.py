@@ -99,6 +99,17 @@ class Paths:
         return self.agent_state_dir / "incoming"
 
     @property
+    def agent_credentials_dir(self) -> Path:
+        """``/var/lib/convocate-agent/credentials/``: ``<name>.json`` (0600, the agent's user), the cluster's
+        Claude credentials as the shell host sent them (``credential_set``); no session mounts it."""
+        return self.agent_state_dir / "credentials"
+
+    def session_credential_env(self, session_id: str) -> Path:
+        """``/run/convocate-agent/sessions/<uuid>/credential.env``: the session's credential for its entrypoint,
+        written at each container start (0600, the session user), seen in that container only."""
+        return self.session_run_dir(session_id) / "credential.env"
+
+    @property
     def agent_rsyslog_tls(self) -> Path:
         return self.agent_etc / "rsyslog-tls"
 
@@ -232,6 +243,12 @@ class Paths:
     def shell_domain_file(self) -> Path:
         """The cluster's DNS domain (one line)."""
         return self.shell_etc / "domain"
+
+    @property
+    def shell_credentials_dir(self) -> Path:
+        """``/etc/convocate/credentials/``: ``<name>.json`` (0600, root), the cluster's Claude credentials
+        (``convocate auth set``), sent to every agent."""
+        return self.shell_etc / "credentials"
 
     @property
     def status_host_key(self) -> Path:

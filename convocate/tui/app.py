@@ -116,7 +116,9 @@ class MainForm(npyscreen.FormBaseNew):
         """
         app: ConvocateApp = self.parentApp
         clock = time.strftime("%H:%M:%S")
-        if (app.model.version, clock, app.message) == self._shown:
+        selected = self.selected()
+        message = app.message or (selected.detail if selected is not None else "")
+        if (app.model.version, clock, message) == self._shown:
             return False
         if app.model.version != self._shown[0]:
             app.refresh_rows(self)
@@ -127,8 +129,8 @@ class MainForm(npyscreen.FormBaseNew):
         self.title.value = (f"convocate  {len(app.model.agents)} agent(s), {app.model.session_count()} session(s)"
                             f"{f' ({counts})' if counts else ''}"
                             f"  {capacity + '  ' if capacity else ''}load {load}  {clock}")
-        self.message.value = app.message
-        self._shown = (app.model.version, clock, app.message)
+        self.message.value = message  # the app's news first, else the selected session's credential trouble
+        self._shown = (app.model.version, clock, message)
         # Only the widgets that change: Form.display() erases the pad, and the table
         # skips redrawing lines it thinks are still on screen.
         self.title.update()

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from convocate.common import messages
+from convocate.common.credentials import resolved_name
 from convocate.common.errors import BadRequest
 from convocate.common.model import ACTIVITY_LIMITED, SessionView
 from convocate.common.protocol import (
@@ -112,7 +114,22 @@ class Row:
             return "  ".join(_fit(c, w) for c, w in zip(lead, WIDTHS, strict=False)) + "  " + until + \
                 (f"  {m.activity_detail}" if m.activity_detail else "")
         cells = (*lead, m.activity or "-", port, m.dns_name or "-", _clock(m.created_at), _clock(m.last_accessed))
-        return "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
+        line = "  ".join(_fit(c, w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
+        return f"{line}  {messages.CREDENTIAL_STALE_MARK}" if self.session.credential_stale else line
+
+    @property
+    def detail(self) -> str:
+        """What the status line says of this session when it is selected: its credential trouble, or ``""``."""
+        view = self.session
+        if view is None:
+            return ""
+        name = resolved_name(view.meta.credential)
+        if view.credential_missing:
+            return messages.CREDENTIAL_MISSING_DETAIL.format(name=name, agent=self.agent_id)
+        if view.credential_stale:
+            return messages.CREDENTIAL_STALE_DETAIL.format(name=name,
+                                                           running=view.meta.credential_fingerprint or "none")
+        return ""
 
 
 def _fit(text: str, width: int) -> str:

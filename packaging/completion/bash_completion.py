@@ -44,7 +44,7 @@ class Option:
 
     Attributes:
         strings: Its option strings (``-f``, ``--follow``).
-        takes_value: Whether the next word is its value.
+        takes_value: Whether the next word is its value (not for a value that is optional).
         choices: The values it accepts, when argparse restricts them.
         path: Whether its value is a file name (``type=Path``).
     """
@@ -57,10 +57,11 @@ class Option:
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One subcommand and its options, in the parser's order."""
+    """One subcommand, its options in the parser's order, and its own subcommands (``convocate auth set``)."""
 
     name: str
     options: tuple[Option, ...]
+    children: tuple[Subcommand, ...] = ()
 
 
 def _words(values: object) -> tuple[str, ...]:
@@ -89,11 +90,12 @@ def describe(parser: argparse.ArgumentParser) -> list[Subcommand]:
             continue
         for name, sub in action.choices.items():
             options = tuple(
-                Option(strings=_words(a.option_strings), takes_value=a.nargs != 0,
+                # An optional value (nargs="?") is not offered for: such a flag is meant to stand alone.
+                Option(strings=_words(a.option_strings), takes_value=a.nargs not in (0, "?"),
                        choices=_words(a.choices) if a.choices is not None else (),
                        path=a.type is Path)
                 for a in sub._actions if a.option_strings)
-            subcommands.append(Subcommand(name=_words([name])[0], options=options))
+            subcommands.append(Subcommand(name=_words([name])[0], options=options, children=tuple(describe(sub))))
     return subcommands
 
 
@@ -148,26 +150,7 @@ def render(prog: str, source: str, subcommands: list[Subcommand], top_words: tup
         "            ;;",
     ]
     for sub in subcommands:
-        out += [f"        {sub.name})",
-                f'            options="{" ".join(s for o in sub.options for s in o.strings)}"']
-        # After an option that takes a value: its choices, file names, or nothing (one branch per kind).
-        branches: dict[tuple[str, ...], list[str]] = {}
-        for option in (o for o in sub.options if o.takes_value):
-            kind = ("choices", *option.choices) if option.choices else ("path",) if option.path else ("value",)
-            branches.setdefault(kind, []).extend(option.strings)
-        if branches:
-            out.append('            case "$prev" in')
-            for kind, strings in branches.items():
-                out.append(f"                {'|'.join(strings)})")
-                if kind[0] == "choices":
-                    out.append(f'                    mapfile -t COMPREPLY < <(compgen -W "{" ".join(kind[1:])}"'
-                               ' -- "$cur")')
-                elif kind[0] == "path":
-                    out += ["                    compopt -o filenames 2>/dev/null",
-                            '                    mapfile -t COMPREPLY < <(compgen -f -- "$cur")']
-                out += ["                    return 0", "                    ;;"]
-            out.append("            esac")
-        out.append("            ;;")
+        out += _subcommand_case(sub, "        ")
     out += [
         "        *)",
         "            return 0",
@@ -184,6 +167,49 @@ def render(prog: str, source: str, subcommands: list[Subcommand], top_words: tup
         "",
     ]
     return "\n".join(out)
+
+
+def _subcommand_case(sub: Subcommand, pad: str) -> list[str]:
+    """The ``case`` branch of one subcommand: its options and their values, or its own subcommands."""
+    out = [f"{pad}{sub.name})", f'{pad}    options="{" ".join(s for o in sub.options for s in o.strings)}"']
+    if sub.children:
+        # Its own subcommand is the first word after it that is not an option; before one, offer them.
+        inner = pad + "    "
+        out += [f'{inner}local sub="" j',
+                f"{inner}for ((j = i + 1; j < COMP_CWORD; j++)); do",
+                f'{inner}    if [[ ${{COMP_WORDS[j]}} != -* ]]; then sub="${{COMP_WORDS[j]}}"; break; fi',
+                f"{inner}done",
+                f'{inner}case "$sub" in',
+                f'{inner}    "")',
+                f"{inner}        if [[ $cur != -* ]]; then",
+                f'{inner}            mapfile -t COMPREPLY < <(compgen -W "{" ".join(c.name for c in sub.children)}"'
+                ' -- "$cur")',
+                f"{inner}            return 0",
+                f"{inner}        fi",
+                f"{inner}        ;;"]
+        for child in sub.children:
+            out += _subcommand_case(child, inner + "    ")
+        out += [f"{inner}    *)", f"{inner}        return 0", f"{inner}        ;;", f"{inner}esac", f"{pad}    ;;"]
+        return out
+    # After an option that takes a value: its choices, file names, or nothing (one branch per kind).
+    branches: dict[tuple[str, ...], list[str]] = {}
+    for option in (o for o in sub.options if o.takes_value):
+        kind = ("choices", *option.choices) if option.choices else ("path",) if option.path else ("value",)
+        branches.setdefault(kind, []).extend(option.strings)
+    if branches:
+        out.append(f'{pad}    case "$prev" in')
+        for kind, strings in branches.items():
+            out.append(f"{pad}        {'|'.join(strings)})")
+            if kind[0] == "choices":
+                out.append(f'{pad}            mapfile -t COMPREPLY < <(compgen -W "{" ".join(kind[1:])}"'
+                           ' -- "$cur")')
+            elif kind[0] == "path":
+                out += [f"{pad}            compopt -o filenames 2>/dev/null",
+                        f'{pad}            mapfile -t COMPREPLY < <(compgen -f -- "$cur")']
+            out += [f"{pad}            return 0", f"{pad}            ;;"]
+        out.append(f"{pad}    esac")
+    out.append(f"{pad}    ;;")
+    return out
 
 
 def generate(prog: str) -> str:

@@ -104,6 +104,14 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "start": st.booleans(), "lines": st.integers(0, 100_000), "text": SEND_TEXT, "enter": st.booleans(),
     "since": TIMESTAMPS,
     "trash_id": st.builds(lambda u, n: f"{u}.{n}", UUIDS, st.integers(0, 10**19)),
+    "credential": st.just("") | st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True),
+    "kind": st.sampled_from(["api_key", "oauth_token"]),
+    "secret": st.from_regex(r"[\x21-\x7e]{1,200}", fullmatch=True),
+}
+#: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
+VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    op: {"name": st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True)}
+    for op in ("credential_set", "credential_delete")
 }
 VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "default_cpus": st.floats(0.01, 1024), "default_memory_mb": st.integers(16, 16 * 1024 * 1024),
@@ -144,8 +152,9 @@ def valid_params(op: str) -> st.SearchStrategy[dict[str, Any]]:
     spec = OPS[op]
     if spec is None:
         return st.fixed_dictionaries({}, optional=VALID_SETTINGS)
-    return st.fixed_dictionaries({p.name: VALID[p.name] for p in spec if p.required},
-                                 optional={p.name: VALID[p.name] for p in spec if not p.required})
+    valid = {**VALID, **VALID_BY_OP.get(op, {})}
+    return st.fixed_dictionaries({p.name: valid[p.name] for p in spec if p.required},
+                                 optional={p.name: valid[p.name] for p in spec if not p.required})
 
 
 OP_NAMES = st.sampled_from(sorted(OPS))
