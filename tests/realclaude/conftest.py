@@ -6,8 +6,9 @@ tests (the only reason they skip; a wanted image that is missing is a failure). 
 ``-m realclaude``.
 
 How a session reaches the fake API: the agent's root-only session env file (``session.env``, read at
-every container start) carries ``ANTHROPIC_BASE_URL=http://127.0.0.1:8765``,
-``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` and a fake ``ANTHROPIC_API_KEY``; after each start the
+every container start) carries ``ANTHROPIC_BASE_URL=http://127.0.0.1:8765`` and
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1``; a fake API key is stored once for the cluster with
+``convocate auth set --api-key`` (the agent hands it to each session at start); after each start the
 fixture takes the container off Docker's bridge (``docker network disconnect``: only its loopback
 is left, so nothing can leave it) and attaches a :class:`~tests.realclaude.fakeapi.FakeAPI` helper to
 its namespace. ``HTTPS_PROXY`` points at a closed loopback port as a second fence for anything that
@@ -43,7 +44,6 @@ REAL_IMAGE = os.environ.get("CONVOCATE_REAL_IMAGE", f"convocate:{__version__}")
 API_KEY = "sk-ant-api03-convocate-fake-key-for-tests-0123456789"
 SESSION_ENV = {
     "ANTHROPIC_BASE_URL": BASE_URL,
-    "ANTHROPIC_API_KEY": API_KEY,
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     "DISABLE_AUTOUPDATER": "1",
     "HTTPS_PROXY": "http://127.0.0.1:9",  # discard port, nothing listens: a closed door for any other host
@@ -99,6 +99,11 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory, real_image: str,
     atomic_write(cluster.paths.session_env_file, lines.encode(), mode=0o600)
     cluster.start()
     try:
+        # The key goes the way an operator's does: `convocate auth set` on the shell host, sent to the
+        # agent with credential_set, into each session through its credential.env at start.
+        cluster.register()
+        stored = cluster.run_role("convocate", "auth", "set", "--api-key", "--from-file", "-", input=API_KEY)
+        assert API_KEY not in stored.stdout + stored.stderr, "auth set echoed the secret"
         yield cluster
     finally:
         cluster.stop_all()

@@ -4,6 +4,7 @@ a scripted fake Messages API in the session's own network namespace (see conftes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from tests.realclaude.conftest import Driver
+from tests.realclaude.conftest import API_KEY, Driver
 from tests.realclaude.fake_messages_api import UNSCRIPTED
 from tests.realclaude.fakeapi import conversation
 
@@ -31,6 +32,8 @@ async def test_plain_answer_goes_working_then_idle(driver: Driver):
     assert "What is the answer?" in conversation(request)
     got = await driver.call("get", {"id": s.sid})
     assert got["activity"] == "idle"
+    assert {k.lower(): v for k, v in request["headers"].items()}.get("x-api-key") == API_KEY  # `convocate auth set` reached Claude Code...
+    assert API_KEY not in json.dumps(driver.container(s.sid).attrs)  # ...and not through Docker's env
     # The wait CLI agrees.
     waited = await asyncio.to_thread(driver.cluster.run_role, "convocate", "wait", s.sid, "--for", "idle",
                                      "--timeout", "30")
