@@ -8,7 +8,8 @@
 #                              pin (packaging/image/claude-code.version; latest: the npm registry's newest)
 #   ./build.sh test [--full] [ARGS]  deps + both images (the real one at the pinned Claude Code) + the suite
 #                              (ARGS go to pytest; --full: full reliability run; CONVOCATE_REAL_IMAGE=none:
-#                              no real Claude Code image, tests/realclaude skip)
+#                              no real Claude Code image, tests/realclaude skip; CONVOCATE_TEST_IMAGE=TAG:
+#                              another stand-in tag)
 #   ./build.sh zipapps [--out DIR]
 #                              the three role zipapps (shiv, reproducible) [build/zipapps]
 #   ./build.sh debs [--out DIR] [--version V]
@@ -133,7 +134,9 @@ cmd_test() {  # cmd_test [--full] [PYTEST ARGS]: --full runs tests/reliability a
         shift
     fi
     cmd_deps
-    build_image "$TEST_IMAGE" none
+    # CONVOCATE_TEST_IMAGE / CONVOCATE_REAL_IMAGE: other tags (e.g. a branch's own, beside the shared ones).
+    local standin="${CONVOCATE_TEST_IMAGE:-$TEST_IMAGE}"
+    build_image "$standin" none
     # The real Claude Code image for tests/realclaude (-m realclaude): build-image.sh skips it when the
     # tag is up to date and reuses the cached npm stage otherwise; CONVOCATE_REAL_IMAGE=none leaves it
     # out and those tests skip, saying so.
@@ -144,7 +147,7 @@ cmd_test() {  # cmd_test [--full] [PYTEST ARGS]: --full runs tests/reliability a
         build_image "$real"
     fi
     say "running the test suite (reliability suite: $reliability; real Claude Code image: $real)"
-    CONVOCATE_TEST_IMAGE="$TEST_IMAGE" CONVOCATE_REAL_IMAGE="$real" CONVOCATE_RELIABILITY="$reliability" \
+    CONVOCATE_TEST_IMAGE="$standin" CONVOCATE_REAL_IMAGE="$real" CONVOCATE_RELIABILITY="$reliability" \
         "$PY" -m pytest "$@"
 }
 
