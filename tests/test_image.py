@@ -203,6 +203,8 @@ def test_a_crash_is_resumed_with_dash_c_and_five_crashes_give_up(run_session, ag
     container, home = run_session(agent=agent_socket)
     wait_ready(container)
     banner = "convocate stand-in claude"
+    type_line(container, "hello")  # a conversation to continue: -c only resumes one that exists
+    wait_screen(container, "echo: hello")
     for attempt in range(5):
         screen = wait_screen(container, banner)
         deadline = time.monotonic() + 10
@@ -380,6 +382,8 @@ def test_skip_permissions_adds_the_flag_at_start_and_resume_and_accepts_the_mode
     config = json.loads((home / ".claude.json").read_text())
     assert config["bypassPermissionsModeAccepted"] is True
     assert config["projects"]["/home/claude/projects/site"]["hasTrustDialogAccepted"] is True
+    type_line(container, "hello")
+    wait_screen(container, "echo: hello")
     type_line(container, "/crash")
     wait_screen(container, "convocate stand-in claude --dangerously-skip-permissions -c")
     assert [d["command"] for _, e, d in agent_socket.events("supervisor") if e == "start"] == [
@@ -413,6 +417,21 @@ def test_a_transcript_without_a_user_turn_starts_a_new_conversation(run_session)
     wait_ready(container)
     screen = wait_screen(container, "convocate stand-in claude")
     assert "claude -c" not in screen, screen
+
+
+def test_a_crash_before_any_conversation_restarts_without_dash_c(run_session, agent_socket):
+    """``claude -c`` with nothing to continue fails at once; five of those would end the session."""
+    container, _ = run_session(agent=agent_socket)
+    wait_ready(container)
+    wait_screen(container, "convocate stand-in claude")
+    type_line(container, "/crash")
+    wait_screen(container, "restarting with 'claude' in")
+    type_line(container, "hello")
+    wait_screen(container, "echo: hello")
+    type_line(container, "/crash")
+    wait_screen(container, "convocate stand-in claude -c")
+    assert [d["command"] for _, e, d in agent_socket.events("supervisor") if e == "start"] == [
+        "claude", "claude", "claude -c"]
 
 
 def test_a_command_with_the_flag_already_gets_it_once(run_session):
