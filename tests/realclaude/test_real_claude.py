@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.realclaude.conftest import API_KEY, Driver
+from tests.realclaude.conftest import API_KEY, PROMPT_MARK, Driver
 from tests.realclaude.fake_messages_api import UNSCRIPTED
 from tests.realclaude.fakeapi import conversation
 
@@ -73,9 +73,13 @@ async def test_ask_operator_waits_and_the_answer_reaches_the_model(driver: Drive
     await driver.wait_screen(s, "I will wait for the operator's answer.")
     got = await driver.call("get", {"id": s.sid})
     assert (got["activity"], got["activity_detail"]) == ("waiting", question)
-    # The answer, for now typed in with send (`convocate reply` / the TUI's W come with engineer limited's part).
+    # The operator answers without attaching: `convocate reply` (what the TUI's W list sends too).
     s.api.queue_text("Postgres it is.")
-    since = await driver.prompt(s, "Use Postgres")
+    await driver.wait_screen(s, PROMPT_MARK)
+    since = len(driver.events.messages)
+    replied = await asyncio.to_thread(driver.cluster.run_role, "convocate", "reply", s.sid, "Use Postgres",
+                                      "--wait", "--timeout", "60")
+    assert replied.returncode == 0, replied.stderr
     await driver.wait_activity(s, "working", since, detail="Use Postgres")
     await driver.wait_activity(s, "idle", since)
     requests = s.api.wait_message_requests(3)
