@@ -246,6 +246,45 @@ async def registered_agents(shell: Target) -> list[tuple[str, str]]:
     return [tuple(line.split(maxsplit=1)) for line in result.text.splitlines() if " " in line]  # type: ignore[misc]
 
 
+async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
+                     make_report: Callable[[Target], LiveReport],
+                     step: Callable[[Target, LiveReport], Awaitable[object]], what: str) -> list[str]:
+    """Run ``step`` on every registered agent in turn; stop at the first that fails.
+
+    Args:
+        shell: The shell host (its registry names the agents).
+        connect: Opens a :class:`Target` for an agent's address.
+        make_report: The report each agent's step writes to.
+        step: The work on one agent (its target and report).
+        what: The command, for the messages (``update``, ``update --claude-code``).
+
+    Returns:
+        The agent IDs done, in registry order.
+
+    Raises:
+        BadRequest: no agent is registered.
+        HostError: an agent's step failed; the agents after it were not touched.
+    """
+    agents = await registered_agents(shell)
+    if not agents:
+        raise BadRequest(f"{shell.description}: no agent is registered in {PATHS.agents_dir}")
+    done: list[str] = []
+    for agent_id, address in agents:
+        target = await connect(address)
+        report = make_report(target)
+        try:
+            await step(target, report)
+        except HostError as e:
+            rest = [a for a, _ in agents[len(done) + 1:]]
+            raise HostError(f"{e}\n{what} stopped at agent {agent_id}; not updated: "
+                            f"{', '.join(rest) or 'none'}") from e
+        finally:
+            report.finish(f"{what} (agent {agent_id})")
+            await target.close()
+        done.append(agent_id)
+    return done
+
+
 async def update_all(shell: Target, connect: Callable[[str], Awaitable[Target]], debs: Path, *,
                      image: str | None, shell_report: LiveReport,
                      make_report: Callable[[Target], LiveReport]) -> list[str]:
@@ -255,23 +294,10 @@ async def update_all(shell: Target, connect: Callable[[str], Awaitable[Target]],
         The agent IDs updated, in order.
 
     Raises:
+        BadRequest: no agent is registered.
         HostError: an agent's update failed; the agents after it were not touched.
     """
-    done: list[str] = []
-    agents = await registered_agents(shell)
-    if not agents:
-        raise BadRequest(f"{shell.description}: no agent is registered in {PATHS.agents_dir}")
-    for agent_id, address in agents:
-        target = await connect(address)
-        report = make_report(target)
-        try:
-            await update_host(shell, target, debs, report, image=image, shell_report=shell_report)
-        except HostError as e:
-            rest = [a for a, _ in agents[len(done) + 1:]]
-            raise HostError(f"{e}\nupdate --all stopped at agent {agent_id}; not updated: "
-                            f"{', '.join(rest) or 'none'}") from e
-        finally:
-            report.finish(f"update (agent {agent_id})")
-            await target.close()
-        done.append(agent_id)
-    return done
+    return await each_agent(
+        shell, connect, make_report,
+        lambda target, report: update_host(shell, target, debs, report, image=image, shell_report=shell_report),
+        "update --all")

@@ -24,11 +24,11 @@ from typing import TextIO
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.paths import Paths
-from convocate_host.agenthost import registered_agents, stamp_current_image
+from convocate_host.agenthost import each_agent, stamp_current_image
 from convocate_host.debs import installed_version
 from convocate_host.images import AGENT_COMMAND, ensure_agent_image, image_id
 from convocate_host.report import LiveReport
-from convocate_host.target import HostError, Target
+from convocate_host.target import Target
 
 PATHS = Paths()
 #: The image label build-image.sh sets to the Claude Code version (packaging/image/README.md).
@@ -145,22 +145,8 @@ async def roll_all(shell: Target, connect: Callable[[str], Awaitable[Target]], t
         BadRequest: no agent is registered.
         HostError: an agent failed; the agents after it were not touched.
     """
-    agents = await registered_agents(shell)
-    if not agents:
-        raise BadRequest(f"{shell.description}: no agent is registered in {PATHS.agents_dir}")
-    done: list[str] = []
-    for agent_id, address in agents:
-        target = await connect(address)
-        report = make_report(target)
-        try:
-            await roll_to_agent(shell, target, tag, claude_code, report, shell_report=shell_report,
-                                progress=progress)
-        except HostError as e:
-            rest = [a for a, _ in agents[len(done) + 1:]]
-            raise HostError(f"{e}\nupdate --claude-code stopped at agent {agent_id}; not updated: "
-                            f"{', '.join(rest) or 'none'}") from e
-        finally:
-            report.finish(f"update --claude-code (agent {agent_id})")
-            await target.close()
-        done.append(agent_id)
-    return done
+    return await each_agent(
+        shell, connect, make_report,
+        lambda target, report: roll_to_agent(shell, target, tag, claude_code, report, shell_report=shell_report,
+                                             progress=progress),
+        "update --claude-code")

@@ -32,15 +32,21 @@ async def _read_all(process: asyncssh.SSHClientProcess, timeout: float) -> bytes
     return await asyncio.wait_for(process.stdout.read(), timeout)
 
 
-async def test_an_unterminated_request_line_is_closed_after_the_request_timeout(ssh) -> None:
-    process = await ssh.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
+async def _trickled(ssh: asyncssh.SSHClientConnection, subsystem: str, start: bytes, byte: bytes
+                    ) -> tuple[bytes, float]:
+    """Open ``subsystem``, send ``start`` and then ``byte`` once a second, never a newline.
+
+    Returns:
+        All the agent wrote before it closed the channel, and the seconds that took.
+    """
+    process = await ssh.create_process(subsystem=subsystem, encoding=None)
     started = time.monotonic()
-    process.stdin.write(b'{"op": "ping", "params": {')  # and never the newline
+    process.stdin.write(start)
 
     async def trickle() -> None:  # a byte a second must not buy more time
         while True:
             await asyncio.sleep(1)
-            process.stdin.write(b" ")
+            process.stdin.write(byte)
 
     trickler = asyncio.ensure_future(trickle())
     try:
@@ -48,7 +54,11 @@ async def test_an_unterminated_request_line_is_closed_after_the_request_timeout(
     finally:
         trickler.cancel()
         process.close()
-    elapsed = time.monotonic() - started
+    return out, time.monotonic() - started
+
+
+async def test_an_unterminated_request_line_is_closed_after_the_request_timeout(ssh) -> None:
+    out, elapsed = await _trickled(ssh, RPC_SUBSYSTEM, b'{"op": "ping", "params": {', b" ")
     lines = out.splitlines()
     assert len(lines) == 1, out
     response = json.loads(lines[0])
@@ -59,22 +69,7 @@ async def test_an_unterminated_request_line_is_closed_after_the_request_timeout(
 
 async def test_an_attach_header_that_never_ends_is_refused_after_the_request_timeout(ssh) -> None:
     """A silent or trickling attach channel must not hold one of the agent's channel slots for ever."""
-    process = await ssh.create_process(subsystem=ATTACH_SUBSYSTEM, encoding=None)
-    started = time.monotonic()
-    process.stdin.write(b'{"id": "')  # and never the rest of the header
-
-    async def trickle() -> None:
-        while True:
-            await asyncio.sleep(1)
-            process.stdin.write(b"0")
-
-    trickler = asyncio.ensure_future(trickle())
-    try:
-        out = await _read_all(process, REQUEST_TIMEOUT_S + 5)
-    finally:
-        trickler.cancel()
-        process.close()
-    elapsed = time.monotonic() - started
+    out, elapsed = await _trickled(ssh, ATTACH_SUBSYSTEM, b'{"id": "', b"0")  # never the rest of the header
     detail = messages.RPC_REQUEST_TIMEOUT.format(seconds=REQUEST_TIMEOUT_S)
     assert json.loads(out) == {"ok": False, "error": messages.ATTACH_BAD_HEADER.format(detail=detail),
                                "code": "bad_request"}, out
