@@ -60,6 +60,7 @@ from convocate_agent.insight import (
     ACTIVITY_LOG,
     CRASHED,
     EXITED,
+    IDLE,
     LIMITED,
     SUPERVISOR_LOG,
     Activity,
@@ -749,13 +750,15 @@ class AgentService:
             handle.cancel()
 
     def _schedule_resume(self, meta: SessionMeta) -> None:
-        """(Re)plan the one resume of a session: at ``activity_until`` + :data:`RESUME_GRACE_S` while it is limited.
+        """(Re)plan the end of a session's limit: at ``activity_until`` + :data:`RESUME_GRACE_S` while it is limited.
 
-        Any other activity, ``resume_after_limit`` off, or no event loop (a synchronous caller) cancels it.
-        Timers live in memory only; :meth:`recover` plans them again from the stored activities.
+        Then, with ``resume_after_limit``, ``resume_message`` is typed into it; without, it becomes
+        ``idle`` (the limit is over and it waits for a prompt), so no session shows a reset time that
+        has passed. Any other activity, or no event loop (a synchronous caller), cancels it. Timers
+        live in memory only; :meth:`recover` plans them again from the stored activities.
         """
         self._cancel_resume(meta.uuid)
-        if not (self.settings.resume_after_limit and meta.activity == LIMITED and meta.activity_until):
+        if not (meta.activity == LIMITED and meta.activity_until):
             return
         try:
             loop = asyncio.get_running_loop()
@@ -788,7 +791,11 @@ class AgentService:
             meta = self.store.load(session_id)
         except (NotFound, ConfigError):
             return
-        if not self.settings.resume_after_limit or meta.activity != LIMITED or meta.activity_at != limited_at:
+        if meta.activity != LIMITED or meta.activity_at != limited_at:
+            return
+        if not self.settings.resume_after_limit:
+            self._set_activity(session_id, Activity(IDLE, messages.LIMIT_OVER.format(
+                until=format_rfc3339(meta.activity_until)), now_ns()), meta)
             return
         text = self.settings.resume_message
         try:

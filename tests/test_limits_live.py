@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from convocate.common import messages
 from convocate.common.timefmt import now_ns, parse_rfc3339
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
@@ -73,6 +74,29 @@ async def test_a_rate_limit_is_limited_until_the_reset_then_resumed(cluster):
                         and m["data"].get("detail") == "continue"]
         finally:
             await rpc_ok(ssh, "settings-set", {"resume_after_limit": False, "limit_retry_s": 300})
+        await rpc_ok(ssh, "kill", {"id": sid})
+        await rpc_ok(ssh, "delete", {"id": sid})
+
+
+async def test_without_resume_a_limit_ends_idle_at_its_reset(cluster):
+    """No session shows a reset time that has passed: without resume_after_limit it becomes idle, typing nothing."""
+    async with connect(cluster) as ssh, Subscriber(cluster.paths.status_socket) as sub:
+        sid = await started(ssh, "limited-idle")
+        await sub.wait_for(activity("idle", sid, ""))
+        await rpc_ok(ssh, "settings-set", {"resume_after_limit": False, "limit_retry_s": 1})
+        try:
+            start = len(sub.messages)
+            await type_line(ssh, sid, "/limit")
+            _, limited = await sub.wait_for(activity("limited", sid), start)
+            after_limit = len(sub.messages)
+            _, over = await sub.wait_for(activity("idle", sid), start, timeout=20)
+            assert over["data"]["detail"] == messages.LIMIT_OVER.format(until=limited["data"]["until"])
+            got = await rpc_ok(ssh, "get", {"id": sid})
+            assert got["activity"] == "idle" and "activity_until" not in got
+            assert [m["data"]["activity"] for m in sub.since(after_limit)
+                    if m["type"] == "session.activity"] == ["idle"]  # nothing was typed
+        finally:
+            await rpc_ok(ssh, "settings-set", {"limit_retry_s": 300})
         await rpc_ok(ssh, "kill", {"id": sid})
         await rpc_ok(ssh, "delete", {"id": sid})
 
