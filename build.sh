@@ -148,7 +148,7 @@ cmd_test() {  # cmd_test [--full] [PYTEST ARGS]: --full runs tests/reliability a
     fi
     say "running the test suite (reliability suite: $reliability; real Claude Code image: $real)"
     CONVOCATE_TEST_IMAGE="$standin" CONVOCATE_REAL_IMAGE="$real" CONVOCATE_RELIABILITY="$reliability" \
-        "$PY" -m pytest "$@"
+        "$PY" -m pytest --durations=30 "$@"   # the slowest tests, to keep CI under 40 minutes
 }
 
 cmd_lint() {

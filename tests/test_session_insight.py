@@ -125,7 +125,7 @@ async def test_a_crash_looping_agent_ends_as_crashed(cluster):
 
 async def test_wait_returns_when_the_state_comes_and_fails_clearly_on_timeout(cluster):
     async with connect(cluster) as ssh:
-        sid = await started(ssh, "patient")
+        sid = await started(ssh, "patient", cpus=0.5, memory_mb=256)  # /ask starts the MCP server (~19 s at 0.1 CPU)
         waiter = subprocess.Popen([python(), "-m", "convocate", "wait", sid, "--for", "waiting", "--timeout", "60"],
                                   env=cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         await asyncio.sleep(1.0)
