@@ -248,7 +248,8 @@ async def registered_agents(shell: Target) -> list[tuple[str, str]]:
 
 async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
                      make_report: Callable[[Target], LiveReport],
-                     step: Callable[[Target, LiveReport], Awaitable[object]], what: str) -> list[str]:
+                     step: Callable[[Target, LiveReport], Awaitable[object]], what: str,
+                     finish: str | None = None) -> list[str]:
     """Run ``step`` on every registered agent in turn; stop at the first that fails.
 
     Args:
@@ -256,7 +257,8 @@ async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
         connect: Opens a :class:`Target` for an agent's address.
         make_report: The report each agent's step writes to.
         step: The work on one agent (its target and report).
-        what: The command, for the messages (``update``, ``update --claude-code``).
+        what: The command, for the message of a stop (``update --all``, ``update --claude-code``).
+        finish: The label of each agent's closing report line (default ``what``).
 
     Returns:
         The agent IDs done, in registry order.
@@ -279,25 +281,7 @@ async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
             raise HostError(f"{e}\n{what} stopped at agent {agent_id}; not updated: "
                             f"{', '.join(rest) or 'none'}") from e
         finally:
-            report.finish(f"{what} (agent {agent_id})")
+            report.finish(f"{finish or what} (agent {agent_id})")
             await target.close()
         done.append(agent_id)
     return done
-
-
-async def update_all(shell: Target, connect: Callable[[str], Awaitable[Target]], debs: Path, *,
-                     image: str | None, shell_report: LiveReport,
-                     make_report: Callable[[Target], LiveReport]) -> list[str]:
-    """Update every registered agent in turn; stop at the first that fails or does not come back healthy.
-
-    Returns:
-        The agent IDs updated, in order.
-
-    Raises:
-        BadRequest: no agent is registered.
-        HostError: an agent's update failed; the agents after it were not touched.
-    """
-    return await each_agent(
-        shell, connect, make_report,
-        lambda target, report: update_host(shell, target, debs, report, image=image, shell_report=shell_report),
-        "update --all")

@@ -17,14 +17,14 @@ session's ``claude_code`` field (``convocate ls --wide``) shows which one it run
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.paths import Paths
-from convocate_host.agenthost import each_agent, stamp_current_image
+from convocate_host.agenthost import stamp_current_image
 from convocate_host.debs import installed_version
 from convocate_host.images import AGENT_COMMAND, ensure_agent_image, image_id
 from convocate_host.report import LiveReport
@@ -131,22 +131,3 @@ async def roll_to_agent(shell: Target, agent: Target, tag: str, claude_code: str
     if changed:
         report.note(messages.CLAUDE_CODE_ROLL_NOTE.format(version=claude_code))
     return changed
-
-
-async def roll_all(shell: Target, connect: Callable[[str], Awaitable[Target]], tag: str, claude_code: str, *,
-                   shell_report: LiveReport, make_report: Callable[[Target], LiveReport],
-                   progress: TextIO | None = None) -> list[str]:
-    """:func:`roll_to_agent` for every registered agent in turn; stops at the first failure.
-
-    Returns:
-        The agent IDs rolled, in registry order.
-
-    Raises:
-        BadRequest: no agent is registered.
-        HostError: an agent failed; the agents after it were not touched.
-    """
-    return await each_agent(
-        shell, connect, make_report,
-        lambda target, report: roll_to_agent(shell, target, tag, claude_code, report, shell_report=shell_report,
-                                             progress=progress),
-        "update --claude-code")

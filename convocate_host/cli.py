@@ -23,7 +23,7 @@ from convocate.common.errors import BadRequest
 from convocate.common.version import __version__
 from convocate_host import report as reports
 from convocate_host import vm
-from convocate_host.agenthost import AgentOptions, init_agent, update_all, update_host
+from convocate_host.agenthost import AgentOptions, each_agent, init_agent, update_host
 from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport, report_for
@@ -222,29 +222,53 @@ def _cmd_update_claude_code(args: argparse.Namespace) -> int:
             shell_report.note(f"Claude Code latest is {version} (npm registry {claude_pin.registry_url(args.registry)})")
         try:
             tag = await claude_roll.build_image(shell, version, shell_report, tag=args.image)
-            if args.all:
-                done = await claude_roll.roll_all(shell, lambda address: _target(args, address), tag, version,
-                                                  shell_report=shell_report, make_report=report_for,
-                                                  progress=None if args.json else sys.stderr)
-                if not args.json:
-                    print(f"rolled Claude Code {version} ({tag}) to {len(done)} agent(s): {', '.join(done)}")
-            elif args.host == args.shell_host:
-                await claude_roll.roll_to_agent(shell, shell, tag, version, shell_report, shell_report=shell_report)
-            else:
-                host = await _target(args, args.host)
-                report = report_for(host)
-                try:
-                    await claude_roll.roll_to_agent(shell, host, tag, version, report, shell_report=shell_report,
-                                                    progress=None if args.json else sys.stderr)
-                finally:
-                    await host.close()
-                report.finish("update --claude-code")
+            progress = None if args.json else sys.stderr
+
+            async def roll(target: Target, report: LiveReport) -> None:
+                await claude_roll.roll_to_agent(shell, target, tag, version, report, shell_report=shell_report,
+                                                progress=None if target is shell else progress)
+
+            done = await _on_update_targets(args, shell, shell_report, roll, "update --claude-code",
+                                            "update --claude-code")
+            if args.all and not args.json:
+                print(f"rolled Claude Code {version} ({tag}) to {len(done)} agent(s): {', '.join(done)}")
         finally:
             await shell.close()
         shell_report.finish("update --claude-code")
         return 0
 
     return _run(run)
+
+
+async def _on_update_targets(args: argparse.Namespace, shell: Target, shell_report: LiveReport,
+                             step: Callable[[Target, LiveReport], Awaitable[object]], what: str,
+                             stopped: str) -> list[str]:
+    """Run ``step`` where ``update`` goes: every registered agent in turn (``--all``), the shell host
+    itself (``--host`` naming it), or one other host.
+
+    ``what`` labels each host's closing report line, ``stopped`` the error of an ``--all`` that
+    stopped at an agent.
+
+    Returns:
+        The agent IDs done with ``--all``, else ``[]``.
+
+    Raises:
+        BadRequest, HostError: as :func:`convocate_host.agenthost.each_agent` and ``step``.
+    """
+    if args.all:
+        return await each_agent(shell, lambda address: _target(args, address), report_for, step, stopped,
+                                finish=what)
+    if args.host == args.shell_host:
+        await step(shell, shell_report)
+        return []
+    host = await _target(args, args.host)
+    report = report_for(host)
+    try:
+        await step(host, report)
+    finally:
+        await host.close()
+    report.finish(what)
+    return []
 
 
 def _cmd_update(args: argparse.Namespace) -> int:
@@ -255,21 +279,12 @@ def _cmd_update(args: argparse.Namespace) -> int:
         shell = await _target(args, args.shell_host)
         shell_report = report_for(shell)
         try:
-            if args.all:
-                done = await update_all(shell, lambda address: _target(args, address), args.debs, image=args.image,
-                                        shell_report=shell_report, make_report=report_for)
-                if not args.json:
-                    print(f"updated {len(done)} agent(s): {', '.join(done)}")
-            elif args.host == args.shell_host:
-                await update_host(shell, shell, args.debs, shell_report, image=args.image, shell_report=shell_report)
-            else:
-                host = await _target(args, args.host)
-                report = report_for(host)
-                try:
-                    await update_host(shell, host, args.debs, report, image=args.image, shell_report=shell_report)
-                finally:
-                    await host.close()
-                report.finish("update")
+            done = await _on_update_targets(
+                args, shell, shell_report,
+                lambda target, report: update_host(shell, target, args.debs, report, image=args.image,
+                                                   shell_report=shell_report), "update", "update --all")
+            if args.all and not args.json:
+                print(f"updated {len(done)} agent(s): {', '.join(done)}")
         finally:
             await shell.close()
         shell_report.finish("update")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,10 @@ async def test_naming_a_credential_the_agent_lacks_is_a_clear_error(ssh, cluster
 async def test_ping_lists_the_credential_ops(ssh):
     capabilities = (await rpc_ok(ssh, "ping"))["capabilities"]
     assert {"credential_set", "credential_list", "credential_delete"} <= set(capabilities)
+
+
+def test_the_entrypoint_passes_the_same_names_as_the_agent_writes():
+    """The rule lives twice (Python for the agent, bash in the image's entrypoint): they must be one rule."""
+    entrypoint = (Path(__file__).resolve().parents[1] / "packaging" / "image" / "entrypoint").read_text()
+    (line,) = [ln for ln in entrypoint.splitlines() if ln.startswith("readonly CREDENTIAL_KEY_RE=")]
+    assert line == f"readonly CREDENTIAL_KEY_RE='^{creds.ENV_KEY_PATTERN.pattern}$'"
