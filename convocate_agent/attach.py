@@ -32,6 +32,7 @@ from convocate.common.protocol import (
     encode_line,
     json_type,
 )
+from convocate.common.sshserver import Caller
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService, AttachRequest
 
@@ -126,14 +127,14 @@ async def _read_header(stdin: DataReader, timeout: float) -> tuple[bytes | LineT
             return frames[0], chunk[chunk.index(b"\n") + 1:]
 
 
-async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: AgentService, caller: str,
+async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
                                header_timeout: float = REQUEST_TIMEOUT_S) -> None:
     """Run one attach: header, relay, clean-up. Always ends by closing the channel.
 
     Args:
         process: The SSH channel of the ``convocate-agent-attach`` subsystem.
         service: The agent's service.
-        caller: Who connected, for the log.
+        caller: Who opened the channel (a bare string names a caller with no connection state: tests).
         header_timeout: Seconds allowed for the header line; a channel that sends none in time
             gets the refusal line and is closed (a held, silent channel costs the agent a slot).
     """

@@ -33,6 +33,7 @@ from convocate.common.protocol import (
     encode_line,
     read_frames,
 )
+from convocate.common.sshserver import Caller
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class RpcDispatcher:
             "credential_delete": service.credential_delete,
         }
 
-    async def handle_frame(self, frame: bytes | LineTooLong, caller: str) -> Response:
+    async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:
         """Answer one received frame (a request line, or an oversized-line marker).
 
         Never raises: every error, including a bug, becomes an error response.
@@ -209,14 +210,14 @@ def _render(response: Response) -> bytes:
         return encode_line(replace(failure, id=NO_ID).to_wire())
 
 
-async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: str,
+async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: Caller | str,
                             request_timeout: float = REQUEST_TIMEOUT_S) -> None:
     """Answer requests on one channel until the client closes its side, then close.
 
     Args:
         process: The accepted channel.
         dispatcher: Answers each request.
-        caller: The caller's key fingerprint, for the log.
+        caller: Who opened the channel (a bare string names a caller with no connection state: tests).
         request_timeout: Seconds allowed for each complete request line (:data:`REQUEST_TIMEOUT_S`).
     """
     reader = DeadlineReader(DataReader(process.stdin), request_timeout)

@@ -217,10 +217,10 @@ class AgentServer:
         """Route an accepted channel to its subsystem handler."""
         assert self.service is not None and self.dispatcher is not None
         if process.subsystem == RPC_SUBSYSTEM:
-            coro = serve_rpc_channel(process, self.dispatcher, str(caller), self.config.rpc_request_timeout)
+            coro = serve_rpc_channel(process, self.dispatcher, caller, self.config.rpc_request_timeout)
             tasks = self._rpc_tasks
         else:
-            coro, tasks = serve_attach_channel(process, self.service, str(caller)), self._attach_tasks
+            coro, tasks = serve_attach_channel(process, self.service, caller), self._attach_tasks
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -33,6 +33,8 @@ WORK_DIR_MAX_BYTES = 255
 #: Bounds of ``limit_retry_s`` (issue 15): from a second to a day.
 LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S = 1, 86_400
 RESUME_MESSAGE_MAX = 1000
+#: Bounds of ``recording_max_mb`` (issue 19): per session, in MiB.
+RECORDING_MAX_MB_MIN, RECORDING_MAX_MB_MAX = 1, 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class Settings:
         resume_after_limit: When a ``limited`` session's limit resets (plus a few seconds), type
             ``resume_message`` into it, as the ``send`` op does (text, then Enter).
         resume_message: What ``resume_after_limit`` types (one line).
+        recording: Record every session's terminal output as asciicast v2 on this agent (issue 19);
+            applies from a session's next (re)start.
+        recording_max_mb: Most MiB of recordings one session keeps; past it the oldest recordings of
+            that session are dropped first (the current one is cut off, never the agent's disk).
+        recording_retention_days: Days a finished recording is kept (0: until the size bound drops it).
+        record_input: Also record what attached operators type, as ``"i"`` events (off by default: it
+            records passwords typed into a session too).
     """
 
     default_cpus: float = 0.5
@@ -82,6 +91,11 @@ class Settings:
     limit_retry_s: int = 300
     resume_after_limit: bool = False
     resume_message: str = "continue"
+    # --- recordings (issue 19) ---
+    recording: bool = True
+    recording_max_mb: int = 100
+    recording_retention_days: int = 30
+    record_input: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -160,10 +174,14 @@ def _check(key: str, value: Any) -> Any:
         return value
     if key == "limit_retry_s":
         return _int_in(key, value, LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S, " s")
-    if key == "resume_after_limit":
+    if key in ("resume_after_limit", "recording", "record_input"):
         if not isinstance(value, bool):
             raise _wrong_type(key, "a boolean", value)
         return value
+    if key == "recording_max_mb":
+        return _int_in(key, value, RECORDING_MAX_MB_MIN, RECORDING_MAX_MB_MAX, " MiB")
+    if key == "recording_retention_days":
+        return _int_in(key, value, 0, 3650, " days")
     if key == "resume_message":
         if not isinstance(value, str):
             raise _wrong_type(key, "a string", value)

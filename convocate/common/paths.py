@@ -164,6 +164,21 @@ class Paths:
         return self.session_base / f"{validate_uuid(session_id)}.lock"
 
     @property
+    def recordings_dir(self) -> Path:
+        """``/var/lib/convocate-agent/recordings/``: ``<uuid>/<start>.cast``, the sessions' terminal
+        recordings (asciicast v2, issue 19), written by the agent, out of every session's reach."""
+        return self.agent_state_dir / "recordings"
+
+    def session_recordings_dir(self, session_id: str) -> Path:
+        return self.recordings_dir / validate_uuid(session_id)
+
+    @property
+    def agent_audit_log(self) -> Path:
+        """``/var/lib/convocate-agent/audit.jsonl``: the agent's audit trail, one JSON record per line,
+        each carrying the SHA-256 of the line before it (issue 19)."""
+        return self.agent_state_dir / "audit.jsonl"
+
+    @property
     def trash_records_dir(self) -> Path:
         """``/var/lib/convocate-agent/trash/``: ``<trash-id>.json``, the record of each deleted session."""
         return self.agent_state_dir / "trash"

@@ -271,11 +271,16 @@ class Caller:
         comment: The comment of the matching ``authorized_keys`` line (for logs only: it names
             nobody; status-serve binds a key to its agent through the shell's registry).
         peer: ``host:port`` the connection came from.
+        state: What the subsystems learn about this connection while it lasts, shared by its channels
+            (one ``Caller`` per connection): ``state["operator"]``, the operator a claim proved
+            (issue 19), a dict ``{"name", "fingerprint", "key_id", "verified"}``.
     """
 
     fingerprint: str
     comment: str = ""
     peer: str = ""
+    state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
     def __str__(self) -> str:
         return self.fingerprint
 
