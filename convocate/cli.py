@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from convocate import replay
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common import messages
 from convocate.common.cli import ArgumentParser, run_main, usage_line
@@ -64,6 +65,10 @@ commands:
                                   answer a session that waits for the operator (- reads stdin)
   capture REF [--lines N]         print a session's screen
   logs REF [-f] [--lines N]       the session's supervisor and activity logs
+  replay REF [--since T] [--until T] [--speed N] [--idle-limit S] [--cat | --json | --export F.cast]
+                                  play (or print) a session's terminal recording
+  grep PATTERN [--session REF] [--since T] [--until T]
+                                  search every session's recordings; prints session, time, line
   wait REF --for STATE [--timeout S]
                                   wait until a session is waiting, idle or exited
   auth set [--name N] (--api-key | --oauth-token) [--from-file F]
@@ -726,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref")
     p.add_argument("--lines", type=int, default=0, help="also include N lines of history")
     p.set_defaults(func=_cmd_capture)
+    replay.add_parsers(sub, common)  # replay, grep (issue 19)
     return parser
 
 

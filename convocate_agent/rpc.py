@@ -78,6 +78,9 @@ class RpcDispatcher:
             "credential_set": service.credential_set,
             "credential_list": service.credential_list,
             "credential_delete": service.credential_delete,
+            "recording_list": service.recordings.list,
+            "recording_read": service.recordings.read,
+            "recording_grep": service.recordings.grep,
         }
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:

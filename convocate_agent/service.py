@@ -72,6 +72,7 @@ from convocate_agent.insight import (
     report_line,
 )
 from convocate_agent.locks import SessionLocks
+from convocate_agent.recordings import Recordings
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
 from convocate_agent.store import NS_PER_DAY, SessionStore
@@ -150,6 +151,7 @@ class AgentService:
         self.reports = ReportSockets(paths, self.on_report, uid=uid, gid=gid, container_of=self._container_id)
         self.credentials = CredentialStore(paths.agent_credentials_dir)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
+        self.recordings = Recordings(paths, store, runtime)  # recording_list, _read, _grep (issue 19)
         self._attached: dict[str, int] = {}
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked

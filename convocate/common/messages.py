@@ -387,3 +387,24 @@ REPLY_SENT = "replied to {name}"
 NO_SESSION_WAITING = "no session is waiting for you"
 SESSION_LIMITED = "{name} hit a usage limit{until}: {detail}"
 LIMIT_OVER = "the usage limit reset at {until}; waiting for a prompt"
+# --- recordings: replay and grep (issue 19 item 2, convocate.common.asciicast, convocate_agent.recordings) ---
+CAST_BAD_NAME = "{name!r} is not a recording's file name (YYYYmmddTHHMMSS.ffffffZ.cast)"
+CAST_BAD_HEADER = "{source} line 1: not an asciicast v2 header: {reason}"
+CAST_BAD_EVENT = "{source} line {line}: not an asciicast v2 event: {reason}"
+NO_RECORDINGS = 'session "{id}" has no recordings on this agent'
+NO_SUCH_RECORDING = 'session "{id}" has no recording "{file}"'
+BAD_RECORDING_FILE = 'field "file": {value!r} is not a recording\'s file name (YYYYmmddTHHMMSS.ffffffZ.cast)'
+RECORDING_NOT_REGULAR = 'recording "{file}" of session "{id}" is not a regular file; refused'
+RECORDING_BAD_OFFSET = 'field "offset": {offset} is not the start of a line of "{file}"'
+GREP_BAD_PATTERN = 'field "pattern": {pattern!r} is not a Python regular expression: {reason}'
+GREP_BAD_WINDOW = 'field "until": {until} is before "since" {since}'
+REPLAY_BAD_TIME = "{value!r} is neither an RFC 3339 time (2026-11-21T14:29:00Z) nor relative (-10m, -2h, -30s, -1d)"
+REPLAY_NOTHING = "{name} has no recorded events{window}"
+REPLAY_SMALL_TERMINAL = (
+    "the recording is {width}x{height} and this terminal is {cols}x{rows}: lines are cut or wrapped;"
+    " enlarge the terminal to see it as it was"
+)
+REPLAY_NEEDS_TERMINAL = "replay plays in a terminal; use --cat, --json or --export FILE.cast to read it elsewhere"
+REPLAY_KEYS = "space pause  . step  + - speed  ] [ seek 10 s  q quit"
+GREP_AGENT_FAILED = "agent {agent}: {error}"
+GREP_TRUNCATED = "agent {agent}: stopped after {reason}; narrow it with --session, --since or --until"

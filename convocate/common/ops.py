@@ -9,6 +9,7 @@ starts with ``decode params:`` and names the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,11 @@ from convocate.common.timefmt import parse_rfc3339
 SEND_TEXT_MAX = 64 * 1024
 #: Largest ``lines`` accepted by ``capture`` (the image keeps 100000 lines of history).
 CAPTURE_LINES_MAX = 100_000
+#: Largest ``max_bytes`` of ``recording_read`` (bytes of the file per response, issue 19).
+RECORDING_READ_MAX = 256 * 1024
+#: Largest ``max_matches`` of ``recording_grep``, and its longest pattern (characters).
+GREP_MATCHES_MAX = 10_000
+GREP_PATTERN_MAX = 1000
 #: Bounds of a per-session CPU limit, in cores.
 CPUS_MIN, CPUS_MAX = 0.01, 1024.0
 #: Bounds of a per-session memory limit, in MiB. Docker refuses less than 6 MiB.
@@ -86,6 +92,43 @@ def _timestamp(value: str) -> str:
         parse_rfc3339(value)
     except ValueError as e:
         raise BadRequest(messages.BAD_TEXT.format(field="since", reason=str(e))) from e
+    return value
+
+
+def _window(field: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            parse_rfc3339(value)
+        except ValueError as e:
+            raise BadRequest(messages.BAD_TEXT.format(field=field, reason=str(e))) from e
+        return value
+    return check
+
+
+def _bounded(field: str, low: int, high: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not (low <= value <= high):
+            raise BadRequest(messages.BAD_RANGE.format(field=field, value=value, low=low, high=high, unit=""))
+        return value
+    return check
+
+
+def _recording_file(value: str) -> str:
+    from convocate.common.asciicast import FILE_NAME_PATTERN
+
+    if not FILE_NAME_PATTERN.fullmatch(value):
+        raise BadRequest(messages.BAD_RECORDING_FILE.format(value=value))
+    return value
+
+
+def _grep_pattern(value: str) -> str:
+    if len(value) > GREP_PATTERN_MAX:
+        raise BadRequest(messages.GREP_BAD_PATTERN.format(pattern=value[:40] + "...",
+                                                          reason=f"longer than {GREP_PATTERN_MAX} characters"))
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise BadRequest(messages.GREP_BAD_PATTERN.format(pattern=value, reason=e)) from None
     return value
 
 
@@ -159,6 +202,19 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     ),
     "credential_list": (),
     "credential_delete": (_CREDENTIAL_NAME,),
+    # (ext, issue 19) the sessions' terminal recordings, read-only (convocate_agent/recordings.py).
+    "recording_list": (_id(),),
+    "recording_read": (
+        _id(), Param("file", "string", required=True, check=_recording_file),
+        Param("offset", "integer", check=_bounded("offset", 0, 2**53)),
+        Param("max_bytes", "integer", check=_bounded("max_bytes", 1, RECORDING_READ_MAX)),
+    ),
+    "recording_grep": (
+        Param("pattern", "string", required=True, check=_grep_pattern),
+        Param("id", "string", check=lambda v: validate_uuid(v, "id")),
+        Param("since", "string", check=_window("since")), Param("until", "string", check=_window("until")),
+        Param("max_matches", "integer", check=_bounded("max_matches", 1, GREP_MATCHES_MAX)),
+    ),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).
