@@ -254,8 +254,7 @@ class Player:
             for key in keys.decode("latin-1"):
                 if key in "qQ\x03":
                     return
-                ended_before = self.pos >= end
-                if key == " " and not ended_before:
+                if key == " ":
                     self.paused = not self.paused
                 elif key == "." and self.paused and self.pos < end:
                     self._emit(self.pos + 1)

@@ -226,7 +226,7 @@ _SEQUENCE = re.compile(f"{_CSI}|{_STRING}|{_ESCAPE}", re.S)
 #: The start of a sequence that is not complete yet (at the end of the text so far).
 _INCOMPLETE = re.compile(r"(?:\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[PX^_].*\x1b?|[ -/]*)?|\x9b[0-?]*[ -/]*)\Z",
                          re.S)
-_STRIP = re.compile(f"{_CSI}|{_STRING}|{_ESCAPE}|\\x1b[\\]PX^_].*\\Z|[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]", re.S)
+_STRIP = re.compile(f"{_CSI}|{_STRING}|\\x1b[\\]PX^_].*\\Z|{_ESCAPE}|[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]", re.S)
 #: Longest unfinished escape sequence held back between events; a longer one is dropped.
 PENDING_MAX = 64 * 1024
 TAB_WIDTH = 8

@@ -16,7 +16,8 @@ lost. The TUI sets the wait to :data:`ESCAPE_DELAY_MS` (an escape sequence's
 bytes arrive together), unless the operator set ``ESCDELAY`` themselves.
 
 Keys: Enter attach, 1-9 jump to a row, w jump to the next waiting session,
-W list the waiting sessions and reply to one without attaching, N new, C clone,
+W list the waiting sessions and reply to one without attaching, P replay the session's
+terminal recording (``convocate replay``, q comes back), N new, C clone,
 E edit, B background, D delete, K kill, O override, S settings, R restart, Q quit.
 """
 
@@ -55,8 +56,8 @@ log = logging.getLogger(__name__)
 MIN_COLUMNS, MIN_LINES = 80, 16
 #: How long ncurses waits after ESC for the rest of an escape sequence, in ms (ncurses' default is 1000).
 ESCAPE_DELAY_MS = 25
-KEYS = "Enter attach  1-9 jump  w next waiting  W reply  N new  C clone  E edit  B bg  D delete  K kill  " \
-       "O override  S settings  R restart  Q quit"
+KEYS = "Enter attach  1-9 jump  w next waiting  W reply  P replay  N new  C clone  E edit  B bg  D delete  " \
+       "K kill  O override  S settings  R restart  Q quit"
 
 
 class SessionTable(npyscreen.MultiLineAction):
@@ -89,7 +90,7 @@ class MainForm(npyscreen.FormBaseNew):
         handlers: dict[Any, Callable[[Any], Any]] = {}
         for key, action in {"n": app.new, "c": app.clone, "e": app.edit, "b": app.background, "d": app.delete,
                             "k": app.kill, "o": app.override, "s": app.settings, "r": app.restart,
-                            "w": app.next_waiting, "q": app.quit}.items():
+                            "w": app.next_waiting, "p": app.replay, "q": app.quit}.items():
             # By code, not by character: MultiLine binds ord("k"), ord("n") ... itself, and codes are looked up first.
             handlers[ord(key)] = handlers[ord(key.upper())] = _key(action, self)
         handlers[ord("W")] = _key(app.waiting_list, self)  # w jumps to the next waiting row, W lists them all
@@ -474,6 +475,36 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         if error:
             _notify(self, f"attach {view.meta.name}: {error}", title="Attach", wide=True)
         self.main_form._resize()  # the terminal may have changed size while attached
+
+    def replay(self) -> None:
+        """P: play the selected session's recording in this terminal (``convocate replay``), back on q."""
+        picked = self._session()
+        if picked is None:
+            return
+        agent_id, view = picked
+        from convocate import replay
+
+        target = replay.Target(self.cluster.client(agent_id), view.meta.uuid, view.meta.name)
+        try:
+            casts = self.network.run_blocking(replay.fetch(target))
+        except ConvocateError as e:
+            self.message = f"replay {view.meta.name}: {e}"
+            return
+        if not any(c.events for c in casts):
+            self.message = messages.REPLAY_NOTHING.format(name=view.meta.name, window="")
+            return
+        curses.def_prog_mode()
+        curses.endwin()
+        note = ""
+        try:
+            note = replay.play_in_terminal(casts, view.meta.name)
+        except ConvocateError as e:
+            note = str(e)
+        finally:
+            curses.reset_prog_mode()
+            self.main_form.curses_pad.clear()
+        self.message = f"replay {view.meta.name}: {note}" if note else f"replayed {view.meta.name}"
+        self.main_form._resize()  # the terminal may have changed size meanwhile
 
     def new(self) -> None:
         """N: create a session (agent picker when there are several)."""
