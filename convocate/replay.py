@@ -432,7 +432,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="play a pause longer than S seconds as S; 0 plays every pause [%(default)s]")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--cat", action="store_true", help="print the plain text (ANSI stripped), one line each")
-    mode.add_argument("--export", metavar="FILE.cast", help="write one asciicast v2 file any asciinema player plays")
+    mode.add_argument("--export", metavar="FILE.cast", type=Path,
+                      help="write one asciicast v2 file any asciinema player plays")
     p.set_defaults(func=cmd_replay)
     p._negative_number_matcher = _NEGATIVE_ARG  # --since -10m
 

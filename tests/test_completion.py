@@ -90,7 +90,7 @@ def test_top_level_offers_every_subcommand_and_the_help_and_version_words(script
 
 
 def test_top_level_narrows_by_prefix(scripts):
-    assert complete(scripts, ["convocate", "re"]) == ["reply", "restart", "restore"]
+    assert complete(scripts, ["convocate", "re"]) == ["replay", "reply", "restart", "restore"]
     assert complete(scripts, ["convocate-host", "init-"]) == ["init-agent", "init-shell"]
     assert sorted(complete(scripts, ["convocate-agent", "--"])) == ["--help", "--version"]
 
