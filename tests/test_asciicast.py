@@ -173,3 +173,12 @@ def test_player_step_while_paused():
     # space pauses right after A (B is 100 s away, idle limit off), "." writes B alone, q quits.
     Player([a], out.append, Keys(b"", b" ", b".", b"q"), speed=1, idle_limit=None).play()
     assert b"".join(out).decode() == "AB"
+
+
+def test_relative_times_are_arguments_not_options():
+    from convocate.cli import build_parser
+
+    args = build_parser().parse_args(["replay", "s", "--since", "-2h", "--until", "-1m", "--speed", "4"])
+    assert args.until - args.since == pytest.approx(7200 - 60, abs=1) and args.speed == 4
+    assert build_parser().parse_args(["grep", "x", "--since", "-10m"]).since == pytest.approx(
+        parse_time("-10m"), abs=1)
