@@ -134,6 +134,25 @@ async def test_a_read_fits_the_line_limit_even_when_every_byte_needs_escaping(cl
         assert total.encode() == b'{"version": 2, "width": 80, "height": 24}\n' + line * 6
 
 
+async def test_grep_and_read_are_bounded_and_say_so(cluster):
+    sid = new_session(cluster, "rec-bounds")
+    plant(cluster, sid, cast_text([[i / 10, "o", f"match {i}\r\n"] for i in range(20)]))
+    async with connect(cluster) as conn:
+        some = await rpc_ok(conn, "recording_grep", {"pattern": r"match \d+", "id": sid, "max_matches": 3})
+        assert [m["line"] for m in some["matches"]] == ["match 0", "match 1", "match 2"]
+        assert some["truncated"] and some["reason"] == "3 matches"
+        every = await rpc_ok(conn, "recording_grep", {"pattern": "match", "id": sid})
+        assert len(every["matches"]) == 20 and not every["truncated"]
+        bad = await rpc(conn, "recording_grep", {"pattern": "a{2,1}"})
+        assert bad["code"] == "bad_request" and "'a{2,1}' is not a Python regular expression" in bad["error"]
+        window = await rpc(conn, "recording_grep", {"pattern": "x", "since": "2026-11-18T12:00:00Z",
+                                                    "until": "2026-11-18T11:00:00Z"})
+        assert window["code"] == "bad_request" and "before" in window["error"]
+        (f,) = await rpc_ok(conn, "recording_list", {"id": sid})
+        too_much = await rpc(conn, "recording_read", {"id": sid, "file": f["file"], "max_bytes": 10**9})
+        assert too_much["code"] == "bad_request" and 'field "max_bytes"' in too_much["error"]
+
+
 def test_grep_across_two_sessions_one_deleted_and_bad_patterns_named(cluster):
     alpha, beta = new_session(cluster, "grep-alpha"), new_session(cluster, "grep-beta")
     plant(cluster, alpha, cast_text([[1, "o", "\x1b[32mbuild OK\x1b[0m\r\n"], [2, "o", "deploying to prod\r\n"]]))
