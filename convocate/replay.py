@@ -263,7 +263,8 @@ class Player:
                 elif key in "-_":
                     self.speed /= 2
                 elif key in "][":
-                    self.seek(self._now_time() + (SEEK_S if key == "]" else -SEEK_S))
+                    target = self._now_time() + (SEEK_S if key == "]" else -SEEK_S)
+                    self.seek(min(target, self.times[end - 1]) if end else target)  # never past --until
                     if self.pos < end:
                         ended = False
                 else:

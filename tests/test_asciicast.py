@@ -182,3 +182,9 @@ def test_relative_times_are_arguments_not_options():
     assert args.until - args.since == pytest.approx(7200 - 60, abs=1) and args.speed == 4
     assert build_parser().parse_args(["grep", "x", "--since", "-10m"]).since == pytest.approx(
         parse_time("-10m"), abs=1)
+
+
+def test_export_writes_an_integer_timestamp_and_keeps_the_fraction_in_the_times():
+    a = parse_cast(cast_text([[0.25, "o", "x"]], timestamp=T0 + 0.5), "a")
+    lines = list(asciicast.export_lines([a]))
+    assert json.loads(lines[0])["timestamp"] == int(T0) and json.loads(lines[1]) == [0.75, "o", "x"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import calendar
 import heapq
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -352,8 +353,8 @@ def plain_lines(events: Iterable[Event]) -> Iterator[tuple[float, str]]:
 def export_lines(casts: list[Cast], since: float | None = None, until: float | None = None) -> Iterator[str]:
     """The lines of one asciicast v2 file holding ``casts`` on one timeline.
 
-    The header takes the first file's size, ``env`` and ``title``, and the time of the first
-    event exported (``since``, when given). Events are re-timed onto that timeline; each later
+    The header takes the first file's size, ``env`` and ``title``, and the first file's start
+    (or ``since``, when given) rounded down to a whole second, as v2 wants an integer. Events are re-timed onto that timeline; each later
     file whose size differs starts with an ``r`` event; markers are kept. With ``since``, the
     output of the file that holds ``since`` from that file's start is put at time 0, so a player
     starts from the screen the session showed at ``since``.
@@ -364,7 +365,8 @@ def export_lines(casts: list[Cast], since: float | None = None, until: float | N
     if not casts:
         raise ValueError("nothing to export")
     first = casts[0].header
-    base = first.timestamp if since is None else max(since, first.timestamp)
+    # asciicast v2's timestamp is an integer: the fraction goes into the events' times.
+    base = float(math.floor(first.timestamp if since is None else max(since, first.timestamp)))
     yield json.dumps(Header(first.width, first.height, base, first.env, first.title).to_json(), ensure_ascii=False)
     size = (first.width, first.height)
     for cast in casts:
