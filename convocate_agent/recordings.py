@@ -111,7 +111,9 @@ class Recordings:
         try:
             out = []
             for name in sorted(os.listdir(dfd)):
-                if not asciicast.FILE_NAME_PATTERN.fullmatch(name):
+                try:
+                    asciicast.file_start_ns(name)  # the pattern, and a real date
+                except asciicast.CastFormatError:
                     continue
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -160,7 +162,7 @@ class Recordings:
         session_id = params["id"]
         files = await asyncio.to_thread(self._files, session_id)
         running = bool(files) and await self.running(session_id)
-        return [{"file": name, "started": format_rfc3339(round(asciicast.file_start(name) * 1e9)), "bytes": size,
+        return [{"file": name, "started": format_rfc3339(asciicast.file_start_ns(name)), "bytes": size,
                  "current": running and i == len(files) - 1}
                 for i, (name, size, _) in enumerate(files)]
 
@@ -211,8 +213,8 @@ class Recordings:
                 used += cost
                 taken += len(raw)
             next_offset = offset + taken + skipped
-            rest = os.pread(fd, min(size - next_offset, 1024 * 1024), next_offset) if next_offset < size else b""
-            result: dict[str, Any] = {"data": "".join(data), "next_offset": next_offset, "eof": b"\n" not in rest}
+            eof = next_offset >= size or self._line_length(fd, next_offset) == 0
+            result: dict[str, Any] = {"data": "".join(data), "next_offset": next_offset, "eof": eof}
             if skipped:
                 result["skipped_bytes"] = skipped
             return result

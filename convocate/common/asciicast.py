@@ -91,8 +91,8 @@ class Cast:
     torn: bool = False
 
 
-def file_start(name: str) -> float:
-    """The start time a recording's file name carries, unix seconds.
+def file_start_ns(name: str) -> int:
+    """The start time a recording's file name carries, integer nanoseconds since the epoch.
 
     Raises:
         CastFormatError: ``name`` does not match :data:`FILE_NAME_PATTERN`.
@@ -101,7 +101,16 @@ def file_start(name: str) -> float:
     if not m:
         raise CastFormatError(messages.CAST_BAD_NAME.format(name=name))
     stamp, micro = m.group(1).split(".")
-    return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S")) + int(micro) / 1e6
+    try:
+        secs = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S"))
+    except ValueError:
+        raise CastFormatError(messages.CAST_BAD_NAME.format(name=name)) from None
+    return secs * 1_000_000_000 + int(micro) * 1000
+
+
+def file_start(name: str) -> float:
+    """The start time a recording's file name carries, unix seconds (see :func:`file_start_ns`)."""
+    return file_start_ns(name) / 1e9
 
 
 def file_name(start: float) -> str:
