@@ -188,3 +188,30 @@ def test_export_writes_an_integer_timestamp_and_keeps_the_fraction_in_the_times(
     a = parse_cast(cast_text([[0.25, "o", "x"]], timestamp=T0 + 0.5), "a")
     lines = list(asciicast.export_lines([a]))
     assert json.loads(lines[0])["timestamp"] == int(T0) and json.loads(lines[1]) == [0.75, "o", "x"]
+
+
+def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
+    import os
+    import pty
+    import termios
+
+    from convocate import replay
+
+    controller, terminal = pty.openpty()
+    try:
+        before = termios.tcgetattr(terminal)
+
+        def broken(self, since=None, until=None):
+            assert termios.tcgetattr(terminal)[3] & termios.ECHO == 0  # raw while playing
+            raise RuntimeError("player failed")
+
+        monkeypatch.setattr(replay.Player, "play", broken)
+        cast = parse_cast(cast_text([[0, "o", "x"]]), "a")
+        with pytest.raises(RuntimeError, match="player failed"):
+            replay.play_in_terminal([cast], "s", in_fd=terminal, out_fd=terminal)
+        assert termios.tcgetattr(terminal) == before
+        written = os.read(controller, 65536)
+        assert written.endswith(replay._LEAVE.encode())  # alternate screen left, modes reset
+    finally:
+        os.close(controller)
+        os.close(terminal)
