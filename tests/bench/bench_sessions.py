@@ -117,12 +117,23 @@ def _close_window(container, window: str) -> None:
     container.exec_run(["tmux", "kill-window", "-t", window], user=UID, environment={"HOME": "/home/claude"})
 
 
+def _terminal_clients(container) -> list[str]:
+    """The ttys of the session's tmux clients that are terminals (not the recorder's control-mode client)."""
+    out = container.exec_run(["tmux", "list-clients", "-F", "#{client_control_mode} #{client_tty}"], user=UID,
+                             environment={"HOME": "/home/claude"}).output.decode()
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("0 ")]
+
+
+def _detach_terminals(container) -> None:
+    for tty in _terminal_clients(container):
+        container.exec_run(["tmux", "detach-client", "-t", tty], user=UID, environment={"HOME": "/home/claude"})
+
+
 def _wait_no_clients(container, timeout: float = 10.0) -> None:
-    """Wait until no tmux client is attached (an ended attach's client may take a moment to go)."""
+    """Wait until no terminal is attached (an ended attach's client may take a moment to go)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = container.exec_run(["tmux", "list-clients"], user=UID, environment={"HOME": "/home/claude"}).output
-        if not out.strip():
+        if not _terminal_clients(container):
             return
         time.sleep(0.05)
     raise RuntimeError("a tmux client stayed attached")
@@ -160,7 +171,7 @@ def _pty_throughput(argv: list[str], container, total: int) -> float:
         os.waitpid(pid, 0)
         os.close(fd)
         # Docker cannot end an exec: its tmux client outlives the killed CLI until detached.
-        container.exec_run(["tmux", "detach-client", "-s", "main"], user=UID, environment={"HOME": "/home/claude"})
+        _detach_terminals(container)
     _close_window(container, window)
     return total / elapsed / (1 << 20)
 
@@ -172,6 +183,30 @@ def _drain(fd: int, quiet: float) -> None:
                 return
         except OSError:
             return
+
+
+def relay_throughput(cluster, sid: str, container, total: int) -> float:
+    """MB/s of :func:`_show_big` (``total`` bytes) seen through an attach of ``sid`` over the agent's relay."""
+
+    async def measure() -> float:
+        async with connect(cluster) as ssh:
+            process, _ = await open_attach(ssh, sid, cols=THROUGHPUT_COLS, rows=THROUGHPUT_ROWS)
+            await _quiet(process, 0.5)
+            marker = uuidlib.uuid4().hex
+            started = time.perf_counter()
+            window = _show_big(container, marker)
+            tail = b""
+            while marker.encode() not in tail:  # the pane's last line, after all of the file
+                chunk = await asyncio.wait_for(process.stdout.read(SSH_READ_BYTES), 60)
+                if not chunk:
+                    raise RuntimeError("the attach ended before the output did")
+                tail = (tail + chunk)[-200:]
+            elapsed = time.perf_counter() - started
+            process.close()
+        _close_window(container, window)
+        return total / elapsed / (1 << 20)
+
+    return asyncio.run(measure())
 
 
 def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) -> list[Figure]:
@@ -249,29 +284,11 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
         container.exec_run(["sh", "-c", f"head -c {size} /dev/urandom | base64 -w 100 > /tmp/big"], user=UID)
         total = int(container.exec_run(["stat", "-c", "%s", "/tmp/big"], user=UID).output)
 
-        async def relay_throughput() -> float:
-            async with connect(cluster) as ssh:
-                process, _ = await open_attach(ssh, tsid, cols=THROUGHPUT_COLS, rows=THROUGHPUT_ROWS)
-                await _quiet(process, 0.5)
-                marker = uuidlib.uuid4().hex
-                started = time.perf_counter()
-                window = _show_big(container, marker)
-                tail = b""
-                while marker.encode() not in tail:  # the pane's last line, after all of the file
-                    chunk = await asyncio.wait_for(process.stdout.read(SSH_READ_BYTES), 60)
-                    if not chunk:
-                        raise RuntimeError("the attach ended before the output did")
-                    tail = (tail + chunk)[-200:]
-                elapsed = time.perf_counter() - started
-                process.close()
-            _close_window(container, window)
-            return total / elapsed / (1 << 20)
-
         argv = ["/usr/bin/docker", "exec", "-it", "-u", UID, "-e", "HOME=/home/claude", "-e", "TERM=xterm-256color",
                 container.id, "tmux", "attach-session", "-t", "main"]
         relay_runs, direct_runs = [], []
         for _ in range(THROUGHPUT_ROUNDS):  # alternated, so that drift on a shared machine hits both alike
-            relay_runs.append(asyncio.run(relay_throughput()))
+            relay_runs.append(relay_throughput(cluster, tsid, container, total))
             _wait_no_clients(container)
             direct_runs.append(_pty_throughput(argv, container, total))
             _wait_no_clients(container)
