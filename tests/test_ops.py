@@ -11,7 +11,8 @@ SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 def test_every_op_of_the_design_is_declared():
     assert set(OPS) == {"ping", "list", "get", "create", "edit", "clone", "delete", "kill", "background", "override",
                         "restart", "settings-get", "settings-set", "capture", "send", "capacity", "logs", "trash",
-                        "restore", "credential_set", "credential_list", "credential_delete"}
+                        "restore", "credential_set", "credential_list", "credential_delete",
+                        "operator_challenge", "operator_identify", "operator_whoami"}
 
 
 def test_create_normalises_values():

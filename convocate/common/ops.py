@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from convocate.common import credentials, messages
+from convocate.common import credentials, messages, operator_claim
 from convocate.common.errors import BadRequest
 from convocate.common.model import (
     parse_trash_id,
@@ -159,6 +159,15 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     ),
     "credential_list": (),
     "credential_delete": (_CREDENTIAL_NAME,),
+    # (ext, issue 19) the operator's identity on this connection (convocate.common.operator_claim).
+    "operator_challenge": (),
+    "operator_identify": (
+        Param("certificate", "string", required=True,
+              check=lambda v: operator_claim.bounded(v, "certificate", operator_claim.MAX_CERTIFICATE_CHARS)),
+        Param("signature", "string", required=True,
+              check=lambda v: operator_claim.bounded(v, "signature", operator_claim.MAX_SIGNATURE_CHARS)),
+    ),
+    "operator_whoami": (),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).
