@@ -107,6 +107,9 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "credential": st.just("") | st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True),
     "kind": st.sampled_from(["api_key", "oauth_token"]),
     "secret": st.from_regex(r"[\x21-\x7e]{1,200}", fullmatch=True),
+    # operator_identify (issue 19): within the bounds, garbage inside (the real checks: test_operator_identity)
+    "certificate": st.text(max_size=200) | st.just("ssh-ed25519-cert-v01@openssh.com AAAA"),
+    "signature": st.from_regex(r"[A-Za-z0-9+/]{0,200}={0,2}", fullmatch=True),
 }
 #: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
 VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
