@@ -442,3 +442,53 @@ def test_certificate_default_name_and_bounds(tmp_path: Path):
     assert out == tmp_path / "k-cert.pub" and parsed.principals == ["alice"] and parsed._key_id == "alice"
     assert parsed._valid_before - time.time() == pytest.approx(2 * 86400, abs=120)
     assert cert.signing_key.public_data == asyncssh.read_public_key(paths.operator_ca_pub).public_data
+
+
+def test_the_tui_shows_a_refused_claim_on_its_status_line(ca_cluster: LocalCluster, operators: dict[str, Operator]):
+    """The same refusal as above, in the TUI: its status line says it, the table works."""
+    from tests.test_tui import TUI
+
+    cluster = ca_cluster
+    alice = operators["alice"]
+    issue(cluster, "alice", alice.key.with_suffix(".pub"))
+    alice.add()
+    ca_file = cluster.paths.agent_operator_ca
+    kept = ca_file.with_name("operator-ca.pub.kept")
+    ca_file.rename(kept)
+    term = TUI(alice.env(cluster))
+    try:
+        term.open(cols=200)
+        term.wait_for(f"agent {cluster.agent_id}: operator identity refused")
+        screen = term.screen()
+        assert "convocate: warning" not in screen, screen  # on the status line, not stderr behind curses
+        assert "ACCESSED" in screen
+        term.keys("q")
+        term.wait_for("EXIT=0")
+    finally:
+        term.close()
+        kept.rename(ca_file)
+
+
+async def test_the_client_claim_never_raises(tmp_path: Path):
+    """An older agent (unknown op) is quiet; an odd answer is one failed claim, not an exception."""
+    from convocate import operator
+
+    paths = Paths(tmp_path)
+    paths.shell_etc.mkdir(parents=True)
+    _keygen(paths.operator_ca_key, "ca")
+    _keygen(tmp_path / "k", "k")
+    operator_ca.issue_certificate(paths, "alice", tmp_path / "k.pub")
+    env = {operator.KEY_ENV: str(tmp_path / "k")}
+
+    async def old_agent(op, params):
+        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
+
+    async def odd_agent(op, params):
+        return {"nonce": "not base64!"}
+
+    quiet = await operator.claim(old_agent, AGENT, paths, env)
+    assert quiet == operator.OperatorClaim(reason=messages.OPERATOR_AGENT_TOO_OLD)
+    odd = await operator.claim(odd_agent, AGENT, paths, env)
+    assert odd.failed and odd.name is None and odd.reason
+    missing = await operator.claim(old_agent, AGENT, Paths(tmp_path / "none"), env)
+    assert not missing.failed and "operator-ca.pub" in missing.reason
