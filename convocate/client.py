@@ -85,7 +85,7 @@ class AgentClient:
         return self.record.agent_id
 
     async def connect(self) -> asyncssh.SSHClientConnection:
-        """Open the connection if it is not open.
+        """Open the connection if it is not open; with ``identify``, claim the operator's identity on it.
 
         Raises:
             ConfigError: the key or the pinned host key is missing or invalid.
