@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from convocate import replay
+from convocate import operator, replay
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common import messages
 from convocate.common.cli import ArgumentParser, run_main, usage_line
@@ -78,6 +78,7 @@ commands:
   auth rm NAME                    remove a credential from the shell host and every agent
   trash                           list deleted sessions still in the agents' trash
   restore TRASH-ID                bring a deleted session back from the trash
+  whoami [--json]                 who each agent takes you for (your operator certificate), or why nobody
   version                         print the version
   help                            print this help
 
@@ -175,6 +176,20 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
             if r["status"] != "ok":
                 print(f"{PROG}: agent {r['agent_id']}: {r['error']}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
+    cluster.set_warn(lambda _text: None)  # the reason is printed below, once
+    rows = await asyncio.gather(*(operator.whoami(c) for c in cluster.clients.values()))
+    if args.json:
+        _print_json(rows)
+    for r in rows:
+        if r["error"]:
+            print(f"{PROG}: agent {r['agent_id']} unavailable: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            print(messages.WHOAMI_LINE.format(agent=r["agent_id"], name=r["name"], fingerprint=r["fingerprint"])
+                  if r["name"] else messages.WHOAMI_UNIDENTIFIED.format(agent=r["agent_id"], reason=r["reason"]))
+    return 0 if not any(r["error"] for r in rows) else 1
 
 
 async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
@@ -596,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ls)
     p = sub.add_parser("agents", parents=[common], help="list agents")
     p.set_defaults(func=_cmd_agents)
+    p = sub.add_parser("whoami", parents=[common], help="who each agent takes you for")
+    p.set_defaults(func=_cmd_whoami)
 
     p = sub.add_parser("events", parents=[common], help="stream events")
     p.set_defaults(func=_cmd_events, local=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +33,16 @@ from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
+from convocate.operator import OperatorClaim, claim
 from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed
 from convocate.registry import AgentRecord, load_agent, load_registry
 
 log = logging.getLogger(__name__)
 
+
+
+def _warn_stderr(text: str) -> None:
+    print(f"convocate: warning: {text}", file=sys.stderr)
 
 
 class AmbiguousReference(ConvocateError):
@@ -53,13 +60,23 @@ class AgentClient:
         connect_timeout: Seconds allowed for TCP connect plus SSH handshake.
         paths: When given, the entry is read again from the registry before
             every new connection (an agent re-provisioned on another port, say).
+        identify: Claim the operator's identity on every new connection (:mod:`convocate.operator`):
+            the operators' CLI and TUI do, status-serve does not.
+        warn: Where a refused claim's one warning goes (stderr by default; the TUI's status line).
+
+    Attributes:
+        operator: The last connection's claim (None before the first connection, or without ``identify``).
     """
 
     def __init__(self, record: AgentRecord, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 paths: Paths | None = None) -> None:
+                 paths: Paths | None = None, identify: bool = False,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.record = record
         self.paths = paths
         self.connect_timeout = connect_timeout
+        self.identify = identify
+        self.warn = warn or _warn_stderr
+        self.operator: OperatorClaim | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
 
@@ -68,7 +85,7 @@ class AgentClient:
         return self.record.agent_id
 
     async def connect(self) -> asyncssh.SSHClientConnection:
-        """Open the connection if it is not open.
+        """Open the connection if it is not open; with ``identify``, claim the operator's identity on it.
 
         Raises:
             ConfigError: the key or the pinned host key is missing or invalid.
@@ -91,7 +108,20 @@ class AgentClient:
                     if isinstance(e.__cause__, PermissionError):
                         raise no_permission(e.__cause__) from e
                     raise
+                if self.identify:
+                    conn = self._conn
+                    await self._claim(conn)  # a channel failing in it drops self._conn: the caller's next one fails
+                    return conn
             return self._conn
+
+    async def _claim(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Identify the operator on the new connection; a refusal is one warning, never an error."""
+        async def call_here(op: str, params: dict[str, Any]) -> Any:
+            return await self._call_on(conn, op, params)
+
+        self.operator = await claim(call_here, self.agent_id, self.paths or Paths.from_env())
+        if self.operator.failed:
+            self.warn(messages.OPERATOR_CLAIM_FAILED.format(agent=self.agent_id, detail=self.operator.reason))
 
     def _unreachable(self, error: Exception) -> Unreachable:
         return Unreachable(messages.PEER_UNREACHABLE.format(peer=f"agent {self.agent_id}",
@@ -104,7 +134,11 @@ class AgentClient:
             ConvocateError: the agent's error, rebuilt from its ``code``; or
                 Unreachable / ProtocolError for transport problems.
         """
-        process = await self._open_channel(RPC_SUBSYSTEM)
+        return await self._call_on(await self.connect(), op, params)
+
+    async def _call_on(self, conn: asyncssh.SSHClientConnection, op: str, params: dict[str, Any] | None) -> Any:
+        """:meth:`call` on ``conn`` (the connection being set up holds the lock :meth:`connect` takes)."""
+        process = await self._open_channel(RPC_SUBSYSTEM, conn)
         try:
             process.stdin.write(encode_line(Request(op, params or {}).to_wire()))
             process.stdin.write_eof()
@@ -130,15 +164,16 @@ class AgentClient:
         process.stdin.write(encode_line(header))
         return process
 
-    async def _open_channel(self, subsystem: str) -> asyncssh.SSHClientProcess:
-        """A new channel running ``subsystem`` on the connection (opened if needed).
+    async def _open_channel(self, subsystem: str,
+                            conn: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientProcess:
+        """A new channel running ``subsystem`` on ``conn``, or on the connection (opened if needed).
 
         A failure drops the connection, so the next call reconnects.
 
         Raises:
             Unreachable: no connection, or the agent refused the channel.
         """
-        conn = await self.connect()
+        conn = conn or await self.connect()
         try:
             return await conn.create_process(subsystem=subsystem, encoding=None)
         except (OSError, asyncssh.Error) as e:
@@ -193,7 +228,7 @@ class Cluster:
         NoPermission: this account may not read the registry (it is the ``claude`` account's).
     """
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, warn: Callable[[str], None] | None = None) -> None:
         self.paths = paths
         try:
             records, self.registry_errors = load_registry(paths)
@@ -203,7 +238,12 @@ class Cluster:
             log.warning("%s", error)
         if not records:
             raise ConfigError(messages.NO_AGENTS.format(path=paths.agents_dir))
-        self.clients = {r.agent_id: AgentClient(r, paths=paths) for r in records}
+        self.clients = {r.agent_id: AgentClient(r, paths=paths, identify=True, warn=warn) for r in records}
+
+    def set_warn(self, warn: Callable[[str], None]) -> None:
+        """Send the agents' warnings (a refused operator claim) to ``warn`` from now on (the TUI's status line)."""
+        for client in self.clients.values():
+            client.warn = warn
 
     def client(self, agent_id: str) -> AgentClient:
         """The client for one agent.

@@ -34,6 +34,7 @@ from convocate.common.protocol import (
     read_frames,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: An op that acts on the connection rather than a session: it gets the channel's :class:`Caller` too.
+CallerHandler = Callable[[dict[str, Any], Caller | str], Awaitable[Any]]
 
 
 class RpcDispatcher:
@@ -82,6 +85,7 @@ class RpcDispatcher:
             "recording_read": service.recordings.read,
             "recording_grep": service.recordings.grep,
         }
+        self.caller_handlers: dict[str, CallerHandler] = OperatorOps(service.paths, service.agent_id).handlers()
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:
         """Answer one received frame (a request line, or an oversized-line marker).
@@ -98,9 +102,13 @@ class RpcDispatcher:
             request_id, op = request.id, request.op
             params = decode_params(request.op, request.params)
             handler = self.handlers.get(request.op)
-            if handler is None:  # declared in OPS but not wired: a bug, not a client error
+            caller_handler = self.caller_handlers.get(request.op)
+            if handler is not None:
+                result = await handler(params)
+            elif caller_handler is not None:
+                result = await caller_handler(params, caller)
+            else:  # declared in OPS but not wired: a bug, not a client error
                 raise BadRequest(messages.UNKNOWN_OP.format(op=request.op))
-            result = await handler(params)
             response = Response.success(result, request_id)
         except ConvocateError as e:
             response = Response.failure(e, request_id)

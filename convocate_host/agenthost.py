@@ -13,7 +13,9 @@ init-agent (DESIGN §6), each step idempotent:
    and rsyslog forwarding the session containers' logs to that port (:mod:`convocate_host.logforward`).
 4. the session image: sent from the shell host when the agent lacks it (SHA-256 checked on
    arrival), then stamped as the agent's ``current-image``.
-5. the agent restarted when its own configuration changed, then checked from the shell host:
+5. the shell's operator CA public key as the agent's ``operator-ca.pub`` (issue 19; read at each
+   ``operator_identify``, no restart).
+6. the agent restarted when its own configuration changed, then checked from the shell host:
    ``convocate agents`` must report it ``ok``.
 
 update: the newest .debs of whatever convocate packages the host has, the image of the new
@@ -36,7 +38,7 @@ from pathlib import Path
 from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.paths import CLAUDE_USER, Paths
-from convocate_host import logforward
+from convocate_host import logforward, operator_ca
 from convocate_host.debs import ensure_package, find_deb, installed_version
 from convocate_host.images import ensure_agent_image
 from convocate_host.peering import (
@@ -125,6 +127,7 @@ async def init_agent(shell: Target, agent: Target, options: AgentOptions, shell_
                                            agent_report)
     await ensure_agent_image(shell, agent, options.image, agent_report, shell_report=shell_report)
     await stamp_current_image(agent, options.image, agent_report)
+    await operator_ca.install_agent_ca(shell, agent, agent_report)
     if restart:
         await agent.run(["systemctl", "restart", AGENT_UNIT], what="restarting the agent")
         agent_report.changed(f"{AGENT_UNIT} restarted with the new configuration")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from convocate.common.cli import ArgumentParser, run_main, usage_line
 from convocate.common.errors import BadRequest
+from convocate.common.paths import Paths
 from convocate.common.version import __version__
+from convocate_host import operator_ca, vm
 from convocate_host import report as reports
-from convocate_host import vm
 from convocate_host.agenthost import AgentOptions, each_agent, init_agent, update_host
 from convocate_host.migrate import migrate_session
 from convocate_host.prepare import PrepareOptions, prepare
@@ -47,6 +48,7 @@ commands:
   update           roll new packages and the session image to a host, or to every agent (--all);
                    --claude-code VERSION rolls a new Claude Code without new packages
   migrate-session  move an orphan session directory from the shell host to an agent
+  operator-cert    sign an operator's SSH public key into a certificate naming them (root, shell host)
   create-vm        boot a new VM on a KVM hypervisor (libvirt, cloud-init)
   version          print the version
   help             print this help
@@ -332,6 +334,35 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return _run(run)
 
 
+# --- operator-cert ---------------------------------------------------------------------------------
+def _add_operator_cert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("operator-cert", help="issue an operator certificate",
+                       description="Sign an operator's own SSH public key with the cluster's operator CA "
+                       "(/etc/convocate/operator-ca, root's) into an OpenSSH user certificate whose key ID and "
+                       "principal are NAME; the agents take the operator's connections for NAME. Runs on the "
+                       "shell host as root.")
+    p.add_argument("--name", required=True,
+                   help="the operator's name: 1-32 of a-z, 0-9, '.', '_', '-', starting with a letter")
+    p.add_argument("pubkey", type=Path, metavar="PUBKEY_FILE", help="the operator's public key (e.g. id_ed25519.pub)")
+    p.add_argument("--valid-days", type=int, default=operator_ca.DEFAULT_VALID_DAYS,
+                   help="days the certificate is valid [%(default)s]")
+    p.add_argument("--out", type=Path, help="where to write it [KEY-cert.pub beside the key]")
+    p.set_defaults(func=_cmd_operator_cert)
+
+
+def _cmd_operator_cert(args: argparse.Namespace) -> int:
+    report = LiveReport("this host")
+    if args.dry_run:
+        report.note(f"would sign {args.pubkey} for {args.name} ({args.valid_days} days) with "
+                    f"{Paths.from_env().operator_ca_key}")
+    else:
+        path, cert = operator_ca.issue_certificate(Paths.from_env(), args.name, args.pubkey, args.valid_days,
+                                                   args.out)
+        report.changed(operator_ca.describe(args.name, path, cert, args.valid_days))
+    report.finish("operator-cert")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
     sub = parser.add_subparsers(dest="command", prog=PROG)
@@ -340,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init_agent(sub)
     _add_update(sub)
     _add_migrate(sub)
+    _add_operator_cert(sub)
     vm.add_parser(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true",

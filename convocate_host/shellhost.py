@@ -11,6 +11,8 @@
    (:mod:`convocate_host.logforward`).
 4. ufw allows 223/tcp and the log port range 6514:6769/tcp when ufw is on the host.
 5. ``convocate-status.service`` enabled and running.
+6. the operator CA (``/etc/convocate/operator-ca``, root 0600, and ``.pub``), minted once
+   (:mod:`convocate_host.operator_ca`, issue 19).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from convocate.common import messages
 from convocate.common.paths import Paths
-from convocate_host import logforward, rsyslog
+from convocate_host import logforward, operator_ca, rsyslog
 from convocate_host.debs import ensure_package, find_deb
 from convocate_host.peering import read_status_host_key
 from convocate_host.prepare import ensure_firewall
@@ -82,6 +84,7 @@ async def init_shell(shell: Target, options: ShellOptions, report: LiveReport) -
     else:
         report.note("ufw is not installed: open the status and log ports yourself")
     await ensure_service(shell, STATUS_UNIT, report)
+    await operator_ca.ensure_shell_ca(shell, report)
 
 
 async def shell_names(shell: Target, extra: tuple[str, ...]) -> list[str]:

@@ -12,7 +12,8 @@ def test_every_op_of_the_design_is_declared():
     assert set(OPS) == {"ping", "list", "get", "create", "edit", "clone", "delete", "kill", "background", "override",
                         "restart", "settings-get", "settings-set", "capture", "send", "capacity", "logs", "trash",
                         "restore", "credential_set", "credential_list", "credential_delete",
-                        "recording_list", "recording_read", "recording_grep"}
+                        "recording_list", "recording_read", "recording_grep",
+                        "operator_challenge", "operator_identify", "operator_whoami"}
 
 
 def test_create_normalises_values():

@@ -109,6 +109,13 @@ class NoPermission(ConvocateError):
     exit_code = 77  # EX_NOPERM
 
 
+class Forbidden(ConvocateError):
+    """The request is well formed but refused: a proof that does not hold (an operator claim, issue 19)."""
+
+    code = "forbidden"
+    exit_code = 77  # EX_NOPERM
+
+
 class UsageError(BadRequest):
     """The command line itself is wrong: an unknown command or option, a missing argument.
 
@@ -146,14 +153,17 @@ _BY_CODE: dict[str, type[ConvocateError]] = {
         HostKeyMismatch,
         ProtocolError,
         NoPermission,
+        Forbidden,
     )
 }
 
 #: The codes an agent may put in an RPC error response (DESIGN §3), plus (ext) ``config``: the
 #: agent's own configuration is missing or invalid (no session image configured, say). Clients that
-#: predate it map an unknown code to ``internal``, which is what they received before.
+#: predate it map an unknown code to ``internal``, which is what they received before. (ext, issue 19)
+#: ``forbidden``: an operator claim that does not hold (``operator_identify``).
 WIRE_CODES = frozenset(
-    {"bad_request", "not_found", "conflict", "locked", "admission_denied", "docker_error", "internal", "config"}
+    {"bad_request", "not_found", "conflict", "locked", "admission_denied", "docker_error", "internal", "config",
+     "forbidden"}
 )
 
 

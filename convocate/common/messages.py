@@ -408,3 +408,49 @@ REPLAY_NEEDS_TERMINAL = "replay plays in a terminal; use --cat, --json or --expo
 REPLAY_KEYS = "space pause  . step  + - speed  ] [ seek 10 s  q quit"
 GREP_AGENT_FAILED = "agent {agent}: {error}"
 GREP_TRUNCATED = "agent {agent}: stopped after {reason}; narrow it with --session, --since or --until"
+# --- operator identity (issue 19: operator_challenge, operator_identify, convocate whoami) ---------------
+BAD_OPERATOR_NAME = (
+    'field "{field}": an operator name is 1-32 of a-z, 0-9, ".", "_" and "-", starting with a letter'
+    " (got {value!r})"
+)
+OPERATOR_INPUT_TOO_LONG = 'field "{field}": longer than {limit} characters'
+OPERATOR_BAD_CERTIFICATE = 'field "certificate": not an OpenSSH certificate: {detail}'
+OPERATOR_BAD_SIGNATURE_FIELD = 'field "signature": {detail}'
+OPERATOR_NO_CHANNEL_STATE = "operator identity needs an SSH connection (this channel has no connection state)"
+OPERATOR_NO_CA = (
+    "this agent has no operator CA ({path}): it cannot identify operators; "
+    "`convocate-host init-agent` installs it from the shell host's {shell_path}"
+)
+OPERATOR_CA_UNREADABLE = "this agent's operator CA {path} is unusable: {detail}"
+OPERATOR_NO_CHALLENGE = "no operator challenge on this connection: ask operator_challenge first"
+OPERATOR_CHALLENGE_USED = "the operator challenge of this connection was already used: ask operator_challenge again"
+OPERATOR_CHALLENGE_EXPIRED = (
+    "the operator challenge of this connection expired ({seconds:g} s): ask operator_challenge again"
+)
+OPERATOR_NOT_USER_CERT = "the certificate is not an SSH user certificate"
+OPERATOR_UNKNOWN_CA = (
+    "the certificate is signed by {signer}, not by this cluster's operator CA {ca}"
+)
+OPERATOR_CERT_NOT_YET_VALID = "the certificate is not valid before {when}"
+OPERATOR_CERT_EXPIRED = "the certificate expired at {when}"
+OPERATOR_PRINCIPAL_MISMATCH = "the certificate's principals {principals} do not include its key ID {key_id!r}"
+OPERATOR_BAD_KEY_ID = "the certificate's key ID {key_id!r} is not an operator name: {detail}"
+OPERATOR_BAD_CLAIM_SIGNATURE = (
+    "the signature is not by the certificate's key {fingerprint} over this connection's challenge"
+)
+OPERATOR_IDENTIFIED = "operator {name} ({fingerprint}) identified"
+# shell side (convocate.operator)
+OPERATOR_NO_SHELL_CA = "no operator CA on this shell host ({path})"
+OPERATOR_NO_CERTIFICATE = "no certificate in SSH_AUTH_SOCK signed by the operator CA"
+OPERATOR_NO_AGENT_SOCKET = "no SSH_AUTH_SOCK (log in with `ssh -A`) and no CONVOCATE_OPERATOR_KEY"
+OPERATOR_AGENT_SOCKET_FAILED = "the SSH agent at SSH_AUTH_SOCK={path} cannot be used: {detail}"
+OPERATOR_KEY_FILE_FAILED = "CONVOCATE_OPERATOR_KEY={path}: {detail}"
+OPERATOR_KEY_FILE_NOT_CA = "CONVOCATE_OPERATOR_KEY={path}: its certificate {cert} is not signed by the operator CA"
+OPERATOR_CLAIM_FAILED = "agent {agent}: operator identity refused: {detail}; continuing unidentified"
+OPERATOR_AGENT_TOO_OLD = "the agent does not know operator identity (an older convocate-agent)"
+WHOAMI_LINE = "agent {agent}: {name} ({fingerprint})"
+WHOAMI_UNIDENTIFIED = "agent {agent}: unidentified: {reason}"
+OPERATOR_CERT_ISSUED = "certificate for {name} ({fingerprint}, valid until {until}) written to {path}"
+OPERATOR_CA_MISSING = "the operator CA {path} is missing: run `convocate-host init-shell` on this host first"
+OPERATOR_CA_NOT_ROOT = "the operator CA {path} is root's (0600): run operator-cert as root"
+OPERATOR_PUBKEY_UNREADABLE = "{path}: not an SSH public key: {detail}"

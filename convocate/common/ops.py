@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from convocate.common import credentials, messages
+from convocate.common import credentials, messages, operator_claim
 from convocate.common.errors import BadRequest
 from convocate.common.model import (
     parse_trash_id,
@@ -215,6 +215,15 @@ OPS: dict[str, tuple[Param, ...] | None] = {
         Param("since", "string", check=_window("since")), Param("until", "string", check=_window("until")),
         Param("max_matches", "integer", check=_bounded("max_matches", 1, GREP_MATCHES_MAX)),
     ),
+    # (ext, issue 19) the operator's identity on this connection (convocate.common.operator_claim).
+    "operator_challenge": (),
+    "operator_identify": (
+        Param("certificate", "string", required=True,
+              check=lambda v: operator_claim.bounded(v, "certificate", operator_claim.MAX_CERTIFICATE_CHARS)),
+        Param("signature", "string", required=True,
+              check=lambda v: operator_claim.bounded(v, "signature", operator_claim.MAX_SIGNATURE_CHARS)),
+    ),
+    "operator_whoami": (),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).

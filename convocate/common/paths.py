@@ -68,6 +68,12 @@ class Paths:
         return self.agent_etc / "authorized_keys"
 
     @property
+    def agent_operator_ca(self) -> Path:
+        """``/etc/convocate-agent/operator-ca.pub`` (0644): the cluster's operator CA, as init-agent installs it;
+        ``operator_identify`` accepts certificates it signed (issue 19). Absent: no operator can identify."""
+        return self.agent_etc / "operator-ca.pub"
+
+    @property
     def shell_host_file(self) -> Path:
         return self.agent_etc / "shell-host"
 
@@ -253,6 +259,18 @@ class Paths:
     def agent_status_key(self, agent_id: str) -> Path:
         """The public half of the agent's status key: the one key status-serve takes as this agent (issue 14)."""
         return self.agent_dir(agent_id) / "status_ed25519_key.pub"
+
+    @property
+    def operator_ca_key(self) -> Path:
+        """``/etc/convocate/operator-ca`` (root, 0600): the operator CA's private key, made by init-shell; it signs
+        the operators' SSH user certificates (``convocate-host operator-cert``, issue 19)."""
+        return self.shell_etc / "operator-ca"
+
+    @property
+    def operator_ca_pub(self) -> Path:
+        """``/etc/convocate/operator-ca.pub`` (0644): the operator CA's public key, read by every operator's
+        ``convocate`` to find its certificate, and installed on each agent by init-agent."""
+        return self.shell_etc / "operator-ca.pub"
 
     @property
     def shell_domain_file(self) -> Path:

@@ -853,6 +853,7 @@ def run_tui(paths: Paths) -> int:
     logging.lastResort = None  # nothing may write to the screen behind curses
     logging.getLogger().addHandler(logging.NullHandler())
     app = ConvocateApp(cluster)
+    cluster.set_warn(lambda text: setattr(app, "message", text))  # a refused operator claim: the status line
     try:
         app.run(fork=False)
     finally:

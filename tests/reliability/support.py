@@ -39,9 +39,10 @@ FULL = os.environ.get(MODE_ENV, "fast").strip().lower() == "full"
 MODE = "full" if FULL else "fast"
 
 #: The error codes an agent may answer with (DESIGN §3). ``internal`` for anything a
-#: client sent is itself a finding: the suite asserts it never happens.
+#: client sent is itself a finding: the suite asserts it never happens. ``forbidden``: an operator claim
+#: that does not hold (issue 19).
 STABLE_CODES = frozenset({"bad_request", "not_found", "conflict", "locked", "admission_denied", "docker_error",
-                          "internal"})
+                          "internal", "forbidden"})
 CLIENT_CODES = STABLE_CODES - {"internal"}
 
 PROFILE = f"convocate-reliability-{MODE}"
