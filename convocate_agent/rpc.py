@@ -34,6 +34,7 @@ from convocate.common.protocol import (
     read_frames,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.audit import AuditLog
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,12 @@ class RpcDispatcher:
 
     Args:
         service: The agent's operations.
+        audit: The audit trail every recorded op goes to (``convocate_agent.audit``), or None.
     """
 
-    def __init__(self, service: AgentService) -> None:
+    def __init__(self, service: AgentService, audit: AuditLog | None = None) -> None:
         self.service = service
+        self.audit = audit
         self.handlers: dict[str, Handler] = {
             "ping": service.ping,
             "list": service.list,
@@ -79,6 +82,8 @@ class RpcDispatcher:
             "credential_list": service.credential_list,
             "credential_delete": service.credential_delete,
         }
+        if audit is not None:
+            self.handlers["audit_read"] = audit.read_op
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:
         """Answer one received frame (a request line, or an oversized-line marker).
@@ -87,17 +92,17 @@ class RpcDispatcher:
         """
         started = time.monotonic()
         request_id: Any = Request.salvage_id(frame) if isinstance(frame, bytes) else NO_ID
-        op = "?"
+        op, params, result = "?", None, None
         try:
             if isinstance(frame, LineTooLong):
                 raise frame
             request = Request.parse(frame)
-            request_id, op = request.id, request.op
-            params = decode_params(request.op, request.params)
+            request_id, op, params = request.id, request.op, request.params
+            decoded = decode_params(request.op, request.params)
             handler = self.handlers.get(request.op)
             if handler is None:  # declared in OPS but not wired: a bug, not a client error
                 raise BadRequest(messages.UNKNOWN_OP.format(op=request.op))
-            result = await handler(params)
+            result = await handler(decoded)
             response = Response.success(result, request_id)
         except ConvocateError as e:
             response = Response.failure(e, request_id)
@@ -107,6 +112,8 @@ class RpcDispatcher:
         elapsed_ms = (time.monotonic() - started) * 1000
         outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
         log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
+        if self.audit is not None:
+            await self.audit.record_rpc(caller, op, params, result, outcome, elapsed_ms)
         return response
 
 

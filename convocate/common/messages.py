@@ -387,3 +387,23 @@ REPLY_SENT = "replied to {name}"
 NO_SESSION_WAITING = "no session is waiting for you"
 SESSION_LIMITED = "{name} hit a usage limit{until}: {detail}"
 LIMIT_OVER = "the usage limit reset at {until}; waiting for a prompt"
+
+# --- the audit trail (issue 19) ---------------------------------------------------------------------------
+AUDIT_WRITE_FAILED = "AUDIT RECORD LOST: cannot append to {path} (op {op}): {error}; the op went on"
+AUDIT_TORN_TAIL = ("the audit file {path} does not end with a whole record (a torn write after seq {seq}); "
+                   "it is left as it is and the next record says \"repaired\": true")
+AUDIT_FORWARD_DOWN = ("audit records are not reaching rsyslog at {socket} ({error}); they stay in the agent's "
+                      "file and journal; logged once until it answers again")
+AUDIT_FORWARD_BACK = "audit records reach rsyslog at {socket} again"
+AUDIT_TOO_LONG_TO_FORWARD = ("an audit record of {size} bytes is longer than a forwarded datagram may be "
+                             "({limit}); it is in the agent's file and journal only")
+AUDIT_CHAIN_OK = "{source}: {count} record(s), chain intact"
+AUDIT_CHAIN_TORN = "{source}: line {line} is not a whole record (a torn write); record {seq} after it says repaired"
+AUDIT_CHAIN_BROKEN = "{source}: record {seq} (line {line}) is broken: {reason}"
+AUDIT_BAD_PREV = "prev does not match the SHA-256 of record {seq}"
+AUDIT_BAD_FIRST_PREV = "the first record's prev is not 64 zeros"
+AUDIT_BAD_SEQ = "seq {got} follows seq {want_after} (expected {want})"
+AUDIT_NOT_A_RECORD = "line {line} is not a JSON record"
+AUDIT_UNREPAIRED = "line {line} is not a whole record and the next record does not say repaired"
+AUDIT_FILE_UNREADABLE = "cannot read the audit file {path}: {error}"
+AUDIT_BAD_TIME = "--{flag} {value!r} is not a time: {reason} (RFC 3339, e.g. 2026-12-07T06:30:00Z)"
