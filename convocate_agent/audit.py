@@ -53,10 +53,11 @@ AUDIT_PRI = 10 * 8 + 5
 NOT_RECORDED = frozenset({"ping", "list", "get", "capacity", "settings-get", "credential_list", "trash",
                           "audit_read", "operator_challenge"})
 #: Longest forwarded datagram, in bytes: a Unix datagram cannot exceed the socket's send buffer
-#: (``net.core.wmem_max``, 212992 on Debian); the drop-ins raise rsyslog's maxMessageSize to
+#: (``net.core.wmem_max``, 212992 on Debian) and the shell's imtcp takes frames up to 200000 bytes
+#: (its ``MaxFrameSize``); the drop-ins raise rsyslog's maxMessageSize to
 #: :data:`convocate_host.rsyslog.MAX_MESSAGE_SIZE` (256 KiB) above it. A longer record stays in the
 #: agent's file and journal and is not forwarded (logged); the shell's copy then shows the gap.
-FORWARD_MAX = 200_000
+FORWARD_MAX = 190_000
 #: Records one ``audit_read`` answer holds at most (its ``max`` default and ceiling).
 READ_MAX = 1000
 #: Bytes of records one ``audit_read`` answer holds at most: the answer must fit the RPC's 1 MiB line.

@@ -1,7 +1,7 @@
 """The audit trail's line format and hash chain, shared by the agent (writer) and the shell (reader).
 
-A record is one line of canonical JSON (``sort_keys``, compact separators, ``ensure_ascii``): the bytes
-are well defined, hold no byte above 0x7e and no control character. Each record's ``prev`` is the hex
+A record is one line of canonical JSON (``sort_keys``, compact separators, ``ensure_ascii``, DEL escaped too): the
+bytes are well defined and printable ASCII only. Each record's ``prev`` is the hex
 SHA-256 of the previous record's line bytes without the newline; the first record's is :data:`GENESIS`,
 and ``seq`` counts 1, 2, ... (issue 19 item 4). A line that is not a record (a write torn by a power loss
 or a full disk) may stand in the file only if the record after it says ``"repaired": true`` and chains
@@ -31,8 +31,14 @@ AUDIT_APP_NAME = "convocate-audit"
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    """The record's line bytes (no newline): sorted keys, compact, ASCII only."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    """The record's line bytes (no newline): sorted keys, compact, printable ASCII only.
+
+    ``ensure_ascii`` escapes every control character but DEL (0x7f), which JSON allows raw and rsyslog
+    would rewrite as ``#177`` on receipt: it is escaped as ``\\u007f`` too, so the forwarded copy stays
+    byte-identical.
+    """
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.replace("\x7f", "\\u007f").encode("ascii")
 
 
 def line_hash(line: bytes) -> str:
