@@ -88,12 +88,13 @@ def redact(params: Any) -> Any:
 
 
 def _session_of(op: str, params: Any, result: Any) -> str | None:
-    """The session an op is about: its ``id`` (``source_id`` of a clone), or the new session's id."""
+    """The session an op is about: the new one of ``create``/``clone``/``restore``, else its ``id``."""
     candidates = []
     if isinstance(params, dict):
         candidates += [params.get("id"), params.get("source_id")]
-    if op in ("create", "restore") and isinstance(result, dict):
-        candidates.append(result.get("id"))
+    if op in ("create", "clone", "restore") and isinstance(result, dict):  # the new session
+        view = result.get("session") if isinstance(result.get("session"), dict) else result
+        candidates.insert(0, view.get("uuid"))
     for value in candidates:
         if isinstance(value, str):
             try:

@@ -19,14 +19,12 @@ from convocate.common.auditchain import AUDIT_APP_NAME, verify_file
 from convocate.common.paths import CLAUDE_UID
 from convocate_agent.audit import AuditLog
 from convocate_host import rsyslog
-from tests.test_rsyslog import (  # noqa: F401 (fixtures)
-    AGENT,
-    Cluster,
-    cluster,
-    docker_datagram,
-    short_root,
-    wait_for,
-)
+from tests import test_rsyslog
+from tests.test_rsyslog import AGENT, Cluster, docker_datagram, wait_for
+
+# The two real rsyslogd of test_rsyslog, as fixtures of this module too.
+short_root = test_rsyslog.short_root
+cluster = test_rsyslog.cluster
 
 SECRET = "sk-ant-api03-forwarded-" + "q" * 40
 
