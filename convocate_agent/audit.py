@@ -58,6 +58,10 @@ NOT_RECORDED = frozenset({"ping", "list", "get", "capacity", "settings-get", "cr
 #: :data:`convocate_host.rsyslog.MAX_MESSAGE_SIZE` (256 KiB) above it. A longer record stays in the
 #: agent's file and journal and is not forwarded (logged); the shell's copy then shows the gap.
 FORWARD_MAX = 190_000
+#: Longest ``params`` kept in a record, in bytes of canonical JSON: every valid request fits (a 64 KiB
+#: ``send`` of control characters escapes to 384 KiB); a longer one (a client's garbage, up to the 1 MiB
+#: line) is kept as its size and SHA-256, so that any one record fits an ``audit_read`` answer.
+PARAMS_MAX = 400_000
 #: Records one ``audit_read`` answer holds at most (its ``max`` default and ceiling).
 READ_MAX = 1000
 #: Bytes of records one ``audit_read`` answer holds at most: the answer must fit the RPC's 1 MiB line.
@@ -85,6 +89,14 @@ def redact(params: Any) -> Any:
         else:
             out[key] = value
     return out
+
+
+def bounded(params: Any) -> Any:
+    """``params``, or ``{"truncated": true, "bytes": N, "sha256": H}`` when longer than :data:`PARAMS_MAX`."""
+    data = canonical({"p": params})
+    if len(data) <= PARAMS_MAX:
+        return params
+    return {"truncated": True, "bytes": len(data) - 6, "sha256": line_hash(data[5:-1])}
 
 
 def _session_of(op: str, params: Any, result: Any) -> str | None:
@@ -321,7 +333,7 @@ class AuditLog:
             return
         operator, via = caller_fields(caller)
         await self.append({"operator": operator, "via": via, "op": op, "session": _session_of(op, params, result),
-                           "params": redact(params), "result": outcome, "duration_ms": round(duration_ms, 1)})
+                           "params": bounded(redact(params)), "result": outcome, "duration_ms": round(duration_ms, 1)})
 
     async def record_attach(self, caller: Any, session_id: str | None, read_only: bool, params: dict[str, Any],
                             outcome: str) -> None:

@@ -311,3 +311,12 @@ def test_the_tail_is_found_without_reading_the_whole_file(tmp_path: Path):
     tail = read_tail(path)
     last = path.read_bytes().splitlines()[-1]
     assert tail.seq == 5 and tail.prev == line_hash(last) and not tail.torn
+
+
+def test_params_longer_than_any_valid_request_are_kept_as_their_size_and_hash():
+    from convocate_agent.audit import PARAMS_MAX, bounded
+
+    worst_send = {"id": str(uuid.uuid4()), "text": "\x01" * (64 * 1024)}  # the longest valid send, escaped
+    assert bounded(worst_send) is worst_send and len(canonical(worst_send)) < PARAMS_MAX
+    garbage = bounded({"pad": '"' * PARAMS_MAX})
+    assert garbage["truncated"] is True and garbage["bytes"] > PARAMS_MAX and len(garbage["sha256"]) == 64
