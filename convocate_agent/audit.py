@@ -45,6 +45,10 @@ from convocate.common.model import validate_uuid
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 
 log = logging.getLogger(__name__)
+#: The journal's ``audit <line>`` records: at INFO whatever ``--log-level`` says (a logger's own level
+#: decides; the handlers of the root logger print what it passes on).
+journal = logging.getLogger(__name__ + ".journal")
+journal.setLevel(logging.INFO)
 
 #: PRI of a forwarded record: facility authpriv (10), severity notice (5), RFC 5424 §6.2.1.
 AUDIT_PRI = 10 * 8 + 5
@@ -284,7 +288,7 @@ class AuditLog:
             except Exception as e:  # disk full, permissions, a bug: the op goes on regardless
                 log.error(messages.AUDIT_WRITE_FAILED.format(path=self.path, op=fields.get("op"), error=e))
                 return None
-        log.info("audit %s", line.decode("ascii"))
+        journal.info("audit %s", line.decode("ascii"))
         self.forwarder.send(line, ns)
         return record
 

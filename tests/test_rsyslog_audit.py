@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from convocate.common.paths import CLAUDE_UID
 from convocate_agent.audit import AuditLog
 from convocate_host import rsyslog
 from tests import test_rsyslog
-from tests.test_rsyslog import AGENT, Cluster, docker_datagram, wait_for
+from tests.test_rsyslog import AGENT, REPO, Cluster, docker_datagram, wait_for
 
 # The two real rsyslogd of test_rsyslog, as fixtures of this module too.
 short_root = test_rsyslog.short_root
@@ -117,6 +119,18 @@ def test_audit_records_reach_the_shell_byte_identical_and_forged_ones_do_not(clu
     lines = cluster.wait_for_lines('{"seq":98,"forged":"as a session line"}')
     assert not any(AUDIT_APP_NAME in line or '"op":"send"' in line for line in lines)
     assert SECRET.encode() not in copy.read_bytes()
+
+    # The shell's copy, one character of its second record changed: convocate audit names it.
+    lines = copy.read_bytes().splitlines(keepends=True)
+    edited = short_root / "edited.audit.jsonl"
+    edited.write_bytes(lines[0] + lines[1].replace(b'"op":"send"', b'"op":"sand"') + b"".join(lines[2:]))
+    result = subprocess.run([sys.executable, "-m", "convocate", "audit", "--verify", "--file", str(edited)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1
+    assert f"{edited}: record 3 (line 3) is broken: prev does not match the SHA-256 of record 2" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "convocate", "audit", "--verify", "--file", str(copy)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "4 record(s), chain intact" in result.stdout, result.stderr
 
 
 def test_a_missing_socket_is_logged_once_and_the_record_is_kept(tmp_path: Path, caplog):
