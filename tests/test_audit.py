@@ -254,6 +254,30 @@ def records_after_restart_continue(path: Path) -> bool:
     return True
 
 
+@pytest.mark.docker
+async def test_two_keys_are_told_apart_by_via_and_one_connections_channels_share_it(cluster):
+    other = keys.generate_key("operator bob (laptop)")
+    auth = cluster.paths.agent_authorized_keys
+    original = auth.read_bytes()
+    auth.write_bytes(original + (keys.public_key_line(other, "operator bob (laptop)") + "\n").encode())
+    missing = str(uuid.uuid4())
+    start = last_seq(cluster)
+    try:
+        async with connect(cluster) as shell_conn, connect(cluster, key=other) as bob_conn:
+            await rpc(shell_conn, "kill", {"id": missing})
+            await rpc(bob_conn, "kill", {"id": missing})
+            await rpc(bob_conn, "restart", {"id": missing})
+    finally:
+        auth.write_bytes(original)
+    got = after(cluster, start)
+    assert [r["op"] for r in got] == ["kill", "kill", "restart"]
+    shell_via, bob_via, bob_again = (r["via"] for r in got)
+    assert shell_via["fingerprint"] == keys.fingerprint(keys.load_private_key(cluster.shell_key_path))
+    assert bob_via["fingerprint"] == keys.fingerprint(other) != shell_via["fingerprint"]
+    assert bob_via["comment"] == "operator bob (laptop)"
+    assert bob_again["peer"] == bob_via["peer"] != shell_via["peer"], "one connection, one peer address"
+
+
 # --- pure: the log and the verifier ---------------------------------------------------------------------
 
 def test_operator_identity_is_recorded_and_audit_operator_matches_name_or_fingerprint(tmp_path: Path, monkeypatch,
