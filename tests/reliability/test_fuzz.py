@@ -107,6 +107,9 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "credential": st.just("") | st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True),
     "kind": st.sampled_from(["api_key", "oauth_token"]),
     "secret": st.from_regex(r"[\x21-\x7e]{1,200}", fullmatch=True),
+    # audit_read (issue 19)
+    "until": TIMESTAMPS, "session": UUIDS, "operator": st.text(max_size=40), "after_seq": st.integers(0, 10**6),
+    "max": st.integers(1, 1000), "raw": st.booleans(),
 }
 #: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
 VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
