@@ -18,7 +18,17 @@ from typing import Any, TextIO
 
 from convocate.client import AgentClient, Cluster
 from convocate.common import messages
-from convocate.common.auditchain import ChainReport, ChainVerifier, iter_lines, matches, parse_record, verify_lines
+from convocate.common.auditchain import (
+    ChainReport,
+    ChainVerifier,
+    compare_copies,
+    iter_lines,
+    lag_note,
+    matches,
+    parse_record,
+    run_verifier,
+    verify_lines,
+)
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError
 from convocate.common.model import validate_uuid
 from convocate.common.timefmt import parse_rfc3339
@@ -105,20 +115,55 @@ async def fetch(client: AgentClient, params: dict[str, Any]) -> list[dict[str, A
         after = page["next_seq"]
 
 
-async def verify_agent(client: AgentClient) -> ChainReport:
-    """Fetch one agent's whole chain (``audit_read`` with ``raw``) and verify it as it arrives."""
-    verifier = ChainVerifier(f"agent {client.agent_id}")
+async def verify_agent(client: AgentClient, *, keep: bool = False) -> ChainVerifier:
+    """Fetch one agent's whole chain (``audit_read`` with ``raw``) and verify it as it arrives.
+
+    Args:
+        client: The agent.
+        keep: Keep the records' hashes, to compare with the shell's copy.
+    """
+    verifier = ChainVerifier(f"agent {client.agent_id}", keep=keep)
     after = 0
     while True:
         page = await client.call("audit_read", {"raw": True, "after_seq": after, "max": PAGE})
         for entry in page["records"]:
             if not verifier.feed(entry["line"], entry["text"].encode("ascii", "backslashreplace")):
-                return verifier.finish()
-        if not page["more"]:
-            return verifier.finish()
-        if page["next_seq"] <= after:  # a page of nothing but bad lines: the verifier stopped on them
-            return verifier.finish()
+                verifier.finish()
+                return verifier
+        if not page["more"] or page["next_seq"] <= after:  # the end, or a page the verifier stopped on
+            verifier.finish()
+            return verifier
         after = page["next_seq"]
+
+
+def check_shell_copy(agent: ChainVerifier, copy_path: Path) -> ChainReport:
+    """Verify the shell's forwarded copy of an agent's chain and compare it with the agent's.
+
+    Returns:
+        The copy's report, its problems including those of the comparison (records the copy holds that
+        the agent's chain lacks or holds otherwise), and a note when the copy lags behind.
+    """
+    copy = ChainVerifier(str(copy_path), duplicates=True)
+    try:
+        with copy_path.open("rb") as f:
+            run_verifier(copy, iter_lines(f))
+    except OSError as e:
+        report = ChainReport()
+        report.notes.append(messages.AUDIT_FILE_UNREADABLE.format(path=copy_path, error=e))
+        return report
+    report = copy.finish()
+    if not report.ok:
+        return report
+    problems = compare_copies(agent, copy)
+    if problems:
+        report.broken = problems[0]
+        return report
+    lag = lag_note(agent, copy)
+    if lag:
+        report.notes.append(lag)
+    report.notes.append(messages.AUDIT_COPY_AGREES.format(agent=agent.source, copy=copy_path,
+                                                          count=len(copy.hashes)))
+    return report
 
 
 def _file_records(path: Path, query: AuditQuery) -> list[dict[str, Any]]:
@@ -144,10 +189,13 @@ def _open(path: Path) -> Any:
         raise ConfigError(messages.AUDIT_FILE_UNREADABLE.format(path=path, error=e)) from e
 
 
-def print_reports(reports: Iterable[ChainReport], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print each chain's verdict and notes; returns :data:`EXIT_BROKEN` if any is broken, else 0."""
+def print_reports(reports: Iterable[tuple[ChainReport, str]], out: TextIO | None = None,
+                  err: TextIO | None = None) -> int:
+    """Print each chain's verdict (``(report, source)``) and notes; returns :data:`EXIT_BROKEN` if any
+    is broken, else 0."""
+    out, err = out or sys.stdout, err or sys.stderr
     status = 0
-    for report, source in reports:  # type: ignore[misc]
+    for report, source in reports:
         for note in report.notes:
             print(f"note: {note}", file=out)
         if report.ok:
@@ -174,23 +222,29 @@ async def run_audit(cluster: Cluster | None, query: AuditQuery, *, verify: bool,
     """
     query.check()
     if file is not None:
-        if verify:
+        if verify:  # the shell's copy (*.audit.jsonl) may hold a record twice: at least once delivery
             with _open(file) as f:
-                report = verify_lines(iter_lines(f), str(file))
+                report = verify_lines(iter_lines(f), str(file), duplicates=file.name.endswith(".audit.jsonl"))
             return _verdicts([(report, str(file))], as_json)
         return _print_records(_file_records(file, query), as_json, {})
     assert cluster is not None
     clients = [cluster.client(query.agent)] if query.agent else list(cluster.clients.values())
     if verify:
-        results = await asyncio.gather(*(verify_agent(c) for c in clients), return_exceptions=True)
-        reports = []
+        copies = {c.agent_id: cluster.paths.forwarded_audit_log(c.agent_id) for c in clients}
+        results = await asyncio.gather(*(verify_agent(c, keep=copies[c.agent_id].exists()) for c in clients),
+                                       return_exceptions=True)
+        reports: list[tuple[ChainReport, str]] = []
         for client, result in zip(clients, results, strict=True):
+            source = f"agent {client.agent_id}"
             if isinstance(result, BaseException):
                 if not isinstance(result, ConvocateError):
                     raise result
-                report = ChainReport(broken=f"agent {client.agent_id}: {result}")
-                result = report
-            reports.append((result, f"agent {client.agent_id}"))
+                reports.append((ChainReport(broken=f"{source}: {result}"), source))
+                continue
+            reports.append((result.report, source))
+            if copies[client.agent_id].exists() and result.report.ok:
+                copy = copies[client.agent_id]
+                reports.append((check_shell_copy(result, copy), str(copy)))
         return _verdicts(reports, as_json)
     session_id = None
     names: dict[str, str] = {}

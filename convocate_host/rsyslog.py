@@ -107,7 +107,8 @@ MESSAGE_SIZE_DROPIN = "59-convocate-message-size.conf"
 #: rsyslog's maxMessageSize on both hosts, in bytes (its default, 8 KiB, would cut an audit record of a
 #: 64 KiB ``send``); above the longest forwarded audit datagram (``convocate_agent.audit.FORWARD_MAX``).
 MAX_MESSAGE_SIZE = 256 * 1024
-#: Where a shell host files an agent's audit records (the MSG alone, byte-identical to the agent's line).
+#: Where a shell host files an agent's audit records (the MSG alone, byte-identical to the agent's line),
+#: in the log directory (:meth:`Paths.forwarded_audit_log`).
 AUDIT_LOG = "{agent_id}.audit.jsonl"
 #: File names in the shell's ``/etc/convocate/rsyslog-ca/`` and the agent's ``/etc/convocate-agent/rsyslog-tls/``.
 CA_CERT = "ca.pem"

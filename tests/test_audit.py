@@ -215,6 +215,39 @@ async def test_convocate_audit_prints_merged_records_and_verify_names_the_edited
 
 
 @pytest.mark.docker
+async def test_verify_compares_the_agents_chain_with_the_shells_copy(ssh, cluster):
+    missing = str(uuid.uuid4())
+    for i in range(3):
+        await rpc(ssh, "send", {"id": missing, "text": f"copy {i}"})
+    path, copy = cluster.paths.agent_audit_log, cluster.paths.forwarded_audit_log(cluster.agent_id)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    original = path.read_bytes()
+    lines = original.splitlines(keepends=True)
+    last = json.loads(lines[-1])["seq"]
+    try:
+        # Behind by two records (in flight), one delivered twice: both only notes.
+        copy.write_bytes(b"".join(lines[:-2]) + lines[-3])
+        behind = audit_cli(cluster, "--verify")
+        assert behind.returncode == 0, behind.stderr
+        assert f"ends 2 record(s) before the agent's chain, at seq {last - 2}" in behind.stdout
+        assert f"line {len(lines) - 1} repeats record {last - 2}" in behind.stdout
+        assert "agrees" in behind.stdout
+        # The agent's last record cut from its end: its chain alone still holds, the copy shows the cut.
+        copy.write_bytes(original)
+        path.write_bytes(b"".join(lines[:-1]))
+        cut = audit_cli(cluster, "--verify")
+        assert cut.returncode == 1
+        assert f"records {last}..{last} are in the shell's copy {copy} but not in the agent's chain" in cut.stderr
+        # The last record rewritten (nothing after it to notice): the copy differs.
+        path.write_bytes(b"".join(lines[:-1]) + lines[-1].replace(b"copy 2", b"copy X"))
+        rewritten = audit_cli(cluster, "--verify")
+        assert rewritten.returncode == 1 and f"record {last} differs from the shell's copy" in rewritten.stderr
+    finally:
+        path.write_bytes(original)
+        copy.unlink()
+
+
+@pytest.mark.docker
 async def test_the_chain_continues_across_a_kill_9_and_a_torn_last_line_is_reported(fresh_cluster):
     cluster = fresh_cluster
     missing = str(uuid.uuid4())

@@ -123,11 +123,17 @@ class ChainVerifier:
 
     Args:
         source: Names the chain in messages (``agent k3v9x2qa``, a file path).
+        duplicates: Accept a record that repeats, byte for byte, one already seen (the shell's copy:
+            log forwarding is at least once, so a record may arrive twice); each is a note.
+        keep: Keep each record's line hash by seq (:attr:`hashes`), to compare two copies.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, duplicates: bool = False, keep: bool = False) -> None:
         self.source = source
         self.report = ChainReport()
+        self.hashes: dict[int, str] = {}
+        self._duplicates = duplicates
+        self._keep = keep or duplicates
         self._seq = 0
         self._prev = GENESIS
         self._torn_line: int | None = None
@@ -150,6 +156,9 @@ class ChainVerifier:
             self._torn_line = number
             return True
         seq = record["seq"]
+        if self._duplicates and seq <= self._seq and self.hashes.get(seq) == line_hash(line):
+            self.report.notes.append(messages.AUDIT_DUPLICATE.format(source=self.source, line=number, seq=seq))
+            return True
         if self._torn_line is not None and record.get("repaired") is not True:
             self._fail(self._torn_line, None, messages.AUDIT_UNREPAIRED.format(line=self._torn_line))
             return False
@@ -171,6 +180,8 @@ class ChainVerifier:
                                                                       seq=seq))
             self._torn_line = None
         self._seq, self._prev = seq, line_hash(line)
+        if self._keep:
+            self.hashes[seq] = self._prev
         self.report.records += 1
         return True
 
@@ -182,16 +193,57 @@ class ChainVerifier:
         return self.report
 
 
-def verify_lines(lines: Iterable[tuple[int, bytes, bool]], source: str) -> ChainReport:
-    """Verify a whole chain (:func:`iter_lines` of a file)."""
-    verifier = ChainVerifier(source)
+    @property
+    def last_seq(self) -> int:
+        """``seq`` of the last record that chained."""
+        return self._seq
+
+
+def verify_lines(lines: Iterable[tuple[int, bytes, bool]], source: str, *, duplicates: bool = False) -> ChainReport:
+    """Verify a whole chain (:func:`iter_lines` of a file); see :class:`ChainVerifier` for ``duplicates``."""
+    return run_verifier(ChainVerifier(source, duplicates=duplicates), lines).finish()
+
+
+def run_verifier(verifier: ChainVerifier, lines: Iterable[tuple[int, bytes, bool]]) -> ChainVerifier:
+    """Feed ``lines`` to ``verifier`` until it stops; returns it."""
     for number, line, whole in lines:
         if not verifier.feed(number, line, whole):
             break
-    return verifier.finish()
+    return verifier
 
 
-def verify_file(path: Path) -> ChainReport:
+def verify_file(path: Path, *, duplicates: bool = False) -> ChainReport:
     """Verify an audit file: an agent's ``audit.jsonl`` or the shell's ``<agent-id>.audit.jsonl``."""
     with path.open("rb") as f:
-        return verify_lines(iter_lines(f), str(path))
+        return verify_lines(iter_lines(f), str(path), duplicates=duplicates)
+
+
+def compare_copies(agent: ChainVerifier, copy: ChainVerifier) -> list[str]:
+    """What the shell's copy shows about the agent's chain, both verified with ``keep``.
+
+    The copy is out of the agent host's reach: a record it holds that the agent's chain lacks (cut
+    from the end) or holds differently (rewritten) is a problem; records the copy lacks at its end
+    are in flight or were never forwarded (a note, in :func:`lag_note`).
+
+    Returns:
+        One sentence per problem (the first of each kind), empty when the copies agree.
+    """
+    problems = []
+    for seq, digest in sorted(copy.hashes.items()):
+        mine = agent.hashes.get(seq)
+        if mine is None and seq > agent.last_seq:
+            problems.append(messages.AUDIT_COPY_AHEAD.format(agent=agent.source, copy=copy.source,
+                                                             first=agent.last_seq + 1, last=copy.last_seq))
+            break
+        if mine != digest:
+            problems.append(messages.AUDIT_COPY_DIFFERS.format(agent=agent.source, copy=copy.source, seq=seq))
+            break
+    return problems
+
+
+def lag_note(agent: ChainVerifier, copy: ChainVerifier) -> str | None:
+    """A note when the shell's copy ends before the agent's chain (records in flight or not forwarded)."""
+    if copy.last_seq < agent.last_seq:
+        return messages.AUDIT_COPY_BEHIND.format(copy=copy.source, count=agent.last_seq - copy.last_seq,
+                                                 seq=copy.last_seq)
+    return None

@@ -397,6 +397,12 @@ AUDIT_FORWARD_DOWN = ("audit records are not reaching rsyslog at {socket} ({erro
 AUDIT_FORWARD_BACK = "audit records reach rsyslog at {socket} again"
 AUDIT_TOO_LONG_TO_FORWARD = ("an audit record of {size} bytes is longer than a forwarded datagram may be "
                              "({limit}); it is in the agent's file and journal only")
+AUDIT_DUPLICATE = "{source}: line {line} repeats record {seq} (delivered twice; log forwarding is at least once)"
+AUDIT_COPY_AHEAD = ("{agent}: records {first}..{last} are in the shell's copy {copy} but not in the agent's "
+                    "chain: they were cut from its end")
+AUDIT_COPY_DIFFERS = "{agent}: record {seq} differs from the shell's copy {copy}: the agent's chain was rewritten"
+AUDIT_COPY_BEHIND = "{copy} ends {count} record(s) before the agent's chain, at seq {seq} (in flight, or not forwarded)"
+AUDIT_COPY_AGREES = "{agent}: the shell's copy {copy} agrees ({count} record(s) compared)"
 AUDIT_CHAIN_OK = "{source}: {count} record(s), chain intact"
 AUDIT_CHAIN_TORN = "{source}: line {line} is not a whole record (a torn write); record {seq} after it says repaired"
 AUDIT_CHAIN_BROKEN = "{source}: record {seq} (line {line}) is broken: {reason}"

@@ -398,6 +398,11 @@ class Paths:
         """Shell host: ``/var/log/convocate-agent/<agent-id>.log``, the agents' session logs received over TLS."""
         return self._p("var", "log", "convocate-agent")
 
+    def forwarded_audit_log(self, agent_id: str) -> Path:
+        """Shell host: ``/var/log/convocate-agent/<agent-id>.audit.jsonl``, an agent's audit records as
+        forwarded, byte for byte (issue 19)."""
+        return self.forwarded_log_dir / f"{agent_id}.audit.jsonl"
+
     @property
     def image_archive_dir(self) -> Path:
         """Shell host: session images saved by ``convocate-host`` for transfer to agents."""
