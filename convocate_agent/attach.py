@@ -34,6 +34,7 @@ from convocate.common.protocol import (
     json_type,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.audit import attach_ended
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService, AttachRequest
 
@@ -234,8 +235,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
         if audit is not None:
             await audit.record_attach_end(caller, sid, request.read_only, started=opened, input_bytes=counts[0],
-                                          output_bytes=counts[1],
-                                          ended="detached" if detached_by_tmux else "channel closed")
+                                          output_bytes=counts[1], ended=attach_ended(detached_by_tmux))
         with contextlib.suppress(Exception):
             # 0: tmux's client ended (detach, or the session is over). Otherwise the
             # agent is stopping under the operator, who may attach again.

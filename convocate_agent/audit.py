@@ -137,6 +137,19 @@ def caller_fields(caller: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
     }
 
 
+def attach_ended(detached_by_tmux: bool) -> str:
+    """How an attach ended, for its ``*_end`` record (called in the relay's clean-up).
+
+    Returns:
+        ``detached`` (tmux's client ended: detach key, or the session is over), ``agent stopping``
+        (the agent's shutdown cancelled the relay), else ``channel closed`` (the operator went).
+    """
+    if detached_by_tmux:
+        return "detached"
+    task = asyncio.current_task()
+    return "agent stopping" if task is not None and task.cancelling() else "channel closed"
+
+
 # --- the file's end ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -354,7 +367,7 @@ class AuditLog:
             started: ``time.monotonic()`` when it opened.
             input_bytes: Bytes the operator sent into the session.
             output_bytes: Bytes the session sent to the operator.
-            ended: ``detached`` (tmux's client ended) or ``channel closed`` (the operator or the agent went).
+            ended: :func:`attach_ended`.
         """
         operator, via = caller_fields(caller)
         duration_s = round(time.monotonic() - started, 3)

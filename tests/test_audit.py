@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from convocate.common import keys
-from convocate.common.auditchain import GENESIS, canonical, line_hash, verify_file
+from convocate.common.auditchain import GENESIS, canonical, line_hash, parse_record, verify_file
 from convocate.common.sshserver import Caller
 from convocate_agent.audit import AuditLog, read_tail
 from tests.conftest import connect, rpc, rpc_ok
@@ -273,11 +273,19 @@ async def test_the_chain_continues_across_a_kill_9_and_a_torn_last_line_is_repor
     checked = audit_cli(cluster, "--verify")
     assert checked.returncode == 0, checked.stderr
     assert f"line {len(before) + 1} is not a whole record (a torn write); record {repaired['seq']}" in checked.stdout
-    # Restarted cleanly this time: the chain simply continues.
-    cluster.stop()
+    # Stopped cleanly this time, under an attached operator: the chain simply continues, and the
+    # attach's end says why it ended.
+    async with connect(cluster) as conn:
+        made = await rpc_ok(conn, "create", {"name": "stopping", "cpus": 0.1, "memory_mb": 160, "start": True})
+        process, screen = await open_attach(conn, made["uuid"])
+        await screen.wait_for(b"> ")
+        cluster.stop()
     cluster.start(same_port=True)
     async with connect(cluster) as conn:
-        await rpc(conn, "kill", {"id": missing})
+        await rpc(conn, "kill", {"id": made["uuid"]})
+    whole = [parse_record(line) for line in path.read_bytes().splitlines()]
+    ends = [r for r in whole if r is not None and r["op"] == "attach_end"]
+    assert [r["ended"] for r in ends] == ["agent stopping"] and ends[0]["session"] == made["uuid"]
     assert records_after_restart_continue(path)
 
 
