@@ -161,12 +161,14 @@ class Tail:
         prev: :func:`line_hash` of that record's line (:data:`GENESIS`: none).
         torn: The file does not end with a whole record (a torn write, or bytes that are not one).
         size: The file's size in bytes when it was read.
+        open_line: The file's last byte is not a newline (the next append must end that line first).
     """
 
     seq: int = 0
     prev: str = GENESIS
     torn: bool = False
     size: int = 0
+    open_line: bool = False
 
 
 def _lines_backwards(fd: int, size: int) -> Iterator[tuple[bytes, bool]]:
@@ -204,13 +206,14 @@ def read_tail(path: Path) -> Tail:
         return Tail()
     try:
         size = os.fstat(fd).st_size
+        open_line = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         torn = False
         for line, whole in _lines_backwards(fd, size):
             record = parse_record(line) if whole else None
             if record is not None:
-                return Tail(seq=record["seq"], prev=line_hash(line), torn=torn, size=size)
+                return Tail(seq=record["seq"], prev=line_hash(line), torn=torn, size=size, open_line=open_line)
             torn = True
-        return Tail(torn=torn, size=size)
+        return Tail(torn=torn, size=size, open_line=open_line)
     finally:
         os.close(fd)
 
@@ -318,7 +321,7 @@ class AuditLog:
             if tail.torn:
                 record["repaired"] = True
             line = canonical(record)
-            data = (b"\n" if tail.torn else b"") + line + b"\n"
+            data = (b"\n" if tail.open_line else b"") + line + b"\n"
             written = os.write(fd, data)
             if written != len(data):
                 self._tail = Tail(seq=tail.seq, prev=tail.prev, torn=True, size=-1)

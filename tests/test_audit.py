@@ -385,3 +385,25 @@ def test_params_longer_than_any_valid_request_are_kept_as_their_size_and_hash():
     assert bounded(worst_send) is worst_send and len(canonical(worst_send)) < PARAMS_MAX
     garbage = bounded({"pad": '"' * PARAMS_MAX})
     assert garbage["truncated"] is True and garbage["bytes"] > PARAMS_MAX and len(garbage["sha256"]) == 64
+
+
+@pytest.mark.parametrize("tail", [b'{"seq":3,"op":"ki', b"not a record\n"], ids=["torn", "whole-but-bad"])
+def test_a_bad_last_line_is_left_and_the_next_record_repairs_the_chain(tmp_path: Path, tail: bytes):
+    path = tmp_path / "audit.jsonl"
+
+    async def run() -> None:
+        first = AuditLog(path, "ab12cd34")
+        await first.append({"op": "kill"})
+        await first.append({"op": "kill"})
+        with path.open("ab") as f:
+            f.write(tail)
+        again = AuditLog(path, "ab12cd34")
+        assert (await again.append({"op": "restart"}))["repaired"] is True
+        assert "repaired" not in await again.append({"op": "restart"})
+
+    asyncio.run(run())
+    lines = path.read_bytes().split(b"\n")
+    assert lines[2] == tail.rstrip(b"\n") and b"" not in lines[:-1], "the bad line kept, no empty line added"
+    report = verify_file(path)
+    assert report.ok and report.records == 4
+    assert report.notes == [f"{path}: line 3 is not a whole record (a torn write); record 3 after it says repaired"]
