@@ -413,6 +413,8 @@ def read_records(path: Path, params: dict[str, Any]) -> dict[str, Any]:
         "until_ns": parse_rfc3339(params["until"]) if "until" in params else None,
     }
     records: list[Any] = []
+    is_record: list[bool] = []
+    counted = 0
     budget, next_seq, more, last_seq = READ_BUDGET, after, False, 0
     if not path.exists():
         return {"records": [], "next_seq": after, "more": False}
@@ -434,10 +436,15 @@ def read_records(path: Path, params: dict[str, Any]) -> dict[str, Any]:
             else:
                 entry = record
             cost = 2 * len(line) + 64  # JSON escaping of the text can double it
-            if len(records) >= limit or (records and cost > budget):
+            if counted >= limit or (records and cost > budget):  # bad lines do not count against max
                 more = True
+                while records and not is_record[-1]:  # lines after the page's last record: the next page's
+                    records.pop()
+                    is_record.pop()
                 break
             records.append(entry)
+            is_record.append(record is not None)
+            counted += record is not None
             budget -= cost
             if record is not None:
                 next_seq = last_seq

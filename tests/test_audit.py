@@ -407,3 +407,30 @@ def test_a_bad_last_line_is_left_and_the_next_record_repairs_the_chain(tmp_path:
     report = verify_file(path)
     assert report.ok and report.records == 4
     assert report.notes == [f"{path}: line 3 is not a whole record (a torn write); record 3 after it says repaired"]
+
+
+@pytest.mark.parametrize("page", [1, 2, 3])
+def test_raw_pages_hold_every_line_once_even_a_bad_one_at_a_page_end(tmp_path: Path, page: int):
+    from convocate_agent.audit import read_records
+
+    path = tmp_path / "audit.jsonl"
+
+    async def run() -> None:
+        audit = AuditLog(path, "ab12cd34")
+        await audit.append({"op": "kill"})
+        await audit.append({"op": "kill"})
+        with path.open("ab") as f:
+            f.write(b"torn")
+        audit = AuditLog(path, "ab12cd34")
+        await audit.append({"op": "kill"})
+        await audit.append({"op": "kill"})
+
+    asyncio.run(run())
+    seen, cursor = [], 0
+    while True:
+        got = read_records(path, {"raw": True, "after_seq": cursor, "max": page})
+        seen += [entry["line"] for entry in got["records"]]
+        if not got["more"]:
+            break
+        cursor = got["next_seq"]
+    assert seen == [1, 2, 3, 4, 5]
