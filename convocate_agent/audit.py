@@ -18,8 +18,8 @@ is left in place: the next append first ends it with a newline, and the next rec
 torn line instead of failing on it silently. The agent never rotates or truncates the file.
 
 Each record also goes to the agent's log (the journal under systemd) as ``audit <line>``, and as an
-RFC 5424 datagram with APP-NAME :data:`AUDIT_APP_NAME` to the agent host's rsyslog socket
-(:attr:`Paths.agent_log_socket`), which forwards it over TLS to the shell host's
+RFC 5424 datagram with APP-NAME :data:`AUDIT_APP_NAME` to the agent host's rsyslog audit socket
+(:attr:`Paths.agent_audit_socket`), which forwards it over TLS to the shell host's
 ``<agent-id>.audit.jsonl`` (``convocate_host.rsyslog``). A failed write or send is logged loudly and
 never fails, or waits for, the op it records.
 """
@@ -224,7 +224,7 @@ class Forwarder:
     """Sends each record to the agent host's rsyslog socket; an outage is logged once, never waited for.
 
     Args:
-        socket_path: The imuxsock socket (:attr:`Paths.agent_log_socket`); None sends nothing.
+        socket_path: The imuxsock socket (:attr:`Paths.agent_audit_socket`); None sends nothing.
         agent_id: HOSTNAME of the messages (the agent's rsyslog template writes it again anyway).
     """
 

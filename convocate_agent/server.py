@@ -166,8 +166,9 @@ class AgentServer:
             locks=SessionLocks(paths), runtime=runtime, host=HostResources.probe(), events=self._events(agent_id),
             uid=cfg.uid, gid=cfg.gid,
         )
-        # Audit records go to rsyslog's session socket only where convocate-host set up forwarding.
-        self.service.audit = AuditLog(paths.agent_audit_log, agent_id, forward_socket=cfg.log_socket)
+        # Audit records go to rsyslog's audit socket where convocate-host set up log forwarding.
+        self.service.audit = AuditLog(paths.agent_audit_log, agent_id,
+                                      forward_socket=paths.agent_audit_socket if cfg.log_socket else None)
         self.dispatcher = RpcDispatcher(self.service, self.service.audit)
         await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()

@@ -64,15 +64,21 @@ Lines longer than rsyslog's ``maxMessageSize`` are truncated; the only global co
 Docker itself splits lines at 16 KiB.
 
 Audit records (issue 19)
-    The agent sends each audit record (``convocate_agent.audit``) as an RFC 5424 datagram with APP-NAME
-    ``convocate-audit`` to the same socket. The session socket is writable by every local user and
-    carries whatever the sessions print, so the agent's ruleset drops a message with that APP-NAME unless
-    imuxsock's trusted property ``$!uid`` (the sender's UID from SCM_CREDENTIALS, set by the kernel) is the
-    agent's user (:attr:`AgentForwarder.audit_uid`); session lines are sent by dockerd (root) anyway, with
-    their own tag. The shell's per-agent ruleset writes the MSG of those records, alone, to
-    ``<agent-id>.audit.jsonl`` (:data:`AUDIT_LOG`) and not to ``<agent-id>.log``: the agent's canonical JSON
-    is printable ASCII, which rsyslog leaves unchanged, so the copy is byte-identical and its hash chain
-    verifies (``convocate audit --verify --file``).
+    The agent sends each audit record (``convocate_agent.audit``) as an RFC 5424 datagram to a socket of
+    its own, :attr:`Paths.agent_audit_socket` (``audit.sock`` beside the session socket), read by a second
+    imuxsock input into the ruleset ``convocate_audit``. It forwards only messages whose sender's UID, as
+    the kernel reports it (imuxsock's trusted property ``$!uid``, from SCM_CREDENTIALS), is the agent's
+    user (:attr:`AgentForwarder.audit_uid`): the socket is 0666 like the other. Its own ``omfwd`` action
+    (own connection, own disk-assisted queue ``convocate-audit``) writes them with APP-NAME
+    ``convocate-audit`` and MSGID :data:`AUDIT_MSGID`, constants of its template; the session template
+    always writes MSGID ``-``, so nothing that enters by the session socket (a session line, a local
+    user's datagram claiming that APP-NAME) can look like an audit record on the shell. (A filter in the
+    session ruleset would do too, but any statement before its action changes how rsyslog 8.2302 drains
+    the spooled queue after a restart: lines of one run then come out of order.) The shell's per-agent
+    ruleset writes the MSG of records with both marks, alone, to ``<agent-id>.audit.jsonl``
+    (:data:`AUDIT_LOG`) and not to ``<agent-id>.log``: the agent's canonical JSON is printable ASCII, which
+    rsyslog leaves unchanged, so the copy is byte-identical and its hash chain verifies
+    (``convocate audit --verify --file``).
 
 Every path is a parameter so tests run both daemons under a temporary directory; the defaults come from
 :class:`~convocate.common.paths.Paths`. Nothing here writes a file: ``convocate-host`` writes the texts and
@@ -110,6 +116,11 @@ MAX_MESSAGE_SIZE = 256 * 1024
 #: Where a shell host files an agent's audit records (the MSG alone, byte-identical to the agent's line),
 #: in the log directory (:meth:`Paths.forwarded_audit_log`).
 AUDIT_LOG = "{agent_id}.audit.jsonl"
+#: The MSGID of forwarded audit records: a constant of the agent's audit template, never of the session
+#: template (which writes "-"), so the shell can tell them apart whatever a session line claims.
+AUDIT_MSGID = "audit"
+#: The audit socket's file name beside the session socket (:attr:`Paths.agent_audit_socket`).
+AUDIT_SOCKET_NAME = "audit.sock"
 #: File names in the shell's ``/etc/convocate/rsyslog-ca/`` and the agent's ``/etc/convocate-agent/rsyslog-tls/``.
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -354,11 +365,11 @@ _SHELL_AGENT_DROPIN = """\
 # clientAuth). What arrives here was sent with that certificate, so it is agent @agent_id@'s whatever
 # the message says: it goes to @log_dir@/@agent_id@.log when its HOSTNAME is @agent_id@, and to
 # @log_dir@/@reject@ (with this input's name) when it names anything else. The agent's audit records
-# (APP-NAME @audit_app@, which the agent host lets through only from the agent's own user) go to
-# @log_dir@/@audit_file@ instead, the MSG alone, one record per line.
+# (APP-NAME @audit_app@ and MSGID @audit_msgid@, which only the agent host's audit template writes,
+# for its own user's messages only) go to @log_dir@/@audit_file@ instead, the MSG alone, one per line.
 
 ruleset(name="convocate_agent_@agent_id@") {
-    if $hostname == "@agent_id@" and $app-name == "@audit_app@" then {
+    if $hostname == "@agent_id@" and $app-name == "@audit_app@" and $msgid == "@audit_msgid@" then {
         action(type="omfile" name="convocate_agent_@agent_id@_audit" file="@log_dir@/@audit_file@"
                template="convocate_agent_audit"
                createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
@@ -450,6 +461,7 @@ def render_shell_agent_dropin(listener: ShellListener, agent_id: str, port: int)
         peer=agent_peer_name(agent_id),
         audit_app=AUDIT_APP_NAME,
         audit_file=AUDIT_LOG.format(agent_id=agent_id),
+        audit_msgid=AUDIT_MSGID,
         max_frame=str(MAX_MESSAGE_SIZE),
         port=str(_int("port", port, 1, 65535)),
         address=f' address="{_host("address", listener.address)}"' if listener.address else "",
@@ -481,8 +493,10 @@ class AgentForwarder:
         resume_interval_s: Seconds between reconnection attempts while the shell is unreachable
             (rsyslog stretches it after every 10 failures, up to ``resume_interval_max_s``).
         resume_interval_max_s: The longest wait between attempts, in seconds.
-        audit_uid: The only UID whose messages may carry the APP-NAME of audit records (the agent's
-            user; imuxsock's trusted property ``$!uid``, from the kernel's SCM_CREDENTIALS).
+        audit_uid: The only UID whose messages the audit socket forwards (the agent's user;
+            imuxsock's trusted property ``$!uid``, from the kernel's SCM_CREDENTIALS).
+        audit_socket: The Unix datagram socket the agent sends its audit records to
+            (:attr:`Paths.agent_audit_socket`; default: ``audit.sock`` beside ``socket``).
     """
 
     agent_id: str
@@ -499,6 +513,11 @@ class AgentForwarder:
     resume_interval_s: int = 10
     resume_interval_max_s: int = 120
     audit_uid: int = CLAUDE_UID
+    audit_socket: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.audit_socket is None:  # beside the session socket (Paths.agent_audit_socket)
+            object.__setattr__(self, "audit_socket", self.socket.with_name(AUDIT_SOCKET_NAME))
 
     @classmethod
     def from_paths(cls, paths: Paths, agent_id: str, shell_address: str, *,
@@ -506,6 +525,7 @@ class AgentForwarder:
         """The forwarder of an agent host laid out by ``paths`` (``/etc/convocate-agent/rsyslog-tls/*``)."""
         tls = paths.agent_rsyslog_tls
         return cls(agent_id=agent_id, shell_address=shell_address, socket=paths.agent_log_socket,
+                   audit_socket=paths.agent_audit_socket,
                    ca_file=tls / CA_CERT, cert_file=tls / CLIENT_CERT, key_file=tls / CLIENT_KEY,
                    spool_dir=rsyslog_spool_dir(paths), shell_port=shell_port)
 
@@ -523,11 +543,14 @@ _AGENT_DROPIN = """\
 # in @spool_dir@), retried forever; beyond that they are dropped, never
 # blocking the containers. imuxsock is already loaded by Debian's /etc/rsyslog.conf: this file only
 # adds an input of it; TLS files are set on the action, not in global().
-# The agent's audit records travel the same way with APP-NAME @audit_app@. The socket is open to every
-# local user (imuxsock makes it 0666) and carries what sessions print, so a message with that APP-NAME is
-# dropped here unless the kernel says its sender's UID is the agent's (@audit_uid@): imuxsock's trusted
-# property $!uid (Annotate, ParseTrusted), which no sender can choose. Session lines come from dockerd
-# (root) with the tag convocate-<uuid>.
+#
+# The agent's audit records come to a socket of their own, @audit_socket@, and leave by an action
+# of their own (its own connection and queue) as APP-NAME @audit_app@ with MSGID @audit_msgid@: a
+# constant of their template, which the session template never writes (its MSGID is "-"), so
+# nothing sent to the session socket, whatever its APP-NAME, is filed as an audit record on the
+# shell. That socket is open to every local user too (imuxsock makes it 0666), so only messages whose
+# sender's UID, as the kernel reports it (imuxsock's trusted property $!uid: Annotate, ParseTrusted),
+# is the agent's (@audit_uid@) are forwarded from it.
 
 template(name="convocate_forward" type="list") {
     constant(value="<")
@@ -545,7 +568,6 @@ template(name="convocate_forward" type="list") {
 }
 
 ruleset(name="convocate_sessions") {
-    if $app-name == "@audit_app@" and $!uid != "@audit_uid@" then stop
     action(type="omfwd" name="convocate_forward" target="@shell_address@" port="@shell_port@"
            protocol="tcp" TCP_Framing="octet-counted" template="convocate_forward"
            StreamDriver="gtls" StreamDriverMode="1"
@@ -564,6 +586,40 @@ ruleset(name="convocate_sessions") {
 }
 
 input(type="imuxsock" Socket="@socket@" CreatePath="on" ruleset="convocate_sessions"
+      UseSpecialParser="off" RateLimit.Interval="0")
+
+template(name="convocate_audit_forward" type="list") {
+    constant(value="<")
+    property(name="pri")
+    constant(value=">1 ")
+    property(name="timestamp" dateFormat="rfc3339")
+    constant(value=" @agent_id@ @audit_app@ ")
+    property(name="procid")
+    constant(value=" @audit_msgid@ - ")
+    property(name="msg" droplastlf="on")
+}
+
+ruleset(name="convocate_audit") {
+    if $!uid == "@audit_uid@" then {
+        action(type="omfwd" name="convocate_audit_forward" target="@shell_address@" port="@shell_port@"
+               protocol="tcp" TCP_Framing="octet-counted" template="convocate_audit_forward"
+               StreamDriver="gtls" StreamDriverMode="1"
+               StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="@shell_peer_name@"
+               StreamDriver.CheckExtendedKeyPurpose="on" StreamDriver.PermitExpiredCerts="off"
+               StreamDriver.CAFile="@ca_file@"
+               StreamDriver.CertFile="@cert_file@"
+               StreamDriver.KeyFile="@key_file@"
+               queue.type="LinkedList" queue.size="@queue_size@"
+               queue.filename="convocate-audit" queue.spoolDirectory="@spool_dir@"
+               queue.maxDiskSpace="@queue_max_disk_bytes@" queue.saveOnShutdown="on"
+               queue.timeoutEnqueue="0"
+               action.resumeRetryCount="-1" action.resumeInterval="@resume_interval_s@"
+               action.resumeIntervalMax="@resume_interval_max_s@")
+    }
+    stop
+}
+
+input(type="imuxsock" Socket="@audit_socket@" CreatePath="on" ruleset="convocate_audit"
       UseSpecialParser="off" RateLimit.Interval="0" Annotate="on" ParseTrusted="on")
 """
 
@@ -602,6 +658,8 @@ def render_agent_dropin(forwarder: AgentForwarder) -> str:
                                        forwarder.resume_interval_s, 86400)),
         audit_app=AUDIT_APP_NAME,
         audit_uid=str(_int("audit_uid", forwarder.audit_uid, 0, 2**32 - 2)),
+        audit_msgid=AUDIT_MSGID,
+        audit_socket=_path("audit_socket", forwarder.audit_socket),
     )
 
 

@@ -292,6 +292,7 @@ def test_installed_defaults_come_from_paths():
         assert 'fileOwner="root" dirOwner="root" fileGroup="adm" dirGroup="adm")' in text
         assert 'dirCreateMode="0750" fileCreateMode="0640"' in text
     assert rsyslog.shell_agent_dropin(AGENT) == f"61-convocate-agent-{AGENT}.conf"
+    assert f'Socket="{paths.agent_audit_socket}"' in agent and paths.agent_audit_socket.name == "audit.sock"
     assert f'Socket="{paths.agent_log_socket}"' in agent and str(paths.agent_log_socket) == "/run/convocate-agent/syslog.sock"
     assert f'StreamDriver.KeyFile="{paths.agent_rsyslog_tls}/client.key"' in agent
     assert 'queue.spoolDirectory="/var/spool/rsyslog"' in agent

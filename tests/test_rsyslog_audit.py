@@ -82,19 +82,24 @@ def test_audit_records_reach_the_shell_byte_identical_and_forged_ones_do_not(clu
     agent_file = state / "audit.jsonl"
     long_text = "".join(chr(32 + i % 95) for i in range(64 * 1024))  # a 64 KiB send, every printable ASCII
     odd_text = "tab\there, DEL\x7f, é, 日本, \x1b[31m"
-    as_agent_user(write_records, agent_file, cluster.forwarder.socket, [
+    audit_socket = cluster.forwarder.audit_socket
+    wait_for(audit_socket.exists, f"{audit_socket}")
+    as_agent_user(write_records, agent_file, audit_socket, [
         {"op": "credential_set", "params": {"name": "default", "kind": "api_key", "secret_fingerprint": "sha256:x"},
          "result": "ok"},
         {"op": "send", "params": {"id": "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91", "text": long_text}, "result": "ok"},
         {"op": "send", "params": {"text": odd_text}, "result": "ok"},
     ])
-    # Forged while the agent's records travel: as a session's output would arrive (from dockerd,
-    # root), and as another local user would send it (the socket is 0666).
-    send_datagram(cluster.forwarder.socket, forged('{"seq":99,"forged":"by root"}'))
+    # Forged while the agent's records travel: to the session socket as a session's output arrives
+    # (from dockerd, root: a line that is a record, a datagram claiming the audit APP-NAME), and to
+    # the audit socket as root and as another local user (both sockets are 0666).
+    send_datagram(cluster.forwarder.socket, forged('{"seq":99,"forged":"session socket, by root"}'))
     send_datagram(cluster.forwarder.socket, docker_datagram('{"seq":98,"forged":"as a session line"}'))
+    send_datagram(audit_socket, forged('{"seq":96,"forged":"audit socket, by root"}'))
 
     def as_other_user() -> None:
-        send_datagram(cluster.forwarder.socket, forged('{"seq":97,"forged":"by a local user"}'))
+        send_datagram(cluster.forwarder.socket, forged('{"seq":97,"forged":"session socket, by a user"}'))
+        send_datagram(audit_socket, forged('{"seq":95,"forged":"audit socket, by a user"}'))
 
     pid = os.fork()
     if pid == 0:
@@ -105,7 +110,7 @@ def test_audit_records_reach_the_shell_byte_identical_and_forged_ones_do_not(clu
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    as_agent_user(write_records, agent_file, cluster.forwarder.socket,
+    as_agent_user(write_records, agent_file, audit_socket,
                   [{"op": "kill", "params": {"id": "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"}, "result": "ok"}])
 
     copy = audit_copy(cluster)
@@ -115,9 +120,11 @@ def test_audit_records_reach_the_shell_byte_identical_and_forged_ones_do_not(clu
     assert len(want.splitlines()) == 4 and len(want.splitlines()[1]) > 64 * 1024
     assert verify_file(copy).ok and verify_file(agent_file).ok
     assert b"forged" not in copy.read_bytes()
-    # The session line went where session lines go; the audit records did not.
-    lines = cluster.wait_for_lines('{"seq":98,"forged":"as a session line"}')
-    assert not any(AUDIT_APP_NAME in line or '"op":"send"' in line for line in lines)
+    # What entered by the session socket went where session lines go, visible; the audit records did not.
+    lines = cluster.wait_for_lines('{"seq":98,"forged":"as a session line"}',
+                                   '{"seq":99,"forged":"session socket, by root"}',
+                                   '{"seq":97,"forged":"session socket, by a user"}')
+    assert not any('"op":"send"' in line or "audit socket" in line for line in lines)
     assert SECRET.encode() not in copy.read_bytes()
 
     # The shell's copy, one character of its second record changed: convocate audit names it.

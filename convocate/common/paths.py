@@ -132,6 +132,12 @@ class Paths:
         """
         return self.agent_run_dir / "syslog.sock"
 
+    @property
+    def agent_audit_socket(self) -> Path:
+        """The Unix datagram socket the agent host's rsyslog reads the agent's audit records from (a second
+        imuxsock input, forwarding only the agent user's datagrams to the shell host; issue 19)."""
+        return self.agent_run_dir / "audit.sock"
+
     def session_run_dir(self, session_id: str) -> Path:
         """``/run/convocate-agent/sessions/<uuid>/``: mounted read-only in the session as ``/run/convocate-agent``."""
         return self.agent_run_dir / "sessions" / validate_uuid(session_id)
