@@ -79,6 +79,8 @@ commands:
   trash                           list deleted sessions still in the agents' trash
   restore TRASH-ID                bring a deleted session back from the trash
   whoami [--json]                 who each agent takes you for (your operator certificate), or why nobody
+  audit [--session S] [--operator O] [--since T] [--until T] [--agent A] [--verify] [--file PATH]
+                                  the agents' audit trails merged by time; --verify checks the hash chains
   version                         print the version
   help                            print this help
 
@@ -223,6 +225,20 @@ async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
         print(f"restored {session_summary(_view(result['session'], client.agent_id))}"
               + (f"; cleared {', '.join(result['cleared'])} (taken by another session)" if result["cleared"] else ""))
     return 0
+
+
+async def _cmd_audit(args: argparse.Namespace) -> int:
+    from convocate.audit import AuditQuery, run_audit
+
+    query = AuditQuery(session=args.session, operator=args.operator, since=args.since, until=args.until,
+                       agent=args.agent)
+    if args.file is not None:
+        return await run_audit(None, query, verify=args.verify, as_json=args.json, file=args.file)
+    cluster = Cluster(Paths.from_env())
+    try:
+        return await run_audit(cluster, query, verify=args.verify, as_json=args.json, file=None)
+    finally:
+        await cluster.close()
 
 
 async def _cmd_events(args: argparse.Namespace) -> int:
@@ -743,6 +759,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", parents=[common], help="restore a deleted session")
     p.add_argument("trash_id")
     p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("audit", parents=[common], help="the agents' audit trails; --verify checks them")
+    p.add_argument("--session", help="only records about this session (UUID, prefix or name)")
+    p.add_argument("--operator", help="only this verified operator (name or SHA256: fingerprint)")
+    p.add_argument("--since", help="records at or after this RFC 3339 time")
+    p.add_argument("--until", help="records at or before this RFC 3339 time")
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--verify", action="store_true", help="check each chain's seq and prev; exit 1 if broken")
+    p.add_argument("--file", type=Path, help="read this audit file (- for stdin) instead of the agents")
+    p.set_defaults(func=_cmd_audit, local=True)
 
     p = sub.add_parser("capture", parents=[common], help="print a session's screen")
     p.add_argument("ref")

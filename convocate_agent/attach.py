@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import asyncssh
 
@@ -33,6 +34,7 @@ from convocate.common.protocol import (
     json_type,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.audit import attach_ended
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService, AttachRequest
 
@@ -144,6 +146,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         pending_size.append((cols, rows))
 
     reader = DataReader(process.stdin, remember_size)
+    audit, request = service.audit, None
     try:
         header, leftover = await _read_header(reader, header_timeout)
         if header is None:
@@ -155,6 +158,9 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         stream = await service.open_attach(request)
     except ConvocateError as e:
         log.info("attach caller=%s refused: %s", caller, e)
+        if audit is not None:
+            await audit.record_attach(caller, request and request.session_id, bool(request and request.read_only),
+                                      {}, f"{e.code}: {e.message}")
         await _refuse(process, e)
         return
     except (BrokenPipeError, ConnectionError, asyncssh.Error):
@@ -169,6 +175,10 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
     log.info("attach caller=%s session=%s %dx%d%s", caller, sid, request.cols, request.rows,
              " read-only" if request.read_only else "")
     runtime = service.runtime
+    opened, counts = time.monotonic(), [len(leftover), 0]  # bytes in (operator to session), out
+    if audit is not None:
+        await audit.record_attach(caller, sid, request.read_only,
+                                  {"cols": request.cols, "rows": request.rows, "term": request.term}, "ok")
 
     async def resize(cols: int, rows: int) -> None:
         try:
@@ -187,6 +197,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             data = await relay.read(CHANNEL_READ)
             if not data:
                 return  # client EOF: keep showing output, never half-close Docker's stream
+            counts[0] += len(data)
             stream.writer.write(data)
             await stream.writer.drain()
 
@@ -195,6 +206,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             data = await stream.reader.read(RELAY_CHUNK)
             if not data:
                 return
+            counts[1] += len(data)
             process.stdout.write(data)
             await process.stdout.drain()
 
@@ -221,6 +233,9 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
                     log.info("attach %s: detached the tmux client of a vanished operator", sid)
         service.close_attach(sid)
         log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
+        if audit is not None:
+            await audit.record_attach_end(caller, sid, request.read_only, started=opened, input_bytes=counts[0],
+                                          output_bytes=counts[1], ended=attach_ended(detached_by_tmux))
         with contextlib.suppress(Exception):
             # 0: tmux's client ended (detach, or the session is over). Otherwise the
             # agent is stopping under the operator, who may attach again.

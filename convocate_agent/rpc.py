@@ -34,6 +34,7 @@ from convocate.common.protocol import (
     read_frames,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.audit import AuditLog, check_read_params
 from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 
@@ -54,10 +55,12 @@ class RpcDispatcher:
 
     Args:
         service: The agent's operations.
+        audit: The audit trail every recorded op goes to (``convocate_agent.audit``), or None.
     """
 
-    def __init__(self, service: AgentService) -> None:
+    def __init__(self, service: AgentService, audit: AuditLog | None = None) -> None:
         self.service = service
+        self.audit = audit
         self.handlers: dict[str, Handler] = {
             "ping": service.ping,
             "list": service.list,
@@ -84,8 +87,15 @@ class RpcDispatcher:
             "recording_list": service.recordings.list,
             "recording_read": service.recordings.read,
             "recording_grep": service.recordings.grep,
+            "audit_read": self._audit_read,
         }
         self.caller_handlers: dict[str, CallerHandler] = OperatorOps(service.paths, service.agent_id).handlers()
+
+    async def _audit_read(self, params: dict[str, Any]) -> Any:
+        if self.audit is None:  # a dispatcher built without a trail (unit tests): it has no records
+            check_read_params(params)
+            return {"records": [], "next_seq": params.get("after_seq", 0), "more": False}
+        return await self.audit.read_op(params)
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:
         """Answer one received frame (a request line, or an oversized-line marker).
@@ -94,19 +104,19 @@ class RpcDispatcher:
         """
         started = time.monotonic()
         request_id: Any = Request.salvage_id(frame) if isinstance(frame, bytes) else NO_ID
-        op = "?"
+        op, params, result = "?", None, None
         try:
             if isinstance(frame, LineTooLong):
                 raise frame
             request = Request.parse(frame)
-            request_id, op = request.id, request.op
-            params = decode_params(request.op, request.params)
+            request_id, op, params = request.id, request.op, request.params
+            decoded = decode_params(request.op, request.params)
             handler = self.handlers.get(request.op)
             caller_handler = self.caller_handlers.get(request.op)
             if handler is not None:
-                result = await handler(params)
+                result = await handler(decoded)
             elif caller_handler is not None:
-                result = await caller_handler(params, caller)
+                result = await caller_handler(decoded, caller)
             else:  # declared in OPS but not wired: a bug, not a client error
                 raise BadRequest(messages.UNKNOWN_OP.format(op=request.op))
             response = Response.success(result, request_id)
@@ -118,6 +128,8 @@ class RpcDispatcher:
         elapsed_ms = (time.monotonic() - started) * 1000
         outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
         log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
+        if self.audit is not None:
+            await self.audit.record_rpc(caller, op, params, result, outcome, elapsed_ms)
         return response
 
 

@@ -30,6 +30,7 @@ from convocate.common.version import __version__
 from convocate_agent import cgroups
 from convocate_agent.admission import HostResources
 from convocate_agent.attach import serve_attach_channel
+from convocate_agent.audit import AuditLog
 from convocate_agent.locks import SessionLocks
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
 from convocate_agent.runtime import DockerRuntime
@@ -165,7 +166,10 @@ class AgentServer:
             locks=SessionLocks(paths), runtime=runtime, host=HostResources.probe(), events=self._events(agent_id),
             uid=cfg.uid, gid=cfg.gid,
         )
-        self.dispatcher = RpcDispatcher(self.service)
+        # Audit records go to rsyslog's audit socket where convocate-host set up log forwarding.
+        self.service.audit = AuditLog(paths.agent_audit_log, agent_id,
+                                      forward_socket=paths.agent_audit_socket if cfg.log_socket else None)
+        self.dispatcher = RpcDispatcher(self.service, self.service.audit)
         await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()
         log.info("recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))

@@ -55,6 +55,7 @@ from convocate.common.protocol import (
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 from convocate.common.version import PROTOCOL_VERSION, __version__
 from convocate_agent.admission import Admission, HostResources, Reservation, outside_memory_mb, read_meminfo
+from convocate_agent.audit import AuditLog
 from convocate_agent.cgroups import CgroupParent
 from convocate_agent.insight import (
     ACTIVITY_LOG,
@@ -147,6 +148,7 @@ class AgentService:
         self.events = events
         self.uid = uid
         self.gid = gid
+        self.audit: AuditLog | None = None  # the audit trail (convocate_agent.audit), set by the server
         self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
         self.reports = ReportSockets(paths, self.on_report, uid=uid, gid=gid, container_of=self._container_id)
         self.credentials = CredentialStore(paths.agent_credentials_dir)

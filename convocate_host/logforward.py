@@ -58,8 +58,14 @@ async def _write_tls_files(target: Target, directory: str, files: dict[str, byte
 
 
 async def _apply(target: Target, dropin_name: str, text: str, changed: bool, report: LiveReport) -> bool:
-    """Write the drop-in, validate rsyslog's configuration, restart it when anything changed."""
+    """Write the drop-in (and the shared message-size one), validate rsyslog's configuration, restart
+    it when anything changed."""
     await target.ensure_dir(str(PATHS.rsyslog_dropin_dir), mode=0o755)
+    size_path = f"{PATHS.rsyslog_dropin_dir}/{rsyslog.MESSAGE_SIZE_DROPIN}"
+    wrote = await target.write_file(size_path, rsyslog.render_message_size_dropin().encode(),
+                                    mode=rsyslog.FILE_MODES[rsyslog.MESSAGE_SIZE_DROPIN])
+    report.step(wrote, f"rsyslog drop-in {size_path}")
+    changed |= wrote
     path = f"{PATHS.rsyslog_dropin_dir}/{dropin_name}"
     wrote = await target.write_file(path, text.encode(), mode=rsyslog.FILE_MODES.get(dropin_name, rsyslog.FILE_MODES[rsyslog.SHELL_AGENT_DROPIN]))
     report.step(wrote, f"rsyslog drop-in {path}")

@@ -59,8 +59,26 @@ commented out), set no ``global()`` parameter, and give every TLS file, queue di
 on their own input or action (``streamDriver.CAFile`` & co. on ``input()`` and ``action()`` exist since
 8.2108), so the host's ``DefaultNetstreamDriver*`` settings, if any, are untouched.
 
-Lines longer than rsyslog's ``maxMessageSize`` (8 KiB by default, a global this drop-in leaves alone) are
-truncated; Docker itself splits lines at 16 KiB.
+Lines longer than rsyslog's ``maxMessageSize`` are truncated; the only global convocate sets raises it to
+:data:`MAX_MESSAGE_SIZE` (:func:`render_message_size_dropin`, its own drop-in) for the audit records below.
+Docker itself splits lines at 16 KiB.
+
+Audit records (issue 19)
+    The agent sends each audit record (``convocate_agent.audit``) as an RFC 5424 datagram to a socket of
+    its own, :attr:`Paths.agent_audit_socket` (``audit.sock`` beside the session socket), read by a second
+    imuxsock input into the ruleset ``convocate_audit``. It forwards only messages whose sender's UID, as
+    the kernel reports it (imuxsock's trusted property ``$!uid``, from SCM_CREDENTIALS), is the agent's
+    user (:attr:`AgentForwarder.audit_uid`): the socket is 0666 like the other. Its own ``omfwd`` action
+    (own connection, own disk-assisted queue ``convocate-audit``) writes them with APP-NAME
+    ``convocate-audit`` and MSGID :data:`AUDIT_MSGID`, constants of its template; the session template
+    always writes MSGID ``-``, so nothing that enters by the session socket (a session line, a local
+    user's datagram claiming that APP-NAME) can look like an audit record on the shell. (A filter in the
+    session ruleset would do too, but any statement before its action changes how rsyslog 8.2302 drains
+    the spooled queue after a restart: lines of one run then come out of order.) The shell's per-agent
+    ruleset writes the MSG of records with both marks, alone, to ``<agent-id>.audit.jsonl``
+    (:data:`AUDIT_LOG`) and not to ``<agent-id>.log``: the agent's canonical JSON is printable ASCII, which
+    rsyslog leaves unchanged, so the copy is byte-identical and its hash chain verifies
+    (``convocate audit --verify --file``).
 
 Every path is a parameter so tests run both daemons under a temporary directory; the defaults come from
 :class:`~convocate.common.paths.Paths`. Nothing here writes a file: ``convocate-host`` writes the texts and
@@ -76,8 +94,9 @@ from pathlib import Path
 
 from convocate.common import messages
 from convocate.common import syslog as common_syslog
+from convocate.common.auditchain import AUDIT_APP_NAME
 from convocate.common.errors import ConfigError
-from convocate.common.paths import Paths
+from convocate.common.paths import CLAUDE_UID, Paths
 from convocate_host.pki import SHELL_PEER_NAME, agent_peer_name, split_host_names, validate_agent_id
 
 #: First TCP port of the shell host's per-agent TLS listeners: 6514, syslog over TLS (RFC 5425 §4.1).
@@ -88,6 +107,20 @@ PORT_COUNT = 256
 SHELL_DROPIN = "60-convocate-shell.conf"
 SHELL_AGENT_DROPIN = "61-convocate-agent-{agent_id}.conf"
 AGENT_DROPIN = "60-convocate-agent.conf"
+#: The one global both hosts need (issue 19): written, identical, by init-shell and init-agent, so a host
+#: that is both sets it once. Sorted before the other drop-ins.
+MESSAGE_SIZE_DROPIN = "59-convocate-message-size.conf"
+#: rsyslog's maxMessageSize on both hosts, in bytes (its default, 8 KiB, would cut an audit record of a
+#: 64 KiB ``send``); above the longest forwarded audit datagram (``convocate_agent.audit.FORWARD_MAX``).
+MAX_MESSAGE_SIZE = 256 * 1024
+#: Where a shell host files an agent's audit records (the MSG alone, byte-identical to the agent's line),
+#: in the log directory (:meth:`Paths.forwarded_audit_log`).
+AUDIT_LOG = "{agent_id}.audit.jsonl"
+#: The MSGID of forwarded audit records: a constant of the agent's audit template, never of the session
+#: template (which writes "-"), so the shell can tell them apart whatever a session line claims.
+AUDIT_MSGID = "audit"
+#: The audit socket's file name beside the session socket (:attr:`Paths.agent_audit_socket`).
+AUDIT_SOCKET_NAME = "audit.sock"
 #: File names in the shell's ``/etc/convocate/rsyslog-ca/`` and the agent's ``/etc/convocate-agent/rsyslog-tls/``.
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -99,7 +132,8 @@ CLIENT_KEY = "client.key"
 REJECT_LOG = "_rejected.log"
 #: Permission bits ``convocate-host`` gives each file: certificates are public, keys are not.
 FILE_MODES = {CA_CERT: 0o644, CA_KEY: 0o600, SERVER_CERT: 0o644, SERVER_KEY: 0o600, CLIENT_CERT: 0o644,
-              CLIENT_KEY: 0o600, SHELL_DROPIN: 0o644, SHELL_AGENT_DROPIN: 0o644, AGENT_DROPIN: 0o644}
+              CLIENT_KEY: 0o600, SHELL_DROPIN: 0o644, SHELL_AGENT_DROPIN: 0o644, AGENT_DROPIN: 0o644,
+              MESSAGE_SIZE_DROPIN: 0o644}
 #: The owner of the session log directory and files on a Debian shell host: written by rsyslogd (root),
 #: readable by group adm like the rest of /var/log.
 LOG_OWNER = "root"
@@ -294,6 +328,12 @@ template(name="convocate_agent_line" type="list") {
     constant(value="\\n")
 }
 
+# An audit record (APP-NAME @audit_app@): the MSG alone, the agent's line byte for byte.
+template(name="convocate_agent_audit" type="list") {
+    property(name="msg" droplastlf="on")
+    constant(value="\\n")
+}
+
 template(name="convocate_agent_reject" type="list") {
     property(name="timegenerated" dateFormat="rfc3339")
     constant(value=" from ")
@@ -324,10 +364,16 @@ _SHELL_AGENT_DROPIN = """\
 # tcp/@port@ admits one client certificate: @peer@, issued by the cluster CA (x509/name,
 # clientAuth). What arrives here was sent with that certificate, so it is agent @agent_id@'s whatever
 # the message says: it goes to @log_dir@/@agent_id@.log when its HOSTNAME is @agent_id@, and to
-# @log_dir@/@reject@ (with this input's name) when it names anything else.
+# @log_dir@/@reject@ (with this input's name) when it names anything else. The agent's audit records
+# (APP-NAME @audit_app@ and MSGID @audit_msgid@, which only the agent host's audit template writes,
+# for its own user's messages only) go to @log_dir@/@audit_file@ instead, the MSG alone, one per line.
 
 ruleset(name="convocate_agent_@agent_id@") {
-    if $hostname == "@agent_id@" then {
+    if $hostname == "@agent_id@" and $app-name == "@audit_app@" and $msgid == "@audit_msgid@" then {
+        action(type="omfile" name="convocate_agent_@agent_id@_audit" file="@log_dir@/@audit_file@"
+               template="convocate_agent_audit"
+               createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
+    } else if $hostname == "@agent_id@" then {
         action(type="omfile" name="convocate_agent_@agent_id@" file="@log_dir@/@agent_id@.log"
                template="convocate_agent_line"
                createDirs="on" dirCreateMode="@dir_mode@" fileCreateMode="@file_mode@"@owner@)
@@ -338,7 +384,7 @@ ruleset(name="convocate_agent_@agent_id@") {
 }
 
 input(type="imtcp" name="convocate_agent_@agent_id@" port="@port@"@address@ ruleset="convocate_agent_@agent_id@"
-      keepAlive="on"
+      keepAlive="on" maxFrameSize="@max_frame@"
       streamDriver.name="gtls" streamDriver.mode="1"
       streamDriver.authMode="x509/name" permittedPeer=["@peer@"]
       streamDriver.checkExtendedKeyPurpose="on" streamDriver.permitExpiredCerts="off"
@@ -389,7 +435,7 @@ def render_shell_dropin(listener: ShellListener, *, load_imtcp: bool = True) -> 
     dropins = rsyslog_dropin_dir(Paths())
     return _fill(_SHELL_DROPIN, dropin=str(dropins / SHELL_DROPIN),
                  agent_dropin=str(dropins / SHELL_AGENT_DROPIN.format(agent_id="<agent-id>")),
-                 imtcp='module(load="imtcp")' if load_imtcp else _IMTCP_LATER, **values)
+                 imtcp='module(load="imtcp")' if load_imtcp else _IMTCP_LATER, audit_app=AUDIT_APP_NAME, **values)
 
 
 def render_shell_agent_dropin(listener: ShellListener, agent_id: str, port: int) -> str:
@@ -413,6 +459,10 @@ def render_shell_agent_dropin(listener: ShellListener, agent_id: str, port: int)
         shared=str(dropins / SHELL_DROPIN),
         agent_id=agent_id,
         peer=agent_peer_name(agent_id),
+        audit_app=AUDIT_APP_NAME,
+        audit_file=AUDIT_LOG.format(agent_id=agent_id),
+        audit_msgid=AUDIT_MSGID,
+        max_frame=str(MAX_MESSAGE_SIZE),
         port=str(_int("port", port, 1, 65535)),
         address=f' address="{_host("address", listener.address)}"' if listener.address else "",
         ca_file=_path("ca_file", listener.ca_file),
@@ -443,6 +493,10 @@ class AgentForwarder:
         resume_interval_s: Seconds between reconnection attempts while the shell is unreachable
             (rsyslog stretches it after every 10 failures, up to ``resume_interval_max_s``).
         resume_interval_max_s: The longest wait between attempts, in seconds.
+        audit_uid: The only UID whose messages the audit socket forwards (the agent's user;
+            imuxsock's trusted property ``$!uid``, from the kernel's SCM_CREDENTIALS).
+        audit_socket: The Unix datagram socket the agent sends its audit records to
+            (:attr:`Paths.agent_audit_socket`; default: ``audit.sock`` beside ``socket``).
     """
 
     agent_id: str
@@ -458,6 +512,12 @@ class AgentForwarder:
     queue_max_disk_bytes: int = 512 * 1024 * 1024
     resume_interval_s: int = 10
     resume_interval_max_s: int = 120
+    audit_uid: int = CLAUDE_UID
+    audit_socket: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.audit_socket is None:  # beside the session socket (Paths.agent_audit_socket)
+            object.__setattr__(self, "audit_socket", self.socket.with_name(AUDIT_SOCKET_NAME))
 
     @classmethod
     def from_paths(cls, paths: Paths, agent_id: str, shell_address: str, *,
@@ -465,6 +525,7 @@ class AgentForwarder:
         """The forwarder of an agent host laid out by ``paths`` (``/etc/convocate-agent/rsyslog-tls/*``)."""
         tls = paths.agent_rsyslog_tls
         return cls(agent_id=agent_id, shell_address=shell_address, socket=paths.agent_log_socket,
+                   audit_socket=paths.agent_audit_socket,
                    ca_file=tls / CA_CERT, cert_file=tls / CLIENT_CERT, key_file=tls / CLIENT_KEY,
                    spool_dir=rsyslog_spool_dir(paths), shell_port=shell_port)
 
@@ -482,6 +543,14 @@ _AGENT_DROPIN = """\
 # in @spool_dir@), retried forever; beyond that they are dropped, never
 # blocking the containers. imuxsock is already loaded by Debian's /etc/rsyslog.conf: this file only
 # adds an input of it; TLS files are set on the action, not in global().
+#
+# The agent's audit records come to a socket of their own, @audit_socket@, and leave by an action
+# of their own (its own connection and queue) as APP-NAME @audit_app@ with MSGID @audit_msgid@: a
+# constant of their template, which the session template never writes (its MSGID is "-"), so
+# nothing sent to the session socket, whatever its APP-NAME, is filed as an audit record on the
+# shell. That socket is open to every local user too (imuxsock makes it 0666), so only messages whose
+# sender's UID, as the kernel reports it (imuxsock's trusted property $!uid: Annotate, ParseTrusted),
+# is the agent's (@audit_uid@) are forwarded from it.
 
 template(name="convocate_forward" type="list") {
     constant(value="<")
@@ -518,6 +587,40 @@ ruleset(name="convocate_sessions") {
 
 input(type="imuxsock" Socket="@socket@" CreatePath="on" ruleset="convocate_sessions"
       UseSpecialParser="off" RateLimit.Interval="0")
+
+template(name="convocate_audit_forward" type="list") {
+    constant(value="<")
+    property(name="pri")
+    constant(value=">1 ")
+    property(name="timestamp" dateFormat="rfc3339")
+    constant(value=" @agent_id@ @audit_app@ ")
+    property(name="procid")
+    constant(value=" @audit_msgid@ - ")
+    property(name="msg" droplastlf="on")
+}
+
+ruleset(name="convocate_audit") {
+    if $!uid == "@audit_uid@" then {
+        action(type="omfwd" name="convocate_audit_forward" target="@shell_address@" port="@shell_port@"
+               protocol="tcp" TCP_Framing="octet-counted" template="convocate_audit_forward"
+               StreamDriver="gtls" StreamDriverMode="1"
+               StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="@shell_peer_name@"
+               StreamDriver.CheckExtendedKeyPurpose="on" StreamDriver.PermitExpiredCerts="off"
+               StreamDriver.CAFile="@ca_file@"
+               StreamDriver.CertFile="@cert_file@"
+               StreamDriver.KeyFile="@key_file@"
+               queue.type="LinkedList" queue.size="@queue_size@"
+               queue.filename="convocate-audit" queue.spoolDirectory="@spool_dir@"
+               queue.maxDiskSpace="@queue_max_disk_bytes@" queue.saveOnShutdown="on"
+               queue.timeoutEnqueue="0"
+               action.resumeRetryCount="-1" action.resumeInterval="@resume_interval_s@"
+               action.resumeIntervalMax="@resume_interval_max_s@")
+    }
+    stop
+}
+
+input(type="imuxsock" Socket="@audit_socket@" CreatePath="on" ruleset="convocate_audit"
+      UseSpecialParser="off" RateLimit.Interval="0" Annotate="on" ParseTrusted="on")
 """
 
 
@@ -553,7 +656,25 @@ def render_agent_dropin(forwarder: AgentForwarder) -> str:
         resume_interval_s=str(_int("resume_interval_s", forwarder.resume_interval_s, 1, 3600)),
         resume_interval_max_s=str(_int("resume_interval_max_s", forwarder.resume_interval_max_s,
                                        forwarder.resume_interval_s, 86400)),
+        audit_app=AUDIT_APP_NAME,
+        audit_uid=str(_int("audit_uid", forwarder.audit_uid, 0, 2**32 - 2)),
+        audit_msgid=AUDIT_MSGID,
+        audit_socket=_path("audit_socket", forwarder.audit_socket),
     )
+
+
+def render_message_size_dropin() -> str:
+    """``/etc/rsyslog.d/59-convocate-message-size.conf``: rsyslog's maxMessageSize for the audit records.
+
+    The one ``global()`` convocate sets, in a file of its own that init-shell and init-agent write
+    identically (a host that is both has it once; rsyslog refuses a global parameter set twice).
+    Debian's rsyslog.conf does not set it. It applies to every input of the host (rsyslog 8.2302 has
+    no per-input limit for imuxsock), which only lets longer messages through uncut.
+    """
+    return (f"# {rsyslog_dropin_dir(Paths()) / MESSAGE_SIZE_DROPIN}: written by `convocate-host init-shell` and\n"
+            "# `init-agent` (issue 19): audit records of a 64 KiB `send` are longer than rsyslog's default\n"
+            "# 8 KiB and must reach the shell host whole, byte for byte.\n"
+            f'global(maxMessageSize="{MAX_MESSAGE_SIZE}")\n')
 
 
 def rsyslog_account(rsyslog_conf: str) -> tuple[str, str]:

@@ -18,12 +18,12 @@ TRAVERSAL_IDS = ["../../etc/passwd", "..", "/etc/shadow", "7f9df71a-dcaf-4e56-bb
 
 
 def snapshot(root):
-    """(path, size, mtime, mode) of every file under the root, except the agent's log."""
+    """(path, size, mtime, mode) of every file under the root, except the agent's log and audit trail."""
     out = set()
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            if path.endswith("agent.log"):
+            if path.endswith(("agent.log", "audit.jsonl")):
                 continue
             st = os.lstat(path)
             out.add((path, st.st_size if name in filenames else 0, st.st_mtime_ns if name in filenames else 0,
@@ -98,6 +98,7 @@ async def test_bad_input_matrix_gets_clear_errors_and_changes_nothing(ssh, clust
     holder = await rpc_ok(ssh, "create", {"name": "holder", "port": -1})
     cases = bad_lines(existing["uuid"], holder["port"])
     before = snapshot(cluster.root)
+    trail = cluster.paths.agent_audit_log.read_bytes()
     process = await ssh.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
     for line, _ in cases:
         process.stdin.write(line + b"\n")
@@ -110,6 +111,11 @@ async def test_bad_input_matrix_gets_clear_errors_and_changes_nothing(ssh, clust
         assert fragment in response["error"], (line, response)
         assert response["code"] == code_for(fragment, response["error"]), (line, response)
     assert snapshot(cluster.root) == before
+    # Only the audit trail grew, by one refusal per recorded op (issue 19), appended.
+    grown = cluster.paths.agent_audit_log.read_bytes()
+    assert grown.startswith(trail)
+    added = [json.loads(line) for line in grown[len(trail):].splitlines()]
+    assert added and all(r["result"] != "ok" for r in added)
     assert (await rpc_ok(ssh, "ping"))["agent_id"] == cluster.agent_id
     for made in (existing, holder):
         await rpc_ok(ssh, "delete", {"id": made["uuid"]})

@@ -13,7 +13,7 @@ def test_every_op_of_the_design_is_declared():
                         "restart", "settings-get", "settings-set", "capture", "send", "capacity", "logs", "trash",
                         "restore", "credential_set", "credential_list", "credential_delete",
                         "recording_list", "recording_read", "recording_grep",
-                        "operator_challenge", "operator_identify", "operator_whoami"}
+                        "operator_challenge", "operator_identify", "operator_whoami", "audit_read"}
 
 
 def test_create_normalises_values():
@@ -46,6 +46,9 @@ def test_create_normalises_values():
     ("credential_set", {"name": "a", "kind": "api_key"}, 'missing required field "secret"'),
     ("credential_set", {"name": "a", "kind": "api_key", "secret": 5}, 'field "secret" must be a string'),
     ("credential_delete", {}, 'missing required field "name"'),
+    ("audit_read", {"session": "x"}, 'field "session"'),
+    ("audit_read", {"since": "yesterday"}, "not an RFC 3339 timestamp"),
+    ("audit_read", {"max": "5"}, 'field "max" must be an integer'),
     ("create", {"name": "x", "credential": "Bad Name"}, 'field "credential"'),
     ("edit", {"id": SID, "credential": "a" * 33}, 'field "credential"'),
 ])

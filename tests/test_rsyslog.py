@@ -243,6 +243,7 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
     (dropins / rsyslog.SHELL_DROPIN).write_text(rsyslog.render_shell_dropin(listener))
     (dropins / rsyslog.shell_agent_dropin(AGENT)).write_text(rsyslog.render_shell_agent_dropin(listener, AGENT, port))
     (dropins / rsyslog.AGENT_DROPIN).write_text(rsyslog.render_agent_dropin(forwarder))
+    (dropins / rsyslog.MESSAGE_SIZE_DROPIN).write_text(rsyslog.render_message_size_dropin())
     confs = short_root / "test-rsyslog"
     for name in ("shell", "agent"):
         (confs / f"{name}-work").mkdir(parents=True)
@@ -250,11 +251,13 @@ def cluster(short_root: Path) -> Iterator[Cluster]:
     # but without the system socket /dev/log.
     (confs / "shell.conf").write_text(
         f'global(workDirectory="{confs / "shell-work"}")\n'
+        f'include(file="{dropins / rsyslog.MESSAGE_SIZE_DROPIN}")\n'
         f'include(file="{dropins / rsyslog.SHELL_DROPIN}")\n'
         f'include(file="{dropins / rsyslog.shell_agent_dropin(AGENT)}")\n')
     (confs / "agent.conf").write_text(
         f'global(workDirectory="{confs / "agent-work"}")\n'
         'module(load="imuxsock" SysSock.Use="off")\n'
+        f'include(file="{dropins / rsyslog.MESSAGE_SIZE_DROPIN}")\n'
         f'include(file="{dropins / rsyslog.AGENT_DROPIN}")\n')
 
     def listening() -> bool:
@@ -289,6 +292,7 @@ def test_installed_defaults_come_from_paths():
         assert 'fileOwner="root" dirOwner="root" fileGroup="adm" dirGroup="adm")' in text
         assert 'dirCreateMode="0750" fileCreateMode="0640"' in text
     assert rsyslog.shell_agent_dropin(AGENT) == f"61-convocate-agent-{AGENT}.conf"
+    assert f'Socket="{paths.agent_audit_socket}"' in agent and paths.agent_audit_socket.name == "audit.sock"
     assert f'Socket="{paths.agent_log_socket}"' in agent and str(paths.agent_log_socket) == "/run/convocate-agent/syslog.sock"
     assert f'StreamDriver.KeyFile="{paths.agent_rsyslog_tls}/client.key"' in agent
     assert 'queue.spoolDirectory="/var/spool/rsyslog"' in agent
@@ -391,6 +395,7 @@ def test_dropins_pass_rsyslogd_check_beside_debians_rsyslog_conf(tmp_path):
             rsyslog.render_shell_agent_dropin(listener, agent_id, rsyslog.FIRST_PORT + i))
     (dropins / rsyslog.AGENT_DROPIN).write_text(
         rsyslog.render_agent_dropin(rsyslog.AgentForwarder.from_paths(paths, AGENT, "shell.example.net")))
+    (dropins / rsyslog.MESSAGE_SIZE_DROPIN).write_text(rsyslog.render_message_size_dropin())
     result = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True)
     assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
     # The check does catch a drop-in that loads a module Debian's file already loads.

@@ -454,3 +454,29 @@ OPERATOR_CERT_ISSUED = "certificate for {name} ({fingerprint}, valid until {unti
 OPERATOR_CA_MISSING = "the operator CA {path} is missing: run `convocate-host init-shell` on this host first"
 OPERATOR_CA_NOT_ROOT = "the operator CA {path} is root's (0600): run operator-cert as root"
 OPERATOR_PUBKEY_UNREADABLE = "{path}: not an SSH public key: {detail}"
+
+# --- the audit trail (issue 19) ---------------------------------------------------------------------------
+AUDIT_WRITE_FAILED = "AUDIT RECORD LOST: cannot append to {path} (op {op}): {error}; the op went on"
+AUDIT_TORN_TAIL = ("the audit file {path} does not end with a whole record (a torn write after seq {seq}); "
+                   "it is left as it is and the next record says \"repaired\": true")
+AUDIT_FORWARD_DOWN = ("audit records are not reaching rsyslog at {socket} ({error}); they stay in the agent's "
+                      "file and journal; logged once until it answers again")
+AUDIT_FORWARD_BACK = "audit records reach rsyslog at {socket} again"
+AUDIT_TOO_LONG_TO_FORWARD = ("an audit record of {size} bytes is longer than a forwarded datagram may be "
+                             "({limit}); it is in the agent's file and journal only")
+AUDIT_DUPLICATE = "{source}: line {line} repeats record {seq} (delivered twice; log forwarding is at least once)"
+AUDIT_COPY_AHEAD = ("{agent}: records {first}..{last} are in the shell's copy {copy} but not in the agent's "
+                    "chain: they were cut from its end")
+AUDIT_COPY_DIFFERS = "{agent}: record {seq} differs from the shell's copy {copy}: the agent's chain was rewritten"
+AUDIT_COPY_BEHIND = "{copy} ends {count} record(s) before the agent's chain, at seq {seq} (in flight, or not forwarded)"
+AUDIT_COPY_AGREES = "{agent}: the shell's copy {copy} agrees ({count} record(s) compared)"
+AUDIT_CHAIN_OK = "{source}: {count} record(s), chain intact"
+AUDIT_CHAIN_TORN = "{source}: line {line} is not a whole record (a torn write); record {seq} after it says repaired"
+AUDIT_CHAIN_BROKEN = "{source}: record {seq} (line {line}) is broken: {reason}"
+AUDIT_BAD_PREV = "prev does not match the SHA-256 of record {seq}"
+AUDIT_BAD_FIRST_PREV = "the first record's prev is not 64 zeros"
+AUDIT_BAD_SEQ = "seq {got} follows seq {want_after} (expected {want})"
+AUDIT_NOT_A_RECORD = "line {line} is not a JSON record"
+AUDIT_UNREPAIRED = "line {line} is not a whole record and the next record does not say repaired"
+AUDIT_FILE_UNREADABLE = "cannot read the audit file {path}: {error}"
+AUDIT_BAD_TIME = "--{flag} {value!r} is not a time: {reason} (RFC 3339, e.g. 2026-12-07T06:30:00Z)"

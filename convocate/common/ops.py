@@ -224,6 +224,13 @@ OPS: dict[str, tuple[Param, ...] | None] = {
               check=lambda v: operator_claim.bounded(v, "signature", operator_claim.MAX_SIGNATURE_CHARS)),
     ),
     "operator_whoami": (),
+    # (ext, issue 19) the agent's audit trail, in pages (convocate_agent.audit.read_records).
+    "audit_read": (
+        Param("since", "string", check=_timestamp), Param("until", "string", check=_timestamp),
+        Param("session", "string", check=lambda v: validate_uuid(v, "session")),
+        Param("operator", "string"), Param("after_seq", "integer"), Param("max", "integer"),
+        Param("raw", "boolean"),
+    ),
 }
 
 #: Ops in the original v2 protocol; the rest are extensions (ext).

@@ -138,6 +138,12 @@ class Paths:
         """
         return self.agent_run_dir / "syslog.sock"
 
+    @property
+    def agent_audit_socket(self) -> Path:
+        """The Unix datagram socket the agent host's rsyslog reads the agent's audit records from (a second
+        imuxsock input, forwarding only the agent user's datagrams to the shell host; issue 19)."""
+        return self.agent_run_dir / "audit.sock"
+
     def session_run_dir(self, session_id: str) -> Path:
         """``/run/convocate-agent/sessions/<uuid>/``: mounted read-only in the session as ``/run/convocate-agent``."""
         return self.agent_run_dir / "sessions" / validate_uuid(session_id)
@@ -415,6 +421,11 @@ class Paths:
     def forwarded_log_dir(self) -> Path:
         """Shell host: ``/var/log/convocate-agent/<agent-id>.log``, the agents' session logs received over TLS."""
         return self._p("var", "log", "convocate-agent")
+
+    def forwarded_audit_log(self, agent_id: str) -> Path:
+        """Shell host: ``/var/log/convocate-agent/<agent-id>.audit.jsonl``, an agent's audit records as
+        forwarded, byte for byte (issue 19)."""
+        return self.forwarded_log_dir / f"{agent_id}.audit.jsonl"
 
     @property
     def image_archive_dir(self) -> Path:

@@ -110,6 +110,9 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     # operator_identify (issue 19): within the bounds, garbage inside (the real checks: test_operator_identity)
     "certificate": st.text(max_size=200) | st.just("ssh-ed25519-cert-v01@openssh.com AAAA"),
     "signature": st.from_regex(r"[A-Za-z0-9+/]{0,200}={0,2}", fullmatch=True),
+    # audit_read (issue 19)
+    "until": TIMESTAMPS, "session": UUIDS, "operator": st.text(max_size=40), "after_seq": st.integers(0, 10**6),
+    "max": st.integers(1, 1000), "raw": st.booleans(),
 }
 #: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
 VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
@@ -128,6 +131,8 @@ VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "skip_permissions": st.booleans(),
     "limit_retry_s": st.integers(1, 86_400), "resume_after_limit": st.booleans(),
     "resume_message": st.text(min_size=1, max_size=40).filter(lambda s: s.strip() and s.isprintable()),
+    "recording": st.booleans(), "recording_max_mb": st.integers(1, 1024 * 1024),
+    "recording_retention_days": st.integers(0, 3650), "record_input": st.booleans(),
 }
 FIELD_NAMES = sorted({p.name for spec in OPS.values() if spec for p in spec} | set(VALID_SETTINGS))
 
