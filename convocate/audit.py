@@ -250,7 +250,7 @@ async def run_audit(cluster: Cluster | None, query: AuditQuery, *, verify: bool,
     names: dict[str, str] = {}
     listing = await cluster.list()
     for ref in listing.sessions:
-        names[ref.view.uuid] = ref.view.name
+        names[ref.view.meta.uuid] = ref.view.meta.name
     if query.session:
         try:
             session_id = validate_uuid(query.session, "--session")

@@ -492,3 +492,55 @@ async def test_the_client_claim_never_raises(tmp_path: Path):
     assert odd.failed and odd.name is None and odd.reason
     missing = await operator.claim(old_agent, AGENT, Paths(tmp_path / "none"), env)
     assert not missing.failed and "operator-ca.pub" in missing.reason
+
+
+# --- the audit names the operator (issue 19: "prove the audit names the right operator") -----------------
+def _cli(op: Operator | None, cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess:
+    env = op.env(cluster) if op is not None else cluster.env
+    return subprocess.run([python(), "-m", "convocate", *args], env=env, cwd=REPO, text=True, capture_output=True,
+                          timeout=120)
+
+
+def test_the_audit_names_the_operator_who_did_each_action(ca_cluster: LocalCluster, operators: dict[str, Operator]):
+    """alice creates a session and types into it, bob kills and deletes it; the trail says who did which."""
+    cluster = ca_cluster
+    for op in operators.values():
+        issue(cluster, op.name, op.key.with_suffix(".pub"))
+        op.add()
+    alice, bob = operators["alice"], operators["bob"]
+    made = _cli(alice, cluster, "new", "audited-by-name", "--cpus", "0.1", "--memory", "128", "--json")
+    assert made.returncode == 0, made.stderr
+    sid = json.loads(made.stdout)["uuid"]
+    sent = _cli(alice, cluster, "send", sid, "echo from alice")
+    assert sent.returncode == 0, sent.stderr
+    for step in ("kill", "delete"):
+        done = _cli(bob, cluster, step, sid)
+        assert done.returncode == 0, done.stderr
+    listed = _cli(None, cluster, "audit", "--session", sid, "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = json.loads(listed.stdout)
+    by_op = {r["op"]: r for r in records}
+    assert {"create", "send", "kill", "delete"} <= set(by_op), records
+    fingerprints = {name: op.private_key().get_fingerprint("sha256") for name, op in operators.items()}
+    for op_name, who in (("create", "alice"), ("send", "alice"), ("kill", "bob"), ("delete", "bob")):
+        operator = by_op[op_name]["operator"]
+        assert operator and operator["name"] == who and operator["verified"] is True, by_op[op_name]
+        assert operator["fingerprint"] == fingerprints[who]
+    assert by_op["send"]["params"]["text"] == "echo from alice"
+    # Both came through the same peering key: only the claim tells them apart.
+    assert by_op["create"]["via"]["fingerprint"] == by_op["delete"]["via"]["fingerprint"]
+    # --operator picks one operator's actions, by name or by fingerprint.
+    for selector in ("bob", fingerprints["bob"]):
+        only = _cli(None, cluster, "audit", "--session", sid, "--operator", selector, "--json")
+        assert only.returncode == 0, only.stderr
+        ops = [r["op"] for r in json.loads(only.stdout)]
+        assert ops == ["kill", "delete"], (selector, only.stdout)
+    # An unidentified run of the CLI is recorded without a name, never as the last operator seen.
+    bare = _cli(None, cluster, "new", "audited-anonymous", "--cpus", "0.1", "--memory", "128", "--json")
+    assert bare.returncode == 0, bare.stderr
+    anon = json.loads(bare.stdout)["uuid"]
+    _cli(None, cluster, "kill", anon)
+    shown = _cli(None, cluster, "audit", "--session", anon, "--json")
+    rows = json.loads(shown.stdout)
+    assert isinstance(rows, list), (shown.stdout, shown.stderr)
+    assert rows and all(r["operator"] is None for r in rows), rows
