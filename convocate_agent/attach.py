@@ -188,6 +188,8 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             if not data:
                 return  # client EOF: keep showing output, never half-close Docker's stream
             stream.writer.write(data)
+            if service.recorder is not None and not request.read_only:
+                service.recorder.input(sid, data)
             await stream.writer.drain()
 
     async def session_to_client() -> None:

@@ -72,6 +72,7 @@ from convocate_agent.insight import (
     report_line,
 )
 from convocate_agent.locks import SessionLocks
+from convocate_agent.recorder import RecordingHook
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
 from convocate_agent.store import NS_PER_DAY, SessionStore
@@ -151,6 +152,7 @@ class AgentService:
         self.credentials = CredentialStore(paths.agent_credentials_dir)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self._attached: dict[str, int] = {}
+        self.recorder: RecordingHook | None = None  # set by the server (issue 19): the attach relay's input goes there
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
         # resume_after_limit (issue 15): at most one pending resume per session, and the tasks typing one.
