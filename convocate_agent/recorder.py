@@ -247,7 +247,7 @@ class RecordingSettings:
     record_input: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class Recorder:
     """The recorder of one running session: a task that follows its control client.
 
@@ -479,13 +479,14 @@ class RecorderSet:
         self._title_of = title_of
         self._keep = keep
         self.recorders: dict[str, Recorder] = {}
+        self._running: set[Recorder] = set()  # also the stopping ones a new start replaced
         self._flusher: asyncio.Task[None] | None = None
 
     def start(self, session_id: str, marker: str = "") -> Recorder | None:
         """Start recording a running session (no-op if it is recorded already or ``recording`` is off)."""
         current = self.recorders.get(session_id)
-        if current is not None and current.task is not None and not current.task.done():
-            return current
+        if current is not None and current.task is not None and not current.task.done() and not current.stopping:
+            return current  # a stopping one (its container died) finishes its own file
         settings = self._settings()
         if not settings.recording:
             return None
@@ -499,18 +500,23 @@ class RecorderSet:
         rec.task = asyncio.create_task(rec.run(), name=f"recorder-{session_id[:8]}")
         rec.task.add_done_callback(lambda _t, sid=session_id, r=rec: self._ended(sid, r))
         self.recorders[session_id] = rec
+        self._running.add(rec)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="recorder-flush")
         return rec
 
     def _ended(self, session_id: str, rec: Recorder) -> None:
+        self._running.discard(rec)
         if self.recorders.get(session_id) is rec:
             del self.recorders[session_id]
 
     async def stop(self, session_id: str) -> None:
         rec = self.recorders.pop(session_id, None)
-        if rec is None:
-            return
+        if rec is not None:
+            await self._stop(rec)
+
+    @staticmethod
+    async def _stop(rec: Recorder) -> None:
         rec.stopping = True
         if rec.stream is not None:
             rec.stream.close()  # stdin EOF ends tmux's client
@@ -541,7 +547,7 @@ class RecorderSet:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            for rec in list(self.recorders.values()):
+            for rec in list(self._running):
                 rec.flush()
 
     def purge(self) -> list[Path]:
@@ -576,8 +582,8 @@ class RecorderSet:
 
     async def shutdown(self) -> None:
         """Flush and close every recording (agent shutdown)."""
-        for sid in list(self.recorders):
-            await self.stop(sid)
+        self.recorders.clear()
+        await asyncio.gather(*(self._stop(rec) for rec in list(self._running)))
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)

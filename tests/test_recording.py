@@ -176,7 +176,7 @@ async def test_agent_restart_starts_a_new_marked_file(fresh_cluster):
     [(first, _, before)] = casts(cluster, sid)
     assert first.read_text().endswith("\n")  # a clean stop leaves whole lines
     cluster.start(same_port=True)
-    await until(lambda: len(casts(cluster, sid)) == 2, "a second file")
+    await until(lambda: len(casts(cluster, sid)) == 2 and len(casts(cluster, sid)[1][2]) >= 2, "a second file")
     (_, _, old), (_, header, new) = casts(cluster, sid)
     assert old == before
     assert new[0][1] == "m" and "recording resumed after agent restart" in new[0][2]
