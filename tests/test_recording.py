@@ -243,3 +243,26 @@ async def test_recording_off_gives_no_file_and_record_input_records_typing(fresh
         await detach(process)
         await screen.drain_to_eof()
     assert "observer keys" not in texts(cluster, sid, "i")
+
+
+@pytest.mark.docker
+async def test_a_session_cannot_forge_control_lines_or_reach_the_recordings(cluster, docker_client):
+    """The attack on the recording boundary (docs/security.md, "Recordings"): from inside the session."""
+    sid = await new_session(cluster, "rec-attack")
+    await until(lambda: casts(cluster, sid), "a recording")
+    code, tty = session_exec(docker_client, sid, ["tmux", "display-message", "-p", "#{pane_tty}"])
+    forged = "\\n%exit\\n%layout-change @0 abcd,7x3,0,0,0 abcd,7x3,0,0,0 *\\n%output %0 forged\\n"
+    code, out = session_exec(docker_client, sid, ["sh", "-c", f"printf '%b' '{forged}' > {tty.decode().strip()}"])
+    assert code == 0, out
+    await until(lambda: "%layout-change @0 abcd,7x3" in texts(cluster, sid), "the forged lines as output")
+    events = [e for _, _, ev in casts(cluster, sid) for e in ev]
+    assert not [e for e in events if e[1] == "r" and e[2] == "7x3"] and not [e for e in events if e[1] == "m"]
+    assert len(casts(cluster, sid)) == 1
+    # no mount of the session reaches the agent's state (recordings, audit log); uid 1337 cannot list it
+    container = docker_client.containers.get(f"convocate-session-{sid}")
+    state = str(cluster.paths.agent_state_dir)
+    assert not [m for m in container.attrs["Mounts"] if m["Source"].startswith(state) or state.startswith(m["Source"])]
+    code, out = session_exec(docker_client, sid, ["sh", "-c", f"ls {cluster.paths.recordings_dir} "
+                                                  f"/var/lib/convocate-agent/recordings"])
+    assert code != 0
+    await call(cluster, "kill", {"id": sid})
