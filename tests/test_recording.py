@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 import time
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from convocate_agent.recorder import ControlParser, layout_size, screen_event, unescape
+from convocate.common.paths import Paths
+from convocate_agent.recorder import ControlParser, RecorderSet, layout_size, screen_event, unescape
 from tests.conftest import connect, rpc_ok
 from tests.test_agent_attach import detach, open_attach
 
@@ -45,6 +49,22 @@ def test_layout_change_gives_a_resize_once_and_blocks_are_skipped():
     assert events == [("r", "100x30"), ("exit", "")]
     assert layout_size("c3a1,120x40,0,0{60x40,0,0,1,59x40,61,0,2}") == (120, 40)
     assert layout_size("nonsense") is None
+
+
+def test_retention_drops_old_finished_files_and_recordings_of_purged_sessions(tmp_path):
+    paths = Paths(tmp_path)
+    kept, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    for sid in (kept, gone):
+        paths.session_recordings_dir(sid).mkdir(parents=True)
+    old = paths.session_recordings_dir(kept) / "20260101T000000.000000Z.cast"
+    new = paths.session_recordings_dir(kept) / "20261201T000000.000000Z.cast"
+    for path in (old, new, paths.session_recordings_dir(gone) / "20261201T000000.000000Z.cast"):
+        path.write_text("{}\n")
+    os.utime(old, (time.time() - 31 * 86400,) * 2)
+    settings = SimpleNamespace(recording_retention_days=30)
+    recorders = RecorderSet(paths, None, lambda: settings, lambda sid: "", lambda: {kept})
+    recorders.purge()
+    assert not old.exists() and new.exists() and not paths.session_recordings_dir(gone).exists()
 
 
 def test_screen_event_draws_the_capture_and_places_the_cursor():
@@ -167,7 +187,7 @@ async def test_killed_control_client_leaves_a_marked_gap_and_recording_goes_on(c
 
 
 @pytest.mark.docker
-async def test_agent_restart_starts_a_new_marked_file(fresh_cluster):
+async def test_agent_restart_starts_a_new_marked_file(fresh_cluster, docker_client):
     cluster = fresh_cluster
     sid = await new_session(cluster, "rec-restart")
     await call(cluster, "send", {"id": sid, "text": "before the restart", "enter": True})
@@ -179,6 +199,7 @@ async def test_agent_restart_starts_a_new_marked_file(fresh_cluster):
     await until(lambda: len(casts(cluster, sid)) == 2 and len(casts(cluster, sid)[1][2]) >= 2, "a second file")
     (_, _, old), (_, header, new) = casts(cluster, sid)
     assert old == before
+    assert [c.split()[0] for c in clients(docker_client, sid)] == ["1"]  # the old agent's client is gone
     assert new[0][1] == "m" and "recording resumed after agent restart" in new[0][2]
     assert "before the restart" in "".join(e[2] for e in new if e[1] == "o")  # the screen at the new start
     await call(cluster, "send", {"id": sid, "text": "after the restart", "enter": True})
