@@ -121,9 +121,8 @@ def _wait_no_clients(container, timeout: float = 10.0) -> None:
     """Wait until no tmux client is attached (an ended attach's client may take a moment to go)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = container.exec_run(["tmux", "list-clients", "-F", "#{client_control_mode}"], user=UID,
-                                 environment={"HOME": "/home/claude"}).output
-        if b"0" not in out.split():  # the agent's recorder is a control-mode client (issue 19)
+        out = container.exec_run(["tmux", "list-clients"], user=UID, environment={"HOME": "/home/claude"}).output
+        if not out.strip():
             return
         time.sleep(0.05)
     raise RuntimeError("a tmux client stayed attached")
