@@ -199,6 +199,8 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
                 return  # client EOF: keep showing output, never half-close Docker's stream
             counts[0] += len(data)
             stream.writer.write(data)
+            if service.recorder is not None and not request.read_only:
+                service.recorder.input(sid, data)
             await stream.writer.drain()
 
     async def session_to_client() -> None:

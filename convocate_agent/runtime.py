@@ -564,12 +564,41 @@ class DockerRuntime:
         return out
 
     async def detach_all(self, session_id: str) -> int:
-        """Detach every tmux client of the session; returns how many there were."""
-        out = await self.tmux(session_id, "list-clients", "-t", TMUX_SESSION, "-F", "#{client_tty}")
-        count = len(out.split())
-        if count:
-            await self.tmux(session_id, "detach-client", "-s", TMUX_SESSION)
-        return count
+        """Detach every operator's tmux client of the session; returns how many there were.
+
+        Control-mode clients (``#{client_control_mode}`` 1: the agent's recorder, issue 19) are
+        not operators and stay attached.
+        """
+        out = await self.tmux(session_id, "list-clients", "-t", TMUX_SESSION, "-F",
+                              "#{client_control_mode} #{client_name}")
+        names = [parts[1] for parts in (line.split(" ", 1) for line in out.decode("utf-8", "replace").splitlines())
+                 if len(parts) == 2 and parts[0] == "0"]
+        for name in names:
+            await self.exec(session_id, ["tmux", "detach-client", "-t", name])
+        return len(names)
+
+    async def open_control(self, session_id: str, uid: int = 1337, gid: int = 1337) -> ExecStream:
+        """Start the recorder's read-only tmux control-mode client (``tmux -C attach -r``), no TTY.
+
+        Its stdout comes in Docker's multiplexed framing (8-byte headers); closing the stream is
+        EOF on its stdin, which ends the client. It sets no size, so tmux ignores it when sizing
+        the window (tmux(1) CONTROL MODE, ``refresh-client -C``).
+
+        Raises:
+            DockerError: the exec could not be created or started.
+        """
+        def start() -> tuple[str, Any]:
+            created = self.api.exec_create(container_name(session_id), ["tmux", "-C", "attach-session", "-r", "-t",
+                                                                        TMUX_SESSION],
+                                           stdin=True, tty=False, user=f"{uid}:{gid}", privileged=False,
+                                           environment={"HOME": CONTAINER_HOME, "LANG": "C.UTF-8"})
+            wrapper = self.api.exec_start(created["Id"], socket=True, tty=False)
+            return created["Id"], wrapper
+
+        exec_id, wrapper = await self._call(f"record session {session_id}", start)
+        raw: socket.socket = getattr(wrapper, "_sock", wrapper)
+        reader, writer = await asyncio.open_connection(sock=raw, limit=1 << 20)
+        return ExecStream(exec_id, reader, writer, wrapper)
 
     async def open_attach(self, session_id: str, *, cols: int, rows: int, term: str, read_only: bool,
                           uid: int = 1337, gid: int = 1337) -> ExecStream:

@@ -12,6 +12,7 @@ port/agent/X11 forwarding are refused at the protocol level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from convocate_agent.admission import HostResources
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.audit import AuditLog
 from convocate_agent.locks import SessionLocks
+from convocate_agent.recorder import RecorderSet
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.service import AgentService, EventSink, LogEventSink
@@ -113,6 +115,7 @@ class AgentServer:
         self._attach_tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        self.recorders: RecorderSet | None = None
 
     def _events(self, agent_id: str) -> EventSink:
         """The status emitter when a shell host is configured, else the log."""
@@ -173,7 +176,10 @@ class AgentServer:
         await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()
         log.info("recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
-        self._watch_task = asyncio.create_task(runtime.watch(self.service.on_container_event), name="docker-events")
+        self.recorders = self._recorders(self.service)
+        self.service.recorder = self.recorders
+        await self.recorders.resume(await self._running_sessions(runtime))
+        self._watch_task = asyncio.create_task(runtime.watch(self._on_container_event), name="docker-events")
         self._purge_task = asyncio.create_task(self._purge_hourly(), name="trash-purge")
         if self.emitter is not None:
             self.emitter.start()
@@ -190,12 +196,42 @@ class AgentServer:
             log.warning("cannot record what the agent started with in %s: %s", paths.agent_run_dir, e)
         return addresses
 
+    def _recorders(self, service: AgentService) -> RecorderSet:
+        """The recorders (issue 19): settings read at each start; a session's recordings stay while it
+        exists or waits in the trash."""
+        store = service.store
+
+        def keep() -> set[str]:
+            return set(store.session_ids()) | {e.uuid for e in store.trash_entries()}
+
+        recorders = RecorderSet(service.paths, service.runtime, lambda: service.settings,
+                                lambda sid: store.load(sid).name, keep, uid=service.uid, gid=service.gid)
+        with contextlib.suppress(OSError):
+            recorders.purge()
+        return recorders
+
+    @staticmethod
+    async def _running_sessions(runtime: DockerRuntime) -> list[str]:
+        try:
+            return [sid for sid, state in (await runtime.containers()).items() if state.running]
+        except ConvocateError as e:
+            log.warning("cannot find the running sessions to record: %s", e)
+            return []
+
+    def _on_container_event(self, action: str, session_id: str, attributes: dict[str, Any]) -> None:
+        assert self.service is not None
+        self.service.on_container_event(action, session_id, attributes)
+        if self.recorders is not None:
+            self.recorders.on_container_event(action, session_id, attributes)
+
     async def _purge_hourly(self) -> None:
         assert self.service is not None
         while True:
             await asyncio.sleep(3600)
             try:
                 await self.service.purge_trash()
+                if self.recorders is not None:
+                    self.recorders.purge()
             except OSError as e:
                 log.warning("trash purge failed: %s", e)
 
@@ -262,6 +298,8 @@ class AgentServer:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.recorders is not None:
+            await self.recorders.shutdown()
         if self.emitter is not None:
             await self.emitter.stop()
         if self.listener is not None:

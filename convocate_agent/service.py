@@ -73,6 +73,7 @@ from convocate_agent.insight import (
     report_line,
 )
 from convocate_agent.locks import SessionLocks
+from convocate_agent.recorder import RecordingHook
 from convocate_agent.recordings import Recordings
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
@@ -155,6 +156,7 @@ class AgentService:
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self.recordings = Recordings(paths, store, runtime)  # recording_list, _read, _grep (issue 19)
         self._attached: dict[str, int] = {}
+        self.recorder: RecordingHook | None = None  # set by the server (issue 19): the attach relay's input goes there
         self._names_lock = asyncio.Lock()
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
         # resume_after_limit (issue 15): at most one pending resume per session, and the tasks typing one.

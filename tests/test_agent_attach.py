@@ -63,10 +63,12 @@ async def open_attach(conn, sid, *, cols=100, rows=30, read_only=False, after_he
 
 def tmux_clients(docker_client, sid):
     container = docker_client.containers.get(f"convocate-session-{sid}")
-    code, out = container.exec_run(["tmux", "list-clients", "-F", "#{client_width}x#{client_height} #{client_readonly}"],
+    code, out = container.exec_run(["tmux", "list-clients", "-F",
+                                    "#{client_control_mode} #{client_width}x#{client_height} #{client_readonly}"],
                                    user="1337:1337", environment={"HOME": "/home/claude"})
     assert code == 0, out
-    return out.decode().split("\n")[:-1]
+    # terminal clients only: the agent's recorder is a control-mode client (issue 19)
+    return [line[2:] for line in out.decode().split("\n")[:-1] if line.startswith("0 ")]
 
 
 async def call(cluster, op, params):

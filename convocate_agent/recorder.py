@@ -1,0 +1,616 @@
+"""Session recordings: every running session's terminal output as asciicast v2 (issue 19).
+
+Source: a read-only tmux control-mode client (``tmux -C attach-session -r -t main``, tmux(1)
+CONTROL MODE) that the agent runs in the session's container through a Docker exec; its
+``%output`` lines become ``"o"`` events, window size changes (``%layout-change``) ``"r"`` events.
+The stream goes from the tmux server through dockerd to the agent, never through a file or
+socket the session can write; the files live under ``Paths.recordings_dir``, which no container
+mounts. A session can end or garble its own stream (it owns its tmux); every gap is marked.
+
+Layout (read by :mod:`convocate.common.asciicast` and ``convocate_agent.recordings``):
+``<recordings_dir>/<uuid>/<UTC start, %Y%m%dT%H%M%S.%fZ>.cast``, directories 0700, files 0600.
+Each file starts with the pane's screen at that moment (an ``"o"`` event), so a player starts
+on the right screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from convocate.common.errors import ConvocateError
+from convocate.common.paths import Paths
+from convocate.common.timefmt import format_rfc3339
+
+log = logging.getLogger(__name__)
+
+#: Seconds between flushes of the buffered events to disk (the brief: at least every second).
+FLUSH_INTERVAL_S = 1.0
+#: Backoff of a recorder whose control client ended while the container runs: 1 s doubling to 30 s.
+RESTART_BACKOFF_S = (1.0, 30.0)
+#: Polling while a just-started container's tmux is not up yet (no file is written meanwhile).
+READY_POLL_S = 0.25
+READY_TIMEOUT_S = 120.0
+#: Buffered bytes that force a flush before the next tick (a burst of output).
+FLUSH_BYTES = 256 * 1024
+TERM = "xterm-256color"
+MARKER_AGENT_RESTART = "recording resumed after agent restart (output while the agent was down is not recorded)"
+MARKER_GAP = "output not recorded from {start} to {end} (the recorder's tmux client ended: {reason})"
+MARKER_CUT = "recording cut off at {mib} MiB (setting recording_max_mb); resumes at the next start"
+MIB = 1024 * 1024
+
+#: A recording's file name, as convocate.common.asciicast reads it: ``%Y%m%dT%H%M%S.%fZ.cast`` (UTC).
+FILE_NAME_PATTERN = re.compile(r"(\d{8}T\d{6}\.\d{6})Z\.cast")
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+_LAYOUT_SIZE = re.compile(r"^[0-9a-f]{4},(\d+)x(\d+),")
+
+
+# --- the control-mode stream (pure) -------------------------------------------------------------
+def unescape(data: bytes) -> bytes:
+    """Undo tmux's escaping in ``%output``: ``\\ooo`` (three octal digits) is one byte.
+
+    tmux (control.c, ``control_append_data``) writes every byte below 0x20 and the backslash as
+    ``\\ooo``; everything else, UTF-8 included, raw.
+    """
+    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), data)
+
+
+def layout_size(layout: str) -> tuple[int, int] | None:
+    """The window size a tmux layout string carries: ``"b25f,80x24,0,0,2"`` → ``(80, 24)``.
+
+    Source: tmux layout-custom.c: ``<checksum %04x>,<W>x<H>,<x>,<y>[,<pane>|{...}|[...]]``.
+    Returns None for anything else.
+    """
+    m = _LAYOUT_SIZE.match(layout)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+class ControlParser:
+    """Turns a tmux control-mode client's stdout into recording events.
+
+    ``feed(chunk)`` takes any slice of the byte stream and returns ``(code, data)`` pairs:
+    ``("o", text)`` for output (all ``%output`` of the chunk joined, decoded with an incremental
+    UTF-8 decoder so a character split across lines or chunks stays whole; bad bytes become
+    U+FFFD), ``("r", "WxH")`` when ``%layout-change`` gives a new size, ``("exit", reason)`` at
+    ``%exit``. Command replies (``%begin`` .. ``%end``/``%error``) and other notifications are
+    skipped.
+    """
+
+    def __init__(self, size: tuple[int, int] | None = None) -> None:
+        self._partial = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._in_block = False
+        self.size = size
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out: list[tuple[str, str]] = []
+        text: list[str] = []
+
+        def flush_text() -> None:
+            if text:
+                joined = "".join(text)
+                text.clear()
+                if joined:
+                    out.append(("o", joined))
+
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if self._in_block:
+                if line.startswith((b"%end ", b"%error ")) or line in (b"%end", b"%error"):
+                    self._in_block = False
+                continue
+            if line.startswith(b"%output "):
+                parts = line.split(b" ", 2)
+                text.append(self._decoder.decode(unescape(parts[2]) if len(parts) == 3 else b""))
+            elif line.startswith(b"%begin"):
+                self._in_block = True
+            elif line.startswith(b"%layout-change "):
+                parts = line.decode("ascii", "replace").split(" ")
+                size = layout_size(parts[2]) if len(parts) > 2 else None
+                if size is not None and size != self.size:
+                    flush_text()
+                    self.size = size
+                    out.append(("r", f"{size[0]}x{size[1]}"))
+            elif line.startswith(b"%exit"):
+                flush_text()
+                out.append(("exit", line[6:].decode("utf-8", "replace").strip()))
+        flush_text()
+        return out
+
+
+def screen_event(capture: bytes, cursor: tuple[int, int]) -> str:
+    """The ``"o"`` data that draws a captured pane: clear, home, the lines, cursor to ``(x, y)``.
+
+    Args:
+        capture: ``tmux capture-pane -p -e`` output (one line per row, with SGR escapes).
+        cursor: ``(#{cursor_x}, #{cursor_y})``, 0-based.
+    """
+    lines = capture.decode("utf-8", "replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return "\x1b[H\x1b[2J" + "\r\n".join(lines) + f"\x1b[{cursor[1] + 1};{cursor[0] + 1}H"
+
+
+def file_name(start: float) -> str:
+    """The file name for a recording started at ``start`` (unix seconds), UTC, microseconds."""
+    secs = int(start)
+    micro = round((start - secs) * 1e6)
+    if micro >= 1_000_000:
+        secs, micro = secs + 1, micro - 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs)) + f".{micro:06d}Z.cast"
+
+
+def demux_header(header: bytes) -> tuple[int, int]:
+    """Docker's non-TTY attach framing: 8 bytes, stream (1 stdout, 2 stderr), 3 zero, big-endian length."""
+    stream, length = struct.unpack(">BxxxI", header)
+    return stream, length
+
+
+# --- a file -----------------------------------------------------------------------------------------
+class CastWriter:
+    """One recording file: header at open, buffered event lines, whole lines only on disk.
+
+    Args:
+        path: The new file (created 0600, must not exist).
+        width: Columns at start.
+        height: Rows at start.
+        title: The session's name.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, title: str, start: float) -> None:
+        self.path = path
+        self.start_wall = start
+        self.start_mono = time.monotonic()
+        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._buf: list[str] = []
+        self._buffered = 0
+        self.size = 0
+        header = {"version": 2, "width": max(1, width), "height": max(1, height), "timestamp": round(start, 6),
+                  "env": {"TERM": TERM}, "title": title}
+        self._append(json.dumps(header, ensure_ascii=False))
+        self.flush()
+
+    def now(self) -> float:
+        """Seconds since the header's timestamp (monotonic clock)."""
+        return time.monotonic() - self.start_mono
+
+    def at(self, wall: float) -> float:
+        """A wall-clock time as seconds since the header's timestamp (never below 0)."""
+        return max(0.0, wall - self.start_wall)
+
+    def event(self, code: str, data: str, t: float | None = None) -> None:
+        self._append(json.dumps([round(self.now() if t is None else t, 6), code, data], ensure_ascii=False))
+
+    def _append(self, line: str) -> None:
+        b = line + "\n"
+        self._buf.append(b)
+        self._buffered += len(b)
+
+    @property
+    def pending(self) -> int:
+        return self._buffered
+
+    def flush(self) -> int:
+        """Write the buffered lines (one ``write`` of whole lines); returns the bytes written."""
+        if self.fd is None or not self._buf:
+            return 0
+        data = "".join(self._buf).encode("utf-8", "surrogatepass")
+        self._buf.clear()
+        self._buffered = 0
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.flush()
+        os.close(self.fd)
+        self.fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
+
+# --- the runtime side the recorder needs -------------------------------------------------------------
+class ControlRuntime(Protocol):
+    async def open_control(self, session_id: str) -> Any: ...  # pragma: no cover - protocol
+    async def exec(self, session_id: str, cmd: list[str]) -> tuple[int, bytes]: ...  # pragma: no cover
+    async def container(self, session_id: str) -> Any: ...  # pragma: no cover
+
+
+@dataclass
+class RecordingSettings:
+    """What one recorder start uses (a settings change applies at the next start)."""
+
+    max_bytes: int
+    record_input: bool
+
+
+@dataclass(eq=False)
+class Recorder:
+    """The recorder of one running session: a task that follows its control client.
+
+    A file is opened once the session's tmux answers; when the client ends while the container
+    runs, it is restarted with a backoff and the gap is marked in the same file.
+    """
+
+    session_id: str
+    title: str
+    directory: Path
+    runtime: Any
+    settings: RecordingSettings
+    first_marker: str = ""
+    uid: int = 1337
+    gid: int = 1337
+    writer: CastWriter | None = None
+    cut: bool = False
+    stopping: bool = False
+    task: asyncio.Task[None] | None = None
+    stream: Any = None
+    _finished_bytes: int = 0
+    _input_decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    # --- size bound -----------------------------------------------------------
+    def enforce_bound(self) -> None:
+        """Drop the oldest finished files while the session's files pass the bound; cut off the current.
+
+        The finished files are listed at open and again only when the bound is passed, so a
+        flush costs no directory listing.
+        """
+        if self.writer is None or self.cut:
+            return
+        current = self.writer.size + self.writer.pending
+        if current + self._finished_bytes <= self.settings.max_bytes:
+            return
+        sizes = [(p, _size(p)) for p in finished_files(self.directory, exclude=self.writer.path)]
+        total = current + sum(s for _, s in sizes)
+        for path, size in sizes:  # oldest first
+            if total <= self.settings.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.info("session %s: dropped recording %s (over recording_max_mb)", self.session_id, path.name)
+            total -= size
+        self._finished_bytes = total - current
+        if current > self.settings.max_bytes:
+            self.writer.event("m", MARKER_CUT.format(mib=self.settings.max_bytes // MIB))
+            self.writer.close()
+            self.cut = True
+            log.info("session %s: recording %s cut off at the size bound", self.session_id, self.writer.path.name)
+
+    def flush(self) -> None:
+        if self.writer is not None and not self.writer.closed:
+            try:
+                self.enforce_bound()
+                if not self.writer.closed:
+                    self.writer.flush()
+            except OSError as e:
+                log.warning("session %s: cannot write its recording %s: %s", self.session_id, self.writer.path, e)
+
+    def _event(self, code: str, data: str, t: float | None = None) -> None:
+        if self.writer is not None and not self.writer.closed and not self.cut:
+            self.writer.event(code, data, t)
+            if self.writer.pending >= FLUSH_BYTES:
+                self.flush()
+
+    def input(self, data: bytes) -> None:
+        if self.settings.record_input:
+            text = self._input_decoder.decode(data)
+            if text:
+                self._event("i", text)
+
+    # --- the loop --------------------------------------------------------------
+    async def _size_and_screen(self) -> tuple[tuple[int, int], str] | None:
+        code, out = await self.runtime.exec(self.session_id, [
+            "tmux", "display-message", "-p", "-t", "main", "#{window_width}x#{window_height} #{cursor_x},#{cursor_y}"],
+            uid=self.uid, gid=self.gid)
+        m = re.fullmatch(rb"(\d+)x(\d+) (\d+),(\d+)\s*", out) if code == 0 else None
+        if m is None:
+            return None
+        size = (int(m.group(1)), int(m.group(2)))
+        code, capture = await self.runtime.exec(self.session_id, ["tmux", "capture-pane", "-p", "-e", "-t", "main"],
+                                                 uid=self.uid, gid=self.gid)
+        screen = screen_event(capture, (int(m.group(3)), int(m.group(4)))) if code == 0 else ""
+        return size, screen
+
+    async def _wait_tmux(self) -> tuple[tuple[int, int], str] | None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                got = await self._size_and_screen()
+            except ConvocateError:
+                got = None
+            if got is not None:
+                return got
+            state = await _quiet(self.runtime.container(self.session_id))
+            if state is not None and not getattr(state, "running", False):
+                return None
+            await asyncio.sleep(READY_POLL_S)
+        return None
+
+    async def run(self) -> None:
+        delay = RESTART_BACKOFF_S[0]
+        gap_from: float | None = None
+        gap_reason = ""
+        try:
+            while not self.stopping:
+                stream = None
+                reason = ""
+                if await self._wait_tmux() is None:  # a container that just started: its tmux comes up
+                    if self.writer is None:
+                        log.info("session %s: no tmux to record", self.session_id)
+                    break
+                try:
+                    stream = await self.runtime.open_control(self.session_id, self.uid, self.gid)
+                except ConvocateError as e:
+                    reason = str(e)
+                if stream is not None:
+                    self.stream = stream
+                    got = await self._wait_tmux()  # again, now that the client is attached: no output lost
+                    if got is None:
+                        break
+                    (width, height), screen = got
+                    if self.writer is None:
+                        self._open(width, height)
+                        if self.first_marker:
+                            self._event("m", self.first_marker, 0.0)
+                        self._event("o", screen, 0.0)
+                    else:
+                        self._event("m", MARKER_GAP.format(start=_iso(gap_from or time.time()), end=_iso(time.time()),
+                                                           reason=gap_reason or "unknown"))
+                        self._event("r", f"{width}x{height}")
+                        self._event("o", screen)
+                        gap_from = None
+                    parser = ControlParser((width, height))
+                    started = time.monotonic()
+                    reason = await self._follow(stream, parser)
+                    stream.close()
+                    self.stream = None
+                    if time.monotonic() - started > RESTART_BACKOFF_S[1]:
+                        delay = RESTART_BACKOFF_S[0]
+                if self.stopping:
+                    break
+                state = await _quiet(self.runtime.container(self.session_id))
+                if state is None or not getattr(state, "running", False):
+                    break
+                if gap_from is None:
+                    gap_from = time.time()
+                    gap_reason = reason
+                log.info("session %s: recorder's tmux client ended (%s); again in %g s", self.session_id, reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_S[1])
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug must not take the agent down
+            log.exception("session %s: recorder failed", self.session_id)
+        finally:
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
+            self.close()
+
+    def _open(self, width: int, height: int) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        start = time.time()
+        path = self.directory / file_name(start)
+        while path.exists():  # two starts in one microsecond
+            start += 1e-6
+            path = self.directory / file_name(start)
+        self._finished_bytes = sum(_size(p) for p in finished_files(self.directory))
+        self.writer = CastWriter(path, width, height, self.title, start)
+        log.info("session %s: recording to %s", self.session_id, path)
+
+    async def _follow(self, stream: Any, parser: ControlParser) -> str:
+        """Read the client's stdout until it ends; returns why it ended."""
+        reader: asyncio.StreamReader = stream.reader
+        while True:
+            try:
+                header = await reader.readexactly(8)
+                kind, length = demux_header(header)
+                payload = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                return "its stream ended"
+            except (ConnectionError, OSError) as e:
+                return f"its stream failed: {e}"
+            if kind != 1:
+                log.info("session %s: recorder's tmux client says: %s", self.session_id,
+                         payload.decode("utf-8", "replace").strip())
+                continue
+            for code, data in parser.feed(payload):
+                if code == "exit":
+                    return f"%exit {data}".strip()
+                self._event(code, data)
+
+    def close(self) -> None:
+        if self.writer is not None and not self.writer.closed:
+            self.flush()
+            if not self.writer.closed:
+                self.writer.close()
+
+
+# --- the set ---------------------------------------------------------------------------------------
+class RecordingHook(Protocol):
+    """What the service and the attach relay call (the service never reaches into a recorder)."""
+
+    def input(self, session_id: str, data: bytes) -> None: ...  # pragma: no cover - protocol
+
+
+class RecorderSet:
+    """Every recorder of this agent, owned by the AgentServer.
+
+    Args:
+        paths: Installation layout (``recordings_dir``).
+        runtime: Docker access (``open_control``, ``exec``, ``container``).
+        settings: Returns the agent's current settings (read at each start).
+        title_of: A session's name, for the header's ``title``.
+        keep: The session IDs whose recordings stay (sessions and trash entries); others go at purge.
+        uid: The session user inside containers (the execs run as it).
+        gid: Its group.
+    """
+
+    def __init__(self, paths: Paths, runtime: Any, settings: Callable[[], Any], title_of: Callable[[str], str],
+                 keep: Callable[[], set[str]], *, uid: int = 1337, gid: int = 1337) -> None:
+        self.paths = paths
+        self.uid, self.gid = uid, gid
+        self.runtime = runtime
+        self._settings = settings
+        self._title_of = title_of
+        self._keep = keep
+        self.recorders: dict[str, Recorder] = {}
+        self._running: set[Recorder] = set()  # also the stopping ones a new start replaced
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self, session_id: str, marker: str = "") -> Recorder | None:
+        """Start recording a running session (no-op if it is recorded already or ``recording`` is off)."""
+        current = self.recorders.get(session_id)
+        if current is not None and current.task is not None and not current.task.done() and not current.stopping:
+            return current  # a stopping one (its container died) finishes its own file
+        settings = self._settings()
+        if not settings.recording:
+            return None
+        try:
+            title = self._title_of(session_id)
+        except Exception:
+            title = ""
+        rec = Recorder(session_id, title, self.paths.session_recordings_dir(session_id), self.runtime,
+                       RecordingSettings(int(settings.recording_max_mb) * MIB, bool(settings.record_input)),
+                       first_marker=marker, uid=self.uid, gid=self.gid)
+        rec.task = asyncio.create_task(rec.run(), name=f"recorder-{session_id[:8]}")
+        rec.task.add_done_callback(lambda _t, sid=session_id, r=rec: self._ended(sid, r))
+        self.recorders[session_id] = rec
+        self._running.add(rec)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop(), name="recorder-flush")
+        return rec
+
+    def _ended(self, session_id: str, rec: Recorder) -> None:
+        self._running.discard(rec)
+        if self.recorders.get(session_id) is rec:
+            del self.recorders[session_id]
+
+    async def stop(self, session_id: str) -> None:
+        rec = self.recorders.pop(session_id, None)
+        if rec is not None:
+            await self._stop(rec)
+
+    @staticmethod
+    async def _stop(rec: Recorder) -> None:
+        rec.stopping = True
+        if rec.stream is not None:
+            rec.stream.close()  # stdin EOF ends tmux's client
+        if rec.task is not None:
+            rec.task.cancel()
+            await asyncio.gather(rec.task, return_exceptions=True)
+
+    def input(self, session_id: str, data: bytes) -> None:
+        """Record what an operator typed (``"i"``), when the recorder's start had ``record_input`` on."""
+        rec = self.recorders.get(session_id)
+        if rec is not None:
+            rec.input(data)
+
+    def on_container_event(self, action: str, session_id: str, attributes: dict[str, Any]) -> None:
+        """Docker's ``start`` starts a recorder; ``die`` stops it (the stream ends with the container)."""
+        if action == "start":
+            self.start(session_id)
+        elif action == "die":
+            rec = self.recorders.get(session_id)
+            if rec is not None:
+                rec.stopping = True
+
+    async def resume(self, running: list[str]) -> None:
+        """At agent start: a new file, marked as resumed, for each session already running."""
+        for sid in running:
+            self.start(sid, MARKER_AGENT_RESTART)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            for rec in list(self._running):
+                rec.flush()
+
+    def purge(self) -> list[Path]:
+        """Retention: drop finished files older than ``recording_retention_days`` and the recordings of
+        sessions that are neither sessions nor in the trash; returns what was removed."""
+        days = int(self._settings().recording_retention_days)
+        removed: list[Path] = []
+        try:
+            names = os.listdir(self.paths.recordings_dir)
+        except FileNotFoundError:
+            return removed
+        keep = self._keep()
+        cutoff = time.time() - days * 86400
+        for name in names:
+            d = self.paths.recordings_dir / name
+            if name not in keep and name not in self.recorders:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+                continue
+            if days <= 0:
+                continue
+            rec = self.recorders.get(name)
+            current = rec.writer.path if rec is not None and rec.writer is not None else None
+            for path in finished_files(d, exclude=current):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed.append(path)
+        for path in removed:
+            log.info("recordings: removed %s", path)
+        return removed
+
+    async def shutdown(self) -> None:
+        """Flush and close every recording (agent shutdown)."""
+        self.recorders.clear()
+        await asyncio.gather(*(self._stop(rec) for rec in list(self._running)))
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def finished_files(directory: Path, exclude: Path | None = None) -> list[Path]:
+    """A session's recording files, oldest first, without ``exclude`` (the one being written)."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if FILE_NAME_PATTERN.fullmatch(n))
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in names if exclude is None or directory / n != exclude]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _iso(wall: float) -> str:
+    return format_rfc3339(round(wall * 1e9))
+
+
+async def _quiet(coro: Any) -> Any:
+    try:
+        return await coro
+    except ConvocateError:
+        return None
