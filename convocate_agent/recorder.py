@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from convocate.common.asciicast import FILE_NAME_PATTERN, file_name
 from convocate.common.errors import ConvocateError
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
@@ -52,7 +53,6 @@ MARKER_CUT = "recording cut off at {mib} MiB (setting recording_max_mb); resumes
 MIB = 1024 * 1024
 
 #: A recording's file name, as convocate.common.asciicast reads it: ``%Y%m%dT%H%M%S.%fZ.cast`` (UTC).
-FILE_NAME_PATTERN = re.compile(r"(\d{8}T\d{6}\.\d{6})Z\.cast")
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 _LAYOUT_SIZE = re.compile(r"^[0-9a-f]{4},(\d+)x(\d+),")
 
@@ -144,15 +144,6 @@ def screen_event(capture: bytes, cursor: tuple[int, int]) -> str:
     if lines and lines[-1] == "":
         lines.pop()
     return "\x1b[H\x1b[2J" + "\r\n".join(lines) + f"\x1b[{cursor[1] + 1};{cursor[0] + 1}H"
-
-
-def file_name(start: float) -> str:
-    """The file name for a recording started at ``start`` (unix seconds), UTC, microseconds."""
-    secs = int(start)
-    micro = round((start - secs) * 1e6)
-    if micro >= 1_000_000:
-        secs, micro = secs + 1, micro - 1_000_000
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs)) + f".{micro:06d}Z.cast"
 
 
 def demux_header(header: bytes) -> tuple[int, int]:

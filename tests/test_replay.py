@@ -10,6 +10,7 @@ records a real session, it can return that session's recording and its ``tmux ca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -316,3 +317,63 @@ def test_tui_p_plays_the_selected_session_and_q_comes_back(cluster):
         assert "ACCESSED" in screen
     finally:
         tui.close()
+
+
+# --- end to end: the recorder's file of a real session, replayed, is the session's screen --------------
+def _session_screen(cluster: LocalCluster, sid: str) -> str:
+    """``tmux capture-pane -p`` of the session's pane, run in its container (what an attach would show)."""
+    done = subprocess.run(["docker", "exec", "-u", "1337:1337", "-e", "HOME=/home/claude", f"convocate-session-{sid}",
+                           "tmux", "capture-pane", "-p", "-t", "main"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _recorded_size(cluster: LocalCluster, sid: str) -> tuple[int, int]:
+    deadline = time.monotonic() + 30
+    folder = cluster.paths.session_recordings_dir(sid)
+    while not (files := sorted(folder.glob("*.cast")) if folder.is_dir() else []):
+        assert time.monotonic() < deadline, f"no recording of {sid} in {folder}"
+        time.sleep(0.1)
+    header = asciicast.parse_header(files[0].read_text().splitlines()[0])
+    return header.width, header.height
+
+
+@pytest.mark.docker
+def test_a_real_sessions_recording_replays_to_the_screen_the_session_shows(cluster, tmp_path):
+    """Output made while nobody is attached, recorded by the agent, replayed in a real pty: the same screen."""
+    sid = json.loads(cli(cluster, "new", "replay-live", "--cpus", "0.2", "--memory", "256", "--json").stdout)["uuid"]
+    try:
+        width, height = _recorded_size(cluster, sid)
+        deadline = time.monotonic() + 30
+        while not (live := _session_screen(cluster, sid)).rstrip().endswith(">"):  # the stand-in's prompt
+            assert time.monotonic() < deadline, f"no prompt:\n{live}"
+            time.sleep(0.1)
+
+        async def type_lines() -> None:
+            async with connect(cluster) as conn:
+                for i in range(30):  # more than a screen: the stand-in's echoes scroll it
+                    await rpc_ok(conn, "send", {"id": sid, "text": f"line {i:02d} of the detached run", "enter": True})
+
+        asyncio.run(type_lines())
+        deadline = time.monotonic() + 30
+        while "echo: line 29 of the detached run" not in (live := _session_screen(cluster, sid)):
+            assert time.monotonic() < deadline, f"the session did not answer:\n{live}"
+            time.sleep(0.1)
+        time.sleep(2.5)  # the recorder flushes at least every second
+        live = _session_screen(cluster, sid)
+        term = Terminal(cluster.env)
+        try:
+            term.start(f"cd {REPO} && {python()} -m convocate replay {sid} --speed 100 --idle-limit 0.1;"
+                       f" echo EXIT=$?; sleep 600", width, height)
+            deadline = time.monotonic() + 60
+            while _pane_title(term) != END_TITLE.format(name="replay-live"):
+                assert time.monotonic() < deadline, f"the replay did not end:\n{term.screen()}"
+                time.sleep(0.05)
+            replayed = term.screen()
+        finally:
+            term.close()
+        assert "echo: line 00 of the detached run" not in live  # scrolled: the replay must scroll the same way
+        assert [x.rstrip() for x in replayed.splitlines()] == [x.rstrip() for x in live.splitlines()], \
+            f"replayed:\n{replayed}\nlive:\n{live}"
+    finally:
+        cli(cluster, "kill", sid, check=False)
