@@ -23,8 +23,9 @@ Agent host (:func:`render_agent_dropin`, written by ``convocate-host init-agent`
     once (``queue.timeoutEnqueue="0"``) rather than blocking the socket, which would block the containers'
     output. Delivery is at least once: plain TCP syslog has no acknowledgements, and when the connection comes
     back omfwd sends the batch it was retrying again, so a few queued lines may arrive twice (observed).
-    Order holds within one run of rsyslogd; across its restart, lines read back from the spool may arrive
-    after lines received since (observed), so order them by their RFC 5424 TIMESTAMP where it matters.
+    Order is not kept across an outage: the retried batch comes first, then the queue from its start, and
+    lines read back from the spool after a restart may come after newer ones (all observed); order them by
+    their RFC 5424 TIMESTAMP where it matters.
 
     Docker connects to the socket when a container starts (a missing socket fails the start) and reconnects
     after rsyslog re-creates it on a restart; lines written while rsyslog is down are lost (never blocked).

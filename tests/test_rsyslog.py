@@ -502,16 +502,11 @@ def test_lines_wait_in_the_queue_while_the_shell_is_down_even_across_an_agent_re
     time.sleep(1)
     cluster.shell.start()
     lines = cluster.wait_for_lines(*(f"queued {i}" for i in range(8)))
-    # At least once: plain TCP syslog has no acknowledgements, and rsyslog 8.2302's omfwd sends again the
-    # batch it was retrying when the connection comes up, so some queued lines may arrive twice. In order
-    # within one run of the agent's rsyslogd only: the lines spooled at its stop are read back from the
-    # spool while lines of the new run may already be in the memory queue (seen in CI: 5 6 7 5 0 1 2 3 4).
+    # At least once, in no promised order: plain TCP syslog has no acknowledgements, and when the
+    # connection comes up rsyslog 8.2302's omfwd sends again the batch it was retrying, then the queue
+    # (seen in CI and here: 5 6 7 5 0 1 2 3 4 ..., and 1 2 3 4 0 1 2 ...). Each line keeps its timestamp.
     texts = [line.rsplit(": ", 1)[1] for line in lines]
-    first = list(dict.fromkeys(texts))
-    assert sorted(first) == [f"queued {i}" for i in range(8)], texts
-    for run in (range(5), range(5, 8)):
-        wanted = [f"queued {i}" for i in run]
-        assert [t for t in first if t in wanted] == wanted, texts
+    assert sorted(set(texts)) == [f"queued {i}" for i in range(8)], texts
 
 
 def test_logrotate_rotates_and_rsyslog_reopens_the_file(cluster: Cluster, tmp_path: Path):
