@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,14 @@ TIMESTAMPS = st.builds(lambda y, mo, d, h, mi, s, f, z: f"{y:04d}-{mo:02d}-{d:02
 SEND_TEXT = st.text(max_size=200).filter(lambda s: "\x00" not in s)
 
 #: A valid value of each op parameter (DESIGN §3 rules).
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "id": UUIDS, "source_id": UUIDS, "name": VALID_NAME, "port": st.integers(-1, 65535),
     "protocol": st.sampled_from(["tcp", "udp", ""]), "dns_name": VALID_DNS,
@@ -113,6 +122,12 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     # audit_read (issue 19)
     "until": TIMESTAMPS, "session": UUIDS, "operator": st.text(max_size=40), "after_seq": st.integers(0, 10**6),
     "max": st.integers(1, 1000), "raw": st.booleans(),
+    # recording_list, recording_read, recording_grep (issue 19)
+    "file": st.from_regex(r"20[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3])[0-5][0-9]{3}"
+                          r"\.[0-9]{6}Z\.cast", fullmatch=True),
+    "offset": st.integers(0, 2**53), "max_bytes": st.integers(1, 256 * 1024),
+    "pattern": st.from_regex(r"[A-Za-z0-9 .*+?|]{1,40}", fullmatch=True).filter(_compiles),
+    "max_matches": st.integers(1, 10_000),
 }
 #: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
 VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
