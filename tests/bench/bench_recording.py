@@ -4,8 +4,8 @@ Two sessions of the same size on one agent, one started with ``recording`` on an
 setting applies at a session's start), show the same large output in a tmux window of their own while
 nobody is attached, alternated three times. Per MB of output shown:
 
-- CPU: the agent's own (``/proc/<pid>/stat`` utime + stime), the session container's (its cgroup's
-  ``cpu.stat`` ``usage_usec``: tmux drawing for the recorder's control-mode client as well as its own), and
+- CPU: the agent's own (``/proc/<pid>/stat`` utime + stime), the session container's (Docker's stats of its
+  cgroup: tmux drawing for the recorder's control-mode client as well as its own), and
   dockerd's plus the container's shim (the exec stream's copies); the baseline is the same output in the
   session recorded off, so the ratio is what recording adds;
 - bytes written to the recording per byte of output (no baseline: asciicast's JSON framing and the
@@ -40,11 +40,9 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (proc(5) fields 14 and 15)
 
 
-def _cgroup_cpu_s(pid: int) -> float:
-    line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::"))
-    stat = Path("/sys/fs/cgroup") / line[3:].lstrip("/") / "cpu.stat"
-    usage = next(x for x in stat.read_text().splitlines() if x.startswith("usage_usec "))
-    return int(usage.split()[1]) / 1e6
+def _container_cpu_s(container) -> float:
+    """The container's CPU time so far, from Docker's stats (its cgroup's usage; Docker API ``/stats``)."""
+    return container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
 
 def _ppid(pid: int) -> int:
@@ -115,10 +113,10 @@ def run(image: str, megabytes: int = 10) -> list[Figure]:
                 c.reload()
                 init = c.attrs["State"]["Pid"]
                 shim = _ppid(init)
-                before = (_proc_cpu_s(agent_pid), _cgroup_cpu_s(init), _proc_cpu_s(dockerd) + _proc_cpu_s(shim),
+                before = (_proc_cpu_s(agent_pid), _container_cpu_s(c), _proc_cpu_s(dockerd) + _proc_cpu_s(shim),
                           _recording_bytes(cluster.paths, sids[rec]))
                 cpu[rec]["time"].append(_show_detached(c, total))
-                after = (_proc_cpu_s(agent_pid), _cgroup_cpu_s(init), _proc_cpu_s(dockerd) + _proc_cpu_s(shim),
+                after = (_proc_cpu_s(agent_pid), _container_cpu_s(c), _proc_cpu_s(dockerd) + _proc_cpu_s(shim),
                          _recording_bytes(cluster.paths, sids[rec]))
                 mb = total / (1 << 20)
                 for i, key in enumerate(("agent", "container", "docker")):
