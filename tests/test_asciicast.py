@@ -215,3 +215,12 @@ def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+def test_a_move_to_another_row_ends_the_line_as_claude_code_draws_its_rows():
+    """Claude Code 2.1.330 writes a row as words placed with CSI G and moves between rows with CSI B/H, no newline."""
+    drawn = ("\x1b[H\r\x1b[8B\x1b[38;5;231m●\x1b[3G\x1b[39mHello\x1b[9Gfrom\x1b[14Gthe\x1b[18Gfake\x1b[23GAPI:"
+             "\x1b[28Gforty-two.\r\x1b[36B\x1b[38;5;174m✢\x1b[3G\x1b[38;5;216mTransmogrifying…\x1b[50;5Hlast")
+    splitter = asciicast.LineSplitter()
+    lines = [line for _, line in splitter.feed(1.0, drawn) + splitter.flush(2.0)]
+    assert lines == ["● Hello from the fake API: forty-two.", "✢ Transmogrifying…", "    last"]

@@ -239,6 +239,8 @@ _INCOMPLETE = re.compile(r"(?:\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[PX^_].*
 _STRIP = re.compile(f"{_CSI}|{_STRING}|\\x1b[\\]PX^_].*\\Z|{_ESCAPE}|[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]", re.S)
 #: Longest unfinished escape sequence held back between events; a longer one is dropped.
 PENDING_MAX = 64 * 1024
+#: CSI finals that move the cursor to another row (ECMA-48: CUU, CUD, CNL, CPL, CUP, HVP, VPA).
+ROW_MOVES = "ABEFHfd"
 TAB_WIDTH = 8
 
 
@@ -261,11 +263,13 @@ class LineSplitter:
     progress bar's last state is what remains), backspace moves it left, a tab moves it to the
     next multiple of 8, and the CSI sequences that act on one line are applied: erase in line
     (``K``: 0 to the end, 1 to the cursor, 2 all), cursor forward/back (``C``/``D``) and column
-    (``G``). The approximation: every other sequence is ignored, so a full-screen program that
-    moves the cursor between rows (cursor position, up/down, scrolling regions, the alternate
-    screen) gives its text in the order it was written, lines may repeat as it redraws, wide
-    characters count one column, and nothing wraps at the terminal's width. Sequences split
-    across events are joined first.
+    (``G``). A move to another row (cursor up/down/next/previous line ``A B E F``, cursor position
+    ``H``/``f``, line position ``d``) ends the line as a newline would, when it holds text (Claude
+    Code draws its rows that way, with no newline at all), and the next one starts at the column
+    the move leaves. The approximation: every other sequence is ignored, so a full-screen program
+    gives its text in the order it was written, a row drawn in several visits comes as several
+    lines, lines may repeat as it redraws, wide characters count one column, and nothing wraps at
+    the terminal's width. Sequences split across events are joined first.
 
     Each line carries the time of the event that wrote its first character (or ended it, for
     an empty line).
@@ -292,7 +296,7 @@ class LineSplitter:
         for m in _SEQUENCE.finditer(text):
             self._text(t, text[pos:m.start()], out)
             if m.group("final"):
-                self._csi(m.group("params"), m.group("final"))
+                self._csi(m.group("params"), m.group("final"), t, out)
             pos = m.end()
         self._text(t, text[pos:], out)
         return out
@@ -305,12 +309,21 @@ class LineSplitter:
         self._cells, self._col, self._start = [], 0, None
         return [line]
 
-    def _csi(self, params: str, final: str) -> None:
+    def _csi(self, params: str, final: str, t: float, out: list[tuple[float, str]]) -> None:
         try:
             n = int(params) if params.isdigit() else 0
         except ValueError:
             n = 0
-        if final == "K":
+        if final in ROW_MOVES:
+            if any(c != " " for c in self._cells):
+                out.append((self._start if self._start is not None else t, "".join(self._cells).rstrip(" ")))
+            self._cells, self._start = [], None
+            if final in "Hf":
+                column = params.split(";")[1] if ";" in params else ""
+                self._col = int(column) - 1 if column.isdigit() and int(column) > 0 else 0
+            elif final in "EF":
+                self._col = 0
+        elif final == "K":
             if n == 0:
                 del self._cells[self._col:]
             elif n == 1:

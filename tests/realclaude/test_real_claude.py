@@ -34,6 +34,12 @@ async def test_plain_answer_goes_working_then_idle(driver: Driver):
     assert got["activity"] == "idle"
     assert {k.lower(): v for k, v in request["headers"].items()}.get("x-api-key") == API_KEY  # `convocate auth set` reached Claude Code...
     assert API_KEY not in json.dumps(driver.container(s.sid).attrs)  # ...and not through Docker's env
+    # The agent recorded Claude Code's screen while nobody was attached (issue 19); grep finds the answer's row.
+    deadline = time.monotonic() + 20
+    while not (found := await driver.call("recording_grep", {"pattern": "forty-two", "id": s.sid}))["matches"]:
+        assert time.monotonic() < deadline, f"the answer is not in the session's recording: {found}"
+        await asyncio.sleep(0.5)
+    assert [m["line"] for m in found["matches"]][0].endswith("Hello from the fake API: forty-two."), found
     # The wait CLI agrees.
     waited = await asyncio.to_thread(driver.cluster.run_role, "convocate", "wait", s.sid, "--for", "idle",
                                      "--timeout", "30")
