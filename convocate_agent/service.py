@@ -28,7 +28,7 @@ from convocate.common.credentials import (
     session_env,
     summaries,
 )
-from convocate.common.errors import ConfigError, Conflict, ConvocateError, DockerError, NotFound
+from convocate.common.errors import AdmissionDenied, ConfigError, Conflict, ConvocateError, DockerError, NotFound
 from convocate.common.fsutil import read_token
 from convocate.common.model import (
     AUTO_PORT_LOW,
@@ -289,6 +289,11 @@ class AgentService:
             raise Conflict(messages.PORT_BUSY_ON_HOST.format(port=port, protocol=protocol))
         return port
 
+    def _refuse_if_draining(self) -> None:
+        """Raise AdmissionDenied while the ``draining`` setting is on (issue 18: no new session here)."""
+        if self.settings.draining:
+            raise AdmissionDenied(messages.AGENT_DRAINING.format(agent=self.agent_id))
+
     def _others(self, exclude: str) -> list[SessionMeta]:
         sessions, _ = self.store.load_all()
         return [m for m in sessions if m.uuid != exclude]
@@ -320,6 +325,7 @@ class AgentService:
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         """Make a session; start it too when ``start`` is true (admission-checked first)."""
         settings = self.settings
+        self._refuse_if_draining()
         session_id = new_uuid()
         start = params.get("start", False)
         with self.locks.hold(session_id, "create"):
@@ -466,6 +472,7 @@ class AgentService:
 
     async def clone(self, params: dict[str, Any]) -> dict[str, Any]:
         """Copy a session's home into a new session (new UUID, no port, no DNS name)."""
+        self._refuse_if_draining()
         source_id = params["source_id"]
         source = self.store.load(source_id)
         session_id = new_uuid()
@@ -662,6 +669,7 @@ class AgentService:
 
         A port or DNS name another session took in the meantime is cleared (and named in ``cleared``).
         """
+        self._refuse_if_draining()
         trash_id = params["trash_id"]
         session_id, _ = parse_trash_id(trash_id)
         await self.purge_trash()

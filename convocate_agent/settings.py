@@ -75,6 +75,9 @@ class Settings:
         recording_retention_days: Days a finished recording is kept (0: until the size bound drops it).
         record_input: Also record what attached operators type, as ``"i"`` events (off by default: it
             records passwords typed into a session too).
+        draining: The agent admits no new session (``create``, ``clone``, ``restore`` are refused with
+            ``admission_denied``) while its sessions are moved away (``convocate drain``, issue 18); its
+            own sessions still start, stop and restart.
     """
 
     default_cpus: float = 0.5
@@ -96,6 +99,8 @@ class Settings:
     recording_max_mb: int = 100
     recording_retention_days: int = 30
     record_input: bool = False
+    # --- the fleet (issue 18) ---
+    draining: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The settings object on the wire and on disk."""
@@ -174,7 +179,7 @@ def _check(key: str, value: Any) -> Any:
         return value
     if key == "limit_retry_s":
         return _int_in(key, value, LIMIT_RETRY_MIN_S, LIMIT_RETRY_MAX_S, " s")
-    if key in ("resume_after_limit", "recording", "record_input"):
+    if key in ("resume_after_limit", "recording", "record_input", "draining"):
         if not isinstance(value, bool):
             raise _wrong_type(key, "a boolean", value)
         return value

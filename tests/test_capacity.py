@@ -112,7 +112,8 @@ async def test_good_settings_survive_an_agent_restart(fresh_cluster):
                   "heartbeat_interval_s": 12, "trash_retention_days": 3, "image_prune": "never",
                   "work_dir": "/home/claude/src", "skip_permissions": True,
                   "limit_retry_s": 60, "resume_after_limit": True, "resume_message": "go on",
-                  "recording": False, "recording_max_mb": 7, "recording_retention_days": 2, "record_input": True}
+                  "recording": False, "recording_max_mb": 7, "recording_retention_days": 2, "record_input": True,
+                  "draining": True}
         await rpc_ok(ssh, "settings-set", wanted)
     cluster.stop()
     cluster.start(same_port=True)

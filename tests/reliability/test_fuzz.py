@@ -147,7 +147,7 @@ VALID_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "limit_retry_s": st.integers(1, 86_400), "resume_after_limit": st.booleans(),
     "resume_message": st.text(min_size=1, max_size=40).filter(lambda s: s.strip() and s.isprintable()),
     "recording": st.booleans(), "recording_max_mb": st.integers(1, 1024 * 1024),
-    "recording_retention_days": st.integers(0, 3650), "record_input": st.booleans(),
+    "recording_retention_days": st.integers(0, 3650), "record_input": st.booleans(), "draining": st.booleans(),
 }
 FIELD_NAMES = sorted({p.name for spec in OPS.values() if spec for p in spec} | set(VALID_SETTINGS))
 
