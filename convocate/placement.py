@@ -48,7 +48,7 @@ class AgentLoad:
         sessions: Sessions it holds, running or not.
         default_cpus: Its default CPUs for a session that asks for none, in cores.
         default_memory_mb: Its default memory for a session that asks for none, in MiB.
-        draining: It admits nothing new (``convocate drain``).
+        draining: It admits nothing new (``convocate drain``; the ``capacity`` answer's ``draining``).
     """
 
     agent_id: str
@@ -97,7 +97,7 @@ class AgentLoad:
             sessions=sessions,
             default_cpus=float(settings.get("default_cpus", cls.default_cpus)),
             default_memory_mb=int(settings.get("default_memory_mb", cls.default_memory_mb)),
-            draining=bool(settings.get("draining", False)),
+            draining=bool(capacity.get("draining", settings.get("draining", False))),
         )
 
 

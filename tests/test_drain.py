@@ -16,7 +16,9 @@ async def test_a_draining_agent_refuses_new_sessions_and_keeps_its_own(fresh_clu
         gone = await rpc_ok(ssh, "create", {"name": "gone", "cpus": 0.1, "memory_mb": 64})
         await rpc_ok(ssh, "delete", {"id": gone["uuid"]})
         trash_id = (await rpc_ok(ssh, "trash"))[0]["trash_id"]
+        assert (await rpc_ok(ssh, "capacity"))["draining"] is False
         await rpc_ok(ssh, "settings-set", {"draining": True})
+        assert (await rpc_ok(ssh, "capacity"))["draining"] is True  # what the TUI and placement read
 
         refusals = [await rpc(ssh, "create", {"name": "new"}),
                     await rpc(ssh, "clone", {"source_id": kept["uuid"], "name": "copy"}),

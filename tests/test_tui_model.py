@@ -53,6 +53,18 @@ def test_capacity_summary_sums_reachable_agents():
     assert model.capacity_summary() == "cpu 3/7.2  mem 4.0/18.0 GiB"
 
 
+def test_a_draining_agent_has_a_row_saying_so_above_its_sessions():
+    model = ClusterModel({"agent001": "a:222"})
+    model.set_reach("agent001", REACHABLE)
+    model.replace_sessions("agent001", [view(S1, "leaving", 10, running=True)])
+    model.set_capacity("agent001", {"reserved": {}, "limits": {}, "draining": False})
+    assert [r.session.meta.name for r in model.rows()] == ["leaving"]
+    model.set_capacity("agent001", {"reserved": {}, "limits": {}, "draining": True})
+    rows = model.rows()
+    assert rows[0].session is None and rows[0].text == "draining: takes no new session (convocate undrain ends it)"
+    assert [r.session.meta.name for r in rows[1:]] == ["leaving"]
+
+
 # --- the New/Edit form's values (convocate.tui.fields) -------------------------------------------
 
 @pytest.mark.parametrize(("fields", "field", "says"), [

@@ -79,6 +79,8 @@ class AgentInfo:
             return "stale: missed 3 heartbeats on the status channel"
         if self.status and not self.status.get("connected"):
             return "status channel down (live updates paused; the table refreshes every few seconds)"
+        if self.capacity.get("draining"):
+            return "draining: takes no new session (convocate undrain ends it)"
         return ""
 
 
