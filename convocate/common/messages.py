@@ -78,6 +78,10 @@ SESSION_NOT_RUNNING = 'session "{id}" is not running'
 SESSION_LOCKED = 'session "{id}" is locked by {holder}'
 NO_IMAGE = "no session image configured: {path} is missing or empty (convocate-host init-agent writes it)"
 SESSION_NOT_READY = 'session "{id}" did not become ready within {seconds:g} s: {detail}'
+NO_AGENT_ADMITS = "admission denied: no agent takes the session ({reasons})"
+DRAIN_MARKED = "agent {agent} is draining: it takes no new session"
+DRAIN_MOVED = "moved {session} to {agent}"
+DRAIN_STAYED = "{session} stays: {reason}"
 AGENT_DRAINING = "agent {agent} is draining: it takes no new session (`convocate undrain {agent}` ends it)"
 ADMISSION_DENIED = (
     "admission denied: {axis} asked {asked}, reserved {reserved}, allowed {allowed}"
