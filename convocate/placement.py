@@ -1,9 +1,9 @@
 """Placement: which agent a new session goes to when the operator names none.
 
-The ranking is a pure function of what each agent says of itself: its
-``capacity`` answer (host totals, reservations of its running sessions, live
-load and memory), its session count, its defaults for a session's CPUs and
-memory (``settings-get``), and whether it is draining. An agent is a
+The ranking is a pure function of what each agent says of itself in its
+``capacity`` answer: host totals, the reservations and number of its running
+sessions, live load and memory, its defaults for a session's CPUs and memory,
+and whether it is draining. An agent is a
 candidate only if the agents' own admission rule
 (:func:`convocate.common.capacity.check_admission`: reservations of running
 sessions plus the request within 90% of the host) admits the request there;
@@ -17,7 +17,7 @@ smallest of four free shares after the request:
 
 The smallest share is the one that runs out first, so it is what the session
 would be short of. Headrooms are compared in whole percent, so agents a
-rounding error apart tie; ties go to the agent with fewer sessions, then to
+rounding error apart tie; ties go to the agent with fewer running sessions, then to
 the agent ID (a stable order). An agent that refuses anyway (another shell
 placed a session there in between) is skipped and the next one tried: see
 :func:`convocate.cli` ``new``.
@@ -25,6 +25,7 @@ placed a session there in between) is skipped and the next one tried: see
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class AgentLoad:
         outside_memory_mb: Memory its host uses outside the sessions, in MiB (counts like a reservation).
         load1: 1-minute load average (runnable tasks), or None if unknown.
         memory_available_mb: ``MemAvailable`` in MiB, or None if unknown.
-        sessions: Sessions it holds, running or not.
+        sessions: Its running sessions (a stopped one reserves nothing).
         default_cpus: Its default CPUs for a session that asks for none, in cores.
         default_memory_mb: Its default memory for a session that asks for none, in MiB.
         draining: It admits nothing new (``convocate drain``; the ``capacity`` answer's ``draining``).
@@ -63,15 +64,14 @@ class AgentLoad:
     draining: bool = False
 
     @classmethod
-    def from_wire(cls, agent_id: str, capacity: dict[str, Any], settings: dict[str, Any] | None = None,
-                  sessions: int = 0) -> AgentLoad:
-        """Build from an agent's ``capacity`` and ``settings-get`` answers.
+    def from_wire(cls, agent_id: str, capacity: dict[str, Any]) -> AgentLoad:
+        """Build from an agent's ``capacity`` answer.
 
         Args:
             agent_id: The agent.
-            capacity: The ``capacity`` result (``host``, ``reserved``, ``usage``; DESIGN §4).
-            settings: The ``settings-get`` result, or None (the defaults of :class:`AgentLoad` apply).
-            sessions: How many sessions its ``list`` returned.
+            capacity: The ``capacity`` result: ``host``, ``reserved`` (with ``sessions``, the running ones),
+                ``usage``, ``draining`` and ``defaults`` (an agent without the last two is taken as not
+                draining, with the agents' built-in defaults).
 
         Raises:
             ValueError: a field is missing or of the wrong type (names the field).
@@ -84,20 +84,19 @@ class AgentLoad:
                 raise ValueError(f"agent {agent_id}: capacity field {section}.{key} is {value!r}, not a number")
             return float(value)
 
-        settings = settings or {}
-        load1 = number("usage", "load1", optional=True)
         available = number("usage", "memory_available_mb", optional=True)
+        cpus, memory = number("defaults", "cpus", optional=True), number("defaults", "memory_mb", optional=True)
         return cls(
             agent_id=agent_id,
             host=HostResources(float(number("host", "cpus") or 0), int(number("host", "memory_mb") or 0)),
             reserved=Reservation(float(number("reserved", "cpus") or 0), int(number("reserved", "memory_mb") or 0)),
             outside_memory_mb=int(number("usage", "outside_memory_mb", optional=True) or 0),
-            load1=load1,
+            load1=number("usage", "load1", optional=True),
             memory_available_mb=None if available is None else int(available),
-            sessions=sessions,
-            default_cpus=float(settings.get("default_cpus", cls.default_cpus)),
-            default_memory_mb=int(settings.get("default_memory_mb", cls.default_memory_mb)),
-            draining=bool(capacity.get("draining", settings.get("draining", False))),
+            sessions=int(number("reserved", "sessions", optional=True) or 0),
+            default_cpus=cls.default_cpus if cpus is None else cpus,
+            default_memory_mb=cls.default_memory_mb if memory is None else int(memory),
+            draining=capacity.get("draining") is True,
         )
 
 
@@ -193,7 +192,7 @@ def format_ranking(choices: list[Choice]) -> list[str]:
 
 
 async def survey(clients: Iterable[Any]) -> tuple[list[AgentLoad], list[Choice]]:
-    """Ask every agent for its ``capacity``, ``settings-get`` and ``list``, in parallel.
+    """Ask every agent for its ``capacity``, in parallel (one round trip each).
 
     Args:
         clients: :class:`convocate.client.AgentClient` objects (anything with ``agent_id`` and ``call``).
@@ -202,13 +201,8 @@ async def survey(clients: Iterable[Any]) -> tuple[list[AgentLoad], list[Choice]]
         The loads of the agents that answered, and a :func:`not_judged` entry for each that did not
         (the error names what failed: a refused login, an agent without the ``capacity`` op).
     """
-    import asyncio
-
     async def one(client: Any) -> AgentLoad:
-        capacity, settings, sessions = await asyncio.gather(
-            client.call("capacity"), client.call("settings-get"), client.call("list"))
-        return AgentLoad.from_wire(client.agent_id, capacity, settings,
-                                   len(sessions) if isinstance(sessions, list) else 0)
+        return AgentLoad.from_wire(client.agent_id, await client.call("capacity"))
 
     clients = list(clients)
     results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)

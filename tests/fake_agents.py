@@ -2,7 +2,8 @@
 
 Each is a real SSH server on loopback (the same :class:`SubsystemListener`
 the agent uses) that answers ``ping`` and ``list`` from canned session
-metadata, and ``edit`` of a name. No Docker, no containers: twenty of them
+metadata, ``capacity`` from a host size of its own, and
+``edit`` of a name. No Docker, no containers: twenty of them
 with fifty sessions each fit in one process and start in well under a second,
 which is what a TUI benchmark of 20 agents x 1000 sessions needs.
 """
@@ -49,6 +50,9 @@ class FakeAgent:
                                port=1001 + i if i % 3 == 0 else 0, dns_name=f"s{i}-{agent_id}" if i % 4 == 0 else "",
                                cpus=0.5, memory_mb=1024)
             self.views[meta.uuid] = SessionView(meta, running=i % 2 == 0, attached_count=1 if i % 10 == 0 else 0)
+        self.cpus = float(rng.choice([2, 4, 8, 16, 32]))  # capacity: a host of its own size, some of it reserved
+        self.memory_mb = int(self.cpus * 4096)
+        self.reserved = round(rng.uniform(0, 0.8) * self.cpus * 0.9, 2)
         self.listener = SubsystemListener(listen="127.0.0.1:0", default_port=0, host_key=host_key,
                                           authorized_keys=authorized, subsystems=frozenset({RPC_SUBSYSTEM}),
                                           handler=self._handle, server_version="convocate-fake-agent")
@@ -66,6 +70,12 @@ class FakeAgent:
                 result = {"agent_id": self.agent_id, "version": "fake", "server_time": format_rfc3339(time.time_ns())}
             elif request.op == "list":
                 result = [v.to_wire() for v in self.views.values()]
+            elif request.op == "capacity":
+                result = {"host": {"cpus": self.cpus, "memory_mb": self.memory_mb},
+                          "reserved": {"cpus": self.reserved, "memory_mb": int(self.reserved * 1024)},
+                          "usage": {"load1": self.reserved / 2, "memory_available_mb": self.memory_mb // 2,
+                                    "outside_memory_mb": 512}, "draining": False,
+                          "defaults": {"cpus": 0.5, "memory_mb": 1024}}
             elif request.op == "edit":
                 sid = request.params["id"]
                 view = self.views[sid]

@@ -28,9 +28,8 @@ class Canned:
             raise self.error
         if op == "capacity":
             return {"host": {"cpus": self.cpus, "memory_mb": 8192}, "reserved": {"cpus": self.reserved, "memory_mb": 0},
-                    "usage": {"load1": 0.0, "memory_available_mb": 8000, "outside_memory_mb": 0}}
-        if op == "settings-get":
-            return {"default_cpus": 0.5, "default_memory_mb": 512}
+                    "usage": {"load1": 0.0, "memory_available_mb": 8000, "outside_memory_mb": 0},
+                    "defaults": {"cpus": 0.5, "memory_mb": 512}}
         if op == "list":
             return self.sessions
         if op == "create":

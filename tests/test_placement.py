@@ -73,19 +73,21 @@ def test_a_draining_or_unreachable_agent_is_never_chosen():
     assert lines[1].startswith("-") and "draining" in lines[1]
 
 
-def test_from_wire_reads_an_agents_capacity_and_settings():
+def test_from_wire_reads_an_agents_capacity():
     capacity = {"host": {"cpus": 8.0, "memory_mb": 16000},
                 "limits": {"cpus": 7.2, "memory_mb": 14400, "fraction": 0.9},
                 "reserved": {"cpus": 1.5, "memory_mb": 2048, "sessions": 3},
                 "usage": {"load1": 0.7, "load5": 0.5, "load15": 0.4, "memory_used_mb": 4000,
-                          "memory_available_mb": 12000, "sessions_memory_mb": 1500, "outside_memory_mb": 2500}}
-    got = AgentLoad.from_wire("a1", capacity, {"default_cpus": 1.0, "default_memory_mb": 2048, "draining": True},
-                              sessions=7)
+                          "memory_available_mb": 12000, "sessions_memory_mb": 1500, "outside_memory_mb": 2500},
+                "draining": True, "defaults": {"cpus": 1.0, "memory_mb": 2048}}
+    got = AgentLoad.from_wire("a1", capacity)
     assert got == AgentLoad("a1", HostResources(8.0, 16000), Reservation(1.5, 2048), outside_memory_mb=2500,
-                            load1=0.7, memory_available_mb=12000, sessions=7, default_cpus=1.0,
+                            load1=0.7, memory_available_mb=12000, sessions=3, default_cpus=1.0,
                             default_memory_mb=2048, draining=True)
+    # an agent from before the fleet: no draining, no defaults, no live usage
     bare = AgentLoad.from_wire("a2", {"host": {"cpus": 2, "memory_mb": 4096}, "reserved": {"cpus": 0, "memory_mb": 0}})
     assert bare.load1 is None and bare.memory_available_mb is None and not bare.draining
+    assert (bare.default_cpus, bare.default_memory_mb, bare.sessions) == (0.5, 1024, 0)
     with pytest.raises(ValueError, match=r"agent a3: capacity field host\.cpus is 'many', not a number"):
         AgentLoad.from_wire("a3", {"host": {"cpus": "many", "memory_mb": 1}, "reserved": {}})
 
