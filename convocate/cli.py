@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from convocate import operator, replay
+from convocate import fleet_cli, operator, replay
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common import messages
 from convocate.common.cli import ArgumentParser, run_main, usage_line
@@ -51,7 +51,10 @@ commands:
   status-serve [--listen H:P]     run the shell's status listener (convocate-status.service)
   install [options]               set up this shell host (and build the session image); idempotent
   image-status [--json]           is the session image built, being built, or why not
-  new NAME [options]              create (and start) a session
+  new NAME [--agent A] [options]  create (and start) a session; without --agent, placement picks the agent
+  place [--cpus N] [--memory M]   where a new session would go, and why (changes nothing)
+  drain AGENT [--no-move]         the agent takes no new session; its sessions move to the others
+  undrain AGENT                   the agent takes new sessions again
   attach REF [--read-only]        attach this terminal; detach with Ctrl-b d
   kill REF                        stop a session's container
   restart REF                     (re)start a session from the current image
@@ -171,8 +174,8 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
     if args.json:
         _print_json(rows)
     else:
-        table = [(r["agent_id"], r["address"], r["status"], str(r.get("version", "-")), *capacity_cells(r))
-                 for r in rows]
+        table = [(r["agent_id"], r["address"], "draining" if (r.get("capacity") or {}).get("draining") else r["status"],
+                  str(r.get("version", "-")), *capacity_cells(r)) for r in rows]
         print(format_table(table, ("AGENT", "ADDRESS", "STATUS", "VERSION", "SESSIONS", "CPUS", "MEMORY", "LOAD")))
         for r in rows:
             if r["status"] != "ok":
@@ -291,14 +294,6 @@ def _cmd_status_serve(args: argparse.Namespace) -> int:
 
 
 # --- create and attach ------------------------------------------------------------------
-def _pick_agent(cluster: Cluster, agent_id: str | None) -> AgentClient:
-    if agent_id:
-        return cluster.client(agent_id)
-    if len(cluster.clients) == 1:
-        return next(iter(cluster.clients.values()))
-    raise BadRequest(f"several agents are registered ({', '.join(sorted(cluster.clients))}); choose one with --agent")
-
-
 def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for attr, key in (("port", "port"), ("protocol", "protocol"), ("dns", "dns_name"), ("cpus", "cpus"),
@@ -310,11 +305,17 @@ def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
-    client = _pick_agent(cluster, args.agent)
     params = {"name": args.name, **_lifecycle_params(args), "start": not args.no_start}
     if not params.get("credential"):
         params.pop("credential", None)  # the default: an older agent without credentials still answers
-    result = await client.call("create", params)
+    if args.agent or len(cluster.clients) == 1:
+        client = cluster.client(args.agent) if args.agent else next(iter(cluster.clients.values()))
+        result = await client.call("create", params)
+    else:  # placement (issue 18): the agent with the most headroom, the next one if it refuses late
+        from convocate.fleet import create_placed
+
+        client, result = await create_placed(cluster.clients, params, on_skip=lambda agent, e: print(
+            f"{PROG}: {messages.PLACEMENT_SKIPPED.format(agent=agent, reason=e)}", file=sys.stderr))
     _report(args, "created", result, client)
     if args.attach:
         view = _view(result, client.agent_id)
@@ -671,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("new", parents=[common], help="create a session")
     p.add_argument("name")
-    p.add_argument("--agent", help="agent ID (required when several are registered)")
+    p.add_argument("--agent", help="agent ID [placement: the agent with the most headroom that admits it]")
     _add_limits(p)
     p.add_argument("--no-start", action="store_true", help="create without starting")
     p.add_argument("--attach", action="store_true", help="attach right after starting")
@@ -775,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=0, help="also include N lines of history")
     p.set_defaults(func=_cmd_capture)
     replay.add_parsers(sub, common)  # replay, grep (issue 19)
+    fleet_cli.add_parsers(sub, common)  # place, drain, undrain (issue 18)
     return parser
 
 

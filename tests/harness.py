@@ -129,6 +129,20 @@ class LocalCluster:
         return register_agent(self.paths, self.agent_id, "127.0.0.1", self.port, host_key_line,
                               keys.load_private_key(self.shell_key_path))
 
+    def register_with(self, shell: LocalCluster) -> AgentRecord:
+        """Make this running agent one more agent of ``shell``'s shell host (a cluster of several agents).
+
+        ``shell``'s key is authorized on this agent, and this agent is registered, its host key pinned, in
+        ``shell``'s registry; the ``convocate`` CLI run with ``shell.env`` then sees both.
+        """
+        shell_key, _ = keys.ensure_private_key(shell.shell_key_path, comment="convocate shell (local cluster)")
+        line = keys.public_key_line(shell_key, "convocate shell (local cluster)") + "\n"
+        auth = self.paths.agent_authorized_keys
+        if line not in auth.read_text():
+            atomic_write(auth, (auth.read_text() + line).encode(), mode=0o644)
+        host_key_line = keys.public_key_line(keys.load_private_key(self.paths.agent_host_key))
+        return register_agent(shell.paths, self.agent_id, "127.0.0.1", self.port, host_key_line, shell_key)
+
     def _spawn(self, args: list[str], log_path: Path, timeout: float) -> tuple[subprocess.Popen, int]:
         """Start a role subprocess and wait for its "listening on HOST:PORT" log line."""
         with open(log_path, "ab") as log:
