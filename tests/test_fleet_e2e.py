@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from convocate.tui.app import AUTO_AGENT
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
 
@@ -102,3 +105,28 @@ async def test_a_draining_agent_is_passed_over_and_shown(pool, ids):
     again = json.loads(cli(pool, "place", "--dry-run", "--cpus", "0.1", "--memory", "64", "--json").stdout)
     assert next(c for c in again if c["agent_id"] == ids["roomy"])["admits"]
 
+
+
+def test_the_tui_new_form_places_the_session_by_default(pool, ids):
+    from tests.test_tui import TUI
+
+    tui = TUI(pool["roomy"].env)
+    try:
+        tui.open()
+        tui.keys("n")
+        screen = tui.wait_for("On which agent?")
+        assert AUTO_AGENT in screen and all(agent_id in screen for agent_id in ids.values())
+        tui.keys("Tab", "Enter")  # the preselected first choice: auto
+        tui.wait_for("New session (placed by capacity)")
+        # name, then CPUs and memory; Start now unchecked; OK
+        tui.keys("tui-placed", *["Tab"] * 4, "0.1", "Tab", "64", "Tab", "Space", "Tab", "Tab", "Tab", "Enter")
+        chosen = re.search(r"create tui-placed on (\w+) \(placement: ", tui.wait_for("create tui-placed on")).group(1)
+        assert chosen in ids.values()
+        for _ in range(100):
+            placed = {s["name"]: s for s in json.loads(cli(pool, "ls", "--json").stdout)}.get("tui-placed")
+            if placed:
+                break
+            time.sleep(0.1)
+        assert placed and placed["agent_id"] == chosen and not placed["running"]
+    finally:
+        tui.close()

@@ -85,6 +85,7 @@ DRAIN_STAYED = "{session} stays: {reason}"
 DRAIN_DONE = "agent {agent} drained: {moved} session(s) moved, {stayed} stayed"
 UNDRAINED = "agent {agent} takes new sessions again"
 PLACEMENT_SKIPPED = "agent {agent} refused the session after placement chose it ({reason}); trying the next"
+PLACED_CREATE = "create {name} on {agent} (placement: {reason} free)"
 AGENT_DRAINING = "agent {agent} is draining: it takes no new session (`convocate undrain {agent}` ends it)"
 ADMISSION_DENIED = (
     "admission denied: {axis} asked {asked}, reserved {reserved}, allowed {allowed}"

@@ -45,6 +45,7 @@ from convocate.common.model import ACTIVITY_LIMITED, STATE_CONNECTED, SessionVie
 from convocate.common.paths import Paths
 from convocate.common.timefmt import parse_rfc3339
 from convocate.orphans import MIGRATE_HINT
+from convocate.placement import Choice
 from convocate.render import until_clock
 from convocate.terminal import attach_terminal
 from convocate.tui.fields import FIELDS, LABELS, FieldError, SessionFields, session_params
@@ -54,6 +55,8 @@ from convocate.tui.network import Network, Notice
 log = logging.getLogger(__name__)
 
 MIN_COLUMNS, MIN_LINES = 80, 16
+#: The New form's first agent choice: placement picks the agent (issue 18).
+AUTO_AGENT = "auto: the agent with the most headroom"
 #: How long ncurses waits after ESC for the rest of an escape sequence, in ms (ncurses' default is 1000).
 ESCAPE_DELAY_MS = 25
 KEYS = "Enter attach  1-9 jump  w next waiting  W reply  P replay  N new  C clone  E edit  B bg  D delete  " \
@@ -507,37 +510,62 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         self.main_form._resize()  # the terminal may have changed size meanwhile
 
     def new(self) -> None:
-        """N: create a session (agent picker when there are several)."""
+        """N: create a session; with several agents, on the one placement picks (the default) or a chosen one."""
         agents = sorted(aid for aid, info in self.model.agents.items() if info.reach != UNREACHABLE)
         if not agents:
             _notify(self, "No agent is reachable.", title="New session")
             return
-        agent_id = agents[0]
+        agent_id: str | None = agents[0]
         if len(agents) > 1:
-            choice = _choose(self, "New session", "On which agent?", agents + ["Cancel"])
-            if choice is None or choice >= len(agents):
+            choice = _choose(self, "New session", "On which agent?", [AUTO_AGENT, *agents, "Cancel"])
+            if choice is None or choice > len(agents):
                 return
-            agent_id = agents[choice]
-        self._create(agent_id, SessionForm(name=f"New session on {agent_id}", parentApp=self))
+            agent_id = None if choice == 0 else agents[choice - 1]
+        title = f"New session on {agent_id}" if agent_id else "New session (placed by capacity)"
+        self._create(agent_id, SessionForm(name=title, parentApp=self))
 
-    def _create(self, agent_id: str, form: SessionForm) -> None:
-        """Edit the New form until its values pass or it is cancelled, then create; a refusal brings it back."""
+    def _place(self, params: dict[str, Any]) -> Choice | None:
+        """Placement's first choice for ``params``' CPUs and memory, or None (and a dialog saying why)."""
+        from convocate import fleet
+
+        reachable = [c for aid, c in self.cluster.clients.items() if self.model.agents[aid].reach != UNREACHABLE]
+        choices = self.network.run_blocking(fleet.ranking(reachable, params.get("cpus"), params.get("memory_mb")))
+        best = next((c for c in choices if c.admits), None)
+        if best is None:
+            _notify(self, str(fleet.no_agent_admits(choices)), title="New session", wide=True)
+            return None
+        return best
+
+    def _create(self, agent_id: str | None, form: SessionForm) -> None:
+        """Edit the New form until its values pass or it is cancelled, then create; a refusal brings it back.
+
+        ``agent_id`` None: placement picks the agent once the form says how big the session is.
+        """
         params = self._fill_in(form, "create")
         if params is None:
             return
         params["start"] = bool(form.start_now.value)
         attach_after = bool(form.attach_now.value) and params["start"]
+        description = f"create {params['name']}"
+        if agent_id is None:
+            placed = self._place(params)
+            if placed is None:
+                self._create(agent_id, form)
+                return
+            description = messages.PLACED_CREATE.format(name=params["name"], agent=placed.agent_id,
+                                                        reason=placed.reason)
+        target = agent_id or placed.agent_id
 
         def then(result: Any) -> None:
             if attach_after and isinstance(result, dict):
-                view = SessionView.from_wire(result, agent_id)
-                self._attach(agent_id, view, False)
+                view = SessionView.from_wire(result, target)
+                self._attach(target, view, False)
 
         def otherwise(error: ConvocateError) -> None:
-            self._refused(form, agent_id, error)
-            self._create(agent_id, form)
+            self._refused(form, target, error)
+            self._create(agent_id, form)  # placed again: the agent that refused ranks lower or not at all
 
-        self._op(agent_id, "create", params, f"create {params['name']}", then, otherwise)
+        self._op(target, "create", params, description, then, otherwise)
 
     def _fill_in(self, form: SessionForm, op: str, session_id: str | None = None) -> dict[str, Any] | None:
         """Edit ``form`` until the agent's rules accept every value (each refusal says why); None when cancelled."""
