@@ -1,4 +1,7 @@
-"""``convocate place``, ``drain`` and ``undrain``: the fleet commands (issue 18; the logic is :mod:`convocate.fleet`)."""
+"""``convocate place``, ``drain`` and ``undrain``: the fleet commands (issue 18; the logic is :mod:`convocate.fleet`).
+
+The parser part is loaded with every verb's parser, so the work is imported inside each command.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,14 @@ import json
 import sys
 from typing import Any
 
-from convocate import fleet
-from convocate.common import messages
-from convocate.placement import format_ranking
-
 PROG = "convocate"
 
 
 async def cmd_place(args: argparse.Namespace, cluster: Any) -> int:
     """Print where a session of ``--cpus``/``--memory`` would go, and why; exit 6 when no agent takes it."""
+    from convocate import fleet
+    from convocate.placement import format_ranking
+
     choices = await fleet.ranking(cluster.clients.values(), args.cpus, args.memory)
     if args.json:
         print(fleet.ranking_json(choices))
@@ -27,6 +29,9 @@ async def cmd_place(args: argparse.Namespace, cluster: Any) -> int:
 
 async def cmd_drain(args: argparse.Namespace, cluster: Any) -> int:
     """Mark an agent draining and move its sessions away; exit 1 when some stayed."""
+    from convocate import fleet
+    from convocate.common import messages
+
     cluster.client(args.agent)  # NotFound names the registered agents
     mover = None if args.no_move else _mover(cluster)
     report = await fleet.drain(cluster.clients, args.agent, mover,
@@ -39,7 +44,7 @@ async def cmd_drain(args: argparse.Namespace, cluster: Any) -> int:
     return 1 if report.stayed else 0
 
 
-def _mover(cluster: Any) -> fleet.Mover:
+def _mover(cluster: Any) -> Any:
     """Moves one session for :func:`fleet.drain` (``convocate move``'s engine)."""
     async def move(session_id: str, target: str) -> None:
         from convocate.move import move_session  # loaded only when something moves
@@ -51,6 +56,9 @@ def _mover(cluster: Any) -> fleet.Mover:
 
 async def cmd_undrain(args: argparse.Namespace, cluster: Any) -> int:
     """Let an agent admit new sessions again."""
+    from convocate import fleet
+    from convocate.common import messages
+
     await fleet.undrain(cluster.client(args.agent))
     if not args.json:
         print(messages.UNDRAINED.format(agent=args.agent))

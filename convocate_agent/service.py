@@ -640,6 +640,8 @@ class AgentService:
                 "outside_memory_mb": outside_memory_mb(sessions_bytes, meminfo),
             },
             "cgroup_parent": self.cgroup.docker_value if self.cgroup else None,
+            "draining": self.settings.draining,
+            "defaults": {"cpus": self.settings.default_cpus, "memory_mb": self.settings.default_memory_mb},
         }
 
     # --- trash ------------------------------------------------------------------------
