@@ -79,6 +79,7 @@ class SessionLocks:
         self.paths = paths
         self._pid = os.getpid()
         self._start = process_start_time(self._pid)
+        self._held: set[str] = set()  # the locks this object holds now: live without reading their files
 
     def holder(self, session_id: str, *, legacy: bool = False) -> LockHolder | None:
         """The recorded holder of ``session_id``'s lock, live or not; None when unlocked.
@@ -107,7 +108,9 @@ class SessionLocks:
         return LockHolder(pid=pid, op=op, start_time=start)
 
     def is_locked(self, session_id: str) -> bool:
-        """A lock file with a live holder exists."""
+        """A lock file with a live holder exists (one this process holds is known without reading it)."""
+        if session_id in self._held:
+            return True
         h = self.holder(session_id)
         return h is not None and h.alive
 
@@ -142,9 +145,11 @@ class SessionLocks:
             break
         else:  # pragma: no cover - three races lost in a row
             raise Locked(messages.SESSION_LOCKED.format(id=session_id, holder="a concurrent operation"))
+        self._held.add(session_id)
         try:
             yield
         finally:
+            self._held.discard(session_id)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -165,7 +170,7 @@ class SessionLocks:
         return [name[:-5] for name in names if name.endswith(".lock") and is_uuid4(name[:-5])]
 
     def locked_ids(self) -> set[str]:
-        """Session IDs with a live lock, from one scan of the lock directory."""
+        """Session IDs with a live lock, from one scan of the lock directory (files of held locks are not read)."""
         return {sid for sid in self._lock_ids(self.paths.session_locks_dir) if self.is_locked(sid)}
 
     def sweep(self) -> list[str]:

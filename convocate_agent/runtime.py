@@ -121,6 +121,32 @@ class ContainerState:
     claude_code: str = ""
 
 
+#: Docker container events the agent's in-memory state follows (Engine API ``/events``, ``type=container``):
+#: what changes whether a container exists or runs. ``oom`` and ``health_status`` change nothing the state
+#: keeps (``die`` follows an OOM kill; session containers have no health check) but are followed so the
+#: handlers hear of them.
+WATCHED_EVENTS = ("create", "start", "die", "stop", "kill", "oom", "pause", "unpause", "destroy", "health_status")
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One Docker event about a session container, as the event stream delivered it.
+
+    Attributes:
+        action: Docker's ``Action`` (``start``, ``die``, ``destroy``, ``health_status: healthy`` ...).
+        session_id: The session UUID (the container's ``convocate.session`` label).
+        container_id: Docker's container ID (the event's ``Actor.ID``).
+        time_ns: When dockerd saw it (``timeNano``), ns since the epoch.
+        attributes: ``Actor.Attributes``: the container's labels, ``image``, ``name``, ``exitCode`` ...
+    """
+
+    action: str
+    session_id: str
+    container_id: str
+    time_ns: int
+    attributes: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class SessionSpec:
     """Everything needed to start one session container.
@@ -423,7 +449,10 @@ class DockerRuntime:
         except DockerError:
             await self.remove(spec.session_id)
             raise
-        return ContainerState(spec.session_id, container.id, True, "running", spec.image, spec.cpus, spec.memory_mb)
+        # The create's inspect carries the image's labels (Docker copies them into the container's).
+        labels_seen = ((getattr(container, "attrs", None) or {}).get("Config") or {}).get("Labels") or {}
+        return ContainerState(spec.session_id, container.id, True, "running", spec.image, spec.cpus, spec.memory_mb,
+                              str(labels_seen.get(LABEL_CLAUDE_CODE, "")))
 
     async def wait_ready(self, session_id: str, timeout: float = 15.0) -> float:
         """Wait until the session's tmux session accepts attaches.
@@ -493,15 +522,22 @@ class DockerRuntime:
 
     # --- events --------------------------------------------------------------------
     async def watch(self, on_event: Callable[[str, str, dict[str, Any]], None],
-                    backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+                    backoff: tuple[float, float] = (1.0, 30.0), *,
+                    on_container: Callable[[ContainerEvent], None] | None = None,
+                    on_connected: Callable[[], None] | None = None,
+                    on_disconnected: Callable[[], None] | None = None) -> None:
         """Follow Docker's event stream for this agent's containers until cancelled.
 
-        Calls ``on_event(action, session_id, attributes)`` on the event loop for
-        each container ``start``, ``die`` and ``oom``. The stream is re-opened
-        with a backoff when dockerd goes away (a restart of dockerd, say).
+        Calls ``on_event(action, session_id, attributes)`` on the event loop for each container
+        ``start``, ``die`` and ``oom``, and ``on_container`` for every event of
+        :data:`WATCHED_EVENTS`. ``on_connected`` is called once dockerd has accepted the
+        subscription (the ``GET /events`` response's headers are in, so every later event will
+        come: a re-list of the containers made after it misses nothing), and ``on_disconnected``
+        when the stream ends. The stream is re-opened with a backoff when dockerd goes away (a
+        restart of dockerd, say); events while it was away are lost, hence the re-list.
         """
         loop = asyncio.get_running_loop()
-        filters = {"type": "container", "event": ["start", "die", "oom"], **self.labels_filter()}
+        filters = {"type": "container", "event": list(WATCHED_EVENTS), **self.labels_filter()}
         delay = backoff[0]
         while True:
             stream: Any = None
@@ -509,11 +545,22 @@ class DockerRuntime:
             def follow() -> None:
                 nonlocal stream
                 stream = self.api.events(filters=filters, decode=True)
+                if on_connected is not None:
+                    loop.call_soon_threadsafe(on_connected)
                 for ev in stream:
-                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                    actor = ev.get("Actor") or {}
+                    attrs = actor.get("Attributes") or {}
                     sid = attrs.get(LABEL_SESSION)
-                    if sid:
-                        loop.call_soon_threadsafe(on_event, str(ev.get("Action", "")), sid, attrs)
+                    if not sid:
+                        continue
+                    action = str(ev.get("Action", ""))
+                    if on_container is not None:
+                        event = ContainerEvent(action, str(sid), str(actor.get("ID") or ev.get("id") or ""),
+                                               int(ev.get("timeNano") or 0) or int(ev.get("time") or 0) * 10**9,
+                                               attrs)
+                        loop.call_soon_threadsafe(on_container, event)
+                    if action in ("start", "die", "oom"):
+                        loop.call_soon_threadsafe(on_event, action, sid, attrs)
 
             future = loop.run_in_executor(self._pool, follow)
             try:
@@ -525,6 +572,9 @@ class DockerRuntime:
                 raise
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
                 log.warning("docker event stream ended: %s; again in %g s", e, delay)
+            finally:
+                if on_disconnected is not None:
+                    on_disconnected()
             await asyncio.sleep(delay)
             delay = min(delay * 2, backoff[1])
 

@@ -12,6 +12,7 @@ port/agent/X11 forwarding are refused at the protocol level.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -44,6 +45,8 @@ from convocate_agent.store import SessionStore
 log = logging.getLogger(__name__)
 
 SUBSYSTEMS = frozenset({RPC_SUBSYSTEM, ATTACH_SUBSYSTEM})
+#: Threads of the agent's default executor (``asyncio.to_thread``: home copies, audit appends).
+DEFAULT_THREADS = 32
 
 
 @dataclass
@@ -151,6 +154,10 @@ class AgentServer:
             OSError: the listen address cannot be bound.
         """
         cfg, paths = self.config, self.config.paths
+        # asyncio.to_thread's pool (store copies, audit fsyncs): min(32, cpus + 4) threads by default, 6 on
+        # two cores, too few for 20 clients' lifecycle ops at once (issue 17); reads use no thread at all.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="agent"))
         started_with = startinputs.digest(paths.agent_start_inputs())
         agent_id = read_token(paths.agent_id_file)
         if not agent_id:
@@ -179,7 +186,11 @@ class AgentServer:
         self.recorders = self._recorders(self.service)
         self.service.recorder = self.recorders
         await self.recorders.resume(await self._running_sessions(runtime))
-        self._watch_task = asyncio.create_task(runtime.watch(self._on_container_event), name="docker-events")
+        state = self.service.state  # kept current by the stream, re-listed at each (re)connect (issue 17)
+        self._watch_task = asyncio.create_task(
+            runtime.watch(self._on_container_event, on_container=state.on_container_event,
+                          on_connected=state.stream_connected, on_disconnected=state.stream_disconnected),
+            name="docker-events")
         self._purge_task = asyncio.create_task(self._purge_hourly(), name="trash-purge")
         if self.emitter is not None:
             self.emitter.start()
@@ -305,6 +316,7 @@ class AgentServer:
         if self.listener is not None:
             await self.listener.close_connections()
         if self.service is not None:
+            self.service.state.close()  # queued record writes reach the disk before the agent ends
             self.service.reports.close_all()
             self.service.runtime.close()
             if self.service.cgroup is not None:

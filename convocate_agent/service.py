@@ -5,6 +5,10 @@ runtime, admission control and the event sink together. Every method takes
 already-decoded params (see :mod:`convocate.common.ops`) and returns a
 JSON-ready result or raises a :class:`~convocate.common.errors.ConvocateError`.
 Lifecycle ops hold the session's lock for their whole duration.
+
+Reads (``list``, ``get``, ``ping``, ``capacity``) answer from :class:`~convocate_agent.state.SessionState`,
+the agent's in-memory state, without a Docker call or a file read on the request path while Docker's
+event stream is up (issue 17); lifecycle ops write the records through it, off the event loop.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ from convocate_agent.recorder import RecordingHook
 from convocate_agent.recordings import Recordings
 from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream, SessionSpec
 from convocate_agent.settings import Settings, save_settings
+from convocate_agent.state import SessionState
 from convocate_agent.store import NS_PER_DAY, SessionStore
 
 log = logging.getLogger(__name__)
@@ -153,11 +158,14 @@ class AgentService:
         self.cgroup: CgroupParent | None = None  # set by the server once Docker's driver is known
         self.reports = ReportSockets(paths, self.on_report, uid=uid, gid=gid, container_of=self._container_id)
         self.credentials = CredentialStore(paths.agent_credentials_dir)
+        self.state = SessionState(store, runtime)  # what reads answer from (issue 17)
+        self._fingerprint_cache: tuple[int, dict[str, str]] | None = None  # (credential dir mtime, fingerprints)
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self.recordings = Recordings(paths, store, runtime)  # recording_list, _read, _grep (issue 19)
         self._attached: dict[str, int] = {}
         self.recorder: RecordingHook | None = None  # set by the server (issue 19): the attach relay's input goes there
         self._names_lock = asyncio.Lock()
+        self._creating: dict[str, SessionMeta] = {}  # creates between their name check and their record
         self._expected_stops: dict[str, float] = {}  # session → monotonic time its stop was asked
         # resume_after_limit (issue 15): at most one pending resume per session, and the tasks typing one.
         self._resumes: dict[str, asyncio.TimerHandle] = {}
@@ -166,10 +174,11 @@ class AgentService:
     # --- helpers ---------------------------------------------------------------
     async def _container_id(self, session_id: str) -> str | None:
         """The ID of the session's running container (a report's sender must live in it), or None."""
-        state = await self.runtime.container(session_id)
+        state = await self.state.container(session_id)
         return state.container_id if state is not None and state.running else None
 
     async def _running_reservations(self) -> dict[str, Reservation]:
+        """Reservations of the running sessions, from dockerd (admission decides on what Docker says)."""
         return {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.runtime.containers()).items()
                 if c.running}
 
@@ -177,12 +186,25 @@ class AgentService:
         return outside_memory_mb(self.cgroup.memory_usage_bytes() if self.cgroup else None)
 
     def _fingerprints(self) -> dict[str, str]:
-        """Name → fingerprint of the credentials this agent holds (an unreadable store counts as empty)."""
+        """Name → fingerprint of the credentials this agent holds (an unreadable store counts as empty).
+
+        Read from disk once, then kept until ``credential_set`` or ``credential_delete`` changes the store
+        (or the store directory's mtime moves: a credential file added or removed by hand).
+        """
         try:
-            return self.credentials.fingerprints()
+            mtime = os.stat(self.credentials.directory).st_mtime_ns
+        except OSError:
+            mtime = -1
+        cached = self._fingerprint_cache
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            fingerprints = self.credentials.fingerprints()
         except OSError as e:
             log.warning("cannot read the credential store %s: %s", self.credentials.directory, e)
             return {}
+        self._fingerprint_cache = (mtime, fingerprints)
+        return fingerprints
 
     def _view(self, meta: SessionMeta, container: ContainerState | None, locked: bool | None = None,
               fingerprints: dict[str, str] | None = None) -> SessionView:
@@ -199,8 +221,18 @@ class AgentService:
             credential_missing=bool(meta.credential) and meta.credential not in current,
         )
 
+    def _cached_wire(self, meta: SessionMeta, container: ContainerState | None, locked: bool,
+                     fingerprints: dict[str, str]) -> dict[str, Any]:
+        """The wire view of a read (``list``, ``get``), rebuilt only when something it shows changed."""
+        running = bool(container and container.running)
+        name = resolved_name(meta.credential)
+        key = (id(meta), id(container), running, locked, self._attached.get(meta.uuid, 0) if running else 0,
+               fingerprints.get(name, ""), meta.credential in fingerprints, meta, container)
+        return self.state.cached_wire(key, meta.uuid,
+                                      lambda: self._view(meta, container, locked, fingerprints).to_wire())
+
     async def _wire(self, meta: SessionMeta, locked: bool | None = None) -> dict[str, Any]:
-        return self._view(meta, await self.runtime.container(meta.uuid), locked).to_wire()
+        return self._view(meta, await self.state.container(meta.uuid), locked).to_wire()
 
     def _emit(self, kind: str, session_id: str | None = None, data: Any = None) -> None:
         self.events.publish(Event.now(kind, self.agent_id, session_id, data))
@@ -249,8 +281,8 @@ class AgentService:
         return env
 
     async def _require_running(self, session_id: str) -> ContainerState:
-        self.store.load(session_id)
-        state = await self.runtime.container(session_id)
+        self.state.meta(session_id)
+        state = await self.state.container(session_id)
         if state is None or not state.running:
             raise Conflict(messages.SESSION_NOT_RUNNING.format(id=session_id))
         return state
@@ -295,8 +327,8 @@ class AgentService:
             raise AdmissionDenied(messages.AGENT_DRAINING.format(agent=self.agent_id))
 
     def _others(self, exclude: str) -> list[SessionMeta]:
-        sessions, _ = self.store.load_all()
-        return [m for m in sessions if m.uuid != exclude]
+        """The other sessions, and the creates still writing theirs (their names and ports are taken)."""
+        return [m for m in self.state.metas() + list(self._creating.values()) if m.uuid != exclude]
 
     # --- ops ------------------------------------------------------------------------
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -309,18 +341,20 @@ class AgentService:
         }
 
     async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every session, newest ``last_accessed`` first; one Docker call for all of them."""
-        containers = await self.runtime.containers()
-        sessions, broken = self.store.load_all()
-        for b in broken:
-            log.warning("skipping session %s: %s", b.uuid, b.reason)
+        """Every session, newest ``last_accessed`` first, from memory (one Docker call while the event stream is down)."""
+        containers = await self.state.containers()
+        sessions = self.state.metas()
+        for uuid, reason in self.state.broken().items():
+            log.warning("skipping session %s: %s", uuid, reason)
         locked = self.locks.locked_ids()
         fingerprints = self._fingerprints()
         sessions.sort(key=lambda m: m.last_accessed, reverse=True)
-        return [self._view(m, containers.get(m.uuid), m.uuid in locked, fingerprints).to_wire() for m in sessions]
+        return [self._cached_wire(m, containers.get(m.uuid), m.uuid in locked, fingerprints) for m in sessions]
 
     async def get(self, params: dict[str, Any]) -> dict[str, Any]:
-        return await self._wire(self.store.load(params["id"]))
+        meta = self.state.meta(params["id"])
+        container = await self.state.container(meta.uuid)
+        return self._cached_wire(meta, container, self.locks.is_locked(meta.uuid), self._fingerprints())
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         """Make a session; start it too when ``start`` is true (admission-checked first)."""
@@ -345,7 +379,11 @@ class AgentService:
                 )
                 if start:
                     image = self.current_image()  # fail before anything is made
+                self._creating[session_id] = meta  # its DNS name and port are taken from here on
+            try:
                 await asyncio.to_thread(self.store.create, meta)
+            finally:
+                self._creating.pop(session_id, None)
             if not start:
                 wire = self._view(meta, None, False).to_wire()
                 self._emit(CONTAINER_CREATED, session_id, wire)
@@ -360,10 +398,15 @@ class AgentService:
                     await self.runtime.remove(session_id)
                 except DockerError as e:
                     log.warning("create %s: cannot remove its container: %s", session_id, e)
-                await asyncio.to_thread(self.store.trash, session_id)
+                self.state.note_container(session_id, None)
+                self.state.leaving(session_id)
+                try:
+                    await self.state.on_writer(self.store.trash, session_id)
+                finally:
+                    self.state.leaving(session_id, False)
                 self.reports.close(session_id)
                 raise
-            started = await self.runtime.container(session_id) or ContainerState(  # it carries the image's labels
+            started = await self.state.container(session_id) or ContainerState(
                 session_id, "", True, "running", image, meta.cpus, meta.memory_mb)
             wire = self._view(meta, started, False).to_wire()
             self._emit(CONTAINER_CREATED, session_id, wire)
@@ -418,7 +461,7 @@ class AgentService:
         self._cancel_resume(meta.uuid)
         fingerprint = self._write_credential_env(meta)
         meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns(), activity_until=0)
-        self.store.save(meta)
+        await self.state.save(meta)
         spec = SessionSpec(
             session_id=meta.uuid, image=image, home=self.paths.session_dir(meta.uuid), cpus=meta.cpus,
             memory_mb=meta.memory_mb, port=meta.port, protocol=meta.protocol,
@@ -432,14 +475,14 @@ class AgentService:
         )
         try:
             async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
-                await self.runtime.start(spec)
+                self.state.note_container(meta.uuid, await self.runtime.start(spec))
                 waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
         finally:
             self.reports.write_credential_env(meta.uuid, None)
         log.info("session %s ready in %.0f ms (image %s)", meta.uuid, waited * 1000, image)
-        meta = self.store.load(meta.uuid).with_changes(image=image, last_accessed=now_ns(),  # reports may have come
+        meta = self.state.meta(meta.uuid).with_changes(image=image, last_accessed=now_ns(),  # reports may have come
                                                        credential_fingerprint=fingerprint)
-        self.store.save(meta)
+        await self.state.save(meta)
         return meta
 
     async def edit(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -447,7 +490,7 @@ class AgentService:
         session_id = params["id"]
         with self.locks.hold(session_id, "edit"):
             async with self._names_lock:
-                meta = self.store.load(session_id)
+                meta = self.state.meta(session_id)
                 others = self._others(session_id)
                 changes: dict[str, Any] = {}
                 for key in ("name", "cpus", "memory_mb"):
@@ -465,7 +508,7 @@ class AgentService:
                     changes["port"] = self._resolve_port(port, protocol, others)
                     changes["protocol"] = protocol
                 meta = meta.with_changes(**changes)
-                self.store.save(meta)
+                await self.state.save(meta)
             wire = await self._wire(meta, locked=False)
         self._emit(CONTAINER_EDITED, session_id, wire)
         return wire
@@ -474,7 +517,7 @@ class AgentService:
         """Copy a session's home into a new session (new UUID, no port, no DNS name)."""
         self._refuse_if_draining()
         source_id = params["source_id"]
-        source = self.store.load(source_id)
+        source = self.state.meta(source_id)
         session_id = new_uuid()
         with self.locks.hold(source_id, "clone"), self.locks.hold(session_id, "clone"):
             now = now_ns()
@@ -488,13 +531,18 @@ class AgentService:
     async def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         """Move a stopped session's home to the trash and remove its container."""
         session_id = params["id"]
-        self.store.load(session_id)
+        self.state.meta(session_id)
         with self.locks.hold(session_id, "delete"):
             state = await self.runtime.container(session_id)
             if state is not None and state.running:
                 raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
             await self.runtime.remove(session_id)
-            trashed = await asyncio.to_thread(self.store.trash, session_id)
+            self.state.note_container(session_id, None)
+            self.state.leaving(session_id)
+            try:
+                trashed = await self.state.on_writer(self.store.trash, session_id)
+            finally:
+                self.state.leaving(session_id, False)
             self.reports.close(session_id)
             self._cancel_resume(session_id)
         self._emit(CONTAINER_DELETED, session_id)
@@ -503,14 +551,17 @@ class AgentService:
     async def kill(self, params: dict[str, Any]) -> dict[str, Any]:
         """Stop a session's container (SIGTERM, SIGKILL after 10 s). Stopping a stopped session is a no-op."""
         session_id = params["id"]
-        meta = self.store.load(session_id)
+        meta = self.state.meta(session_id)
         with self.locks.hold(session_id, "kill"):
             self._expect_stop(session_id)
             was_running = await self.runtime.stop(session_id)
             if was_running:
-                self.store.touch(session_id)
-                self._set_activity(session_id, Activity(EXITED, "stopped by the operator", now_ns()))
-            meta = self.store.load(session_id)
+                self.state.stopped(session_id)
+                await self.state.save(self.state.meta(session_id).with_changes(last_accessed=now_ns()))
+                written = self._set_activity(session_id, Activity(EXITED, "stopped by the operator", now_ns()))
+                if written is not None:
+                    await asyncio.wrap_future(written)
+            meta = self.state.meta(session_id)
             wire = await self._wire(meta, locked=False)
         if was_running:
             self._emit(CONTAINER_STOPPED, session_id, wire)
@@ -519,11 +570,12 @@ class AgentService:
     async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
         """(Re)start a session's container from the current image; admission-checked."""
         session_id = params["id"]
-        meta = self.store.load(session_id)
+        meta = self.state.meta(session_id)
         with self.locks.hold(session_id, "restart"):
             image = self.current_image()
             self._expect_stop(session_id)
             if await self.runtime.stop(session_id):
+                self.state.stopped(session_id)
                 self._emit(CONTAINER_STOPPED, session_id, self._view(meta, None, True).to_wire())
             meta = await self._start(meta, image)
             wire = await self._wire(meta, locked=False)
@@ -535,12 +587,12 @@ class AgentService:
         session_id = params["id"]
         await self._require_running(session_id)
         await self.runtime.detach_all(session_id)
-        return await self._wire(self.store.load(session_id))
+        return await self._wire(self.state.meta(session_id))
 
     async def override(self, params: dict[str, Any]) -> dict[str, Any]:
         """Take a session over: clear a stale lock, and detach whoever is attached."""
         session_id = params["id"]
-        meta = self.store.load(session_id)
+        meta = self.state.meta(session_id)
         cleared = self.locks.clear_stale(session_id)
         detached = 0
         state = await self.runtime.container(session_id)
@@ -566,6 +618,7 @@ class AgentService:
     async def credential_set(self, params: dict[str, Any]) -> dict[str, Any]:
         """Store (or replace) a credential; new and restarted sessions get it. Never returns the secret."""
         credential = await asyncio.to_thread(self.credentials.put, params["name"], params["kind"], params["secret"])
+        self._fingerprint_cache = None
         log.info("credential %s (%s) set: %s", credential.name, credential.kind, credential.fingerprint)
         await self._announce_credential_change(credential.name)
         return credential.summary()
@@ -580,7 +633,10 @@ class AgentService:
         Raises:
             NotFound: there is no credential of that name.
         """
-        await asyncio.to_thread(self.credentials.delete, params["name"])
+        try:
+            await asyncio.to_thread(self.credentials.delete, params["name"])
+        finally:
+            self._fingerprint_cache = None
         log.info("credential %s removed", params["name"])
         await self._announce_credential_change(params["name"])
         return {"name": params["name"], "deleted": True}
@@ -588,12 +644,12 @@ class AgentService:
     async def _announce_credential_change(self, name: str) -> None:
         """Publish ``container.edited`` for each session using ``name``, so TUIs mark (or unmark) the stale ones."""
         try:
-            containers = await self.runtime.containers()
+            containers = await self.state.containers()
         except DockerError as e:
             log.warning("credential %s changed; cannot tell which sessions use it: %s", name, e)
             return
         fingerprints = self._fingerprints()
-        for meta in self.store.load_all()[0]:
+        for meta in self.state.metas():
             if resolved_name(meta.credential) == name:
                 self._emit(CONTAINER_EDITED, meta.uuid,
                            self._view(meta, containers.get(meta.uuid), fingerprints=fingerprints).to_wire())
@@ -620,12 +676,13 @@ class AgentService:
 
     async def capacity(self, params: dict[str, Any]) -> dict[str, Any]:
         """Host totals, reservations of running sessions, live usage and the 90% limits."""
-        running = await self._running_reservations()
+        running = {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.state.containers()).items()
+                   if c.running}
         reserved = Reservation()
         for r in running.values():
             reserved = reserved + r
         limits = self.host.limits
-        meminfo = await asyncio.to_thread(read_meminfo)
+        meminfo = read_meminfo()  # /proc: no disk, and no queue behind the lifecycle ops' threads
         load1, load5, load15 = os.getloadavg()
         sessions_bytes = self.cgroup.memory_usage_bytes() if self.cgroup else None
         return {
@@ -677,7 +734,7 @@ class AgentService:
         await self.purge_trash()
         with self.locks.hold(session_id, "restore"):
             async with self._names_lock:
-                meta = await asyncio.to_thread(self.store.restore, trash_id)
+                meta = await self.state.on_writer(self.store.restore, trash_id)
                 others = self._others(session_id)
                 changes: dict[str, Any] = {"last_accessed": now_ns()}
                 if meta.dns_name and any(o.dns_name == meta.dns_name for o in others):
@@ -686,7 +743,7 @@ class AgentService:
                     changes["port"] = 0
                 cleared = sorted(k for k in changes if k != "last_accessed")
                 meta = meta.with_changes(**changes)
-                self.store.save(meta)
+                await self.state.save(meta)
         wire = await self._wire(meta, locked=False)
         self._emit(CONTAINER_CREATED, session_id, wire)
         return {"session": wire, "cleared": cleared}
@@ -707,7 +764,8 @@ class AgentService:
         sid = request.session_id
         self._attached[sid] = self._attached.get(sid, 0) + 1
         try:
-            meta = self.store.touch(sid)
+            meta = self.state.meta(sid).with_changes(last_accessed=now_ns())
+            self.state.save_soon(meta)
         except (NotFound, ConfigError, OSError) as e:
             log.warning("attach %s: cannot record last access: %s", sid, e)
         else:
@@ -733,7 +791,7 @@ class AgentService:
         except OSError as e:
             log.info("session %s: cannot append to its activity log: %s", session_id, e)
         try:
-            meta = self.store.load(session_id)
+            meta = self.state.meta(session_id)
         except (NotFound, ConfigError):
             return
         current = Activity(meta.activity, meta.activity_detail, meta.activity_at, meta.activity_until)
@@ -741,23 +799,27 @@ class AgentService:
         if new is not None:
             self._set_activity(session_id, new, meta)
 
-    def _set_activity(self, session_id: str, activity: Activity, meta: SessionMeta | None = None) -> SessionMeta | None:
-        """Persist a new activity and publish ``session.activity``; returns the new metadata."""
+    def _set_activity(self, session_id: str, activity: Activity, meta: SessionMeta | None = None) -> Any:
+        """Record a new activity (in memory now, its record's write queued) and publish ``session.activity``.
+
+        Returns:
+            The write's future (a ``concurrent.futures.Future``), or None when the session is gone.
+        """
         try:
-            meta = meta or self.store.load(session_id)
+            meta = meta or self.state.meta(session_id)
         except (NotFound, ConfigError):
             return None
         previous = meta.activity
         meta = meta.with_changes(activity=activity.state, activity_detail=activity.detail, activity_at=activity.at,
                                  activity_until=activity.until if activity.state == LIMITED else 0)
-        self.store.save(meta)
+        written = self.state.save_soon(meta)
         data = {"activity": activity.state, "detail": activity.detail, "previous": previous, "name": meta.name,
                 "at": format_rfc3339(activity.at)}
         if meta.activity_until:
             data["until"] = format_rfc3339(meta.activity_until)
         self._emit(SESSION_ACTIVITY, session_id, data)
         self._schedule_resume(meta)
-        return meta
+        return written
 
     # --- resume after a usage limit (issue 15) ------------------------------------------------------
     def _cancel_resume(self, session_id: str) -> None:
@@ -791,7 +853,7 @@ class AgentService:
         """
         for session_id in list(self._resumes):
             self._cancel_resume(session_id)
-        for meta in self.store.load_all()[0]:
+        for meta in self.state.metas():
             self._schedule_resume(meta)
         return len(self._resumes)
 
@@ -804,7 +866,7 @@ class AgentService:
     async def _resume(self, session_id: str, limited_at: int) -> None:
         """Type ``resume_message`` into a session still limited since ``limited_at``, as ``send`` does."""
         try:
-            meta = self.store.load(session_id)
+            meta = self.state.meta(session_id)
         except (NotFound, ConfigError):
             return
         if meta.activity != LIMITED or meta.activity_at != limited_at:
@@ -831,7 +893,7 @@ class AgentService:
     async def logs(self, params: dict[str, Any]) -> dict[str, Any]:
         """The session's supervisor, activity and report logs, merged by time (newest last)."""
         session_id = params["id"]
-        self.store.load(session_id)
+        self.state.meta(session_id)
         home = self.paths.session_dir(session_id)
         texts = await asyncio.to_thread(lambda: {name.removesuffix(".log"): read_log_tail(home, name)
                                                  for name in (SUPERVISOR_LOG, ACTIVITY_LOG, "report.log")})
@@ -859,17 +921,18 @@ class AgentService:
         if self._expected_stops.pop(session_id, None) is not None:
             return
         try:
-            meta = self.store.load(session_id)
+            meta = self.state.meta(session_id)
         except (NotFound, ConfigError):
             return
         self._attached.pop(session_id, None)
         exit_code = attributes.get("exitCode", "")
         log.info("session %s stopped by itself (exit code %s)", session_id, exit_code or "?")
         if str(exit_code) == "0" and meta.activity != EXITED:
-            meta = self._set_activity(session_id, Activity(EXITED, "the session ended", now_ns())) or meta
+            self._set_activity(session_id, Activity(EXITED, "the session ended", now_ns()))
         elif str(exit_code) != "0" and meta.activity != CRASHED:
-            meta = self._set_activity(session_id, Activity(CRASHED, f"the container exited with status {exit_code}",
-                                                           now_ns())) or meta
+            self._set_activity(session_id, Activity(CRASHED, f"the container exited with status {exit_code}",
+                                                    now_ns()))
+        meta = self.state.meta(session_id)
         data = self._view(meta, None).to_wire()
         data["exit_code"] = int(exit_code) if str(exit_code).isdigit() else None
         self._emit(CONTAINER_STOPPED, session_id, data)
@@ -890,6 +953,7 @@ class AgentService:
         interrupted = await asyncio.to_thread(self.store.finish_interrupted)
         staged = self.store.sweep_staging()
         stale = self.locks.sweep()
+        await asyncio.to_thread(self.state.reload)  # every record, once: reads answer from memory from here on
         await self.purge_trash()
         report = {"records_migrated": len(migrated.migrated) + len(migrated.trash_migrated),
                   "records_refused": len(migrated.refused), "interrupted": len(interrupted),
@@ -901,7 +965,7 @@ class AgentService:
             log.warning("cannot re-discover containers: %s", e)
             return report
         report["containers"] = len(containers)
-        for meta in self.store.load_all()[0]:
+        for meta in self.state.metas():
             await self.reports.ensure(meta.uuid)
             self.reports.write_credential_env(meta.uuid, None)  # left by a start this agent did not finish
         report["resumes_planned"] = self.reschedule_resumes()

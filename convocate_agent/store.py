@@ -13,7 +13,8 @@ crash between the two renames leaves is finished by :meth:`SessionStore.finish_i
 the agent's start. Copies of a home never follow a symlink the session planted: every step goes
 through a directory fd with ``O_NOFOLLOW``. Records are written atomically. The store caches parsed
 metadata by the record's (inode, size, mtime) so ``list`` over hundreds of sessions does not
-re-parse unchanged files.
+re-parse unchanged files. A listener (:meth:`SessionStore.add_listener`, the agent's in-memory state,
+convocate_agent.state) hears of every record written, published or removed through the store.
 
 Agents before issue 14 kept the metadata in the home (``session.json``);
 :meth:`SessionStore.migrate_legacy` moves each such file into the records once, validating it.
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,24 @@ class SessionStore:
         self._chown = os.geteuid() == 0
         self._record_owner = record_owner if self._chown else None
         self._cache: dict[str, tuple[tuple[int, int, int], SessionMeta]] = {}
+        self._listeners: list[Callable[[str, str, SessionMeta | None], None]] = []
+
+    # --- listeners -----------------------------------------------------------------
+    #: What a listener is told: a record was rewritten (``SAVED``), a session appeared (``ADDED``: a
+    #: create, clone or restore published it), or went (``REMOVED``: trashed, or a publish undone).
+    SAVED, ADDED, REMOVED = "saved", "added", "removed"
+
+    def add_listener(self, listener: Callable[[str, str, SessionMeta | None], None]) -> None:
+        """Call ``listener(kind, session_id, meta_or_None)`` after each change of a record made here.
+
+        It may be called from any thread (the store's writes run on worker threads); ``meta`` is None
+        for :attr:`REMOVED`.
+        """
+        self._listeners.append(listener)
+
+    def _changed(self, kind: str, session_id: str, meta: SessionMeta | None) -> None:
+        for listener in self._listeners:
+            listener(kind, session_id, meta)
 
     # --- reading -------------------------------------------------------------------
     def _record_ids(self, directory: Path) -> list[str]:
@@ -198,13 +218,21 @@ class SessionStore:
                 if self._record_owner is not None:
                     os.chown(directory, *self._record_owner)
 
-    def save(self, meta: SessionMeta) -> None:
-        """Write the session's record atomically (mode 0640, in the agent's state dir)."""
+    def save(self, meta: SessionMeta, *, notify: bool = True) -> None:
+        """Write the session's record atomically (mode 0640, in the agent's state dir), fsynced.
+
+        Args:
+            meta: The record's new contents.
+            notify: Tell the listeners (:attr:`SAVED`); the in-memory state passes False for the
+                writes it queued itself, which it knows of already.
+        """
         self._ensure_record_dirs()
         owner = self._record_owner or (None, None)
         atomic_write(self.paths.session_record(meta.uuid), (json.dumps(meta.to_json(), indent=2) + "\n").encode(),
                      mode=0o640, uid=owner[0], gid=owner[1])
         self._cache.pop(meta.uuid, None)
+        if notify:
+            self._changed(self.SAVED, meta.uuid, meta)
 
     def touch(self, session_id: str) -> SessionMeta:
         """Set ``last_accessed`` to now and persist it."""
@@ -273,6 +301,7 @@ class SessionStore:
         fsync_dir(self.paths.session_records_dir)
         fsync_dir(self.paths.trash_records_dir)
         self._cache.pop(session_id, None)
+        self._changed(self.REMOVED, session_id, None)
         return target
 
     def _trash_record(self, trash_id: str) -> Path:
@@ -334,6 +363,7 @@ class SessionStore:
         os.rename(source, self.paths.session_dir(sid))
         fsync_dir(self.paths.session_base)
         fsync_dir(self.paths.session_records_dir)
+        self._changed(self.ADDED, sid, meta)
         return meta
 
     # --- start-up -------------------------------------------------------------------
@@ -554,7 +584,7 @@ class SessionStore:
         if os.path.lexists(record) or os.path.lexists(target):
             shutil.rmtree(staged, ignore_errors=True)
             raise Conflict(f'session "{meta.uuid}" exists already')
-        self.save(meta)
+        self.save(meta, notify=False)
         try:
             # rename(2) onto an existing non-empty directory fails: an existing home is never overwritten.
             os.rename(staged, target)
@@ -562,6 +592,7 @@ class SessionStore:
             self._unlink(record)
             raise
         fsync_dir(self.paths.session_base)
+        self._changed(self.ADDED, meta.uuid, meta)
 
     def _copy_tree(self, source: Path, target: Path, *, keep_owner: bool = False) -> None:
         """Copy the contents of ``source`` into the existing, agent-made dir ``target``.

@@ -7,31 +7,30 @@ machine, so the ratios mean something even where absolute figures drift from mac
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import time
 import traceback
 
-from tests.bench import (
-    bench_fleet,
-    bench_footprint,
-    bench_recording,
-    bench_rpc,
-    bench_sessions,
-    bench_status,
-    bench_tui,
-)
 from tests.bench.common import Figure
 
+
+def _bench(module: str):
+    """The ``tests.bench.<module>`` module, imported when its benchmark runs."""
+    return importlib.import_module(f"tests.bench.{module}")
+
+
 BENCHES = {
-    "rpc": lambda image: bench_rpc.run(image),
-    "sessions": lambda image: bench_sessions.run(image),
-    "status": lambda image: bench_status.run(image),
-    "footprint": lambda image: bench_footprint.run(image),
-    "tui": lambda image: bench_tui.run(),
-    "recording": lambda image: bench_recording.run(image),
-    "fleet": lambda image: bench_fleet.run(image),
+    "rpc": lambda image: _bench("bench_rpc").run(image),
+    "sessions": lambda image: _bench("bench_sessions").run(image),
+    "status": lambda image: _bench("bench_status").run(image),
+    "footprint": lambda image: _bench("bench_footprint").run(image),
+    "tui": lambda image: _bench("bench_tui").run(),
+    "recording": lambda image: _bench("bench_recording").run(image),
+    "fleet": lambda image: _bench("bench_fleet").run(image),
+    "load": lambda image: _bench("bench_load").run(image),
 }
 
 

@@ -1,0 +1,306 @@
+"""The agent's in-memory state: what ``list``, ``get``, ``ping`` and ``capacity`` answer from (issue 17).
+
+Reads never wait on dockerd or the disk. :class:`SessionState` holds
+
+- every session's metadata by UUID, loaded once from the records at start (the records on disk stay
+  the source of truth across restarts) and kept current by the store's listener: every record the
+  store writes, publishes or removes (create, clone, edit, delete, restore, activity, touch) goes
+  through it;
+- every session container's state by session UUID, kept current by Docker's event stream
+  (:meth:`DockerRuntime.watch`: ``create``, ``start``, ``die``, ``stop``, ``pause``, ``unpause``,
+  ``destroy``) and by the agent's own lifecycle calls (:meth:`note_container`), with a re-list of
+  the containers each time the stream (re)connects, since events are lost while dockerd is away.
+  While the stream is down (dockerd restarting, or no watch at all: a service driven without a
+  server) the container state is not trusted and reads ask dockerd, as before: a Docker outage is
+  still answered with ``docker_error``, never with a stale ``running``;
+- record writes of running ops, queued on one writer thread in the order they were made
+  (:meth:`save`), so no fsync runs on the event loop and two writes of one record never cross.
+
+Ordering of container updates: each session's entry carries the time of what set it (the event's
+``timeNano``, or the agent's clock when its own Docker call returned); an event older than the
+entry is not applied, so an event delivered late (the stream is a separate connection) cannot undo
+what a newer ``stop`` or ``start`` call returned. This assumes dockerd and the agent read the same
+clock (the same host; the case of ``docker_path_prefix`` is the same kernel too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from convocate.common import messages
+from convocate.common.errors import ConfigError, NotFound
+from convocate.common.model import SessionMeta, validate_uuid
+from convocate.common.timefmt import now_ns
+from convocate_agent.runtime import (
+    LABEL_CLAUDE_CODE,
+    LABEL_CPUS,
+    LABEL_MEMORY,
+    ContainerEvent,
+    ContainerState,
+    DockerRuntime,
+)
+from convocate_agent.store import SessionStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Docker event → (running, status) of the container after it; ``None``: the container is gone.
+_AFTER: dict[str, tuple[bool, str] | None] = {
+    "create": (False, "created"), "start": (True, "running"), "unpause": (True, "running"),
+    "die": (False, "exited"), "stop": (False, "exited"), "pause": (False, "paused"), "destroy": None,
+}
+#: Attempts, and seconds between them, of the re-list after the event stream connects.
+RESYNC_ATTEMPTS = 5
+RESYNC_RETRY_S = 1.0
+
+
+class SessionState:
+    """Sessions' metadata and containers' state, in memory, for the agent's reads.
+
+    Args:
+        store: The session records (its listener feeds this state).
+        runtime: Docker access, asked only while the event stream is down.
+    """
+
+    def __init__(self, store: SessionStore, runtime: DockerRuntime) -> None:
+        self.store = store
+        self.runtime = runtime
+        self._lock = threading.Lock()  # the store's listener runs on worker threads
+        self._metas: dict[str, SessionMeta] = {}
+        self._broken: dict[str, str] = {}
+        self._loaded = False
+        self._leaving: set[str] = set()  # sessions being deleted: a late activity write must not recreate them
+        self._containers: dict[str, tuple[ContainerState | None, int]] = {}  # sid → (state or gone, stamp ns)
+        self._live = False  # the container map follows the event stream
+        self._resync: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
+        self._wire: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        store.add_listener(self._on_store)
+
+    # --- metadata -----------------------------------------------------------------------
+    def reload(self) -> None:
+        """(Re)load every record from disk: at the agent's start, after recovery touched the records."""
+        good, broken = self.store.load_all()
+        with self._lock:
+            self._metas = {m.uuid: m for m in good}
+            self._broken = {b.uuid: b.reason for b in broken}
+            self._wire.clear()
+            self._loaded = True
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.reload()
+
+    def _on_store(self, kind: str, session_id: str, meta: SessionMeta | None) -> None:
+        with self._lock:
+            if not self._loaded:
+                return  # the first read loads everything, this included
+            if kind == SessionStore.REMOVED:
+                self._metas.pop(session_id, None)
+                self._broken.pop(session_id, None)
+                self._wire.pop(session_id, None)
+            elif meta is not None and (kind == SessionStore.ADDED or session_id in self._metas):
+                self._metas[session_id] = meta
+                self._broken.pop(session_id, None)
+
+    def meta(self, session_id: str) -> SessionMeta:
+        """One session's metadata.
+
+        Raises:
+            BadRequest: ``session_id`` is not a UUIDv4.
+            NotFound: no such session.
+            ConfigError: its record is invalid (as found at start).
+        """
+        self._ensure_loaded()
+        meta = self._metas.get(validate_uuid(session_id))
+        if meta is not None:
+            return meta
+        reason = self._broken.get(session_id)
+        if reason is not None:
+            raise ConfigError(reason)
+        raise NotFound(messages.SESSION_NOT_FOUND.format(id=session_id))
+
+    def metas(self) -> list[SessionMeta]:
+        """Every session's metadata (no order)."""
+        self._ensure_loaded()
+        with self._lock:
+            return list(self._metas.values())
+
+    def broken(self) -> dict[str, str]:
+        """UUID → reason of the sessions whose record could not be used."""
+        self._ensure_loaded()
+        return dict(self._broken)
+
+    def _put(self, meta: SessionMeta) -> bool:
+        with self._lock:
+            if meta.uuid in self._leaving or (self._loaded and meta.uuid not in self._metas):
+                return False
+            if self._loaded:
+                self._metas[meta.uuid] = meta
+            return True
+
+    async def save(self, meta: SessionMeta) -> None:
+        """Make ``meta`` the session's metadata now, and return once its record is written and fsynced.
+
+        Raises:
+            OSError: the write failed (the record on disk is unchanged; memory has the new one).
+        """
+        if self._put(meta):
+            await asyncio.wrap_future(self._writer.submit(self.store.save, meta, notify=False))
+
+    def save_soon(self, meta: SessionMeta) -> Future[None] | None:
+        """Make ``meta`` the session's metadata now and queue its record's write (for callers off a coroutine).
+
+        A session being deleted (or unknown) is not written: its record must not come back.
+        """
+        if not self._put(meta):
+            return None
+        future = self._writer.submit(self.store.save, meta, notify=False)
+        future.add_done_callback(_log_failed_write)
+        return future
+
+    async def on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the record writer, after every write queued before it (trash, restore)."""
+        return await asyncio.wrap_future(self._writer.submit(fn, *args))
+
+    def leaving(self, session_id: str, leaving: bool = True) -> None:
+        """Mark a session as being deleted (no more queued writes of its record), or not any more."""
+        with self._lock:
+            if leaving:
+                self._leaving.add(session_id)
+            else:
+                self._leaving.discard(session_id)
+
+    # --- containers ---------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        """Whether the container map follows Docker's event stream now (else reads ask dockerd)."""
+        return self._live
+
+    async def container(self, session_id: str) -> ContainerState | None:
+        """The session's container: from memory while the event stream is up, else from dockerd.
+
+        Raises:
+            DockerError: the stream is down and dockerd cannot be reached.
+        """
+        if self._live:
+            entry = self._containers.get(session_id)
+            return entry[0] if entry is not None else None
+        return await self.runtime.container(session_id)
+
+    async def containers(self) -> dict[str, ContainerState]:
+        """Every session container (UUID → state), as :meth:`container` decides where from."""
+        if self._live:
+            return {sid: c for sid, (c, _) in self._containers.items() if c is not None}
+        return await self.runtime.containers()
+
+    def note_container(self, session_id: str, state: ContainerState | None) -> None:
+        """What one of the agent's own Docker calls returned (a start, a stop, a removal), stamped now."""
+        self._containers[session_id] = (state, now_ns())
+
+    def stopped(self, session_id: str) -> None:
+        """The agent's own stop returned: the container is there, not running."""
+        entry = self._containers.get(session_id)
+        if entry is not None and entry[0] is not None:
+            self.note_container(session_id, replace(entry[0], running=False, status="exited"))
+
+    def on_container_event(self, event: ContainerEvent) -> None:
+        """Apply one event of Docker's stream, unless something newer set the entry already."""
+        after = _AFTER.get(event.action, False)
+        if after is False:
+            return
+        entry = self._containers.get(event.session_id)
+        if entry is not None and entry[1] > event.time_ns:
+            return
+        if after is None:
+            if entry is None or entry[0] is None or entry[0].container_id in ("", event.container_id):
+                self._containers[event.session_id] = (None, event.time_ns)
+            return
+        running, status = after
+        previous = entry[0] if entry is not None else None
+        if previous is not None and previous.container_id not in ("", event.container_id) and event.action != "create":
+            return  # an event of a container this session had before its current one
+        self._containers[event.session_id] = (_state_from_event(event, running, status, previous), event.time_ns)
+
+    def stream_connected(self) -> None:
+        """The event stream is (re)subscribed: re-list the containers, then trust the map again."""
+        if self._resync is not None and not self._resync.done():
+            self._resync.cancel()
+        self._resync = asyncio.get_running_loop().create_task(self._relist(), name="state-relist")
+
+    def stream_disconnected(self) -> None:
+        """The event stream ended: until it is back and re-listed, reads ask dockerd."""
+        self._live = False
+        if self._resync is not None and not self._resync.done():
+            self._resync.cancel()
+
+    async def _relist(self) -> None:
+        for attempt in range(RESYNC_ATTEMPTS):
+            stamp = now_ns()
+            try:
+                listed = await self.runtime.containers()
+            except Exception as e:  # DockerError mostly; the stream will reconnect and call again
+                log.warning("cannot re-list the containers after the event stream connected (%s); attempt %d of %d",
+                            e, attempt + 1, RESYNC_ATTEMPTS)
+                await asyncio.sleep(RESYNC_RETRY_S)
+                continue
+            self._merge(listed, stamp)
+            self._live = True
+            log.info("container state follows Docker's event stream (%d containers)", len(listed))
+            return
+
+    def _merge(self, listed: dict[str, ContainerState], stamp: int) -> None:
+        """Take a re-list made at ``stamp``; entries set by something newer (an event, an op) stay."""
+        for sid in set(self._containers) | set(listed):
+            entry = self._containers.get(sid)
+            if entry is not None and entry[1] > stamp:
+                continue
+            self._containers[sid] = (listed.get(sid), stamp)
+
+    def forget_gone(self, keep: Iterable[str]) -> None:
+        """Drop container tombstones of sessions not in ``keep`` (bounded memory over a long run)."""
+        keep = set(keep)
+        for sid in [s for s, (c, _) in self._containers.items() if c is None and s not in keep]:
+            del self._containers[sid]
+
+    # --- wire views --------------------------------------------------------------------
+    def cached_wire(self, key: tuple[Any, ...], session_id: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The session's wire view for ``key`` (what it is derived from), built only when ``key`` changed."""
+        cached = self._wire.get(session_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        wire = build()
+        self._wire[session_id] = (key, wire)
+        return wire
+
+    def close(self) -> None:
+        """Finish the queued record writes and stop the writer thread."""
+        self._writer.shutdown(wait=True)
+
+
+def _log_failed_write(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("cannot write a session record: %s", error)
+
+
+def _state_from_event(event: ContainerEvent, running: bool, status: str,
+                      previous: ContainerState | None) -> ContainerState:
+    """The container's state after ``event``; labels (copied into the event's attributes) give its limits."""
+    attrs = event.attributes
+    if previous is not None and previous.container_id in ("", event.container_id):
+        return replace(previous, container_id=event.container_id or previous.container_id, running=running,
+                       status=status)
+    try:
+        cpus = float(attrs.get(LABEL_CPUS, "0"))
+        memory = int(attrs.get(LABEL_MEMORY, "0"))
+    except ValueError:
+        cpus, memory = 0.0, 0
+    return ContainerState(event.session_id, event.container_id, running, status, str(attrs.get("image", "")), cpus,
+                          memory, str(attrs.get(LABEL_CLAUDE_CODE, "")))

@@ -1,0 +1,150 @@
+"""Reads under load (issue 17): ``get``/``list``/``ping`` while 20 clients run lifecycle ops, and create without start.
+
+Figures, each beside a baseline of the same run:
+
+- read p50/p99 (``get``, ``list``, ``ping`` on channels of their own) while 20 clients create (a third
+  started), delete, clone, kill and restart for :data:`DURATION_S`, beside ``ping`` on the same agent
+  with nothing else running;
+- lifecycle ops per second under that load, beside a direct docker-SDK loop of the same Docker work
+  (create + start + stop + remove of a stand-in container, as many as the started creates and
+  restarts made), run alone: what dockerd itself takes;
+- ``create`` without start (mean of :data:`CREATES`, one channel each), beside its floor: the rpc
+  ``ping`` on the same connection plus the durable writes a create cannot skip (one record written
+  atomically and fsynced, and the fsync of the two directories its renames land in), timed alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from convocate.common.fsutil import atomic_write, fsync_dir
+from tests.bench.common import Figure, percentile, scratch_cluster
+from tests.conftest import connect, rpc, rpc_ok
+
+CLIENTS = 20
+DURATION_S = 15.0
+CREATES = 100
+READ_OPS = ("get", "list", "ping")
+
+
+async def _one(conn, op: str, params: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    response = await rpc(conn, op, params)
+    return (time.perf_counter() - started) * 1000, response
+
+
+async def _load(cluster, seeds: list[str]) -> tuple[list[float], int, int, float]:
+    """20 clients until the deadline; returns read times (ms), lifecycle ops done, container starts, seconds."""
+    known = list(seeds)
+    reads: list[float] = []
+    done = {"life": 0, "starts": 0}
+    deadline = time.monotonic() + DURATION_S
+
+    async def client(n: int) -> None:
+        rng = random.Random(n)
+        async with connect(cluster) as conn:
+            k = 0
+            while time.monotonic() < deadline:
+                k += 1
+                op = rng.choices(["get", "list", "ping", "create", "clone", "delete", "kill", "restart"],
+                                 [14, 12, 4, 14, 8, 12, 12, 12])[0]
+                sid = rng.choice(known) if known else ""
+                params: dict = {}
+                if op == "get" or op in ("delete", "kill", "restart"):
+                    params = {"id": sid}
+                elif op == "create":
+                    params = {"name": f"load {n}-{k}", "start": rng.random() < 0.3}
+                elif op == "clone":
+                    params = {"source_id": sid, "name": f"clone {n}-{k}"}
+                if "id" in params and not sid:
+                    continue
+                ms, response = await _one(conn, op, params)
+                if op in READ_OPS:
+                    reads.append(ms)
+                    continue
+                if response["ok"]:
+                    done["life"] += 1
+                    if op in ("create", "clone"):
+                        known.append(response["result"]["uuid"])
+                        done["starts"] += bool(response["result"].get("running"))
+                    elif op == "restart":
+                        done["starts"] += 1
+                    elif op == "delete" and sid in known:
+                        known.remove(sid)
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    return reads, done["life"], done["starts"], time.monotonic() - started
+
+
+def _docker_floor(image: str, count: int, root: Path) -> float:
+    """Seconds dockerd takes for ``count`` create + start + stop + remove of the image, one after the other."""
+    client = docker.from_env()
+    started = time.monotonic()
+    try:
+        for i in range(count):
+            c = client.containers.create(image, detach=True, init=True, labels={"convocate.root": str(root)},
+                                         name=f"convocate-bench-load-{i}", nano_cpus=int(0.2e9),
+                                         mem_limit=128 << 20)
+            c.start()
+            c.stop(timeout=10)
+            c.remove(force=True)
+    finally:
+        client.close()
+    return time.monotonic() - started
+
+
+def _write_floor(rounds: int = 50) -> float:
+    """Mean ms of the durable writes of one create: a record (atomic, fsynced) and two directory fsyncs."""
+    with tempfile.TemporaryDirectory(prefix="convocate-bench-load-", dir="/var/tmp") as tmp:
+        base = Path(tmp)
+        (base / "records").mkdir()
+        (base / "homes").mkdir()
+        times = []
+        for i in range(rounds):
+            started = time.perf_counter()
+            atomic_write(base / "records" / f"{i}.json", b"{" + b" " * 600 + b"}\n", mode=0o640)
+            (base / "homes" / str(i)).mkdir()
+            fsync_dir(base / "homes")
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.mean(times)
+
+
+def run(image: str) -> list[Figure]:
+    """Measure; returns the figures."""
+    figures: list[Figure] = []
+    with scratch_cluster(image) as cluster:
+        async def measure() -> None:
+            async with connect(cluster) as conn:
+                await rpc_ok(conn, "settings-set", {"default_cpus": 0.2, "default_memory_mb": 128})
+                ping_alone = [(await _one(conn, "ping", {}))[0] for _ in range(200)]
+                creates = []
+                for i in range(CREATES):
+                    ms, response = await _one(conn, "create", {"name": f"plain {i}"})
+                    assert response["ok"], response
+                    creates.append(ms)
+                ping_after = [(await _one(conn, "ping", {}))[0] for _ in range(100)]
+                seeds = [s["uuid"] for s in await rpc_ok(conn, "list")][:20]
+            figures.append(Figure("create without start, mean", "ms", statistics.mean(creates),
+                                  statistics.mean(ping_after), "rpc ping on the same connection"))
+            figures.append(Figure("create without start, mean", "ms", statistics.mean(creates),
+                                  statistics.mean(ping_after) + _write_floor(),
+                                  "rpc ping + record write/fsync + 2 dir fsyncs"))
+            reads, life, starts, seconds = await _load(cluster, seeds)
+            for q in (0.5, 0.99):
+                figures.append(Figure(f"read p{int(q * 100)} under 20 clients' lifecycle ops", "ms",
+                                      percentile(reads, q), percentile(ping_alone, q), "rpc ping, nothing else running"))
+            figures.append(Figure("lifecycle ops/s under load", "ops/s", life / seconds, None, "", False))
+            floor = await asyncio.to_thread(_docker_floor, image, max(1, starts), cluster.root)
+            figures.append(Figure("lifecycle: seconds of load run", "s", seconds, floor,
+                                  f"dockerd alone: {max(1, starts)} create+start+stop+remove via the SDK"))
+
+        asyncio.run(measure())
+    return figures
