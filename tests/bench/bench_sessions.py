@@ -71,10 +71,13 @@ def _docker_run_baseline(client: docker.DockerClient, image: str, root, runs: in
     return times
 
 
-def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int) -> tuple[float, list[float]]:
+def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int,
+                env: dict[str, str] | None = None) -> tuple[float, list[float]]:
     """Run ``argv`` on a pty: time to its first output byte, then key→echo round trips."""
     pid, fd = pty.fork()
     if pid == 0:
+        if env is not None:
+            os.execvpe(argv[0], argv, env)
         os.execvp(argv[0], argv)
     try:
         started = time.perf_counter()
@@ -302,3 +305,83 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
                               "docker exec cat (no tmux, no SSH)", lower_is_better=False))
     client.close()
     return figures
+
+
+# --- per-hop trace of the keystroke echo (issue 17) -------------------------------------------------
+#: The legs of one keystroke's round trip, from the benchmark's send to its receive of the echo,
+#: split at the agent's hops (convocate_agent.attach_trace).
+TRACE_LEGS = (("client_send", "ssh_recv", "client -> agent (SSH)"),
+              ("ssh_recv", "exec_write", "agent: SSH -> exec socket"),
+              ("exec_write", "exec_read", "dockerd + tmux + echo"),
+              ("exec_read", "ssh_send", "agent: exec socket -> SSH"),
+              ("ssh_send", "client_recv", "agent -> client (SSH)"))
+
+
+def echo_legs(sends: list[tuple[int, int]], marks: list[tuple[str, int, int]]) -> dict[str, list[float]]:
+    """Split each keystroke's round trip at the agent's hops.
+
+    Args:
+        sends: ``(sent_ns, echoed_ns)`` per keystroke, on ``CLOCK_MONOTONIC``.
+        marks: The agent's trace of the same channel (``attach_trace.read_trace``).
+
+    Returns:
+        For each leg of :data:`TRACE_LEGS` (by its label), the leg's time per keystroke in ms;
+        a keystroke whose hops are not all in the trace is left out.
+    """
+    legs: dict[str, list[float]] = {label: [] for _, _, label in TRACE_LEGS}
+    for sent, echoed in sends:
+        times = {"client_send": sent, "client_recv": echoed}
+        cursor = sent
+        for hop in ("ssh_recv", "exec_write", "exec_read", "ssh_send"):
+            found = next((ns for h, ns, _ in marks if h == hop and cursor <= ns <= echoed), None)
+            if found is None:
+                break
+            times[hop] = cursor = found
+        else:
+            for start, end, label in TRACE_LEGS:
+                legs[label].append((times[end] - times[start]) / 1e6)
+    return legs
+
+
+def traced_echoes(cluster, sid: str, rounds: int, trace_dir) -> tuple[list[float], dict[str, list[float]]]:
+    """Keystroke echoes through the relay (an asyncssh client in this process), split per hop.
+
+    The agent must run with ``CONVOCATE_ATTACH_TRACE`` set to ``trace_dir``.
+    """
+    from convocate_agent.attach_trace import read_trace
+
+    async def measure() -> list[tuple[int, int]]:
+        async with connect(cluster) as ssh:
+            process, _ = await open_attach(ssh, sid, cols=100, rows=30)
+            await _quiet(process, 0.5)
+            sends = []
+            for _ in range(rounds):
+                sent = time.monotonic_ns()
+                process.stdin.write(b"x")
+                got = b""
+                while b"x" not in got:
+                    got += await process.stdout.read(65536)
+                sends.append((sent, time.monotonic_ns()))
+                process.stdin.write(b"\x7f")
+                await _quiet(process, 0.02)
+            process.close()
+            await process.wait_closed()
+            return sends
+
+    before = set(trace_dir.glob("*.trace"))
+    sends = asyncio.run(measure())
+    deadline = time.monotonic() + 10
+    while not (new := set(trace_dir.glob("*.trace")) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not new:
+        raise RuntimeError("the agent wrote no attach trace (is CONVOCATE_ATTACH_TRACE set for it?)")
+    marks = read_trace(sorted(new)[-1])
+    return [(b - a) / 1e6 for a, b in sends], echo_legs(sends, marks)
+
+
+def operator_echoes(cluster, sid: str, rounds: int) -> list[float]:
+    """Keystroke echoes through ``convocate attach`` on a local pty: the path operators type through."""
+    from tests.harness import python
+
+    _, echoes = _pty_attach([python(), "-m", "convocate", "attach", sid], b"x", b"x", rounds, env=cluster.env)
+    return echoes
