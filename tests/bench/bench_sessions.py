@@ -36,9 +36,6 @@ from tests.harness import python
 from tests.test_agent_attach import open_attach
 
 UID = "1337:1337"
-#: Runs the agent and the `convocate attach` client from this source tree instead (PYTHONPATH), for a
-#: before/after figure of a change in the same kind of run; an agent without the hop trace gives no hops.
-AGENT_PATH_ENV = "CONVOCATE_BENCH_AGENT_PATH"
 #: The throughput session: a whole CPU, and memory for tmux's scrollback of the output.
 THROUGHPUT_CPUS = 1.0
 THROUGHPUT_MEMORY_MB = 1024
@@ -241,10 +238,7 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
     figures: list[Figure] = []
     client = docker.from_env()
     trace_dir = Path(tempfile.mkdtemp(prefix="convocate-attach-trace-"))
-    extra_env = {TRACE_ENV: str(trace_dir)}
-    if os.environ.get(AGENT_PATH_ENV):  # a before/after comparison: the daemons and the CLI from another tree
-        extra_env["PYTHONPATH"] = os.environ[AGENT_PATH_ENV]
-    with scratch_cluster(image, extra_env=extra_env) as cluster:
+    with scratch_cluster(image, extra_env={TRACE_ENV: str(trace_dir)}) as cluster:
         baseline = _docker_run_baseline(client, image, cluster.root, runs)
 
         async def sessions() -> tuple[list[float], str]:
@@ -418,8 +412,8 @@ def traced_echoes(cluster, sid: str, rounds: int, trace_dir) -> tuple[list[float
     deadline = time.monotonic() + 3
     while not (new := set(trace_dir.glob("*.trace")) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not new:  # an agent without the trace (CONVOCATE_BENCH_AGENT_PATH)
-        return [(b - a) / 1e6 for a, b in sends], {}
+    if not new:
+        raise RuntimeError("the agent wrote no attach trace (is CONVOCATE_ATTACH_TRACE set for it?)")
     marks = read_trace(sorted(new)[-1])
     return [(b - a) / 1e6 for a, b in sends], echo_legs(sends, marks)
 
