@@ -34,6 +34,8 @@ from convocate.common.protocol import (
     json_type,
 )
 from convocate.common.sshserver import Caller
+from convocate_agent.attach_relay import TerminalRelay
+from convocate_agent.attach_trace import HopTrace
 from convocate_agent.audit import attach_ended
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService, AttachRequest
@@ -176,6 +178,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
              " read-only" if request.read_only else "")
     runtime = service.runtime
     opened, counts = time.monotonic(), [len(leftover), 0]  # bytes in (operator to session), out
+    trace = HopTrace.from_env(sid)
     if audit is not None:
         await audit.record_attach(caller, sid, request.read_only,
                                   {"cols": request.cols, "rows": request.rows, "term": request.term}, "ok")
@@ -186,48 +189,31 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         except ConvocateError as e:
             log.info("attach %s: resize to %dx%d failed: %s", sid, cols, rows, e)
 
-    async def client_to_session() -> None:
-        if leftover:
-            stream.writer.write(leftover)
-            await stream.writer.drain()
-        for cols, rows in pending_size:
-            await resize(cols, rows)
-        relay = DataReader(process.stdin, resize)
-        while True:
-            data = await relay.read(CHANNEL_READ)
-            if not data:
-                return  # client EOF: keep showing output, never half-close Docker's stream
-            counts[0] += len(data)
-            stream.writer.write(data)
-            if service.recorder is not None and not request.read_only:
-                service.recorder.input(sid, data)
-            await stream.writer.drain()
-
-    async def session_to_client() -> None:
-        while True:
-            data = await stream.reader.read(RELAY_CHUNK)
-            if not data:
-                return
-            counts[1] += len(data)
-            process.stdout.write(data)
-            await process.stdout.drain()
-
-    inbound = asyncio.create_task(client_to_session())
-    outbound = asyncio.create_task(session_to_client())
+    assert stream.pipe is not None
+    recorder = None if request.read_only else service.recorder
+    relay = TerminalRelay(process, stream.pipe, resize, trace=trace,
+                          record_input=None if recorder is None else (lambda data: recorder.input(sid, data)))
+    for cols, rows in pending_size:
+        relay.resize(cols, rows)
+    relay.start(leftover)
     closed = asyncio.create_task(process.channel.wait_closed())
     detached_by_tmux = False
     try:
-        await asyncio.wait({outbound, closed}, return_when=asyncio.FIRST_COMPLETED)
-        detached_by_tmux = outbound.done() and outbound.exception() is None and not closed.done()
+        await asyncio.wait({relay.ended, closed}, return_when=asyncio.FIRST_COMPLETED)
+        detached_by_tmux = (relay.ended.done() and not relay.ended.cancelled() and relay.ended.result()
+                            and not closed.done())
     finally:
-        for task in (inbound, outbound, closed):
-            task.cancel()
-        results = await asyncio.gather(inbound, outbound, closed, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(result, (BrokenPipeError, ConnectionError,
-                                                                          asyncssh.Error, asyncio.CancelledError)):
-                log.warning("attach %s relay error: %s: %s", sid, type(result).__name__, result)
+        closed.cancel()
+        await asyncio.gather(closed, return_exceptions=True)
+        error = await relay.stop()
+        if error is not None:
+            log.warning("attach %s relay error: %s: %s", sid, type(error).__name__, error)
+        counts[0] += relay.input_bytes
+        counts[1] += relay.output_bytes
         stream.close()
+        if trace is not None:
+            with contextlib.suppress(OSError):
+                trace.save()
         if not detached_by_tmux:
             # The operator vanished: tmux's client would stay attached forever.
             with contextlib.suppress(ConvocateError):

@@ -20,15 +20,19 @@ import fcntl
 import os
 import pty
 import select
+import shutil
 import struct
+import tempfile
 import termios
 import time
 import uuid as uuidlib
+from pathlib import Path
 
 import docker
 
 from tests.bench.common import Figure, median, percentile, scratch_cluster
 from tests.conftest import connect, rpc_ok
+from tests.harness import python
 from tests.test_agent_attach import open_attach
 
 UID = "1337:1337"
@@ -71,10 +75,25 @@ def _docker_run_baseline(client: docker.DockerClient, image: str, root, runs: in
     return times
 
 
-def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int) -> tuple[float, list[float]]:
-    """Run ``argv`` on a pty: time to its first output byte, then key→echo round trips."""
+def _cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in ms (``/proc/<pid>/stat`` fields 14-15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int, env: dict[str, str] | None = None,
+                watch_pid: int | None = None) -> tuple[float, list[float], float, float]:
+    """Run ``argv`` on a pty: time to its first output byte, then key→echo round trips.
+
+    Returns:
+        ``(first byte ms, echo ms per round, CPU ms the command used during the echoes, CPU ms
+        ``watch_pid`` used during them)``.
+    """
     pid, fd = pty.fork()
     if pid == 0:
+        if env is not None:
+            os.execvpe(argv[0], argv, env)
         os.execvp(argv[0], argv)
     try:
         started = time.perf_counter()
@@ -82,6 +101,8 @@ def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int) -> tuple[
         first = (time.perf_counter() - started) * 1000
         _drain(fd, 0.5)
         echoes = []
+        cpu0 = _cpu_ms(pid)
+        watched0 = _cpu_ms(watch_pid) if watch_pid else 0.0
         for _ in range(rounds):
             sent = time.perf_counter()
             os.write(fd, key)
@@ -94,7 +115,9 @@ def _pty_attach(argv: list[str], key: bytes, echo: bytes, rounds: int) -> tuple[
             echoes.append((time.perf_counter() - sent) * 1000)
             os.write(fd, b"\x7f")  # erase it again
             _drain(fd, 0.05)
-        return first, echoes
+        cpu = _cpu_ms(pid) - cpu0
+        watched = (_cpu_ms(watch_pid) - watched0) if watch_pid else 0.0
+        return first, echoes, cpu, watched
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
@@ -210,9 +233,12 @@ def relay_throughput(cluster, sid: str, container, total: int) -> float:
 
 
 def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) -> list[Figure]:
+    from convocate_agent.attach_trace import TRACE_ENV
+
     figures: list[Figure] = []
     client = docker.from_env()
-    with scratch_cluster(image) as cluster:
+    trace_dir = Path(tempfile.mkdtemp(prefix="convocate-attach-trace-"))
+    with scratch_cluster(image, extra_env={TRACE_ENV: str(trace_dir)}) as cluster:
         baseline = _docker_run_baseline(client, image, cluster.root, runs)
 
         async def sessions() -> tuple[list[float], str]:
@@ -237,35 +263,50 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
         time.sleep(1.0)  # let the stand-in draw its prompt
 
         # --- attach through convocate vs docker exec -it ---------------------------------------
-        async def relay_attach() -> tuple[float, list[float]]:
+        async def relay_attach() -> float:
             async with connect(cluster) as ssh:
                 started = time.perf_counter()
-                process, screen = await open_attach(ssh, sid, cols=100, rows=30)
-                first_chunk = await process.stdout.read(65536)
+                process, _ = await open_attach(ssh, sid, cols=100, rows=30)
+                await process.stdout.read(65536)
                 first = (time.perf_counter() - started) * 1000
-                screen.data = first_chunk
-                await asyncio.sleep(0.5)
-                echoes = []
-                for _ in range(echo_rounds):
-                    sent = time.perf_counter()
-                    process.stdin.write(b"x")
-                    got = b""
-                    while b"x" not in got:
-                        got += await process.stdout.read(65536)
-                    echoes.append((time.perf_counter() - sent) * 1000)
-                    process.stdin.write(b"\x7f")
-                    await asyncio.sleep(0.02)
                 process.close()
-                return first, echoes
+                return first
 
-        first, echoes = asyncio.run(relay_attach())
+        first = asyncio.run(relay_attach())
+        _wait_no_clients(container)
         argv = ["/usr/bin/docker", "exec", "-it", "-u", UID, "-e", "HOME=/home/claude", "-e", "TERM=xterm-256color",
                 container.id, "tmux", "attach-session", "-t", "main"]
-        base_first, base_echoes = _pty_attach(argv, b"x", b"x", echo_rounds)
+        # The keystroke figures go through `convocate attach` on a local pty, the path operators
+        # type through (terminal.py, the client's SSH, the agent's relay), against docker exec -it
+        # on a local pty; alternated, half the rounds each time, so that drift hits both alike.
+        cluster.register()
+        echoes, base_echoes, cpu, agent_cpu, base_cpu, base_first = [], [], 0.0, 0.0, 0.0, 0.0
+        for _ in range(2):
+            _, e, c, a = _pty_attach([python(), "-m", "convocate", "attach", sid], b"x", b"x", echo_rounds // 2,
+                                     env=cluster.env, watch_pid=cluster.process.pid)
+            echoes, cpu, agent_cpu = echoes + e, cpu + c, agent_cpu + a
+            _wait_no_clients(container)
+            f, e, c, _ = _pty_attach(argv, b"x", b"x", echo_rounds // 2)
+            base_first = base_first or f
+            base_echoes, base_cpu = base_echoes + e, base_cpu + c
+            _detach_terminals(container)  # Docker cannot end an exec: its tmux client outlives the CLI
+            _wait_no_clients(container)
         figures.append(Figure("attach: first screen byte", "ms", first, base_first, "docker exec -it tmux attach"))
         for q in (0.5, 0.99):
             figures.append(Figure(f"keystroke echo p{int(q * 100)}", "ms", percentile(echoes, q),
-                                  percentile(base_echoes, q), "docker exec -it tmux attach"))
+                                  percentile(base_echoes, q), "docker exec -it tmux attach (both on a local pty)"))
+        n = len(echoes)
+        figures.append(Figure("keystroke CPU, convocate attach + agent, per key", "ms", (cpu + agent_cpu) / n,
+                              base_cpu / len(base_echoes), "the docker exec -it process, per key"))
+        figures.append(Figure("keystroke CPU, agent alone, per key", "ms", agent_cpu / n,
+                              base_cpu / len(base_echoes), "the docker exec -it process, per key"))
+        if trace_dir is not None:
+            traced, legs = traced_echoes(cluster, sid, echo_rounds, trace_dir)
+            figures.append(Figure("keystroke echo p50, asyncssh client (traced)", "ms", percentile(traced, 0.5),
+                                  percentile(base_echoes, 0.5), "docker exec -it tmux attach"))
+            for label, values in legs.items():
+                figures.append(Figure(f"keystroke hop: {label} (median)", "ms", median(values)))
+            _wait_no_clients(container)
 
         # --- throughput ------------------------------------------------------------------------------
         # A session of its own with a whole CPU (the ones above have 0.2, at which tmux alone
@@ -301,4 +342,83 @@ def run(image: str, runs: int = 5, echo_rounds: int = 100, megabytes: int = 20) 
         figures.append(Figure("relay throughput (session output, median)", "MB/s", median(relay_runs), cat_mbs,
                               "docker exec cat (no tmux, no SSH)", lower_is_better=False))
     client.close()
+    shutil.rmtree(trace_dir, ignore_errors=True)
     return figures
+
+
+# --- per-hop trace of the keystroke echo (issue 17) -------------------------------------------------
+#: The legs of one keystroke's round trip, from the benchmark's send to its receive of the echo,
+#: split at the agent's hops (convocate_agent.attach_trace).
+TRACE_LEGS = (("client_send", "ssh_recv", "client -> agent (SSH)"),
+              ("ssh_recv", "exec_write", "agent: SSH -> exec socket"),
+              ("exec_write", "exec_read", "dockerd + tmux + echo"),
+              ("exec_read", "ssh_send", "agent: exec socket -> SSH"),
+              ("ssh_send", "client_recv", "agent -> client (SSH)"))
+
+
+def echo_legs(sends: list[tuple[int, int]], marks: list[tuple[str, int, int]]) -> dict[str, list[float]]:
+    """Split each keystroke's round trip at the agent's hops.
+
+    Args:
+        sends: ``(sent_ns, echoed_ns)`` per keystroke, on ``CLOCK_MONOTONIC``.
+        marks: The agent's trace of the same channel (``attach_trace.read_trace``).
+
+    Returns:
+        For each leg of :data:`TRACE_LEGS` (by its label), the leg's time per keystroke in ms;
+        a keystroke whose hops are not all in the trace is left out.
+    """
+    legs: dict[str, list[float]] = {label: [] for _, _, label in TRACE_LEGS}
+    for sent, echoed in sends:
+        times = {"client_send": sent, "client_recv": echoed}
+        cursor = sent
+        for hop in ("ssh_recv", "exec_write", "exec_read", "ssh_send"):
+            found = next((ns for h, ns, _ in marks if h == hop and cursor <= ns <= echoed), None)
+            if found is None:
+                break
+            times[hop] = cursor = found
+        else:
+            for start, end, label in TRACE_LEGS:
+                legs[label].append((times[end] - times[start]) / 1e6)
+    return legs
+
+
+def traced_echoes(cluster, sid: str, rounds: int, trace_dir) -> tuple[list[float], dict[str, list[float]]]:
+    """Keystroke echoes through the relay (an asyncssh client in this process), split per hop.
+
+    The agent must run with ``CONVOCATE_ATTACH_TRACE`` set to ``trace_dir``.
+    """
+    from convocate_agent.attach_trace import read_trace
+
+    async def measure() -> list[tuple[int, int]]:
+        async with connect(cluster) as ssh:
+            process, _ = await open_attach(ssh, sid, cols=100, rows=30)
+            await _quiet(process, 0.5)
+            sends = []
+            for _ in range(rounds):
+                sent = time.monotonic_ns()
+                process.stdin.write(b"x")
+                got = b""
+                while b"x" not in got:
+                    got += await process.stdout.read(65536)
+                sends.append((sent, time.monotonic_ns()))
+                process.stdin.write(b"\x7f")
+                await _quiet(process, 0.02)
+            process.close()
+            await process.wait_closed()
+            return sends
+
+    before = set(trace_dir.glob("*.trace"))
+    sends = asyncio.run(measure())
+    deadline = time.monotonic() + 3
+    while not (new := set(trace_dir.glob("*.trace")) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not new:
+        raise RuntimeError("the agent wrote no attach trace (is CONVOCATE_ATTACH_TRACE set for it?)")
+    marks = read_trace(sorted(new)[-1])
+    return [(b - a) / 1e6 for a, b in sends], echo_legs(sends, marks)
+
+
+def operator_echoes(cluster, sid: str, rounds: int) -> list[float]:
+    """Keystroke echoes through ``convocate attach`` on a local pty: the path operators type through."""
+    _, echoes, _, _ = _pty_attach([python(), "-m", "convocate", "attach", sid], b"x", b"x", rounds, env=cluster.env)
+    return echoes
