@@ -480,3 +480,9 @@ AUDIT_NOT_A_RECORD = "line {line} is not a JSON record"
 AUDIT_UNREPAIRED = "line {line} is not a whole record and the next record does not say repaired"
 AUDIT_FILE_UNREADABLE = "cannot read the audit file {path}: {error}"
 AUDIT_BAD_TIME = "--{flag} {value!r} is not a time: {reason} (RFC 3339, e.g. 2026-12-07T06:30:00Z)"
+
+# --- moving a session between agents (issue 18 item 2; convocate_agent/transfer.py, convocate/move.py) ---
+TRANSFER_REFUSED = 'transfer refused: member "{member}": {why}'
+TRANSFER_BAD_TAR = "transfer refused: not a readable tar stream: {detail}"
+TRANSFER_BAD_MANIFEST = "transfer refused: bad manifest: {detail}"
+TRANSFER_VERIFY_FAILED = 'transfer verification failed: "{member}": {why}'
