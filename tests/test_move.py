@@ -174,3 +174,47 @@ def test_dry_run_prints_the_plan_and_does_nothing(pair) -> None:
     listed = a.run_role("convocate", "ls", "--json", check=False)
     assert '"mv-dry"' in listed.stdout and a.agent_id in listed.stdout
     a.run_role("convocate", "delete", "mv-dry", check=False)
+
+
+async def test_killing_the_target_mid_transfer_leaves_the_source_copy_the_only_one(pair, tmp_path: Path,
+                                                                                  docker_client) -> None:
+    """kill -9 of the target while the tar streams: the move stays pending (the target cannot say
+    whether it kept a copy), nothing runs anywhere, the target's restart sweeps its staging copy,
+    and ``--resume`` rolls back: the source runs again."""
+    import asyncio
+    import signal
+
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-kill", "cpus": 0.2, "memory_mb": 256,
+                                                                "start": True})
+        sid = made["uuid"]
+        with open(a.paths.session_dir(sid) / "big.sparse", "wb") as f:
+            f.truncate(400 << 20)  # read back as zeros: 400 MiB on the wire
+        task = asyncio.create_task(move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path,
+                                                 progress_out=io.StringIO()))
+        staged = b.paths.staging_dir / f"{sid}.move"
+        for _ in range(600):
+            if staged.exists() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert staged.exists(), "the import never began"
+        b.stop(signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 - a closed channel or an unreachable agent
+            await task
+        journal = move_mod.read_journal(tmp_path, sid)
+        assert journal is not None and journal.step == "stopped"
+        assert [s for _, s in _containers(docker_client, sid) if s == "running"] == []
+        b.start(same_port=True)
+        assert not staged.exists()  # the target's recovery swept it
+        where = await move_mod.finish(cluster, journal, tmp_path, lambda s: None)
+        assert where == a.agent_id
+        assert (await cluster.client(a.agent_id).call("get", {"id": sid}))["running"] is True
+        assert _containers(docker_client, sid) == [(a.agent_id, "running")]
+        with pytest.raises(NotFound):
+            await cluster.client(b.agent_id).call("get", {"id": sid})
+        await cluster.client(a.agent_id).call("kill", {"id": sid})
+        await cluster.client(a.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
