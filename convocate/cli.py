@@ -777,7 +777,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_capture)
     replay.add_parsers(sub, common)  # replay, grep (issue 19)
     fleet_cli.add_parsers(sub, common)  # place, drain, undrain (issue 18)
+
+    p = sub.add_parser("move", parents=[common], help="move a session to another agent (issue 18)")
+    p.add_argument("ref")
+    p.add_argument("--to", help="target agent ID, or auto (placement)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument("--resume", action="store_true", help="finish or roll back an interrupted move of the session")
+    p.set_defaults(func=_cmd_move)
     return parser
+
+
+async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import move  # lazily: only this verb needs it
+
+    state_dir = cluster.paths.shell_state_dir
+    if args.resume:
+        found = await cluster.resolve(args.ref)
+        journal = move.read_journal(state_dir, found.view.meta.uuid)
+        if journal is None:
+            print(f"no interrupted move of {found.view.meta.name}", file=sys.stderr)
+            return 0
+        where = await move.finish(cluster, journal, state_dir, lambda s: print(s, file=sys.stderr))
+        print(f"{journal.name} is on {where}")
+        return 0
+    if not args.to:
+        raise BadRequest("move needs --to AGENT (or --to auto)")
+    result = await move.move(cluster, args.ref, args.to, state_dir=state_dir, dry_run=args.dry_run)
+    if args.json:
+        _print_json(result)
+    elif not args.dry_run:
+        print(f"{result['name']} ({result['uuid'][:8]}) is now on {result['to']}"
+              f"{' and running' if result['running'] else ' (stopped)'}; attach with `{PROG} attach {result['name']}`")
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -47,9 +47,9 @@ async def cmd_drain(args: argparse.Namespace, cluster: Any) -> int:
 def _mover(cluster: Any) -> Any:
     """Moves one session for :func:`fleet.drain` (``convocate move``'s engine)."""
     async def move(session_id: str, target: str) -> None:
-        from convocate.move import move_session  # loaded only when something moves
+        from convocate import move  # loaded only when something moves
 
-        await move_session(cluster, session_id, target)
+        await move.move(cluster, session_id, target, state_dir=cluster.paths.shell_state_dir)
 
     return move
 

@@ -41,10 +41,11 @@ from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
 from convocate_agent.status import EmitterConfig, StatusEmitter
 from convocate_agent.store import SessionStore
+from convocate_agent.transfer import TRANSFER_SUBSYSTEM, serve_transfer_channel
 
 log = logging.getLogger(__name__)
 
-SUBSYSTEMS = frozenset({RPC_SUBSYSTEM, ATTACH_SUBSYSTEM})
+SUBSYSTEMS = frozenset({RPC_SUBSYSTEM, ATTACH_SUBSYSTEM, TRANSFER_SUBSYSTEM})
 #: Threads of the agent's default executor (``asyncio.to_thread``: home copies, audit appends).
 DEFAULT_THREADS = 32
 
@@ -270,6 +271,8 @@ class AgentServer:
         if process.subsystem == RPC_SUBSYSTEM:
             coro = serve_rpc_channel(process, self.dispatcher, caller, self.config.rpc_request_timeout)
             tasks = self._rpc_tasks
+        elif process.subsystem == TRANSFER_SUBSYSTEM:  # a move (issue 18): its lock ends with the channel
+            coro, tasks = serve_transfer_channel(process, self.service, caller), self._rpc_tasks
         else:
             coro, tasks = serve_attach_channel(process, self.service, caller), self._attach_tasks
         task = asyncio.ensure_future(coro)

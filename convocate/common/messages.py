@@ -489,3 +489,17 @@ AUDIT_NOT_A_RECORD = "line {line} is not a JSON record"
 AUDIT_UNREPAIRED = "line {line} is not a whole record and the next record does not say repaired"
 AUDIT_FILE_UNREADABLE = "cannot read the audit file {path}: {error}"
 AUDIT_BAD_TIME = "--{flag} {value!r} is not a time: {reason} (RFC 3339, e.g. 2026-12-07T06:30:00Z)"
+
+# --- moving a session between agents (issue 18 item 2; convocate_agent/transfer.py, convocate/move.py) ---
+TRANSFER_REFUSED = 'transfer refused: member "{member}": {why}'
+TRANSFER_BAD_TAR = "transfer refused: not a readable tar stream: {detail}"
+TRANSFER_BAD_MANIFEST = "transfer refused: bad manifest: {detail}"
+TRANSFER_VERIFY_FAILED = 'transfer verification failed: "{member}": {why}'
+TRANSFER_BAD_HEADER = "bad transfer header: {detail}"
+TRANSFER_PORT_TAKEN = 'port {port} is taken on the target by session "{name}"'
+MOVE_SAME_AGENT = 'session "{name}" is on agent "{agent}" already'
+MOVE_NO_TARGET = 'no other agent admits session "{name}" (see `convocate place --dry-run`)'
+MOVE_BAD_ANSWER = "move: bad answer from an agent's transfer channel: {detail}"
+MOVE_BAD_JOURNAL = "move journal {path} is unreadable ({error}); remove it after checking both agents"
+MOVE_AGENT_UNREACHABLE = 'move: agent "{agent}" cannot be asked whether it holds the session; run `convocate move --resume` later'
+MOVE_LEFT_PENDING = 'move of "{name}" left pending ({error}); `convocate move --resume {name}` finishes it'

@@ -1,0 +1,220 @@
+"""``convocate move`` against two real agents on loopback (issue 18 item 2).
+
+Both agents share this host's dockerd, as two hosts would not: the export removes the source's
+stopped container so the target can make its own of the same name (convocate_agent/transfer.py).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from convocate import move as move_mod
+from convocate.client import Cluster
+from convocate.common import keys
+from convocate.common.errors import Conflict, NotFound
+from convocate.registry import register_agent
+from convocate_agent.runtime import LABEL_SESSION
+from convocate_agent.transfer import hash_tree
+from tests.conftest import make_cluster
+from tests.harness import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterator[tuple[LocalCluster, LocalCluster]]:
+    """Two running agents; A's root is the shell host, and its registry holds both."""
+    a_gen = make_cluster(tmp_path_factory.mktemp("move-a"), session_image)
+    b_gen = make_cluster(tmp_path_factory.mktemp("move-b"), session_image)
+    a, b = next(a_gen), next(b_gen)
+    try:
+        a.register()
+        host_key_line = keys.public_key_line(keys.load_private_key(b.paths.agent_host_key))
+        register_agent(a.paths, b.agent_id, "127.0.0.1", b.port, host_key_line, keys.load_private_key(b.shell_key_path))
+        yield a, b
+    finally:
+        for gen in (a_gen, b_gen):
+            gen.close()
+
+
+async def _with_cluster(a: LocalCluster, fn):  # type: ignore[no-untyped-def]
+    cluster = Cluster(a.paths)
+    try:
+        return await fn(cluster)
+    finally:
+        await cluster.close()
+
+
+def _containers(docker_client: docker.DockerClient, session_id: str) -> list[tuple[str, str]]:
+    return [(c.labels.get("convocate.agent", ""), c.status)
+            for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session_id}"})]
+
+
+def _seed(agent: LocalCluster, session_id: str) -> dict[str, dict[str, str]]:
+    home = agent.paths.session_dir(session_id)
+    (home / ".claude" / "projects").mkdir(parents=True, exist_ok=True)
+    (home / ".claude" / "projects" / "conv.jsonl").write_bytes(b'{"type":"user","text":"remember 42"}\n' * 500)
+    (home / "data.bin").write_bytes(os.urandom(1 << 20))
+    os.symlink("/etc/shadow", home / "shadow-link")  # hostile: must not travel
+    rec = agent.paths.session_recordings_dir(session_id)
+    rec.mkdir(parents=True, exist_ok=True)
+    (rec / "2026-12-07T10-00-00Z.cast").write_text('{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "hi"]\n')
+    return {"home": hash_tree(home), "rec": hash_tree(rec)}
+
+
+async def test_a_stopped_session_moves_byte_identical_with_its_recording(pair, tmp_path: Path) -> None:
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-stopped", "dns_name": "mv-stopped",
+                                                                "cpus": 0.2, "memory_mb": 256})
+        sid = made["uuid"]
+        before = _seed(a, sid)
+        err = io.StringIO()
+        result = await move_mod.move(cluster, "mv-stopped", b.agent_id, state_dir=tmp_path, progress_out=err)
+        assert result["to"] == b.agent_id and result["files"] >= 3
+        got = await cluster.client(b.agent_id).call("get", {"id": sid})
+        assert (got["name"], got["dns_name"], got["running"], got["cpus"], got["memory_mb"]) == \
+            ("mv-stopped", "mv-stopped", False, 0.2, 256)
+        with pytest.raises(NotFound):
+            await cluster.client(a.agent_id).call("get", {"id": sid})
+        trash = await cluster.client(a.agent_id).call("trash")
+        assert any(e["trash_id"].startswith(sid) for e in trash)
+        assert hash_tree(b.paths.session_dir(sid)) == {k: v for k, v in before["home"].items()}
+        assert hash_tree(b.paths.session_recordings_dir(sid)) == before["rec"]
+        assert not os.path.lexists(b.paths.session_dir(sid) / "shadow-link")
+        assert not (tmp_path / "moves" / f"{sid}.json").exists()
+        assert "moving" in err.getvalue()
+        await cluster.client(b.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+async def test_a_running_session_moves_and_runs_on_the_target(pair, tmp_path: Path, docker_client) -> None:
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-running", "dns_name": "mv-running",
+                                                                "cpus": 0.2, "memory_mb": 256, "start": True})
+        sid, port = made["uuid"], made.get("port")
+        before = _seed(a, sid)
+        result = await move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path, progress_out=io.StringIO())
+        assert result["running"] is True
+        got = await cluster.client(b.agent_id).call("get", {"id": sid})
+        assert (got["uuid"], got["name"], got["dns_name"], got.get("port"), got["running"]) == \
+            (sid, "mv-running", "mv-running", port, True)
+        assert _containers(docker_client, sid) == [(b.agent_id, "running")]
+        assert any(e["trash_id"].startswith(sid) for e in await cluster.client(a.agent_id).call("trash"))
+        assert hash_tree(b.paths.session_recordings_dir(sid)).items() >= before["rec"].items()
+        await cluster.client(b.agent_id).call("kill", {"id": sid})
+        await cluster.client(b.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+async def test_a_refused_import_rolls_back_and_the_source_runs_again(pair, tmp_path: Path, docker_client) -> None:
+    """Failure before the target has a copy: its DNS name is taken there, so the import is refused."""
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-clash", "dns_name": "mv-clash",
+                                                                "cpus": 0.2, "memory_mb": 256, "start": True})
+        sid = made["uuid"]
+        blocker = await cluster.client(b.agent_id).call("create", {"name": "blocker", "dns_name": "mv-clash",
+                                                                   "cpus": 0.2, "memory_mb": 256})
+        with pytest.raises(Conflict):
+            await move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path, progress_out=io.StringIO())
+        got = await cluster.client(a.agent_id).call("get", {"id": sid})
+        assert got["running"] is True
+        with pytest.raises(NotFound):
+            await cluster.client(b.agent_id).call("get", {"id": sid})
+        assert _containers(docker_client, sid) == [(a.agent_id, "running")]
+        assert not b.paths.staging_dir.exists() or list(b.paths.staging_dir.iterdir()) == []
+        assert not (tmp_path / "moves" / f"{sid}.json").exists()
+        await cluster.client(b.agent_id).call("delete", {"id": blocker["uuid"]})
+        await cluster.client(a.agent_id).call("kill", {"id": sid})
+        await cluster.client(a.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+async def test_an_interrupted_move_after_the_import_is_finished_by_resume(pair, tmp_path: Path) -> None:
+    """The shell died after the target verified its copy but before the journal said so."""
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-resume", "cpus": 0.2, "memory_mb": 256})
+        sid = made["uuid"]
+        source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
+        journal = move_mod.MoveJournal(sid, "mv-resume", a.agent_id, b.agent_id, False, "stopped", 0.0)
+        move_mod.write_journal(tmp_path, journal)
+        await move_mod.transfer(source, target, sid, io.StringIO())  # both hold it now; the journal lags
+        where = await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
+        assert where == b.agent_id
+        with pytest.raises(NotFound):
+            await source.call("get", {"id": sid})
+        assert (await target.call("get", {"id": sid}))["name"] == "mv-resume"
+        assert move_mod.read_journal(tmp_path, sid) is None
+        await target.call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+def test_dry_run_prints_the_plan_and_does_nothing(pair) -> None:
+    a, b = pair
+    made = a.run_role("convocate", "new", "mv-dry", "--agent", a.agent_id, "--no-start", check=False)
+    assert made.returncode == 0, made.stderr
+    done = a.run_role("convocate", "move", "mv-dry", "--to", b.agent_id, "--dry-run", check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"from {a.agent_id} to {b.agent_id}" in done.stdout and "SHA-256" in done.stdout
+    listed = a.run_role("convocate", "ls", "--json", check=False)
+    assert '"mv-dry"' in listed.stdout and a.agent_id in listed.stdout
+    a.run_role("convocate", "delete", "mv-dry", check=False)
+
+
+async def test_killing_the_target_mid_transfer_leaves_the_source_copy_the_only_one(pair, tmp_path: Path,
+                                                                                  docker_client) -> None:
+    """kill -9 of the target while the tar streams: the move stays pending (the target cannot say
+    whether it kept a copy), nothing runs anywhere, the target's restart sweeps its staging copy,
+    and ``--resume`` rolls back: the source runs again."""
+    import asyncio
+    import signal
+
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        made = await cluster.client(a.agent_id).call("create", {"name": "mv-kill", "cpus": 0.2, "memory_mb": 256,
+                                                                "start": True})
+        sid = made["uuid"]
+        with open(a.paths.session_dir(sid) / "big.sparse", "wb") as f:
+            f.truncate(400 << 20)  # read back as zeros: 400 MiB on the wire
+        task = asyncio.create_task(move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path,
+                                                 progress_out=io.StringIO()))
+        staged = b.paths.staging_dir / f"{sid}.move"
+        for _ in range(600):
+            if staged.exists() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert staged.exists(), "the import never began"
+        b.stop(signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 - a closed channel or an unreachable agent
+            await task
+        journal = move_mod.read_journal(tmp_path, sid)
+        assert journal is not None and journal.step == "stopped"
+        assert [s for _, s in _containers(docker_client, sid) if s == "running"] == []
+        b.start(same_port=True)
+        assert not staged.exists()  # the target's recovery swept it
+        where = await move_mod.finish(cluster, journal, tmp_path, lambda s: None)
+        assert where == a.agent_id
+        assert (await cluster.client(a.agent_id).call("get", {"id": sid}))["running"] is True
+        assert _containers(docker_client, sid) == [(a.agent_id, "running")]
+        with pytest.raises(NotFound):
+            await cluster.client(b.agent_id).call("get", {"id": sid})
+        await cluster.client(a.agent_id).call("kill", {"id": sid})
+        await cluster.client(a.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
