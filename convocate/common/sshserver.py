@@ -70,10 +70,10 @@ LOGIN_GRACE_S = 10.0
 #: sessions with an operator attached to each and 200 RPC calls in flight, and a client may carry
 #: all of them on one connection (the TUI keeps one per agent), so the cap is that with room: 1024
 #: (it was 64, which refused the 65th). It is a guard against a runaway client, not a memory bound:
-#: an idle channel costs the agent ~10 KiB, and what a peer can make the agent buffer is a channel
-#: window (2 MiB) per channel on any number of connections. ``bench_scale`` ramps one connection
-#: to past this cap; the channel over it is refused at once (``OPEN_RESOURCE_SHORTAGE``, with
-#: :data:`messages.TOO_MANY_CHANNELS`), never left hanging.
+#: an idle channel costs the agent ~13 KiB (1000 held: +12.7 MiB RSS), and what a peer can make the
+#: agent buffer is a channel window (2 MiB) per channel on any number of connections.
+#: ``bench_scale`` ramps one connection past this cap; the channel over it is refused at once
+#: (``OPEN_RESOURCE_SHORTAGE``, :data:`messages.TOO_MANY_CHANNELS`), never left hanging.
 MAX_CHANNELS = 1024
 #: A flood's summary is logged once no connection was refused for this many seconds (more than the
 #: 1, 2 and 4 s a refused client's SYN retransmissions come apart, so one burst is one line)...
