@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 
-from tests.bench import bench_footprint, bench_recording, bench_rpc, bench_sessions, bench_status, bench_tui
+from tests.bench import bench_footprint, bench_recording, bench_rpc, bench_scale, bench_sessions, bench_status, bench_tui
 from tests.bench.common import Figure
 
 BENCHES = {
@@ -23,6 +23,7 @@ BENCHES = {
     "footprint": lambda image: bench_footprint.run(image),
     "tui": lambda image: bench_tui.run(),
     "recording": lambda image: bench_recording.run(image),
+    "scale": lambda image: bench_scale.run(image),
 }
 
 
