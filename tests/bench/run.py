@@ -13,7 +13,15 @@ import sys
 import time
 import traceback
 
-from tests.bench import bench_footprint, bench_recording, bench_rpc, bench_scale, bench_sessions, bench_status, bench_tui
+from tests.bench import (
+    bench_footprint,
+    bench_recording,
+    bench_rpc,
+    bench_scale,
+    bench_sessions,
+    bench_status,
+    bench_tui,
+)
 from tests.bench.common import Figure
 
 BENCHES = {
