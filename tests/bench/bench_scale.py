@@ -21,8 +21,8 @@ limits (``cpus`` 0.01, Docker's floor, and ``memory_mb`` 64); then:
 
 Recording off is measured after an agent restart with the setting off (the sessions keep running:
 the recorders are the only difference). Sizes: ``CONVOCATE_BENCH_SCALE_N`` (default 200),
-``CONVOCATE_BENCH_SCALE_IDLE_S`` (30), ``CONVOCATE_BENCH_SCALE_RPC_CEILING`` (1200),
-``CONVOCATE_BENCH_SCALE_ATTACH_CEILING`` (600). It takes ~10 min at 200 on the build machine (most
+``CONVOCATE_BENCH_SCALE_IDLE_S`` (30), ``CONVOCATE_BENCH_SCALE_RPC_CEILING`` (6 N),
+``CONVOCATE_BENCH_SCALE_ATTACH_CEILING`` (3 N). It takes ~10 min at 200 on the build machine (most
 of it dockerd creating and removing the containers); ``CONVOCATE_BENCH_SCALE_N=20
 CONVOCATE_BENCH_SCALE_IDLE_S=5`` is a ~1.5 min run.
 
@@ -248,8 +248,8 @@ async def concurrent_attaches(conn: asyncssh.SSHClientConnection, sids: list[str
 def run(image: str) -> list[Figure]:
     n = _env_int("CONVOCATE_BENCH_SCALE_N", 200)
     idle_s = float(_env_int("CONVOCATE_BENCH_SCALE_IDLE_S", 30))
-    rpc_ceiling = _env_int("CONVOCATE_BENCH_SCALE_RPC_CEILING", 1200)
-    attach_ceiling = _env_int("CONVOCATE_BENCH_SCALE_ATTACH_CEILING", 600)
+    rpc_ceiling = _env_int("CONVOCATE_BENCH_SCALE_RPC_CEILING", 6 * n)  # 1200 at 200: past the cap
+    attach_ceiling = _env_int("CONVOCATE_BENCH_SCALE_ATTACH_CEILING", 3 * n)
     host_cpus = max(float(len(os.sched_getaffinity(0))), round(n * CPUS / 0.9 + 0.05, 2))
     figures: list[Figure] = []
     limits: list[str] = []
