@@ -59,9 +59,24 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docker-path-prefix", default=os.environ.get("CONVOCATE_AGENT_DOCKER_PATH_PREFIX", ""),
                    help="where this host's files appear to dockerd, when the agent runs in a container and "
                    "drives the outer host's dockerd [$CONVOCATE_AGENT_DOCKER_PATH_PREFIX; none]")
+    p.add_argument("--host-cpus", type=_host_cpus, default=None,
+                   help="CPUs that admission control and the sessions' cgroup cap count this host as having, "
+                   "to admit more sessions than the host's cores hold at their reservation (sessions that "
+                   "mostly wait) [the CPUs this process may use]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_serve)
+
+
+def _host_cpus(value: str) -> float:
+    """``--host-cpus``: a positive number of cores (argparse type)."""
+    try:
+        cpus = float(value)
+    except ValueError:
+        cpus = 0.0
+    if not 0 < cpus <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of cores above 0")
+    return cpus
 
 
 def _add_install(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +194,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         paths=Paths.from_env(), listen=args.listen, host_key=args.host_key, auth_keys=args.auth_keys,
         shell_host=args.shell_host, shell_port=args.shell_port, shell_key=args.shell_key,
         shell_known_host=args.shell_known_host, status_queue_limit=args.status_queue_limit,
-        docker_path_prefix=args.docker_path_prefix, log_socket=args.log_socket,
+        docker_path_prefix=args.docker_path_prefix, log_socket=args.log_socket, host_cpus=args.host_cpus,
     )
 
     async def run() -> None:

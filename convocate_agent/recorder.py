@@ -46,6 +46,9 @@ READY_POLL_S = 0.25
 READY_TIMEOUT_S = 120.0
 #: Buffered bytes that force a flush before the next tick (a burst of output).
 FLUSH_BYTES = 256 * 1024
+#: Bytes asked of the control client's stream per read: every Docker frame already there is taken
+#: in one read and parsed in one pass (the frames are at most 32 KiB; tmux writes a line at a time).
+READ_BYTES = 256 * 1024
 TERM = "xterm-256color"
 MARKER_AGENT_RESTART = "recording resumed after agent restart (output while the agent was down is not recorded)"
 MARKER_GAP = "output not recorded from {start} to {end} (the recorder's tmux client ended: {reason})"
@@ -259,6 +262,8 @@ class Recorder:
     stopping: bool = False
     task: asyncio.Task[None] | None = None
     stream: Any = None
+    #: Called with this recorder when an event is buffered (the set's flusher then flushes it).
+    on_pending: Callable[[Recorder], None] | None = None
     _finished_bytes: int = 0
     _input_decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
@@ -304,6 +309,8 @@ class Recorder:
             self.writer.event(code, data, t)
             if self.writer.pending >= FLUSH_BYTES:
                 self.flush()
+            elif self.on_pending is not None:
+                self.on_pending(self)
 
     def input(self, data: bytes) -> None:
         if self.settings.record_input:
@@ -414,25 +421,37 @@ class Recorder:
         log.info("session %s: recording to %s", self.session_id, path)
 
     async def _follow(self, stream: Any, parser: ControlParser) -> str:
-        """Read the client's stdout until it ends; returns why it ended."""
+        """Read the client's stdout until it ends; returns why it ended.
+
+        Reads up to :data:`READ_BYTES` at a time and takes every whole Docker frame of it in one
+        pass (:func:`demux_header`); a frame cut by the read waits for the next one.
+        """
         reader: asyncio.StreamReader = stream.reader
+        buf = bytearray()
         while True:
             try:
-                header = await reader.readexactly(8)
-                kind, length = demux_header(header)
-                payload = await reader.readexactly(length)
-            except asyncio.IncompleteReadError:
-                return "its stream ended"
+                chunk = await reader.read(READ_BYTES)
             except (ConnectionError, OSError) as e:
                 return f"its stream failed: {e}"
-            if kind != 1:
-                log.info("session %s: recorder's tmux client says: %s", self.session_id,
-                         payload.decode("utf-8", "replace").strip())
-                continue
-            for code, data in parser.feed(payload):
-                if code == "exit":
-                    return f"%exit {data}".strip()
-                self._event(code, data)
+            if not chunk:
+                return "its stream ended"
+            buf += chunk
+            pos = 0
+            while len(buf) - pos >= 8:
+                kind, length = demux_header(bytes(buf[pos:pos + 8]))
+                if len(buf) - pos - 8 < length:
+                    break
+                payload = bytes(buf[pos + 8:pos + 8 + length])
+                pos += 8 + length
+                if kind != 1:
+                    log.info("session %s: recorder's tmux client says: %s", self.session_id,
+                             payload.decode("utf-8", "replace").strip())
+                    continue
+                for code, data in parser.feed(payload):
+                    if code == "exit":
+                        return f"%exit {data}".strip()
+                    self._event(code, data)
+            del buf[:pos]
 
     def close(self) -> None:
         if self.writer is not None and not self.writer.closed:
@@ -472,6 +491,9 @@ class RecorderSet:
         self.recorders: dict[str, Recorder] = {}
         self._running: set[Recorder] = set()  # also the stopping ones a new start replaced
         self._flusher: asyncio.Task[None] | None = None
+        #: The recorders with buffered events: the flusher visits only these (idle sessions cost nothing).
+        self._pending: set[Recorder] = set()
+        self._wake = asyncio.Event()
 
     def start(self, session_id: str, marker: str = "") -> Recorder | None:
         """Start recording a running session (no-op if it is recorded already or ``recording`` is off)."""
@@ -487,7 +509,7 @@ class RecorderSet:
             title = ""
         rec = Recorder(session_id, title, self.paths.session_recordings_dir(session_id), self.runtime,
                        RecordingSettings(int(settings.recording_max_mb) * MIB, bool(settings.record_input)),
-                       first_marker=marker, uid=self.uid, gid=self.gid)
+                       first_marker=marker, uid=self.uid, gid=self.gid, on_pending=self._note_pending)
         rec.task = asyncio.create_task(rec.run(), name=f"recorder-{session_id[:8]}")
         rec.task.add_done_callback(lambda _t, sid=session_id, r=rec: self._ended(sid, r))
         self.recorders[session_id] = rec
@@ -496,8 +518,13 @@ class RecorderSet:
             self._flusher = asyncio.create_task(self._flush_loop(), name="recorder-flush")
         return rec
 
+    def _note_pending(self, rec: Recorder) -> None:
+        self._pending.add(rec)
+        self._wake.set()
+
     def _ended(self, session_id: str, rec: Recorder) -> None:
         self._running.discard(rec)
+        self._pending.discard(rec)
         if self.recorders.get(session_id) is rec:
             del self.recorders[session_id]
 
@@ -536,9 +563,17 @@ class RecorderSet:
             self.start(sid, MARKER_AGENT_RESTART)
 
     async def _flush_loop(self) -> None:
+        """Flush, at most :data:`FLUSH_INTERVAL_S` after its first buffered event, every recorder that has any.
+
+        O(recorders with output) per tick, and no tick at all while every session is quiet: at
+        200 idle sessions the loop sleeps (issue 17).
+        """
         while True:
+            await self._wake.wait()
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            for rec in list(self._running):
+            self._wake.clear()
+            pending, self._pending = self._pending, set()
+            for rec in pending:
                 rec.flush()
 
     def purge(self) -> list[Path]:

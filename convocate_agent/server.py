@@ -72,6 +72,8 @@ class ServeConfig:
         docker_path_prefix: Where this host's files appear on dockerd's host, when the agent
             drives another host's dockerd (see :class:`DockerRuntime`); empty normally.
         log_socket: The rsyslog socket session containers log to, or None for Docker's default.
+        host_cpus: The CPUs admission control and the sessions' cgroup cap count the host as having
+            (``--host-cpus``); None: the CPUs this process may use (``sched_getaffinity``).
     """
 
     paths: Paths
@@ -90,6 +92,7 @@ class ServeConfig:
     rpc_request_timeout: float = REQUEST_TIMEOUT_S
     docker_path_prefix: str = ""
     log_socket: Path | None = None
+    host_cpus: float | None = None
 
     def __post_init__(self) -> None:
         p = self.paths
@@ -174,7 +177,7 @@ class AgentServer:
             log.warning("dockerd is not reachable yet: %s", e)
         self.service = AgentService(
             paths=paths, agent_id=agent_id, settings=settings, store=SessionStore(paths, cfg.uid, cfg.gid),
-            locks=SessionLocks(paths), runtime=runtime, host=HostResources.probe(), events=self._events(agent_id),
+            locks=SessionLocks(paths), runtime=runtime, host=self._host(), events=self._events(agent_id),
             uid=cfg.uid, gid=cfg.gid,
         )
         # Audit records go to rsyslog's audit socket where convocate-host set up log forwarding.
@@ -207,6 +210,14 @@ class AgentServer:
         except OSError as e:  # only dpkg-reconfigure's restart decision needs it
             log.warning("cannot record what the agent started with in %s: %s", paths.agent_run_dir, e)
         return addresses
+
+    def _host(self) -> HostResources:
+        """The host's CPUs and memory as admission counts them (``host_cpus`` replaces the probed CPUs)."""
+        probed = HostResources.probe()
+        if self.config.host_cpus is None:
+            return probed
+        log.info("admission counts %g CPUs (--host-cpus; this host has %g)", self.config.host_cpus, probed.cpus)
+        return HostResources(self.config.host_cpus, probed.memory_mb)
 
     def _recorders(self, service: AgentService) -> RecorderSet:
         """The recorders (issue 19): settings read at each start; a session's recordings stay while it

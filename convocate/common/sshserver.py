@@ -66,8 +66,15 @@ LISTEN_BACKLOG = 128
 #: ``LoginGraceTime``, default 120 s). Honest peers need milliseconds (~9 ms on loopback).
 LOGIN_GRACE_S = 10.0
 #: Channels one authenticated connection may hold open at once (sshd's ``MaxSessions``, default
-#: 10). A TUI holds one attach and a few RPC calls at a time; the benchmarks run 25 calls at once.
-MAX_CHANNELS = 64
+#: 10, the wall agent-deck's users hit at 34 sessions on one host). The documented scale is 200
+#: sessions with an operator attached to each and 200 RPC calls in flight, and a client may carry
+#: all of them on one connection (the TUI keeps one per agent), so the cap is that with room: 1024
+#: (it was 64, which refused the 65th). It is a guard against a runaway client, not a memory bound:
+#: an idle channel costs the agent ~13 KiB (1000 held: +12.7 MiB RSS), and what a peer can make the
+#: agent buffer is a channel window (2 MiB) per channel on any number of connections.
+#: ``bench_scale`` ramps one connection past this cap; the channel over it is refused at once
+#: (``OPEN_RESOURCE_SHORTAGE``, :data:`messages.TOO_MANY_CHANNELS`), never left hanging.
+MAX_CHANNELS = 1024
 #: A flood's summary is logged once no connection was refused for this many seconds (more than the
 #: 1, 2 and 4 s a refused client's SYN retransmissions come apart, so one burst is one line)...
 FLOOD_QUIET_S = 5.0

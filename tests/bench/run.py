@@ -31,6 +31,7 @@ BENCHES = {
     "recording": lambda image: _bench("bench_recording").run(image),
     "fleet": lambda image: _bench("bench_fleet").run(image),
     "load": lambda image: _bench("bench_load").run(image),
+    "scale": lambda image: _bench("bench_scale").run(image),
 }
 
 
