@@ -18,7 +18,8 @@ for one channel) before it is answered ``bad_request`` and closed; a started
 line still has :data:`REQUEST_TIMEOUT_S`. Every failure becomes an error
 response with a stable ``code``; nothing a client sends can stop the agent.
 Each op is logged with the caller's key fingerprint, its outcome and its
-duration, and each channel's end with the number of requests it answered.
+duration (a polled read's success at DEBUG: :data:`QUIET_OPS`), and the end
+of each channel that answered other than one request with that number.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from convocate.common.protocol import (
     read_frame_batches,
 )
 from convocate.common.sshserver import Caller
-from convocate_agent.audit import AuditLog, check_read_params
+from convocate_agent.audit import NOT_RECORDED, AuditLog, check_read_params
 from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 
@@ -68,6 +69,11 @@ IDLE_TIMEOUT_S = 600.0
 #: wait on the SSH window. Small enough that a flood costs little memory, large enough that a TUI's
 #: handful of pipelined reads arrive in one read.
 RPC_READ_BYTES = 64 << 10
+
+#: Ops whose successes are logged at DEBUG, not INFO: the reads a TUI polls, which the audit trail leaves
+#: out too (``convocate_agent.audit.NOT_RECORDED``). A line per poll was half of a held ping's cost in the
+#: agent (cProfile, docs/benchmarks.md); their failures are still logged at INFO.
+QUIET_OPS = NOT_RECORDED
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 #: An op that acts on the connection rather than a session: it gets the channel's :class:`Caller` too.
@@ -127,12 +133,16 @@ class RpcDispatcher:
         Never raises: every error, including a bug, becomes an error response.
         """
         started = time.monotonic()
-        request_id: Any = Request.salvage_id(frame) if isinstance(frame, bytes) else NO_ID
+        request_id: Any = NO_ID
         op, params, result = "?", None, None
         try:
             if isinstance(frame, LineTooLong):
                 raise frame
-            request = Request.parse(frame)
+            try:
+                request = Request.parse(frame)
+            except ConvocateError:  # echo the id of a request that is not one, if it has one
+                request_id = Request.salvage_id(frame)
+                raise
             request_id, op, params = request.id, request.op, request.params
             decoded = decode_params(request.op, request.params)
             handler = self.handlers.get(request.op)
@@ -151,7 +161,9 @@ class RpcDispatcher:
             response = Response.failure(InternalError(f"internal error: {type(e).__name__}: {e}"), request_id)
         elapsed_ms = (time.monotonic() - started) * 1000
         outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
-        log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
+        level = logging.DEBUG if response.ok and op in QUIET_OPS else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
         if self.audit is not None:
             await self.audit.record_rpc(caller, op, params, result, outcome, elapsed_ms)
         return response
@@ -312,5 +324,7 @@ async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcD
             await process.stdout.drain()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
         log.info("rpc channel from %s ended: %s", caller, e)
-    log.info("rpc channel from %s done: %d request(s)", caller, answered)
+    # A held or pipelined channel's end is worth a line; the one-request form's op line says it all.
+    log.log(logging.DEBUG if answered == 1 else logging.INFO, "rpc channel from %s done: %d request(s)", caller,
+            answered)
     process.exit(0)
