@@ -1,9 +1,12 @@
-"""Shell-side client of the agents: one SSH connection per agent, a channel per call.
+"""Shell-side client of the agents: one SSH connection per agent, one held RPC channel on it.
 
 :class:`AgentClient` holds a persistent asyncssh connection to one agent,
 authenticated with the shell's key for it and checking the pinned host key.
-Every RPC call and every attach opens a new channel on that connection
-(DESIGN §2). :class:`Cluster` does the same for every registered agent at
+The idempotent read ops (:data:`HELD_OPS`) go over one RPC channel held open
+on that connection, pipelined and matched to their answers by ``id``
+(``convocate_agent.rpc``); every other op (create, delete, send...: slow or
+state-changing) and every attach opens a new channel (DESIGN §2), so a slow
+lifecycle op never queues the TUI's reads behind it. :class:`Cluster` does the same for every registered agent at
 once and finds sessions across them by UUID, unique UUID prefix, or name.
 """
 
@@ -11,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +44,99 @@ from convocate.registry import AgentRecord, load_agent, load_registry
 
 log = logging.getLogger(__name__)
 
+#: Ops sent on the held channel: they change nothing and may be sent again, so a call whose channel died
+#: before its answer is retried once on a new channel. Not ``capture`` (an audited read of a session's
+#: screen: a retry would record it twice) nor anything that changes state.
+HELD_OPS = frozenset({
+    "ping", "list", "get", "capacity", "settings-get", "logs", "trash", "credential_list",
+    "recording_list", "recording_read", "recording_grep", "audit_read", "operator_whoami",
+})
+
+
+class ChannelDied(Exception):
+    """The held channel ended (or answered out of turn) before a request's answer; ``cause`` says why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class HeldChannel:
+    """One open ``convocate-agent-rpc`` channel carrying pipelined requests.
+
+    Requests are written as they come (each with a fresh integer ``id``);
+    one reader task takes the answers, which the agent sends in request
+    order, and hands each to its request's future after checking its id.
+    Any surprise (an answer without the expected id, a too-long line, EOF,
+    a transport error) kills the channel and fails every pending request
+    with :class:`ChannelDied`.
+
+    Args:
+        process: The opened channel (``encoding=None``).
+        agent_id: For error messages.
+    """
+
+    def __init__(self, process: asyncssh.SSHClientProcess, agent_id: str) -> None:
+        self.process = process
+        self.agent_id = agent_id
+        self.dead: BaseException | None = None
+        self._ids = itertools.count(1)
+        self._pending: deque[tuple[int, asyncio.Future[Response]]] = deque()
+        self._reader = asyncio.ensure_future(self._read())
+
+    def send(self, op: str, params: dict[str, Any]) -> asyncio.Future[Response]:
+        """Write one request; returns the future of its :class:`Response`.
+
+        Raises:
+            ChannelDied: the channel is already dead.
+        """
+        if self.dead is not None:
+            raise ChannelDied(self.dead)
+        request_id = next(self._ids)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending.append((request_id, future))
+        try:
+            self.process.stdin.write(encode_line(Request(op, params, request_id).to_wire()))
+        except (OSError, asyncssh.Error) as e:
+            self._die(e)
+        return future
+
+    async def _read(self) -> None:
+        error: BaseException
+        try:
+            async for frame in read_frames(self.process.stdout):
+                if not isinstance(frame, bytes):
+                    error = ProtocolError(f"agent {self.agent_id}: response line too long")
+                    break
+                response = Response.parse(frame)
+                if not self._pending or response.id != self._pending[0][0]:
+                    detail = response.error if not response.ok else f"unexpected id {response.id!r}"
+                    error = ProtocolError(f"agent {self.agent_id}: held channel out of step: {detail}")
+                    break
+                _, future = self._pending.popleft()
+                if not future.done():  # its caller may have given up (cancelled)
+                    future.set_result(response)
+            else:
+                error = ProtocolError(f"agent {self.agent_id} closed the held channel")
+        except ConvocateError as e:
+            error = e
+        except (OSError, asyncssh.Error) as e:
+            error = e
+        self._die(error)
+
+    def _die(self, error: BaseException) -> None:
+        if self.dead is None:
+            self.dead = error
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(ChannelDied(error))
+        self.process.close()
+
+    def close(self) -> None:
+        """Close the channel; pending requests fail with :class:`ChannelDied`."""
+        self._die(ProtocolError(f"agent {self.agent_id}: held channel closed by this client"))
+        self._reader.cancel()
 
 
 def _warn_stderr(text: str) -> None:
@@ -79,6 +177,11 @@ class AgentClient:
         self.operator: OperatorClaim | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
+        self._held: HeldChannel | None = None
+        self._held_conn: asyncssh.SSHClientConnection | None = None
+        self._held_lock = asyncio.Lock()
+        #: RPC channels this client opened (held ones and per-call ones): tests and benchmarks read it.
+        self.channels_opened = 0
 
     @property
     def agent_id(self) -> str:
@@ -128,13 +231,58 @@ class AgentClient:
                                                             address=self.record.endpoint, detail=error))
 
     async def call(self, op: str, params: dict[str, Any] | None = None) -> Any:
-        """Run one op on a new channel and return its result.
+        """Run one op on the agent and return its result.
+
+        The ops of :data:`HELD_OPS` go over the held channel (opened on first
+        use, opened again after it died); one whose channel died before its
+        answer is sent once more on a new channel. Every other op runs on a
+        new channel of its own and is never sent twice. Safe to call from
+        several tasks at once; with ``identify``, the operator claim is made
+        on each new connection before any call runs on it.
+
+        Args:
+            op: The op's name (``convocate.common.ops``).
+            params: Its parameters (None: none).
+
+        Returns:
+            The response's ``result``, as the agent sent it: a JSON value (dict,
+            list, str, number, bool or None) whose shape is the op's (DESIGN §3;
+            ``list`` a list of session objects, ``ping`` a dict with
+            ``agent_id``, ``version``, ``server_time``...).
 
         Raises:
             ConvocateError: the agent's error, rebuilt from its ``code``; or
                 Unreachable / ProtocolError for transport problems.
         """
-        return await self._call_on(await self.connect(), op, params)
+        if op not in HELD_OPS:
+            return await self._call_on(await self.connect(), op, params)
+        for attempt in range(2):
+            channel = await self._held_channel()
+            try:
+                response = await channel.send(op, params or {})
+            except ChannelDied as e:
+                log.info("agent %s: held channel died under %s (%s)%s", self.agent_id, op, e,
+                         "" if attempt else "; sending it again on a new channel")
+                if attempt:
+                    if isinstance(e.cause, ConvocateError):
+                        raise e.cause from e
+                    raise self._unreachable(e.cause) from e
+                continue
+            return response.raise_for_error()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _held_channel(self) -> HeldChannel:
+        """The held RPC channel on the current connection, opened if there is none alive."""
+        conn = await self.connect()
+        async with self._held_lock:
+            held = self._held
+            if held is None or held.dead is not None or self._held_conn is not conn:
+                if held is not None:
+                    held.close()
+                self._held = None
+                process = await self._open_channel(RPC_SUBSYSTEM, conn)
+                self._held, self._held_conn = HeldChannel(process, self.agent_id), conn
+            return self._held
 
     async def _call_on(self, conn: asyncssh.SSHClientConnection, op: str, params: dict[str, Any] | None) -> Any:
         """:meth:`call` on ``conn`` (the connection being set up holds the lock :meth:`connect` takes)."""
@@ -175,10 +323,13 @@ class AgentClient:
         """
         conn = conn or await self.connect()
         try:
-            return await conn.create_process(subsystem=subsystem, encoding=None)
+            process = await conn.create_process(subsystem=subsystem, encoding=None)
         except (OSError, asyncssh.Error) as e:
             await self._drop()
             raise self._unreachable(e) from e
+        if subsystem == RPC_SUBSYSTEM:
+            self.channels_opened += 1
+        return process
 
     async def _drop(self) -> None:
         if self._conn is not None:
@@ -186,7 +337,10 @@ class AgentClient:
             self._conn = None
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the held channel and the connection."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

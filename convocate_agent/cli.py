@@ -63,6 +63,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="CPUs that admission control and the sessions' cgroup cap count this host as having, "
                    "to admit more sessions than the host's cores hold at their reservation (sessions that "
                    "mostly wait) [the CPUs this process may use]")
+    p.add_argument("--rpc-idle-timeout", type=float, default=600.0,  # convocate_agent.rpc.IDLE_TIMEOUT_S
+                   help="seconds a held RPC channel may stay silent between requests [%(default)g]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
     p.set_defaults(func=_cmd_serve)
@@ -194,6 +196,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         paths=Paths.from_env(), listen=args.listen, host_key=args.host_key, auth_keys=args.auth_keys,
         shell_host=args.shell_host, shell_port=args.shell_port, shell_key=args.shell_key,
         shell_known_host=args.shell_known_host, status_queue_limit=args.status_queue_limit,
+        rpc_idle_timeout=args.rpc_idle_timeout,
         docker_path_prefix=args.docker_path_prefix, log_socket=args.log_socket, host_cpus=args.host_cpus,
     )
 

@@ -1,13 +1,25 @@
 """The ``convocate-agent-rpc`` subsystem: newline-JSON requests in, responses out.
 
 A client may send one request and close its side (the original clients do),
-or keep the channel open and send several; requests on one channel are
-answered in order. A channel that has not delivered a complete request line
-within :data:`REQUEST_TIMEOUT_S` of opening, or of its previous response, is
-answered with a ``bad_request`` error and closed: an unterminated line cannot
-hold a channel (and up to 1 MiB of the agent's memory) forever. Every failure becomes an error response with a stable
-``code``; nothing a client sends can stop the agent. Each op is logged with
-the caller's key fingerprint, its outcome and its duration.
+or keep the channel open and send several (a *held* channel). Requests on one
+channel are answered one at a time, in the order they arrived, each answer
+echoing its request's ``id``; a client may pipeline, i.e. write N requests
+before reading any answer. The agent reads at most :data:`RPC_READ_BYTES` of
+requests ahead of its answers; past that it stops reading the channel and SSH
+flow control (the channel window) makes the client's writes wait: never an
+error. A channel that has not delivered a complete request line within
+:data:`REQUEST_TIMEOUT_S` of opening, or of its previous response, is answered
+with a ``bad_request`` error and closed: an unterminated line cannot hold a
+channel (and up to 1 MiB of the agent's memory) forever. Once a request on a
+channel carried an ``id`` (convocate's held-channel client numbers every
+request), the channel is held: between requests, with nothing of a line
+received, it may stay silent for :data:`IDLE_TIMEOUT_S` (sshd's ClientAlive,
+for one channel) before it is answered ``bad_request`` and closed; a started
+line still has :data:`REQUEST_TIMEOUT_S`. Every failure becomes an error
+response with a stable ``code``; nothing a client sends can stop the agent.
+Each op is logged with the caller's key fingerprint, its outcome and its
+duration (a polled read's success at DEBUG: :data:`QUIET_OPS`), and the end
+of each channel that answered other than one request with that number.
 """
 
 from __future__ import annotations
@@ -27,14 +39,15 @@ from convocate.common.ops import decode_params
 from convocate.common.protocol import (
     MAX_LINE_BYTES,
     NO_ID,
+    LineDecoder,
     LineTooLong,
     Request,
     Response,
     encode_line,
-    read_frames,
+    read_frame_batches,
 )
 from convocate.common.sshserver import Caller
-from convocate_agent.audit import AuditLog, check_read_params
+from convocate_agent.audit import NOT_RECORDED, AuditLog, check_read_params
 from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 
@@ -44,6 +57,23 @@ log = logging.getLogger(__name__)
 #: previous response (sshd's LoginGraceTime, for one request). Every convocate client writes its
 #: request in one go right after opening the channel; 1 MiB, the longest line, takes 8 s at 1 Mbit/s.
 REQUEST_TIMEOUT_S = 10.0
+
+#: Seconds a held channel (one whose requests carry an ``id``) may stay silent between requests, with no
+#: part of a line received. Long enough for a TUI between polls or an operator reading a screen, short
+#: enough that a client gone without closing frees its channel slot (MAX_CHANNELS) within minutes.
+IDLE_TIMEOUT_S = 600.0
+
+#: Bytes of requests the agent reads ahead of its answers on one channel: the pipelining cap. Requests are
+#: answered one at a time, so a read holds at most ~1,600 pings (40 bytes each) or one 64 KiB params object;
+#: the agent reads the channel again only when all of them are answered, and meanwhile the client's writes
+#: wait on the SSH window. Small enough that a flood costs little memory, large enough that a TUI's
+#: handful of pipelined reads arrive in one read.
+RPC_READ_BYTES = 64 << 10
+
+#: Ops whose successes are logged at DEBUG, not INFO: the reads a TUI polls, which the audit trail leaves
+#: out too (``convocate_agent.audit.NOT_RECORDED``). A line per poll was half of a held ping's cost in the
+#: agent (cProfile, docs/benchmarks.md); their failures are still logged at INFO.
+QUIET_OPS = NOT_RECORDED
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 #: An op that acts on the connection rather than a session: it gets the channel's :class:`Caller` too.
@@ -103,12 +133,16 @@ class RpcDispatcher:
         Never raises: every error, including a bug, becomes an error response.
         """
         started = time.monotonic()
-        request_id: Any = Request.salvage_id(frame) if isinstance(frame, bytes) else NO_ID
+        request_id: Any = NO_ID
         op, params, result = "?", None, None
         try:
             if isinstance(frame, LineTooLong):
                 raise frame
-            request = Request.parse(frame)
+            try:
+                request = Request.parse(frame)
+            except ConvocateError:  # echo the id of a request that is not one, if it has one
+                request_id = Request.salvage_id(frame)
+                raise
             request_id, op, params = request.id, request.op, request.params
             decoded = decode_params(request.op, request.params)
             handler = self.handlers.get(request.op)
@@ -127,7 +161,9 @@ class RpcDispatcher:
             response = Response.failure(InternalError(f"internal error: {type(e).__name__}: {e}"), request_id)
         elapsed_ms = (time.monotonic() - started) * 1000
         outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
-        log.info("rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
+        level = logging.DEBUG if response.ok and op in QUIET_OPS else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
         if self.audit is not None:
             await self.audit.record_rpc(caller, op, params, result, outcome, elapsed_ms)
         return response
@@ -168,30 +204,43 @@ class DataReader:
 class RequestTimeout(BadRequest):
     """No complete request line arrived in time (see :data:`REQUEST_TIMEOUT_S`)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(messages.MALFORMED_REQUEST.format(detail=messages.RPC_REQUEST_TIMEOUT.format(seconds=seconds)))
+    def __init__(self, seconds: float, idle: bool = False) -> None:
+        detail = (messages.RPC_IDLE_TIMEOUT if idle else messages.RPC_REQUEST_TIMEOUT).format(seconds=seconds)
+        super().__init__(messages.MALFORMED_REQUEST.format(detail=detail))
         self.seconds = seconds
+        self.idle = idle
+        self.detail = detail
 
 
 class DeadlineReader:
     """A reader whose reads fail once a deadline has passed; the deadline restarts on request.
 
     Not an idle timeout per read: a client that trickles one byte at a time
-    gets no more time than one that sends nothing.
+    gets no more time than one that sends nothing. After ``restart(idle=True)``
+    the reader waits up to ``idle_seconds`` for the first byte of the next
+    request; that byte starts the ``seconds`` deadline for the rest.
 
     Args:
         reader: The channel's reader.
-        seconds: Time allowed from each :meth:`restart` (and from creation).
+        seconds: Time allowed from each :meth:`restart` (and from creation) for a complete line.
+        idle_seconds: Time a held channel may stay silent between requests (None: no idle grace).
     """
 
-    def __init__(self, reader: DataReader, seconds: float) -> None:
+    def __init__(self, reader: DataReader, seconds: float, idle_seconds: float | None = None) -> None:
         self._reader = reader
         self.seconds = seconds
+        self.idle_seconds = idle_seconds
+        self._idle = False
         self._deadline = time.monotonic() + seconds
 
-    def restart(self) -> None:
-        """Give the client ``seconds`` again from now (after a response went out)."""
-        self._deadline = time.monotonic() + self.seconds
+    def restart(self, idle: bool = False) -> None:
+        """Give the client ``seconds`` again from now (after a response went out).
+
+        Args:
+            idle: Nothing of a next line is held: wait ``idle_seconds`` for it to start (when set).
+        """
+        self._idle = idle and self.idle_seconds is not None
+        self._deadline = time.monotonic() + (self.idle_seconds if self._idle else self.seconds)  # type: ignore[operator]
 
     async def read(self, n: int = -1) -> bytes:
         """Read like the wrapped reader.
@@ -201,11 +250,20 @@ class DeadlineReader:
         """
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            raise RequestTimeout(self.seconds)
+            raise self._timeout()
         try:
-            return await asyncio.wait_for(self._reader.read(n), remaining)
+            data = await asyncio.wait_for(self._reader.read(n), remaining)
         except TimeoutError:
-            raise RequestTimeout(self.seconds) from None
+            raise self._timeout() from None
+        if self._idle and data:  # a line has started: it has ``seconds`` to complete
+            self._idle = False
+            self._deadline = time.monotonic() + self.seconds
+        return data
+
+    def _timeout(self) -> RequestTimeout:
+        if self._idle:
+            return RequestTimeout(self.idle_seconds, idle=True)  # type: ignore[arg-type]
+        return RequestTimeout(self.seconds)
 
 
 def _render(response: Response) -> bytes:
@@ -234,27 +292,39 @@ def _render(response: Response) -> bytes:
 
 
 async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: Caller | str,
-                            request_timeout: float = REQUEST_TIMEOUT_S) -> None:
-    """Answer requests on one channel until the client closes its side, then close.
+                            request_timeout: float = REQUEST_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
+                            read_bytes: int = RPC_READ_BYTES) -> None:
+    """Answer requests on one channel, one at a time and in order, until the client closes its side, then close.
 
     Args:
         process: The accepted channel.
         dispatcher: Answers each request.
         caller: Who opened the channel (a bare string names a caller with no connection state: tests).
         request_timeout: Seconds allowed for each complete request line (:data:`REQUEST_TIMEOUT_S`).
+        idle_timeout: Seconds a held channel may stay silent between requests (:data:`IDLE_TIMEOUT_S`).
+        read_bytes: Bytes of requests read ahead of the answers (:data:`RPC_READ_BYTES`).
     """
-    reader = DeadlineReader(DataReader(process.stdin), request_timeout)
+    reader = DeadlineReader(DataReader(process.stdin), request_timeout, idle_timeout)
+    decoder = LineDecoder()
+    held = False
+    answered = 0
     try:
         try:
-            async for frame in read_frames(reader):
-                response = await dispatcher.handle_frame(frame, caller)
-                process.stdout.write(_render(response))
+            async for batch in read_frame_batches(reader, decoder, read_size=read_bytes):
+                for frame in batch:
+                    response = await dispatcher.handle_frame(frame, caller)
+                    held = held or response.id is not NO_ID
+                    process.stdout.write(_render(response))
+                    answered += 1
                 await process.stdout.drain()
-                reader.restart()
+                reader.restart(idle=held and not decoder.partial)
         except RequestTimeout as e:
-            log.info("rpc channel from %s closed: %s", caller, messages.RPC_REQUEST_TIMEOUT.format(seconds=e.seconds))
+            log.info("rpc channel from %s closed: %s", caller, e.detail)
             process.stdout.write(_render(Response.failure(e)))
             await process.stdout.drain()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
         log.info("rpc channel from %s ended: %s", caller, e)
+    # A held or pipelined channel's end is worth a line; the one-request form's op line says it all.
+    log.log(logging.DEBUG if answered == 1 else logging.INFO, "rpc channel from %s done: %d request(s)", caller,
+            answered)
     process.exit(0)

@@ -35,7 +35,7 @@ from convocate_agent.attach import serve_attach_channel
 from convocate_agent.audit import AuditLog
 from convocate_agent.locks import SessionLocks
 from convocate_agent.recorder import RecorderSet
-from convocate_agent.rpc import REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
+from convocate_agent.rpc import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
@@ -69,6 +69,7 @@ class ServeConfig:
         shutdown_timeout: Seconds to wait for open channels at shutdown.
         login_timeout: Seconds from TCP accept to completed authentication (sshd's LoginGraceTime).
         rpc_request_timeout: Seconds an RPC channel has for each complete request line.
+        rpc_idle_timeout: Seconds a held RPC channel may stay silent between requests.
         docker_path_prefix: Where this host's files appear on dockerd's host, when the agent
             drives another host's dockerd (see :class:`DockerRuntime`); empty normally.
         log_socket: The rsyslog socket session containers log to, or None for Docker's default.
@@ -90,6 +91,7 @@ class ServeConfig:
     shutdown_timeout: float = 10.0
     login_timeout: float = LOGIN_GRACE_S
     rpc_request_timeout: float = REQUEST_TIMEOUT_S
+    rpc_idle_timeout: float = IDLE_TIMEOUT_S
     docker_path_prefix: str = ""
     log_socket: Path | None = None
     host_cpus: float | None = None
@@ -280,7 +282,8 @@ class AgentServer:
         """Route an accepted channel to its subsystem handler."""
         assert self.service is not None and self.dispatcher is not None
         if process.subsystem == RPC_SUBSYSTEM:
-            coro = serve_rpc_channel(process, self.dispatcher, caller, self.config.rpc_request_timeout)
+            coro = serve_rpc_channel(process, self.dispatcher, caller, self.config.rpc_request_timeout,
+                                     self.config.rpc_idle_timeout)
             tasks = self._rpc_tasks
         elif process.subsystem == TRANSFER_SUBSYSTEM:  # a move (issue 18): its lock ends with the channel
             coro, tasks = serve_transfer_channel(process, self.service, caller), self._rpc_tasks

@@ -116,6 +116,7 @@ LOW_NOFILE = (
     " set LimitNOFILE= in the unit (the packaged units set 8192)"
 )
 RPC_REQUEST_TIMEOUT = "no complete request line within {seconds:g} s"
+RPC_IDLE_TIMEOUT = "held channel idle for {seconds:g} s"
 
 # --- keys and configuration ------------------------------------------------------
 NOT_ED25519 = "{path}: key type {algorithm} is not accepted; convocate uses ed25519 only"

@@ -122,6 +122,11 @@ class LineDecoder:
         return rest
 
     @property
+    def partial(self) -> bool:
+        """True while bytes of an unfinished line are held (or an oversized one is being skipped)."""
+        return bool(self._buf) or self._discarding
+
+    @property
     def discarding(self) -> bool:
         """True while the rest of an oversized line is being skipped."""
         return self._discarding
