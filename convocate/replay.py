@@ -10,7 +10,6 @@ events, or writes one ``.cast`` file any asciinema player plays. ``grep`` asks e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import bisect
 import os
 import re
@@ -22,13 +21,15 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from convocate.client import AgentClient, Cluster
 from convocate.common import asciicast, messages
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound
 from convocate.common.fsutil import atomic_write
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
+
+if TYPE_CHECKING:  # the parser (add_parsers) is built for every verb: no asyncssh for it (issue 17)
+    from convocate.client import AgentClient, Cluster
 
 PROG = "convocate"
 #: Default of ``--idle-limit``: a longer pause of the session plays as this many seconds.
@@ -106,6 +107,8 @@ async def resolve(cluster: Cluster, ref: str) -> Target:
     except NotFound as not_found:
         error = not_found
     clients = list(cluster.clients.values())
+    import asyncio  # not at the top: the parser, built for every verb, needs none (issue 17)
+
     results = await asyncio.gather(*(c.call("trash") for c in clients), return_exceptions=True)
     for client, entries in zip(clients, results, strict=False):
         if not isinstance(entries, list):
@@ -371,6 +374,8 @@ async def grep(cluster: Cluster, params: dict[str, Any],
         ``(matches with "agent_id", oldest first; agent ID -> error; notes of truncated searches)``.
     """
     clients = [only] if only is not None else list(cluster.clients.values())
+    import asyncio
+
     results = await asyncio.gather(*(c.call("recording_grep", params) for c in clients), return_exceptions=True)
     matches: list[dict[str, Any]] = []
     errors: dict[str, ConvocateError] = {}
