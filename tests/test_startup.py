@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from convocate.common.version import __version__
 from convocate.localstatus import Replay, usable
 from tests.harness import REPO, LocalCluster, python, remove_containers
 
@@ -155,3 +156,38 @@ def test_ls_and_agents_from_status_serve_are_the_rows_the_agent_gives(status_clu
                {k: v for k, v in b["capacity"].items() if k != "usage"}
     head = [line.split()[:6] for line in agents_table_status.splitlines()]
     assert [line.split()[:6] for line in cli(cluster, "agents").stdout.splitlines()] == head
+
+
+# --- the package's launcher ----------------------------------------------------------------------------
+def launcher(tmp_path, with_tree: bool = True):
+    """packaging/shiv/wrappers/convocate pointed at a tree under ``tmp_path`` holding this checkout's convocate."""
+    root = tmp_path / "shiv"
+    tree = root / "convocate.pyz_0123abcd" / "site-packages"
+    tree.mkdir(parents=True)
+    if with_tree:
+        (tree / "convocate").symlink_to(REPO / "convocate")
+    else:
+        tree.rmdir()
+    text = (REPO / "packaging" / "shiv" / "wrappers" / "convocate").read_text()
+    path = tmp_path / "convocate"
+    path.write_text(text.replace("/usr/lib/convocate/shiv", str(root))
+                    .replace("/usr/lib/convocate/convocate.pyz", str(tmp_path / "missing.pyz")))
+    return path
+
+
+def test_the_launcher_runs_the_shipped_tree_and_never_the_callers_directory(tmp_path):
+    path = launcher(tmp_path)
+    cwd = tmp_path / "cwd"
+    (cwd / "convocate").mkdir(parents=True)
+    (cwd / "convocate" / "__init__.py").write_text("raise SystemExit('imported from the caller directory')\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["/bin/sh", str(path), "version"], capture_output=True, text=True, cwd=cwd, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"convocate version v{__version__}\n", "")
+    done = subprocess.run(["/bin/sh", str(path), "--help"], capture_output=True, text=True, cwd=cwd, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("usage: convocate")
+
+
+def test_without_the_tree_the_launcher_runs_the_pyz(tmp_path):
+    done = subprocess.run(["/bin/sh", str(launcher(tmp_path, with_tree=False)), "version"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode != 0 and "missing.pyz" in done.stderr  # the fallback is the pyz (here: absent)

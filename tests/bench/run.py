@@ -21,6 +21,7 @@ BENCHES = {
     "sessions": lambda image: bench_sessions.run(image),
     "status": lambda image: bench_status.run(image),
     "footprint": lambda image: bench_footprint.run(image),
+    "start": lambda image: bench_footprint.run_start(image),
     "tui": lambda image: bench_tui.run(),
     "recording": lambda image: bench_recording.run(image),
 }
