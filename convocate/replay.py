@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convocate.common import asciicast, messages
+from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound
 from convocate.common.fsutil import atomic_write
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 
 if TYPE_CHECKING:  # the parser (add_parsers) is built for every verb: no asyncssh for it (issue 17)
     from convocate.client import AgentClient, Cluster
+    from convocate.common import asciicast
 
 PROG = "convocate"
 #: Default of ``--idle-limit``: a longer pause of the session plays as this many seconds.
@@ -140,6 +141,8 @@ async def fetch(target: Target, since: float | None = None, until: float | None 
         NotFound: the agent has no recordings of the session.
         CastFormatError (as BadRequest): a file is not asciicast v2 (names the file and line).
     """
+    from convocate.common import asciicast  # not at the top: the parser needs none (issue 17)
+
     files = await target.client.call("recording_list", {"id": target.uuid})
     casts = []
     for f in _in_window(files, since, until):
@@ -333,6 +336,8 @@ def _window_text(since: float | None, until: float | None) -> str:
 
 async def cmd_replay(args: argparse.Namespace, cluster: Cluster) -> int:
     """``convocate replay``: play, ``--cat``, ``--json`` or ``--export`` one session's recordings."""
+    from convocate.common import asciicast  # not at the top: the parser needs none (issue 17)
+
     if args.since is not None and args.until is not None and args.until < args.since:
         raise BadRequest(messages.GREP_BAD_WINDOW.format(since=_rfc3339(args.since), until=_rfc3339(args.until)))
     target = await resolve(cluster, args.ref)
