@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from convocate.common.errors import Unreachable
 from convocate.common.paths import Paths
 from convocate.common.protocol import AGENT_STATUS, REPLAY_DONE, LineTooLong, read_frames
-from convocate.common.timefmt import parse_rfc3339
+from convocate.localstatus import agent_mark  # noqa: F401  (moved there: ls needs it without asyncio)
 
 
 async def subscribe(paths: Paths) -> AsyncIterator[dict[str, Any]]:
@@ -60,25 +59,6 @@ async def agent_states(paths: Paths, timeout: float = 2.0) -> dict[str, dict[str
     except (TimeoutError, Unreachable):
         pass
     return states
-
-
-def agent_mark(state: dict[str, Any], now_ns: int | None = None) -> str | None:
-    """A one-line warning for an agent that is stale or whose status channel is down, else None."""
-    if not state:
-        return None
-    seen = state.get("last_seen")
-    ago = ""
-    if isinstance(seen, str):
-        try:
-            seconds = ((now_ns or time.time_ns()) - parse_rfc3339(seen)) / 1e9
-            ago = f", last event {seconds:.0f} s ago"
-        except ValueError:
-            pass
-    if state.get("stale"):
-        return f"stale (missed 3 heartbeats){ago}"
-    if not state.get("connected"):
-        return f"status channel down{ago}"
-    return None
 
 
 def format_message(message: dict[str, Any]) -> str:

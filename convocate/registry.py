@@ -19,11 +19,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from convocate.common import keys
 from convocate.common.errors import ConfigError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
+
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def load_registry(paths: Paths) -> tuple[list[AgentRecord], list[ConfigError]]:
 
 
 def register_agent(paths: Paths, agent_id: str, address: str, port: int, host_key_line: str,
-                   client_key: keys.asyncssh.SSHKey) -> AgentRecord:
+                   client_key: asyncssh.SSHKey) -> AgentRecord:
     """Write (or rewrite) a registry entry atomically, file by file.
 
     Args:
@@ -100,6 +103,8 @@ def register_agent(paths: Paths, agent_id: str, address: str, port: int, host_ke
         host_key_line: The agent's public host key (``ssh-ed25519 AAAA...``) to pin.
         client_key: This shell's private key for the agent (mode 0600).
     """
+    from convocate.common import keys  # asyncssh: only where keys are read or written (issue 17)
+
     directory = paths.agent_dir(agent_id)
     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
     keys.parse_public_key(host_key_line, source=f"agent {agent_id} host key")
@@ -116,6 +121,8 @@ def bind_status_key(paths: Paths, agent_id: str, public_key_line: str) -> None:
     Raises:
         ConfigError: the line is not an ed25519 public key.
     """
+    from convocate.common import keys  # asyncssh: only where keys are read or written (issue 17)
+
     key = keys.parse_public_key(public_key_line, source=f"agent {agent_id} status key")
     paths.agent_dir(agent_id).mkdir(parents=True, exist_ok=True, mode=0o755)
     atomic_write(paths.agent_status_key(agent_id), f"{keys.public_key_line(key)}\n".encode(), mode=0o644)
@@ -127,6 +134,8 @@ def status_key_bindings(paths: Paths) -> dict[str, str]:
     An entry whose file is unreadable or not an ed25519 key binds nothing (logged). A key found
     in two entries binds neither: which agent it speaks for cannot be told.
     """
+    from convocate.common import keys  # asyncssh: only where keys are read or written (issue 17)
+
     found: dict[str, list[str]] = {}
     try:
         entries = sorted(p for p in paths.agents_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

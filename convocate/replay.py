@@ -10,7 +10,6 @@ events, or writes one ``.cast`` file any asciinema player plays. ``grep`` asks e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import bisect
 import os
 import re
@@ -22,13 +21,16 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from convocate.client import AgentClient, Cluster
-from convocate.common import asciicast, messages
+from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, NotFound
 from convocate.common.fsutil import atomic_write
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
+
+if TYPE_CHECKING:  # the parser (add_parsers) is built for every verb: no asyncssh for it (issue 17)
+    from convocate.client import AgentClient, Cluster
+    from convocate.common import asciicast
 
 PROG = "convocate"
 #: Default of ``--idle-limit``: a longer pause of the session plays as this many seconds.
@@ -106,6 +108,8 @@ async def resolve(cluster: Cluster, ref: str) -> Target:
     except NotFound as not_found:
         error = not_found
     clients = list(cluster.clients.values())
+    import asyncio  # not at the top: the parser, built for every verb, needs none (issue 17)
+
     results = await asyncio.gather(*(c.call("trash") for c in clients), return_exceptions=True)
     for client, entries in zip(clients, results, strict=False):
         if not isinstance(entries, list):
@@ -137,6 +141,8 @@ async def fetch(target: Target, since: float | None = None, until: float | None 
         NotFound: the agent has no recordings of the session.
         CastFormatError (as BadRequest): a file is not asciicast v2 (names the file and line).
     """
+    from convocate.common import asciicast  # not at the top: the parser needs none (issue 17)
+
     files = await target.client.call("recording_list", {"id": target.uuid})
     casts = []
     for f in _in_window(files, since, until):
@@ -330,6 +336,8 @@ def _window_text(since: float | None, until: float | None) -> str:
 
 async def cmd_replay(args: argparse.Namespace, cluster: Cluster) -> int:
     """``convocate replay``: play, ``--cat``, ``--json`` or ``--export`` one session's recordings."""
+    from convocate.common import asciicast  # not at the top: the parser needs none (issue 17)
+
     if args.since is not None and args.until is not None and args.until < args.since:
         raise BadRequest(messages.GREP_BAD_WINDOW.format(since=_rfc3339(args.since), until=_rfc3339(args.until)))
     target = await resolve(cluster, args.ref)
@@ -371,6 +379,8 @@ async def grep(cluster: Cluster, params: dict[str, Any],
         ``(matches with "agent_id", oldest first; agent ID -> error; notes of truncated searches)``.
     """
     clients = [only] if only is not None else list(cluster.clients.values())
+    import asyncio
+
     results = await asyncio.gather(*(c.call("recording_grep", params) for c in clients), return_exceptions=True)
     matches: list[dict[str, Any]] = []
     errors: dict[str, ConvocateError] = {}

@@ -12,7 +12,12 @@ Agents connect with their ``agent_to_shell`` key (listed in
   (``agent.status``) and a ``replay.done`` marker; lines go out in batches,
   and a subscriber that falls 16 MiB behind is disconnected, never waited for;
 - keeps the dnsmasq hosts file in step with the sessions' DNS names, from the
-  events and from a ``list`` of the agent after each ``agent.started``.
+  events and from a ``list`` of the agent after each ``agent.started``;
+- keeps a copy of each agent's own ``list``, ``capacity`` and ``ping`` answers,
+  taken again after every session event and every heartbeat (one refresh at a time
+  per agent), and replays it to each new subscriber as ``agent.sessions`` with
+  ``current`` saying whether it may answer for the agent (issue 17: ``convocate ls``
+  and ``agents`` read it, :mod:`convocate.localstatus`).
 
 Every session is untrusted, and so is what an agent says for it (issue 14):
 
@@ -80,6 +85,7 @@ from convocate.common.sshserver import Caller, SubsystemListener, format_address
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 from convocate.common.version import __version__
 from convocate.dns import HostRecord, HostsFile, is_ip
+from convocate.localstatus import AGENT_SESSIONS
 from convocate.registry import AGENT_ID, load_agent, status_key_bindings
 
 log = logging.getLogger(__name__)
@@ -198,6 +204,14 @@ class AgentState:
         peer: Address of the status connection.
         sessions: Session UUID → DNS name (``""`` for none).
         links: The open status connections of this agent (one token each); connected while any is.
+        listing: The agent's last ``list`` answer (wire metadata), None before the first.
+        listing_extra: ``capacity`` and ``ping`` answers taken with it.
+        listed_ns: Wall time the listing was asked for (ns since the epoch).
+        listed_mono: Monotonic time the listing was asked for.
+        listing_pending: A session event (or a heartbeat) came after the listing was asked for:
+            the listing may be behind, another is due.
+        listing_error: Why the last refresh failed (``""`` when it did not).
+        refresh_mono: Monotonic time of the last refresh attempt.
     """
 
     agent_id: str
@@ -212,6 +226,37 @@ class AgentState:
     peer: str = ""
     sessions: dict[str, str] = field(default_factory=dict)
     links: set[object] = field(default_factory=set)
+    listing: list[dict[str, Any]] | None = None
+    listing_extra: dict[str, Any] = field(default_factory=dict)
+    listed_ns: int = 0
+    listed_mono: float = 0.0
+    listing_pending: bool = False
+    listing_error: str = ""
+    refresh_mono: float = 0.0
+
+    def listing_reason(self, now_mono: float, stale_after: int) -> str:
+        """Why the listing may not answer for the agent now; ``""`` when it may (it is current)."""
+        if self.listing is None:
+            return self.listing_error or "status-serve has not listed this agent yet"
+        if self.listing_error:
+            return f"status-serve's last list of this agent failed: {self.listing_error}"
+        if self.listing_pending:
+            return "a session event came after status-serve's last list of this agent"
+        if now_mono - self.listed_mono > stale_after * self.heartbeat_interval_s:
+            return f"status-serve's list of this agent is older than {stale_after} heartbeats"
+        return ""
+
+    def sessions_message(self, now_mono: float, stale_after: int) -> dict[str, Any]:
+        """The replay's ``agent.sessions``: the copy of the agent's answers and whether it is ``current``."""
+        reason = self.listing_reason(now_mono, stale_after)
+        return Event.now(AGENT_SESSIONS, self.agent_id, data={
+            "current": not reason,
+            "reason": reason,
+            "listed_at": format_rfc3339(self.listed_ns) if self.listed_ns else None,
+            "sessions": self.listing,
+            "capacity": self.listing_extra.get("capacity"),
+            "ping": self.listing_extra.get("ping"),
+        }).to_wire()
 
     def status_message(self) -> dict[str, Any]:
         """The shell-local ``agent.status`` message for subscribers."""
@@ -314,8 +359,16 @@ class StatusHub:
     def subscribe(self) -> SubscriberQueue:
         """A new subscriber queue, already holding the replay and ``replay.done``."""
         queue = SubscriberQueue(self.backlog_bytes)
+        now = self.clock()
         for state in sorted(self.agents.values(), key=lambda a: a.agent_id):
             queue.put_nowait(encode_line(state.status_message()))
+            message = state.sessions_message(now, self.stale_after)
+            try:
+                line = encode_line(message)
+            except ProtocolError:  # over the 1 MiB line limit: the readers ask the agent instead
+                message["data"].update(current=False, sessions=None, reason="the list is over the line limit")
+                line = encode_line(message)
+            queue.put_nowait(line)
         queue.put_nowait(encode_line({"type": REPLAY_DONE, "timestamp": format_rfc3339(now_ns())}))
         self.subscribers.add(queue)
         return queue
@@ -368,10 +421,21 @@ class StatusHub:
             state.sessions[event.session_id] = name
         elif event.type == CONTAINER_DELETED and event.session_id:
             dns_changed = bool(state.sessions.pop(event.session_id, ""))
+        if event.type in SESSION_EVENTS or event.type in (AGENT_STARTED, AGENT_SHUTDOWN):
+            state.listing_pending = True  # the copy of its list is behind until listed again
         self.broadcast(event.to_wire())
         if was_stale or event.type in (AGENT_STARTED, AGENT_SHUTDOWN):
             self.broadcast(state.status_message())
         return dns_changed
+
+    def wants_refresh(self, event: Event) -> bool:
+        """Whether ``event`` (just recorded) calls for a new list of its agent: a session event,
+        ``agent.started``, or a heartbeat when the last refresh is half a heartbeat old or more."""
+        state = self.agent(event.agent_id)
+        if state.listing_pending and event.type != AGENT_SHUTDOWN:
+            return True
+        return (event.type == AGENT_HEARTBEAT
+                and self.clock() - state.refresh_mono >= state.heartbeat_interval_s / 2)
 
     def resync(self, agent_id: str, sessions: list[SessionView]) -> bool:
         """Replace an agent's session DNS names with a fresh ``list``; True if anything changed."""
@@ -438,6 +502,7 @@ class StatusServer:
         self._unix: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: dict[str, AgentClient] = {}
+        self._refreshing: set[str] = set()
         self._local: dict[SubscriberQueue, asyncio.StreamWriter] = {}
         self._addresses: dict[str, str] = {}
         self._stopping = asyncio.Event()
@@ -558,26 +623,56 @@ class StatusServer:
             return
         if dns_changed:
             self._spawn(self._update_dns())
-        if event.type == AGENT_STARTED:
-            self._spawn(self._resync(link.agent_id))
+        if self.hub.wants_refresh(event):
+            self._want_listing(link.agent_id)
+
+    def _want_listing(self, agent_id: str) -> None:
+        """List the agent again; one refresh at a time per agent, which repeats while events keep coming."""
+        self.hub.agent(agent_id).listing_pending = True
+        if agent_id not in self._refreshing:
+            self._refreshing.add(agent_id)
+            self._spawn(self._resync(agent_id))
 
     async def _resync(self, agent_id: str) -> None:
-        """After ``agent.started``: take the agent's sessions from ``list`` (events may have been dropped)."""
-        client = self._clients.get(agent_id)
-        if client is None:
-            try:
-                client = self._clients[agent_id] = AgentClient(load_agent(self.config.paths, agent_id))
-            except ConfigError as e:
-                log.info("status: agent %s is not in the registry (%s); DNS follows its events only", agent_id, e)
-                return
+        """Take the agent's ``list``, ``capacity`` and ``ping`` again, until no event came during one.
+
+        The sessions' DNS names follow the list (events may have been dropped), and the answers
+        are the copy the replay's ``agent.sessions`` carries. A failure leaves the copy marked
+        not current until the next event or heartbeat asks again.
+        """
+        state = self.hub.agent(agent_id)
         try:
-            result = await client.call("list")
-            views = [SessionView.from_wire(obj, agent_id) for obj in result]
-        except ConvocateError as e:
-            log.warning("status: cannot resync agent %s: %s", agent_id, e)
-            return
-        if self.hub.resync(agent_id, self.hub.valid_names(views, self.config.domain)):
-            await self._update_dns()
+            client = self._clients.get(agent_id)
+            if client is None:
+                try:
+                    client = self._clients[agent_id] = AgentClient(load_agent(self.config.paths, agent_id))
+                except ConfigError as e:
+                    log.info("status: agent %s is not in the registry (%s); DNS follows its events only", agent_id, e)
+                    state.listing_error = f"not in the shell's registry ({e})"
+                    state.listing_pending = False
+                    state.refresh_mono = self.hub.clock()
+                    return
+            while state.listing_pending:
+                state.listing_pending = False
+                asked_ns, asked_mono = now_ns(), self.hub.clock()
+                state.refresh_mono = asked_mono
+                try:
+                    result, capacity, ping = await asyncio.gather(client.call("list"), client.call("capacity"),
+                                                                  client.call("ping"))
+                    if not isinstance(result, list):
+                        raise ProtocolError(f"list returned {type(result).__name__}")
+                    views = [SessionView.from_wire(obj, agent_id) for obj in result]
+                except (ConvocateError, BadRequest) as e:
+                    log.warning("status: cannot list agent %s: %s", agent_id, e)
+                    state.listing_error = str(e) or type(e).__name__
+                    state.listing_pending = False
+                    return
+                state.listing, state.listing_extra = result, {"capacity": capacity, "ping": ping}
+                state.listed_ns, state.listed_mono, state.listing_error = asked_ns, asked_mono, ""
+                if self.hub.resync(agent_id, self.hub.valid_names(views, self.config.domain)):
+                    await self._update_dns()
+        finally:
+            self._refreshing.discard(agent_id)
 
     async def _agent_address(self, agent_id: str) -> str | None:
         """The agent host's IP: the registry's address (resolved if a name), else its status peer address."""

@@ -38,8 +38,10 @@ def test_new_subscribers_get_a_replay_then_live_events():
         return replay, drain(queue), hub
 
     replay, live, hub = asyncio.run(scenario())
-    assert [m["type"] for m in replay] == ["agent.status", "replay.done"]
+    assert [m["type"] for m in replay] == ["agent.status", "agent.sessions", "replay.done"]
     assert replay[0]["data"]["version"] == "9" and replay[0]["data"]["connected"] is True
+    # status-serve has not listed the agent yet: its copy may not answer for it (issue 17)
+    assert replay[1]["data"]["current"] is False and replay[1]["data"]["sessions"] is None
     assert [m["type"] for m in live] == ["container.created"]
     assert hub.agents["abcd1234"].sessions == {SID: "web"}
 

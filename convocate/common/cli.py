@@ -13,20 +13,21 @@ exit, so a bad command line prints one ``usage:`` line.
 
 from __future__ import annotations
 
-import argparse
 import grp
-import json
 import os
 import pwd
 import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any
 
 from convocate.common import messages
 from convocate.common.errors import ConvocateError, InternalError, NoPermission, UsageError
 from convocate.common.version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# help and version import nothing more than this module needs for them: argparse
+# (convocate.common.argparser), json, traceback and pathlib are loaded where they are used.
 
 HELP_WORDS = ("help", "--help", "-h")
 VERSION_WORDS = ("version", "--version")
@@ -35,21 +36,13 @@ JSON_FLAG = "--json"
 EXIT_INTERRUPTED = 130
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are raised as :class:`UsageError`, not printed.
+def __getattr__(name: str) -> Any:
+    """``ArgumentParser`` from :mod:`convocate.common.argparser`, imported on first use (PEP 562)."""
+    if name == "ArgumentParser":
+        from convocate.common.argparser import ArgumentParser
 
-    argparse's own ``error`` prints the usage and exits 2; raising lets :func:`run_main`
-    print it once, in text or as JSON. Subparsers made with ``add_subparsers`` are of
-    this class too (argparse uses the parent's class).
-    """
-
-    def error(self, message: str) -> NoReturn:
-        """Raise the error of a bad command line.
-
-        Raises:
-            UsageError: always, with argparse's message and this parser's usage line.
-        """
-        raise UsageError(message, self.format_usage())
+        return ArgumentParser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def usage_line(usage: str) -> str:
@@ -93,6 +86,8 @@ def no_permission(error: PermissionError, action: str = "reading") -> NoPermissi
     Returns:
         The error to raise, naming the path, the account and the group.
     """
+    from pathlib import Path
+
     if not error.filename:
         return NoPermission(messages.NO_PERMISSION_UNKNOWN.format(action=action, detail=error.strerror or error))
     path = Path(os.fsdecode(error.filename))
@@ -117,6 +112,8 @@ def no_permission(error: PermissionError, action: str = "reading") -> NoPermissi
 
 
 def _report(prog: str, error: ConvocateError, as_json: bool) -> int:
+    import json
+
     if as_json:
         print(json.dumps({"ok": False, "code": error.code, "error": error.message}, ensure_ascii=False), flush=True)
     else:
@@ -160,9 +157,13 @@ def run_main(prog: str, usage: str, argv: list[str], run: Callable[[list[str]], 
         return _report(prog, no_permission(e, "using"), as_json)
     except KeyboardInterrupt:
         if as_json:
+            import json
+
             print(json.dumps({"ok": False, "code": "interrupted", "error": "interrupted"}), flush=True)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: keep the traceback for the report, exit EX_SOFTWARE in both modes
+        import traceback
+
         traceback.print_exc()
         return _report(prog, InternalError(messages.INTERNAL_ERROR.format(prog=prog, error=f"{type(e).__name__}: {e}")),
                        as_json)

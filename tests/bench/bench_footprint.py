@@ -4,11 +4,20 @@
   same libraries (asyncssh, docker) and does nothing (what the interpreter alone costs).
 - zipapp start, cold (first run: shiv extracts into an empty SHIV_ROOT) and warm; baseline:
   ``python3 -sE -c pass`` (the interpreter's own start).
+- ``convocate --help`` and ``version`` warm through the package's launcher
+  (``packaging/shiv/wrappers/convocate``, which runs the unpacked tree without shiv's bootstrap),
+  beside ``python3 -sE -c pass``; and ``version`` through the pyz (shiv's bootstrap) for the
+  bootstrap's own cost (issue 17).
+- ``convocate ls`` end to end through the launcher against one agent with one session, with
+  status-serve running (its local socket answers) and without (SSH to the agent); baselines:
+  ``python3 -sE -c pass`` and a bare Python that reads status-serve's replay from the socket
+  (interpreter start + the one socket read: what answering from status-serve cannot avoid).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -61,6 +70,70 @@ def zipapp_figures(pyz: Path, runs: int = 5) -> list[Figure]:
             Figure(f"{name} zipapp start, warm", "ms", statistics.median(warms), floor, "python3 -sE -c pass")]
 
 
+WRAPPER = REPO / "packaging" / "shiv" / "wrappers" / "convocate"
+#: A bare reader of status-serve's replay: the floor of answering ``ls`` from the local socket.
+SOCKET_FLOOR = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nb = b''\n"
+                "while b'replay.done' not in b:\n    b += s.recv(1 << 20)")
+
+
+def _launcher(pyz: Path, shiv_root: Path, into: Path) -> Path:
+    """The package's ``/usr/bin/convocate`` with its two paths pointed at ``shiv_root`` and ``pyz``."""
+    text = WRAPPER.read_text().replace("/usr/lib/convocate/shiv", str(shiv_root))
+    path = into / "convocate"
+    path.write_text(text.replace("/usr/lib/convocate/convocate.pyz", str(pyz)))
+    return path
+
+
+def _median(argv: list[str], env: dict[str, str], runs: int) -> float:
+    return statistics.median(_timed(argv, env) for _ in range(runs))
+
+
+def launcher_figures(pyz: Path, image: str, runs: int = 11) -> list[Figure]:
+    """``convocate --help``, ``version`` and ``ls`` through the launcher, warm (the tree is compiled)."""
+    floor_name = "python3 -sE -c pass"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "shiv"
+        env = {**os.environ, "SHIV_ROOT": str(root)}
+        _timed(["/usr/bin/python3", "-sE", str(pyz), "version"], env)  # extracts and compiles, as postinst does
+        sh = ["/bin/sh", str(_launcher(pyz, root, Path(tmp)))]
+        floor = _median(["/usr/bin/python3", "-sE", "-c", "pass"], env, runs)
+        figures = [Figure("convocate --help, warm, launcher", "ms", _median([*sh, "--help"], env, runs), floor,
+                          floor_name),
+                   Figure("convocate version, warm, launcher", "ms", _median([*sh, "version"], env, runs), floor,
+                          floor_name),
+                   Figure("convocate version, warm, pyz (shiv bootstrap)", "ms",
+                          _median(["/usr/bin/python3", "-sE", str(pyz), "version"], env, runs), floor, floor_name)]
+        with scratch_cluster(image, status=True) as cluster:
+            cenv = {**cluster.env, "SHIV_ROOT": str(root)}
+            subprocess.run([*sh, "new", "fp-ls", "--no-start"], env=cenv, check=True, capture_output=True)
+            deadline = time.monotonic() + 30
+            while True:  # status-serve lists the agent again after the create's event
+                rows = json.loads(subprocess.run([*sh, "ls", "--json"], env=cenv, check=True,
+                                                 capture_output=True).stdout)
+                if rows and all(r["source"] == "status-serve" for r in rows):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"status-serve never answered ls: {rows}")
+                time.sleep(0.2)
+            socket_floor = _median(["/usr/bin/python3", "-sE", "-c", SOCKET_FLOOR, str(cluster.paths.status_socket)],
+                                   cenv, runs)
+            pass_floor = _median(["/usr/bin/python3", "-sE", "-c", "pass"], cenv, runs)
+            from_status = _median([*sh, "ls"], cenv, runs)
+            cluster.stop_status()
+            from_agent = _median([*sh, "ls"], cenv, runs)
+            rows = json.loads(subprocess.run([*sh, "ls", "--json"], env=cenv, check=True, capture_output=True).stdout)
+            if [r["source"] for r in rows] != ["agent"]:
+                raise RuntimeError(f"without status-serve ls did not ask the agent: {rows}")
+        socket_name = "python3 reading status-serve's replay from its socket"
+        figures += [Figure("convocate ls, 1 agent, from status-serve", "ms", from_status, pass_floor, floor_name),
+                    Figure("convocate ls, 1 agent, from status-serve", "ms", from_status, socket_floor, socket_name),
+                    Figure("convocate ls, 1 agent, over SSH (no status-serve)", "ms", from_agent, pass_floor,
+                           floor_name),
+                    Figure("convocate ls, 1 agent, over SSH (no status-serve)", "ms", from_agent, socket_floor,
+                           socket_name)]
+    return figures
+
+
 def run(image: str, sessions: int = 100) -> list[Figure]:
     baseline = _baseline_rss()
     with scratch_cluster(image) as cluster:
@@ -85,4 +158,14 @@ def run(image: str, sessions: int = 100) -> list[Figure]:
         pyz = zipapps / f"{role}.pyz"
         if pyz.exists():
             figures += zipapp_figures(pyz)
+    if (zipapps / "convocate.pyz").exists():
+        figures += launcher_figures(zipapps / "convocate.pyz", image)
     return figures
+
+
+def run_start(image: str) -> list[Figure]:
+    """Only the start-up figures of the ``convocate`` zipapp (``--only start``)."""
+    pyz = REPO / "build" / "zipapps" / "convocate.pyz"
+    if not pyz.exists():
+        raise RuntimeError(f"{pyz} is missing: run ./build.sh zipapps")
+    return zipapp_figures(pyz) + launcher_figures(pyz, image)

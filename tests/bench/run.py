@@ -27,6 +27,7 @@ BENCHES = {
     "sessions": lambda image: _bench("bench_sessions").run(image),
     "status": lambda image: _bench("bench_status").run(image),
     "footprint": lambda image: _bench("bench_footprint").run(image),
+    "start": lambda image: _bench("bench_footprint").run_start(image),
     "tui": lambda image: _bench("bench_tui").run(),
     "recording": lambda image: _bench("bench_recording").run(image),
     "fleet": lambda image: _bench("bench_fleet").run(image),

@@ -1,0 +1,518 @@
+"""The work of the ``convocate`` verbs: what each command does once its command line is parsed.
+
+:mod:`convocate.cli` parses the command line and loads this module only for a verb that needs it
+(issue 17: ``help`` and ``version`` import nothing of it, and the read-only verbs answered from
+status-serve's socket need neither asyncssh nor asyncio). Every verb is an adapter (``_cmd_*``) that
+builds the call and prints the result; :func:`convocate.cli.main` alone catches the project's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from convocate import operator
+from convocate.cli import PROG
+from convocate.client import AgentClient, Cluster, SessionRef
+from convocate.common import messages
+from convocate.common.credentials import validate_name
+from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
+from convocate.common.model import SessionView
+from convocate.common.paths import Paths
+from convocate.events import format_message, subscribe
+from convocate.localstatus import AGENT_SESSIONS
+from convocate.render import (
+    format_table,
+    session_summary,
+    wire_with_agent,
+)
+
+Command = Callable[[argparse.Namespace, Cluster], Awaitable[int]]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _view(result: Any, agent_id: str) -> SessionView:
+    return SessionView.from_wire(result, agent_id)
+
+
+def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClient) -> None:
+    """Print a lifecycle result: JSON with --json, else one line."""
+    if args.json:
+        _print_json(wire_with_agent(result, client.agent_id) if isinstance(result, dict) and "uuid" in result
+                    else result)
+    else:
+        print(f"{verb} {session_summary(_view(result, client.agent_id))}")
+
+
+# --- ls and agents: convocate.readverbs (status-serve's copy, else SSH) ---------------------------
+
+
+async def _cmd_image_status(args: argparse.Namespace) -> int:
+    from convocate import image_status
+    from convocate.shell_install import default_image_tag
+
+    paths = Paths.from_env()
+    tag = default_image_tag()
+    problem = image_status.problem(paths, tag)
+    build = image_status.load(paths.image_build_status)
+    if args.json:
+        _print_json({"tag": tag, "ready": problem is None, "build": None if build is None else vars(build),
+                     "problem": problem})
+    elif problem is None:
+        print(f"session image {tag}: built {build.finished if build else ''}".rstrip())
+    else:
+        print(problem)
+    return 0 if problem is None else ConfigError.exit_code
+
+
+async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
+    cluster.set_warn(lambda _text: None)  # the reason is printed below, once
+    rows = await asyncio.gather(*(operator.whoami(c) for c in cluster.clients.values()))
+    if args.json:
+        _print_json(rows)
+    for r in rows:
+        if r["error"]:
+            print(f"{PROG}: agent {r['agent_id']} unavailable: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            print(messages.WHOAMI_LINE.format(agent=r["agent_id"], name=r["name"], fingerprint=r["fingerprint"])
+                  if r["name"] else messages.WHOAMI_UNIDENTIFIED.format(agent=r["agent_id"], reason=r["reason"]))
+    return 0 if not any(r["error"] for r in rows) else 1
+
+
+async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
+    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    entries = []
+    for client, result in zip(cluster.clients.values(), results, strict=False):
+        if isinstance(result, ConvocateError):
+            print(f"{PROG}: agent {client.agent_id} unavailable: {result}", file=sys.stderr)
+        elif isinstance(result, list):
+            entries += [{**e, "agent_id": client.agent_id} for e in result]
+    if args.json:
+        _print_json(entries)
+    else:
+        print(format_table([(e["trash_id"], e.get("name", "?"), e["agent_id"], e["deleted_at"][:19].replace("T", " "),
+                             e["purge_after"][:19].replace("T", " ")) for e in entries],
+                           ("TRASH-ID", "NAME", "AGENT", "DELETED (UTC)", "PURGED AFTER (UTC)")))
+    return 0
+
+
+async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
+    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    owners = [c for c, r in zip(cluster.clients.values(), results, strict=False)
+              if isinstance(r, list) and any(e["trash_id"] == args.trash_id for e in r)]
+    if not owners:
+        raise NotFound(f'no agent has "{args.trash_id}" in its trash (see `{PROG} trash`)')
+    client = owners[0]
+    result = await client.call("restore", {"trash_id": args.trash_id})
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"restored {session_summary(_view(result['session'], client.agent_id))}"
+              + (f"; cleared {', '.join(result['cleared'])} (taken by another session)" if result["cleared"] else ""))
+    return 0
+
+
+async def _cmd_audit(args: argparse.Namespace) -> int:
+    from convocate.audit import AuditQuery, run_audit
+
+    query = AuditQuery(session=args.session, operator=args.operator, since=args.since, until=args.until,
+                       agent=args.agent)
+    if args.file is not None:
+        return await run_audit(None, query, verify=args.verify, as_json=args.json, file=args.file)
+    cluster = Cluster(Paths.from_env())
+    try:
+        return await run_audit(cluster, query, verify=args.verify, as_json=args.json, file=None)
+    finally:
+        await cluster.close()
+
+
+async def _cmd_events(args: argparse.Namespace) -> int:
+    async for message in subscribe(Paths.from_env()):
+        if message.get("type") == AGENT_SESSIONS:  # status-serve's copy of each agent's list: for ls, not events
+            continue
+        if args.json:
+            print(json.dumps(message, ensure_ascii=False), flush=True)
+        else:
+            print(format_message(message), flush=True)
+    return 0
+
+
+async def _cmd_install(args: argparse.Namespace) -> int:
+    from convocate.shell_install import ShellInstallOptions, install, render_defaults
+
+    if args.print_defaults:
+        sys.stdout.write(render_defaults(args.status_port, args.base_image))
+        return 0
+
+    options = ShellInstallOptions(build_image=args.image is not False, require_image=args.image is True,
+                                  background_image=args.image_in_background,
+                                  base_image=args.base_image or None,
+                                  claude_code=args.claude_code, image_tag=args.image_tag,
+                                  image_context=args.image_context, domain=args.domain, status_port=args.status_port)
+    report = install(Paths.from_env(), options)
+    if args.json:
+        _print_json({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()})
+        return 0
+    for step in report.steps:
+        print(step)
+    print(f"{PROG} install: {report.summary()}")
+    return 0
+
+
+def _cmd_status_serve(args: argparse.Namespace) -> int:
+    from convocate.status_server import StatusConfig, StatusServer
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    config = StatusConfig(paths=Paths.from_env(), listen=args.listen, domain=args.domain,
+                          dnsmasq_pid_file=args.dnsmasq_pid_file or None)
+
+    async def run() -> None:
+        server = StatusServer(config)
+        await server.start()
+        await server.serve_forever()
+
+    asyncio.run(run())
+    return 0
+
+
+# --- create and attach ------------------------------------------------------------------
+def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for attr, key in (("port", "port"), ("protocol", "protocol"), ("dns", "dns_name"), ("cpus", "cpus"),
+                      ("memory", "memory_mb"), ("credential", "credential")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
+    params = {"name": args.name, **_lifecycle_params(args), "start": not args.no_start}
+    if not params.get("credential"):
+        params.pop("credential", None)  # the default: an older agent without credentials still answers
+    if args.agent or len(cluster.clients) == 1:
+        client = cluster.client(args.agent) if args.agent else next(iter(cluster.clients.values()))
+        result = await client.call("create", params)
+    else:  # placement (issue 18): the agent with the most headroom, the next one if it refuses late
+        from convocate.fleet import create_placed
+
+        client, result = await create_placed(cluster.clients, params, on_skip=lambda agent, e: print(
+            f"{PROG}: {messages.PLACEMENT_SKIPPED.format(agent=agent, reason=e)}", file=sys.stderr))
+    _report(args, "created", result, client)
+    if args.attach:
+        view = _view(result, client.agent_id)
+        return await _attach(SessionRef(client, view), read_only=False, start=True)
+    return 0
+
+
+async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
+    from convocate.terminal import attach_terminal
+
+    view = ref.view
+    if not view.running:
+        if not start:
+            raise BadRequest(f'session "{view.meta.name}" is not running; start it with `{PROG} restart`')
+        print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
+        await ref.client.call("restart", {"id": view.meta.uuid})
+    await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only)
+    after = _view(await ref.client.call("get", {"id": view.meta.uuid}), ref.client.agent_id)
+    if after.running:
+        print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
+    else:
+        print(f"[convocate] session {view.meta.name} has ended (its agent command exited); "
+              f"`{PROG} restart {view.meta.name}` starts it again", file=sys.stderr)
+    return 0
+
+
+async def _cmd_attach(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    return await _attach(ref, read_only=args.read_only, start=not args.no_start)
+
+
+# --- simple lifecycle verbs --------------------------------------------------------------
+def _simple(op: str, verb: str) -> Command:
+    async def run(args: argparse.Namespace, cluster: Cluster) -> int:
+        ref = await cluster.resolve(args.ref)
+        result = await ref.client.call(op, {"id": ref.view.meta.uuid})
+        if op == "delete":
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"deleted {ref.view.meta.name} ({ref.view.meta.uuid[:8]}) on {ref.client.agent_id}; "
+                      f"its home is in the agent's trash as {result.get('trash', '?')}")
+        elif op == "override":
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"override {session_summary(_view(result['session'], ref.client.agent_id))}: "
+                      f"detached {result['detached']} client(s)"
+                      + (f", cleared a stale lock of {result['cleared_lock']}" if result["cleared_lock"] else ""))
+        else:
+            _report(args, verb, result, ref.client)
+        return 0
+
+    return run
+
+
+async def _cmd_clone(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("clone", {"source_id": ref.view.meta.uuid, "name": args.name})
+    _report(args, "cloned into", result, ref.client)
+    return 0
+
+
+async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    params = {"id": ref.view.meta.uuid, **_lifecycle_params(args)}
+    if args.name is not None:
+        params["name"] = args.name
+    if len(params) == 1:
+        raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus, --memory or --credential")
+    result = await ref.client.call("edit", params)
+    _report(args, "edited", result, ref.client)
+    if ref.view.running and any(k in params for k in ("port", "protocol", "cpus", "memory_mb", "credential")):
+        print(f"{PROG}: port, limits and credential take effect at the next `{PROG} restart`", file=sys.stderr)
+    return 0
+
+
+async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("send", {"id": ref.view.meta.uuid, "text": " ".join(args.text),
+                                            "enter": not args.no_enter})
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    result = await ref.client.call("capture", {"id": ref.view.meta.uuid, "lines": args.lines})
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(result["text"].rstrip("\n") + "\n")  # the pane's unused rows are blank lines
+    return 0
+
+
+async def _cmd_logs(args: argparse.Namespace, cluster: Cluster) -> int:
+    ref = await cluster.resolve(args.ref)
+    params: dict[str, Any] = {"id": ref.view.meta.uuid, "lines": args.lines}
+    while True:
+        result = await ref.client.call("logs", params)
+        for line in result["lines"]:
+            print(line, flush=True)
+        if not args.follow:
+            return 0
+        params = {"id": ref.view.meta.uuid, **({"since": result["last"]} if result["last"] else {})}
+        await asyncio.sleep(1.0)
+
+
+async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
+    """Return when the session's activity is ``--for``; exit 124 (as timeout(1)) when the time is up."""
+    ref = await cluster.resolve(args.ref)
+    sid, client = ref.view.meta.uuid, ref.client
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout if args.timeout else None
+
+    async def current() -> str:
+        return SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+
+    async def watch() -> None:
+        if await current() == args.state:
+            return
+        try:  # live from status-serve when it runs; a get every few seconds covers missed events
+            async for message in subscribe(cluster.paths):
+                if message.get("type") == "replay.done" and await current() == args.state:
+                    return
+                if message.get("session_id") == sid and (message.get("data") or {}).get("activity") == args.state:
+                    return
+        except Unreachable:
+            pass
+        while await current() != args.state:
+            await asyncio.sleep(2.0)
+
+    try:
+        await asyncio.wait_for(watch(), None if deadline is None else max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        print(f"{PROG}: {ref.view.meta.name} is still {await current() or 'without activity'} after "
+              f"{args.timeout:g} s (waited for {args.state})", file=sys.stderr)
+        return 124
+    print(f"{ref.view.meta.name} is {args.state}")
+    return 0
+
+
+# --- reply (issue 15) -------------------------------------------------------------------
+def reply_text(words: list[str], stdin: Any) -> str:
+    """The reply: the words joined by spaces, or all of stdin for ``-``; line breaks become spaces.
+
+    A reply is one line typed at Claude's prompt and then Enter (as ``send`` does): a newline in the
+    middle would submit half of it.
+
+    Raises:
+        BadRequest: the text is empty.
+    """
+    raw = stdin.read() if words == ["-"] else " ".join(words)
+    text = " ".join(raw.split())
+    if not text:
+        raise BadRequest(messages.REPLY_EMPTY)
+    return text
+
+
+async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
+    """Type an answer into a waiting session; refuse one that is not waiting unless --force."""
+    text = reply_text(args.text, sys.stdin)
+    ref = await cluster.resolve(args.ref)
+    sid, client, name = ref.view.meta.uuid, ref.client, ref.view.meta.name
+    activity = ref.view.meta.activity
+    if activity != "waiting" and not args.force:
+        raise Conflict(messages.REPLY_NOT_WAITING.format(name=name, activity=activity or "without activity"))
+    result = await client.call("send", {"id": sid, "text": text, "enter": True})
+    if not args.wait:
+        if args.json:
+            _print_json(result)
+        else:
+            print(messages.REPLY_SENT.format(name=name))
+        return 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while True:
+        now = SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+        if now != "waiting":
+            if args.json:
+                _print_json({**result, "activity": now})
+            else:
+                print(messages.REPLY_TAKEN.format(name=name, activity=now or "without activity"))
+            return 0
+        if loop.time() >= deadline:
+            print(f"{PROG}: {messages.REPLY_STILL_WAITING.format(name=name, timeout=args.timeout)}", file=sys.stderr)
+            return 124
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+# --- auth (issue 15) ------------------------------------------------------------------
+def _kind(args: argparse.Namespace) -> str:
+    """``api_key`` or ``oauth_token`` from the flags; a value given to either flag is refused unseen."""
+    flags = ("api_key", "oauth_token")  # each flag's dest is the kind it names
+    if args.stray or any(getattr(args, flag) not in (None, True) for flag in flags):
+        raise BadRequest(messages.AUTH_SECRET_IN_ARGV)
+    chosen = [flag for flag in flags if getattr(args, flag) is True]
+    if len(chosen) != 1:
+        raise BadRequest("give exactly one of --api-key and --oauth-token")
+    return chosen[0]
+
+
+async def _cmd_auth_set(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    kind = _kind(args)
+    name = validate_name(args.name)
+    secret = auth.read_secret(args.from_file, sys.stdin, f"{'API key' if kind == 'api_key' else 'OAuth token'} "
+                                                         f"for credential {name} (not echoed): ")
+    credential, outcomes = await auth.set_credential(cluster.paths, cluster, name, kind, secret)
+    return _auth_sent(args, [credential], outcomes)
+
+
+def _auth_sent(args: argparse.Namespace, credentials: list[Any], outcomes: list[Any]) -> int:
+    from convocate import auth
+
+    if args.json:
+        _print_json({"credentials": [c.summary() for c in credentials],
+                     "agents": [{"agent_id": o.agent_id, "ok": o.error is None,
+                                 **({"error": str(o.error)} if o.error else {"results": o.results})}
+                                for o in outcomes]})
+        failed = sum(o.error is not None for o in outcomes)
+    else:
+        failed = auth.print_outcomes(outcomes, lambda o: "; ".join(
+            messages.AUTH_SET_OK.format(agent=o.agent_id, name=r["name"], kind=r["kind"], fingerprint=r["fingerprint"])
+            for r in o.results))
+    if failed:
+        print(f"{PROG}: " + messages.AUTH_PUSH_HINT.format(failed=failed, total=len(outcomes)), file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _cmd_auth_push(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    credentials, outcomes = await auth.push(cluster.paths, cluster, validate_name(args.name) if args.name else None)
+    return _auth_sent(args, credentials, outcomes)
+
+
+async def _cmd_auth_status(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    rows, errors, note = await auth.status(cluster.paths, cluster)
+    if args.json:
+        _print_json({"credentials": [r.to_json() for r in rows],
+                     "errors": {a: str(e) for a, e in sorted(errors.items())}, "note": note})
+    else:
+        print(format_table([(r.agent_id, r.name, r.kind or "-", r.fingerprint or "-", r.state or "-") for r in rows],
+                           ("AGENT", "NAME", "KIND", "FINGERPRINT", "STATE")))
+    if not args.json:
+        for agent_id, error in sorted(errors.items()):
+            print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
+    return 1 if errors or any(r.state not in (auth.IN_SYNC, "") for r in rows) else 0
+
+
+async def _cmd_auth_rm(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import auth
+
+    name = validate_name(args.name)
+    had, outcomes = await auth.remove(cluster.paths, cluster, name)
+    if args.json:
+        _print_json({"name": name, "shell": had, "agents": [
+            {"agent_id": o.agent_id, "ok": o.error is None, "removed": bool(o.results and o.results[0]),
+             **({"error": str(o.error)} if o.error else {})} for o in outcomes]})
+        failed = sum(o.error is not None for o in outcomes)
+    else:
+        print(f"shell host: {name} {'removed' if had else 'was not there'}")
+        failed = auth.print_outcomes(outcomes, lambda o: (messages.AUTH_RM_OK if o.results and o.results[0]
+                                                          else messages.AUTH_RM_ABSENT).format(agent=o.agent_id,
+                                                                                               name=name))
+    if failed:
+        print(f"{PROG}: {failed} of {len(outcomes)} agent(s) did not answer; run `{PROG} auth rm {name}` again "
+              "once they do", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    cluster = Cluster(Paths.from_env())
+    try:
+        return await args.func(args, cluster)
+    finally:
+        await cluster.close()
+
+
+async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import move  # lazily: only this verb needs it
+
+    state_dir = cluster.paths.shell_state_dir
+    if args.resume:
+        found = await cluster.resolve(args.ref)
+        journal = move.read_journal(state_dir, found.view.meta.uuid)
+        if journal is None:
+            print(f"no interrupted move of {found.view.meta.name}", file=sys.stderr)
+            return 0
+        where = await move.finish(cluster, journal, state_dir, lambda s: print(s, file=sys.stderr))
+        print(f"{journal.name} is on {where}")
+        return 0
+    if not args.to:
+        raise BadRequest("move needs --to AGENT (or --to auto)")
+    result = await move.move(cluster, args.ref, args.to, state_dir=state_dir, dry_run=args.dry_run)
+    if args.json:
+        _print_json(result)
+    elif not args.dry_run:
+        print(f"{result['name']} ({result['uuid'][:8]}) is now on {result['to']}"
+              f"{' and running' if result['running'] else ' (stopped)'}; attach with `{PROG} attach {result['name']}`")
+    return 0
