@@ -158,11 +158,13 @@ async def _cmd_image_status(args: argparse.Namespace) -> int:
 
 
 async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
+    from convocate import compat
+
     async def probe(client: AgentClient) -> dict[str, Any]:
         row: dict[str, Any] = {"agent_id": client.agent_id, "address": client.record.endpoint}
         try:
             row.update(status="ok", **(await client.call("ping")))
-            row["capacity"] = await client.call("capacity")
+            row["capacity"] = await compat.capacity(client, row)  # None + row["note"] for a protocol-1 agent
         except ConvocateError as e:
             row.update(status="unavailable", error=str(e))
         return row
@@ -180,6 +182,8 @@ async def _cmd_agents(args: argparse.Namespace, cluster: Cluster) -> int:
         for r in rows:
             if r["status"] != "ok":
                 print(f"{PROG}: agent {r['agent_id']}: {r['error']}", file=sys.stderr)
+            elif r.get("note"):  # compat: a protocol-1 agent's missing capacity
+                print(f"{PROG}: agent {r['agent_id']}: {r['note']}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -134,7 +134,9 @@ class AgentClient:
             ConvocateError: the agent's error, rebuilt from its ``code``; or
                 Unreachable / ProtocolError for transport problems.
         """
-        return await self._call_on(await self.connect(), op, params)
+        from convocate import compat  # protocol-1 (Go v0.0.5) agents: learned from ping, adapted there
+
+        return await compat.call(self, await self.connect(), op, params)
 
     async def _call_on(self, conn: asyncssh.SSHClientConnection, op: str, params: dict[str, Any] | None) -> Any:
         """:meth:`call` on ``conn`` (the connection being set up holds the lock :meth:`connect` takes)."""
@@ -159,6 +161,9 @@ class AgentClient:
         Raises:
             Unreachable: the channel could not be opened.
         """
+        from convocate import compat  # a protocol-1 agent would ignore read_only: refuse it here
+
+        await compat.check_attach(self, read_only)
         process = await self._open_channel(ATTACH_SUBSYSTEM)
         header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
         process.stdin.write(encode_line(header))

@@ -489,3 +489,7 @@ AUDIT_NOT_A_RECORD = "line {line} is not a JSON record"
 AUDIT_UNREPAIRED = "line {line} is not a whole record and the next record does not say repaired"
 AUDIT_FILE_UNREADABLE = "cannot read the audit file {path}: {error}"
 AUDIT_BAD_TIME = "--{flag} {value!r} is not a time: {reason} (RFC 3339, e.g. 2026-12-07T06:30:00Z)"
+
+# Mixed clusters: agents of the Go original v0.0.5 (convocate/compat.py, docs/compat.md).
+COMPAT_LACKS = "agent {agent} speaks protocol {protocol} (convocate v{version}): it has no {what}"
+COMPAT_NO_CAPACITY = "protocol {protocol}: no capacity"
