@@ -116,7 +116,10 @@ async def call(client: Any, conn: Any, op: str, params: dict[str, Any] | None) -
 
     Returns:
         The op's result; ``[]`` for a protocol-1 ``list`` answering ``null``; for ``create`` with
-        ``start`` on a protocol-1 agent, the session as ``get`` reads it after ``restart``.
+        ``start`` on a protocol-1 agent, the session as ``get`` reads it after ``restart``; for
+        ``kill``/``restart``/``background`` (v0.0.5 answers ``{}``) the session read again with ``get``,
+        for ``override`` ``{"session", "cleared_lock": "", "detached": 0}``, for ``delete`` ``{"uuid"}``
+        (v0.0.5 has no trash), as our agents answer.
 
     Raises:
         BadRequest: a protocol-1 agent lacks the op or a field given (:data:`messages.COMPAT_LACKS`).
@@ -148,6 +151,13 @@ async def call(client: Any, conn: Any, op: str, params: dict[str, Any] | None) -
         if op == "create" and params.get("start", True) and isinstance(result, dict) and result.get("uuid"):
             await client._call_on(conn, "restart", {"id": result["uuid"]})
             return await client._call_on(conn, "get", {"id": result["uuid"]})
+        if op in ("kill", "restart", "background"):  # v0.0.5 answers {}; ours the session as it is now
+            return await client._call_on(conn, "get", {"id": sent["id"]})
+        if op == "override":
+            view = await client._call_on(conn, "get", {"id": sent["id"]})
+            return {"session": view, "cleared_lock": "", "detached": 0}
+        if op == "delete":  # v0.0.5 removes the session's directory: no trash to name
+            return {"uuid": sent["id"]}
         return result
     except InternalError as e:
         raise map_error(e) from e

@@ -116,6 +116,8 @@ def test_errors_without_code_are_mapped_by_their_text(cluster, old_agent):
 
     async def run() -> None:
         client = AgentClient(load_agent(cluster.paths, OLD))
+        old_agent.sessions.clear()  # whatever an earlier test left (nothing is running on the double's loop now)
+        old_agent.running.clear()
         try:
             assert await client.call("list") == []  # the double answers null
             with pytest.raises(NotFound, match='does not exist'):
