@@ -135,3 +135,11 @@ def test_errors_without_code_are_mapped_by_their_text(cluster, old_agent):
 
     asyncio.run(run())
     assert [r["op"] for r in old_agent.requests].count("ping") >= 1
+
+
+def test_placement_passes_the_old_agent_over(cluster, old_agent):
+    done = cli(cluster, "new", "placed", "--cpus", "0.2", "--memory", "200", "--json")
+    made = json.loads(done.stdout)
+    assert made["agent_id"] == cluster.agent_id  # the protocol-1 agent has no capacity: not judged
+    cli(cluster, "kill", made["uuid"])
+    cli(cluster, "delete", made["uuid"])
