@@ -76,7 +76,7 @@ def test_ls_new_get_attach_delete_on_the_old_agent(cluster, old_agent):
     term = Terminal(cluster.env)
     try:
         term.start(f"cd {REPO} && {python()} -m convocate attach old-renamed; echo EXIT=$?; sleep 60")
-        term.wait_for("0:cat*")  # the double's tmux status line: the pipe is up
+        term.wait_for(f"[{sid[:8]}]0:")  # the double's tmux status line: the pipe is up
         term.tmux("send-keys", "-t", "t", "typed-at-the-old-agent", "Enter")
         term.wait_for("typed-at-the-old-agent")
         term.tmux("send-keys", "-t", "t", "C-b", "d")
