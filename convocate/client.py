@@ -238,7 +238,9 @@ class AgentClient:
         answer is sent once more on a new channel. Every other op runs on a
         new channel of its own and is never sent twice. Safe to call from
         several tasks at once; with ``identify``, the operator claim is made
-        on each new connection before any call runs on it.
+        on each new connection before any call runs on it. An agent of the Go
+        original (protocol 1, learned from ``ping`` once per connection) gets
+        one request per channel, adapted by :mod:`convocate.compat`.
 
         Args:
             op: The op's name (``convocate.common.ops``).
@@ -253,6 +255,16 @@ class AgentClient:
         Raises:
             ConvocateError: the agent's error, rebuilt from its ``code``; or
                 Unreachable / ProtocolError for transport problems.
+        """
+        from convocate import compat  # protocol-1 (Go v0.0.5) agents: learned from ping, adapted there
+
+        return await compat.call(self, await self.connect(), op, params)
+
+    async def _request(self, op: str, params: dict[str, Any] | None) -> Any:
+        """Send ``op`` to an agent of our protocol: a read on the held channel, anything else on a channel of its own.
+
+        Raises:
+            ConvocateError: the agent's error; Unreachable / ProtocolError for transport problems.
         """
         if op not in HELD_OPS:
             return await self._call_on(await self.connect(), op, params)
@@ -270,6 +282,7 @@ class AgentClient:
                 continue
             return response.raise_for_error()
         raise AssertionError("unreachable")  # pragma: no cover
+
 
     async def _held_channel(self) -> HeldChannel:
         """The held RPC channel on the current connection, opened if there is none alive."""
@@ -307,6 +320,9 @@ class AgentClient:
         Raises:
             Unreachable: the channel could not be opened.
         """
+        from convocate import compat  # a protocol-1 agent would ignore read_only: refuse it here
+
+        await compat.check_attach(self, read_only)
         process = await self._open_channel(ATTACH_SUBSYSTEM)
         header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
         process.stdin.write(encode_line(header))

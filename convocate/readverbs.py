@@ -156,11 +156,13 @@ def agents(args: argparse.Namespace) -> int:
         async def work(cluster: Any) -> list[dict[str, Any]]:
             import asyncio
 
+            from convocate import compat
+
             async def probe(client: Any) -> dict[str, Any]:
                 row: dict[str, Any] = {"agent_id": client.agent_id, "address": client.record.endpoint}
                 try:
                     row.update(status="ok", **(await client.call("ping")))
-                    row["capacity"] = await client.call("capacity")
+                    row["capacity"] = await compat.capacity(client, row)  # None + row["note"]: protocol 1
                 except ConvocateError as e:
                     row.update(status="unavailable", error=str(e))
                 row["source"] = SOURCE_AGENT
@@ -184,4 +186,6 @@ def agents(args: argparse.Namespace) -> int:
         for r in ordered:
             if r["status"] != "ok":
                 print(f"{PROG}: agent {r['agent_id']}: {r['error']}", file=sys.stderr)
+            elif r.get("note"):  # compat: a protocol-1 agent's missing capacity
+                print(f"{PROG}: agent {r['agent_id']}: {r['note']}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in ordered) else 1

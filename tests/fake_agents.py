@@ -67,7 +67,8 @@ class FakeAgent:
             request = Request.parse(frame)
             result: Any
             if request.op == "ping":
-                result = {"agent_id": self.agent_id, "version": "fake", "server_time": format_rfc3339(time.time_ns())}
+                result = {"agent_id": self.agent_id, "version": "fake", "server_time": format_rfc3339(time.time_ns()),
+                          "protocol": 2, "capabilities": ["capacity", "edit", "list", "ping"]}  # else read as v0.0.5
             elif request.op == "list":
                 result = [v.to_wire() for v in self.views.values()]
             elif request.op == "capacity":

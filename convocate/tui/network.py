@@ -136,7 +136,9 @@ class Network:
         views = [SessionView.from_wire(obj, client.agent_id) for obj in result]
         self.post(Notice("reach", client.agent_id, (REACHABLE, "")))
         self.post(Notice("sessions", client.agent_id, views))
-        self.post(Notice("capacity", client.agent_id, await client.call("capacity")))
+        from convocate import compat  # a protocol-1 (Go v0.0.5) agent has no capacity: shown as unknown
+
+        self.post(Notice("capacity", client.agent_id, (await compat.capacity(client, {})) or {}))
 
     def refresh(self, agent_id: str) -> None:
         """Ask for a fresh list of ``agent_id`` now (safe from any thread)."""
