@@ -15,6 +15,7 @@ nothing changes on the wire but that one ``ping``; toward a protocol-1 agent :fu
 
 from __future__ import annotations
 
+import asyncio
 import re
 import weakref
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ class Profile:
 
 # One profile per SSH connection object: a reconnect (an agent upgraded in place) pings again.
 _PROFILES: weakref.WeakKeyDictionary[Any, Profile] = weakref.WeakKeyDictionary()
+_PROFILE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def lacks(client: Any, profile: Profile, what: str) -> BadRequest:
@@ -89,11 +91,19 @@ def lacks(client: Any, profile: Profile, what: str) -> BadRequest:
 
 
 async def profile(client: Any, conn: Any) -> Profile:
-    """The profile of ``client``'s agent on connection ``conn``, pinging it the first time."""
+    """The profile of ``client``'s agent on connection ``conn``, pinging it the first time.
+
+    Calls racing on a new connection wait for the one ping (a lock per connection).
+    """
     known = _PROFILES.get(conn)
-    if known is None:
-        known = Profile.from_ping(await client._call_on(conn, "ping", {}))
-        _PROFILES[conn] = known
+    if known is not None:
+        return known
+    lock = _PROFILE_LOCKS.setdefault(conn, asyncio.Lock())
+    async with lock:
+        known = _PROFILES.get(conn)
+        if known is None:
+            known = Profile.from_ping(await client._call_on(conn, "ping", {}))
+            _PROFILES[conn] = known
     return known
 
 
@@ -126,12 +136,7 @@ async def call(client: Any, conn: Any, op: str, params: dict[str, Any] | None) -
         ConvocateError: the agent's error (mapped by text for protocol 1).
     """
     params = params or {}
-    known = _PROFILES.get(conn)
-    if op == "ping" and known is None:  # one request on a channel of its own: any protocol answers it
-        answer = await client._call_on(conn, op, params)
-        _PROFILES[conn] = Profile.from_ping(answer)
-        return answer
-    prof = known or await profile(client, conn)
+    prof = await profile(client, conn)  # the first call on a connection pings on a channel of its own
     if prof.protocol >= 2:  # ours: reads go on the held channel (convocate.client.AgentClient._request)
         return await client._request(op, params)
     if op not in PROTOCOL1_OPS:
