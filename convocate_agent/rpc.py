@@ -18,7 +18,8 @@ for one channel) before it is answered ``bad_request`` and closed; a started
 line still has :data:`REQUEST_TIMEOUT_S`. Every failure becomes an error
 response with a stable ``code``; nothing a client sends can stop the agent.
 Each op is logged with the caller's key fingerprint, its outcome and its
-duration (a polled read's success at DEBUG: :data:`QUIET_OPS`), and the end
+duration (a polled read's success on a held channel, after the channel's first
+request, at DEBUG: :data:`QUIET_OPS`), and the end
 of each channel that answered other than one request with that number.
 """
 
@@ -127,8 +128,14 @@ class RpcDispatcher:
             return {"records": [], "next_seq": params.get("after_seq", 0), "more": False}
         return await self.audit.read_op(params)
 
-    async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str) -> Response:
+    async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str, quiet: bool = False) -> Response:
         """Answer one received frame (a request line, or an oversized-line marker).
+
+        Args:
+            frame: The line, or the marker of one too long.
+            caller: Who sent it.
+            quiet: Log a successful :data:`QUIET_OPS` read at DEBUG (the later requests of a held channel:
+                the first one on each channel is logged at INFO with the caller's key, as every op is).
 
         Never raises: every error, including a bug, becomes an error response.
         """
@@ -161,7 +168,7 @@ class RpcDispatcher:
             response = Response.failure(InternalError(f"internal error: {type(e).__name__}: {e}"), request_id)
         elapsed_ms = (time.monotonic() - started) * 1000
         outcome = "ok" if response.ok else f"{response.code}: {_one_line(response.error or '')}"
-        level = logging.DEBUG if response.ok and op in QUIET_OPS else logging.INFO
+        level = logging.DEBUG if quiet and response.ok and op in QUIET_OPS else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "rpc op=%s caller=%s %s (%.1f ms)", _printable(op), caller, outcome, elapsed_ms)
         if self.audit is not None:
@@ -312,7 +319,7 @@ async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcD
         try:
             async for batch in read_frame_batches(reader, decoder, read_size=read_bytes):
                 for frame in batch:
-                    response = await dispatcher.handle_frame(frame, caller)
+                    response = await dispatcher.handle_frame(frame, caller, quiet=answered > 0)
                     held = held or response.id is not NO_ID
                     process.stdout.write(_render(response))
                     answered += 1
