@@ -121,6 +121,9 @@ class RpcDispatcher:
             "audit_read": self._audit_read,
         }
         self.caller_handlers: dict[str, CallerHandler] = OperatorOps(service.paths, service.agent_id).handlers()
+        #: The channels' tasks waiting for a request with nothing of one received: a shutdown ends them at
+        #: once instead of waiting for a held channel's client (status-serve holds one) to hang up.
+        self.idle_channels: set[asyncio.Task[Any]] = set()
 
     async def _audit_read(self, params: dict[str, Any]) -> Any:
         if self.audit is None:  # a dispatcher built without a trail (unit tests): it has no records
@@ -315,9 +318,14 @@ async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcD
     decoder = LineDecoder()
     held = False
     answered = 0
+    task = asyncio.current_task()
+    idle = dispatcher.idle_channels
     try:
         try:
+            if task is not None:
+                idle.add(task)
             async for batch in read_frame_batches(reader, decoder, read_size=read_bytes):
+                idle.discard(task)  # type: ignore[arg-type]
                 for frame in batch:
                     response = await dispatcher.handle_frame(frame, caller, quiet=answered > 0)
                     held = held or response.id is not NO_ID
@@ -325,12 +333,16 @@ async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcD
                     answered += 1
                 await process.stdout.drain()
                 reader.restart(idle=held and not decoder.partial)
+                if task is not None and not decoder.partial:
+                    idle.add(task)
         except RequestTimeout as e:
             log.info("rpc channel from %s closed: %s", caller, e.detail)
             process.stdout.write(_render(Response.failure(e)))
             await process.stdout.drain()
     except (BrokenPipeError, ConnectionError, asyncssh.Error) as e:
         log.info("rpc channel from %s ended: %s", caller, e)
+    finally:
+        idle.discard(task)  # type: ignore[arg-type]
     # A held or pipelined channel's end is worth a line; the one-request form's op line says it all.
     log.log(logging.DEBUG if answered == 1 else logging.INFO, "rpc channel from %s done: %d request(s)", caller,
             answered)

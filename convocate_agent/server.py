@@ -316,10 +316,15 @@ class AgentServer:
             await self.listener.stop_accepting()
         for task in list(self._attach_tasks):
             task.cancel()
+        if self.dispatcher is not None:  # held channels waiting for a request: nothing of theirs is running
+            for task in list(self.dispatcher.idle_channels):
+                task.cancel()
         pending = set(self._rpc_tasks) | set(self._attach_tasks)
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.config.shutdown_timeout)
             for task in late:
+                log.warning("shutdown: %s still running after %g s, cancelled", task.get_coro(),
+                            self.config.shutdown_timeout)
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         for task in (self._watch_task, self._purge_task):
