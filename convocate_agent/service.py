@@ -475,7 +475,8 @@ class AgentService:
         )
         try:
             async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
-                self.state.note_container(meta.uuid, await self.runtime.start(spec))
+                began = now_ns()
+                self.state.note_container(meta.uuid, await self.runtime.start(spec), since=began)
                 waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
         finally:
             self.reports.write_credential_env(meta.uuid, None)
@@ -534,6 +535,11 @@ class AgentService:
         self.state.meta(session_id)
         with self.locks.hold(session_id, "delete"):
             state = await self.runtime.container(session_id)
+            for _ in range(40):  # dockerd sends "die" a moment before its own state says so: the events win
+                if state is None or not state.running or (await self.state.container(session_id) or state).running:
+                    break
+                await asyncio.sleep(0.05)
+                state = await self.runtime.container(session_id)
             if state is not None and state.running:
                 raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
             await self.runtime.remove(session_id)

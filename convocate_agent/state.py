@@ -200,9 +200,21 @@ class SessionState:
             return {sid: c for sid, (c, _) in self._containers.items() if c is not None}
         return await self.runtime.containers()
 
-    def note_container(self, session_id: str, state: ContainerState | None) -> None:
-        """What one of the agent's own Docker calls returned (a start, a stop, a removal), stamped now."""
-        self._containers[session_id] = (state, now_ns())
+    def note_container(self, session_id: str, state: ContainerState | None, since: int | None = None) -> None:
+        """What one of the agent's own Docker calls returned (a start, a stop, a removal).
+
+        Args:
+            session_id: The session.
+            state: The container as the call left it (None: removed).
+            since: When the call began, ns since the epoch (None: now). A start's answer stands for the
+                moment it was asked: an event dockerd sent after that (the container died while the start
+                waited for tmux) is newer and wins, whether it arrived before or after the answer.
+        """
+        stamp = now_ns() if since is None else since
+        entry = self._containers.get(session_id)
+        if since is not None and entry is not None and entry[1] > stamp:
+            return
+        self._containers[session_id] = (state, stamp)
 
     def stopped(self, session_id: str) -> None:
         """The agent's own stop returned: the container is there, not running."""
