@@ -267,7 +267,12 @@ class AgentClient:
             ConvocateError: the agent's error; Unreachable / ProtocolError for transport problems.
         """
         if op not in HELD_OPS:
-            return await self._call_on(await self.connect(), op, params)
+            try:
+                return await self._call_on(await self.connect(), op, params)
+            finally:  # a change: `ls` reads it back from the agents until status-serve has listed again
+                from convocate.localstatus import note_write
+
+                note_write()
         for attempt in range(2):
             channel = await self._held_channel()
             try:

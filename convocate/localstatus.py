@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from convocate.common.paths import Paths
@@ -112,6 +114,32 @@ def read_replay(paths: Paths, timeout: float = REPLAY_TIMEOUT_S) -> Replay | Non
             sock.close()
 
 
+def _write_mark() -> Path:
+    """This user's mark of the last change made from this shell host (read-your-writes for ``ls``)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    return Path(base) / "convocate" / "last-write"
+
+
+def note_write() -> None:
+    """Record that a change (a lifecycle op) was just answered: until status-serve lists the agents
+    again after this moment, ``ls`` and ``agents`` ask the agents themselves, so a session made a moment
+    ago is never missing (the agent's event may still be on its way to status-serve). Never raises."""
+    mark = _write_mark()
+    with contextlib.suppress(OSError):
+        mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = mark.with_name(f".last-write.{os.getpid()}")
+        tmp.write_text(str(time.time_ns()))
+        os.replace(tmp, mark)
+
+
+def last_write_ns() -> int:
+    """When :func:`note_write` last ran for this user (0: never, or unreadable)."""
+    try:
+        return int(_write_mark().read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def usable(replay: Replay | None, agent_id: str) -> tuple[dict[str, Any] | None, str]:
     """Whether status-serve's copy may answer for ``agent_id`` (the rule in the module docstring).
 
@@ -133,6 +161,13 @@ def usable(replay: Replay | None, agent_id: str) -> tuple[dict[str, Any] | None,
         return None, "status-serve holds no list of this agent"
     if not copy.get("current") or not isinstance(copy.get("sessions"), list):
         return None, str(copy.get("reason") or "status-serve's list of this agent is not current")
+    listed = copy.get("listed_at")
+    try:
+        listed_ns = parse_rfc3339(listed) if isinstance(listed, str) else 0
+    except ValueError:
+        listed_ns = 0
+    if listed_ns <= last_write_ns():
+        return None, "a change made from here since status-serve's list (read your writes)"
     return copy, ""
 
 

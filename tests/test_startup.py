@@ -79,10 +79,23 @@ def test_an_agent_whose_copy_is_not_current_is_asked_over_ssh(replay, reason):
     assert usable(replay, "a1b2c3d4") == (None, reason)
 
 
-def test_a_live_agent_with_a_current_copy_is_answered_by_status_serve():
-    replay = Replay({"a1b2c3d4": LIVE}, {"a1b2c3d4": CURRENT})
-    assert usable(replay, "a1b2c3d4") == (CURRENT, "")
+def test_a_live_agent_with_a_current_copy_is_answered_by_status_serve(monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/nonexistent")  # no change made from here yet
+    copy = {**CURRENT, "listed_at": "2026-12-07T10:00:00Z"}
+    replay = Replay({"a1b2c3d4": LIVE}, {"a1b2c3d4": copy})
+    assert usable(replay, "a1b2c3d4") == (copy, "")
     assert usable(replay, "ffff0000")[0] is None  # only the agent it has not seen goes over SSH
+
+
+def test_a_change_made_from_here_after_the_copy_was_listed_is_read_from_the_agent(monkeypatch, tmp_path):
+    from convocate.localstatus import note_write
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    copy = {**CURRENT, "listed_at": "2026-12-07T10:00:00Z"}
+    replay = Replay({"a1b2c3d4": LIVE}, {"a1b2c3d4": copy})
+    assert usable(replay, "a1b2c3d4") == (copy, "")
+    note_write()  # `convocate new` just got its answer; status-serve listed before it
+    assert usable(replay, "a1b2c3d4") == (None, "a change made from here since status-serve's list (read your writes)")
 
 
 # --- against a real agent and status-serve -------------------------------------------------------------
