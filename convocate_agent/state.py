@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,6 +76,7 @@ class SessionState:
         self._metas: dict[str, SessionMeta] = {}
         self._broken: dict[str, str] = {}
         self._loaded = False
+        self._dir_mtime: int | None = None  # the records dir as last seen: a change there not made by us is read
         self._leaving: set[str] = set()  # sessions being deleted: a late activity write must not recreate them
         self._containers: dict[str, tuple[ContainerState | None, int]] = {}  # sid → (state or gone, stamp ns)
         self._live = False  # the container map follows the event stream
@@ -86,6 +88,7 @@ class SessionState:
     # --- metadata -----------------------------------------------------------------------
     def reload(self) -> None:
         """(Re)load every record from disk: at the agent's start, after recovery touched the records."""
+        self._dir_mtime = self._records_mtime()
         good, broken = self.store.load_all()
         with self._lock:
             self._metas = {m.uuid: m for m in good}
@@ -96,6 +99,33 @@ class SessionState:
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self.reload()
+            return
+        mtime = self._records_mtime()
+        if mtime != self._dir_mtime:  # a record added from outside (convocate-host migrate-session), or ours
+            self._dir_mtime = mtime
+            self._adopt_new_records()
+
+    def _records_mtime(self) -> int | None:
+        try:
+            return os.stat(self.store.paths.session_records_dir).st_mtime_ns
+        except OSError:
+            return None
+
+    def _adopt_new_records(self) -> None:
+        """Load the records on disk this state does not know (one listing; the known ones are not read)."""
+        with self._lock:
+            known = set(self._metas) | set(self._broken) | self._leaving
+        for session_id in set(self.store.session_ids()) - known:
+            try:
+                meta = self.store.load(session_id)
+            except NotFound:
+                continue
+            except ConfigError as e:
+                with self._lock:
+                    self._broken[session_id] = str(e)
+                continue
+            with self._lock:
+                self._metas.setdefault(session_id, meta)
 
     def _on_store(self, kind: str, session_id: str, meta: SessionMeta | None) -> None:
         with self._lock:
