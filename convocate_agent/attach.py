@@ -25,7 +25,6 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
 from convocate.common.model import validate_uuid
 from convocate.common.protocol import (
-    READ_CHUNK,
     LineDecoder,
     LineTooLong,
     Response,
@@ -50,10 +49,6 @@ HEADER_MAX = 4096
 DIMENSION_MAX = 10000
 #: Bytes read from the Docker exec socket at a time (the attach header's read too).
 RELAY_CHUNK = 64 * 1024
-#: Bytes asked of the SSH channel per read: all it holds (READ_CHUNK, more than its window). With
-#: smaller reads, while Docker holds the writes back (a large paste into a busy pane) asyncssh
-#: would let the operator's side send without bound into the agent's memory (protocol.READ_CHUNK).
-CHANNEL_READ = READ_CHUNK
 
 
 def parse_header(line: bytes) -> AttachRequest:
