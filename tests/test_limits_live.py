@@ -107,14 +107,16 @@ async def test_a_pending_resume_survives_an_agent_restart(cluster):
         await sub.wait_for(activity("idle", sid, ""))
         await rpc_ok(ssh, "settings-set", {"resume_after_limit": True, "resume_message": "please go on"})
         start = len(sub.messages)
-        await type_line(ssh, sid, "/limit 4")
+        # Long enough that the agent is surely down before the reset, even on a loaded machine (a 4 s limit
+        # ran out during a slow stop in CI, and the old agent typed the message itself).
+        await type_line(ssh, sid, "/limit 12")
         await sub.wait_for(activity("limited", sid), start)
     try:
         await asyncio.to_thread(cluster.stop)
         await asyncio.to_thread(cluster.start, same_port=True)
         assert "resumes_planned=1" in cluster.log_text()
         async with connect(cluster) as ssh, Subscriber(cluster.paths.status_socket) as sub:
-            for _ in range(200):  # from the stored activity, the restarted agent types the message
+            for _ in range(400):  # from the stored activity, the restarted agent types the message
                 got = await rpc_ok(ssh, "get", {"id": sid})
                 if got["activity"] == "working" or got["activity"] == "idle":
                     break
