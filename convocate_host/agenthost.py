@@ -23,13 +23,15 @@ version, ``current-image`` stamped, and for an agent its status key recorded in 
 registry (an agent joined by an older convocate-host has none, and status-serve refuses its
 status link until it has); running session containers keep their image until they are
 restarted. ``--all`` rolls every registered agent, one at a time, and stops at the first one
-that does not come back healthy.
+that does not come back healthy; with ``--drain`` each agent is drained first (its sessions move to
+the others through the shell host) and undrained once it is healthy again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +60,8 @@ from convocate_host.target import HostError, Target
 PATHS = Paths()
 AGENT_UNIT = "convocate-agent.service"
 HEALTH_TIMEOUT_S = 90.0
+#: Seconds a whole ``convocate drain`` may take (each session's move is bounded by its home's size).
+DRAIN_TIMEOUT_S = 3600.0
 PACKAGES = ("convocate", "convocate-agent", "convocate-host")
 
 
@@ -207,6 +211,51 @@ async def wait_healthy(shell: Target, agent_id: str, report: LiveReport, *, vers
         await asyncio.sleep(1.0)
 
 
+async def drain_agent(shell: Target, agent_id: str, report: LiveReport) -> None:
+    """Empty an agent before it is updated: ``convocate drain AGENT --json`` on the shell host, as ``claude``.
+
+    The agent takes no new session from here on, and each of its sessions moves to the agent
+    placement picks among the others (:func:`convocate.fleet.drain`, issue 18). Each move is a
+    changed line of ``report``.
+
+    Raises:
+        HostError: the drain could not run, or a session could not move; then the agent is
+            undrained again (left as it was but for the sessions that did move), and the message
+            names each session that stayed and why.
+    """
+    argv = ["runuser", "-u", CLAUDE_USER, "--", "convocate", "drain", agent_id, "--json"]
+    result = await shell.run(argv, what=f"draining agent {agent_id}", check=False, timeout=DRAIN_TIMEOUT_S)
+    if shell.dry_run:  # the plan line is the report
+        return
+    try:
+        drained = json.loads(result.text)
+        moved, stayed = drained["moved"], drained["stayed"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise HostError(messages.HOST_COMMAND_FAILED.format(
+            host=shell.description, what=f"draining agent {agent_id}", command=shlex.join(argv[3:]),
+            status=result.returncode, detail=result.detail())) from e
+    report.changed(messages.DRAIN_MARKED.format(agent=agent_id))
+    for session in moved:
+        report.changed(messages.DRAIN_MOVED.format(session=session["name"], agent=session["agent_id"]))
+    if stayed:
+        await undrain_agent(shell, agent_id, report)
+        raise HostError(messages.HOST_DRAIN_INCOMPLETE.format(
+            agent=agent_id, sessions="; ".join(f"{s['name']}: {s['reason']}" for s in stayed)))
+    if not moved:
+        report.kept(f"agent {agent_id} runs no session")
+
+
+async def undrain_agent(shell: Target, agent_id: str, report: LiveReport) -> None:
+    """``convocate undrain AGENT`` on the shell host, as ``claude``: the agent takes new sessions again.
+
+    Raises:
+        HostError: the command failed.
+    """
+    await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "undrain", agent_id],
+                    what=f"letting agent {agent_id} take new sessions again")
+    report.changed(messages.UNDRAINED.format(agent=agent_id))
+
+
 async def update_host(shell: Target, host: Target, debs: Path, report: LiveReport, *, image: str | None,
                       shell_report: LiveReport) -> str | None:
     """Upgrade the convocate packages ``host`` has; for an agent host also its image.
@@ -252,7 +301,7 @@ async def registered_agents(shell: Target) -> list[tuple[str, str]]:
 async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
                      make_report: Callable[[Target], LiveReport],
                      step: Callable[[Target, LiveReport], Awaitable[object]], what: str,
-                     finish: str | None = None) -> list[str]:
+                     finish: str | None = None, *, drain: bool = False) -> list[str]:
     """Run ``step`` on every registered agent in turn; stop at the first that fails.
 
     Args:
@@ -262,13 +311,16 @@ async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
         step: The work on one agent (its target and report).
         what: The command, for the message of a stop (``update --all``, ``update --claude-code``).
         finish: The label of each agent's closing report line (default ``what``).
+        drain: Drain each agent before its step (:func:`drain_agent`: its sessions move to the
+            others) and undrain it after, so that a rolling update keeps every session running.
 
     Returns:
         The agent IDs done, in registry order.
 
     Raises:
-        BadRequest: no agent is registered.
-        HostError: an agent's step failed; the agents after it were not touched.
+        BadRequest: no agent is registered, or a step refused its input.
+        HostError: an agent's step (or drain) failed; the agents after it were not touched. An
+            agent whose step failed after its drain stays draining, and the message says so.
     """
     agents = await registered_agents(shell)
     if not agents:
@@ -277,12 +329,19 @@ async def each_agent(shell: Target, connect: Callable[[str], Awaitable[Target]],
     for agent_id, address in agents:
         target = await connect(address)
         report = make_report(target)
+        draining = False
         try:
+            if drain:
+                await drain_agent(shell, agent_id, report)
+                draining = True
             await step(target, report)
-        except HostError as e:
+            if draining:
+                await undrain_agent(shell, agent_id, report)
+        except (HostError, BadRequest) as e:
             rest = [a for a, _ in agents[len(done) + 1:]]
-            raise HostError(f"{e}\n{what} stopped at agent {agent_id}; not updated: "
-                            f"{', '.join(rest) or 'none'}") from e
+            left = messages.HOST_LEFT_DRAINING.format(agent=agent_id) if draining else ""
+            raise type(e)(f"{e}\n{what} stopped at agent {agent_id}; not updated: "
+                          f"{', '.join(rest) or 'none'}{left}") from e
         finally:
             report.finish(f"{finish or what} (agent {agent_id})")
             await target.close()

@@ -197,6 +197,10 @@ def _add_update(sub: argparse._SubParsersAction) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--host", help="the host to update")
     target.add_argument("--all", action="store_true", help="every agent registered on the shell host")
+    p.add_argument("--drain", action="store_true",
+                   help="with --all: drain each agent before updating it (`convocate drain`: its sessions move to "
+                   "the agents placement picks) and undrain it once it is healthy; stops at an agent whose "
+                   "sessions cannot all move")
     p.add_argument("--shell-host", help="the shell host (image source, health checks) [this machine]")
     p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
     p.add_argument("--image", help="session image tag [convocate:<new agent version>; with --claude-code: the "
@@ -259,7 +263,7 @@ async def _on_update_targets(args: argparse.Namespace, shell: Target, shell_repo
     """
     if args.all:
         return await each_agent(shell, lambda address: _target(args, address), report_for, step, stopped,
-                                finish=what)
+                                finish=what, drain=args.drain)
     if args.host == args.shell_host:
         await step(shell, shell_report)
         return []
@@ -274,6 +278,8 @@ async def _on_update_targets(args: argparse.Namespace, shell: Target, shell_repo
 
 
 def _cmd_update(args: argparse.Namespace) -> int:
+    if args.drain and not args.all:
+        raise BadRequest("--drain needs --all (it moves an agent's sessions to the other agents)")
     if args.claude_code:
         return _cmd_update_claude_code(args)
 

@@ -181,3 +181,12 @@ async def test_init_shell_dry_run_on_a_fresh_host_says_it_would_install_and_stop
                s["line"] for s in steps)
     assert steps[-1] == {"status": "note", "line": messages.DRY_RUN_STOPS_AT_PACKAGE.format(package="convocate")}
     assert not any("apt-get install" in c or "debconf-set-selections" in c for c in commands), commands
+
+
+async def test_drain_needs_all_and_says_so_before_touching_a_host(tmp_path):
+    # Port 1 listens nowhere: the refusal must come before any login is tried.
+    done = await convocate_host("update", "--host", "127.0.0.1", "--port", "1", "--drain", "--json",
+                                "--known-hosts", str(tmp_path / "none"))
+    answer = json.loads(done.stdout)
+    assert done.returncode != 0 and answer["ok"] is False and answer["code"] == "bad_request"
+    assert answer["error"] == "--drain needs --all (it moves an agent's sessions to the other agents)"

@@ -7,7 +7,8 @@ with NOPASSWD sudo, and a known_hosts file; everything else is done by ``convoca
 agent, created and attached from the shell host's own CLI, whose container log lines arrive in the
 shell's per-agent log over TLS. Then every command runs a second time and says ``nothing changed``;
 an orphan session is migrated to an agent (twice: the second run changes nothing); ``update --all``
-rolls a newer build to both agents while their sessions keep running (twice, likewise).
+rolls a newer build to both agents while their sessions keep running, then ``update --all --drain``
+(nothing left to update) empties each agent before its turn: every session moves away and back.
 Refusals: a wrong host key for the target, and a user without NOPASSWD sudo.
 
 The agent hosts drive this machine's dockerd through its socket (the session containers are this
@@ -255,10 +256,28 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
         sorted((a, "ok", UPGRADE_VERSION) for a in cluster.agent_ids)
     listing = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
     assert all(listing[sid]["state"] == "R" for sid in sessions.values())  # the sessions kept running
-    out = cluster.host_tool("update", "--all", "--shell-host", shell_ip, "--debs",
+
+    # --- update --all --drain: each agent emptied before its (now empty) update and undrained after -------
+    # agent 1's sessions move to agent 2, then agent 2's (all of them) to agent 1; none is lost or stopped.
+    before = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
+    out = cluster.host_tool("update", "--all", "--drain", "--shell-host", shell_ip, "--debs",
                             str(upgrade_debs["convocate-agent"].parent), "--image", TEST_IMAGE).stdout
-    summaries = _summary(out)
-    assert len(summaries) == 3 and all(s.endswith("nothing changed") for s in summaries), out
+    assert len(_summary(out)) == 3, out
+    changed = [line.split(" changed ", 1)[1] for line in out.splitlines() if ": changed " in line]
+    first, second = sorted(cluster.agent_ids)
+    for agent_id in (first, second):  # the packages and image were current: only the drains changed anything
+        assert f"agent {agent_id} is draining: it takes no new session" in changed, out
+        assert f"agent {agent_id} takes new sessions again" in changed, out
+    moves = [line for line in changed if line.startswith("moved ")]
+    assert sorted(moves) == sorted([f"moved {before[sid]['name']} to {second}" for sid in before
+                                    if before[sid]["agent_id"] == first]
+                                   + [f"moved {before[sid]['name']} to {first}" for sid in before]), out
+    assert len(changed) == 4 + len(moves), out
+    after = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
+    assert sorted(after) == sorted(before)  # no session lost, none doubled
+    assert all(after[sid]["agent_id"] == first and after[sid]["state"] == before[sid]["state"] for sid in before)
+    agents = json.loads(cluster.shell_cli("agents", "--json").stdout)
+    assert not any((a.get("capacity") or {}).get("draining") for a in agents), agents
 
 
 def _parallel(cluster: Cluster, commands: list[list[str]]) -> list[str]:

@@ -78,21 +78,20 @@ def test_lintian_reports_no_error_no_warning_and_only_the_tags_the_readme_explai
 
 
 def test_zipapps_are_reproducible(tmp_path, debs):
-    for name in ("a", "b"):
-        run(["./build.sh", "zipapps", "--out", str(tmp_path / name)])
+    # Two builds: the .debs' (dpkg-buildpackage from a copy of the tree) and this one.
+    run(["./build.sh", "zipapps", "--out", str(tmp_path / "here")])
     for package in PACKAGES:
-        first = (tmp_path / "a" / f"{package}.pyz").read_bytes()
-        assert first == (tmp_path / "b" / f"{package}.pyz").read_bytes(), f"{package}: two builds differ"
-        # And the site-packages unpacked beside it (shiv/<pkg>.pyz_<build id>/), which the .deb ships too.
-        trees = [sorted((str(f.relative_to(tmp_path / n)), f.read_bytes())
-                        for d in (tmp_path / n / "shiv").glob(f"{package}.pyz_*") for f in d.rglob("*") if f.is_file())
-                 for n in ("a", "b")]
-        assert trees[0] == trees[1] and trees[0], f"{package}: two builds' unpacked trees differ"
-        # The .deb was built by dpkg-buildpackage from a copy of the tree: the same bytes again.
         unpacked = tmp_path / f"deb-{package}"
         run(["dpkg-deb", "-x", str(debs[package]), str(unpacked)])
-        inside = (unpacked / "usr" / "lib" / package / f"{package}.pyz").read_bytes()
-        assert hashlib.sha256(inside).hexdigest() == hashlib.sha256(first).hexdigest(), f"{package}: .deb differs"
+        inside = unpacked / "usr" / "lib" / package
+        built = (tmp_path / "here" / f"{package}.pyz").read_bytes()
+        assert hashlib.sha256(built).hexdigest() == hashlib.sha256((inside / f"{package}.pyz").read_bytes()) \
+            .hexdigest(), f"{package}: the .deb's zipapp differs from this build's"
+        # And the site-packages unpacked beside it (shiv/<pkg>.pyz_<build id>/), which the .deb ships too.
+        trees = [sorted((str(f.relative_to(root)), f.read_bytes())
+                        for d in (root / "shiv").glob(f"{package}.pyz_*") for f in d.rglob("*") if f.is_file())
+                 for root in (tmp_path / "here", inside)]
+        assert trees[0] == trees[1] and trees[0], f"{package}: the two builds' unpacked trees differ"
 
 
 def test_each_zipapp_carries_only_its_role(tmp_path, debs):

@@ -223,6 +223,14 @@ HOST_REBOOT_TIMEOUT = "{host} did not come back within {seconds:g} s after the r
 HOST_NO_IMAGE = (
     "{host} has no image {tag}: build it there with `convocate install --image` (or name another with --image)"
 )
+HOST_DRAIN_INCOMPLETE = (
+    "agent {agent} cannot be drained, so it was not updated (it takes new sessions again): {sessions}."
+    " Free capacity elsewhere (`convocate place`), or update without --drain: running sessions keep running"
+    " through an agent's restart"
+)
+HOST_LEFT_DRAINING = (
+    "\nagent {agent} stays draining (it takes no new session): `convocate undrain {agent}` once it is healthy"
+)
 HOST_AGENT_UNHEALTHY = (
     "agent {agent} is not healthy as seen from the shell host {host} after {seconds:g} s: {status}"
     " (on the agent host: systemctl status convocate-agent; journalctl -u convocate-agent)"
