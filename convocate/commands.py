@@ -499,9 +499,9 @@ async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
 
     state_dir = cluster.paths.shell_state_dir
     if args.resume:
-        found = await cluster.resolve(args.ref)
-        journal = move.read_journal(state_dir, found.view.meta.uuid)
+        journal = move.pending_journal(state_dir, args.ref)
         if journal is None:
+            found = await cluster.resolve(args.ref)  # NotFound when there is no such session either
             print(f"no interrupted move of {found.view.meta.name}", file=sys.stderr)
             return 0
         where = await move.finish(cluster, journal, state_dir, lambda s: print(s, file=sys.stderr))

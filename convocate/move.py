@@ -93,6 +93,23 @@ def read_journal(state_dir: Path, session_id: str) -> MoveJournal | None:
         raise BadRequest(messages.MOVE_BAD_JOURNAL.format(path=journal_path(state_dir, session_id), error=e)) from None
 
 
+def pending_journal(state_dir: Path, ref: str) -> MoveJournal | None:
+    """The interrupted move of the session ``ref`` names (UUID, unique UUID prefix of 4+, or name).
+
+    Asked before the agents: while a move is pending past its import both agents hold the
+    session, so the cluster's own lookup finds two and cannot choose.
+
+    Raises:
+        BadRequest: a journal is unreadable, or ``ref`` matches several pending moves.
+    """
+    moves = state_dir / "moves"
+    found = [j for p in sorted(moves.glob("*.json")) if (j := read_journal(state_dir, p.stem)) is not None
+             and (ref in (j.uuid, j.name) or (len(ref) >= 4 and j.uuid.startswith(ref.lower())))]
+    if len(found) > 1:
+        raise BadRequest(messages.MOVE_AMBIGUOUS.format(ref=ref, uuids=", ".join(j.uuid for j in found)))
+    return found[0] if found else None
+
+
 def clear_journal(state_dir: Path, session_id: str) -> None:
     journal_path(state_dir, session_id).unlink(missing_ok=True)
 
@@ -228,7 +245,10 @@ async def finish(cluster: Any, journal: MoveJournal, state_dir: Path, say: Any) 
         await _call(target, "restart", journal.uuid)
     journal.step = "started"
     write_journal(state_dir, journal)
-    if await _holds(source, journal.uuid):
+    on_source = await _holds(source, journal.uuid)
+    if on_source is None:  # its copy may still be there: the journal stays until it can be trashed
+        raise ConvocateError(messages.MOVE_AGENT_UNREACHABLE.format(agent=journal.source))
+    if on_source:
         await _call(source, "delete", journal.uuid)
     clear_journal(state_dir, journal.uuid)
     return journal.target
@@ -251,16 +271,15 @@ async def move(cluster: Any, ref: str, to: str, *, state_dir: Path, dry_run: boo
     def say(text: str) -> None:
         print(text, file=progress_out or sys.stderr)
 
-    found = await cluster.resolve(ref)
-    meta, source = found.view.meta, found.client
-    pending = read_journal(state_dir, meta.uuid)
+    pending = pending_journal(state_dir, ref)
     if pending is not None and not dry_run:
         where = await finish(cluster, pending, state_dir, say)
-        found = await cluster.resolve(meta.uuid)
-        source = found.client
         if where == to:
-            return {"uuid": meta.uuid, "name": meta.name, "from": pending.source, "to": where,
+            return {"uuid": pending.uuid, "name": pending.name, "from": pending.source, "to": where,
                     "running": pending.was_running, "resumed": True}
+        ref = pending.uuid
+    found = await cluster.resolve(ref)
+    meta, source = found.view.meta, found.client
     if to == "auto":
         to = await _auto_target(cluster, source.agent_id, meta)
     target = cluster.client(to)

@@ -17,7 +17,7 @@ import pytest
 from convocate import move as move_mod
 from convocate.client import Cluster
 from convocate.common import keys
-from convocate.common.errors import Conflict, NotFound
+from convocate.common.errors import Conflict, ConvocateError, NotFound
 from convocate.registry import register_agent
 from convocate_agent.runtime import LABEL_SESSION
 from convocate_agent.transfer import hash_tree
@@ -216,5 +216,114 @@ async def test_killing_the_target_mid_transfer_leaves_the_source_copy_the_only_o
             await cluster.client(b.agent_id).call("get", {"id": sid})
         await cluster.client(a.agent_id).call("kill", {"id": sid})
         await cluster.client(a.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+def _running_copies(docker_client: docker.DockerClient, session_id: str) -> list[str]:
+    """The agents whose container of the session runs (a move must never make it two)."""
+    return [agent for agent, status in _containers(docker_client, session_id) if status == "running"]
+
+
+async def _stopped_for_move(cluster: Cluster, a: LocalCluster, b: LocalCluster, name: str,
+                            state_dir: Path) -> tuple[str, move_mod.MoveJournal]:
+    """A running session on ``a``, taken through a move's steps 1-2 (planned, stopped) as move does."""
+    made = await cluster.client(a.agent_id).call("create", {"name": name, "cpus": 0.2, "memory_mb": 256,
+                                                            "start": True})
+    sid = made["uuid"]
+    journal = move_mod.MoveJournal(sid, name, a.agent_id, b.agent_id, True, "planned", 0.0)
+    move_mod.write_journal(state_dir, journal)
+    await cluster.client(a.agent_id).call("kill", {"id": sid})
+    journal.step = "stopped"
+    move_mod.write_journal(state_dir, journal)
+    return sid, journal
+
+
+async def test_a_shell_killed_before_the_transfer_is_rolled_back_by_resume(pair, tmp_path: Path,
+                                                                          docker_client) -> None:
+    """Step 2 done, step 3 never begun: the source copy is the one, and it runs again."""
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        sid, journal = await _stopped_for_move(cluster, a, b, "mv-before", tmp_path)
+        assert _running_copies(docker_client, sid) == []
+        where = await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
+        assert where == a.agent_id and move_mod.read_journal(tmp_path, sid) is None
+        assert (await cluster.client(a.agent_id).call("get", {"id": sid}))["running"] is True
+        assert _running_copies(docker_client, sid) == [a.agent_id]
+        with pytest.raises(NotFound):
+            await cluster.client(b.agent_id).call("get", {"id": sid})
+        await cluster.client(a.agent_id).call("kill", {"id": sid})
+        await cluster.client(a.agent_id).call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_source_in_the_trash(
+        pair, docker_client) -> None:
+    """Step 5 done, step 6 not: one copy runs (the target's), the source's is stopped. Both agents
+    hold the session, and ``convocate move --resume NAME`` (its journal says which is which) trashes
+    the source's."""
+    import asyncio
+
+    a, b = pair
+    state_dir = a.paths.shell_state_dir  # where the CLI keeps its journals
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        sid, journal = await _stopped_for_move(cluster, a, b, "mv-started", state_dir)
+        source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
+        await move_mod.transfer(source, target, sid, io.StringIO())
+        journal.step = "imported"
+        move_mod.write_journal(state_dir, journal)
+        await target.call("restart", {"id": sid})
+        journal.step = "started"
+        move_mod.write_journal(state_dir, journal)
+        assert _running_copies(docker_client, sid) == [b.agent_id]  # the interrupted state: one runs
+        assert (await source.call("get", {"id": sid}))["running"] is False
+        done = await asyncio.to_thread(a.run_role, "convocate", "move", "mv-started", "--resume", check=False)
+        assert done.returncode == 0 and f"mv-started is on {b.agent_id}" in done.stdout, done.stderr
+        assert move_mod.read_journal(state_dir, sid) is None
+        with pytest.raises(NotFound):
+            await source.call("get", {"id": sid})
+        assert any(e["trash_id"].startswith(sid) for e in await source.call("trash"))
+        assert _running_copies(docker_client, sid) == [b.agent_id]
+        await target.call("kill", {"id": sid})
+        await target.call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
+
+
+async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_until_it_is_back(
+        pair, tmp_path: Path, docker_client) -> None:
+    """kill -9 of the source when only its trash step is left: the target's copy runs, the move
+    stays pending (journal at ``started``), the restarted source does not start its stopped copy,
+    and resume puts that copy in the trash."""
+    import signal
+
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        sid, journal = await _stopped_for_move(cluster, a, b, "mv-trash", tmp_path)
+        source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
+        await move_mod.transfer(source, target, sid, io.StringIO())
+        await target.call("restart", {"id": sid})
+        journal.step = "started"
+        move_mod.write_journal(tmp_path, journal)
+        a.stop(signal.SIGKILL)
+        try:
+            with pytest.raises(ConvocateError):
+                await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
+            assert move_mod.read_journal(tmp_path, sid).step == "started"
+            assert _running_copies(docker_client, sid) == [b.agent_id]
+        finally:
+            a.start(same_port=True)
+        assert (await source.call("get", {"id": sid}))["running"] is False  # recovery starts nothing
+        where = await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
+        assert where == b.agent_id
+        with pytest.raises(NotFound):
+            await source.call("get", {"id": sid})
+        assert _running_copies(docker_client, sid) == [b.agent_id]
+        await target.call("kill", {"id": sid})
+        await target.call("delete", {"id": sid})
 
     await _with_cluster(a, run)
