@@ -79,6 +79,36 @@ _AGENT_ID = re.compile(r"^[a-z0-9]{8}\Z")
 _OURS = re.compile(r"\s# convocate [a-z0-9]{8} [0-9a-f-]{36}\s*$")
 
 
+def one_per_session(records: list[HostRecord], running: set[tuple[str, str]]) -> list[HostRecord]:
+    """``records`` with each session on one agent at most.
+
+    A session is held by two agents only while a move is between its import on the target and the
+    source's trash (convocate/move.py; an interrupted move can stay there). Its record is then the
+    copy that runs; when not exactly one runs, it has no record until the move ends, rather than a
+    name that may point at a host the session is not on (issue 18).
+
+    Args:
+        records: Every agent's records, in any order.
+        running: ``(agent_id, session_id)`` of the copies that run.
+
+    Returns:
+        The records kept, in the order given.
+    """
+    holders: dict[str, list[str]] = {}
+    for r in records:
+        holders.setdefault(r.session_id, []).append(r.agent_id)
+    kept = []
+    for r in records:
+        agents = holders[r.session_id]
+        if len(agents) == 1:
+            kept.append(r)
+            continue
+        runs = [a for a in agents if (a, r.session_id) in running]
+        if runs == [r.agent_id]:
+            kept.append(r)
+    return kept
+
+
 def is_ours(line: str) -> bool:
     """Whether a hosts-file line was written by status-serve (ends with its marker)."""
     return bool(_OURS.search(line))

@@ -84,7 +84,7 @@ from convocate.common.protocol import (
 from convocate.common.sshserver import Caller, SubsystemListener, format_address
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 from convocate.common.version import __version__
-from convocate.dns import HostRecord, HostsFile, is_ip
+from convocate.dns import HostRecord, HostsFile, is_ip, one_per_session
 from convocate.localstatus import AGENT_SESSIONS
 from convocate.registry import AGENT_ID, load_agent, status_key_bindings
 
@@ -203,6 +203,7 @@ class AgentState:
         heartbeat_interval_s: From ``agent.started`` (30 until told).
         peer: Address of the status connection.
         sessions: Session UUID → DNS name (``""`` for none).
+        running: The UUIDs of its sessions whose container runs (from events and each listing).
         links: The open status connections of this agent (one token each); connected while any is.
         listing: The agent's last ``list`` answer (wire metadata), None before the first.
         listing_extra: ``capacity`` and ``ping`` answers taken with it.
@@ -225,6 +226,7 @@ class AgentState:
     heartbeat_interval_s: float = 30.0
     peer: str = ""
     sessions: dict[str, str] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
     links: set[object] = field(default_factory=set)
     listing: list[dict[str, Any]] | None = None
     listing_extra: dict[str, Any] = field(default_factory=dict)
@@ -421,6 +423,11 @@ class StatusHub:
             state.sessions[event.session_id] = name
         elif event.type == CONTAINER_DELETED and event.session_id:
             dns_changed = bool(state.sessions.pop(event.session_id, ""))
+        if event.session_id and event.type in (CONTAINER_STARTED, CONTAINER_STOPPED, CONTAINER_DELETED):
+            was = event.session_id in state.running
+            (state.running.add if event.type == CONTAINER_STARTED else state.running.discard)(event.session_id)
+            # which copy of a session two agents hold has the record follows which one runs
+            dns_changed |= was != (event.session_id in state.running) and self.held_elsewhere(state, event.session_id)
         if event.type in SESSION_EVENTS or event.type in (AGENT_STARTED, AGENT_SHUTDOWN):
             state.listing_pending = True  # the copy of its list is behind until listed again
         self.broadcast(event.to_wire())
@@ -437,12 +444,23 @@ class StatusHub:
         return (event.type == AGENT_HEARTBEAT
                 and self.clock() - state.refresh_mono >= state.heartbeat_interval_s / 2)
 
+    def held_elsewhere(self, state: AgentState, session_id: str) -> bool:
+        """Whether another agent than ``state``'s holds ``session_id`` too (a move in progress)."""
+        return any(session_id in other.sessions for other in self.agents.values() if other is not state)
+
+    def running_copies(self) -> set[tuple[str, str]]:
+        """``(agent_id, session_id)`` of every session copy known to run."""
+        return {(state.agent_id, sid) for state in self.agents.values() for sid in state.running}
+
     def resync(self, agent_id: str, sessions: list[SessionView]) -> bool:
-        """Replace an agent's session DNS names with a fresh ``list``; True if anything changed."""
+        """Replace an agent's session DNS names with a fresh ``list``; True if a record may change
+        (a name, or which copy of a session two agents hold runs)."""
         state = self.agent(agent_id)
         fresh = {v.meta.uuid: v.meta.dns_name for v in sessions}
+        running = {v.meta.uuid for v in sessions if v.running}
         changed = {k: v for k, v in fresh.items() if v} != {k: v for k, v in state.sessions.items() if v}
-        state.sessions = fresh
+        changed |= any(self.held_elsewhere(state, sid) for sid in running ^ state.running)
+        state.sessions, state.running = fresh, running
         return changed
 
     def valid_names(self, sessions: list[SessionView], domain: str | None) -> list[SessionView]:
@@ -700,6 +718,7 @@ class StatusServer:
                 if address is None:
                     continue
                 records += [HostRecord(address, name, state.agent_id, sid) for sid, name in names.items()]
+            records = one_per_session(records, self.hub.running_copies())
             try:
                 await asyncio.to_thread(self.hosts.update, records)
             except OSError as e:

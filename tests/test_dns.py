@@ -51,3 +51,17 @@ def test_a_record_whose_field_breaks_its_rule_is_left_out_and_no_line_is_added()
 def test_a_name_inside_the_domain_is_written_as_it_is():
     lines = render_hosts("", [HostRecord("10.0.0.2", "api.c.internal", "abcd1234", SID1)], "c.internal").splitlines()
     assert lines == [f"10.0.0.2 api.c.internal # convocate abcd1234 {SID1}"]
+
+
+def test_a_session_two_agents_hold_has_the_record_of_the_copy_that_runs_or_none():
+    from convocate.dns import one_per_session
+
+    sid, other = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91", "0b6c1a0e-5f4e-4c57-9a39-3f0f3a8d2c11"
+    source, target = HostRecord("10.0.0.5", "web", "aaaa1111", sid), HostRecord("10.0.0.6", "web", "bbbb2222", sid)
+    alone = HostRecord("10.0.0.5", "db", "aaaa1111", other)
+    records = [source, alone, target]
+    assert one_per_session(records, {("bbbb2222", sid)}) == [alone, target]
+    assert one_per_session(records, {("aaaa1111", sid)}) == [source, alone]
+    assert one_per_session(records, set()) == [alone]  # neither runs: no name that may point wrongly
+    assert one_per_session(records, {("aaaa1111", sid), ("bbbb2222", sid)}) == [alone]
+    assert one_per_session([source, alone], set()) == [source, alone]  # one holder: as it always was

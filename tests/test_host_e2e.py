@@ -279,6 +279,15 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
     agents = json.loads(cluster.shell_cli("agents", "--json").stdout)
     assert not any((a.get("capacity") or {}).get("draining") for a in agents), agents
 
+    def published() -> dict[str, str]:  # session UUID -> agent, from the shell's dnsmasq hosts file
+        lines = cluster.shell.read("/var/lib/convocate/dnsmasq-hosts").splitlines()
+        return {f[-1]: f[-2] for f in (line.split() for line in lines) if "# convocate" in " ".join(f)}
+
+    named = [sid for sid in before if before[sid].get("dns_name")]
+    assert named, before
+    _wait(lambda: {sid: published().get(sid) for sid in named} == {sid: first for sid in named}, 30,
+          f"the DNS records of {named} on {first} alone")
+
 
 def _parallel(cluster: Cluster, commands: list[list[str]]) -> list[str]:
     """Run several convocate-host commands at once; their outputs, in order."""

@@ -167,3 +167,31 @@ def test_a_resync_drops_names_the_session_may_not_publish():
     kept = hub.valid_names(views, "convocate.internal")
     assert [v.meta.dns_name for v in kept] == ["", "web.convocate.internal"]
     assert [v.meta.name for v in kept] == ["x", "y"]
+
+
+def test_a_moving_sessions_record_follows_the_copy_that_runs():
+    """A move's events as the two agents send them: the hub says when the records must be
+    rendered again, and which copy runs (convocate.dns.one_per_session picks by it)."""
+    async def scenario():
+        hub = StatusHub(clock=Clock())
+        meta = {"uuid": SID, "dns_name": "web"}
+        steps = [("aaaa1111", "container.created"), ("aaaa1111", "container.started"),
+                 ("aaaa1111", "container.stopped"),  # the move stops it on the source
+                 ("bbbb2222", "container.created"),  # the target's import
+                 ("bbbb2222", "container.started"),  # started there: now this copy has the record
+                 ("aaaa1111", "container.deleted")]  # the source's copy goes to its trash
+        seen = []
+        for agent, kind in steps:
+            changed = hub.record(Event.now(kind, agent, SID, meta))
+            seen.append((kind, agent, changed, sorted(hub.running_copies())))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [
+        ("container.created", "aaaa1111", True, []),
+        ("container.started", "aaaa1111", False, [("aaaa1111", SID)]),  # one holder: its record stands
+        ("container.stopped", "aaaa1111", False, []),
+        ("container.created", "bbbb2222", True, []),
+        ("container.started", "bbbb2222", True, [("bbbb2222", SID)]),
+        ("container.deleted", "aaaa1111", True, [("bbbb2222", SID)]),
+    ]
