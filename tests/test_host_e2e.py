@@ -184,8 +184,8 @@ def test_a_cluster_from_bare_hosts_through_convocate_host(cluster: Cluster, debs
     # --- a session on each agent, created and attached from the shell host -----------------------------
     sessions = {}
     for agent_id in cluster.agent_ids:
-        made = json.loads(cluster.shell_cli("new", f"e2e-{agent_id}", "--agent", agent_id, "--cpus", "0.2",
-                                            "--memory", "200", "--json").stdout)
+        made = json.loads(cluster.shell_cli("new", f"e2e-{agent_id}", "--agent", agent_id, "--dns", f"e2e-{agent_id}",
+                                            "--cpus", "0.2", "--memory", "200", "--json").stdout)
         sessions[agent_id] = made["uuid"]
     listing = {s["uuid"]: s for s in json.loads(cluster.shell_cli("ls", "--json").stdout)}
     for agent_id, sid in sessions.items():
