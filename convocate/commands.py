@@ -211,12 +211,12 @@ async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
     _report(args, "created", result, client)
     if args.attach:
         view = _view(result, client.agent_id)
-        return await _attach(SessionRef(client, view), read_only=False, start=True)
+        return await _attach(cluster, SessionRef(client, view), read_only=False, start=True)
     return 0
 
 
-async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
-    from convocate.terminal import attach_terminal
+async def _attach(cluster: Cluster, ref: SessionRef, *, read_only: bool, start: bool) -> int:
+    from convocate.terminal import attach_terminal, follow_moves
 
     view = ref.view
     if not view.running:
@@ -224,8 +224,9 @@ async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
             raise BadRequest(f'session "{view.meta.name}" is not running; start it with `{PROG} restart`')
         print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
         await ref.client.call("restart", {"id": view.meta.uuid})
-    await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only)
-    after = _view(await ref.client.call("get", {"id": view.meta.uuid}), ref.client.agent_id)
+    client = await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only,
+                                   relocate=follow_moves(cluster, view.meta.uuid))
+    after = _view(await client.call("get", {"id": view.meta.uuid}), client.agent_id)
     if after.running:
         print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
     else:
@@ -236,7 +237,7 @@ async def _attach(ref: SessionRef, *, read_only: bool, start: bool) -> int:
 
 async def _cmd_attach(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    return await _attach(ref, read_only=args.read_only, start=not args.no_start)
+    return await _attach(cluster, ref, read_only=args.read_only, start=not args.no_start)
 
 
 # --- simple lifecycle verbs --------------------------------------------------------------

@@ -294,7 +294,8 @@ async def move(cluster: Any, ref: str, to: str, *, state_dir: Path, dry_run: boo
                 "running": journal.was_running, "dry_run": True}
     write_journal(state_dir, journal)
     try:
-        await source.call("override", {"id": meta.uuid})  # detach the operators attached there
+        # detach the operators attached there; their clients attach again where it runs next
+        await source.call("override", {"id": meta.uuid, "moving_to": target.agent_id})
         if journal.was_running:
             await source.call("kill", {"id": meta.uuid})
         journal.step = "stopped"

@@ -7,7 +7,10 @@ ends the channel with exit status 0 and the terminal is restored exactly as it
 was. When the agent goes away instead (a restart, a crash, the network), the
 session keeps running in its container: the relay says so on one line and
 attaches again as soon as the agent answers, until the operator presses
-Ctrl-C or :data:`REATTACH_FOR_S` pass.
+Ctrl-C or :data:`REATTACH_FOR_S` pass. When a move detaches the operator (exit
+status :data:`~convocate.common.protocol.ATTACH_EXIT_MOVING`), the relay says so
+and, given a way to find the session (:func:`follow_moves`), attaches again on
+the agent where it runs next, until Ctrl-C or :data:`FOLLOW_MOVE_FOR_S` pass.
 """
 
 from __future__ import annotations
@@ -20,18 +23,28 @@ import signal
 import sys
 import termios
 import tty
-from collections.abc import Callable
-from typing import BinaryIO
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO, TypeVar
 
 import asyncssh
 
 from convocate.client import AgentClient
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError, Unreachable, error_from_code
+from convocate.common.protocol import ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING
 
 RELAY_CHUNK = 64 * 1024
 #: How long to keep trying to reattach after the agent went away, in seconds.
 REATTACH_FOR_S = 300.0
+#: How long to wait for a moving session to run on its new agent, in seconds (a big home takes a while).
+FOLLOW_MOVE_FOR_S = 1800.0
+#: Seconds between two looks for a moving session.
+FOLLOW_MOVE_POLL_S = 1.0
+#: Longest wait for the copy a move detached the operator from to stop, in seconds.
+FOLLOW_MOVE_LEAVE_S = 30.0
+#: Where a moving session runs next, given the agent it left: the client of its agent, once it runs there.
+Relocate = Callable[[AgentClient], Awaitable[AgentClient]]
+T = TypeVar("T")
 CTRL_C = b"\x03"
 
 
@@ -104,8 +117,12 @@ class _Relay:
         self.process = await self.client.open_attach(self.session_id, cols=cols, rows=rows, read_only=self.read_only,
                                                      term=os.environ.get("TERM", "xterm-256color"))
 
-    async def pump(self) -> bool:
-        """Copy the session's output until the channel ends; True if it ended cleanly (detach, session over).
+    async def pump(self) -> int | None:
+        """Copy the session's output until the channel ends.
+
+        Returns:
+            The channel's exit status (:data:`~convocate.common.protocol.ATTACH_EXIT_DETACHED` and
+            the others), or None when the connection was lost.
 
         Raises:
             ConvocateError: the agent refused the attach.
@@ -117,7 +134,7 @@ class _Relay:
                 try:
                     data = await self.process.stdout.read(RELAY_CHUNK)
                 except (OSError, asyncssh.Error):
-                    return False
+                    return None
                 if not data:
                     break
                 if first:
@@ -128,7 +145,7 @@ class _Relay:
                 _write_all(self.out_fd, data)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.process.wait_closed(), 5)
-            return self.process.exit_status == 0
+            return self.process.exit_status
         finally:
             self.process.close()
             self.process = None
@@ -154,13 +171,65 @@ class _Relay:
                 raise Unreachable("reattach cancelled; the session keeps running")
             delay = min(delay * 2, 5.0)
 
+    async def until(self, work: Awaitable[T], deadline: float, what: str) -> T:
+        """``work``'s result, unless the operator presses Ctrl-C or ``deadline`` passes first.
+
+        Raises:
+            Unreachable: cancelled or too late (``what`` says what was waited for).
+        """
+        loop = asyncio.get_running_loop()
+        task, aborted = asyncio.ensure_future(work), asyncio.ensure_future(self.aborted.wait())
+        try:
+            await asyncio.wait({task, aborted}, timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, aborted):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(task, aborted, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise Unreachable(f"{'cancelled' if self.aborted.is_set() else 'gave up'} waiting for {what}")
+
+
+def follow_moves(cluster: Any, session_id: str) -> Relocate:
+    """A :data:`Relocate` that looks for the session across ``cluster`` until a copy of it is ready.
+
+    First the copy the operator was detached from stops (a move stops it after detaching; at most
+    :data:`FOLLOW_MOVE_LEAVE_S`), then the first copy that runs and is not locked counts: a
+    ``restart`` holds the session's lock until its tmux is up (``wait_ready``), so the attach finds
+    a terminal. Any agent counts, the one it left included (a move that rolled back restarts it there).
+
+    Args:
+        cluster: A :class:`convocate.client.Cluster`.
+        session_id: The session's UUID.
+    """
+    async def copies() -> list[Any]:
+        listing = await cluster.list()
+        return [found for found in listing.sessions if found.view.meta.uuid == session_id]
+
+    async def relocate(left: AgentClient) -> AgentClient:
+        loop = asyncio.get_running_loop()
+        leave_by = loop.time() + FOLLOW_MOVE_LEAVE_S
+        while loop.time() < leave_by and any(
+                f.client.agent_id == left.agent_id and f.view.running for f in await copies()):
+            await asyncio.sleep(FOLLOW_MOVE_POLL_S / 4)
+        while True:
+            for found in await copies():
+                if found.view.running and not found.view.locked:
+                    return found.client
+            await asyncio.sleep(FOLLOW_MOVE_POLL_S)
+
+    return relocate
+
 
 ResizeWatcher = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 async def attach_terminal(client: AgentClient, session_id: str, name: str, *, read_only: bool = False,
                           stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
-                          reattach_for: float = REATTACH_FOR_S, watch_resize: ResizeWatcher | None = None) -> None:
+                          reattach_for: float = REATTACH_FOR_S, watch_resize: ResizeWatcher | None = None,
+                          relocate: Relocate | None = None) -> AgentClient:
     """Relay the controlling terminal to a session until the operator detaches.
 
     Args:
@@ -172,10 +241,17 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
         watch_resize: Installs a window-size handler and returns its remover. By
             default ``SIGWINCH`` on this event loop, which needs the main thread;
             a caller running this on another thread (the TUI) brings its own.
+        relocate: Finds the session when a move detached the operator (:func:`follow_moves`);
+            None ends the attach then, with a line saying so.
+
+    Returns:
+        The client of the agent the operator was last attached through (another than
+        ``client`` when the session moved).
 
     Raises:
         ConfigError: stdin or stdout is not a terminal.
-        Unreachable: the agent went away and did not come back in time.
+        Unreachable: the agent went away and did not come back in time, or a moving session did not
+            run anywhere in time.
         ConvocateError: the agent refused the attach (its message and code).
     """
     in_file = stdin or sys.stdin.buffer
@@ -196,10 +272,21 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
         loop.add_reader(in_fd, relay.on_input)
         unwatch = watch_resize(relay.on_resize)
         try:
-            while not await relay.pump():
-                relay.say(f"lost the connection to agent {client.agent_id}; the session keeps running. "
+            while (status := await relay.pump()) != ATTACH_EXIT_DETACHED:
+                if status == ATTACH_EXIT_MOVING:
+                    if relocate is None:
+                        relay.say(messages.ATTACH_MOVED_AWAY.format(name=name))
+                        break
+                    relay.say(messages.ATTACH_MOVING.format(name=name, agent=relay.client.agent_id))
+                    relay.client = await relay.until(relocate(relay.client), loop.time() + FOLLOW_MOVE_FOR_S,
+                                                     f"{name} to run again")
+                    relay.say(messages.ATTACH_FOLLOWED.format(name=name, agent=relay.client.agent_id))
+                    await relay.open()
+                    continue
+                relay.say(f"lost the connection to agent {relay.client.agent_id}; the session keeps running. "
                           "Reattaching... (Ctrl-C gives up)")
                 await relay.reattach(loop.time() + reattach_for)
         finally:
             loop.remove_reader(in_fd)
             unwatch()
+    return relay.client

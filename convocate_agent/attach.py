@@ -25,6 +25,9 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
 from convocate.common.model import validate_uuid
 from convocate.common.protocol import (
+    ATTACH_EXIT_AGENT_STOPPING,
+    ATTACH_EXIT_DETACHED,
+    ATTACH_EXIT_MOVING,
     LineDecoder,
     LineTooLong,
     Response,
@@ -41,8 +44,6 @@ from convocate_agent.service import AgentService, AttachRequest
 
 log = logging.getLogger(__name__)
 
-#: Exit status of an attach channel the agent ended because it is stopping (EX_TEMPFAIL).
-ATTACH_EXIT_AGENT_STOPPING = 75
 #: Longest attach header accepted, in bytes.
 HEADER_MAX = 4096
 #: Largest terminal dimension accepted (tmux's own limit is 10000).
@@ -220,9 +221,12 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             await audit.record_attach_end(caller, sid, request.read_only, started=opened, input_bytes=counts[0],
                                           output_bytes=counts[1], ended=attach_ended(detached_by_tmux))
         with contextlib.suppress(Exception):
-            # 0: tmux's client ended (detach, or the session is over). Otherwise the
-            # agent is stopping under the operator, who may attach again.
-            process.exit(0 if detached_by_tmux else ATTACH_EXIT_AGENT_STOPPING)
+            # tmux's client ended (detach, session over, or a move's override); otherwise the agent
+            # is stopping under the operator, who may attach again.
+            if not detached_by_tmux:
+                process.exit(ATTACH_EXIT_AGENT_STOPPING)
+            else:
+                process.exit(ATTACH_EXIT_MOVING if service.moving_to(sid) else ATTACH_EXIT_DETACHED)
 
 
 async def _refuse(process: asyncssh.SSHServerProcess, error: ConvocateError) -> None:

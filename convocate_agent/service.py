@@ -14,6 +14,7 @@ event stream is up (issue 17); lifecycle ops write the records through it, off t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -163,6 +164,8 @@ class AgentService:
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self.recordings = Recordings(paths, store, runtime)  # recording_list, _read, _grep (issue 19)
         self._attached: dict[str, int] = {}
+        self._moving: dict[str, str] = {}  # session -> the agent a move takes it to (until it starts)
+        self._starting: dict[str, asyncio.Event] = {}  # session -> set when its start is over
         self.recorder: RecordingHook | None = None  # set by the server (issue 19): the attach relay's input goes there
         self._names_lock = asyncio.Lock()
         self._creating: dict[str, SessionMeta] = {}  # creates between their name check and their record
@@ -459,6 +462,7 @@ class AgentService:
         """
         report_dir = await self.reports.ensure(meta.uuid)
         self._cancel_resume(meta.uuid)
+        self._moving.pop(meta.uuid, None)
         fingerprint = self._write_credential_env(meta)
         meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns(), activity_until=0)
         await self.state.save(meta)
@@ -473,12 +477,16 @@ class AgentService:
             pids_limit=self.settings.pids_limit, work_dir=self.settings.work_dir,
             skip_permissions=self.settings.skip_permissions,
         )
+        started = self._starting[meta.uuid] = asyncio.Event()
         try:
             async with self.admission.admit(meta.uuid, Reservation(meta.cpus, meta.memory_mb)):
                 began = now_ns()
                 self.state.note_container(meta.uuid, await self.runtime.start(spec), since=began)
                 waited = await self.runtime.wait_ready(meta.uuid, READY_TIMEOUT_S)
         finally:
+            started.set()
+            if self._starting.get(meta.uuid) is started:
+                del self._starting[meta.uuid]
             self.reports.write_credential_env(meta.uuid, None)
         log.info("session %s ready in %.0f ms (image %s)", meta.uuid, waited * 1000, image)
         meta = self.state.meta(meta.uuid).with_changes(image=image, last_accessed=now_ns(),  # reports may have come
@@ -596,9 +604,16 @@ class AgentService:
         return await self._wire(self.state.meta(session_id))
 
     async def override(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Take a session over: clear a stale lock, and detach whoever is attached."""
+        """Take a session over: clear a stale lock, and detach whoever is attached.
+
+        With ``moving_to`` (a move, issue 18), those attach channels end with
+        :data:`~convocate.common.protocol.ATTACH_EXIT_MOVING`, and the clients attach again where
+        the session runs next; that lasts until the session starts here again (a rolled-back move).
+        """
         session_id = params["id"]
         meta = self.state.meta(session_id)
+        if params.get("moving_to"):
+            self._moving[session_id] = params["moving_to"]
         cleared = self.locks.clear_stale(session_id)
         detached = 0
         state = await self.runtime.container(session_id)
@@ -758,11 +773,19 @@ class AgentService:
     async def open_attach(self, request: AttachRequest) -> ExecStream:
         """Start an attach exec for ``request`` and count the operator as attached.
 
+        An attach that comes while the session is starting waits for the start to end (at most
+        ``READY_TIMEOUT_S``), so that it finds tmux up rather than ``no sessions``: an operator a
+        move detached attaches again as soon as the target's container runs (issue 18).
+
         Raises:
             NotFound: no such session.
             Conflict: the session is not running.
             DockerError: the exec could not be started.
         """
+        starting = self._starting.get(request.session_id)
+        if starting is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(starting.wait(), READY_TIMEOUT_S)
         await self._require_running(request.session_id)
         stream = await self.runtime.open_attach(request.session_id, cols=request.cols, rows=request.rows,
                                                 term=request.term, read_only=request.read_only,
@@ -778,6 +801,10 @@ class AgentService:
             self._emit(SESSION_ATTACHED, sid, {"read_only": request.read_only,
                                                "attached_count": self._attached[sid], "name": meta.name})
         return stream
+
+    def moving_to(self, session_id: str) -> str | None:
+        """The agent a move takes the session to, while it is moving (see :meth:`override`)."""
+        return self._moving.get(session_id)
 
     def close_attach(self, session_id: str) -> None:
         """Count an operator as detached."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -327,3 +328,42 @@ async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_u
         await target.call("delete", {"id": sid})
 
     await _with_cluster(a, run)
+
+
+def history(term) -> str:  # type: ignore[no-untyped-def]
+    """The terminal's screen and scrollback (tmux keeps what a screen clear pushed out: scroll-on-clear)."""
+    return term.tmux("capture-pane", "-p", "-J", "-S", "-500", "-t", "t")
+
+
+def test_an_attached_operator_is_detached_by_the_move_and_attached_again_on_the_target(pair) -> None:
+    """``convocate attach`` in a real terminal: the move detaches it with a line saying why, and it
+    attaches again by itself once the session runs on the target, where typing reaches it."""
+    from tests.harness import REPO, python
+    from tests.test_cli import Terminal
+
+    a, b = pair
+    made = a.run_role("convocate", "new", "mv-follow", "--agent", a.agent_id, "--cpus", "0.2", "--memory", "256",
+                      check=False)
+    assert made.returncode == 0, made.stderr
+    term = Terminal(a.env)
+    try:
+        term.start(f"cd {REPO} && {python()} -m convocate attach mv-follow; echo EXIT=$?; sleep 600")
+        term.wait_for("convocate stand-in claude", timeout=30)
+        moved = a.run_role("convocate", "move", "mv-follow", "--to", b.agent_id, check=False)
+        assert moved.returncode == 0, moved.stderr
+        deadline = time.monotonic() + 60
+        while f"mv-follow runs on agent {b.agent_id}; attached there" not in (told := history(term)):
+            assert time.monotonic() < deadline, told
+            time.sleep(0.1)
+        assert f"mv-follow is moving away from agent {a.agent_id}" in told, told
+        term.tmux("send-keys", "-t", "t", "typed after the move", "Enter")
+        term.wait_for("echo: typed after the move", timeout=30)
+        on_b = b.run_role("convocate", "ls", "--json", check=False)
+        assert '"mv-follow"' in on_b.stdout and b.agent_id in on_b.stdout
+        term.tmux("send-keys", "-t", "t", "C-b", "d")
+        screen = term.wait_for("EXIT=", timeout=30)
+        assert "EXIT=0" in screen and "detached from mv-follow; it keeps running" in screen, screen
+    finally:
+        term.close()
+        a.run_role("convocate", "kill", "mv-follow", check=False)
+        a.run_role("convocate", "delete", "mv-follow", check=False)

@@ -147,3 +147,29 @@ def test_import_refuses_a_missing_file_and_a_cut_stream(tmp_path: Path) -> None:
                         manifest={"files": {"home/gone": "0" * 64}, "bytes": 0, "skipped": []})
     with pytest.raises(TransferRefused, match="missing"):
         import_tree(buf2, tmp_path / "dst")
+
+
+def test_a_verified_tree_is_placed_across_filesystems_whole(tmp_path: Path) -> None:
+    """Staging (beside the homes) and the recordings (under /var/lib) are often two filesystems:
+    rename(2) says EXDEV there, and the tree is copied beside its target, then renamed."""
+    import shutil
+    import tempfile
+
+    from convocate_agent.transfer import _rename_across
+
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the temporary directory here")
+    staged = tmp_path / "staged"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "a.cast").write_bytes(b"x" * 5000)
+    (staged / "sub" / "b.cast").write_text("second")
+    os.chmod(staged / "a.cast", 0o640)
+    other = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="convocate-test-"))
+    try:
+        target = other / "session"
+        _rename_across(staged, target)
+        assert (target / "a.cast").read_bytes() == b"x" * 5000 and (target / "sub" / "b.cast").read_text() == "second"
+        assert os.stat(target / "a.cast").st_mode & 0o777 == 0o640
+        assert sorted(p.name for p in other.iterdir()) == ["session"]  # nothing left beside it
+    finally:
+        shutil.rmtree(other, ignore_errors=True)

@@ -511,6 +511,9 @@ MOVE_NO_TARGET = 'no other agent admits session "{name}" (see `convocate place -
 MOVE_BAD_ANSWER = "move: bad answer from an agent's transfer channel: {detail}"
 MOVE_BAD_JOURNAL = "move journal {path} is unreadable ({error}); remove it after checking both agents"
 MOVE_AGENT_UNREACHABLE = 'move: agent "{agent}" cannot be asked whether it holds the session; run `convocate move --resume` later'
+ATTACH_MOVING = "{name} is moving away from agent {agent}; attaching again where it runs next... (Ctrl-C gives up)"
+ATTACH_FOLLOWED = "{name} runs on agent {agent}; attached there"
+ATTACH_MOVED_AWAY = "{name} is moving to another agent; attach again once it runs there"
 MOVE_AMBIGUOUS = 'move: "{ref}" matches several interrupted moves ({uuids}); name one by its UUID'
 MOVE_LEFT_PENDING = 'move of "{name}" left pending ({error}); `convocate move --resume {name}` finishes it'
 # Mixed clusters: agents of the Go original v0.0.5 (convocate/compat.py, docs/compat.md).

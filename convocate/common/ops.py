@@ -154,6 +154,12 @@ class Param:
     check: Callable[[Any], Any] | None = None
 
 
+def _agent_id(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{8}", value):
+        raise BadRequest(messages.BAD_AGENT_ID.format(value=value))
+    return value
+
+
 def _id(name: str = "id") -> Param:
     return Param(name, "string", required=True, check=lambda v: validate_uuid(v, name))
 
@@ -184,7 +190,8 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "delete": (_id(),),
     "kill": (_id(),),
     "background": (_id(),),
-    "override": (_id(),),
+    # moving_to (issue 18): the operators detached are told the session moves to that agent.
+    "override": (_id(), Param("moving_to", "string", check=_agent_id)),
     "restart": (_id(),),
     "settings-get": (),
     "settings-set": None,

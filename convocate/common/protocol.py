@@ -50,6 +50,15 @@ RPC_SUBSYSTEM = "convocate-agent-rpc"
 ATTACH_SUBSYSTEM = "convocate-agent-attach"
 STATUS_SUBSYSTEM = "convocate-status"
 
+#: Exit statuses of an attach channel (the SSH ``exit-status`` request, RFC 4254 §6.10): 0 when
+#: tmux's client ended (the operator detached, or the session is over); 75 (EX_TEMPFAIL) when the
+#: agent is stopping under the operator, who may attach again; 3 when the operator was detached
+#: because the session is moving to another agent (``convocate move``, issue 18), where the client
+#: attaches again once it runs there.
+ATTACH_EXIT_DETACHED = 0
+ATTACH_EXIT_AGENT_STOPPING = 75
+ATTACH_EXIT_MOVING = 3
+
 
 class LineTooLong(BadRequest):
     """A line exceeded :data:`MAX_LINE_BYTES`; its bytes were discarded."""

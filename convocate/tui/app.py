@@ -47,7 +47,7 @@ from convocate.common.timefmt import parse_rfc3339
 from convocate.orphans import MIGRATE_HINT
 from convocate.placement import Choice
 from convocate.render import until_clock
-from convocate.terminal import attach_terminal
+from convocate.terminal import attach_terminal, follow_moves
 from convocate.tui.fields import FIELDS, LABELS, FieldError, SessionFields, session_params
 from convocate.tui.model import UNREACHABLE, ClusterModel, Row, header
 from convocate.tui.network import Network, Notice
@@ -465,8 +465,10 @@ class ConvocateApp(npyscreen.NPSAppManaged):
         previous = signal.signal(signal.SIGWINCH, on_winch)
         error: str = ""
         try:
-            self.network.run_blocking(attach_terminal(client, view.meta.uuid, view.meta.name, read_only=read_only,
-                                                      watch_resize=watch_resize))
+            client = self.network.run_blocking(attach_terminal(
+                client, view.meta.uuid, view.meta.name, read_only=read_only, watch_resize=watch_resize,
+                relocate=follow_moves(self.cluster, view.meta.uuid)))
+            agent_id = client.agent_id  # another agent's if the session moved meanwhile
         except ConvocateError as e:
             error = str(e)
         finally:
