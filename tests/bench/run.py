@@ -33,6 +33,7 @@ BENCHES = {
     "fleet": lambda image: _bench("bench_fleet").run(image),
     "load": lambda image: _bench("bench_load").run(image),
     "scale": lambda image: _bench("bench_scale").run(image),
+    "move": lambda image: _bench("bench_move").run(image),
 }
 
 
