@@ -277,10 +277,28 @@ cmd_demo() {
 }
 
 # --- bench ----------------------------------------------------------------------------------
+bench_sshd() {  # OpenSSH's sshd for bench_move's tar | ssh baselines: unpacked from its .deb, nothing installed
+    local dir="$CACHE/openssh-server"
+    if [ ! -x "$dir/usr/sbin/sshd" ]; then
+        rm -rf "$dir" && mkdir -p "$dir"
+        if ! (cd "$dir" && apt-get download -q openssh-server >/dev/null 2>&1 \
+              && dpkg-deb -x openssh-server_*.deb . && rm -f openssh-server_*.deb); then
+            say "cannot fetch openssh-server's .deb (apt-get download): the move baselines are left out"
+            return
+        fi
+    fi
+    if ! getent passwd sshd >/dev/null; then  # sshd's privilege separation user, as openssh-server's postinst makes it
+        say "adding the system user sshd (sshd's privilege separation user) for the move baselines"
+        as_root useradd --system --no-create-home --home-dir /run/sshd --shell /usr/sbin/nologin sshd
+    fi
+    export CONVOCATE_BENCH_SSHD="$dir/usr/sbin/sshd"
+}
+
 cmd_bench() {
     cmd_deps
     build_image "$TEST_IMAGE" none
     cmd_zipapps >/dev/null
+    bench_sshd
     say "running the benchmarks (each figure beside a baseline measured in the same run)"
     CONVOCATE_TEST_IMAGE="$TEST_IMAGE" "$PY" -m tests.bench.run "$@"
 }

@@ -24,7 +24,8 @@ random bytes in a few files (compression cannot cheat), 10 MB and ``CONVOCATE_BE
   Each ssh runs on a connection opened before the clock starts (``ControlMaster``), as the shell's
   peerings with its agents are; the sshd sets ``SHLVL=1`` (``SetEnv``) so the remote bash does not
   read root's ``~/.bashrc`` (Debian's bash does for commands run by sshd, and this machine's runs
-  ``pyenv init``: ~0.3 s a command). Without ``/usr/sbin/sshd`` (Debian: ``openssh-server``) the
+  ``pyenv init``: ~0.3 s a command). The sshd is ``$CONVOCATE_BENCH_SSHD`` (``./build.sh bench``
+  unpacks openssh-server's .deb into ``.cache``), else ``/usr/sbin/sshd``; without one the
   baselines are left out. sshd refuses to start without its privilege separation directory
   ``/run/sshd``: made if missing, and removed again.
 
@@ -75,7 +76,8 @@ SMALL_ROUNDS = 3
 HOME_FILES = 4
 CPUS, MEMORY_MB = 0.2, 200
 POLL_S = 0.05
-SSHD = "/usr/sbin/sshd"
+#: The sshd of the baselines: ./build.sh bench unpacks one from openssh-server's .deb (nothing installed).
+SSHD = os.environ.get("CONVOCATE_BENCH_SSHD", "/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
 TWO_HOPS = "ssh 'tar -c' | ssh 'tar -x', two hops (source -> shell -> target)"
 
