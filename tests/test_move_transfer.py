@@ -173,3 +173,15 @@ def test_a_verified_tree_is_placed_across_filesystems_whole(tmp_path: Path) -> N
         assert sorted(p.name for p in other.iterdir()) == ["session"]  # nothing left beside it
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_the_progress_total_is_about_the_streams_length(tmp_path: Path) -> None:
+    """The bar's total (``tree_bytes``) counts tar's headers and padding: a home of small files
+    is mostly those, and the bar must not end at 8x its total (20 KiB of 2.4 KiB)."""
+    home, rec = _home(tmp_path)
+    for i in range(40):
+        (home / f"small-{i}.txt").write_text("x" * (i * 7))
+    buf = io.BytesIO()
+    export_tree(buf, {"home": home, "recordings": rec})
+    estimate = transfer.tree_bytes(home) + transfer.tree_bytes(rec)
+    assert estimate <= len(buf.getvalue()) <= estimate * 1.25 + 2 * tarfile.RECORDSIZE, (estimate, len(buf.getvalue()))
