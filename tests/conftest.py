@@ -28,7 +28,6 @@ from convocate.common import keys
 from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
 from tests.harness import LocalCluster, remove_containers
 from tests.systemd_hosts import (
-    DOCKER,
     HOST_IMAGE_LABEL,
     HOST_PACKAGES,
     UPGRADE_VERSION,
@@ -222,9 +221,5 @@ def upgrade_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def systemd_host_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Debian 12 image with systemd as PID 1 for every system test (see tests/systemd_hosts.py)."""
-    tag = build_systemd_image(tmp_path_factory.mktemp("systemd-image"), HOST_IMAGE_LABEL, packages=HOST_PACKAGES,
-                              docker_cli=True)
-    try:
-        yield tag
-    finally:
-        subprocess.run([DOCKER, "image", "rm", "--force", tag], capture_output=True)
+    yield build_systemd_image(tmp_path_factory.mktemp("systemd-image"), HOST_IMAGE_LABEL, packages=HOST_PACKAGES,
+                              docker_cli=True)  # kept: a cache keyed by what it is made of

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,11 +244,15 @@ def build_debs(out: Path, *extra: str) -> dict[str, Path]:
 
 def build_systemd_image(context: Path, label: str, *, packages: tuple[str, ...] = (),
                         docker_cli: bool = False, suite: str = DEFAULT_SUITE) -> str:
-    """Build a systemd host image of ``suite``; returns its tag (remove it with ``docker image rm``).
+    """A systemd host image of ``suite``, built once per recipe and kept; returns its tag.
 
     The same recipe for every suite, from :func:`ensure_base_image` (bookworm: :data:`BASE_IMAGE`;
     trixie: debootstrapped and cached here). For trixie's systemd on cgroup v1 see the
     comment above :data:`SUITE_NAMES`: it boots with the same ``docker run`` flags as bookworm.
+    The tag is ``convocate-test-systemd:<suite>-<key>``, the key a hash of everything the image is
+    made from (Dockerfile, base image ID, stand-in files, the docker group's GID): an image of the
+    same key is reused (the apt installs took 30 to 80 s a run), and the other keys of the suite
+    are removed when a new one is built. The image stays, like the base images, as a cache.
 
     Args:
         context: An empty directory for the build context.
@@ -268,12 +271,25 @@ def build_systemd_image(context: Path, label: str, *, packages: tuple[str, ...] 
     (doc / "README.convocate-test").write_text("Stand-in for Docker: the test mounts this machine's dockerd socket.\n")
     if docker_cli:
         shutil.copy2(DOCKER, stand_in / "usr" / "bin" / "docker")
-    (context / "Dockerfile").write_text(SYSTEMD_DOCKERFILE.format(
-        base=base, name=SUITE_NAMES.get(suite, f"Debian {suite}"), packages=" ".join(packages)))
-    tag = f"convocate-test-systemd:{uuid.uuid4().hex[:12]}"
-    run([DOCKER, "build", "--quiet", "--force-rm", "--label", label, "--build-arg",
-         f"DOCKER_GID={docker_socket().stat().st_gid}", "--tag", tag, str(context)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    dockerfile = SYSTEMD_DOCKERFILE.format(base=base, name=SUITE_NAMES.get(suite, f"Debian {suite}"),
+                                           packages=" ".join(packages))
+    (context / "Dockerfile").write_text(dockerfile)
+    gid = docker_socket().stat().st_gid
+    made_of = hashlib.sha256()
+    for part in (dockerfile, label, str(gid), run([DOCKER, "image", "inspect", "--format", "{{.Id}}", base]).stdout):
+        made_of.update(part.encode() + b"\0")
+    for path in sorted(p for p in stand_in.rglob("*") if p.is_file()):
+        made_of.update(str(path.relative_to(stand_in)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    repository = "convocate-test-systemd"
+    tag = f"{repository}:{suite}-{made_of.hexdigest()[:16]}"
+    if subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True).returncode == 0:
+        return tag
+    run([DOCKER, "build", "--quiet", "--force-rm", "--label", label, "--build-arg", f"DOCKER_GID={gid}",
+         "--tag", tag, str(context)], env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    listed = run([DOCKER, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository]).stdout.split()
+    for stale in listed:  # another recipe of this suite (an image a container still uses stays)
+        if stale.startswith(f"{repository}:{suite}-") and stale != tag:
+            subprocess.run([DOCKER, "image", "rm", stale], capture_output=True)
     return tag
 
 

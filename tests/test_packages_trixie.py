@@ -51,11 +51,7 @@ SERVICES = ("convocate-agent.service", "convocate-status.service")
 
 @pytest.fixture(scope="module")
 def trixie_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tag = build_systemd_image(tmp_path_factory.mktemp("trixie-image"), LABEL, suite=SUITE)
-    try:
-        yield tag
-    finally:
-        subprocess.run([DOCKER, "image", "rm", "--force", tag], capture_output=True)
+    yield build_systemd_image(tmp_path_factory.mktemp("trixie-image"), LABEL, suite=SUITE)  # kept: a cache
 
 
 @pytest.fixture(scope="module")
