@@ -233,9 +233,62 @@ def ensure_base_image(suite: str, *, include: tuple[str, ...] = BASE_INCLUDE) ->
     return tag
 
 
+#: Where built .debs are kept between runs, one directory per :func:`tree_key` (outside the tree:
+#: CI builds from a fresh clone); ``$CONVOCATE_TEST_CACHE`` moves it.
+DEBS_CACHE = Path(os.environ.get("CONVOCATE_TEST_CACHE") or Path.home() / ".cache" / "convocate-tests") / "debs"
+#: Cached builds kept (this tree and its upgrade build, and the last few trees before).
+DEBS_KEPT = 6
+#: The build tools whose versions are part of the key, beside the tree (pip's pins are in it).
+BUILD_TOOLS = ("dpkg-dev", "debhelper", "python3", "lintian")
+
+
+def tree_key(*args: str) -> str:
+    """A hash of what ``./build.sh debs ARGS`` builds from: the tree as its ``stage_tree`` copies it
+    (``git ls-files --cached --others --exclude-standard``), each file's mode and bytes, the arguments,
+    and the versions of :data:`BUILD_TOOLS`."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]).stdout.split("\0")
+    made_of = hashlib.sha256(json.dumps(args).encode())
+    for name in sorted(n for n in listed if n):
+        path = REPO / name
+        if path.is_symlink():
+            content = os.readlink(path).encode()
+        elif path.is_file():
+            content = path.read_bytes()
+        else:
+            continue  # deleted, not yet staged: stage_tree leaves it out too
+        made_of.update(name.encode() + b"\0" + oct(path.lstat().st_mode).encode() + hashlib.sha256(content).digest())
+    tools = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\n", *BUILD_TOOLS],
+                           capture_output=True, text=True).stdout
+    made_of.update(tools.encode())
+    return made_of.hexdigest()[:16]
+
+
 def build_debs(out: Path, *extra: str) -> dict[str, Path]:
-    """``./build.sh debs`` into ``out``; returns package name -> .deb (plus ``changes``)."""
-    run(["./build.sh", "debs", "--out", str(out), *extra])
+    """``./build.sh debs`` into ``out``; returns package name -> .deb (plus ``changes``).
+
+    A build of the same :func:`tree_key` is copied from :data:`DEBS_CACHE` instead (a build takes
+    about 80 s; the same bytes come out: ``test_zipapps_are_reproducible``).
+    """
+    cached = DEBS_CACHE / tree_key(*extra)
+    if not (cached / "complete").is_file():
+        run(["./build.sh", "debs", "--out", str(out), *extra], timeout=1200)
+        part = cached.with_name(f"{cached.name}.{os.getpid()}.part")
+        try:  # a cache only: a run that cannot keep it (disk full, another run was first) goes on
+            shutil.copytree(out, part, ignore=shutil.ignore_patterns(".stage"))
+            (part / "complete").write_text("")
+            part.rename(cached)
+        except OSError:
+            shutil.rmtree(part, ignore_errors=True)
+        builds = sorted((d for d in DEBS_CACHE.iterdir() if (d / "complete").is_file()),
+                        key=lambda d: d.stat().st_mtime, reverse=True) if DEBS_CACHE.is_dir() else []
+        for old in builds[DEBS_KEPT:]:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in cached.iterdir():
+            if item.name != "complete":
+                shutil.copy2(item, out / item.name)
+        os.utime(cached)  # most recently used: kept longest
     debs = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
     assert sorted(debs) == sorted(PACKAGES), list(out.iterdir())
     debs["changes"] = next(out.glob("*.changes"))
