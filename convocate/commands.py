@@ -222,6 +222,9 @@ async def _attach(cluster: Cluster, ref: SessionRef, *, read_only: bool, start: 
     if not view.running:
         if not start:
             raise BadRequest(f'session "{view.meta.name}" is not running; start it with `{PROG} restart`')
+        from convocate.move import refuse_while_moving
+
+        refuse_while_moving(cluster.paths.shell_state_dir, view.meta.uuid, "restart")
         print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
         await ref.client.call("restart", {"id": view.meta.uuid})
     client = await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only,
@@ -243,6 +246,9 @@ async def _cmd_attach(args: argparse.Namespace, cluster: Cluster) -> int:
 # --- simple lifecycle verbs --------------------------------------------------------------
 def _simple(op: str, verb: str) -> Command:
     async def run(args: argparse.Namespace, cluster: Cluster) -> int:
+        from convocate.move import refuse_while_moving
+
+        refuse_while_moving(cluster.paths.shell_state_dir, args.ref, op)
         ref = await cluster.resolve(args.ref)
         result = await ref.client.call(op, {"id": ref.view.meta.uuid})
         if op == "delete":

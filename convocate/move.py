@@ -36,7 +36,7 @@ from typing import Any, TextIO
 import asyncssh
 
 from convocate.common import messages
-from convocate.common.errors import BadRequest, ConvocateError, Locked, NotFound, ProtocolError
+from convocate.common.errors import BadRequest, Conflict, ConvocateError, Locked, NotFound, ProtocolError
 from convocate.common.fsutil import atomic_write
 from convocate.common.progress import Progress
 from convocate.common.protocol import Response, encode_line
@@ -108,6 +108,29 @@ def pending_journal(state_dir: Path, ref: str) -> MoveJournal | None:
     if len(found) > 1:
         raise BadRequest(messages.MOVE_AMBIGUOUS.format(ref=ref, uuids=", ".join(j.uuid for j in found)))
     return found[0] if found else None
+
+
+#: Ops a pending move refuses on its session: each could start or remove one of the two copies the
+#: move is deciding about (``kill`` and ``override`` stay: they only stop or detach).
+GUARDED_OPS = frozenset({"restart", "delete", "background"})
+
+
+def refuse_while_moving(state_dir: Path, ref: str, op: str) -> None:
+    """Refuse ``op`` on the session ``ref`` names while a move of it is pending on this shell host.
+
+    While a move runs, or after it was cut short past its import, both agents may hold the session,
+    and starting the source's stopped copy would make two that run.
+
+    Raises:
+        Conflict: a move of it is pending and ``op`` is one of :data:`GUARDED_OPS`; the message
+            says how to finish it.
+    """
+    if op not in GUARDED_OPS:
+        return
+    journal = pending_journal(state_dir, ref)
+    if journal is not None:
+        raise Conflict(messages.MOVE_PENDING_REFUSES.format(name=journal.name, op=op, source=journal.source,
+                                                            target=journal.target, step=journal.step))
 
 
 def clear_journal(state_dir: Path, session_id: str) -> None:

@@ -281,6 +281,11 @@ async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_so
         move_mod.write_journal(state_dir, journal)
         assert _running_copies(docker_client, sid) == [b.agent_id]  # the interrupted state: one runs
         assert (await source.call("get", {"id": sid}))["running"] is False
+        # until it is finished, nothing may start (or remove) one of the two copies
+        refused = await asyncio.to_thread(a.run_role, "convocate", "restart", "mv-started", check=False)
+        assert refused.returncode != 0 and "mv-started is being moved from" in refused.stderr, refused.stderr
+        assert "convocate move --resume mv-started" in refused.stderr
+        assert _running_copies(docker_client, sid) == [b.agent_id]
         done = await asyncio.to_thread(a.run_role, "convocate", "move", "mv-started", "--resume", check=False)
         assert done.returncode == 0 and f"mv-started is on {b.agent_id}" in done.stdout, done.stderr
         assert move_mod.read_journal(state_dir, sid) is None

@@ -514,6 +514,10 @@ MOVE_AGENT_UNREACHABLE = 'move: agent "{agent}" cannot be asked whether it holds
 ATTACH_MOVING = "{name} is moving away from agent {agent}; attaching again where it runs next... (Ctrl-C gives up)"
 ATTACH_FOLLOWED = "{name} runs on agent {agent}; attached there"
 ATTACH_MOVED_AWAY = "{name} is moving to another agent; attach again once it runs there"
+MOVE_PENDING_REFUSES = (
+    '{name} is being moved from {source} to {target} (step {step}): no {op} until the move ends; if it was'
+    ' cut short, `convocate move --resume {name}` finishes it'
+)
 MOVE_AMBIGUOUS = 'move: "{ref}" matches several interrupted moves ({uuids}); name one by its UUID'
 MOVE_LEFT_PENDING = 'move of "{name}" left pending ({error}); `convocate move --resume {name}` finishes it'
 # Mixed clusters: agents of the Go original v0.0.5 (convocate/compat.py, docs/compat.md).

@@ -390,12 +390,25 @@ class ConvocateApp(npyscreen.NPSAppManaged):
             then: Callable[[Any], None] | None = None,
             otherwise: Callable[[ConvocateError], None] | None = None) -> None:
         """Run an op in the background: ``then(result)`` on success; ``otherwise(error)`` (else a dialog) on failure."""
+        if self._refused_while_moving(op, params):
+            return
         if then is not None:
             self._followups[description] = then
         if otherwise is not None:
             self._fallbacks[description] = otherwise
         self.message = f"{description}..."
         self.network.call(agent_id, op, params, description)
+
+    def _refused_while_moving(self, op: str, params: dict[str, Any]) -> bool:
+        """Show why ``op`` waits when a move of its session is pending (:func:`convocate.move.refuse_while_moving`)."""
+        from convocate.move import refuse_while_moving
+
+        try:
+            refuse_while_moving(self.cluster.paths.shell_state_dir, str(params.get("id", "")), op)
+        except ConvocateError as e:
+            _notify(self, str(e), title=op.title(), wide=True)
+            return True
+        return False
 
     def _confirmed_op(self, op: str, verb: str, question: str) -> None:
         picked = self._session()
@@ -439,6 +452,8 @@ class ConvocateApp(npyscreen.NPSAppManaged):
 
     def _blocking(self, agent_id: str, op: str, params: dict[str, Any]) -> Any:
         """Run an op and wait for it, for the steps right before an attach; None on failure (shown)."""
+        if self._refused_while_moving(op, params):
+            return None
         try:
             return self.network.call(agent_id, op, params, f"{op} {params.get('id', '')[:8]}").result(60)
         except ConvocateError:
