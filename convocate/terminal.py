@@ -196,9 +196,9 @@ def follow_moves(cluster: Any, session_id: str) -> Relocate:
     """A :data:`Relocate` that looks for the session across ``cluster`` until a copy of it is ready.
 
     First the copy the operator was detached from stops (a move stops it after detaching; at most
-    :data:`FOLLOW_MOVE_LEAVE_S`), then the first copy that runs and is not locked counts: a
-    ``restart`` holds the session's lock until its tmux is up (``wait_ready``), so the attach finds
-    a terminal. Any agent counts, the one it left included (a move that rolled back restarts it there).
+    :data:`FOLLOW_MOVE_LEAVE_S`), then the first copy that runs (and is not locked) counts; an attach
+    that reaches it while it is still starting waits on the agent for its tmux (``open_attach``). Any
+    agent counts, the one it left included (a move that rolled back restarts it there).
 
     Args:
         cluster: A :class:`convocate.client.Cluster`.

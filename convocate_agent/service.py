@@ -550,6 +550,7 @@ class AgentService:
                 state = await self.runtime.container(session_id)
             if state is not None and state.running:
                 raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
+            self._moving.pop(session_id, None)  # a move's source copy goes to the trash here
             await self.runtime.remove(session_id)
             self.state.note_container(session_id, None)
             self.state.leaving(session_id)
