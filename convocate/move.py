@@ -256,6 +256,7 @@ async def finish(cluster: Any, journal: MoveJournal, state_dir: Path, say: Any) 
     if on_target is None:
         raise ConvocateError(messages.MOVE_AGENT_UNREACHABLE.format(agent=journal.target))
     if not on_target:  # never reached the target: the source copy is the one
+        await source.call("override", {"id": journal.uuid, "moving_to": ""})  # it may start again
         if journal.was_running and not await _running(source, journal.uuid):
             await _call(source, "restart", journal.uuid)
         clear_journal(state_dir, journal.uuid)

@@ -34,7 +34,7 @@ from convocate.common.credentials import (
     summaries,
 )
 from convocate.common.errors import AdmissionDenied, ConfigError, Conflict, ConvocateError, DockerError, NotFound
-from convocate.common.fsutil import read_token
+from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.model import (
     AUTO_PORT_LOW,
     PORT_AUTO,
@@ -43,6 +43,7 @@ from convocate.common.model import (
     SessionView,
     new_uuid,
     parse_trash_id,
+    validate_uuid,
 )
 from convocate.common.ops import OPS
 from convocate.common.paths import Paths
@@ -164,7 +165,7 @@ class AgentService:
         self.admission = Admission(host, self._running_reservations, self._outside_memory)
         self.recordings = Recordings(paths, store, runtime)  # recording_list, _read, _grep (issue 19)
         self._attached: dict[str, int] = {}
-        self._moving: dict[str, str] = {}  # session -> the agent a move takes it to (until it starts)
+        self._moving = self._load_moving()  # session -> the agent a move takes it to (agent_moving_dir)
         self._starting: dict[str, asyncio.Event] = {}  # session -> set when its start is over
         self.recorder: RecordingHook | None = None  # set by the server (issue 19): the attach relay's input goes there
         self._names_lock = asyncio.Lock()
@@ -462,7 +463,6 @@ class AgentService:
         """
         report_dir = await self.reports.ensure(meta.uuid)
         self._cancel_resume(meta.uuid)
-        self._moving.pop(meta.uuid, None)
         fingerprint = self._write_credential_env(meta)
         meta = meta.with_changes(activity="", activity_detail="", activity_at=now_ns(), activity_until=0)
         await self.state.save(meta)
@@ -550,7 +550,7 @@ class AgentService:
                 state = await self.runtime.container(session_id)
             if state is not None and state.running:
                 raise Conflict(messages.SESSION_RUNNING.format(id=session_id))
-            self._moving.pop(session_id, None)  # a move's source copy goes to the trash here
+            self._set_moving(session_id, None)  # a move's source copy goes to the trash here
             await self.runtime.remove(session_id)
             self.state.note_container(session_id, None)
             self.state.leaving(session_id)
@@ -586,6 +586,8 @@ class AgentService:
         """(Re)start a session's container from the current image; admission-checked."""
         session_id = params["id"]
         meta = self.state.meta(session_id)
+        if session_id in self._moving:  # the other copy may be the one now (a pending move, issue 18)
+            raise Conflict(messages.SESSION_MOVING.format(id=session_id, agent=self._moving[session_id]))
         with self.locks.hold(session_id, "restart"):
             image = self.current_image()
             self._expect_stop(session_id)
@@ -608,13 +610,18 @@ class AgentService:
         """Take a session over: clear a stale lock, and detach whoever is attached.
 
         With ``moving_to`` (a move, issue 18), those attach channels end with
-        :data:`~convocate.common.protocol.ATTACH_EXIT_MOVING`, and the clients attach again where
-        the session runs next; that lasts until the session starts here again (a rolled-back move).
+        :data:`~convocate.common.protocol.ATTACH_EXIT_MOVING`, the clients attach again where the
+        session runs next, and ``restart`` refuses the copy here (persisted in
+        ``agent_moving_dir``, so also after an agent restart) until the move clears it: ``moving_to``
+        ``""`` (its rollback) does only that, detaching nobody; ``delete`` (its end) too.
         """
         session_id = params["id"]
         meta = self.state.meta(session_id)
+        if params.get("moving_to") == "":
+            self._set_moving(session_id, None)
+            return {"session": await self._wire(meta), "cleared_lock": "", "detached": 0}
         if params.get("moving_to"):
-            self._moving[session_id] = params["moving_to"]
+            self._set_moving(session_id, params["moving_to"])
         cleared = self.locks.clear_stale(session_id)
         detached = 0
         state = await self.runtime.container(session_id)
@@ -806,6 +813,29 @@ class AgentService:
     def moving_to(self, session_id: str) -> str | None:
         """The agent a move takes the session to, while it is moving (see :meth:`override`)."""
         return self._moving.get(session_id)
+
+    def _load_moving(self) -> dict[str, str]:
+        moving: dict[str, str] = {}
+        try:
+            names = os.listdir(self.paths.agent_moving_dir)
+        except FileNotFoundError:
+            return moving
+        for name in names:
+            target = read_token(self.paths.agent_moving_dir / name)
+            if target:
+                moving[name] = target
+        return moving
+
+    def _set_moving(self, session_id: str, target: str | None) -> None:
+        """Mark (or, with None, unmark) the session as moving to ``target``; written before it counts."""
+        path = self.paths.agent_moving_dir / validate_uuid(session_id)
+        if target is None:
+            path.unlink(missing_ok=True)
+            self._moving.pop(session_id, None)
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, f"{target}\n".encode(), mode=0o600)
+        self._moving[session_id] = target
 
     def close_attach(self, session_id: str) -> None:
         """Count an operator as detached."""

@@ -234,6 +234,7 @@ async def _stopped_for_move(cluster: Cluster, a: LocalCluster, b: LocalCluster, 
     sid = made["uuid"]
     journal = move_mod.MoveJournal(sid, name, a.agent_id, b.agent_id, True, "planned", 0.0)
     move_mod.write_journal(state_dir, journal)
+    await cluster.client(a.agent_id).call("override", {"id": sid, "moving_to": b.agent_id})
     await cluster.client(a.agent_id).call("kill", {"id": sid})
     journal.step = "stopped"
     move_mod.write_journal(state_dir, journal)
@@ -285,6 +286,8 @@ async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_so
         refused = await asyncio.to_thread(a.run_role, "convocate", "restart", "mv-started", check=False)
         assert refused.returncode != 0 and "mv-started is being moved from" in refused.stderr, refused.stderr
         assert "convocate move --resume mv-started" in refused.stderr
+        with pytest.raises(Conflict, match="is being moved to agent"):  # the source agent refuses too
+            await source.call("restart", {"id": sid})
         assert _running_copies(docker_client, sid) == [b.agent_id]
         done = await asyncio.to_thread(a.run_role, "convocate", "move", "mv-started", "--resume", check=False)
         assert done.returncode == 0 and f"mv-started is on {b.agent_id}" in done.stdout, done.stderr
@@ -324,6 +327,8 @@ async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_u
         finally:
             a.start(same_port=True)
         assert (await source.call("get", {"id": sid}))["running"] is False  # recovery starts nothing
+        with pytest.raises(Conflict, match="is being moved to agent"):  # and the mark outlived the agent
+            await source.call("restart", {"id": sid})
         where = await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
         assert where == b.agent_id
         with pytest.raises(NotFound):

@@ -74,6 +74,10 @@ PORT_BUSY_ON_HOST = "port {port}/{protocol} is in use on the agent host"
 NO_FREE_PORT = "no free {protocol} port left at or above {low}"
 DNS_NAME_IN_USE = 'dns name "{dns_name}" is already used by session {owner}'
 SESSION_RUNNING = 'session "{id}" is running; kill it first'
+SESSION_MOVING = (
+    'session "{id}" is being moved to agent {agent}: its copy here does not start until the move ends;'
+    ' `convocate move --resume {id}` on the shell host finishes it or rolls it back'
+)
 SESSION_NOT_RUNNING = 'session "{id}" is not running'
 SESSION_LOCKED = 'session "{id}" is locked by {holder}'
 NO_IMAGE = "no session image configured: {path} is missing or empty (convocate-host init-agent writes it)"

@@ -155,7 +155,7 @@ class Param:
 
 
 def _agent_id(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9]{8}", value):
+    if value and not re.fullmatch(r"[a-z0-9]{8}", value):  # "" clears (override's moving_to)
         raise BadRequest(messages.BAD_AGENT_ID.format(value=value))
     return value
 
@@ -190,7 +190,8 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "delete": (_id(),),
     "kill": (_id(),),
     "background": (_id(),),
-    # moving_to (issue 18): the operators detached are told the session moves to that agent.
+    # moving_to (issue 18): the operators detached are told the session moves to that agent, and the
+    # copy here is not restarted until the move ends; "" clears that (a rolled-back move).
     "override": (_id(), Param("moving_to", "string", check=_agent_id)),
     "restart": (_id(),),
     "settings-get": (),

@@ -100,6 +100,12 @@ class Paths:
         return self.agent_state_dir / "settings.json"
 
     @property
+    def agent_moving_dir(self) -> Path:
+        """``<uuid>`` files naming the agent a move takes that session to (issue 18): its copy here
+        is not started again until the move rolls back or ends (``override`` ``moving_to``)."""
+        return self.agent_state_dir / "moving"
+
+    @property
     def agent_image_spool(self) -> Path:
         """Where ``convocate-agent load-image`` spools an image archive until its digest is checked."""
         return self.agent_state_dir / "incoming"
