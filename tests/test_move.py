@@ -7,6 +7,7 @@ stopped container so the target can make its own of the same name (convocate_age
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -374,3 +375,19 @@ def test_an_attached_operator_is_detached_by_the_move_and_attached_again_on_the_
         term.close()
         a.run_role("convocate", "kill", "mv-follow", check=False)
         a.run_role("convocate", "delete", "mv-follow", check=False)
+
+
+def test_to_auto_moves_a_stopped_session_where_placement_puts_it(pair) -> None:
+    a, b = pair
+    made = a.run_role("convocate", "new", "mv-auto", "--agent", a.agent_id, "--no-start", "--cpus", "0.2",
+                      "--memory", "256", check=False)
+    assert made.returncode == 0, made.stderr
+    try:
+        done = a.run_role("convocate", "move", "mv-auto", "--to", "auto", "--json", check=False)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert (result["to"], result["running"]) == (b.agent_id, False), result
+        again = a.run_role("convocate", "move", "mv-auto", "--to", b.agent_id, check=False)
+        assert again.returncode == 2 and f'is on agent "{b.agent_id}" already' in again.stderr, again.stderr
+    finally:
+        a.run_role("convocate", "delete", "mv-auto", check=False)
