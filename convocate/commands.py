@@ -509,7 +509,11 @@ async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
         journal = move.pending_journal(state_dir, args.ref)
         if journal is None:
             found = await cluster.resolve(args.ref)  # NotFound when there is no such session either
-            print(f"no interrupted move of {found.view.meta.name}", file=sys.stderr)
+            # A move whose journal is gone (another shell host, a reinstall) may have left its agent's
+            # mark, which refuses restart: with no move to finish here, the copy is the one.
+            await found.client.call("override", {"id": found.view.meta.uuid, "moving_to": ""})
+            print(f"no interrupted move of {found.view.meta.name} on this shell host; it may start again on "
+                  f"{found.client.agent_id}", file=sys.stderr)
             return 0
         where = await move.finish(cluster, journal, state_dir, lambda s: print(s, file=sys.stderr))
         print(f"{journal.name} is on {where}")
