@@ -391,3 +391,25 @@ def test_to_auto_moves_a_stopped_session_where_placement_puts_it(pair) -> None:
         assert again.returncode == 2 and f'is on agent "{b.agent_id}" already' in again.stderr, again.stderr
     finally:
         a.run_role("convocate", "delete", "mv-auto", check=False)
+
+
+async def test_resume_without_a_journal_clears_a_left_move_mark(pair) -> None:
+    """A move mark whose journal is gone (another shell host) refuses restart until --resume clears it."""
+    import asyncio
+
+    a, b = pair
+
+    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+        source = cluster.client(a.agent_id)
+        made = await source.call("create", {"name": "mv-left", "cpus": 0.2, "memory_mb": 256})
+        sid = made["uuid"]
+        await source.call("override", {"id": sid, "moving_to": b.agent_id})
+        with pytest.raises(Conflict, match="is being moved to agent"):
+            await source.call("restart", {"id": sid})
+        done = await asyncio.to_thread(a.run_role, "convocate", "move", "mv-left", "--resume", check=False)
+        assert done.returncode == 0 and "no interrupted move of mv-left" in done.stderr, done.stderr
+        assert (await source.call("restart", {"id": sid}))["running"] is True
+        await source.call("kill", {"id": sid})
+        await source.call("delete", {"id": sid})
+
+    await _with_cluster(a, run)
