@@ -128,6 +128,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "offset": st.integers(0, 2**53), "max_bytes": st.integers(1, 256 * 1024),
     "pattern": st.from_regex(r"[A-Za-z0-9 .*+?|]{1,40}", fullmatch=True).filter(_compiles),
     "max_matches": st.integers(1, 10_000),
+    # override's moving_to (issue 18): an agent ID, or "" to clear
+    "moving_to": st.just("") | st.from_regex(r"[a-z0-9]{8}", fullmatch=True),
 }
 #: Fields whose rule depends on the op: a credential's ``name`` is not a session's.
 VALID_BY_OP: dict[str, dict[str, st.SearchStrategy[Any]]] = {
