@@ -193,6 +193,7 @@ def test_export_writes_an_integer_timestamp_and_keeps_the_fraction_in_the_times(
 def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
     import os
     import pty
+    import select
     import termios
 
     from convocate import replay
@@ -210,8 +211,12 @@ def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
         with pytest.raises(RuntimeError, match="player failed"):
             replay.play_in_terminal([cast], "s", in_fd=terminal, out_fd=terminal)
         assert termios.tcgetattr(terminal) == before
-        written = os.read(controller, 65536)
-        assert written.endswith(replay._LEAVE.encode())  # alternate screen left, modes reset
+        # A pty hands what was written to its controller side a moment later (the kernel's flip
+        # buffer work): read until the end arrives, or nothing more does for 5 s.
+        written = b""
+        while not written.endswith(replay._LEAVE.encode()) and select.select([controller], [], [], 5)[0]:
+            written += os.read(controller, 65536)
+        assert written.endswith(replay._LEAVE.encode()), written  # alternate screen left, modes reset
     finally:
         os.close(controller)
         os.close(terminal)
