@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convocate.common.fsutil import atomic_write
 from convocate.common.paths import Paths
 from convocate.common.timefmt import parse_rfc3339
 
@@ -127,9 +128,7 @@ def note_write() -> None:
     mark = _write_mark()
     with contextlib.suppress(OSError):
         mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = mark.with_name(f".last-write.{os.getpid()}")
-        tmp.write_text(str(time.time_ns()))
-        os.replace(tmp, mark)
+        atomic_write(mark, str(time.time_ns()).encode(), mode=0o600)
 
 
 def last_write_ns() -> int:

@@ -208,11 +208,16 @@ def follow_moves(cluster: Any, session_id: str) -> Relocate:
         listing = await cluster.list()
         return [found for found in listing.sessions if found.view.meta.uuid == session_id]
 
+    async def still_runs(left: AgentClient) -> bool:
+        try:
+            return bool((await left.call("get", {"id": session_id})).get("running"))
+        except ConvocateError:  # gone from there, or that agent cannot say: look everywhere
+            return False
+
     async def relocate(left: AgentClient) -> AgentClient:
         loop = asyncio.get_running_loop()
         leave_by = loop.time() + FOLLOW_MOVE_LEAVE_S
-        while loop.time() < leave_by and any(
-                f.client.agent_id == left.agent_id and f.view.running for f in await copies()):
+        while loop.time() < leave_by and await still_runs(left):
             await asyncio.sleep(FOLLOW_MOVE_POLL_S / 4)
         while True:
             for found in await copies():

@@ -172,9 +172,14 @@ async def stamp_current_image(agent: Target, tag: str, report: LiveReport, *, pa
     return report.step(changed, f"current image {tag} ({path})")
 
 
+def _as_claude(*args: str) -> list[str]:
+    """``convocate ARGS`` run as the user ``claude`` (its registry and peering keys) on the shell host."""
+    return ["runuser", "-u", CLAUDE_USER, "--", "convocate", *args]
+
+
 async def agents_status(shell: Target) -> list[dict]:
     """``convocate agents --json`` on the shell host, as the user ``claude``."""
-    result = await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "agents", "--json"],
+    result = await shell.run(_as_claude("agents", "--json"),
                              what="asking the shell host for its agents", check=False, reads=True)
     try:
         return json.loads(result.text)
@@ -223,8 +228,8 @@ async def drain_agent(shell: Target, agent_id: str, report: LiveReport) -> None:
             undrained again (left as it was but for the sessions that did move), and the message
             names each session that stayed and why.
     """
-    argv = ["runuser", "-u", CLAUDE_USER, "--", "convocate", "drain", agent_id, "--json"]
-    result = await shell.run(argv, what=f"draining agent {agent_id}", check=False, timeout=DRAIN_TIMEOUT_S)
+    args = ("drain", agent_id, "--json")
+    result = await shell.run(_as_claude(*args), what=f"draining agent {agent_id}", check=False, timeout=DRAIN_TIMEOUT_S)
     if shell.dry_run:  # the plan line is the report
         return
     try:
@@ -232,7 +237,7 @@ async def drain_agent(shell: Target, agent_id: str, report: LiveReport) -> None:
         moved, stayed = drained["moved"], drained["stayed"]
     except (ValueError, KeyError, TypeError) as e:
         raise HostError(messages.HOST_COMMAND_FAILED.format(
-            host=shell.description, what=f"draining agent {agent_id}", command=shlex.join(argv[3:]),
+            host=shell.description, what=f"draining agent {agent_id}", command=shlex.join(["convocate", *args]),
             status=result.returncode, detail=result.detail())) from e
     report.changed(messages.DRAIN_MARKED.format(agent=agent_id))
     for session in moved:
@@ -251,7 +256,7 @@ async def undrain_agent(shell: Target, agent_id: str, report: LiveReport) -> Non
     Raises:
         HostError: the command failed.
     """
-    await shell.run(["runuser", "-u", CLAUDE_USER, "--", "convocate", "undrain", agent_id],
+    await shell.run(_as_claude("undrain", agent_id),
                     what=f"letting agent {agent_id} take new sessions again")
     report.changed(messages.UNDRAINED.format(agent=agent_id))
 
