@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from convocate.common.cli import run_main, usage_line
+from convocate.common.constants import STATUS_PORT
 
 if TYPE_CHECKING:
     import argparse
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_Lazy("_cmd_events"), local=True)
 
     p = sub.add_parser("status-serve", parents=[common], help="run the status listener")
-    p.add_argument("--listen", default=":223", help="SSH listen address HOST:PORT [%(default)s]")
+    p.add_argument("--listen", default=f":{STATUS_PORT}", help="SSH listen address HOST:PORT [%(default)s]")
     p.add_argument("--domain", help="cluster DNS domain [/etc/convocate/domain, else convocate.internal]")
     p.add_argument("--dnsmasq-pid-file", type=lambda v: Path(v) if v else None,
                    default=Path("/run/dnsmasq/dnsmasq.pid"),
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-tag", help="session image tag [convocate:<version>]")
     p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
     p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")
-    p.add_argument("--status-port", help="port of the status listener [keep the current one, else 223]")
+    p.add_argument("--status-port", help=f"port of the status listener [keep the current one, else {STATUS_PORT}]")
     p.set_defaults(func=_Lazy("_cmd_install"), local=True)
 
     p = sub.add_parser("new", parents=[common], help="create a session")

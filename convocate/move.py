@@ -39,10 +39,8 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest, Conflict, ConvocateError, Locked, NotFound, ProtocolError
 from convocate.common.fsutil import atomic_write
 from convocate.common.progress import Progress
-from convocate.common.protocol import Response, encode_line
+from convocate.common.protocol import TRANSFER_SUBSYSTEM, Response, encode_line
 
-#: The agents' transfer subsystem (convocate_agent/transfer.py defines the same name).
-TRANSFER_SUBSYSTEM = "convocate-agent-transfer"
 #: Bytes piped at a time from the source's channel to the target's.
 PIPE_CHUNK = 256 * 1024
 #: Longest first line of an export (a session.json object and a size).

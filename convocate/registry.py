@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from convocate.common.constants import AGENT_PORT
 from convocate.common.errors import ConfigError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AGENT_PORT = 222
 #: An agent ID: 8 of a-z and 0-9 (DESIGN §4), the name of its registry entry.
 AGENT_ID = re.compile(r"^[a-z0-9]{8}\Z")
 
@@ -68,7 +68,7 @@ def load_agent(paths: Paths, agent_id: str) -> AgentRecord:
     address = read_token(paths.agent_address_file(agent_id))
     if not address:
         raise ConfigError(f"agent {agent_id}: {paths.agent_address_file(agent_id)} is missing or empty")
-    port_text = read_token(paths.agent_port_file(agent_id)) or str(DEFAULT_AGENT_PORT)
+    port_text = read_token(paths.agent_port_file(agent_id)) or str(AGENT_PORT)
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"agent {agent_id}: {paths.agent_port_file(agent_id)} holds {port_text!r}, not a port")
     return AgentRecord(agent_id, address, int(port_text), paths.shell_to_agent_key(agent_id),

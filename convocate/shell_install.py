@@ -41,13 +41,13 @@ from pathlib import Path
 
 from convocate import image_status
 from convocate.common import hostsetup, keys, messages, progress
+from convocate.common.constants import STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX, normalize_dns_name
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate.common.version import __version__
 
-DEFAULT_STATUS_PORT = 223
 #: The packaged units ``install`` expects in system mode (DESIGN §7).
 STATUS_UNIT = "convocate-status.service"
 UNITS = (STATUS_UNIT, "convocate-dnsmasq-reload.path", "convocate-dnsmasq-reload.service",
@@ -217,7 +217,7 @@ def render_defaults(status_port: int | str | None = None, base_image: str | None
     Raises:
         BadRequest: the port is not 1-65535.
     """
-    values = {"CONVOCATE_STATUS_LISTEN": f":{check_status_port(status_port or DEFAULT_STATUS_PORT)}"}
+    values = {"CONVOCATE_STATUS_LISTEN": f":{check_status_port(status_port or STATUS_PORT)}"}
     if base_image:
         values["CONVOCATE_BASE_IMAGE"] = base_image
     return hostsetup.render_env_file("", values, DEFAULTS_HEADER)
@@ -236,7 +236,7 @@ def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) 
         current = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         current = ""
-        values = {"CONVOCATE_STATUS_LISTEN": f":{DEFAULT_STATUS_PORT}", **values}
+        values = {"CONVOCATE_STATUS_LISTEN": f":{STATUS_PORT}", **values}
     if not values:
         report.kept(f"service settings {path} kept")
         return
@@ -247,7 +247,7 @@ def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) 
 
 def _status_port_of(paths: Paths) -> int:
     """The listener's port as ``/etc/default/convocate`` sets it (``CONVOCATE_STATUS_LISTEN=[HOST]:PORT``)."""
-    port = DEFAULT_STATUS_PORT
+    port = STATUS_PORT
     try:
         for line in paths.shell_defaults.read_text(encoding="utf-8").splitlines():
             key, _, value = line.strip().partition("=")

@@ -56,6 +56,7 @@ import asyncssh
 
 from convocate.client import AgentClient
 from convocate.common import keys, startinputs
+from convocate.common.constants import STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
 from convocate.common.model import SessionView, is_uuid4, validate_dns_name
@@ -177,7 +178,7 @@ class StatusConfig:
     """
 
     paths: Paths
-    listen: str = ":223"
+    listen: str = f":{STATUS_PORT}"
     domain: str | None = None
     dnsmasq_pid_file: Path | None = Path("/run/dnsmasq/dnsmasq.pid")
     socket_group: str = CLAUDE_USER
@@ -541,7 +542,7 @@ class StatusServer:
         host_key = keys.load_private_key(paths.status_host_key)
         await self._open_socket()
         self.listener = SubsystemListener(
-            listen=self.config.listen, default_port=223, host_key=host_key,
+            listen=self.config.listen, default_port=STATUS_PORT, host_key=host_key,
             authorized_keys=paths.status_authorized_keys, subsystems=frozenset({STATUS_SUBSYSTEM}),
             handler=self._handle, server_version=f"convocate-status_{__version__}",
         )

@@ -30,10 +30,10 @@ import asyncssh
 
 from convocate.client import AgentClient
 from convocate.common import messages
+from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import ConfigError, ConvocateError, Unreachable, error_from_code
 from convocate.common.protocol import ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING
 
-RELAY_CHUNK = 64 * 1024
 #: How long to keep trying to reattach after the agent went away, in seconds.
 REATTACH_FOR_S = 300.0
 #: How long to wait for a moving session to run on its new agent, in seconds (a big home takes a while).

@@ -22,6 +22,7 @@ import time
 import asyncssh
 
 from convocate.common import messages
+from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
 from convocate.common.model import validate_uuid
 from convocate.common.protocol import (
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 HEADER_MAX = 4096
 #: Largest terminal dimension accepted (tmux's own limit is 10000).
 DIMENSION_MAX = 10000
-#: Bytes read from the Docker exec socket at a time (the attach header's read too).
-RELAY_CHUNK = 64 * 1024
 
 
 def parse_header(line: bytes) -> AttachRequest:

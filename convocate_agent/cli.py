@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from convocate.common.cli import ArgumentParser, run_main, usage_line
+from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 
@@ -43,11 +44,11 @@ Set CONVOCATE_ROOT to relocate every path under a directory (tests, demo).
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the agent", description="Serve the agent's SSH subsystems until stopped.")
-    p.add_argument("--listen", default=":222", help="SSH listen address HOST:PORT [%(default)s]")
+    p.add_argument("--listen", default=f":{AGENT_PORT}", help="SSH listen address HOST:PORT [%(default)s]")
     p.add_argument("--host-key", type=Path, help="ed25519 host key [/etc/convocate-agent/ssh_host_ed25519_key]")
     p.add_argument("--auth-keys", type=Path, help="authorized keys [/etc/convocate-agent/authorized_keys]")
     p.add_argument("--shell-host", help="shell host for status events [read from /etc/convocate-agent/shell-host]")
-    p.add_argument("--shell-port", type=int, default=223, help="shell status port [%(default)s]")
+    p.add_argument("--shell-port", type=int, default=STATUS_PORT, help="shell status port [%(default)s]")
     p.add_argument("--shell-key", type=Path, help="status client key [/etc/convocate-agent/agent_to_shell_ed25519_key]")
     p.add_argument("--shell-known-host", type=Path,
                    help="pinned shell status host key [/etc/convocate-agent/shell_known_host]")
@@ -85,8 +86,8 @@ def _add_install(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("install", help="bootstrap this host", description="Idempotent bootstrap of an agent host; "
                        "the package's postinst runs it with the debconf answers.")
     p.add_argument("--shell-host", help="shell host for status events, '' for none [keep the current one]")
-    p.add_argument("--listen-port", help="SSH port of the agent [keep the current one, else 222]")
-    p.add_argument("--shell-port", help="status port on the shell host [keep the current one, else 223]")
+    p.add_argument("--listen-port", help=f"SSH port of the agent [keep the current one, else {AGENT_PORT}]")
+    p.add_argument("--shell-port", help=f"status port on the shell host [keep the current one, else {STATUS_PORT}]")
     p.add_argument("--print-defaults", action="store_true",
                    help="only print /etc/default/convocate-agent as --listen-port and --shell-port make it "
                    "(the postinst merges it with ucf)")

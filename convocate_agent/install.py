@@ -58,6 +58,7 @@ import docker.errors
 import requests.exceptions
 
 from convocate.common import hostsetup, keys, messages
+from convocate.common.constants import AGENT_PORT, NOLOGIN, STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError, DockerError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.hostsetup import StepReport
@@ -73,10 +74,6 @@ _ALPHABET = string.ascii_lowercase + string.digits
 _HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
-#: Login shell of a ``claude`` user created on an agent host: nobody logs in there.
-NOLOGIN = "/usr/sbin/nologin"
-DEFAULT_LISTEN_PORT = 222
-DEFAULT_SHELL_PORT = 223
 #: The packaged files ``install`` expects in system mode (DESIGN §7).
 SLICE = "convocate-sessions.slice"
 AGENT_UNIT = "convocate-agent.service"
@@ -384,8 +381,8 @@ def render_defaults(listen_port: int | None = None, shell_port: int | None = Non
     Raises:
         BadRequest: a port is not 1-65535.
     """
-    values = {"CONVOCATE_AGENT_LISTEN": f":{check_port(listen_port or DEFAULT_LISTEN_PORT, '--listen-port')}",
-              "CONVOCATE_AGENT_SHELL_PORT": str(check_port(shell_port or DEFAULT_SHELL_PORT, "--shell-port"))}
+    values = {"CONVOCATE_AGENT_LISTEN": f":{check_port(listen_port or AGENT_PORT, '--listen-port')}",
+              "CONVOCATE_AGENT_SHELL_PORT": str(check_port(shell_port or STATUS_PORT, "--shell-port"))}
     return hostsetup.render_env_file("", values, DEFAULTS_HEADER)
 
 
@@ -407,8 +404,8 @@ def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallRepor
         current = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         current = ""
-        values = {"CONVOCATE_AGENT_LISTEN": f":{DEFAULT_LISTEN_PORT}",
-                  "CONVOCATE_AGENT_SHELL_PORT": str(DEFAULT_SHELL_PORT), **values}
+        values = {"CONVOCATE_AGENT_LISTEN": f":{AGENT_PORT}",
+                  "CONVOCATE_AGENT_SHELL_PORT": str(STATUS_PORT), **values}
     if not values:
         report.kept(f"service settings {path} kept")
         return
@@ -419,7 +416,7 @@ def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallRepor
 
 def listen_port_of(paths: Paths) -> int:
     """The agent's SSH port as ``/etc/default/convocate-agent`` sets it (``CONVOCATE_AGENT_LISTEN=[HOST]:PORT``)."""
-    port = DEFAULT_LISTEN_PORT
+    port = AGENT_PORT
     try:
         for line in paths.agent_defaults.read_text(encoding="utf-8").splitlines():
             key, _, value = line.strip().partition("=")

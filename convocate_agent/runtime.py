@@ -49,6 +49,17 @@ import requests.exceptions
 from docker.types import LogConfig, Mount
 
 from convocate.common import messages
+from convocate.common.constants import (
+    CLAUDE_GID,
+    CLAUDE_UID,
+    CONTAINER_PREFIX,
+    LABEL_AGENT,
+    LABEL_CLAUDE_CODE,
+    LABEL_CPUS,
+    LABEL_MEMORY,
+    LABEL_ROOT,
+    LABEL_SESSION,
+)
 from convocate.common.errors import DockerError
 from convocate.common.paths import Paths
 from convocate.common.syslog import docker_log_options
@@ -56,15 +67,8 @@ from convocate.common.syslog import docker_log_options
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CONTAINER_PREFIX = "convocate-session-"
-LABEL_SESSION = "convocate.session"
-LABEL_AGENT = "convocate.agent"
-LABEL_ROOT = "convocate.root"
-LABEL_CPUS = "convocate.cpus"
-LABEL_MEMORY = "convocate.memory_mb"
-#: The session image's label with its Claude Code version (packaging/image/build-image.sh); Docker copies an
-#: image's labels into each container made from it, so the container list carries it.
-LABEL_CLAUDE_CODE = "convocate.claude-code"
+# LABEL_CLAUDE_CODE is the session image's label with its Claude Code version (packaging/image/build-image.sh);
+# Docker copies an image's labels into each container made from it, so the container list carries it.
 
 #: tmux session that the image's entrypoint creates (packaging/image/).
 TMUX_SESSION = "main"
@@ -189,8 +193,8 @@ class SessionSpec:
     agent_command: str = "claude"
     environment: dict[str, str] = field(default_factory=dict)
     claude_shared: Path | None = None
-    uid: int = 1337
-    gid: int = 1337
+    uid: int = CLAUDE_UID
+    gid: int = CLAUDE_GID
     cgroup_parent: str | None = None
     report_dir: Path | None = None
     restart_backoff_s: float = 1.0
@@ -662,7 +666,7 @@ class DockerRuntime:
             delay = min(delay * 2, backoff[1])
 
     # --- inside the container ---------------------------------------------------
-    async def exec(self, session_id: str, cmd: list[str], *, uid: int = 1337, gid: int = 1337) -> tuple[int, bytes]:
+    async def exec(self, session_id: str, cmd: list[str], *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID) -> tuple[int, bytes]:
         """Run a command in the session's container as the session user.
 
         Returns:
@@ -710,7 +714,7 @@ class DockerRuntime:
             await self.exec(session_id, ["tmux", "detach-client", "-t", name])
         return len(names)
 
-    async def open_control(self, session_id: str, uid: int = 1337, gid: int = 1337) -> ExecStream:
+    async def open_control(self, session_id: str, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID) -> ExecStream:
         """Start the recorder's read-only tmux control-mode client (``tmux -C attach -r``), no TTY.
 
         Its stdout comes in Docker's multiplexed framing (8-byte headers); closing the stream is
@@ -734,7 +738,7 @@ class DockerRuntime:
         return ExecStream(exec_id, reader, writer, wrapper)
 
     async def open_attach(self, session_id: str, *, cols: int, rows: int, term: str, read_only: bool,
-                          uid: int = 1337, gid: int = 1337) -> ExecStream:
+                          uid: int = CLAUDE_UID, gid: int = CLAUDE_GID) -> ExecStream:
         """Start ``tmux attach-session`` in the container on a TTY and return its stream.
 
         The command sets the pty size with ``stty`` before tmux starts, so tmux

@@ -23,10 +23,11 @@ from typing import Any
 import asyncssh
 
 from convocate.common import keys, startinputs
+from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, TRANSFER_SUBSYSTEM
 from convocate.common.sshserver import LOGIN_GRACE_S, Caller, SubsystemListener, format_address
 from convocate.common.version import __version__
 from convocate_agent import cgroups
@@ -41,7 +42,7 @@ from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
 from convocate_agent.status import EmitterConfig, StatusEmitter
 from convocate_agent.store import SessionStore
-from convocate_agent.transfer import TRANSFER_SUBSYSTEM, serve_transfer_channel
+from convocate_agent.transfer import serve_transfer_channel
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,11 @@ class ServeConfig:
     """
 
     paths: Paths
-    listen: str = ":222"
+    listen: str = f":{AGENT_PORT}"
     host_key: Path | None = None
     auth_keys: Path | None = None
     shell_host: str | None = None
-    shell_port: int = 223
+    shell_port: int = STATUS_PORT
     shell_key: Path | None = None
     shell_known_host: Path | None = None
     uid: int = CLAUDE_UID
@@ -201,7 +202,7 @@ class AgentServer:
         if self.emitter is not None:
             self.emitter.start()
         self.listener = SubsystemListener(
-            listen=cfg.listen, default_port=222, host_key=host_key, authorized_keys=cfg.auth_keys,  # type: ignore[arg-type]
+            listen=cfg.listen, default_port=AGENT_PORT, host_key=host_key, authorized_keys=cfg.auth_keys,  # type: ignore[arg-type]
             subsystems=SUBSYSTEMS, handler=self.handle_process, server_version=f"convocate-agent_{__version__}",
         )
         addresses = await self.listener.start(cfg.login_timeout)

@@ -446,8 +446,6 @@ def describe(manifest: Manifest) -> dict[str, Any]:
 #           a Response whose result is {"uuid", "files", "bytes", "skipped"} (exit 0) or an error (exit 1).
 # The session's lock is held for the whole channel on either side.
 
-#: The SSH subsystem name (beside convocate-agent-rpc and convocate-agent-attach).
-TRANSFER_SUBSYSTEM = "convocate-agent-transfer"
 #: Longest header accepted, in bytes (a session.json object is well below it).
 TRANSFER_HEADER_MAX = 64 * 1024
 

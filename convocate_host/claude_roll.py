@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from convocate.common import messages
+from convocate.common.constants import LABEL_CLAUDE_CODE
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.paths import Paths
 from convocate_host.agenthost import stamp_current_image
@@ -31,8 +32,6 @@ from convocate_host.report import LiveReport
 from convocate_host.target import Target
 
 PATHS = Paths()
-#: The image label build-image.sh sets to the Claude Code version (packaging/image/README.md).
-CLAUDE_CODE_LABEL = "convocate.claude-code"
 #: A real build fetches ~380 MB from npm; seconds.
 BUILD_TIMEOUT_S = 3600.0
 
@@ -48,7 +47,7 @@ def claude_code_tag(convocate_version: str, claude_code: str) -> str:
 async def image_claude_code(target: Target, tag: str) -> str | None:
     """The ``convocate.claude-code`` label of ``tag`` in the target's Docker, or None."""
     result = await target.run(["docker", "image", "inspect", "--format",
-                               f'{{{{index .Config.Labels "{CLAUDE_CODE_LABEL}"}}}}', tag],
+                               f'{{{{index .Config.Labels "{LABEL_CLAUDE_CODE}"}}}}', tag],
                               check=False, reads=True)
     return result.text.strip() or None if result.ok else None
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from convocate.common.cli import ArgumentParser, run_main, usage_line
+from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
 from convocate.common.version import __version__
@@ -118,7 +119,7 @@ def _add_init_shell(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-image", action="store_true", help="do not build the session image now")
     p.add_argument("--base-image", default="", help="local base image for the session image [debootstrap]")
     p.add_argument("--domain", default="convocate.internal", help="the cluster's DNS domain [%(default)s]")
-    p.add_argument("--status-port", type=int, default=223, help="status listener port [%(default)s]")
+    p.add_argument("--status-port", type=int, default=STATUS_PORT, help="status listener port [%(default)s]")
     p.add_argument("--log-port", type=int, default=LOG_PORT,
                    help=f"first of the {PORT_COUNT} TLS log ports, one per agent [%(default)s]")
     p.add_argument("--name", action="append", default=[], dest="names",
@@ -150,8 +151,8 @@ def _add_init_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="how the shell host reaches the agent [--host]")
     p.add_argument("--shell-address", help="how the agent reaches the shell host [--shell-host, else this "
                    "machine's host name]")
-    p.add_argument("--listen-port", type=int, default=222, help="the agent's SSH port [%(default)s]")
-    p.add_argument("--status-port", type=int, default=223, help="the shell's status port [%(default)s]")
+    p.add_argument("--listen-port", type=int, default=AGENT_PORT, help="the agent's SSH port [%(default)s]")
+    p.add_argument("--status-port", type=int, default=STATUS_PORT, help="the shell's status port [%(default)s]")
     p.add_argument("--log-port", type=int, default=LOG_PORT,
                    help="first of the shell's TLS log ports, as given to init-shell; the agent gets its own "
                    "[%(default)s]")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 
+from convocate.common.constants import CONTAINER_PREFIX
 from convocate.common.errors import BadRequest
 from convocate.common.model import SessionMeta, validate_uuid
 from convocate.common.paths import CLAUDE_USER, LEGACY_SESSION_FILE, Paths
@@ -75,7 +76,7 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
         meta = SessionMeta.from_json(json.loads(await shell.read_file(legacy) or b""), expected_uuid=sid)
     except (ValueError, BadRequest) as e:
         raise HostError(f"{shell.description}: {legacy} is not valid session metadata ({e}); nothing moved") from e
-    running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/convocate-session-{sid}$"], check=False,
+    running = await shell.run(["docker", "ps", "-q", "--filter", f"name=^/{CONTAINER_PREFIX}{sid}$"], check=False,
                               reads=True)
     if running.ok and running.text.strip():
         raise HostError(f"{shell.description}: a container runs for session {sid} there; stop it first "

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from convocate.common import hostsetup, messages
+from convocate.common.constants import AGENT_PORT, NOLOGIN, STATUS_PORT
 from convocate.common.errors import Unreachable
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
 from convocate_host.debs import APT_ENV
@@ -33,7 +34,7 @@ from convocate_host.report import LiveReport
 from convocate_host.rsyslog import firewall_rule
 from convocate_host.target import HostError, Target
 
-ROLE_PORTS = {"agent": ("222/tcp",), "shell": ("223/tcp", firewall_rule())}
+ROLE_PORTS = {"agent": (f"{AGENT_PORT}/tcp",), "shell": (f"{STATUS_PORT}/tcp", firewall_rule())}
 #: Packages every convocate host gets; alternatives are ``a|b`` (the first is installed).
 BASE_PACKAGES = ("docker.io|docker-ce", "dnsmasq", "jq", "curl", "git", "ufw", "ca-certificates", "openssh-server",
                  "tzdata", "sudo")
@@ -157,7 +158,7 @@ async def ensure_claude(target: Target, report: LiveReport) -> None:
                                                                 wanted=f"{CLAUDE_UID}:{CLAUDE_GID}"))
         report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID})")
     else:
-        await target.run(hostsetup.user_command(f"/home/{CLAUDE_USER}", "/usr/sbin/nologin", create_home=True),
+        await target.run(hostsetup.user_command(f"/home/{CLAUDE_USER}", NOLOGIN, create_home=True),
                          what=f"creating user {CLAUDE_USER}")
         report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}) created")
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from convocate.shell_install import DEFAULT_STATUS_PORT
-from convocate_agent.install import DEFAULT_LISTEN_PORT
+from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate_host.rsyslog import port_range
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +24,8 @@ PROFILES = REPO / "packaging" / "ufw"
 UFW = shutil.which("ufw") or "/usr/sbin/ufw"
 #: The ports each profile opens: the defaults the code uses (DESIGN §2).
 EXPECTED = {
-    "convocate": {(DEFAULT_STATUS_PORT, "tcp"), *((p, "tcp") for p in port_range())},  # a log port per agent
-    "convocate-agent": {(DEFAULT_LISTEN_PORT, "tcp")},
+    "convocate": {(STATUS_PORT, "tcp"), *((p, "tcp") for p in port_range())},  # a log port per agent
+    "convocate-agent": {(AGENT_PORT, "tcp")},
 }
 #: The package whose .install line ships each profile.
 PACKAGE = {"convocate": "convocate", "convocate-agent": "convocate-agent"}

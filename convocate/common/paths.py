@@ -13,14 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# The ``claude`` account (DESIGN §4), re-exported for the callers that find it beside the paths.
+from convocate.common.constants import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER  # noqa: F401
 from convocate.common.model import validate_uuid
 
 ROOT_ENV = "CONVOCATE_ROOT"
 
-#: The ``claude`` account that owns sessions on every host (DESIGN §4).
-CLAUDE_USER = "claude"
-CLAUDE_UID = 1337
-CLAUDE_GID = 1337
 #: The metadata file inside a home, as the original convocate and versions before issue 14 kept it.
 LEGACY_SESSION_FILE = "session.json"
 

@@ -49,6 +49,8 @@ READ_CHUNK = 4 << 20
 RPC_SUBSYSTEM = "convocate-agent-rpc"
 ATTACH_SUBSYSTEM = "convocate-agent-attach"
 STATUS_SUBSYSTEM = "convocate-status"
+#: A session's home moving between agents, through the shell (issue 18; convocate_agent/transfer.py).
+TRANSFER_SUBSYSTEM = "convocate-agent-transfer"
 
 #: Exit statuses of an attach channel (the SSH ``exit-status`` request, RFC 4254 §6.10): 0 when
 #: tmux's client ended (the operator detached, or the session is over); 75 (EX_TEMPFAIL) when the
