@@ -224,38 +224,15 @@ def render_defaults(status_port: int | str | None = None, base_image: str | None
 
 
 def _ensure_defaults(paths: Paths, status_port: int | None, report: StepReport) -> None:
-    path = paths.shell_defaults
-    if not paths.relocated:
-        # The package owns it: its postinst writes it from the debconf answers with ucf(1) (DESIGN §7).
-        if status_port is not None:
-            raise BadRequest(messages.DEFAULTS_BY_DEBCONF.format(path=path, package="convocate"))
-        report.kept(f"service settings {path}: kept by the package (ucf)")
-        return
-    values = {} if status_port is None else {"CONVOCATE_STATUS_LISTEN": f":{status_port}"}
-    try:
-        current = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        current = ""
-        values = {"CONVOCATE_STATUS_LISTEN": f":{STATUS_PORT}", **values}
-    if not values:
-        report.kept(f"service settings {path} kept")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
-                               mode=0o644, report=report, what="service settings")
+    hostsetup.ensure_service_defaults(
+        paths.shell_defaults, relocated=paths.relocated, package="convocate",
+        asked={} if status_port is None else {"CONVOCATE_STATUS_LISTEN": f":{status_port}"},
+        first={"CONVOCATE_STATUS_LISTEN": f":{STATUS_PORT}"}, header=DEFAULTS_HEADER, report=report)
 
 
 def _status_port_of(paths: Paths) -> int:
     """The listener's port as ``/etc/default/convocate`` sets it (``CONVOCATE_STATUS_LISTEN=[HOST]:PORT``)."""
-    port = STATUS_PORT
-    try:
-        for line in paths.shell_defaults.read_text(encoding="utf-8").splitlines():
-            key, _, value = line.strip().partition("=")
-            if key == "CONVOCATE_STATUS_LISTEN" and value.rpartition(":")[2].isdigit():
-                port = int(value.rpartition(":")[2])
-    except FileNotFoundError:
-        pass
-    return port
+    return hostsetup.env_file_port(paths.shell_defaults, "CONVOCATE_STATUS_LISTEN", STATUS_PORT)
 
 
 def start_image_build(paths: Paths, report: StepReport) -> None:

@@ -387,44 +387,20 @@ def render_defaults(listen_port: int | None = None, shell_port: int | None = Non
 
 
 def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallReport) -> None:
-    path = paths.agent_defaults
-    if not paths.relocated:
-        # The package owns it: its postinst writes it from the debconf answers with ucf(1), which keeps
-        # an administrator's edits (DESIGN §7); `install` only checks the ports it names.
-        if options.listen_port is not None or options.shell_port is not None:
-            raise BadRequest(messages.DEFAULTS_BY_DEBCONF.format(path=path, package="convocate-agent"))
-        report.kept(f"service settings {path}: kept by the package (ucf)")
-        return
-    values: dict[str, str] = {}
+    asked: dict[str, str] = {}
     if options.listen_port is not None:
-        values["CONVOCATE_AGENT_LISTEN"] = f":{check_port(options.listen_port, '--listen-port')}"
+        asked["CONVOCATE_AGENT_LISTEN"] = f":{check_port(options.listen_port, '--listen-port')}"
     if options.shell_port is not None:
-        values["CONVOCATE_AGENT_SHELL_PORT"] = str(check_port(options.shell_port, "--shell-port"))
-    try:
-        current = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        current = ""
-        values = {"CONVOCATE_AGENT_LISTEN": f":{AGENT_PORT}",
-                  "CONVOCATE_AGENT_SHELL_PORT": str(STATUS_PORT), **values}
-    if not values:
-        report.kept(f"service settings {path} kept")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hostsetup.write_if_changed(path, hostsetup.render_env_file(current, values, DEFAULTS_HEADER).encode(),
-                               mode=0o644, report=report, what="service settings")
+        asked["CONVOCATE_AGENT_SHELL_PORT"] = str(check_port(options.shell_port, "--shell-port"))
+    hostsetup.ensure_service_defaults(
+        paths.agent_defaults, relocated=paths.relocated, package="convocate-agent", asked=asked,
+        first={"CONVOCATE_AGENT_LISTEN": f":{AGENT_PORT}", "CONVOCATE_AGENT_SHELL_PORT": str(STATUS_PORT)},
+        header=DEFAULTS_HEADER, report=report)
 
 
 def listen_port_of(paths: Paths) -> int:
     """The agent's SSH port as ``/etc/default/convocate-agent`` sets it (``CONVOCATE_AGENT_LISTEN=[HOST]:PORT``)."""
-    port = AGENT_PORT
-    try:
-        for line in paths.agent_defaults.read_text(encoding="utf-8").splitlines():
-            key, _, value = line.strip().partition("=")
-            if key == "CONVOCATE_AGENT_LISTEN" and value.rpartition(":")[2].isdigit():
-                port = int(value.rpartition(":")[2])
-    except FileNotFoundError:
-        pass
-    return port
+    return hostsetup.env_file_port(paths.agent_defaults, "CONVOCATE_AGENT_LISTEN", AGENT_PORT)
 
 
 def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int, system: bool) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convocate.common import messages
-from convocate.common.errors import ConfigError
+from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER, Paths
 
@@ -369,6 +369,68 @@ def render_env_file(current: str, values: Mapping[str, str], header: str) -> str
         else:
             lines.append(assignment)
     return "\n".join(lines) + "\n"
+
+
+def ensure_service_defaults(path: Path, *, relocated: bool, package: str, asked: Mapping[str, str],
+                            first: Mapping[str, str], header: str, report: StepReport) -> None:
+    """Write a role's ``/etc/default`` file for ``install``, or leave it to its package.
+
+    On a real host the package owns the file: its postinst writes it from the debconf answers with
+    ucf(1), which keeps an administrator's edits (DESIGN §7), so ``install`` changes nothing there
+    and refuses options that would. Under ``CONVOCATE_ROOT`` (tests, the demo) ``install`` keeps it:
+    a new file gets ``first`` then ``asked``; an existing one only the keys in ``asked``.
+
+    Args:
+        path: The file (``/etc/default/convocate`` or ``/etc/default/convocate-agent``).
+        relocated: True under ``CONVOCATE_ROOT``.
+        package: The package that owns the file on a real host, for the refusal.
+        asked: Keys the operator's options set, already checked.
+        first: Every key's default, for a file that does not exist yet.
+        header: Comment block of a new file.
+        report: Where the step is recorded.
+
+    Raises:
+        BadRequest: options were given on a real host, where debconf owns the values.
+    """
+    if not relocated:
+        if asked:
+            raise BadRequest(messages.DEFAULTS_BY_DEBCONF.format(path=path, package=package))
+        report.kept(f"service settings {path}: kept by the package (ucf)")
+        return
+    values = dict(asked)
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = ""
+        values = {**first, **asked}
+    if not values:
+        report.kept(f"service settings {path} kept")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_if_changed(path, render_env_file(current, values, header).encode(), mode=0o644, report=report,
+                     what="service settings")
+
+
+def env_file_port(path: Path, key: str, default: int) -> int:
+    """The port of a ``KEY=[HOST]:PORT`` (or ``KEY=PORT``) line of an ``/etc/default`` file.
+
+    Args:
+        path: The file; a missing one gives ``default``.
+        key: The variable, e.g. ``CONVOCATE_AGENT_LISTEN``.
+        default: The port when the file or the key is absent, or its value ends in no number.
+
+    Returns:
+        The port of the key's last assignment (the one systemd's ``EnvironmentFile=`` keeps).
+    """
+    port = default
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            name, _, value = line.strip().partition("=")
+            if name == key and value.rpartition(":")[2].isdigit():
+                port = int(value.rpartition(":")[2])
+    except FileNotFoundError:
+        pass
+    return port
 
 
 # --- systemd ------------------------------------------------------------------------------------------
