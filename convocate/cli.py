@@ -137,23 +137,93 @@ def _session_credential(value: str) -> str:
         raise argparse.ArgumentTypeError(e.message.removeprefix('field "credential": ')) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``convocate`` parser: every verb with its help text (man page, completion and tests read it).
+#: Verbs whose parsers another module adds, by module (imported only when one of its verbs is asked for).
+#: ``tests/test_startup.py`` checks each module adds exactly these.
+MODULE_VERBS = {"convocate.replay": ("replay", "grep"), "convocate.fleet_cli": ("place", "drain", "undrain")}
+
+
+class _Unused:
+    """Stands in for the parser of a verb that this command line does not name: takes every call, keeps nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OneVerb:
+    """The subparsers action, adding only the verb the command line names (issue 17: start-up).
+
+    Building all ~35 verbs' parsers costs ~10 ms and the imports their options need; a command runs
+    one. With ``only`` None every verb is added (the man pages, completion and an unknown verb's error,
+    which lists them all).
+    """
+
+    def __init__(self, action: Any, only: str | None) -> None:
+        self.action = action
+        self.only = only
+
+    def wants(self, *verbs: str) -> bool:
+        """Whether any of ``verbs`` is to be added."""
+        return self.only is None or self.only in verbs
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        """``add_parser`` of argparse's subparsers action for a wanted verb; else an :class:`_Unused`."""
+        return self.action.add_parser(name, **kwargs) if self.wants(name) else _Unused()
+
+
+def _add_auth(sub: _OneVerb, common: argparse.ArgumentParser) -> None:
+    """``convocate auth`` and its verbs (issue 15 item 2)."""
+    import argparse
+    from pathlib import Path
+
+    from convocate.common.credentials import DEFAULT_NAME
+
+    auth = sub.add_parser("auth", help="the cluster's Claude credentials",
+                          description="Store Claude credentials on the shell host (root, 0600) and send them to "
+                          "every agent; sessions get theirs at each start.")
+    auth_sub = auth.add_subparsers(dest="auth_command", prog=f"{PROG} auth", required=True)
+    p = auth_sub.add_parser("set", parents=[common], help="store a credential and send it to every agent",
+                            description="The secret comes from --from-file, stdin, or a no-echo prompt; never "
+                            "from the command line.")
+    p.add_argument("--name", default=DEFAULT_NAME, help="credential name [%(default)s]")
+    # nargs="?" so that a secret typed after the flag is caught and refused without being echoed.
+    p.add_argument("--api-key", nargs="?", const=True, default=None, metavar="",
+                   help="an Anthropic API key (ANTHROPIC_API_KEY)")
+    p.add_argument("--oauth-token", nargs="?", const=True, default=None, metavar="",
+                   help="a long-lived OAuth token from `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN)")
+    p.add_argument("--from-file", type=Path, help="read the secret from FILE ('-' for stdin)")
+    p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=_Lazy("_cmd_auth_set"))
+    p = auth_sub.add_parser("push", parents=[common], help="send the stored credentials to every agent again")
+    p.add_argument("--name", help="only this credential [all]")
+    p.set_defaults(func=_Lazy("_cmd_auth_push"))
+    p = auth_sub.add_parser("status", parents=[common], help="which agent holds which credential")
+    p.set_defaults(func=_Lazy("_cmd_auth_status"))
+    p = auth_sub.add_parser("rm", parents=[common], help="remove a credential everywhere")
+    p.add_argument("name")
+    p.set_defaults(func=_Lazy("_cmd_auth_rm"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``convocate`` parser with its help texts (man page, completion and tests read it).
 
     Loads argparse and the validators the options need, never the verbs' work (:class:`_Lazy`).
+
+    Args:
+        only: Add this verb alone (what ``main`` does: a command line runs one); None: every verb.
+            A word that is no verb gets the whole parser, whose error then lists every verb.
     """
     import argparse
+    import importlib
     import os
     from pathlib import Path
 
-    from convocate import fleet_cli, replay
     from convocate.common.argparser import ArgumentParser
-    from convocate.common.credentials import DEFAULT_NAME
 
     common = ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
-    sub = parser.add_subparsers(dest="command", prog=PROG)
+    action = parser.add_subparsers(dest="command", prog=PROG)
+    sub = _OneVerb(action, only)
 
     p = sub.add_parser("ls", parents=[common], help="list sessions")
     p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")
@@ -264,30 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (exit 124) [no limit]")
     p.set_defaults(func=_Lazy("_cmd_wait"))
 
-    auth = sub.add_parser("auth", help="the cluster's Claude credentials",
-                          description="Store Claude credentials on the shell host (root, 0600) and send them to "
-                          "every agent; sessions get theirs at each start.")
-    auth_sub = auth.add_subparsers(dest="auth_command", prog=f"{PROG} auth", required=True)
-    p = auth_sub.add_parser("set", parents=[common], help="store a credential and send it to every agent",
-                            description="The secret comes from --from-file, stdin, or a no-echo prompt; never "
-                            "from the command line.")
-    p.add_argument("--name", default=DEFAULT_NAME, help="credential name [%(default)s]")
-    # nargs="?" so that a secret typed after the flag is caught and refused without being echoed.
-    p.add_argument("--api-key", nargs="?", const=True, default=None, metavar="",
-                   help="an Anthropic API key (ANTHROPIC_API_KEY)")
-    p.add_argument("--oauth-token", nargs="?", const=True, default=None, metavar="",
-                   help="a long-lived OAuth token from `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN)")
-    p.add_argument("--from-file", type=Path, help="read the secret from FILE ('-' for stdin)")
-    p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=_Lazy("_cmd_auth_set"))
-    p = auth_sub.add_parser("push", parents=[common], help="send the stored credentials to every agent again")
-    p.add_argument("--name", help="only this credential [all]")
-    p.set_defaults(func=_Lazy("_cmd_auth_push"))
-    p = auth_sub.add_parser("status", parents=[common], help="which agent holds which credential")
-    p.set_defaults(func=_Lazy("_cmd_auth_status"))
-    p = auth_sub.add_parser("rm", parents=[common], help="remove a credential everywhere")
-    p.add_argument("name")
-    p.set_defaults(func=_Lazy("_cmd_auth_rm"))
+    if sub.wants("auth"):
+        _add_auth(sub, common)
 
     p = sub.add_parser("trash", parents=[common], help="list deleted sessions")
     p.set_defaults(func=_Lazy("_cmd_trash"))
@@ -309,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref")
     p.add_argument("--lines", type=int, default=0, help="also include N lines of history")
     p.set_defaults(func=_Lazy("_cmd_capture"))
-    replay.add_parsers(sub, common)  # replay, grep (issue 19)
-    fleet_cli.add_parsers(sub, common)  # place, drain, undrain (issue 18)
+    for module, verbs in MODULE_VERBS.items():  # replay and grep (issue 19); place, drain, undrain (issue 18)
+        if sub.wants(*verbs):
+            importlib.import_module(module).add_parsers(sub, common)
 
     p = sub.add_parser("move", parents=[common], help="move a session to another agent (issue 18)")
     p.add_argument("ref")
@@ -318,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("--resume", action="store_true", help="finish or roll back an interrupted move of the session")
     p.set_defaults(func=_Lazy("_cmd_move"))
+    if only is not None and only not in action.choices:
+        return build_parser()
     return parser
 
 
@@ -335,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
             raise BadRequest("this account runs the convocate TUI and does not run commands; "
                              "log in without a command, or use the convocate CLI from your own account")
-        parsed = build_parser().parse_args(args)
+        parsed = build_parser(args[0]).parse_args(args)
         if getattr(parsed, "daemon", False):
             try:
                 return parsed.func(parsed)

@@ -53,6 +53,50 @@ def test_the_parser_of_every_verb_imports_no_ssh_docker_tui_or_crypto():
     assert not modules & {*HEAVY, "asyncio"}, sorted(modules & {*HEAVY, "asyncio"})
 
 
+def _verbs(parser) -> dict:
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def test_a_command_line_builds_only_its_verb_and_that_verb_is_the_whole_parsers_own():
+    from convocate.cli import build_parser
+
+    whole = _verbs(build_parser())
+    assert len(whole) > 30
+    for verb, full in whole.items():
+        alone = _verbs(build_parser(verb))
+        assert list(alone) == [verb]
+        assert alone[verb].format_help() == full.format_help(), verb
+        assert repr(alone[verb]._defaults) == repr(full._defaults), verb  # the same work (_Lazy's repr names it)
+
+
+def test_a_word_that_is_no_verb_gets_the_whole_parser():
+    from convocate.cli import build_parser
+
+    assert _verbs(build_parser("nosuchverb")).keys() == _verbs(build_parser()).keys()
+
+
+def test_each_module_adds_exactly_the_verbs_the_table_names():
+    import argparse
+    import importlib
+
+    from convocate.cli import MODULE_VERBS
+
+    for module, verbs in MODULE_VERBS.items():
+        parser = argparse.ArgumentParser()
+        action = parser.add_subparsers(dest="command")
+        importlib.import_module(module).add_parsers(action, argparse.ArgumentParser(add_help=False))
+        assert tuple(action.choices) == verbs, module
+
+
+def test_ls_loads_no_other_verbs_modules():
+    script = ("import sys\nfrom convocate.cli import build_parser\nbuild_parser('ls').parse_args(['ls'])\n"
+              "print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([python(), "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    modules = set(done.stdout.split())
+    assert "convocate.cli" in modules
+    assert not modules & {"convocate.replay", "convocate.fleet_cli", "convocate.commands"}, modules
+
+
 def test_the_verbs_moved_to_commands_are_still_found_on_cli():
     from convocate import cli, commands
 
