@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -31,8 +30,8 @@ import asyncssh
 from convocate.client import AgentClient
 from convocate.common import messages
 from convocate.common.constants import RELAY_CHUNK
-from convocate.common.errors import ConfigError, ConvocateError, Unreachable, error_from_code
-from convocate.common.protocol import ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING
+from convocate.common.errors import ConfigError, ConvocateError, ProtocolError, Unreachable, error_from_code
+from convocate.common.protocol import ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING, Response
 
 #: How long to keep trying to reattach after the agent went away, in seconds.
 REATTACH_FOR_S = 300.0
@@ -66,14 +65,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _error_line(first: bytes) -> ConvocateError | None:
-    """The agent's refusal, if the channel's first bytes are an error line (DESIGN §3)."""
-    if not first.startswith(b'{"ok":false'):
-        return None
+    """The agent's refusal, if the channel's first bytes are an error response line (DESIGN §3).
+
+    An agent refuses an attach with one :class:`~convocate.common.protocol.Response` line before
+    any terminal byte; an accepted attach starts with tmux's output, which is never a JSON object.
+    """
     try:
-        obj = json.loads(first.split(b"\n", 1)[0])
-    except ValueError:
+        response = Response.parse(first.split(b"\n", 1)[0])
+    except ProtocolError:
         return None
-    return error_from_code(obj.get("code"), str(obj.get("error", "attach refused")))
+    return None if response.ok else error_from_code(response.code, response.error or "attach refused")
 
 
 class _Relay:
