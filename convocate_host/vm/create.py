@@ -92,41 +92,23 @@ mv -f -- "$tmp" "$dest"
 trap - EXIT
 """
 
-_OS_DISK_SCRIPT = """\
-set -eu
-src=$1 fmt=$2 dest=$3 size=$4
-tmp="$dest.part"
-trap 'rm -f -- "$tmp"' EXIT
-qemu-img convert -q -f "$fmt" -O qcow2 "$src" "$tmp"
-qemu-img resize -q -f qcow2 "$tmp" "$size"
-chmod 0600 "$tmp"
-mv -f -- "$tmp" "$dest"
-trap - EXIT
-"""
 
-_DATA_DISK_SCRIPT = """\
-set -eu
-dest=$1 size=$2
-tmp="$dest.part"
-trap 'rm -f -- "$tmp"' EXIT
-qemu-img create -q -f qcow2 "$tmp" "$size"
-chmod 0600 "$tmp"
-mv -f -- "$tmp" "$dest"
-trap - EXIT
-"""
+def _written_in_place(arguments: str, commands: str, mode: str) -> str:
+    """A sh script whose ``commands`` write ``"$tmp"``; it becomes ``"$dest"`` with ``mode`` once they all succeed.
 
-_ISO_SCRIPT = """\
-set -eu
-dest=$1 dir=$2
-shift 2
-tmp="$dest.part"
-trap 'rm -f -- "$tmp"' EXIT
-cd "$dir"
-genisoimage -quiet -output "$tmp" -volid cidata -joliet -rock "$@"
-chmod 0644 "$tmp"
-mv -f -- "$tmp" "$dest"
-trap - EXIT
-"""
+    ``arguments`` names the positional parameters and must set ``dest``; a failure removes the
+    partial ``$dest.part`` and leaves ``$dest`` as it was.
+    """
+    return (f'set -eu\n{arguments}\ntmp="$dest.part"\ntrap \'rm -f -- "$tmp"\' EXIT\n{commands}\n'
+            f'chmod {mode} "$tmp"\nmv -f -- "$tmp" "$dest"\ntrap - EXIT\n')
+
+
+_OS_DISK_SCRIPT = _written_in_place("src=$1 fmt=$2 dest=$3 size=$4",
+                                    'qemu-img convert -q -f "$fmt" -O qcow2 "$src" "$tmp"\n'
+                                    'qemu-img resize -q -f qcow2 "$tmp" "$size"', "0600")
+_DATA_DISK_SCRIPT = _written_in_place("dest=$1 size=$2", 'qemu-img create -q -f qcow2 "$tmp" "$size"', "0600")
+_ISO_SCRIPT = _written_in_place("dest=$1 dir=$2\nshift 2",
+                                'cd "$dir"\ngenisoimage -quiet -output "$tmp" -volid cidata -joliet -rock "$@"', "0644")
 
 
 async def _image_info(target: Target, path: str) -> tuple[str, int] | None:
