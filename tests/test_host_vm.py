@@ -27,13 +27,16 @@ import pytest
 
 from convocate import dns
 from convocate.common import keys, messages
+from convocate.common.capacity import parse_meminfo
 from convocate.common.errors import AdmissionDenied, BadRequest, ConfigError, Conflict
 from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
 from convocate_host import cli, vm
 from convocate_host import report as reports
 from convocate_host.report import LiveReport
-from convocate_host.target import CommandResult, DryRunTarget, LocalTarget
+from convocate_host.target import CommandResult, DryRunTarget, HostError, LocalTarget
+from convocate_host.vm import create as vm_create
+from convocate_host.vm import preflight
 
 GIB = 1024 ** 3
 
@@ -223,7 +226,7 @@ def test_parsers_read_virsh_df_and_proc() -> None:
     assert vm.parse_capacity("Name:           old.qcow2\nCapacity:       64424509440 bytes\n") == 64424509440
     assert vm.parse_capacity("Capacity:       1099506450432\nAllocation:     1\n") == 1099506450432
     assert vm.parse_df("Filesystem 1-blocks Used Available Capacity Mounted on\n/dev/vda1 1000 10 990 1% /\n") == 1000
-    assert vm.parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n") == 24576000
+    assert parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n")["MemTotal"] == 24576000
     assert vm.parse_dpkg_installed("qemu-utils installed\ncurl not-installed\ngenisoimage config-files\n") == \
         {"qemu-utils"}
     table = """\
@@ -411,7 +414,7 @@ async def test_register_vm_dns_on_the_shell_host_is_atomic_and_idempotent(tmp_pa
     with pytest.raises(Conflict, match="build"):
         await vm.register_vm_dns(shell, "build", "192.168.122.9", "convocate.internal", report=report,
                                  hosts_path=str(hosts))
-    with pytest.raises(vm.HostError, match="not a shell host"):
+    with pytest.raises(HostError, match="not a shell host"):
         await vm.register_vm_dns(shell, "web", "10.0.0.1", "", report=report, hosts_path=str(tmp_path / "no/hosts"))
     assert await vm.read_cluster_domain(shell, paths) == vm.DEFAULT_DOMAIN
     paths.shell_domain_file.parent.mkdir(parents=True)
@@ -464,7 +467,7 @@ async def test_a_host_without_libvirt_is_measured_from_proc_and_refused_before_i
     assert not host.libvirt and host.domains == ()
     assert host.capacity.total.cpus == len(os.sched_getaffinity(0))
     with open("/proc/meminfo") as f:
-        assert host.capacity.total.memory_kib == vm.parse_meminfo(f.read())
+        assert host.capacity.total.memory_kib == parse_meminfo(f.read())["MemTotal"]
     assert host.capacity.disk_source == f"filesystem of {tmp_path / 'pool'} (df)"
     spec = spec_for(ssh_key, "https://example.org/x.img", tmp_path / "pool", cpus=1024)
     with pytest.raises(AdmissionDenied, match="CPU asked 1024 vCPUs, pledged 0 vCPUs"):
@@ -510,7 +513,7 @@ async def test_create_vm_defines_and_starts_the_domain_then_keeps_it(ssh_key: st
     disks = [(d.find("target").get("dev"), d.find("target").get("bus"), d.find("source").get("file"))
              for d in defined.iterfind("devices/disk[@device='disk']")]
     assert disks == [("vda", "virtio", layout.os_disk), ("vdb", "virtio", layout.data_disk)]
-    info = vm._fields(out[out.index("</domain>"):])
+    info = preflight.parse_fields(out[out.index("</domain>"):])
     assert (info["CPU(s)"], info["Max memory"]) == ("2", "2097152 KiB")
     assert out.rstrip().endswith("running")
 
@@ -575,7 +578,7 @@ async def test_create_vm_waits_for_another_run_on_the_same_hypervisor(ssh_key: s
     uri = write_node(tmp_path / "node.xml", pool_dir=pool)
     target = RecordingTarget()
     async with vm.hypervisor_lock(LocalTarget(), quick(tmp_path)["lock_path"]):
-        with pytest.raises(vm.HostError, match="another create-vm still holds .* after 0.3 s"):
+        with pytest.raises(HostError, match="another create-vm still holds .* after 0.3 s"):
             await vm.create_vm(target, spec_for(ssh_key, base_image, pool), uri=uri, install_stack=False,
                                lock_wait_s=0.3, **quick(tmp_path))
     assert target.commands == [] and not pool.exists()  # refused before even probing
@@ -594,14 +597,14 @@ async def test_image_download_is_kept_only_when_sha256sums_agrees(tmp_path: Path
     target = LocalTarget()
     dest = tmp_path / "noble.img"
     url = f"file://{source}/noble.img"
-    unchecked = await target.sh(vm._DOWNLOAD_SCRIPT, url, str(dest))
+    unchecked = await target.sh(vm_create._DOWNLOAD_SCRIPT, url, str(dest))
     assert dest.read_bytes() == b"cloud image bytes" and "verified" not in unchecked.text
     dest.unlink()
     (source / "SHA256SUMS").write_text(f"{digest} *noble.img\n{'0' * 64} *other.img\n")
-    assert "verified" in (await target.sh(vm._DOWNLOAD_SCRIPT, url, str(dest))).text and dest.exists()
+    assert "verified" in (await target.sh(vm_create._DOWNLOAD_SCRIPT, url, str(dest))).text and dest.exists()
     dest.unlink()
     (source / "SHA256SUMS").write_text(f"{'0' * 64} *noble.img\n")
-    bad = await target.sh(vm._DOWNLOAD_SCRIPT, url, str(dest), check=False)
+    bad = await target.sh(vm_create._DOWNLOAD_SCRIPT, url, str(dest), check=False)
     assert bad.returncode == 5 and b"SHA256SUMS says" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]  # no image, no partial file
 
@@ -636,7 +639,7 @@ def test_command_line_creates_the_vm_and_registers_its_dns_name(ssh_key: str, ba
     paths.shell_domain_file.parent.mkdir(parents=True)
     paths.shell_domain_file.write_text("lab.example\n")
     monkeypatch.setenv("CONVOCATE_ROOT", str(root))
-    monkeypatch.setattr(vm, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
+    monkeypatch.setattr(vm_create, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
     key = tmp_path / "id_ed25519.pub"
     key.write_text(ssh_key + "\n")
     pool = tmp_path / "pool"
@@ -800,7 +803,7 @@ def test_command_line_dry_run_changes_nothing_and_lists_the_domain_disks_seed_an
     paths.shell_domain_file.write_text("lab.example\n")
     monkeypatch.setenv("CONVOCATE_ROOT", str(root))
     lock = tmp_path / "create-vm.lock"
-    monkeypatch.setattr(vm, "LOCK_PATH", str(lock))
+    monkeypatch.setattr(vm_create, "LOCK_PATH", str(lock))
     argv = _create_vm_args(tmp_path, base_image, ssh_key, "--shell-host", "local", "--dry-run")
     uri = argv[argv.index("--uri") + 1]
     domains = virsh_session(uri, "list --all --name")
@@ -834,7 +837,7 @@ def test_command_line_dry_run_json_is_one_document(ssh_key: str, base_image: Pat
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """With --json stdout is one JSON document, also without --shell-host (that remark is a note in it)."""
-    monkeypatch.setattr(vm, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
+    monkeypatch.setattr(vm_create, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
     argv = _create_vm_args(tmp_path, base_image, ssh_key, "--dry-run", "--json")
     before = tree_state(tmp_path)
     try:

@@ -4,6 +4,18 @@ Pure arithmetic and ``/proc/meminfo`` parsing, shared by the agent's admission
 control (:mod:`convocate_agent.admission`, which enforces it) and the shell's
 placement (:mod:`convocate.placement`, which predicts it from each agent's
 ``capacity`` answer), so the two can never disagree on what fits.
+
+The rule: what is held on a host plus what is asked may not pass :data:`LIMIT_FRACTION`
+of the host's total on any axis; a request that would pass it is refused whole, before
+anything changes. Sessions and VMs differ in what counts as held, and on which axes:
+
+- A session (:func:`check_admission`) holds its reservation (CPU cores and MiB) while it
+  runs; the memory the host uses outside convocate counts too. The axes are CPU and memory.
+- A VM (``convocate-host create-vm``, :func:`convocate_host.vm.preflight.check_admission`)
+  holds its *pledge* while it is defined, running or not, since a stopped domain can start
+  at any time: its vCPUs, its maximum memory and its disks' virtual sizes. The axes are CPU,
+  RAM and disk; the host's memory is ``virsh nodeinfo``'s, or ``MemTotal`` of
+  :func:`parse_meminfo` on a host without libvirt yet.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ from dataclasses import dataclass
 from convocate.common import messages
 from convocate.common.errors import AdmissionDenied
 
-#: Share of the host that sessions may reserve, and the slice's cap (DESIGN §4).
+#: Share of the host that sessions may reserve, and the slice's cap (DESIGN §4); VMs may pledge as much.
 LIMIT_FRACTION = 0.9
 #: Tolerance for float sums of CPU reservations (cores).
 _EPSILON = 1e-9
@@ -74,16 +86,25 @@ def outside_memory_mb(sessions_bytes: int | None, meminfo: dict[str, int] | None
     return max(0, used_kib // 1024 - (sessions_bytes or 0) // (1 << 20))
 
 
-def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
-    """``/proc/meminfo`` as field → KiB."""
+def parse_meminfo(text: str) -> dict[str, int]:
+    """The text of ``/proc/meminfo`` as field → KiB (proc(5): ``Name:   value kB`` lines).
+
+    A line without a colon and a number after it is passed over, so the text may hold other
+    lines too (create-vm reads ``nproc; cat /proc/meminfo`` from a host in one command).
+    """
     out: dict[str, int] = {}
-    with open(path, encoding="ascii") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            words = rest.split()
-            if words and words[0].isdigit():
-                out[name] = int(words[0])
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isdigit():
+            out[name] = int(words[0])
     return out
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """This host's ``/proc/meminfo`` as field → KiB (:func:`parse_meminfo`)."""
+    with open(path, encoding="ascii") as f:
+        return parse_meminfo(f.read())
 
 
 def check_admission(host: HostResources, reserved: Reservation, request: Reservation, outside_mb: int = 0) -> None:
