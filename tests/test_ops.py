@@ -76,3 +76,14 @@ def test_credential_params_decode():
         "name": "team-b", "kind": "oauth_token", "secret": "sk-ant-oat01-x"}
     assert decode_params("create", {"name": "n", "credential": ""}) == {"name": "n", "credential": ""}
     assert decode_params("edit", {"id": SID, "credential": "team-b"}) == {"id": SID, "credential": "team-b"}
+
+
+def test_the_op_reference_in_docs_is_the_one_the_definitions_render():
+    from pathlib import Path
+
+    from convocate.common.ops import OP_DOCS, reference_markdown
+
+    assert list(OP_DOCS) == list(OPS)
+    assert all(p.doc for spec in OPS.values() if spec for p in spec), "a parameter without its doc"
+    current = (Path(__file__).resolve().parents[1] / "docs" / "ops.md").read_text(encoding="utf-8")
+    assert current == reference_markdown(), "docs/ops.md is stale: python -m convocate.common.ops > docs/ops.md"

@@ -146,12 +146,14 @@ class Param:
         kind: JSON type: ``string``, ``integer``, ``number``, ``boolean`` or ``object``.
         required: Whether the field must be present.
         check: Validator/normaliser applied to a present value; raises BadRequest.
+        doc: What it means and its rule, and what its absence means, for the op reference (docs/ops.md).
     """
 
     name: str
     kind: str
     required: bool = False
     check: Callable[[Any], Any] | None = None
+    doc: str = ""
 
 
 def _agent_id(value: str) -> str:
@@ -160,19 +162,29 @@ def _agent_id(value: str) -> str:
     return value
 
 
-def _id(name: str = "id") -> Param:
-    return Param(name, "string", required=True, check=lambda v: validate_uuid(v, name))
+def _id(name: str = "id", doc: str = "the session's UUIDv4") -> Param:
+    return Param(name, "string", required=True, check=lambda v: validate_uuid(v, name), doc=doc)
 
 
-_NAME = Param("name", "string", check=validate_name)
-_PORT = Param("port", "integer", check=validate_port)
-_PROTOCOL = Param("protocol", "string", check=validate_protocol)
-_DNS = Param("dns_name", "string", check=validate_dns_name)
-_CPUS = Param("cpus", "number", check=_cpus)
-_MEMORY = Param("memory_mb", "integer", check=_memory)
+_NAME_RULE = "1-64 of letters, digits, space, `_ - .`"
+_NAME = Param("name", "string", check=validate_name, doc=f"new name: {_NAME_RULE}; absent: kept")
+_NEW_NAME = Param("name", "string", required=True, check=validate_name, doc=_NAME_RULE)
+_PORT = Param("port", "integer", check=validate_port,
+              doc="published port: 0 none, -1 the lowest free >= 1001, 1-65535 unused on the agent [create: 0]")
+_PROTOCOL = Param("protocol", "string", check=validate_protocol, doc="`tcp` or `udp`; `\"\"` is `tcp` [create: tcp]")
+_DNS = Param("dns_name", "string", check=validate_dns_name,
+             doc="one RFC 1123 label, lowercased, unique on the agent; `\"\"` none [create: none]")
+_CPUS = Param("cpus", "number", check=_cpus,
+              doc=f"CPU limit, {CPUS_MIN}-{CPUS_MAX:g} cores [create: the agent's `default_cpus`]")
+_MEMORY = Param("memory_mb", "integer", check=_memory,
+                doc=f"memory limit, {MEMORY_MIN_MB}-{MEMORY_MAX_MB} MiB [create: the agent's `default_memory_mb`]")
 #: A session's credential name (issue 15): ``""`` means the agent's ``default`` credential.
-_CREDENTIAL = Param("credential", "string", check=credentials.validate_session_credential)
-_CREDENTIAL_NAME = Param("name", "string", required=True, check=credentials.validate_name)
+_CREDENTIAL = Param("credential", "string", check=credentials.validate_session_credential,
+                    doc="the cluster credential the session starts with; `\"\"` the agent's `default` [create: \"\"]")
+_CREDENTIAL_NAME = Param("name", "string", required=True, check=credentials.validate_name,
+                         doc="credential name: 1-32 of a-z, 0-9, `-`, starting with a letter or digit")
+_SINCE = Param("since", "string", check=_timestamp, doc="RFC 3339 time: only what came at or after it [all]")
+_LINES = Param("lines", "integer", check=_lines, doc=f"0-{CAPTURE_LINES_MAX} lines of history [0]")
 
 #: Every op and its parameters. ``None`` marks an op whose params are an open
 #: object validated by its handler (``settings-set``).
@@ -181,63 +193,76 @@ OPS: dict[str, tuple[Param, ...] | None] = {
     "list": (),
     "get": (_id(),),
     "create": (
-        Param("name", "string", required=True, check=validate_name),
-        _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY,
-        Param("start", "boolean"), _CREDENTIAL,
+        _NEW_NAME, _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY,
+        Param("start", "boolean", doc="start the container too, admission-checked first [false]"), _CREDENTIAL,
     ),
     "edit": (_id(), _NAME, _PORT, _PROTOCOL, _DNS, _CPUS, _MEMORY, _CREDENTIAL),
-    "clone": (_id("source_id"), Param("name", "string", required=True, check=validate_name)),
+    "clone": (_id("source_id", "the UUIDv4 of the session to copy"), _NEW_NAME),
     "delete": (_id(),),
     "kill": (_id(),),
     "background": (_id(),),
     # moving_to (issue 18): the operators detached are told the session moves to that agent, and the
     # copy here is not restarted until the move ends; "" clears that (a rolled-back move).
-    "override": (_id(), Param("moving_to", "string", check=_agent_id)),
+    "override": (_id(), Param("moving_to", "string", check=_agent_id,
+                              doc="the agent a move takes the session to (8 of a-z, 0-9); `\"\"` clears it [none]")),
     "restart": (_id(),),
     "settings-get": (),
     "settings-set": None,
-    "capture": (_id(), Param("lines", "integer", check=_lines)),
-    "send": (_id(), Param("text", "string", required=True, check=_send_text), Param("enter", "boolean")),
+    "capture": (_id(), _LINES),
+    "send": (_id(), Param("text", "string", required=True, check=_send_text,
+                          doc=f"UTF-8 text, at most {SEND_TEXT_MAX} bytes, no NUL"),
+             Param("enter", "boolean", doc="press Enter after the text [false]")),
     "capacity": (),
-    "logs": (_id(), Param("lines", "integer", check=_lines), Param("since", "string", check=_timestamp)),
+    "logs": (_id(), Param("lines", "integer", check=_lines, doc=f"the last 0-{CAPTURE_LINES_MAX} lines; 0: 200, or all since `since` [0]"),
+             _SINCE),
     "trash": (),
-    "restore": (Param("trash_id", "string", required=True, check=_trash_id),),
+    "restore": (Param("trash_id", "string", required=True, check=_trash_id, doc="an entry of `trash`"),),
     # (ext, issue 15) the cluster's Claude credentials; no result or error ever carries a secret.
     "credential_set": (
         _CREDENTIAL_NAME,
-        Param("kind", "string", required=True, check=credentials.validate_kind),
-        Param("secret", "string", required=True, check=credentials.validate_secret),
+        Param("kind", "string", required=True, check=credentials.validate_kind, doc="`api_key` or `oauth_token`"),
+        Param("secret", "string", required=True, check=credentials.validate_secret,
+              doc="1-4096 printable ASCII characters, no space; never in a result, an error or a log"),
     ),
     "credential_list": (),
     "credential_delete": (_CREDENTIAL_NAME,),
     # (ext, issue 19) the sessions' terminal recordings, read-only (convocate_agent/recordings.py).
     "recording_list": (_id(),),
     "recording_read": (
-        _id(), Param("file", "string", required=True, check=_recording_file),
-        Param("offset", "integer", check=_bounded("offset", 0, 2**53)),
-        Param("max_bytes", "integer", check=_bounded("max_bytes", 1, RECORDING_READ_MAX)),
+        _id(), Param("file", "string", required=True, check=_recording_file, doc="a file `recording_list` named"),
+        Param("offset", "integer", check=_bounded("offset", 0, 2**53), doc="byte offset in the file [0]"),
+        Param("max_bytes", "integer", check=_bounded("max_bytes", 1, RECORDING_READ_MAX),
+              doc=f"most bytes answered, 1-{RECORDING_READ_MAX} [the agent's page size]"),
     ),
     "recording_grep": (
-        Param("pattern", "string", required=True, check=_grep_pattern),
-        Param("id", "string", check=lambda v: validate_uuid(v, "id")),
-        Param("since", "string", check=_window("since")), Param("until", "string", check=_window("until")),
-        Param("max_matches", "integer", check=_bounded("max_matches", 1, GREP_MATCHES_MAX)),
+        Param("pattern", "string", required=True, check=_grep_pattern,
+              doc=f"a Python regular expression of at most {GREP_PATTERN_MAX} characters"),
+        Param("id", "string", check=lambda v: validate_uuid(v, "id"), doc="only this session [every session]"),
+        Param("since", "string", check=_window("since"), doc="RFC 3339 time: lines at or after it [all]"),
+        Param("until", "string", check=_window("until"), doc="RFC 3339 time: lines at or before it [all]"),
+        Param("max_matches", "integer", check=_bounded("max_matches", 1, GREP_MATCHES_MAX),
+              doc=f"most matches answered, 1-{GREP_MATCHES_MAX} [the agent's default]"),
     ),
     # (ext, issue 19) the operator's identity on this connection (convocate.common.operator_claim).
     "operator_challenge": (),
     "operator_identify": (
         Param("certificate", "string", required=True,
-              check=lambda v: operator_claim.bounded(v, "certificate", operator_claim.MAX_CERTIFICATE_CHARS)),
+              check=lambda v: operator_claim.bounded(v, "certificate", operator_claim.MAX_CERTIFICATE_CHARS),
+              doc="the operator's OpenSSH certificate, signed by the cluster's operator CA"),
         Param("signature", "string", required=True,
-              check=lambda v: operator_claim.bounded(v, "signature", operator_claim.MAX_SIGNATURE_CHARS)),
+              check=lambda v: operator_claim.bounded(v, "signature", operator_claim.MAX_SIGNATURE_CHARS),
+              doc="the certificate key's signature of this connection's challenge"),
     ),
     "operator_whoami": (),
     # (ext, issue 19) the agent's audit trail, in pages (convocate_agent.audit.read_records).
     "audit_read": (
-        Param("since", "string", check=_timestamp), Param("until", "string", check=_timestamp),
-        Param("session", "string", check=lambda v: validate_uuid(v, "session")),
-        Param("operator", "string"), Param("after_seq", "integer"), Param("max", "integer"),
-        Param("raw", "boolean"),
+        _SINCE, Param("until", "string", check=_timestamp, doc="RFC 3339 time: records at or before it [all]"),
+        Param("session", "string", check=lambda v: validate_uuid(v, "session"),
+              doc="only records about this session's UUIDv4 [all]"),
+        Param("operator", "string", doc="only this verified operator, by name or `SHA256:` fingerprint [all]"),
+        Param("after_seq", "integer", doc="the page after the record of this sequence number [the first]"),
+        Param("max", "integer", doc="most records in the page [the agent's page size]"),
+        Param("raw", "boolean", doc="the records as the file holds them, for `--verify` [false]"),
     ),
 }
 
@@ -246,6 +271,81 @@ ORIGINAL_OPS = frozenset(
     {"ping", "list", "get", "create", "edit", "clone", "delete", "kill", "background", "override", "restart",
      "settings-get", "settings-set"}
 )
+
+
+#: What each op does and what it answers, for the op reference (docs/ops.md); keyed like :data:`OPS`.
+OP_DOCS: dict[str, tuple[str, str]] = {
+    "ping": ("the agent's identity and what its protocol offers", "`{agent_id, version, server_time, protocol, "
+             "capabilities}`"),
+    "list": ("every session, newest `last_accessed` first", "array of session metadata"),
+    "get": ("one session", "session metadata"),
+    "create": ("a new session: UUIDv4, home from the skeleton, its record; admission-checked when it starts",
+               "session metadata"),
+    "edit": ("change a stopped or running session's record; a field left out keeps its value; limits apply "
+             "from its next start", "session metadata"),
+    "clone": ("copy a session's home (modes, symlinks) under a new UUID; port and DNS name cleared",
+              "session metadata"),
+    "delete": ("move a stopped, unlocked session's home to the trash", "`{uuid, trash}`"),
+    "kill": ("stop the container: SIGTERM, then SIGKILL after 10 s", "session metadata"),
+    "background": ("detach every tmux client; the container keeps running", "session metadata"),
+    "override": ("take a locked session over: clear a stale lock or detach the other operator",
+                 "`{session, cleared_lock, detached}`"),
+    "restart": ("start, or start again, the container with the agent's current image; admission-checked",
+                "session metadata"),
+    "settings-get": ("the agent's settings", "settings object"),
+    "settings-set": ("a validated partial update of the settings, persisted (fields: convocate_agent/settings.py)",
+                     "the new settings object"),
+    "capture": ("the text of the session's tmux pane", "`{uuid, text}`"),
+    "send": ("type text into the session (tmux send-keys)", "`{uuid, sent, enter}`"),
+    "capacity": ("host totals, reservations, live usage and the 90% limits", "capacity object"),
+    "logs": ("the session's supervisor and activity logs, merged by time", "`{uuid, lines, last}`"),
+    "trash": ("the deleted sessions still in the trash", "array of `{trash_id, uuid, ...}`"),
+    "restore": ("bring a session back from the trash; a port or DNS name taken since is cleared",
+                "`{session, cleared}`"),
+    "credential_set": ("store one of the cluster's Claude credentials on the agent",
+                       "`{name, kind, fingerprint, set_at}`"),
+    "credential_list": ("the credentials the agent holds, without secrets", "array of `{name, kind, fingerprint, set_at}`"),
+    "credential_delete": ("remove a credential from the agent", "`{name, deleted}`"),
+    "recording_list": ("a session's terminal recordings, one file per start", "array of `{file, started, bytes, current}`"),
+    "recording_read": ("a page of one recording file", "`{data, next_offset, eof}`"),
+    "recording_grep": ("search the recordings' text", "`{matches, truncated, reason, scanned_bytes}`"),
+    "operator_challenge": ("a fresh challenge for this connection's operator claim", "`{nonce, agent_id, expires_in}`"),
+    "operator_identify": ("prove the operator's identity on this connection", "`{name, fingerprint}`"),
+    "operator_whoami": ("who this connection is taken for", "`{operator}` (null: no claim verified)"),
+    "audit_read": ("a page of the agent's audit trail", "`{records, next_seq, more}`"),
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The op reference, ``docs/ops.md``, rendered from :data:`OPS` and :data:`OP_DOCS`.
+
+    ``python -m convocate.common.ops > docs/ops.md`` writes it; ``tests/test_ops.py`` checks the file
+    is current, so the reference cannot drift from what the agent decodes.
+    """
+    out = ["# RPC operations", "",
+           "Generated from `convocate/common/ops.py` by `python -m convocate.common.ops > docs/ops.md`;",
+           "edit that module, not this file. The framing, the errors and their codes are DESIGN §3.",
+           "(ext) marks an op the original protocol does not have. Every parameter is optional unless",
+           "marked required; a field not listed is refused (`decode params: unknown field`).", ""]
+    out += ["| op | what it does | result |", "| --- | --- | --- |"]
+    for op in OPS:
+        what, result = OP_DOCS[op]
+        ext = "" if op in ORIGINAL_OPS else " (ext)"
+        out.append(f"| [`{op}`](#{op}){ext} | {_cell(what)} | {_cell(result)} |")
+    for op, spec in OPS.items():
+        out += ["", f"## {op}", "", OP_DOCS[op][0][:1].upper() + OP_DOCS[op][0][1:] + ".", ""]
+        if spec is None:
+            out.append("Params: an open object, checked field by field by the agent's settings.")
+        elif not spec:
+            out.append("No params.")
+        else:
+            out += ["| param | type | rule [default] |", "| --- | --- | --- |"]
+            out += [f"| `{p.name}`{' (required)' if p.required else ''} | {p.kind} | {_cell(p.doc)} |" for p in spec]
+    return "\n".join(out) + "\n"
 
 
 def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -292,3 +392,9 @@ def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequest(messages.DECODE_PARAMS.format(detail=e.message)) from e
         out[p.name] = value
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(reference_markdown())
