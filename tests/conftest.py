@@ -223,3 +223,24 @@ def systemd_host_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """One Debian 12 image with systemd as PID 1 for every system test (see tests/systemd_hosts.py)."""
     yield build_systemd_image(tmp_path_factory.mktemp("systemd-image"), HOST_IMAGE_LABEL, packages=HOST_PACKAGES,
                               docker_cli=True)  # kept: a cache keyed by what it is made of
+
+
+# --- where the suite's time goes, per test file (CI's budget is 40 minutes) --------------------------
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each phase's duration (setup, call, teardown) to its test file's total."""
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the 25 test files that took longest, with module fixtures' setup and teardown counted."""
+    if not _FILE_SECONDS:
+        return
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.section("seconds per test file (setup + call + teardown)")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:25]:
+        terminalreporter.write_line(f"{seconds:8.1f} s  {100 * seconds / total:4.1f}%  {path}")
+    terminalreporter.write_line(f"{total:8.1f} s  in {len(_FILE_SECONDS)} files")
