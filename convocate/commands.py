@@ -176,12 +176,7 @@ def _cmd_status_serve(args: argparse.Namespace) -> int:
     config = StatusConfig(paths=Paths.from_env(), listen=args.listen, domain=args.domain,
                           dnsmasq_pid_file=args.dnsmasq_pid_file or None)
 
-    async def run() -> None:
-        server = StatusServer(config)
-        await server.start()
-        await server.serve_forever()
-
-    asyncio.run(run())
+    asyncio.run(StatusServer(config).serve())
     return 0
 
 

@@ -45,7 +45,6 @@ import dataclasses
 import grp
 import logging
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ import asyncssh
 from convocate.client import AgentClient
 from convocate.common import keys, startinputs
 from convocate.common.constants import STATUS_PORT
+from convocate.common.daemon import serve_until_signalled
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
 from convocate.common.model import SessionView, is_uuid4, validate_dns_name
@@ -175,6 +175,7 @@ class StatusConfig:
         domain: Cluster DNS domain (``/etc/convocate/domain``, else ``convocate.internal``).
         dnsmasq_pid_file: dnsmasq's PID file for reloads; None to never signal it.
         socket_group: Group given the local socket.
+        shutdown_timeout: Seconds the whole shutdown may take (under the unit's ``TimeoutStopSec=30s``).
     """
 
     paths: Paths
@@ -182,6 +183,7 @@ class StatusConfig:
     domain: str | None = None
     dnsmasq_pid_file: Path | None = Path("/run/dnsmasq/dnsmasq.pid")
     socket_group: str = CLAUDE_USER
+    shutdown_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if self.domain is None:
@@ -524,7 +526,6 @@ class StatusServer:
         self._refreshing: set[str] = set()
         self._local: dict[SubscriberQueue, asyncio.StreamWriter] = {}
         self._addresses: dict[str, str] = {}
-        self._stopping = asyncio.Event()
         self._dns_lock = asyncio.Lock()
 
     async def start(self) -> list[tuple[str, int]]:
@@ -789,17 +790,18 @@ class StatusServer:
             writer.close()
 
     # --- lifetime --------------------------------------------------------------------------
-    async def serve_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            await self._stopping.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+    async def serve(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then shut down (:func:`.serve_until_signalled`).
+
+        The shutdown may take ``config.shutdown_timeout`` seconds; a second signal during it ends
+        status-serve at once.
+
+        Raises:
+            ConfigError: see :meth:`start`.
+            OSError: see :meth:`start`.
+        """
+        await serve_until_signalled(self.start, self.shutdown, name="convocate status-serve",
+                                    shutdown_timeout_s=self.config.shutdown_timeout)
 
     async def shutdown(self) -> None:
         """Close the listener, the local socket and every connection."""

@@ -201,12 +201,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         docker_path_prefix=args.docker_path_prefix, log_socket=args.log_socket, host_cpus=args.host_cpus,
     )
 
-    async def run() -> None:
-        server = AgentServer(config)
-        await server.start()
-        await server.serve_forever()
-
-    asyncio.run(run())
+    asyncio.run(AgentServer(config).serve())
     return 0
 
 

@@ -22,13 +22,13 @@ from typing import BinaryIO, TextIO
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from convocate.common import messages
-from convocate.common.errors import BadRequest, DockerError
+from convocate.common.errors import BadRequest
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.paths import Paths
 from convocate.common.progress import Progress
+from convocate_agent.dockererrors import docker_errors, translate
 from convocate_agent.settings import load_settings
 
 #: The repository of session image tags (``convocate:<version>``).
@@ -108,28 +108,26 @@ def prune_images(paths: Paths, *, dry_run: bool = False, client: docker.APIClien
     if not current:
         report.skipped = f"no current image is set ({paths.current_image_file} is missing or empty)"
         return report
-    try:
+    doing = "pruning session images"
+    with docker_errors(doing):
         api = client or docker.APIClient(**docker.utils.kwargs_from_env(), timeout=60)
-    except docker.errors.DockerException as e:
-        raise DockerError(f"pruning session images: cannot reach dockerd: {e}") from e
     try:
-        try:
-            current_id: str | None = api.inspect_image(current)["Id"]
-        except docker.errors.ImageNotFound:
-            current_id = None
-        tags = [ImageTag(tag, image["Id"]) for image in api.images(name=IMAGE_REPOSITORY)
-                for tag in image.get("RepoTags") or ()]
-        used = {c["ImageID"] for c in api.containers(all=True)}
-        for tag in tags_to_prune(tags, used, current, current_id):
-            if not dry_run:
-                try:
-                    api.remove_image(tag)
-                except docker.errors.APIError as e:
-                    report.failed.append(f"{tag}: {e.explanation or e}")
-                    continue
-            report.removed.append(tag)
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        raise DockerError(f"pruning session images: cannot reach dockerd: {e}") from e
+        with docker_errors(doing):
+            try:
+                current_id: str | None = api.inspect_image(current)["Id"]
+            except docker.errors.ImageNotFound:
+                current_id = None
+            tags = [ImageTag(tag, image["Id"]) for image in api.images(name=IMAGE_REPOSITORY)
+                    for tag in image.get("RepoTags") or ()]
+            used = {c["ImageID"] for c in api.containers(all=True)}
+            for tag in tags_to_prune(tags, used, current, current_id):
+                if not dry_run:
+                    try:
+                        api.remove_image(tag)
+                    except docker.errors.APIError as e:  # refused (a container started meanwhile): the rest go
+                        report.failed.append(str(translate(e, tag)))
+                        continue
+                report.removed.append(tag)
     finally:
         if client is None:
             api.close()
@@ -161,10 +159,8 @@ class LoadedImage:
 def _api(client: docker.APIClient | None, what: str) -> docker.APIClient:
     if client is not None:
         return client
-    try:
+    with docker_errors(what):
         return docker.APIClient(**docker.utils.kwargs_from_env(), timeout=600)
-    except docker.errors.DockerException as e:
-        raise DockerError(f"{what}: cannot reach dockerd: {e}") from e
 
 
 def image_info(tag: str, *, client: docker.APIClient | None = None) -> dict:
@@ -175,12 +171,11 @@ def image_info(tag: str, *, client: docker.APIClient | None = None) -> dict:
     """
     api = _api(client, f"inspecting {tag}")
     try:
-        try:
-            return {"tag": tag, "present": True, "id": api.inspect_image(tag)["Id"]}
-        except docker.errors.ImageNotFound:
-            return {"tag": tag, "present": False, "id": None}
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        raise DockerError(f"inspecting {tag}: {e}") from e
+        with docker_errors(f"inspecting {tag}"):
+            try:
+                return {"tag": tag, "present": True, "id": api.inspect_image(tag)["Id"]}
+            except docker.errors.ImageNotFound:
+                return {"tag": tag, "present": False, "id": None}
     finally:
         if client is None:
             api.close()
@@ -261,16 +256,16 @@ def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_cur
         try:
             loading = None if progress is None else Progress(f"loading {tag}", size, out=progress,
                                                              plain_interval=None)
-            with open(spool, "rb") as archive:
+            with open(spool, "rb") as archive, docker_errors(f"loading {tag}"):
                 _layer_progress(api.load_image(archive, quiet=progress is None), loading)
             if loading is not None:
                 loading.update(size)
                 loading.finish()
-            image_id = api.inspect_image(tag)["Id"]
-        except docker.errors.ImageNotFound as e:
-            raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise DockerError(f"loading {tag}: {e}") from e
+            with docker_errors(f"loading {tag}"):
+                try:
+                    image_id = api.inspect_image(tag)["Id"]
+                except docker.errors.ImageNotFound as e:
+                    raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e
         finally:
             if client is None:
                 api.close()

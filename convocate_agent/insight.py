@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from convocate.common import messages
+from convocate.common.errors import BadRequest
 from convocate.common.fsutil import atomic_write
 from convocate.common.model import ACTIVITIES, validate_uuid
 from convocate.common.paths import Paths
@@ -196,8 +197,8 @@ def next_activity(current: Activity, source: str, event: str, data: dict[str, An
     return Activity(new[0], new[1], now, until)
 
 
-class ReportError(ValueError):
-    """A report line that is not a report."""
+class ReportError(BadRequest):
+    """A report line that is not a report, or a sender that may not report (the error root's ``bad_request``)."""
 
 
 def parse_report(line: bytes) -> tuple[str, str, dict[str, Any]]:

@@ -54,17 +54,16 @@ from importlib import resources
 from pathlib import Path
 
 import docker
-import docker.errors
-import requests.exceptions
 
 from convocate.common import hostsetup, keys, messages
 from convocate.common.constants import AGENT_PORT, NOLOGIN, STATUS_PORT
-from convocate.common.errors import BadRequest, ConfigError, DockerError
+from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate_agent.admission import LIMIT_FRACTION, HostResources
+from convocate_agent.dockererrors import docker_errors
 from convocate_agent.locks import SessionLocks
 from convocate_agent.store import SessionStore
 
@@ -198,15 +197,12 @@ def check_docker() -> str:
     Raises:
         DockerError: dockerd does not answer; the message says what to do.
     """
-    try:
+    with docker_errors("", message=messages.DOCKER_UNREACHABLE):
         client = docker.from_env(timeout=15)
-    except docker.errors.DockerException as e:
-        raise DockerError(messages.DOCKER_UNREACHABLE.format(detail=e)) from e
     try:
-        return str(client.version().get("Version", "?"))
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise DockerError(messages.DOCKER_UNREACHABLE.format(detail=f"{where}: {e}")) from e
+        with docker_errors(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+                           message=messages.DOCKER_UNREACHABLE):
+            return str(client.version().get("Version", "?"))
     finally:
         client.close()
 

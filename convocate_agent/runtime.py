@@ -2,8 +2,9 @@
 
 Every docker SDK call is blocking HTTP over the engine's Unix socket, so each
 runs on this module's own thread pool, never on the event loop. Docker's
-errors are translated here, once, into :class:`DockerError` (or ``None`` for
-"no such container" where absence is an answer).
+errors become :class:`DockerError` in :meth:`DockerRuntime._call`, through
+:mod:`convocate_agent.dockererrors` (or ``None`` for "no such container" where
+absence is an answer).
 
 Containers are named ``convocate-session-<uuid>`` and labelled with the
 session UUID, the agent ID, the session's CPU and memory reservation, and,
@@ -44,8 +45,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import docker
-import docker.errors
-import requests.exceptions
 from docker.types import LogConfig, Mount
 
 from convocate.common import messages
@@ -63,6 +62,7 @@ from convocate.common.constants import (
 from convocate.common.errors import DockerError
 from convocate.common.paths import Paths
 from convocate.common.syslog import docker_log_options
+from convocate_agent.dockererrors import SDK_ERRORS, docker_errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -372,10 +372,8 @@ class DockerRuntime:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            try:
+            with docker_errors(""):
                 self._client = docker.DockerClient.from_env(timeout=60, max_pool_size=self._workers)
-            except docker.errors.DockerException as e:
-                raise DockerError(f"cannot reach dockerd: {e}") from e
         return self._client
 
     @property
@@ -389,12 +387,8 @@ class DockerRuntime:
             DockerError: the engine refused the call or cannot be reached.
         """
         loop = asyncio.get_running_loop()
-        try:
+        with docker_errors(what):
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        except docker.errors.APIError as e:
-            raise DockerError(f"{what}: {e.explanation or e}") from e
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
-            raise DockerError(f"{what}: cannot reach dockerd: {e}") from e
 
     def docker_path(self, path: Path) -> str:
         """``path`` as dockerd's host sees it (see ``docker_path_prefix``)."""
@@ -588,7 +582,7 @@ class DockerRuntime:
         try:
             await self._call(f"stop session {session_id}", self.api.stop, state.container_id, timeout=timeout)
         except DockerError as e:
-            if isinstance(e.__cause__, docker.errors.NotFound):
+            if e.status == 404:  # gone meanwhile
                 return False
             raise
         return True
@@ -602,7 +596,7 @@ class DockerRuntime:
             await self._call(f"remove container of session {session_id}", self.api.remove_container,
                              state.container_id, force=True)
         except DockerError as e:
-            if isinstance(e.__cause__, docker.errors.NotFound):
+            if e.status == 404:  # gone meanwhile
                 return False
             raise
         return True
@@ -657,7 +651,7 @@ class DockerRuntime:
                 if stream is not None:
                     stream.close()
                 raise
-            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+            except SDK_ERRORS as e:
                 log.warning("docker event stream ended: %s; again in %g s", e, delay)
             finally:
                 if on_disconnected is not None:
@@ -673,20 +667,22 @@ class DockerRuntime:
             ``(exit code, combined stdout and stderr)``; exit code -1 when the
             container is not running.
         """
+        doing = f"exec in session {session_id}"
 
         def run() -> tuple[int, bytes]:
             try:
-                created = self.api.exec_create(container_name(session_id), cmd, user=f"{uid}:{gid}",
-                                               privileged=False, environment={"HOME": CONTAINER_HOME})
-            except docker.errors.APIError as e:
-                if e.status_code in (404, 409):  # no such container / not running
-                    return -1, str(e.explanation or e).encode()
+                with docker_errors(doing):
+                    created = self.api.exec_create(container_name(session_id), cmd, user=f"{uid}:{gid}",
+                                                   privileged=False, environment={"HOME": CONTAINER_HOME})
+            except DockerError as e:
+                if e.status in (404, 409):  # no such container / not running
+                    return -1, str(e).encode()
                 raise
             output = self.api.exec_start(created["Id"])
             code = self.api.exec_inspect(created["Id"]).get("ExitCode")
             return (code if isinstance(code, int) else -1), output or b""
 
-        return await self._call(f"exec in session {session_id}", run)
+        return await self._call(doing, run)
 
     async def tmux(self, session_id: str, *args: str) -> bytes:
         """Run ``tmux ARGS`` in the session's container.

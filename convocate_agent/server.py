@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import asyncssh
 
 from convocate.common import keys, startinputs
 from convocate.common.constants import AGENT_PORT, STATUS_PORT
+from convocate.common.daemon import serve_until_signalled
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 SUBSYSTEMS = frozenset({RPC_SUBSYSTEM, ATTACH_SUBSYSTEM, TRANSFER_SUBSYSTEM})
 #: Threads of the agent's default executor (``asyncio.to_thread``: home copies, audit appends).
 DEFAULT_THREADS = 32
+#: Seconds the shutdown may take after the open channels' ``shutdown_timeout``: recorders, the status
+#: emitter, the SSH connections, the state's queued writes. 10 + 10 s stays under the unit's
+#: ``TimeoutStopSec=30s``.
+SHUTDOWN_TAIL_S = 10.0
 
 
 @dataclass
@@ -120,7 +124,6 @@ class AgentServer:
         self.dispatcher: RpcDispatcher | None = None
         self.emitter: StatusEmitter | None = None
         self.listener: SubsystemListener | None = None
-        self._stopping = asyncio.Event()
         self._rpc_tasks: set[asyncio.Task[Any]] = set()
         self._attach_tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
@@ -295,17 +298,18 @@ class AgentServer:
         task.add_done_callback(tasks.discard)
         return task
 
-    async def serve_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            await self._stopping.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+    async def serve(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then shut down (:func:`.serve_until_signalled`).
+
+        The shutdown may take ``shutdown_timeout`` seconds for open channels plus
+        :data:`SHUTDOWN_TAIL_S` for the rest; a second signal during it ends the agent at once.
+
+        Raises:
+            ConfigError: see :meth:`start`.
+            OSError: see :meth:`start`.
+        """
+        await serve_until_signalled(self.start, self.shutdown, name="convocate-agent",
+                                    shutdown_timeout_s=self.config.shutdown_timeout + SHUTDOWN_TAIL_S)
 
     async def shutdown(self) -> None:
         """Stop accepting; end attaches; give running ops ``shutdown_timeout`` seconds; say goodbye; close.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -32,12 +33,13 @@ PARSERS = {"convocate": convocate.cli.build_parser, "convocate-agent": convocate
            "convocate-host": convocate_host.cli.build_parser}
 HELP_OPTIONS = {"-h", "--help"}
 USAGE, INTERRUPTED = 2, 130  # argparse's exit status for a usage error; run_main's for Ctrl-C
+TERMINATED = 128 + signal.SIGTERM  # a daemon's second SIGTERM during its shutdown (convocate.common.daemon)
 #: The exit statuses each command can end with: its errors' exit_code values (convocate/common/errors.py
 #: and the role's own), argparse's 2, 130, and the statuses adapters return themselves.
 EXIT_STATUSES = {
-    "convocate": {0, 1, USAGE, INTERRUPTED, 124, AmbiguousReference.exit_code,
+    "convocate": {0, 1, USAGE, INTERRUPTED, TERMINATED, 124, AmbiguousReference.exit_code,
                   *(cls.exit_code for cls in errors._BY_CODE.values())},
-    "convocate-agent": {0, 1, USAGE, INTERRUPTED, errors.BadRequest.exit_code, errors.DockerError.exit_code,
+    "convocate-agent": {0, 1, USAGE, INTERRUPTED, TERMINATED, errors.BadRequest.exit_code, errors.DockerError.exit_code,
                         errors.InternalError.exit_code, errors.ConfigError.exit_code},
     "convocate-host": {0, HostError.exit_code, USAGE, INTERRUPTED, errors.BadRequest.exit_code,
                        errors.Conflict.exit_code, errors.AdmissionDenied.exit_code, errors.Unreachable.exit_code,

@@ -66,10 +66,20 @@ class AdmissionDenied(ConvocateError):
 
 
 class DockerError(ConvocateError):
-    """dockerd refused or failed an operation, or cannot be reached."""
+    """dockerd refused or failed an operation, or cannot be reached.
+
+    Attributes:
+        status: The Engine API's HTTP status of the refusal (404: no such container or image,
+            409: a conflict such as a container that is not running), or None when dockerd was
+            not reached or no answer says (``convocate_agent.dockererrors`` sets it).
+    """
 
     code = "docker_error"
     exit_code = 7
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InternalError(ConvocateError):
