@@ -531,6 +531,31 @@ class AgentForwarder:
                    spool_dir=rsyslog_spool_dir(paths), shell_port=shell_port)
 
 
+#: One TLS forwarding action to the shell host (omfwd over gtls, a disk-assisted queue that never drops),
+#: for the session logs and the audit records alike; filled by :func:`_forward_action`.
+_FORWARD_ACTION = """\
+action(type="omfwd" name="@name@" target="@shell_address@" port="@shell_port@"
+       protocol="tcp" TCP_Framing="octet-counted" template="@name@"
+       StreamDriver="gtls" StreamDriverMode="1"
+       StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="@shell_peer_name@"
+       StreamDriver.CheckExtendedKeyPurpose="on" StreamDriver.PermitExpiredCerts="off"
+       StreamDriver.CAFile="@ca_file@"
+       StreamDriver.CertFile="@cert_file@"
+       StreamDriver.KeyFile="@key_file@"
+       queue.type="LinkedList" queue.size="@queue_size@"
+       queue.filename="@queue_file@" queue.spoolDirectory="@spool_dir@"
+       queue.maxDiskSpace="@queue_max_disk_bytes@" queue.saveOnShutdown="on"
+       queue.timeoutEnqueue="0"
+       action.resumeRetryCount="-1" action.resumeInterval="@resume_interval_s@"
+       action.resumeIntervalMax="@resume_interval_max_s@")"""
+
+
+def _forward_action(name: str, queue_file: str, indent: int) -> str:
+    """The forwarding action named ``name`` (also its template's name), spooling to ``queue_file``, indented."""
+    text = _FORWARD_ACTION.replace("@name@", name).replace("@queue_file@", queue_file)
+    return "\n".join(" " * indent + line for line in text.splitlines())
+
+
 _AGENT_DROPIN = """\
 # @dropin@: forward convocate's session logs to the shell host (DESIGN §4, §5).
 # Written by `convocate-host init-agent` for agent @agent_id@; a re-run overwrites changes.
@@ -569,20 +594,7 @@ template(name="convocate_forward" type="list") {
 }
 
 ruleset(name="convocate_sessions") {
-    action(type="omfwd" name="convocate_forward" target="@shell_address@" port="@shell_port@"
-           protocol="tcp" TCP_Framing="octet-counted" template="convocate_forward"
-           StreamDriver="gtls" StreamDriverMode="1"
-           StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="@shell_peer_name@"
-           StreamDriver.CheckExtendedKeyPurpose="on" StreamDriver.PermitExpiredCerts="off"
-           StreamDriver.CAFile="@ca_file@"
-           StreamDriver.CertFile="@cert_file@"
-           StreamDriver.KeyFile="@key_file@"
-           queue.type="LinkedList" queue.size="@queue_size@"
-           queue.filename="convocate-forward" queue.spoolDirectory="@spool_dir@"
-           queue.maxDiskSpace="@queue_max_disk_bytes@" queue.saveOnShutdown="on"
-           queue.timeoutEnqueue="0"
-           action.resumeRetryCount="-1" action.resumeInterval="@resume_interval_s@"
-           action.resumeIntervalMax="@resume_interval_max_s@")
+@forward_sessions@
     stop
 }
 
@@ -602,20 +614,7 @@ template(name="convocate_audit_forward" type="list") {
 
 ruleset(name="convocate_audit") {
     if $!uid == "@audit_uid@" then {
-        action(type="omfwd" name="convocate_audit_forward" target="@shell_address@" port="@shell_port@"
-               protocol="tcp" TCP_Framing="octet-counted" template="convocate_audit_forward"
-               StreamDriver="gtls" StreamDriverMode="1"
-               StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="@shell_peer_name@"
-               StreamDriver.CheckExtendedKeyPurpose="on" StreamDriver.PermitExpiredCerts="off"
-               StreamDriver.CAFile="@ca_file@"
-               StreamDriver.CertFile="@cert_file@"
-               StreamDriver.KeyFile="@key_file@"
-               queue.type="LinkedList" queue.size="@queue_size@"
-               queue.filename="convocate-audit" queue.spoolDirectory="@spool_dir@"
-               queue.maxDiskSpace="@queue_max_disk_bytes@" queue.saveOnShutdown="on"
-               queue.timeoutEnqueue="0"
-               action.resumeRetryCount="-1" action.resumeInterval="@resume_interval_s@"
-               action.resumeIntervalMax="@resume_interval_max_s@")
+@forward_audit@
     }
     stop
 }
@@ -639,8 +638,10 @@ def render_agent_dropin(forwarder: AgentForwarder) -> str:
             address or peer name is malformed, or a number is out of range.
     """
     spool = _path("spool_dir", forwarder.spool_dir).rstrip("/") or "/"
+    dropin = (_AGENT_DROPIN.replace("@forward_sessions@", _forward_action("convocate_forward", "convocate-forward", 4))
+              .replace("@forward_audit@", _forward_action("convocate_audit_forward", "convocate-audit", 8)))
     return _fill(
-        _AGENT_DROPIN,
+        dropin,
         dropin=str(rsyslog_dropin_dir(Paths()) / AGENT_DROPIN),
         agent_id=validate_agent_id(forwarder.agent_id),
         shell_address=_host("shell_address", forwarder.shell_address),
