@@ -16,14 +16,17 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER, Paths
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -124,6 +127,14 @@ def user_command(home: str, login_shell: str, *, create_home: bool) -> list[str]
             "convocate sessions", CLAUDE_USER]
 
 
+def _entry(lookup: Callable[[Any], T], key: Any) -> T | None:
+    """The group or passwd entry ``lookup(key)`` finds (grp/pwd), or None where there is none."""
+    try:
+        return lookup(key)
+    except KeyError:
+        return None
+
+
 def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: StepReport) -> None:
     """Group and user ``claude`` with GID/UID 1337, created with addgroup(8)/adduser(8) ``--system``.
 
@@ -144,18 +155,12 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
             addgroup/adduser/usermod failed.
     """
-    try:
-        group = grp.getgrnam(CLAUDE_USER)
-    except KeyError:
-        group = None
+    group = _entry(grp.getgrnam, CLAUDE_USER)
     if group is not None and group.gr_gid != CLAUDE_GID:
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="group", name=CLAUDE_USER, id_name="GID",
                                                               actual=group.gr_gid, wanted=CLAUDE_GID))
     if group is None:
-        try:
-            other = grp.getgrgid(CLAUDE_GID).gr_name
-        except KeyError:
-            other = None
+        other = getattr(_entry(grp.getgrgid, CLAUDE_GID), "gr_name", None)
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
                                                                other=other, name=CLAUDE_USER))
@@ -164,10 +169,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
     else:
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
 
-    try:
-        user = pwd.getpwnam(CLAUDE_USER)
-    except KeyError:
-        user = None
+    user = _entry(pwd.getpwnam, CLAUDE_USER)
     if user is not None and user.pw_uid != CLAUDE_UID:
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="UID",
                                                               actual=user.pw_uid, wanted=CLAUDE_UID))
@@ -175,10 +177,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="primary GID",
                                                               actual=user.pw_gid, wanted=CLAUDE_GID))
     if user is None:
-        try:
-            other = pwd.getpwuid(CLAUDE_UID).pw_name
-        except KeyError:
-            other = None
+        other = getattr(_entry(pwd.getpwuid, CLAUDE_UID), "pw_name", None)
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
                                                                other=other, name=CLAUDE_USER))
