@@ -146,6 +146,7 @@ async def _cmd_events(args: argparse.Namespace) -> int:
 
 
 async def _cmd_install(args: argparse.Namespace) -> int:
+    from convocate.common.hostsetup import print_install_report
     from convocate.shell_install import ShellInstallOptions, install, render_defaults
 
     if args.print_defaults:
@@ -157,14 +158,7 @@ async def _cmd_install(args: argparse.Namespace) -> int:
                                   base_image=args.base_image or None,
                                   claude_code=args.claude_code, image_tag=args.image_tag,
                                   image_context=args.image_context, domain=args.domain, status_port=args.status_port)
-    report = install(Paths.from_env(), options)
-    if args.json:
-        _print_json({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()})
-        return 0
-    for step in report.steps:
-        print(step)
-    print(f"{PROG} install: {report.summary()}")
-    return 0
+    return print_install_report(PROG, install(Paths.from_env(), options), args.json, indent=2)
 
 
 def _cmd_status_serve(args: argparse.Namespace) -> int:

@@ -95,6 +95,7 @@ def _add_install(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    from convocate.common.hostsetup import print_install_report
     from convocate_agent.install import InstallOptions, check_port, install, render_defaults
 
     if args.print_defaults:
@@ -106,14 +107,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
         listen_port=None if args.listen_port is None else check_port(args.listen_port, "--listen-port"),
         shell_port=None if args.shell_port is None else check_port(args.shell_port, "--shell-port"),
     )
-    report = install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID, options=options)
-    if args.json:
-        print(json.dumps({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()}))
-        return 0
-    for step in report.steps:
-        print(step)
-    print(f"{PROG} install: {report.summary()}")
-    return 0
+    return print_install_report(PROG, install(Paths.from_env(), uid=CLAUDE_UID, gid=CLAUDE_GID, options=options),
+                                args.json)
 
 
 def _add_prune_images(sub: argparse._SubParsersAction) -> None:

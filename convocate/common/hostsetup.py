@@ -59,6 +59,30 @@ class StepReport:
         return f"{self.changes} change(s)" if self.changes else "nothing changed"
 
 
+def print_install_report(prog: str, report: StepReport, as_json: bool, indent: int | None = None) -> int:
+    """Print what ``PROG install`` did: each step and the summary, or one JSON object with ``--json``.
+
+    Args:
+        prog: The command, for the summary line.
+        report: The steps.
+        as_json: Print the JSON object instead.
+        indent: JSON indentation (the shell's CLI indents all its JSON by 2); None: one line.
+
+    Returns:
+        0, the command's exit status (a failed step raised before this).
+    """
+    import json
+
+    if as_json:
+        print(json.dumps({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()},
+                         indent=indent, ensure_ascii=indent is None))
+        return 0
+    for step in report.steps:
+        print(step)
+    print(f"{prog} install: {report.summary()}")
+    return 0
+
+
 #: What debconf's confmodule puts in a maintainer script's environment. A child that inherits them
 #: believes it runs under a debconf frontend it cannot reach: debootstrap's chroot looped in
 #: pam-auth-update on end of input that way (MACHINE-NOTES). debconf-devel(7), "ENVIRONMENT".
