@@ -75,7 +75,7 @@ def print_install_report(prog: str, report: StepReport, as_json: bool, indent: i
 
     if as_json:
         print(json.dumps({"ok": True, "steps": report.steps, "changes": report.changes, "summary": report.summary()},
-                         indent=indent, ensure_ascii=indent is None))
+                         indent=indent, ensure_ascii=False))
         return 0
     for step in report.steps:
         print(step)
