@@ -114,7 +114,7 @@ class _Lazy:
 
 # --- parser ---------------------------------------------------------------------------
 def _add_limits(p: argparse.ArgumentParser) -> None:
-    from convocate.common.credentials import DEFAULT_NAME
+    from convocate.common.model import DEFAULT_CREDENTIAL as DEFAULT_NAME
 
     p.add_argument("--port", type=int, help="published port: 0 none, -1 auto (lowest free >= 1001)")
     p.add_argument("--protocol", choices=["tcp", "udp"], help="port protocol [tcp]")
@@ -128,8 +128,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
 def _session_credential(value: str) -> str:
     import argparse
 
-    from convocate.common.credentials import validate_session_credential
     from convocate.common.errors import BadRequest
+    from convocate.common.model import validate_session_credential
 
     try:
         return validate_session_credential(value)
@@ -175,7 +175,7 @@ def _add_auth(sub: _OneVerb, common: argparse.ArgumentParser) -> None:
     import argparse
     from pathlib import Path
 
-    from convocate.common.credentials import DEFAULT_NAME
+    from convocate.common.model import DEFAULT_CREDENTIAL as DEFAULT_NAME
 
     auth = sub.add_parser("auth", help="the cluster's Claude credentials",
                           description="Store Claude credentials on the shell host (root, 0600) and send them to "

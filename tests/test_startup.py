@@ -94,7 +94,9 @@ def test_ls_loads_no_other_verbs_modules():
     done = subprocess.run([python(), "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     modules = set(done.stdout.split())
     assert "convocate.cli" in modules
-    assert not modules & {"convocate.replay", "convocate.fleet_cli", "convocate.commands"}, modules
+    # nor the credential store (hashing, JSON files): a session's credential field is the model's rule
+    assert not modules & {"convocate.replay", "convocate.fleet_cli", "convocate.commands",
+                          "convocate.common.credentials"}, modules
 
 
 def test_the_verbs_moved_to_commands_are_still_found_on_cli():
@@ -159,8 +161,13 @@ def cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def wait_for_source(cluster: LocalCluster, source: str, timeout: float = 30.0) -> list[dict]:
-    """``ls --json`` until every row says ``source`` (status-serve lists the agent after each event)."""
+def wait_for_source(cluster: LocalCluster, source: str, timeout: float = 75.0) -> list[dict]:
+    """``ls --json`` until every row says ``source`` (status-serve lists the agent after each event).
+
+    When status-serve listed the agent before this CLI noted its own change (read your writes), the
+    copy waits for status-serve's next refresh, at the agent's next heartbeat (every 30 s): hence a
+    timeout over two heartbeats.
+    """
     deadline = time.monotonic() + timeout
     while True:
         rows = json.loads(cli(cluster, "ls", "--json").stdout)

@@ -26,10 +26,17 @@ from typing import Any
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError, NotFound
 from convocate.common.fsutil import atomic_write
+
+# A credential's name and a session's credential field are rules of the session model (convocate.common.model,
+# which the CLI loads without this module's store and hashing); they are found here too, by these names.
+from convocate.common.model import (
+    CREDENTIAL_NAME_PATTERN,
+    validate_session_credential,  # noqa: F401
+)
+from convocate.common.model import DEFAULT_CREDENTIAL as DEFAULT_NAME
+from convocate.common.model import validate_credential_name as validate_name
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 
-#: The name a session uses when its metadata names none (``credential: ""``).
-DEFAULT_NAME = "default"
 #: Kind → the environment variable Claude Code reads it from.
 KIND_ENV = {"api_key": "ANTHROPIC_API_KEY", "oauth_token": "CLAUDE_CODE_OAUTH_TOKEN"}
 KINDS = tuple(KIND_ENV)
@@ -49,30 +56,8 @@ ENV_KEY_PATTERN = re.compile(
     r"(HTTP|HTTPS|NO|ALL)_PROXY|(http|https|no|all)_proxy|NODE_EXTRA_CA_CERTS)"
 )
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _SECRET = re.compile(rf"[\x21-\x7e]{{1,{SECRET_MAX}}}")
 _FINGERPRINT_HEX = 16
-
-
-def validate_name(value: Any, field_name: str = "name") -> str:
-    """Check a credential name: ``[a-z0-9][a-z0-9-]{0,31}`` (it becomes a file name).
-
-    Raises:
-        BadRequest: the name breaks the rule.
-    """
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        shown = value if isinstance(value, str) and value.isprintable() else repr(value)
-        raise BadRequest(messages.BAD_CREDENTIAL_NAME.format(field=field_name, value=shown[:64]))
-    return value
-
-
-def validate_session_credential(value: Any) -> str:
-    """A session's ``credential`` field: ``""`` (the default credential) or a credential name.
-
-    Raises:
-        BadRequest: neither.
-    """
-    return "" if value == "" else validate_name(value, "credential")
 
 
 def validate_kind(value: Any) -> str:
@@ -266,7 +251,7 @@ class CredentialStore:
             entries = list(self.directory.iterdir())
         except FileNotFoundError:
             return []
-        return sorted(p.stem for p in entries if p.suffix == ".json" and _NAME.fullmatch(p.stem))
+        return sorted(p.stem for p in entries if p.suffix == ".json" and CREDENTIAL_NAME_PATTERN.fullmatch(p.stem))
 
     def all(self) -> list[Credential]:
         """Every readable credential, sorted by name (a broken file is skipped)."""

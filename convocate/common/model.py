@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from convocate.common import messages
-from convocate.common.credentials import validate_session_credential
 from convocate.common.errors import BadRequest
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 
@@ -99,6 +98,33 @@ def is_uuid4(value: str) -> bool:
 def new_uuid() -> str:
     """A fresh random UUIDv4 in canonical form."""
     return str(uuidlib.uuid4())
+
+
+#: The credential a session uses when its metadata names none (``credential: ""``), issue 15.
+DEFAULT_CREDENTIAL = "default"
+#: A credential name, which is also its file name in the credential store.
+CREDENTIAL_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def validate_credential_name(value: Any, field_name: str = "name") -> str:
+    """Check a credential name: ``[a-z0-9][a-z0-9-]{0,31}`` (it becomes a file name).
+
+    Raises:
+        BadRequest: the name breaks the rule.
+    """
+    if not isinstance(value, str) or not CREDENTIAL_NAME_PATTERN.fullmatch(value):
+        shown = value if isinstance(value, str) and value.isprintable() else repr(value)
+        raise BadRequest(messages.BAD_CREDENTIAL_NAME.format(field=field_name, value=shown[:64]))
+    return value
+
+
+def validate_session_credential(value: Any) -> str:
+    """A session's ``credential`` field: ``""`` (the default credential) or a credential name.
+
+    Raises:
+        BadRequest: neither.
+    """
+    return "" if value == "" else validate_credential_name(value, "credential")
 
 
 def validate_name(value: Any, field_name: str = "name") -> str:
