@@ -9,7 +9,6 @@ the directory is fsynced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -28,6 +27,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, uid: int | None 
         OSError: the write, fsync or rename failed; the target is unchanged
             and the temporary file is removed.
     """
+    import tempfile  # here, not at the top: read-only commands (ls) never write and skip its import (issue 17)
+
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
