@@ -272,7 +272,7 @@ class AgentClient:
             finally:  # a change: `ls` reads it back from the agents until status-serve has listed again
                 from convocate.localstatus import note_write
 
-                note_write()
+                note_write(self.agent_id)
         for attempt in range(2):
             channel = await self._held_channel()
             try:

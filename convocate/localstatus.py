@@ -121,14 +121,45 @@ def _write_mark() -> Path:
     return Path(base) / "convocate" / "last-write"
 
 
-def note_write() -> None:
+def note_write(agent_id: str | None = None, paths: Paths | None = None) -> None:
     """Record that a change (a lifecycle op) was just answered: until status-serve lists the agents
     again after this moment, ``ls`` and ``agents`` ask the agents themselves, so a session made a moment
-    ago is never missing (the agent's event may still be on its way to status-serve). Never raises."""
+    ago is never missing (the agent's event may still be on its way to status-serve).
+
+    With ``agent_id``, status-serve is then asked to list that agent again at once
+    (:func:`ask_refresh`): its list taken for the agent's event may have been asked before this mark,
+    and without the ask the copy would wait for the agent's next heartbeat (30 s). Never raises.
+    """
     mark = _write_mark()
     with contextlib.suppress(OSError):
         mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(mark, str(time.time_ns()).encode(), mode=0o600)
+    if agent_id is not None:
+        ask_refresh(paths or Paths.from_env(), agent_id)
+
+
+def ask_refresh(paths: Paths, agent_id: str) -> None:
+    """Ask status-serve to list ``agent_id`` again now: one ``{"refresh": ...}`` line on its local socket.
+
+    The line is followed by EOF, and the replay status-serve sends is read and dropped until it
+    closes: it closes once it has read to that EOF, so the ask has been taken when this returns.
+    The list itself is not waited for (the next ``ls`` finds it, or asks the agent). Without
+    status-serve, or when it does not answer within :data:`REPLAY_TIMEOUT_S`, nothing happens.
+    Never raises.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(REPLAY_TIMEOUT_S)
+        sock.connect(str(paths.status_socket))
+        sock.sendall(json.dumps({"refresh": agent_id}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + REPLAY_TIMEOUT_S
+        while sock.recv(1 << 16) and time.monotonic() < deadline:
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def last_write_ns() -> int:

@@ -32,9 +32,13 @@ Every session is untrusted, and so is what an agent says for it (issue 14):
 - the hosts file is rendered whole from the state, never from event text;
 - an agent's links are counted per connection: a second connection with the
   same key ending does not mark the live one down;
-- a local subscriber may send nothing but newline-terminated lines, which are
-  discarded; one that sends :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline
-  is disconnected.
+- a local subscriber may send nothing but newline-terminated lines; one that sends
+  :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline is disconnected. The one line
+  that does something is ``{"refresh": "<agent-id>"}`` of a known agent: list that
+  agent again now (a CLI that just changed something there asks for it, so that its
+  next ``ls`` reads the copy instead of the agent, issue 17); refreshes of an agent
+  run one at a time, so asking again and again costs one list in flight. Anything
+  else is discarded.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from convocate.common.protocol import (
     STATUS_SUBSYSTEM,
     Event,
     LineTooLong,
+    decode_object,
     encode_line,
     read_frame_batches,
 )
@@ -102,9 +107,11 @@ SUBSCRIBER_BACKLOG_BYTES = 16 << 20
 #: the loop turns every few ms, and each turn's fan-out stays smaller than a Unix socket's send buffer.
 AGENT_BATCH_BYTES = 8 * 1024
 DEFAULT_DOMAIN = "convocate.internal"
-#: Bytes a local subscriber may send without a newline before it is disconnected (64 KiB). Subscribers
-#: have nothing to say; what they send is read in chunks and thrown away, so this bounds one line only.
+#: Bytes a local subscriber may send without a newline before it is disconnected (64 KiB). What they
+#: send is read in chunks and thrown away but for refresh lines, so this bounds one line only.
 SUBSCRIBER_INPUT_MAX = 64 * 1024
+#: Longest subscriber line read as a request (``{"refresh": "<agent-id>"}`` is 24 bytes).
+REFRESH_LINE_MAX = 256
 #: Event types that concern one session: they need a ``session_id`` (a UUIDv4).
 SESSION_EVENTS = frozenset({CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED, CONTAINER_STOPPED,
                             CONTAINER_DELETED, SESSION_ATTACHED, SESSION_DETACHED, SESSION_ACTIVITY})
@@ -745,16 +752,20 @@ class StatusServer:
                 continue
             writer.write(b"".join(take_all(queue)))  # type: ignore[arg-type]
 
-    @staticmethod
-    async def _discard_input(reader: asyncio.StreamReader) -> None:
-        """Read what a subscriber sends, in chunks, and throw it away; return at EOF or a runaway line.
+    async def _read_input(self, reader: asyncio.StreamReader) -> None:
+        """Read what a subscriber sends, in chunks; act on refresh lines, throw the rest away; return at
+        EOF or a runaway line.
 
-        Subscribers have nothing to say, so nothing is kept: memory stays bounded by one chunk.
-        A subscriber that sends :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline is told off
-        in the log and disconnected.
+        A line is acted on only when it is whole within one chunk and at most :data:`REFRESH_LINE_MAX`
+        bytes: ``{"refresh": AGENT_ID}`` of an agent status-serve knows lists that agent again. Nothing
+        else is kept, so memory stays bounded by one chunk. A subscriber that sends
+        :data:`SUBSCRIBER_INPUT_MAX` bytes without a newline is told off in the log and disconnected.
         """
         since_newline = 0
         while chunk := await reader.read(SUBSCRIBER_INPUT_MAX):
+            for line in chunk.split(b"\n")[:-1]:
+                if len(line) <= REFRESH_LINE_MAX:
+                    self._refresh_asked(line)
             end = chunk.rfind(b"\n")
             since_newline = len(chunk) - end - 1 if end >= 0 else since_newline + len(chunk)
             if since_newline >= SUBSCRIBER_INPUT_MAX:
@@ -762,10 +773,20 @@ class StatusServer:
                             since_newline)
                 return
 
+    def _refresh_asked(self, line: bytes) -> None:
+        """A subscriber's ``{"refresh": AGENT_ID}``: list that agent again (an unknown agent or another line: nothing)."""
+        try:
+            message = decode_object(line, what="subscriber line")
+        except BadRequest:
+            return
+        agent_id = message.get("refresh")
+        if isinstance(agent_id, str) and agent_id in self.hub.agents:
+            self._want_listing(agent_id)
+
     async def _subscriber(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue = self.hub.subscribe()
         self._local[queue] = writer
-        gone = asyncio.ensure_future(self._discard_input(reader))  # returns when they left or misbehaved
+        gone = asyncio.ensure_future(self._read_input(reader))  # returns when they left or misbehaved
         try:
             while not gone.done():
                 if queue.empty():

@@ -178,6 +178,32 @@ def wait_for_source(cluster: LocalCluster, source: str, timeout: float = 75.0) -
         time.sleep(0.2)
 
 
+@pytest.fixture
+def slow_heartbeat_cluster(tmp_path, session_image):
+    """A real agent and status-serve whose agent sends a heartbeat once an hour: status-serve lists it
+    again only for its events, and for a CLI's ask."""
+    cluster = LocalCluster(root=tmp_path / "root", image=session_image, status=True)
+    cluster.install()
+    cluster.paths.agent_settings.parent.mkdir(parents=True, exist_ok=True)
+    cluster.paths.agent_settings.write_text(json.dumps({"heartbeat_interval_s": 3600}))
+    cluster.start()
+    yield cluster
+    cluster.stop_all()
+    remove_containers(cluster.root)
+
+
+@pytest.mark.docker
+def test_after_a_change_from_here_ls_reads_status_serve_without_waiting_for_a_heartbeat(slow_heartbeat_cluster):
+    # The CLI notes its change after the agent's answer, and status-serve may have listed the agent
+    # for the change's event before that: only its ask makes status-serve list again (no heartbeat
+    # is due for an hour), so ls reads the copy again instead of asking the agent over SSH.
+    cluster = slow_heartbeat_cluster
+    for name in ("hb-one", "hb-two", "hb-three"):
+        cli(cluster, "new", name, "--no-start")
+        rows = wait_for_source(cluster, "status-serve")
+        assert name in {r["name"] for r in rows}
+
+
 @pytest.mark.docker
 def test_ls_and_agents_from_status_serve_are_the_rows_the_agent_gives(status_cluster):
     cluster = status_cluster
