@@ -40,8 +40,9 @@ from convocate.common.sshserver import Caller
 from convocate_agent.attach_relay import TerminalRelay
 from convocate_agent.attach_trace import HopTrace
 from convocate_agent.audit import attach_ended
+from convocate_agent.ops_attach import AttachRequest
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
-from convocate_agent.service import AgentService, AttachRequest
+from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
 

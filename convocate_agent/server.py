@@ -187,14 +187,14 @@ class AgentServer:
             uid=cfg.uid, gid=cfg.gid,
         )
         # Audit records go to rsyslog's audit socket where convocate-host set up log forwarding.
-        self.service.audit = AuditLog(paths.agent_audit_log, agent_id,
-                                      forward_socket=paths.agent_audit_socket if cfg.log_socket else None)
+        self.service.attach_parts(audit=AuditLog(paths.agent_audit_log, agent_id,
+                                                 forward_socket=paths.agent_audit_socket if cfg.log_socket else None))
         self.dispatcher = RpcDispatcher(self.service, self.service.audit)
         await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()
         log.info("recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
         self.recorders = self._recorders(self.service)
-        self.service.recorder = self.recorders
+        self.service.attach_parts(recorder=self.recorders)
         await self.recorders.resume(await self._running_sessions(runtime))
         state = self.service.state  # kept current by the stream, re-listed at each (re)connect (issue 17)
         self._watch_task = asyncio.create_task(
@@ -280,7 +280,7 @@ class AgentServer:
         parent = cgroups.detect(info, name)
         limits = self.service.host.limits
         parent.apply_limits(limits.cpus, limits.memory_mb << 20, cgroups.sessions_tasks_max())
-        self.service.cgroup = parent
+        self.service.attach_parts(cgroup=parent)
 
     def handle_process(self, process: asyncssh.SSHServerProcess, caller: Caller) -> Any:
         """Route an accepted channel to its subsystem handler."""
@@ -343,9 +343,5 @@ class AgentServer:
         if self.listener is not None:
             await self.listener.close_connections()
         if self.service is not None:
-            self.service.state.close()  # queued record writes reach the disk before the agent ends
-            self.service.reports.close_all()
-            self.service.runtime.close()
-            if self.service.cgroup is not None:
-                self.service.cgroup.cleanup()
+            await self.service.close()  # queued record writes reach the disk before the agent ends
         log.info("convocate-agent stopped")

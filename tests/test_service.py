@@ -128,3 +128,22 @@ def test_an_unreadable_session_environment_starts_sessions_without_it(service, m
     with caplog.at_level("WARNING"):
         assert service._session_environment() == {}
     assert "sessions start without it" in caplog.text and "Permission denied" in caplog.text
+
+
+@pytest.mark.parametrize("module", ["ops_lifecycle", "ops_names", "ops_attach", "ops_activity", "ops_admin"])
+def test_each_op_group_declares_exactly_the_shared_parts_it_uses(module):
+    # The class-level annotations of an op group (a mixin of AgentService) are its list of what it
+    # takes from the core and the other groups: every self.<name> it reads is either its own method or
+    # annotated, and nothing annotated goes unused.
+    import ast
+    import importlib
+    import inspect
+
+    source = inspect.getsource(importlib.import_module(f"convocate_agent.{module}"))
+    [group] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name.endswith(("Ops", "Checks"))]
+    own = {n.name for n in group.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    declared = {n.target.id for n in group.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    used = {n.attr for n in ast.walk(group)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    assert used - own == declared, (sorted(used - own - declared), sorted(declared - used))
+    assert issubclass(AgentService, getattr(importlib.import_module(f"convocate_agent.{module}"), group.name))
