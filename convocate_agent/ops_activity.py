@@ -1,7 +1,7 @@
-"""Session activity (DESIGN's "insight"): reports from inside a session, its activity, the resume after a limit, ``logs``.
+"""Session activity (DESIGN: `activity`): reports from inside a session, its activity, the resume after a limit, ``logs``.
 
 Part of :class:`~convocate_agent.service.AgentService` as a mixin (why, in that module's docstring).
-The pure parts (what a report does to an activity, the log formats) are :mod:`convocate_agent.insight`;
+The pure parts (what a report does to an activity, the log formats) are :mod:`convocate_agent.activity`;
 this group applies them to the session's record and publishes ``session.activity``.
 """
 
@@ -18,7 +18,7 @@ from convocate.common.model import SessionMeta
 from convocate.common.paths import Paths
 from convocate.common.protocol import SESSION_ACTIVITY
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
-from convocate_agent.insight import (
+from convocate_agent.activity import (
     ACTIVITY_LOG,
     IDLE,
     LIMITED,

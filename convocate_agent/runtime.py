@@ -174,7 +174,7 @@ class SessionSpec:
         gid: GID of the ``claude`` user inside the container.
         cgroup_parent: Docker ``HostConfig.CgroupParent`` (capacity layer 2), or None.
         report_dir: Host directory holding the session's report socket, mounted read-only
-            at ``/run/convocate-agent`` (convocate_agent.insight), or None.
+            at ``/run/convocate-agent`` (convocate_agent.activity), or None.
         restart_backoff_s: The supervisor's first restart delay (``CONVOCATE_BACKOFF_BASE``).
         pids_limit: Most tasks (processes and threads) in the container (Docker ``PidsLimit``).
         work_dir: The directory Claude Code works in, inside the container (``CONVOCATE_WORK_DIR``).

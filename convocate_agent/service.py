@@ -52,10 +52,10 @@ from convocate.common.paths import Paths
 from convocate.common.protocol import CONTAINER_STOPPED, Event
 from convocate.common.timefmt import format_rfc3339, now_ns
 from convocate.common.version import PROTOCOL_VERSION, __version__
+from convocate_agent.activity import CRASHED, EXITED, Activity, ReportSockets
 from convocate_agent.admission import Admission, HostResources, Reservation, outside_memory_mb, read_meminfo
 from convocate_agent.audit import AuditLog
 from convocate_agent.cgroups import CgroupParent
-from convocate_agent.insight import CRASHED, EXITED, Activity, ReportSockets
 from convocate_agent.locks import SessionLocks
 from convocate_agent.ops_activity import ActivityOps
 from convocate_agent.ops_admin import AdminOps

@@ -14,7 +14,7 @@ from convocate.common import messages
 from convocate.common.timefmt import now_ns, parse_rfc3339
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
-from tests.test_session_insight import activity, started, type_line
+from tests.test_session_activity import activity, started, type_line
 from tests.test_status import Subscriber
 
 pytestmark = pytest.mark.docker

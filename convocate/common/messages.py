@@ -370,7 +370,7 @@ DRY_RUN_STOPS_AT_PACKAGE = (
     " run it again once the package is installed to see them"
 )
 
-# --- report sockets (convocate_agent.insight) ---------------------------------------------------------
+# --- report sockets (convocate_agent.activity) ---------------------------------------------------------
 #: The answer to a report whose sender is not the session's container or the agent (details go to the log).
 REPORT_PEER_REFUSED = "refused: only this session's container may report on this socket"
 HOST_NO_STATUS_KEY = (

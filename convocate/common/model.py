@@ -27,7 +27,7 @@ STATE_CONNECTED = "C"
 STATE_ORPHAN = "O"
 
 PROTOCOLS = ("tcp", "udp")
-#: Activity states of the agent inside a session (convocate_agent.insight).
+#: Activity states of the agent inside a session (convocate_agent.activity).
 ACTIVITIES = ("working", "waiting", "idle", "crashed", "exited", "limited")
 #: The activity of a session that hit a usage or rate limit (issue 15); ``activity_until`` says when it resets.
 ACTIVITY_LIMITED = "limited"

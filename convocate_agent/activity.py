@@ -1,4 +1,4 @@
-"""Session insight: what the Claude Code agent inside each session is doing.
+"""Session activity: what the Claude Code agent inside each session is doing (DESIGN: `activity`).
 
 Inside the container, Claude Code's hooks, the convocate MCP server and the
 supervisor report to the agent through a Unix socket that is the session's

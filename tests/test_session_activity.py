@@ -1,4 +1,4 @@
-"""Session insight end to end: the stand-in claude calls the hooks and the MCP tools as Claude Code would,
+"""Session activity end to end: the stand-in claude calls the hooks and the MCP tools as Claude Code would,
 the agent derives the activity, and the shell sees it on the status socket, in ls, wait, logs and the TUI."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, session_image):
-    c = LocalCluster(root=tmp_path_factory.mktemp("insight"), image=session_image, status=True)
+    c = LocalCluster(root=tmp_path_factory.mktemp("activity"), image=session_image, status=True)
     c.install()
     c.start()
     yield c

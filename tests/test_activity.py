@@ -1,4 +1,4 @@
-"""Activity derivation, report parsing and session log files (convocate_agent.insight), without Docker."""
+"""Activity derivation, report parsing and session log files (convocate_agent.activity), without Docker."""
 
 import asyncio
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
-from convocate_agent.insight import (
+from convocate_agent.activity import (
     Activity,
     PeerCredentials,
     ReportError,
