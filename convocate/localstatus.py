@@ -121,7 +121,7 @@ def _write_mark() -> Path:
     return Path(base) / "convocate" / "last-write"
 
 
-def note_write(agent_id: str | None = None, paths: Paths | None = None) -> None:
+def note_write(agent_id: str | None = None) -> None:
     """Record that a change (a lifecycle op) was just answered: until status-serve lists the agents
     again after this moment, ``ls`` and ``agents`` ask the agents themselves, so a session made a moment
     ago is never missing (the agent's event may still be on its way to status-serve).
@@ -135,7 +135,7 @@ def note_write(agent_id: str | None = None, paths: Paths | None = None) -> None:
         mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(mark, str(time.time_ns()).encode(), mode=0o600)
     if agent_id is not None:
-        ask_refresh(paths or Paths.from_env(), agent_id)
+        ask_refresh(Paths.from_env(), agent_id)
 
 
 def ask_refresh(paths: Paths, agent_id: str) -> None:
