@@ -31,6 +31,7 @@ from convocate.common.auditchain import (
 )
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError
 from convocate.common.model import validate_uuid
+from convocate.common.ops.params import AuditReadParams
 from convocate.common.timefmt import parse_rfc3339
 
 #: Exit status of ``--verify`` when a chain is broken (2 is the CLI's usage error).
@@ -108,11 +109,11 @@ async def fetch(client: AgentClient, params: dict[str, Any]) -> list[dict[str, A
     out: list[dict[str, Any]] = []
     after = 0
     while True:
-        page = await client.call("audit_read", {**params, "after_seq": after, "max": PAGE})
-        out += page["records"]
-        if not page["more"] or page["next_seq"] <= after:
+        page = await client.request(AuditReadParams(**{**params, "after_seq": after, "max": PAGE}))
+        out += page.records
+        if not page.more or page.next_seq <= after:
             return out
-        after = page["next_seq"]
+        after = page.next_seq
 
 
 async def verify_agent(client: AgentClient, *, keep: bool = False) -> ChainVerifier:
@@ -125,15 +126,15 @@ async def verify_agent(client: AgentClient, *, keep: bool = False) -> ChainVerif
     verifier = ChainVerifier(f"agent {client.agent_id}", keep=keep)
     after = 0
     while True:
-        page = await client.call("audit_read", {"raw": True, "after_seq": after, "max": PAGE})
-        for entry in page["records"]:
+        page = await client.request(AuditReadParams(raw=True, after_seq=after, max=PAGE))
+        for entry in page.records:
             if not verifier.feed(entry["line"], entry["text"].encode("ascii", "backslashreplace")):
                 verifier.finish()
                 return verifier
-        if not page["more"] or page["next_seq"] <= after:  # the end, or a page the verifier stopped on
+        if not page.more or page.next_seq <= after:  # the end, or a page the verifier stopped on
             verifier.finish()
             return verifier
-        after = page["next_seq"]
+        after = page.next_seq
 
 
 def check_shell_copy(agent: ChainVerifier, copy_path: Path) -> ChainReport:

@@ -20,7 +20,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncssh
 
@@ -42,7 +42,12 @@ from convocate.operator import OperatorClaim, claim
 from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed
 from convocate.registry import AgentRecord, load_agent, load_registry
 
+if TYPE_CHECKING:
+    from convocate.common.ops import OpParams
+
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Ops sent on the held channel: they change nothing and may be sent again, so a call whose channel died
 #: before its answer is retried once on a new channel. Not ``capture`` (an audited read of a session's
@@ -260,6 +265,20 @@ class AgentClient:
 
         return await compat.call(self, await self.connect(), op, params)
 
+    async def request(self, params: OpParams[R]) -> R:
+        """Run the op ``params`` is for and return its result as that op's type.
+
+        The typed face of :meth:`call`, which it uses: the request on the wire is ``params.to_wire()``
+        (the fields set), and the answer is read by the op's result type
+        (``convocate.common.ops.results``), e.g. ``await client.request(GetParams(id=uuid))`` is a
+        :class:`SessionView`. One generic method rather than one per op: the params class already
+        names its op and result, so a method per op would repeat the table.
+
+        Raises:
+            ConvocateError: as :meth:`call`; ProtocolError when the result is not of the op's shape.
+        """
+        return params.read_result(await self.call(params.OP, params.to_wire()), self.agent_id)
+
     async def _request(self, op: str, params: dict[str, Any] | None) -> Any:
         """Send ``op`` to an agent of our protocol: a read on the held channel, anything else on a channel of its own.
 
@@ -434,10 +453,9 @@ class Cluster:
     async def list(self) -> ClusterListing:
         """``list`` on every agent in parallel."""
         async def one(client: AgentClient) -> list[SessionRef]:
-            result = await client.call("list")
-            if not isinstance(result, list):
-                raise ProtocolError(f"agent {client.agent_id}: list returned {type(result).__name__}")
-            return [SessionRef(client, SessionView.from_wire(obj, client.agent_id)) for obj in result]
+            from convocate.common.ops.params import ListParams
+
+            return [SessionRef(client, view) for view in await client.request(ListParams())]
 
         clients = list(self.clients.values())
         results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)

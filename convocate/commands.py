@@ -23,6 +23,8 @@ from convocate.common import messages
 from convocate.common.credentials import validate_name
 from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
+from convocate.common.ops import params as op
+from convocate.common.ops import results
 from convocate.common.paths import Paths
 from convocate.events import format_message, subscribe
 from convocate.localstatus import AGENT_SESSIONS
@@ -39,17 +41,12 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def _view(result: Any, agent_id: str) -> SessionView:
-    return SessionView.from_wire(result, agent_id)
-
-
-def _report(args: argparse.Namespace, verb: str, result: Any, client: AgentClient) -> None:
-    """Print a lifecycle result: JSON with --json, else one line."""
+def _report(args: argparse.Namespace, verb: str, view: SessionView, client: AgentClient) -> None:
+    """Print a lifecycle result: the session as the agent sent it with --json, else one line."""
     if args.json:
-        _print_json(wire_with_agent(result, client.agent_id) if isinstance(result, dict) and "uuid" in result
-                    else result)
+        _print_json(wire_with_agent(view.received, client.agent_id))
     else:
-        print(f"{verb} {session_summary(_view(result, client.agent_id))}")
+        print(f"{verb} {session_summary(view)}")
 
 
 # --- ls and agents: convocate.readverbs (status-serve's copy, else SSH) ---------------------------
@@ -88,13 +85,14 @@ async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    results = await asyncio.gather(*(c.request(op.TrashParams()) for c in cluster.clients.values()),
+                                   return_exceptions=True)
     entries = []
     for client, result in zip(cluster.clients.values(), results, strict=False):
         if isinstance(result, ConvocateError):
             print(f"{PROG}: agent {client.agent_id} unavailable: {result}", file=sys.stderr)
         elif isinstance(result, list):
-            entries += [{**e, "agent_id": client.agent_id} for e in result]
+            entries += [{**e.received, "agent_id": client.agent_id} for e in result]
     if args.json:
         _print_json(entries)
     else:
@@ -105,18 +103,19 @@ async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.call("trash") for c in cluster.clients.values()), return_exceptions=True)
+    results = await asyncio.gather(*(c.request(op.TrashParams()) for c in cluster.clients.values()),
+                                   return_exceptions=True)
     owners = [c for c, r in zip(cluster.clients.values(), results, strict=False)
-              if isinstance(r, list) and any(e["trash_id"] == args.trash_id for e in r)]
+              if isinstance(r, list) and any(e.trash_id == args.trash_id for e in r)]
     if not owners:
         raise NotFound(f'no agent has "{args.trash_id}" in its trash (see `{PROG} trash`)')
     client = owners[0]
-    result = await client.call("restore", {"trash_id": args.trash_id})
+    result = await client.request(op.RestoreParams(trash_id=args.trash_id))
     if args.json:
-        _print_json(result)
+        _print_json(result.received)
     else:
-        print(f"restored {session_summary(_view(result['session'], client.agent_id))}"
-              + (f"; cleared {', '.join(result['cleared'])} (taken by another session)" if result["cleared"] else ""))
+        print(f"restored {session_summary(result.session)}"
+              + (f"; cleared {', '.join(result.cleared)} (taken by another session)" if result.cleared else ""))
     return 0
 
 
@@ -175,31 +174,32 @@ def _cmd_status_serve(args: argparse.Namespace) -> int:
 
 
 # --- create and attach ------------------------------------------------------------------
-def _lifecycle_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def _lifecycle_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The session fields ``new`` and ``edit`` share, by params field name, for the options given."""
+    fields: dict[str, Any] = {}
     for attr, key in (("port", "port"), ("protocol", "protocol"), ("dns", "dns_name"), ("cpus", "cpus"),
                       ("memory", "memory_mb"), ("credential", "credential")):
         value = getattr(args, attr, None)
         if value is not None:
-            params[key] = value
-    return params
+            fields[key] = value
+    return fields
 
 
 async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
-    params = {"name": args.name, **_lifecycle_params(args), "start": not args.no_start}
-    if not params.get("credential"):
-        params.pop("credential", None)  # the default: an older agent without credentials still answers
+    fields = _lifecycle_fields(args)
+    if not fields.get("credential"):
+        fields.pop("credential", None)  # the default: an older agent without credentials still answers
+    params = op.CreateParams(name=args.name, **fields, start=not args.no_start)
     if args.agent or len(cluster.clients) == 1:
         client = cluster.client(args.agent) if args.agent else next(iter(cluster.clients.values()))
-        result = await client.call("create", params)
+        view = await client.request(params)
     else:  # placement (issue 18): the agent with the most headroom, the next one if it refuses late
         from convocate.fleet import create_placed
 
-        client, result = await create_placed(cluster.clients, params, on_skip=lambda agent, e: print(
+        client, view = await create_placed(cluster.clients, params, on_skip=lambda agent, e: print(
             f"{PROG}: {messages.PLACEMENT_SKIPPED.format(agent=agent, reason=e)}", file=sys.stderr))
-    _report(args, "created", result, client)
+    _report(args, "created", view, client)
     if args.attach:
-        view = _view(result, client.agent_id)
         return await _attach(cluster, SessionRef(client, view), read_only=False, start=True)
     return 0
 
@@ -215,10 +215,10 @@ async def _attach(cluster: Cluster, ref: SessionRef, *, read_only: bool, start: 
 
         refuse_while_moving(cluster.paths.shell_state_dir, view.meta.uuid, "restart")
         print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
-        await ref.client.call("restart", {"id": view.meta.uuid})
+        await ref.client.request(op.RestartParams(id=view.meta.uuid))
     client = await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only,
                                    relocate=follow_moves(cluster, view.meta.uuid))
-    after = _view(await client.call("get", {"id": view.meta.uuid}), client.agent_id)
+    after = await client.request(op.GetParams(id=view.meta.uuid))
     if after.running:
         print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
     else:
@@ -233,26 +233,25 @@ async def _cmd_attach(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 # --- simple lifecycle verbs --------------------------------------------------------------
-def _simple(op: str, verb: str) -> Command:
+def _simple(name: str, verb: str) -> Command:
     async def run(args: argparse.Namespace, cluster: Cluster) -> int:
         from convocate.move import refuse_while_moving
 
-        refuse_while_moving(cluster.paths.shell_state_dir, args.ref, op)
+        refuse_while_moving(cluster.paths.shell_state_dir, args.ref, name)
         ref = await cluster.resolve(args.ref)
-        result = await ref.client.call(op, {"id": ref.view.meta.uuid})
-        if op == "delete":
+        result = await ref.client.request(op.PARAMS[name](id=ref.view.meta.uuid))  # type: ignore[call-arg]
+        if isinstance(result, results.Deleted):
             if args.json:
-                _print_json(result)
+                _print_json(result.received)
             else:
                 print(f"deleted {ref.view.meta.name} ({ref.view.meta.uuid[:8]}) on {ref.client.agent_id}; "
-                      f"its home is in the agent's trash as {result.get('trash', '?')}")
-        elif op == "override":
+                      f"its home is in the agent's trash as {result.trash or '?'}")
+        elif isinstance(result, results.Overridden):
             if args.json:
-                _print_json(result)
+                _print_json(result.received)
             else:
-                print(f"override {session_summary(_view(result['session'], ref.client.agent_id))}: "
-                      f"detached {result['detached']} client(s)"
-                      + (f", cleared a stale lock of {result['cleared_lock']}" if result["cleared_lock"] else ""))
+                print(f"override {session_summary(result.session)}: detached {result.detached} client(s)"
+                      + (f", cleared a stale lock of {result.cleared_lock}" if result.cleared_lock else ""))
         else:
             _report(args, verb, result, ref.client)
         return 0
@@ -262,54 +261,54 @@ def _simple(op: str, verb: str) -> Command:
 
 async def _cmd_clone(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.call("clone", {"source_id": ref.view.meta.uuid, "name": args.name})
+    result = await ref.client.request(op.CloneParams(source_id=ref.view.meta.uuid, name=args.name))
     _report(args, "cloned into", result, ref.client)
     return 0
 
 
 async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    params = {"id": ref.view.meta.uuid, **_lifecycle_params(args)}
+    fields = _lifecycle_fields(args)
     if args.name is not None:
-        params["name"] = args.name
-    if len(params) == 1:
+        fields["name"] = args.name
+    if not fields:
         raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus, --memory or --credential")
-    result = await ref.client.call("edit", params)
+    result = await ref.client.request(op.EditParams(id=ref.view.meta.uuid, **fields))
     _report(args, "edited", result, ref.client)
-    if ref.view.running and any(k in params for k in ("port", "protocol", "cpus", "memory_mb", "credential")):
+    if ref.view.running and any(k in fields for k in ("port", "protocol", "cpus", "memory_mb", "credential")):
         print(f"{PROG}: port, limits and credential take effect at the next `{PROG} restart`", file=sys.stderr)
     return 0
 
 
 async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.call("send", {"id": ref.view.meta.uuid, "text": " ".join(args.text),
-                                            "enter": not args.no_enter})
+    result = await ref.client.request(op.SendParams(id=ref.view.meta.uuid, text=" ".join(args.text),
+                                                    enter=not args.no_enter))
     if args.json:
-        _print_json(result)
+        _print_json(result.received)
     return 0
 
 
 async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.call("capture", {"id": ref.view.meta.uuid, "lines": args.lines})
+    result = await ref.client.request(op.CaptureParams(id=ref.view.meta.uuid, lines=args.lines))
     if args.json:
-        _print_json(result)
+        _print_json(result.received)
     else:
-        sys.stdout.write(result["text"].rstrip("\n") + "\n")  # the pane's unused rows are blank lines
+        sys.stdout.write(result.text.rstrip("\n") + "\n")  # the pane's unused rows are blank lines
     return 0
 
 
 async def _cmd_logs(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    params: dict[str, Any] = {"id": ref.view.meta.uuid, "lines": args.lines}
+    params = op.LogsParams(id=ref.view.meta.uuid, lines=args.lines)
     while True:
-        result = await ref.client.call("logs", params)
-        for line in result["lines"]:
+        result = await ref.client.request(params)
+        for line in result.lines:
             print(line, flush=True)
         if not args.follow:
             return 0
-        params = {"id": ref.view.meta.uuid, **({"since": result["last"]} if result["last"] else {})}
+        params = op.LogsParams(id=ref.view.meta.uuid, since=result.last or None)
         await asyncio.sleep(1.0)
 
 
@@ -321,7 +320,7 @@ async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
     deadline = loop.time() + args.timeout if args.timeout else None
 
     async def current() -> str:
-        return SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+        return (await client.request(op.GetParams(id=sid))).meta.activity
 
     async def watch() -> None:
         if await current() == args.state:
@@ -372,20 +371,20 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
     activity = ref.view.meta.activity
     if activity != "waiting" and not args.force:
         raise Conflict(messages.REPLY_NOT_WAITING.format(name=name, activity=activity or "without activity"))
-    result = await client.call("send", {"id": sid, "text": text, "enter": True})
+    result = await client.request(op.SendParams(id=sid, text=text, enter=True))
     if not args.wait:
         if args.json:
-            _print_json(result)
+            _print_json(result.received)
         else:
             print(messages.REPLY_SENT.format(name=name))
         return 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.timeout
     while True:
-        now = SessionView.from_wire(await client.call("get", {"id": sid}), client.agent_id).meta.activity
+        now = (await client.request(op.GetParams(id=sid))).meta.activity
         if now != "waiting":
             if args.json:
-                _print_json({**result, "activity": now})
+                _print_json({**result.received, "activity": now})
             else:
                 print(messages.REPLY_TAKEN.format(name=name, activity=now or "without activity"))
             return 0
@@ -500,7 +499,7 @@ async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
             found = await cluster.resolve(args.ref)  # NotFound when there is no such session either
             # A move whose journal is gone (another shell host, a reinstall) may have left its agent's
             # mark, which refuses restart: with no move to finish here, the copy is the one.
-            await found.client.call("override", {"id": found.view.meta.uuid, "moving_to": ""})
+            await found.client.request(op.OverrideParams(id=found.view.meta.uuid, moving_to=""))
             print(f"no interrupted move of {found.view.meta.name} on this shell host; it may start again on "
                   f"{found.client.agent_id}", file=sys.stderr)
             return 0

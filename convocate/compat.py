@@ -176,7 +176,9 @@ async def capacity(client: Any, row: dict[str, Any]) -> dict[str, Any] | None:
     if prof.protocol < 2 and "capacity" not in prof.capabilities:
         row["note"] = messages.COMPAT_NO_CAPACITY.format(protocol=prof.protocol)
         return None
-    return await client.call("capacity")
+    from convocate.common.ops.params import CapacityParams
+
+    return await client.request(CapacityParams())
 
 
 async def check_attach(client: Any, read_only: bool) -> None:

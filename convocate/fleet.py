@@ -21,6 +21,8 @@ from typing import Any
 
 from convocate.common import messages
 from convocate.common.errors import AdmissionDenied, ConvocateError
+from convocate.common.model import SessionView
+from convocate.common.ops.params import CreateParams, ListParams, SettingsSetParams
 from convocate.placement import Choice, rank, survey
 
 #: Called with an agent ID and its refusal when :func:`create_placed` passes over it.
@@ -45,24 +47,24 @@ def no_agent_admits(choices: list[Choice]) -> AdmissionDenied:
     return AdmissionDenied(messages.NO_AGENT_ADMITS.format(reasons=reasons))
 
 
-async def create_placed(clients: dict[str, Any], params: dict[str, Any],
-                        on_skip: OnSkip | None = None) -> tuple[Any, dict[str, Any]]:
+async def create_placed(clients: dict[str, Any], params: CreateParams,
+                        on_skip: OnSkip | None = None) -> tuple[Any, SessionView]:
     """``create`` on the agent placement ranks first, falling back down the ranking on refusal.
 
     Args:
         clients: Agent ID → :class:`convocate.client.AgentClient`.
-        params: The ``create`` params (``cpus`` and ``memory_mb`` when the operator gave them).
+        params: The ``create`` params (``cpus`` and ``memory_mb`` when the operator gave them, else None).
         on_skip: Told of each agent that refused after being chosen.
 
     Returns:
-        ``(client, result)``: the agent that took it and its ``create`` result.
+        ``(client, view)``: the agent that took it and the session it created.
 
     Raises:
         AdmissionDenied: no agent admits the session (every agent's reason is named).
         ConvocateError: an agent's other refusal (a bad name, a port in use) ends the attempt as it is:
             another agent would refuse it the same way or the operator must fix it.
     """
-    choices = await ranking(clients.values(), params.get("cpus"), params.get("memory_mb"))
+    choices = await ranking(clients.values(), params.cpus, params.memory_mb)
     refused: list[Choice] = []
     for choice in choices:
         if not choice.admits:
@@ -70,7 +72,7 @@ async def create_placed(clients: dict[str, Any], params: dict[str, Any],
             continue
         client = clients[choice.agent_id]
         try:
-            return client, await client.call("create", params)
+            return client, await client.request(params)
         except AdmissionDenied as e:  # it filled up (or began draining) since the survey: the next one
             if on_skip is not None:
                 on_skip(choice.agent_id, e)
@@ -121,23 +123,23 @@ async def drain(clients: dict[str, Any], agent_id: str, mover: Mover | None,
         ConvocateError: the agent refused the setting.
     """
     source = clients[agent_id]
-    await source.call("settings-set", {"draining": True})
+    await source.request(SettingsSetParams(values={"draining": True}))
     progress(messages.DRAIN_MARKED.format(agent=agent_id))
     report = DrainReport([], [])
     if mover is None:
         return report
-    sessions = await source.call("list")
+    sessions = await source.request(ListParams())
     others = [c for aid, c in clients.items() if aid != agent_id]
-    for wire in sorted(sessions, key=lambda s: (not s.get("running"), s.get("name", ""))):
-        name = wire.get("name", wire.get("uuid", "?"))
-        choices = await ranking(others, wire.get("cpus"), wire.get("memory_mb"))
+    for view in sorted(sessions, key=lambda v: (not v.running, v.meta.name)):
+        name = view.meta.name
+        choices = await ranking(others, view.meta.cpus or None, view.meta.memory_mb or None)
         target = next((c for c in choices if c.admits), None)
         if target is None:
             report.stayed.append((name, str(no_agent_admits(choices))))
             progress(messages.DRAIN_STAYED.format(session=name, reason=report.stayed[-1][1]))
             continue
         try:
-            await mover(wire["uuid"], target.agent_id)
+            await mover(view.meta.uuid, target.agent_id)
         except ConvocateError as e:
             report.stayed.append((name, str(e)))
             progress(messages.DRAIN_STAYED.format(session=name, reason=e))
@@ -149,4 +151,4 @@ async def drain(clients: dict[str, Any], agent_id: str, mover: Mover | None,
 
 async def undrain(client: Any) -> None:
     """Turn ``draining`` off on one agent: it admits new sessions again."""
-    await client.call("settings-set", {"draining": False})
+    await client.request(SettingsSetParams(values={"draining": False}))

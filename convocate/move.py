@@ -38,6 +38,7 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import BadRequest, Conflict, ConvocateError, Locked, NotFound, ProtocolError
 from convocate.common.fsutil import atomic_write
+from convocate.common.ops.params import DeleteParams, GetParams, KillParams, OpParams, OverrideParams, RestartParams
 from convocate.common.progress import Progress
 from convocate.common.protocol import TRANSFER_SUBSYSTEM, Response, encode_line
 
@@ -215,7 +216,7 @@ async def transfer(source: Any, target: Any, session_id: str, progress_out: Text
 async def _holds(client: Any, session_id: str) -> bool | None:
     """Whether ``client``'s agent holds the session (None when it cannot be asked)."""
     try:
-        await client.call("get", {"id": session_id})
+        await client.request(GetParams(id=session_id))
         return True
     except NotFound:
         return False
@@ -224,18 +225,17 @@ async def _holds(client: Any, session_id: str) -> bool | None:
 
 
 async def _running(client: Any, session_id: str) -> bool:
-    view = await client.call("get", {"id": session_id})
-    return bool(view.get("running"))
+    return (await client.request(GetParams(id=session_id))).running
 
 
-async def _call(client: Any, op: str, session_id: str, attempts: int = 40) -> Any:
-    """``op`` on the session, retried while the lock is held (an export the move just closed
-    releases it when the agent's handler ends: a fraction of a second later)."""
+async def _call(client: Any, params_class: type[OpParams[Any]], session_id: str, attempts: int = 40) -> Any:
+    """The op of ``params_class`` on the session, retried while the lock is held (an export the move
+    just closed releases it when the agent's handler ends: a fraction of a second later)."""
     import asyncio
 
     for attempt in range(attempts):
         try:
-            return await client.call(op, {"id": session_id})
+            return await client.request(params_class(id=session_id))  # type: ignore[call-arg]
         except Locked:
             if attempt == attempts - 1:
                 raise
@@ -254,9 +254,9 @@ async def finish(cluster: Any, journal: MoveJournal, state_dir: Path, say: Any) 
     if on_target is None:
         raise ConvocateError(messages.MOVE_AGENT_UNREACHABLE.format(agent=journal.target))
     if not on_target:  # never reached the target: the source copy is the one
-        await source.call("override", {"id": journal.uuid, "moving_to": ""})  # it may start again
+        await source.request(OverrideParams(id=journal.uuid, moving_to=""))  # it may start again
         if journal.was_running and not await _running(source, journal.uuid):
-            await _call(source, "restart", journal.uuid)
+            await _call(source, RestartParams, journal.uuid)
         clear_journal(state_dir, journal.uuid)
         say(f"move of {journal.name} rolled back: it stays on {journal.source}")
         return journal.source
@@ -264,14 +264,14 @@ async def finish(cluster: Any, journal: MoveJournal, state_dir: Path, say: Any) 
         journal.step = "imported"
         write_journal(state_dir, journal)
     if journal.was_running and not await _running(target, journal.uuid):
-        await _call(target, "restart", journal.uuid)
+        await _call(target, RestartParams, journal.uuid)
     journal.step = "started"
     write_journal(state_dir, journal)
     on_source = await _holds(source, journal.uuid)
     if on_source is None:  # its copy may still be there: the journal stays until it can be trashed
         raise ConvocateError(messages.MOVE_AGENT_UNREACHABLE.format(agent=journal.source))
     if on_source:
-        await _call(source, "delete", journal.uuid)
+        await _call(source, DeleteParams, journal.uuid)
     clear_journal(state_dir, journal.uuid)
     return journal.target
 
@@ -317,9 +317,9 @@ async def move(cluster: Any, ref: str, to: str, *, state_dir: Path, dry_run: boo
     write_journal(state_dir, journal)
     try:
         # detach the operators attached there; their clients attach again where it runs next
-        await source.call("override", {"id": meta.uuid, "moving_to": target.agent_id})
+        await source.request(OverrideParams(id=meta.uuid, moving_to=target.agent_id))
         if journal.was_running:
-            await source.call("kill", {"id": meta.uuid})
+            await source.request(KillParams(id=meta.uuid))
         journal.step = "stopped"
         write_journal(state_dir, journal)
         summary = await transfer(source, target, meta.uuid, progress_out)

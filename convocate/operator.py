@@ -32,6 +32,7 @@ from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 
 from convocate.common import keys, messages, operator_claim
 from convocate.common.errors import BadRequest, ConvocateError
+from convocate.common.ops.params import OperatorChallengeParams, OperatorIdentifyParams, OperatorWhoamiParams
 from convocate.common.paths import Paths
 
 #: Environment variable naming an operator key file (its certificate is ``<file>-cert.pub``).
@@ -188,13 +189,14 @@ async def claim(call: Call, agent_id: str, paths: Paths, environ: Mapping[str, s
 
 
 async def _identify(call: Call, agent_id: str, source: ClaimSource) -> OperatorClaim:
-    challenge = await call("operator_challenge", {})
-    nonce = base64.b64decode(challenge["nonce"], validate=True)
+    asked = OperatorChallengeParams()
+    challenge = asked.read_result(await call(asked.OP, asked.to_wire()), agent_id)
+    nonce = base64.b64decode(challenge.nonce, validate=True)
     signature = await source.sign(operator_claim.claim_data(agent_id, nonce))
     certificate = source.certificate.export_certificate("openssh").decode("ascii").strip()
-    result = await call("operator_identify", {"certificate": certificate,
-                                              "signature": base64.b64encode(signature).decode("ascii")})
-    return OperatorClaim(name=result["name"], fingerprint=result["fingerprint"])
+    proof = OperatorIdentifyParams(certificate=certificate, signature=base64.b64encode(signature).decode("ascii"))
+    result = proof.read_result(await call(proof.OP, proof.to_wire()), agent_id)
+    return OperatorClaim(name=result.name, fingerprint=result.fingerprint)
 
 
 async def whoami(client: Any) -> dict[str, Any]:
@@ -211,7 +213,7 @@ async def whoami(client: Any) -> dict[str, Any]:
         await client.connect()
         claimed: OperatorClaim | None = client.operator
         try:
-            seen = (await client.call("operator_whoami")).get("operator")
+            seen = (await client.request(OperatorWhoamiParams())).operator
         except BadRequest as e:
             if not e.message.startswith("unknown op"):
                 raise

@@ -201,8 +201,10 @@ async def survey(clients: Iterable[Any]) -> tuple[list[AgentLoad], list[Choice]]
         The loads of the agents that answered, and a :func:`not_judged` entry for each that did not
         (the error names what failed: a refused login, an agent without the ``capacity`` op).
     """
+    from convocate.common.ops.params import CapacityParams
+
     async def one(client: Any) -> AgentLoad:
-        return AgentLoad.from_wire(client.agent_id, await client.call("capacity"))
+        return AgentLoad.from_wire(client.agent_id, await client.request(CapacityParams()))
 
     clients = list(clients)
     results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)

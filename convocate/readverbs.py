@@ -157,11 +157,12 @@ def agents(args: argparse.Namespace) -> int:
             import asyncio
 
             from convocate import compat
+            from convocate.common.ops.params import PingParams
 
             async def probe(client: Any) -> dict[str, Any]:
                 row: dict[str, Any] = {"agent_id": client.agent_id, "address": client.record.endpoint}
                 try:
-                    row.update(status="ok", **(await client.call("ping")))
+                    row.update(status="ok", **(await client.request(PingParams())).received)
                     row["capacity"] = await compat.capacity(client, row)  # None + row["note"]: protocol 1
                 except ConvocateError as e:
                     row.update(status="unavailable", error=str(e))

@@ -31,6 +31,8 @@ from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 if TYPE_CHECKING:  # the parser (add_parsers) is built for every verb: no asyncssh for it (issue 17)
     from convocate.client import AgentClient, Cluster
     from convocate.common import asciicast
+    from convocate.common.ops.params import RecordingGrepParams
+    from convocate.common.ops.results import RecordingFile
 
 PROG = "convocate"
 #: Default of ``--idle-limit``: a longer pause of the session plays as this many seconds.
@@ -110,22 +112,24 @@ async def resolve(cluster: Cluster, ref: str) -> Target:
     clients = list(cluster.clients.values())
     import asyncio  # not at the top: the parser, built for every verb, needs none (issue 17)
 
-    results = await asyncio.gather(*(c.call("trash") for c in clients), return_exceptions=True)
+    from convocate.common.ops.params import TrashParams
+
+    results = await asyncio.gather(*(c.request(TrashParams()) for c in clients), return_exceptions=True)
     for client, entries in zip(clients, results, strict=False):
         if not isinstance(entries, list):
             continue
         for e in reversed(entries):  # oldest deletion last: the newest wins
-            if ref in (e.get("uuid"), e.get("name")) or (len(ref) >= 4 and str(e.get("uuid", "")).startswith(ref)):
-                return Target(client, e["uuid"], e.get("name") or e["uuid"][:8])
+            if ref in (e.uuid, e.name) or (len(ref) >= 4 and e.uuid.startswith(ref)):
+                return Target(client, e.uuid, e.name or e.uuid[:8])
     raise error
 
 
-def _in_window(files: list[dict[str, Any]], since: float | None, until: float | None) -> list[dict[str, Any]]:
+def _in_window(files: list[RecordingFile], since: float | None, until: float | None) -> list[RecordingFile]:
     """The files that may hold events in ``[since, until]`` (a file lasts until the next one starts)."""
     out = []
     for i, f in enumerate(files):
-        start = parse_rfc3339(f["started"]) / 1e9
-        following = parse_rfc3339(files[i + 1]["started"]) / 1e9 if i + 1 < len(files) else None
+        start = parse_rfc3339(f.started) / 1e9
+        following = parse_rfc3339(files[i + 1].started) / 1e9 if i + 1 < len(files) else None
         if until is not None and start > until:
             continue
         if since is not None and following is not None and following <= since:
@@ -142,24 +146,24 @@ async def fetch(target: Target, since: float | None = None, until: float | None 
         CastFormatError (as BadRequest): a file is not asciicast v2 (names the file and line).
     """
     from convocate.common import asciicast  # not at the top: the parser needs none (issue 17)
+    from convocate.common.ops.params import RecordingListParams, RecordingReadParams
 
-    files = await target.client.call("recording_list", {"id": target.uuid})
+    files = await target.client.request(RecordingListParams(id=target.uuid))
     casts = []
     for f in _in_window(files, since, until):
         parts: list[str] = []
         offset = 0
         while True:
-            chunk = await target.client.call("recording_read", {"id": target.uuid, "file": f["file"],
-                                                                "offset": offset})
-            parts.append(chunk["data"])
-            if chunk["next_offset"] == offset or chunk["eof"]:
+            chunk = await target.client.request(RecordingReadParams(id=target.uuid, file=f.file, offset=offset))
+            parts.append(chunk.data)
+            if chunk.next_offset == offset or chunk.eof:
                 break
-            offset = chunk["next_offset"]
+            offset = chunk.next_offset
         text = "".join(parts)
         if not text.strip():
             continue  # a recorder that had not written its header yet
         try:
-            casts.append(asciicast.parse_cast(text, f"{target.name} {f['file']}"))
+            casts.append(asciicast.parse_cast(text, f"{target.name} {f.file}"))
         except asciicast.CastFormatError as e:
             raise BadRequest(str(e)) from None
     return casts
@@ -371,7 +375,7 @@ async def cmd_replay(args: argparse.Namespace, cluster: Cluster) -> int:
     return 0
 
 
-async def grep(cluster: Cluster, params: dict[str, Any],
+async def grep(cluster: Cluster, params: RecordingGrepParams,
                only: AgentClient | None = None) -> tuple[list[dict[str, Any]], dict[str, ConvocateError], list[str]]:
     """``recording_grep`` on every agent (or ``only``) at once.
 
@@ -381,7 +385,7 @@ async def grep(cluster: Cluster, params: dict[str, Any],
     clients = [only] if only is not None else list(cluster.clients.values())
     import asyncio
 
-    results = await asyncio.gather(*(c.call("recording_grep", params) for c in clients), return_exceptions=True)
+    results = await asyncio.gather(*(c.request(params) for c in clients), return_exceptions=True)
     matches: list[dict[str, Any]] = []
     errors: dict[str, ConvocateError] = {}
     notes: list[str] = []
@@ -391,24 +395,24 @@ async def grep(cluster: Cluster, params: dict[str, Any],
         elif isinstance(result, BaseException):
             errors[client.agent_id] = ConvocateError(f"{type(result).__name__}: {result}")
         else:
-            matches += [{**m, "agent_id": client.agent_id} for m in result["matches"]]
-            if result.get("truncated"):
-                notes.append(messages.GREP_TRUNCATED.format(agent=client.agent_id, reason=result.get("reason", "")))
+            matches += [{**m, "agent_id": client.agent_id} for m in result.matches]
+            if result.truncated:
+                notes.append(messages.GREP_TRUNCATED.format(agent=client.agent_id, reason=result.reason))
     matches.sort(key=lambda m: m["time"])
     return matches, errors, notes
 
 
 async def cmd_grep(args: argparse.Namespace, cluster: Cluster) -> int:
     """``convocate grep PATTERN``: exit 0 with matches, 1 without (grep's convention)."""
-    params: dict[str, Any] = {"pattern": args.pattern}
-    if args.since is not None:
-        params["since"] = _rfc3339(args.since)
-    if args.until is not None:
-        params["until"] = _rfc3339(args.until)
-    only = None
+    from convocate.common.ops.params import RecordingGrepParams
+
+    session, only = None, None
     if args.session:
         target = await resolve(cluster, args.session)
-        params["id"], only = target.uuid, target.client
+        session, only = target.uuid, target.client
+    params = RecordingGrepParams(pattern=args.pattern, id=session,
+                                 since=None if args.since is None else _rfc3339(args.since),
+                                 until=None if args.until is None else _rfc3339(args.until))
     matches, errors, notes = await grep(cluster, params, only)
     if args.json:
         import json

@@ -7,9 +7,16 @@ import json
 import pytest
 
 from convocate.common.errors import AdmissionDenied, Conflict, Unreachable
+from convocate.common.ops.params import CreateParams
 from convocate.fleet import create_placed, drain, ranking, ranking_json
 
 UUIDS = ["7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91", "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"]
+
+
+def session(uuid: str, name: str, running: bool = False, cpus: float = 0.0, memory_mb: int = 0) -> dict:
+    """A session metadata object as an agent answers it."""
+    return {"uuid": uuid, "name": name, "created_at": "2026-12-01T10:00:00Z", "last_accessed": "2026-12-01T10:00:00Z",
+            "running": running, "cpus": cpus, "memory_mb": memory_mb}
 
 
 class Canned:
@@ -35,18 +42,21 @@ class Canned:
         if op == "create":
             if self.create_error is not None:
                 raise self.create_error
-            return {"uuid": UUIDS[0], "name": params["name"]}
+            return session(UUIDS[0], params["name"])
         if op == "settings-set":
             return params
         raise AssertionError(op)
+
+    async def request(self, params):
+        return params.read_result(await self.call(params.OP, params.to_wire()), self.agent_id)
 
 
 async def test_the_session_goes_to_the_best_agent_and_to_the_next_when_it_refuses_late():
     small, big = Canned("small", 2), Canned("big", 8, create_error=AdmissionDenied("agent big is draining"))
     skipped = []
-    client, result = await create_placed({"small": small, "big": big}, {"name": "s1", "cpus": 1.0},
+    client, result = await create_placed({"small": small, "big": big}, CreateParams(name="s1", cpus=1.0),
                                          on_skip=lambda agent, e: skipped.append((agent, str(e))))
-    assert client is small and result["name"] == "s1"
+    assert client is small and result.meta.name == "s1"
     assert skipped == [("big", "agent big is draining")]
     assert ("create", {"name": "s1", "cpus": 1.0}) in big.calls
 
@@ -55,7 +65,7 @@ async def test_no_agent_admitting_names_every_agents_reason():
     full = Canned("full", 2, reserved=1.8)
     gone = Canned("gone", 4, error=Unreachable("agent gone (127.0.0.1:1): Connection refused"))
     with pytest.raises(AdmissionDenied) as e:
-        await create_placed({"full": full, "gone": gone}, {"name": "s1", "cpus": 0.5})
+        await create_placed({"full": full, "gone": gone}, CreateParams(name="s1", cpus=0.5))
     text = str(e.value)
     assert text.startswith("admission denied: no agent takes the session (full: admission denied: cpus asked 0.5")
     assert "gone: not judged: agent gone (127.0.0.1:1): Connection refused" in text
@@ -66,13 +76,13 @@ async def test_another_refusal_ends_the_attempt_as_it_is():
     a = Canned("a", 4, create_error=Conflict('port 2000/tcp is used by session "x"'))
     b = Canned("b", 2)
     with pytest.raises(Conflict):
-        await create_placed({"a": a, "b": b}, {"name": "s1", "port": 2000})
+        await create_placed({"a": a, "b": b}, CreateParams(name="s1", port=2000))
     assert not any(op == "create" for op, _ in b.calls)
 
 
 async def test_drain_marks_the_agent_and_moves_running_sessions_first_to_the_best_other_agent():
-    sessions = [{"uuid": UUIDS[0], "name": "idle-one", "running": False, "cpus": 0.5, "memory_mb": 256},
-                {"uuid": UUIDS[1], "name": "busy-one", "running": True, "cpus": 3.0, "memory_mb": 256}]
+    sessions = [session(UUIDS[0], "idle-one", running=False, cpus=0.5, memory_mb=256),
+                session(UUIDS[1], "busy-one", running=True, cpus=3.0, memory_mb=256)]
     source = Canned("src", 4, sessions=sessions)
     small, big = Canned("small", 2), Canned("big", 8)
     moves, lines = [], []
@@ -88,7 +98,7 @@ async def test_drain_marks_the_agent_and_moves_running_sessions_first_to_the_bes
 
 
 async def test_a_session_no_other_agent_admits_stays_with_the_reason():
-    sessions = [{"uuid": UUIDS[0], "name": "huge", "running": True, "cpus": 6.0, "memory_mb": 256}]
+    sessions = [session(UUIDS[0], "huge", running=True, cpus=6.0, memory_mb=256)]
     report = await drain({"src": Canned("src", 8, sessions=sessions), "small": Canned("small", 2)}, "src",
                          mover=lambda *_: pytest.fail("nothing may move"))
     assert report.moved == []

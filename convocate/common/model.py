@@ -414,6 +414,8 @@ class SessionView:
         credential_stale: The container runs with a credential fingerprint that is no longer the
             current one for its credential's name (``convocate auth set`` changed it, or removed it).
         credential_missing: The session names a credential the agent does not have (it starts without one).
+        received: The object as the agent sent it, when read by :meth:`from_wire` (``--json`` prints it,
+            with every field, ours or a newer agent's); not compared.
     """
 
     meta: SessionMeta
@@ -421,11 +423,11 @@ class SessionView:
     attached_count: int = 0
     locked: bool = False
     agent_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     orphan: bool = False
     claude_code: str = ""
     credential_stale: bool = False
     credential_missing: bool = False
+    received: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def state(self) -> str:
@@ -491,4 +493,5 @@ class SessionView:
             claude_code=claude_code if isinstance(claude_code, str) else "",
             credential_stale=obj.get("credential_stale") is True,
             credential_missing=obj.get("credential_missing") is True,
+            received=obj,
         )

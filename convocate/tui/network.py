@@ -21,7 +21,7 @@ from typing import Any
 
 from convocate.client import AgentClient, Cluster
 from convocate.common.errors import ConvocateError
-from convocate.common.model import SessionView
+from convocate.common.ops.params import ListParams, PingParams
 from convocate.common.paths import Paths
 from convocate.events import subscribe
 from convocate.orphans import scan_orphans
@@ -120,7 +120,7 @@ class Network:
                         break  # someone asked for a fresh list
                     except TimeoutError:
                         elapsed += wait
-                        await client.call("ping")
+                        await client.request(PingParams())
                 wake.clear()
             except ConvocateError as e:
                 self.post(Notice("reach", client.agent_id, (UNREACHABLE, str(e))))
@@ -132,8 +132,7 @@ class Network:
                 delay = min(delay * 2, BACKOFF[1])
 
     async def _list(self, client: AgentClient) -> None:
-        result = await client.call("list")
-        views = [SessionView.from_wire(obj, client.agent_id) for obj in result]
+        views = await client.request(ListParams())
         self.post(Notice("reach", client.agent_id, (REACHABLE, "")))
         self.post(Notice("sessions", client.agent_id, views))
         from convocate import compat  # a protocol-1 (Go v0.0.5) agent has no capacity: shown as unknown

@@ -1,0 +1,29 @@
+"""The RPC operations: each op's params and result as types, and strict decoding (DESIGN §3).
+
+- :mod:`~convocate.common.ops.rules`: the rule of each parameter (JSON kind, bounds, validators);
+- :mod:`~convocate.common.ops.params`: one params dataclass per op, :data:`OPS` and :data:`PARAMS`
+  (what the agent decodes and dispatches), :func:`decode_params`;
+- :mod:`~convocate.common.ops.results`: what each op answers, as types;
+- :mod:`~convocate.common.ops.reference`: the op reference, ``docs/ops.md``.
+
+The names most callers need are importable from here.
+"""
+
+from convocate.common.ops.params import OPS, ORIGINAL_OPS, PARAMS, OpParams, decode_params
+from convocate.common.ops.reference import OP_DOCS, reference_markdown
+from convocate.common.ops.rules import (
+    CAPTURE_LINES_MAX,
+    CPUS_MAX,
+    CPUS_MIN,
+    GREP_MATCHES_MAX,
+    GREP_PATTERN_MAX,
+    MEMORY_MAX_MB,
+    MEMORY_MIN_MB,
+    RECORDING_READ_MAX,
+    SEND_TEXT_MAX,
+    Param,
+)
+
+__all__ = ["CAPTURE_LINES_MAX", "CPUS_MAX", "CPUS_MIN", "GREP_MATCHES_MAX", "GREP_PATTERN_MAX", "MEMORY_MAX_MB",
+           "MEMORY_MIN_MB", "OPS", "OP_DOCS", "ORIGINAL_OPS", "PARAMS", "RECORDING_READ_MAX", "SEND_TEXT_MAX",
+           "OpParams", "Param", "decode_params", "reference_markdown"]
