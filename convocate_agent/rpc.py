@@ -36,7 +36,7 @@ import asyncssh
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
-from convocate.common.ops import decode_params
+from convocate.common.ops import PARAMS, decode_params
 from convocate.common.protocol import (
     MAX_LINE_BYTES,
     NO_ID,
@@ -92,35 +92,19 @@ class RpcDispatcher:
     def __init__(self, service: AgentService, audit: AuditLog | None = None) -> None:
         self.service = service
         self.audit = audit
-        self.handlers: dict[str, Handler] = {
-            "ping": service.ping,
-            "list": service.list,
-            "get": service.get,
-            "create": service.create,
-            "edit": service.edit,
-            "clone": service.clone,
-            "delete": service.delete,
-            "kill": service.kill,
-            "background": service.background,
-            "override": service.override,
-            "restart": service.restart,
-            "settings-get": service.settings_get,
-            "settings-set": service.settings_set,
-            "capture": service.capture,
-            "send": service.send,
-            "capacity": service.capacity,
-            "logs": service.logs,
-            "trash": service.trash,
-            "restore": service.restore,
-            "credential_set": service.credential_set,
-            "credential_list": service.credential_list,
-            "credential_delete": service.credential_delete,
+        self.caller_handlers: dict[str, CallerHandler] = OperatorOps(service.paths, service.agent_id).handlers()
+        # Dispatch from the one op table (convocate.common.ops.PARAMS): an op is the service's method of its
+        # name ("settings-get" -> settings_get) unless it is served elsewhere; an op without a handler is an
+        # AttributeError here, at start-up, not a client's error later.
+        elsewhere: dict[str, Handler] = {
             "recording_list": service.recordings.list,
             "recording_read": service.recordings.read,
             "recording_grep": service.recordings.grep,
             "audit_read": self._audit_read,
         }
-        self.caller_handlers: dict[str, CallerHandler] = OperatorOps(service.paths, service.agent_id).handlers()
+        self.handlers: dict[str, Handler] = {
+            name: elsewhere.get(name) or getattr(service, name.replace("-", "_"))
+            for name in PARAMS if name not in self.caller_handlers}
         #: The channels' tasks waiting for a request with nothing of one received: a shutdown ends them at
         #: once instead of waiting for a held channel's client (status-serve holds one) to hang up.
         self.idle_channels: set[asyncio.Task[Any]] = set()

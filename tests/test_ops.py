@@ -87,3 +87,42 @@ def test_the_op_reference_in_docs_is_the_one_the_definitions_render():
     assert all(p.doc for spec in OPS.values() if spec for p in spec), "a parameter without its doc"
     current = (Path(__file__).resolve().parents[1] / "docs" / "ops.md").read_text(encoding="utf-8")
     assert current == reference_markdown(), "docs/ops.md is stale: python -m convocate.common.ops > docs/ops.md"
+
+
+# --- the typed face: one params class and one result type per op (issue 16) --------------------------------
+def test_every_op_has_its_params_class_and_the_class_decodes_what_it_sends():
+    from convocate.common.ops.params import PARAMS, CreateParams, EditParams, SettingsSetParams
+
+    assert list(PARAMS) == list(OPS)
+    assert all(cls.OP == name for name, cls in PARAMS.items())
+    sent = CreateParams(name="n", dns_name="A-B", protocol="", start=True).to_wire()
+    assert sent == {"name": "n", "protocol": "", "dns_name": "A-B", "start": True}  # absent fields stay absent
+    assert CreateParams.decode(sent) == CreateParams(name="n", protocol="tcp", dns_name="a-b", start=True)
+    assert EditParams(id=SID).to_wire() == {"id": SID}
+    assert SettingsSetParams(values={"draining": True}).to_wire() == {"draining": True}
+    with pytest.raises(BadRequest, match='decode params: unknown field "x"'):
+        EditParams.decode({"id": SID, "x": 1})
+
+
+def test_a_credential_secret_stays_out_of_the_params_repr():
+    from convocate.common.ops.params import CredentialSetParams
+
+    params = CredentialSetParams(name="default", kind="api_key", secret="sk-ant-secret-value")
+    assert "sk-ant-secret-value" not in repr(params)
+    assert params.to_wire()["secret"] == "sk-ant-secret-value"
+
+
+def test_results_read_into_their_types_and_a_wrong_shape_is_a_protocol_error():
+    from convocate.common.errors import ProtocolError
+    from convocate.common.ops.params import DeleteParams, ListParams, PingParams, SendParams
+
+    ping = PingParams().read_result({"agent_id": "a1b2c3d4", "version": "0.0.5", "server_time": "t"}, "a1b2c3d4")
+    assert (ping.protocol, ping.capabilities) == (1, [])  # the Go original's ping: protocol 1
+    deleted = DeleteParams(id=SID).read_result({"uuid": SID, "trash": "x", "newer_field": 1}, "a1")
+    assert deleted.trash == "x" and deleted.received["newer_field"] == 1  # an unknown field is kept, not read
+    views = ListParams().read_result([{"uuid": SID, "name": "n", "created_at": "2026-12-01T10:00:00Z"}], "a1")
+    assert views[0].meta.name == "n" and views[0].agent_id == "a1"
+    with pytest.raises(ProtocolError, match='send answered a result of another shape: Sent: field "sent" must be int'):
+        SendParams(id=SID, text="x").read_result({"uuid": SID, "sent": "1", "enter": False}, "a1")
+    with pytest.raises(ProtocolError, match='missing field "uuid"'):
+        DeleteParams(id=SID).read_result({}, "a1")
