@@ -348,8 +348,10 @@ class AgentClient:
 
         await compat.check_attach(self, read_only)
         process = await self._open_channel(ATTACH_SUBSYSTEM)
-        header = {"id": session_id, "cols": cols, "rows": rows, "term": term, "read_only": read_only}
-        process.stdin.write(encode_line(header))
+        from convocate.common.attachheader import AttachHeader
+
+        header = AttachHeader(session_id, cols=cols, rows=rows, read_only=read_only, term=term)
+        process.stdin.write(encode_line(header.to_wire()))
         return process
 
     async def _open_channel(self, subsystem: str,
