@@ -26,6 +26,7 @@ from convocate.tui.model import Row, header
 if TYPE_CHECKING:
     from convocate.tui.app import ConvocateApp
 
+#: The key line under the table.
 KEYS = "Enter attach  1-9 jump  w next waiting  W reply  P replay  N new  C clone  E edit  B bg  D delete  " \
        "K kill  O override  S settings  R restart  Q quit"
 
