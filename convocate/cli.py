@@ -5,8 +5,9 @@ builds the call and prints the result; :func:`main` alone catches the project's 
 stderr and returns its exit code. With no arguments ``convocate`` opens the operator's TUI.
 
 A command imports only what it needs (issue 17): this module imports nothing at the top but
-:mod:`convocate.common.cli`, so ``help`` and ``version`` load neither argparse nor asyncio, asyncssh,
-docker, npyscreen or cryptography; the parser names each verb's adapter by name (:class:`_Lazy`),
+:mod:`convocate.common.cli` and :mod:`convocate.lazyverbs`, so ``help`` and ``version`` load neither argparse
+nor asyncio, asyncssh, docker, npyscreen or cryptography; the parser names each verb's adapter by name
+(:class:`~convocate.lazyverbs.Lazy`),
 loaded when that verb runs; ``ls`` and ``agents`` first ask status-serve's local socket
 (:mod:`convocate.localstatus`, no asyncio) and go to the agents over SSH only for what it cannot answer.
 ``tests/test_startup_imports.py`` fails if that changes.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from convocate.common.cli import run_main, usage_line
 from convocate.common.constants import STATUS_PORT
+from convocate.lazyverbs import Lazy, OneVerb
 
 if TYPE_CHECKING:
     import argparse
@@ -83,35 +85,6 @@ Set CONVOCATE_ROOT to relocate /etc/convocate (tests, the demo).
 WAIT_STATES = ("waiting", "idle", "exited", "working", "crashed", "limited")
 
 
-class _Lazy:
-    """A verb's adapter named by module and attribute, imported when the verb runs.
-
-    ``_Lazy("_cmd_ls")(args, cluster)`` imports :mod:`convocate.commands` and calls its ``_cmd_ls``;
-    with ``factory_args``, the attribute is a factory called with them first (``_simple(op, verb)``).
-
-    Args:
-        name: The attribute of ``module``.
-        factory_args: Arguments of the factory, if ``name`` is one.
-        module: Where ``name`` lives [convocate.commands].
-    """
-
-    def __init__(self, name: str, *factory_args: Any, module: str = "convocate.commands") -> None:
-        self.name, self.factory_args, self.module = name, factory_args, module
-
-    def resolve(self) -> Any:
-        """The callable itself (the import happens here)."""
-        import importlib
-
-        target = getattr(importlib.import_module(self.module), self.name)
-        return target(*self.factory_args) if self.factory_args else target
-
-    def __call__(self, *args: Any) -> Any:
-        return self.resolve()(*args)
-
-    def __repr__(self) -> str:
-        return f"_Lazy({self.module}.{self.name})"
-
-
 # --- parser ---------------------------------------------------------------------------
 def _add_limits(p: argparse.ArgumentParser) -> None:
     from convocate.common.model import DEFAULT_CREDENTIAL as DEFAULT_NAME
@@ -142,35 +115,7 @@ def _session_credential(value: str) -> str:
 MODULE_VERBS = {"convocate.replay": ("replay", "grep"), "convocate.fleet_cli": ("place", "drain", "undrain")}
 
 
-class _Unused:
-    """Stands in for the parser of a verb that this command line does not name: takes every call, keeps nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: self
-
-
-class _OneVerb:
-    """The subparsers action, adding only the verb the command line names (issue 17: start-up).
-
-    Building all ~35 verbs' parsers costs ~10 ms and the imports their options need; a command runs
-    one. With ``only`` None every verb is added (the man pages, completion and an unknown verb's error,
-    which lists them all).
-    """
-
-    def __init__(self, action: Any, only: str | None) -> None:
-        self.action = action
-        self.only = only
-
-    def wants(self, *verbs: str) -> bool:
-        """Whether any of ``verbs`` is to be added."""
-        return self.only is None or self.only in verbs
-
-    def add_parser(self, name: str, **kwargs: Any) -> Any:
-        """``add_parser`` of argparse's subparsers action for a wanted verb; else an :class:`_Unused`."""
-        return self.action.add_parser(name, **kwargs) if self.wants(name) else _Unused()
-
-
-def _add_auth(sub: _OneVerb, common: argparse.ArgumentParser) -> None:
+def _add_auth(sub: OneVerb, common: argparse.ArgumentParser) -> None:
     """``convocate auth`` and its verbs (issue 15 item 2)."""
     import argparse
     from pathlib import Path
@@ -192,51 +137,38 @@ def _add_auth(sub: _OneVerb, common: argparse.ArgumentParser) -> None:
                    help="a long-lived OAuth token from `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN)")
     p.add_argument("--from-file", type=Path, help="read the secret from FILE ('-' for stdin)")
     p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=_Lazy("_cmd_auth_set"))
+    p.set_defaults(func=Lazy("_cmd_auth_set"))
     p = auth_sub.add_parser("push", parents=[common], help="send the stored credentials to every agent again")
     p.add_argument("--name", help="only this credential [all]")
-    p.set_defaults(func=_Lazy("_cmd_auth_push"))
+    p.set_defaults(func=Lazy("_cmd_auth_push"))
     p = auth_sub.add_parser("status", parents=[common], help="which agent holds which credential")
-    p.set_defaults(func=_Lazy("_cmd_auth_status"))
+    p.set_defaults(func=Lazy("_cmd_auth_status"))
     p = auth_sub.add_parser("rm", parents=[common], help="remove a credential everywhere")
     p.add_argument("name")
-    p.set_defaults(func=_Lazy("_cmd_auth_rm"))
+    p.set_defaults(func=Lazy("_cmd_auth_rm"))
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The ``convocate`` parser with its help texts (man page, completion and tests read it).
-
-    Loads argparse and the validators the options need, never the verbs' work (:class:`_Lazy`).
-
-    Args:
-        only: Add this verb alone (what ``main`` does: a command line runs one); None: every verb.
-            A word that is no verb gets the whole parser, whose error then lists every verb.
-    """
-    import argparse
-    import importlib
-    import os
-    from pathlib import Path
-
-    from convocate.common.argparser import ArgumentParser
-
-    common = ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
-    action = parser.add_subparsers(dest="command", prog=PROG)
-    sub = _OneVerb(action, only)
-
+def _add_listing_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
+    """``ls``, ``agents``, ``whoami`` and ``events``: what the cluster holds, and what happens in it."""
     p = sub.add_parser("ls", parents=[common], help="list sessions")
     p.add_argument("--waiting", action="store_true", help="only sessions waiting for the operator, with their question")
     p.add_argument("--wide", action="store_true",
                    help="also each session's image and the Claude Code version its container runs")
-    p.set_defaults(read=_Lazy("ls", module="convocate.readverbs"))
+    p.set_defaults(read=Lazy("ls", module="convocate.readverbs"))
     p = sub.add_parser("agents", parents=[common], help="list agents")
-    p.set_defaults(read=_Lazy("agents", module="convocate.readverbs"))
+    p.set_defaults(read=Lazy("agents", module="convocate.readverbs"))
     p = sub.add_parser("whoami", parents=[common], help="who each agent takes you for")
-    p.set_defaults(func=_Lazy("_cmd_whoami"))
+    p.set_defaults(func=Lazy("_cmd_whoami"))
 
     p = sub.add_parser("events", parents=[common], help="stream events")
-    p.set_defaults(func=_Lazy("_cmd_events"), local=True)
+    p.set_defaults(func=Lazy("_cmd_events"), local=True)
+
+
+def _add_shell_host_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
+    """``status-serve``, ``image-status`` and ``install``: the verbs that run on and set up this shell host."""
+    import argparse
+    import os
+    from pathlib import Path
 
     p = sub.add_parser("status-serve", parents=[common], help="run the status listener")
     p.add_argument("--listen", default=f":{STATUS_PORT}", help="SSH listen address HOST:PORT [%(default)s]")
@@ -246,12 +178,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="dnsmasq PID file, signalled when the hosts file changes; '' never signals [%(default)s]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
-    p.set_defaults(func=_Lazy("_cmd_status_serve"), daemon=True)
+    p.set_defaults(func=Lazy("_cmd_status_serve"), daemon=True)
 
     p = sub.add_parser("image-status", parents=[common], help="is the session image built",
                        description="Say whether this shell host's session image is built, being built, or why "
                        "not, and how to build it; exit 78 until it is built.")
-    p.set_defaults(func=_Lazy("_cmd_image_status"), local=True)
+    p.set_defaults(func=Lazy("_cmd_image_status"), local=True)
 
     p = sub.add_parser("install", parents=[common], help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "
@@ -272,44 +204,50 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
     p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")
     p.add_argument("--status-port", help=f"port of the status listener [keep the current one, else {STATUS_PORT}]")
-    p.set_defaults(func=_Lazy("_cmd_install"), local=True)
+    p.set_defaults(func=Lazy("_cmd_install"), local=True)
 
+
+def _add_session_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
+    """``new``, ``attach``, the one-word ops (``kill`` ... ``override``), ``clone`` and ``edit``."""
     p = sub.add_parser("new", parents=[common], help="create a session")
     p.add_argument("name")
     p.add_argument("--agent", help="agent ID [placement: the agent with the most headroom that admits it]")
     _add_limits(p)
     p.add_argument("--no-start", action="store_true", help="create without starting")
     p.add_argument("--attach", action="store_true", help="attach right after starting")
-    p.set_defaults(func=_Lazy("_cmd_new"))
+    p.set_defaults(func=Lazy("_cmd_new"))
 
     p = sub.add_parser("attach", parents=[common], help="attach to a session")
     p.add_argument("ref")
     p.add_argument("--read-only", action="store_true", help="observe without typing")
     p.add_argument("--no-start", action="store_true", help="fail instead of starting a stopped session")
-    p.set_defaults(func=_Lazy("_cmd_attach"))
+    p.set_defaults(func=Lazy("_cmd_attach"))
 
     for op, verb in (("kill", "killed"), ("restart", "restarted"), ("delete", "deleted"),
                      ("background", "backgrounded"), ("override", "override")):
         p = sub.add_parser(op, parents=[common], help=f"{op} a session")
         p.add_argument("ref")
-        p.set_defaults(func=_Lazy("_simple", op, verb))
+        p.set_defaults(func=Lazy("_simple", op, verb))
 
     p = sub.add_parser("clone", parents=[common], help="clone a session")
     p.add_argument("ref")
     p.add_argument("name")
-    p.set_defaults(func=_Lazy("_cmd_clone"))
+    p.set_defaults(func=Lazy("_cmd_clone"))
 
     p = sub.add_parser("edit", parents=[common], help="edit a session")
     p.add_argument("ref")
     p.add_argument("--name", help="new name")
     _add_limits(p)
-    p.set_defaults(func=_Lazy("_cmd_edit"))
+    p.set_defaults(func=Lazy("_cmd_edit"))
 
+
+def _add_typing_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
+    """``send``, ``reply``, ``logs`` and ``wait``: typing into a session and watching what it does."""
     p = sub.add_parser("send", parents=[common], help="type text into a session")
     p.add_argument("ref")
     p.add_argument("text", nargs="+")
     p.add_argument("--no-enter", action="store_true", help="do not press Enter after the text")
-    p.set_defaults(func=_Lazy("_cmd_send"))
+    p.set_defaults(func=Lazy("_cmd_send"))
 
     p = sub.add_parser("reply", parents=[common], help="answer a session waiting for the operator",
                        description="Type TEXT (or stdin, for -) into a session that waits for the operator, "
@@ -320,28 +258,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return once the session has left waiting")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="with --wait: give up after S seconds (exit 124) [%(default)s]")
-    p.set_defaults(func=_Lazy("_cmd_reply"))
+    p.set_defaults(func=Lazy("_cmd_reply"))
 
     p = sub.add_parser("logs", parents=[common], help="show a session's logs")
     p.add_argument("ref")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--lines", type=int, default=200, help="how many of the last lines [%(default)s]")
-    p.set_defaults(func=_Lazy("_cmd_logs"))
+    p.set_defaults(func=Lazy("_cmd_logs"))
 
     p = sub.add_parser("wait", parents=[common], help="wait for a session's activity")
     p.add_argument("ref")
     p.add_argument("--for", dest="state", required=True, choices=WAIT_STATES)
     p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (exit 124) [no limit]")
-    p.set_defaults(func=_Lazy("_cmd_wait"))
+    p.set_defaults(func=Lazy("_cmd_wait"))
 
-    if sub.wants("auth"):
-        _add_auth(sub, common)
+
+def _add_trash_and_audit_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
+    """``trash``, ``restore``, ``audit`` and ``capture``."""
+    from pathlib import Path
 
     p = sub.add_parser("trash", parents=[common], help="list deleted sessions")
-    p.set_defaults(func=_Lazy("_cmd_trash"))
+    p.set_defaults(func=Lazy("_cmd_trash"))
     p = sub.add_parser("restore", parents=[common], help="restore a deleted session")
     p.add_argument("trash_id")
-    p.set_defaults(func=_Lazy("_cmd_restore"))
+    p.set_defaults(func=Lazy("_cmd_restore"))
 
     p = sub.add_parser("audit", parents=[common], help="the agents' audit trails; --verify checks them")
     p.add_argument("--session", help="only records about this session (UUID, prefix or name)")
@@ -351,22 +291,47 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--verify", action="store_true", help="check each chain's seq and prev; exit 1 if broken")
     p.add_argument("--file", type=Path, help="read this audit file (- for stdin) instead of the agents")
-    p.set_defaults(func=_Lazy("_cmd_audit"), local=True)
+    p.set_defaults(func=Lazy("_cmd_audit"), local=True)
 
     p = sub.add_parser("capture", parents=[common], help="print a session's screen")
     p.add_argument("ref")
     p.add_argument("--lines", type=int, default=0, help="also include N lines of history")
-    p.set_defaults(func=_Lazy("_cmd_capture"))
+    p.set_defaults(func=Lazy("_cmd_capture"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``convocate`` parser with its help texts (man page, completion and tests read it).
+
+    Loads argparse and the validators the options need, never the verbs' work (:class:`Lazy`).
+    The verbs are added in the order ``convocate help`` lists them (an unknown verb's error does too).
+
+    Args:
+        only: Add this verb alone (what ``main`` does: a command line runs one); None: every verb.
+            A word that is no verb gets the whole parser, whose error then lists every verb.
+    """
+    import importlib
+
+    from convocate.common.argparser import ArgumentParser
+
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
+    action = parser.add_subparsers(dest="command", prog=PROG)
+    sub = OneVerb(action, only)
+    for add in (_add_listing_verbs, _add_shell_host_verbs, _add_session_verbs, _add_typing_verbs):
+        add(sub, common)
+    if sub.wants("auth"):
+        _add_auth(sub, common)
+    _add_trash_and_audit_verbs(sub, common)
     for module, verbs in MODULE_VERBS.items():  # replay and grep (issue 19); place, drain, undrain (issue 18)
         if sub.wants(*verbs):
             importlib.import_module(module).add_parsers(sub, common)
-
     p = sub.add_parser("move", parents=[common], help="move a session to another agent (issue 18)")
     p.add_argument("ref")
     p.add_argument("--to", help="target agent ID, or auto (placement)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("--resume", action="store_true", help="finish or roll back an interrupted move of the session")
-    p.set_defaults(func=_Lazy("_cmd_move"))
+    p.set_defaults(func=Lazy("_cmd_move"))
     if only is not None and only not in action.choices:
         return build_parser()
     return parser

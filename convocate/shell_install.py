@@ -30,17 +30,13 @@ invoking user's ownership; no account, no ``/etc/shells``, no systemctl, no dnsm
 
 from __future__ import annotations
 
-import collections
 import os
-import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from convocate import image_status
-from convocate.common import hostsetup, keys, messages, progress
+from convocate import image_build, image_status
+from convocate.common import hostsetup, keys, messages
 from convocate.common.constants import STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.hostsetup import StepReport
@@ -133,43 +129,16 @@ def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepRep
     domain = normalize_dns_name(options.domain) if options.domain is not None else None
     status_port = check_status_port(options.status_port) if options.status_port is not None else None
     system = not paths.relocated
-    uid, gid = (CLAUDE_UID, CLAUDE_GID) if system else (None, None)
+    owner = (CLAUDE_UID, CLAUDE_GID) if system else (None, None)
     report = StepReport()
 
     if system:
         hostsetup.ensure_account(paths.session_base, str(paths.shell_program), set_shell=True, report=report)
         hostsetup.check_port_free(_status_port_of(paths), STATUS_UNIT, report)
-        hostsetup.ensure_dir(paths.session_base, mode=0o755, uid=uid, gid=gid, report=report, what="home")
+        hostsetup.ensure_dir(paths.session_base, mode=0o755, uid=owner[0], gid=owner[1], report=report, what="home")
         _ensure_login_shell(paths, report)
-
-    hostsetup.ensure_dir(paths.shell_etc, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
-                         what="config directory")
-    hostsetup.ensure_dir(paths.agents_dir, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
-                         what="agent registry")
-    key, created = keys.ensure_private_key(paths.status_host_key, comment="convocate status", uid=uid, gid=gid)
-    line = f"status host key {keys.fingerprint(key)} {'generated' if created else 'kept'} ({paths.status_host_key})"
-    if created:
-        report.changed(line)
-    elif hostsetup.fix_owner_mode(paths.status_host_key, mode=0o600, uid=uid, gid=gid):
-        report.changed(line + "; owner/mode fixed")
-    else:
-        report.kept(line)
-    if not paths.status_authorized_keys.exists():
-        hostsetup.write_if_changed(paths.status_authorized_keys, b"", mode=0o644, uid=uid, gid=gid, report=report,
-                                   what="agents' status keys (empty until convocate-host init-agent)")
-    if domain is not None:
-        hostsetup.write_if_changed(paths.shell_domain_file, f"{domain}\n".encode() if domain else b"", mode=0o644,
-                                   uid=uid, gid=gid, report=report, what=f"DNS domain ({domain or 'default'})")
-    _ensure_defaults(paths, status_port, report)
-
-    hostsetup.ensure_dir(paths.shell_state_dir, mode=0o755, uid=uid, gid=gid, report=report, what="state directory")
-    if not paths.dnsmasq_hosts.exists():
-        hostsetup.write_if_changed(paths.dnsmasq_hosts, b"", mode=0o644, uid=uid, gid=gid, report=report,
-                                   what="DNS hosts file")
-    elif hostsetup.fix_owner_mode(paths.dnsmasq_hosts, mode=None, uid=uid, gid=gid):
-        report.changed(f"DNS hosts file {paths.dnsmasq_hosts}: owner fixed for status-serve")
-    else:
-        report.kept(f"DNS hosts file {paths.dnsmasq_hosts} kept")
+    _ensure_config(paths, owner, domain, status_port, report)
+    _ensure_state(paths, owner, report)
     if system:
         _ensure_dnsmasq(paths, report)
         for unit in UNITS:
@@ -190,6 +159,47 @@ def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepRep
     else:
         report.kept("session image: not built (as asked); `convocate install --image` builds it later")
     return report
+
+
+def _ensure_config(paths: Paths, owner: tuple[int | None, int | None], domain: str | None,
+                   status_port: int | None, report: StepReport) -> None:
+    """``/etc/convocate``: its directory, the agent registry, the status host key, the agents' status keys,
+    the DNS domain (when given) and ``/etc/default/convocate``; ``owner`` is (UID, GID), or Nones when relocated.
+    """
+    uid, gid = owner
+    system = not paths.relocated
+    hostsetup.ensure_dir(paths.shell_etc, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
+                         what="config directory")
+    hostsetup.ensure_dir(paths.agents_dir, mode=0o750 if system else 0o755, uid=uid, gid=gid, report=report,
+                         what="agent registry")
+    key, created = keys.ensure_private_key(paths.status_host_key, comment="convocate status", uid=uid, gid=gid)
+    line = f"status host key {keys.fingerprint(key)} {'generated' if created else 'kept'} ({paths.status_host_key})"
+    if created:
+        report.changed(line)
+    elif hostsetup.fix_owner_mode(paths.status_host_key, mode=0o600, uid=uid, gid=gid):
+        report.changed(line + "; owner/mode fixed")
+    else:
+        report.kept(line)
+    if not paths.status_authorized_keys.exists():
+        hostsetup.write_if_changed(paths.status_authorized_keys, b"", mode=0o644, uid=uid, gid=gid, report=report,
+                                   what="agents' status keys (empty until convocate-host init-agent)")
+    if domain is not None:
+        hostsetup.write_if_changed(paths.shell_domain_file, f"{domain}\n".encode() if domain else b"", mode=0o644,
+                                   uid=uid, gid=gid, report=report, what=f"DNS domain ({domain or 'default'})")
+    _ensure_defaults(paths, status_port, report)
+
+
+def _ensure_state(paths: Paths, owner: tuple[int | None, int | None], report: StepReport) -> None:
+    """``/var/lib/convocate`` and the DNS hosts file status-serve keeps there, owned by ``owner`` (UID, GID)."""
+    uid, gid = owner
+    hostsetup.ensure_dir(paths.shell_state_dir, mode=0o755, uid=uid, gid=gid, report=report, what="state directory")
+    if not paths.dnsmasq_hosts.exists():
+        hostsetup.write_if_changed(paths.dnsmasq_hosts, b"", mode=0o644, uid=uid, gid=gid, report=report,
+                                   what="DNS hosts file")
+    elif hostsetup.fix_owner_mode(paths.dnsmasq_hosts, mode=None, uid=uid, gid=gid):
+        report.changed(f"DNS hosts file {paths.dnsmasq_hosts}: owner fixed for status-serve")
+    else:
+        report.kept(f"DNS hosts file {paths.dnsmasq_hosts} kept")
 
 
 def _ensure_login_shell(paths: Paths, report: StepReport) -> None:
@@ -293,65 +303,6 @@ def _ensure_dnsmasq(paths: Paths, report: StepReport) -> None:
     report.changed(f"dnsmasq restarted to read {dropin}")
 
 
-def _docker_command() -> str | None:
-    """The docker CLI build-image.sh will use: ``$DOCKER``, ``/usr/bin/docker``, else ``docker`` on PATH."""
-    if os.environ.get("DOCKER"):
-        return shutil.which(os.environ["DOCKER"])
-    if os.access("/usr/bin/docker", os.X_OK):
-        return "/usr/bin/docker"
-    return shutil.which("docker")
-
-
-#: docker build's progress line, as build-image.sh passes it on (``    Step 3/34 : RUN ...``).
-_DOCKER_STEP = re.compile(r"\bStep (\d+)/(\d+) : (.*)$")
-#: Lines of a failed build shown again below the progress bar.
-_FAILED_TAIL = 40
-
-
-def _run_build(command: list[str]) -> int:
-    """Run build-image.sh; returns its exit status.
-
-    On a terminal its output becomes one progress bar (docker build's steps, with an ETA) and, if it
-    fails, its last lines; anywhere else (the journal of convocate-image-build.service, a pipe) the
-    output passes through as it is.
-    """
-    env, stdin = hostsetup.child_env(), subprocess.DEVNULL
-    if not sys.stderr.isatty():
-        return subprocess.run(command, check=False, env=env, stdin=stdin).returncode
-    tail: collections.deque[str] = collections.deque(maxlen=_FAILED_TAIL)
-    with subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace") as build, \
-            progress.Progress("building the session image", unit="steps", out=sys.stderr) as bar:
-        assert build.stdout is not None
-        for line in build.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            found = _DOCKER_STEP.search(line)
-            if found:
-                bar.step(int(found.group(1)), int(found.group(2)), found.group(3))
-            elif line.startswith("build-image: ["):
-                bar.update(bar.done, line.partition("] ")[2])
-        status = build.wait()
-    if status != 0:
-        sys.stderr.write("\n".join(tail) + "\n")
-    return status
-
-
-def _docker_unreachable(docker: str) -> str:
-    """Why dockerd does not answer ``docker version``, or ``""`` when it does."""
-    probe = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
-                           check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL)
-    if probe.returncode == 0:
-        return ""
-    return f"Docker is not reachable ({(probe.stderr.strip().splitlines() or ['no answer'])[-1]})"
-
-
-def _image_id(docker: str, tag: str) -> str | None:
-    result = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True,
-                            check=False, env=hostsetup.child_env(), stdin=subprocess.DEVNULL)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def build_session_image(paths: Paths, options: ShellInstallOptions, report: StepReport) -> None:
     """Build the session image with the shipped ``build-image.sh`` (it skips an up-to-date tag).
 
@@ -373,8 +324,8 @@ def build_session_image(paths: Paths, options: ShellInstallOptions, report: Step
         command += ["--claude-code", options.claude_code]
     if not script.is_file():
         raise ConfigError(messages.IMAGE_CONTEXT_MISSING.format(path=context))
-    docker = _docker_command()
-    reason = "Docker is not installed" if docker is None else _docker_unreachable(docker)
+    docker = image_build.docker_command()
+    reason = "Docker is not installed" if docker is None else image_build.docker_unreachable(docker)
     if reason:
         text = messages.IMAGE_NOT_BUILT.format(tag=tag, reason=reason, command=" ".join(command))
         if paths.shell_state_dir.is_dir():
@@ -383,13 +334,13 @@ def build_session_image(paths: Paths, options: ShellInstallOptions, report: Step
             raise ConfigError(text)
         report.note(text)
         return
-    before = _image_id(docker, tag)
+    before = image_build.image_id(docker, tag)
     paths.image_cache_dir.mkdir(parents=True, exist_ok=True)
     build = image_status.start(paths, tag) if paths.shell_state_dir.is_dir() else None
     # Not debconf's environment, not its file descriptors, no standard input: nothing the build starts
     # (debootstrap's chroot, apt in docker build) can wait on a frontend it cannot reach.
     try:
-        status = _run_build(command)
+        status = image_build.run_build(command)
     except BaseException as e:  # Ctrl-C, SIGTERM from systemctl stop: the record says it was cut short
         if build is not None:
             image_status.finish(paths, build, error=f"interrupted ({type(e).__name__})")
@@ -400,7 +351,7 @@ def build_session_image(paths: Paths, options: ShellInstallOptions, report: Step
         raise ConfigError(messages.IMAGE_BUILD_FAILED.format(tag=tag, status=status))
     if build is not None:
         image_status.finish(paths, build)
-    after = _image_id(docker, tag)
+    after = image_build.image_id(docker, tag)
     if after is not None and after == before:
         report.kept(f"session image {tag} up to date")
     else:

@@ -270,29 +270,48 @@ async def attach_terminal(client: AgentClient, session_id: str, name: str, *, re
     await relay.open()
     loop = asyncio.get_running_loop()
     if watch_resize is None:
-        def watch_resize(handler: Callable[[], None]) -> Callable[[], None]:
-            loop.add_signal_handler(signal.SIGWINCH, handler)
-            return lambda: loop.remove_signal_handler(signal.SIGWINCH)
-
+        watch_resize = _sigwinch_watcher(loop)
     with raw_terminal(in_fd):
         loop.add_reader(in_fd, relay.on_input)
         unwatch = watch_resize(relay.on_resize)
         try:
-            while (status := await relay.pump()) != ATTACH_EXIT_DETACHED:
-                if status == ATTACH_EXIT_MOVING:
-                    if relocate is None:
-                        relay.say(messages.ATTACH_MOVED_AWAY.format(name=name))
-                        break
-                    relay.say(messages.ATTACH_MOVING.format(name=name, agent=relay.client.agent_id))
-                    relay.client = await relay.until(relocate(relay.client), loop.time() + FOLLOW_MOVE_FOR_S,
-                                                     f"{name} to run again")
-                    relay.say(messages.ATTACH_FOLLOWED.format(name=name, agent=relay.client.agent_id))
-                    await relay.open()
-                    continue
-                relay.say(f"lost the connection to agent {relay.client.agent_id}; the session keeps running. "
-                          "Reattaching... (Ctrl-C gives up)")
-                await relay.reattach(loop.time() + reattach_for)
+            await _relay_until_detached(relay, name, reattach_for, relocate)
         finally:
             loop.remove_reader(in_fd)
             unwatch()
     return relay.client
+
+
+def _sigwinch_watcher(loop: asyncio.AbstractEventLoop) -> ResizeWatcher:
+    """The default :data:`ResizeWatcher`: ``SIGWINCH`` on ``loop`` (which needs the main thread)."""
+    def watch_resize(handler: Callable[[], None]) -> Callable[[], None]:
+        loop.add_signal_handler(signal.SIGWINCH, handler)
+        return lambda: loop.remove_signal_handler(signal.SIGWINCH)
+
+    return watch_resize
+
+
+async def _relay_until_detached(relay: _Relay, name: str, reattach_for: float, relocate: Relocate | None) -> None:
+    """Pump ``relay`` until the operator detaches, following a move or reattaching after a lost link.
+
+    Returns early (with a line saying so) when a move detached the operator and ``relocate`` is None.
+
+    Raises:
+        Unreachable: as :func:`attach_terminal`.
+        ConvocateError: an agent refused the (re)attach.
+    """
+    loop = asyncio.get_running_loop()
+    while (status := await relay.pump()) != ATTACH_EXIT_DETACHED:
+        if status == ATTACH_EXIT_MOVING:
+            if relocate is None:
+                relay.say(messages.ATTACH_MOVED_AWAY.format(name=name))
+                return
+            relay.say(messages.ATTACH_MOVING.format(name=name, agent=relay.client.agent_id))
+            relay.client = await relay.until(relocate(relay.client), loop.time() + FOLLOW_MOVE_FOR_S,
+                                             f"{name} to run again")
+            relay.say(messages.ATTACH_FOLLOWED.format(name=name, agent=relay.client.agent_id))
+            await relay.open()
+            continue
+        relay.say(f"lost the connection to agent {relay.client.agent_id}; the session keeps running. "
+                  "Reattaching... (Ctrl-C gives up)")
+        await relay.reattach(loop.time() + reattach_for)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from convocate.tui.app import AUTO_AGENT
+from convocate.tui.actions import AUTO_AGENT
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers
 

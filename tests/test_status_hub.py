@@ -5,7 +5,7 @@ import json
 
 from convocate.common.model import SessionMeta, SessionView
 from convocate.common.protocol import Event
-from convocate.status_server import StatusHub, take_all
+from convocate.status_hub import StatusHub, take_all
 from convocate_agent.status import EventQueue, backoff_delays
 
 SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"

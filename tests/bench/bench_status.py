@@ -25,7 +25,7 @@ import asyncssh
 from convocate.common import keys
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event, LineDecoder, encode_line
 from convocate.registry import bind_status_key
-from convocate.status_server import StatusHub, take_all
+from convocate.status_hub import StatusHub, take_all
 from tests.bench.common import Figure, percentile, scratch_cluster
 from tests.bench.status_peers import SINK_SUBSYSTEM
 from tests.conftest import connect, rpc_ok
