@@ -63,7 +63,7 @@ from convocate.common.constants import STATUS_PORT
 from convocate.common.daemon import serve_until_signalled
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
 from convocate.common.fsutil import read_token
-from convocate.common.model import SessionView
+from convocate.common.ops.params import CapacityParams, ListParams, PingParams
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate.common.protocol import (
     STATUS_SUBSYSTEM,
@@ -276,17 +276,15 @@ class StatusServer:
                 asked_ns, asked_mono = now_ns(), self.hub.clock()
                 state.refresh_mono = asked_mono
                 try:
-                    result, capacity, ping = await asyncio.gather(client.call("list"), client.call("capacity"),
-                                                                  client.call("ping"))
-                    if not isinstance(result, list):
-                        raise ProtocolError(f"list returned {type(result).__name__}")
-                    views = [SessionView.from_wire(obj, agent_id) for obj in result]
+                    views, capacity, ping = await asyncio.gather(
+                        client.request(ListParams()), client.request(CapacityParams()), client.request(PingParams()))
                 except (ConvocateError, BadRequest) as e:
                     log.warning("status: cannot list agent %s: %s", agent_id, e)
                     state.listing_error = str(e) or type(e).__name__
                     state.listing_pending = False
                     return
-                state.listing, state.listing_extra = result, {"capacity": capacity, "ping": ping}
+                state.listing = [view.received for view in views]
+                state.listing_extra = {"capacity": capacity, "ping": ping.received}
                 state.listed_ns, state.listed_mono, state.listing_error = asked_ns, asked_mono, ""
                 if self.hub.resync(agent_id, self.hub.valid_names(views, self.config.domain)):
                     await self.dns.update()

@@ -31,6 +31,7 @@ from convocate.client import AgentClient
 from convocate.common import messages
 from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import ConfigError, ConvocateError, ProtocolError, Unreachable, error_from_code
+from convocate.common.ops.params import GetParams
 from convocate.common.protocol import ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING, Response
 
 #: How long to keep trying to reattach after the agent went away, in seconds.
@@ -211,7 +212,7 @@ def follow_moves(cluster: Any, session_id: str) -> Relocate:
 
     async def still_runs(left: AgentClient) -> bool:
         try:
-            return bool((await left.call("get", {"id": session_id})).get("running"))
+            return (await left.request(GetParams(id=session_id))).running
         except ConvocateError:  # gone from there, or that agent cannot say: look everywhere
             return False
 
