@@ -42,7 +42,7 @@ from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
 from convocate_agent.status import EmitterConfig, StatusEmitter
 from convocate_agent.store import SessionStore
-from convocate_agent.transfer import serve_transfer_channel
+from convocate_agent.transferchannel import serve_transfer_channel
 
 log = logging.getLogger(__name__)
 
