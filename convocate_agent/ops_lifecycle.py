@@ -30,7 +30,8 @@ from convocate.common.protocol import (
     CONTAINER_STOPPED,
 )
 from convocate.common.timefmt import now_ns
-from convocate_agent.activity import EXITED, Activity, ReportSockets
+from convocate_agent.activity import ReportSockets
+from convocate_agent.activityrules import EXITED, Activity
 from convocate_agent.admission import Admission, Reservation
 from convocate_agent.cgroups import CgroupParent
 from convocate_agent.containerspec import SessionSpec
