@@ -238,25 +238,49 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
         BadRequest: an option is invalid.
     """
     options = options or InstallOptions()
-    if options.shell_host is not None:
-        check_host(options.shell_host, "--shell-host")
-    for value, option in ((options.listen_port, "--listen-port"), (options.shell_port, "--shell-port")):
-        if value is not None:
-            check_port(value, option)
+    _check_options(options)
     system = not paths.relocated
     report = InstallReport()
 
     report.kept(f"Docker {check_docker()} reachable")
     if system:
-        try:
-            grp.getgrnam("docker")
-        except KeyError:
-            raise ConfigError(messages.NO_DOCKER_GROUP) from None
-        hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
-        hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
+        _check_system(paths, report)
     # Files the service (user claude) reads or writes: owned by claude in system mode.
     owner = (uid, gid) if system else (None, None)
+    _ensure_config(paths, options, report, owner, uid, gid, system)
+    _ensure_session_base(paths, report, uid, gid, system)
+    _ensure_slice_limits(paths, report, system)
+    _adopt_sessions(paths, report, owner, uid, gid)
+    if system:
+        hostsetup.restart_if_inputs_changed(paths, AGENT_UNIT, paths.agent_run_dir, paths.agent_start_inputs(),
+                                            report)
+    else:
+        report.kept(f"relocated root {paths.root}: system users and units left untouched")
+    return report
 
+
+def _check_options(options: InstallOptions) -> None:
+    """Refuse a bad shell host or port before anything is changed (raises BadRequest)."""
+    if options.shell_host is not None:
+        check_host(options.shell_host, "--shell-host")
+    for value, option in ((options.listen_port, "--listen-port"), (options.shell_port, "--shell-port")):
+        if value is not None:
+            check_port(value, option)
+
+
+def _check_system(paths: Paths, report: InstallReport) -> None:
+    """System mode: the ``docker`` group exists, the ``claude`` account is there, the listen port is free."""
+    try:
+        grp.getgrnam("docker")
+    except KeyError:
+        raise ConfigError(messages.NO_DOCKER_GROUP) from None
+    hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
+    hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
+
+
+def _ensure_config(paths: Paths, options: InstallOptions, report: InstallReport,
+                   owner: tuple[int | None, int | None], uid: int, gid: int, system: bool) -> None:
+    """The config and state directories, the agent ID, the host key, the shell host and the settings."""
     hostsetup.ensure_dir(paths.agent_etc, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
                          report=report, what="config directory")
     hostsetup.ensure_dir(paths.agent_state_dir, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
@@ -276,8 +300,9 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
                                    what=f"shell host ({host or 'none'})")
     _ensure_defaults(paths, options, report)
 
-    _ensure_session_base(paths, report, uid, gid, system)
 
+def _ensure_slice_limits(paths: Paths, report: InstallReport, system: bool) -> None:
+    """The sessions slice's drop-in with this host's limits; systemd reloaded when it changed (system mode)."""
     limits = SliceLimits.for_host(HostResources.probe())
     paths.slice_limits_dropin.parent.mkdir(parents=True, exist_ok=True)
     changed = hostsetup.write_if_changed(
@@ -288,17 +313,15 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
             hostsetup.daemon_reload(paths, report)
         _check_packaged_files(paths, report)
 
+
+def _adopt_sessions(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None],
+                    uid: int, gid: int) -> None:
+    """The session records (migrated from older agents), and the count of sessions found, in ``report``."""
     _ensure_session_records(paths, report, owner, uid, gid)
     sessions, broken = SessionStore(paths, uid, gid).load_all()
     report.adopted = len(sessions)
     report.kept(f"adopted {len(sessions)} existing session(s)"
                 + (f"; {len(broken)} unreadable: " + ", ".join(b.uuid for b in broken) if broken else ""))
-    if system:
-        hostsetup.restart_if_inputs_changed(paths, AGENT_UNIT, paths.agent_run_dir, paths.agent_start_inputs(),
-                                            report)
-    else:
-        report.kept(f"relocated root {paths.root}: system users and units left untouched")
-    return report
 
 
 def _ensure_agent_id(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None]) -> None:
