@@ -23,7 +23,7 @@ System mode (``/``), as root:
 - the session base ``/home/claude`` and its skel, owned by ``claude``.
 - the slice's CPU limit: ``CPUQuota`` = usable CPUs × 90% of this host, in a drop-in of
   ``convocate-sessions.slice`` (``MemoryMax=90%`` is static in the slice); ``systemctl
-  daemon-reload`` if it changed and systemd runs.
+  daemon-reload`` if it changed and systemd runs (:mod:`convocate_agent.installslice`).
 - the state directory ``/var/lib/convocate-agent`` (settings, current image, image spool), with
   the files older versions kept in ``/etc/convocate-agent`` moved there.
 - a check that the listen port is free (or held by the agent itself).
@@ -60,9 +60,9 @@ from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
-from convocate_agent.admission import LIMIT_FRACTION, HostResources
 from convocate_agent.dockererrors import docker_errors
 from convocate_agent.installsessions import ensure_session_base, ensure_session_env, ensure_session_records
+from convocate_agent.installslice import ensure_slice_dropin
 from convocate_agent.store import SessionStore
 
 AGENT_ID_LENGTH = 8
@@ -154,36 +154,6 @@ class InstallReport(StepReport):
 
     agent_id: str = ""
     adopted: int = 0
-
-
-@dataclass(frozen=True)
-class SliceLimits:
-    """The kernel's cap on all sessions together (capacity layer 2, DESIGN §4), as far as the unit cannot say it.
-
-    ``MemoryMax=90%`` stands in the packaged slice itself (systemd.resource-control(5) takes a
-    percentage of physical memory). ``CPUQuota=`` takes a percentage of *one* CPU, so 90% of all of
-    them depends on the host and is written here as a drop-in.
-
-    Attributes:
-        cpu_quota_percent: ``CPUQuota=`` in percent of one CPU (180 = 90% of two CPUs).
-    """
-
-    cpu_quota_percent: int
-
-    @classmethod
-    def for_host(cls, host: HostResources) -> SliceLimits:
-        """90% of the host's usable CPUs (the same 90% as admission control)."""
-        return cls(int(round(host.cpus * LIMIT_FRACTION * 100)))
-
-    def dropin(self) -> str:
-        """The drop-in's text (systemd.resource-control(5): CPUQuota=)."""
-        return (
-            "# Written by `convocate-agent install` for this host: all convocate sessions together get at most\n"
-            "# 90% of its CPUs (CPUQuota = nproc x 90%; MemoryMax=90% is in the slice itself).\n"
-            "# Rewritten on every install, upgrade and dpkg-reconfigure of convocate-agent.\n"
-            "[Slice]\n"
-            f"CPUQuota={self.cpu_quota_percent}%\n"
-        )
 
 
 def check_docker() -> str:
@@ -291,11 +261,7 @@ def _ensure_config(paths: Paths, options: InstallOptions, report: InstallReport,
 
 def _ensure_slice_limits(paths: Paths, report: InstallReport, system: bool) -> None:
     """The sessions slice's drop-in with this host's limits; systemd reloaded when it changed (system mode)."""
-    limits = SliceLimits.for_host(HostResources.probe())
-    paths.slice_limits_dropin.parent.mkdir(parents=True, exist_ok=True)
-    changed = hostsetup.write_if_changed(
-        paths.slice_limits_dropin, limits.dropin().encode(), mode=0o644, report=report,
-        what=f"slice limit CPUQuota={limits.cpu_quota_percent}%:")
+    changed = ensure_slice_dropin(paths, report)
     if system:
         if changed:
             hostsetup.daemon_reload(paths, report)
