@@ -25,14 +25,13 @@ answered with ``{"ok": true}`` or ``{"ok": false, "error": ...}``; sources
 ``hook`` (Claude Code hook events), ``mcp`` (the MCP tools: progress, ask,
 status) and ``supervisor`` (start, exit, backoff, gave_up).
 
-:func:`next_activity` turns reports into the session's activity state:
+:func:`convocate_agent.activityrules.next_activity` turns reports into the session's activity state:
 ``working``, ``waiting`` (for the operator, with the question), ``idle``,
 ``crashed`` (the supervisor gave up), ``exited``, or ``limited`` (a usage or
 rate limit ended the turn; with the time it resets). Each report is also
 appended to the session's ``~/.convocate/logs/activity.log`` (rotated at
-1 MiB), which ``convocate logs`` shows beside the supervisor's log. Files in
-a session's home belong to the session, so they are opened without following
-symlinks.
+1 MiB, :mod:`convocate_agent.sessionlogs`), which ``convocate logs`` shows
+beside the supervisor's log.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ import logging
 import os
 import re
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,147 +52,19 @@ from typing import Any
 from convocate.common import messages
 from convocate.common.errors import BadRequest
 from convocate.common.fsutil import atomic_write
-from convocate.common.model import ACTIVITIES, validate_uuid
+from convocate.common.model import validate_uuid
 from convocate.common.paths import Paths
 from convocate.common.protocol import LineDecoder, LineTooLong
-from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
-WORKING, WAITING, IDLE, CRASHED, EXITED, LIMITED = ACTIVITIES
 SOCKET_NAME = "agent.sock"
-#: Claude Code's name prefix for the tools of convocate's in-session MCP server.
-OWN_TOOLS = "mcp__convocate__"
 REPORT_MAX = 64 * 1024
-DETAIL_MAX = 500
-#: Furthest a reported reset time may lie ahead, in s: Claude's limits reset within 5 hours or a week;
-#: anything later (or earlier than now) is not believed (a session is untrusted, DESIGN §8).
-LIMIT_HORIZON_S = 8 * 24 * 3600
-#: What a ``StopFailure`` with this ``error`` is (Claude Code 2.1.330's hook input); any other error ends the
-#: turn as ``idle`` with "turn failed: <error>".
-RATE_LIMIT_ERROR = "rate_limit"
-LOG_DIR = (".convocate", "logs")
-ACTIVITY_LOG = "activity.log"
-SUPERVISOR_LOG = "supervisor.log"
-LOG_ROTATE_BYTES = 1 << 20
-#: Most bytes of a log the agent reads for ``logs`` (the tail).
-LOG_READ_MAX = 1 << 20
 #: Modes of the report socket and of the directories above it (a local user is untrusted, DESIGN §8).
 SOCKET_MODE = 0o660
 RUN_DIR_MODE = 0o750
 #: A Docker container ID as it appears in a cgroup path (cgroupfs ``/<parent>/<id>``, systemd ``docker-<id>.scope``).
 _CONTAINER_ID = re.compile(r"^(?:docker-)?([0-9a-f]{64})(?:\.scope)?$")
-
-
-@dataclass(frozen=True)
-class Activity:
-    """A session's activity state.
-
-    Attributes:
-        state: One of :data:`ACTIVITIES`, or ``""`` when nothing was reported yet.
-        detail: The question (waiting), the progress message, or why it crashed.
-        at: When it last changed, ns since the epoch.
-        until: ``limited`` only: when the limit resets, or when the agent tries again (ns since the epoch).
-    """
-
-    state: str = ""
-    detail: str = ""
-    at: int = 0
-    until: int = 0
-
-
-def _text(data: dict[str, Any], key: str) -> str:
-    value = data.get(key, "")
-    return (value if isinstance(value, str) else str(value))[:DETAIL_MAX]
-
-
-def limit_until(data: dict[str, Any], now: int, retry_s: float) -> int:
-    """When a ``limited`` session's limit resets, in ns since the epoch.
-
-    ``resets_at`` (epoch seconds, from the transcript) counts only as an
-    integer within [now, now + :data:`LIMIT_HORIZON_S`]; anything else the
-    session says is ignored, and the agent tries again ``retry_s`` from now.
-    """
-    resets = data.get("resets_at")
-    if isinstance(resets, int) and not isinstance(resets, bool):
-        at = resets * 1_000_000_000
-        if now <= at <= now + LIMIT_HORIZON_S * 1_000_000_000:
-            return at
-    return now + int(retry_s * 1_000_000_000)
-
-
-def next_activity(current: Activity, source: str, event: str, data: dict[str, Any], now: int, *,
-                  limit_retry_s: float = 300.0) -> Activity | None:
-    """The activity after one report, or None when the report does not change it.
-
-    Rules: a prompt or a tool call means working; a notification (Claude Code
-    asks for permission or input) or an ``ask`` means waiting, with its text,
-    until the operator's next prompt; the end of a turn (Stop) otherwise means idle; the supervisor giving up means
-    crashed; a clean exit means exited. Progress and explicit status reports
-    set what they say. A turn ended by an API error (``StopFailure``, Claude
-    Code 2.1.330) with ``error`` ``rate_limit`` means limited, with Claude's
-    message and the reset time (:func:`limit_until`); any other API error
-    (``authentication_failed``, ``overloaded``, ``billing_error``, ...) ends the
-    turn as idle with "turn failed: <error>". Limited ends with the next
-    prompt, tool call or turn, as every state does.
-
-    Args:
-        current: The activity before the report.
-        source: ``hook``, ``mcp`` or ``supervisor``.
-        event: The report's event.
-        data: The report's data (untrusted).
-        now: The time, ns since the epoch.
-        limit_retry_s: When a limit's reset time is unknown, seconds until the agent tries again
-            (agent setting ``limit_retry_s``).
-    """
-    new: tuple[str, str] | None = None
-    until = 0
-    if source == "hook":
-        if event == "UserPromptSubmit":
-            new = (WORKING, _text(data, "prompt"))
-        elif event in ("PreToolUse", "PostToolUse") and not _text(data, "tool_name").startswith(OWN_TOOLS):
-            # Working on, keeping what it works on; after a wait, say which tool it went back to.
-            # (Calls of convocate's own tools report their meaning through the mcp source.)
-            tool = _text(data, "tool_name")
-            new = (WORKING, current.detail if current.state == WORKING else (f"using {tool}" if tool else ""))
-        elif event == "Notification":
-            new = (WAITING, _text(data, "message") or "needs the operator")
-        elif event == "Stop" and current.state == WAITING:
-            new = None  # the turn that asked ends; the question stands until the operator answers
-        elif event in ("Stop", "SessionStart"):
-            new = (IDLE, "")
-        elif event == "SessionEnd":
-            new = (EXITED, _text(data, "reason"))
-        elif event == "StopFailure":
-            error = _text(data, "error")[:64] or "unknown"
-            message = _text(data, "last_assistant_message")
-            if error == RATE_LIMIT_ERROR:
-                new = (LIMITED, message or "rate limited")
-                until = limit_until(data, now, limit_retry_s)
-            else:
-                new = (IDLE, (f"turn failed: {error}" + (f" ({message})" if message else ""))[:DETAIL_MAX])
-    elif source == "mcp":
-        if event == "progress":
-            new = (WORKING, _text(data, "message"))
-        elif event == "ask":
-            new = (WAITING, _text(data, "question"))
-        elif event == "status" and data.get("status") in (WORKING, IDLE, WAITING):
-            new = (str(data["status"]), _text(data, "message"))
-    elif source == "supervisor":
-        if event == "start":
-            new = (IDLE, "starting" if str(data.get("attempt", "1")) == "1" else
-                   f"restarted (attempt {data.get('attempt')})")
-        elif event == "gave_up":
-            new = (CRASHED, f"the agent command failed {data.get('failures', '?')} times in a row "
-                            f"(last exit status {data.get('status', '?')})")
-        elif event == "exit" and str(data.get("status")) == "0":
-            new = (EXITED, "the agent command exited cleanly")
-        elif event == "exit":
-            new = (current.state or WORKING, f"exited with status {data.get('status')}; the supervisor restarts it")
-            until = current.until if new[0] == LIMITED else 0
-    if new is None or (new[0], new[1], until) == (current.state, current.detail, current.until):
-        return None
-    return Activity(new[0], new[1], now, until)
 
 
 class ReportError(BadRequest):
@@ -217,90 +87,6 @@ def parse_report(line: bytes) -> tuple[str, str, dict[str, Any]]:
     if source not in ("hook", "mcp", "supervisor") or not isinstance(event, str) or not isinstance(data, dict):
         raise ReportError('a report needs "source" (hook, mcp or supervisor), a string "event" and an object "data"')
     return source, event[:64], data
-
-
-# --- files in the session's home, opened without following links ---------------------------
-def _open_log_dir(home: Path, create: bool) -> int:
-    """An fd of ``<home>/.convocate/logs``, refusing symlinks at every step."""
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for part in LOG_DIR:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def append_log(home: Path, name: str, line: str, owner: tuple[int, int] | None = None) -> None:
-    """Append one line to a session log, rotating it to ``<name>.1`` past 1 MiB."""
-    dir_fd = _open_log_dir(home, create=True)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size > LOG_ROTATE_BYTES:
-                os.rename(name, f"{name}.1", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
-        try:
-            if owner is not None and os.geteuid() == 0:
-                os.fchown(fd, *owner)
-            os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
-        finally:
-            os.close(fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_log_tail(home: Path, name: str, limit: int = LOG_READ_MAX) -> str:
-    """The last ``limit`` bytes of a session log (``""`` if it does not exist or is not a regular file)."""
-    try:
-        dir_fd = _open_log_dir(home, create=False)
-    except OSError:
-        return ""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
-        return ""
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return ""
-        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
-        data = os.read(fd, limit)
-    finally:
-        os.close(fd)
-    text = data.decode("utf-8", "replace")
-    return text if st.st_size <= limit else text.split("\n", 1)[-1]
-
-
-def merge_logs(texts: dict[str, str], since_ns: int = 0, lines: int = 0) -> list[str]:
-    """Lines of several logs ordered by their leading RFC 3339 timestamp, each tagged with its log's name.
-
-    Args:
-        texts: Log name → content.
-        since_ns: Keep only lines stamped after this time.
-        lines: Keep only the last N lines (0: all).
-    """
-    stamped: list[tuple[int, int, str]] = []
-    for order, (name, text) in enumerate(texts.items()):
-        last = 0
-        for line in text.splitlines():
-            stamp = line.split(" ", 1)[0]
-            try:
-                last = parse_rfc3339(stamp)
-            except ValueError:
-                pass  # a continuation line keeps the stamp of the line before it
-            if last > since_ns:
-                stamped.append((last, order, f"{name}: {line}"))
-    stamped.sort(key=lambda t: (t[0], t[1]))
-    out = [t[2] for t in stamped]
-    return out[-lines:] if lines else out
 
 
 # --- who is on the other end -------------------------------------------------------------------
@@ -568,8 +354,3 @@ def _bind_in(directory: Path, name: str, mode: int) -> socket.socket:
     finally:
         os.close(dir_fd)
     return sock
-
-
-def report_line(source: str, event: str, data: dict[str, Any]) -> str:
-    """The activity-log line for a report: ``<RFC 3339> <source> <event> <json data>``."""
-    return f"{format_rfc3339(now_ns())} {source} {event} {json.dumps(data, ensure_ascii=False)[:2000]}"

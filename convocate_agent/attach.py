@@ -40,6 +40,7 @@ from convocate.common.sshserver import Caller
 from convocate_agent.attach_relay import TerminalRelay
 from convocate_agent.attach_trace import HopTrace
 from convocate_agent.audit import attach_ended
+from convocate_agent.execpipe import ExecStream
 from convocate_agent.ops_attach import AttachRequest
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService
@@ -144,12 +145,24 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
         pending_size.append((cols, rows))
 
     reader = DataReader(process.stdin, remember_size)
+    opened = await _open_attach(process, service, caller, reader, header_timeout)
+    if opened is not None:
+        request, stream, leftover = opened
+        await _relay_attach(process, service, caller, request, stream, leftover, pending_size)
+
+
+async def _open_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
+                       reader: DataReader, header_timeout: float) -> tuple[AttachRequest, ExecStream, bytes] | None:
+    """Read the header and open the exec: ``(request, stream, input after the header)``.
+
+    Returns None when the channel was answered already (refused, or gone before its header).
+    """
     audit, request = service.audit, None
     try:
         header, leftover = await _read_header(reader, header_timeout)
         if header is None:
             process.exit(0)
-            return
+            return None
         if isinstance(header, LineTooLong):
             raise BadRequest(messages.ATTACH_BAD_HEADER.format(detail=messages.LINE_TOO_LONG.format(limit=HEADER_MAX)))
         request = parse_header(header)
@@ -160,24 +173,30 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
             await audit.record_attach(caller, request and request.session_id, bool(request and request.read_only),
                                       {}, f"{e.code}: {e.message}")
         await _refuse(process, e)
-        return
+        return None
     except (BrokenPipeError, ConnectionError, asyncssh.Error):
         process.exit(0)
-        return
+        return None
     except Exception as e:  # a bug must not take the agent down
         log.exception("attach failed unexpectedly")
         await _refuse(process, InternalError(f"internal error: {type(e).__name__}: {e}"))
-        return
+        return None
+    return request, stream, leftover
 
+
+async def _relay_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
+                        request: AttachRequest, stream: ExecStream, leftover: bytes,
+                        pending_size: list[tuple[int, int]]) -> None:
+    """Relay the operator's terminal and the exec's until either ends, then clean up (:func:`_end_attach`)."""
     sid = request.session_id
     log.info("attach caller=%s session=%s %dx%d%s", caller, sid, request.cols, request.rows,
              " read-only" if request.read_only else "")
     runtime = service.runtime
-    opened, counts = time.monotonic(), [len(leftover), 0]  # bytes in (operator to session), out
+    opened = time.monotonic()
     trace = HopTrace.from_env(sid)
-    if audit is not None:
-        await audit.record_attach(caller, sid, request.read_only,
-                                  {"cols": request.cols, "rows": request.rows, "term": request.term}, "ok")
+    if service.audit is not None:
+        await service.audit.record_attach(caller, sid, request.read_only,
+                                          {"cols": request.cols, "rows": request.rows, "term": request.term}, "ok")
 
     async def resize(cols: int, rows: int) -> None:
         try:
@@ -201,32 +220,40 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
     finally:
         closed.cancel()
         await asyncio.gather(closed, return_exceptions=True)
-        error = await relay.stop()
-        if error is not None:
-            log.warning("attach %s relay error: %s: %s", sid, type(error).__name__, error)
-        counts[0] += relay.input_bytes
-        counts[1] += relay.output_bytes
-        stream.close()
-        if trace is not None:
-            with contextlib.suppress(OSError):
-                trace.save()
+        await _end_attach(process, service, caller, request, stream, relay, trace,
+                          opened, len(leftover), detached_by_tmux)
+
+
+async def _end_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
+                      request: AttachRequest, stream: ExecStream, relay: TerminalRelay, trace: HopTrace | None,
+                      opened: float, leftover_bytes: int, detached_by_tmux: bool) -> None:
+    """Stop the relay, close the exec (detaching tmux's client of a vanished operator), audit, exit."""
+    sid, runtime, audit = request.session_id, service.runtime, service.audit
+    error = await relay.stop()
+    if error is not None:
+        log.warning("attach %s relay error: %s: %s", sid, type(error).__name__, error)
+    input_bytes, output_bytes = leftover_bytes + relay.input_bytes, relay.output_bytes
+    stream.close()
+    if trace is not None:
+        with contextlib.suppress(OSError):
+            trace.save()
+    if not detached_by_tmux:
+        # The operator vanished: tmux's client would stay attached forever.
+        with contextlib.suppress(ConvocateError):
+            if await runtime.detach_exec_client(sid, stream.exec_id):
+                log.info("attach %s: detached the tmux client of a vanished operator", sid)
+    service.close_attach(sid)
+    log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
+    if audit is not None:
+        await audit.record_attach_end(caller, sid, request.read_only, started=opened, input_bytes=input_bytes,
+                                      output_bytes=output_bytes, ended=attach_ended(detached_by_tmux))
+    with contextlib.suppress(Exception):
+        # tmux's client ended (detach, session over, or a move's override); otherwise the agent
+        # is stopping under the operator, who may attach again.
         if not detached_by_tmux:
-            # The operator vanished: tmux's client would stay attached forever.
-            with contextlib.suppress(ConvocateError):
-                if await runtime.detach_exec_client(sid, stream.exec_id):
-                    log.info("attach %s: detached the tmux client of a vanished operator", sid)
-        service.close_attach(sid)
-        log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")
-        if audit is not None:
-            await audit.record_attach_end(caller, sid, request.read_only, started=opened, input_bytes=counts[0],
-                                          output_bytes=counts[1], ended=attach_ended(detached_by_tmux))
-        with contextlib.suppress(Exception):
-            # tmux's client ended (detach, session over, or a move's override); otherwise the agent
-            # is stopping under the operator, who may attach again.
-            if not detached_by_tmux:
-                process.exit(ATTACH_EXIT_AGENT_STOPPING)
-            else:
-                process.exit(ATTACH_EXIT_MOVING if service.moving_to(sid) else ATTACH_EXIT_DETACHED)
+            process.exit(ATTACH_EXIT_AGENT_STOPPING)
+        else:
+            process.exit(ATTACH_EXIT_MOVING if service.moving_to(sid) else ATTACH_EXIT_DETACHED)
 
 
 async def _refuse(process: asyncssh.SSHServerProcess, error: ConvocateError) -> None:

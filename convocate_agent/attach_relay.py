@@ -2,7 +2,7 @@
 
 The operator's bytes arrive in asyncssh's ``data_received`` and are written to the exec socket in
 that same callback; the session's bytes arrive in the socket's ``data_received``
-(:class:`convocate_agent.runtime.ExecPipe`) and are written to the SSH channel there. No task is
+(:class:`convocate_agent.execpipe.ExecPipe`) and are written to the SSH channel there. No task is
 woken per chunk: with stream readers each keystroke and each echo took one more turn of the event
 loop (issue 17: the relay's extra millisecond, docs/benchmarks.md "Typing through the relay").
 
@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from convocate_agent.attach_trace import HopTrace
-from convocate_agent.runtime import ExecPipe
+from convocate_agent.execpipe import ExecPipe
 
 log = logging.getLogger(__name__)
 

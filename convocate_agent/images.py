@@ -234,41 +234,10 @@ def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_cur
     if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
         raise BadRequest(f"--sha256: {sha256!r} is not a SHA-256 digest (64 hex digits)")
     paths.agent_image_spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-    digest = hashlib.sha256()
-    size = 0
     fd, spool = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=paths.agent_image_spool)
     try:
-        receiving = None if progress is None else Progress(f"receiving {tag}", size_hint, out=progress,
-                                                           plain_interval=None)
-        with os.fdopen(fd, "wb") as out:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-                if receiving is not None:
-                    receiving.update(size)
-        if receiving is not None:
-            receiving.finish()
-        if digest.hexdigest() != expected:
-            raise BadRequest(messages.IMAGE_DIGEST_MISMATCH.format(tag=tag, got=digest.hexdigest(),
-                                                                   expected=expected, size=size))
-        api = _api(client, f"loading {tag}")
-        try:
-            loading = None if progress is None else Progress(f"loading {tag}", size, out=progress,
-                                                             plain_interval=None)
-            with open(spool, "rb") as archive, docker_errors(f"loading {tag}"):
-                _layer_progress(api.load_image(archive, quiet=progress is None), loading)
-            if loading is not None:
-                loading.update(size)
-                loading.finish()
-            with docker_errors(f"loading {tag}"):
-                try:
-                    image_id = api.inspect_image(tag)["Id"]
-                except docker.errors.ImageNotFound as e:
-                    raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e
-        finally:
-            if client is None:
-                api.close()
+        size = _spool_verified(fd, source, expected, tag, size_hint, progress)
+        image_id = _load_spooled(spool, tag, size, client, progress)
     finally:
         os.unlink(spool)
     current_set = False
@@ -276,3 +245,56 @@ def load_image(paths: Paths, source: BinaryIO, *, sha256: str, tag: str, set_cur
         atomic_write(paths.current_image_file, f"{tag}\n".encode(), mode=0o644, uid=uid, gid=gid)
         current_set = True
     return LoadedImage(tag, image_id, size, current_set)
+
+
+def _spool_verified(fd: int, source: BinaryIO, expected: str, tag: str, size_hint: int | None,
+                    progress: TextIO | None) -> int:
+    """Copy ``source`` into the spool file ``fd`` (closed after), hashing it; returns its size in bytes.
+
+    Raises:
+        BadRequest: its SHA-256 is not ``expected``.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    receiving = None if progress is None else Progress(f"receiving {tag}", size_hint, out=progress,
+                                                       plain_interval=None)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+            if receiving is not None:
+                receiving.update(size)
+    if receiving is not None:
+        receiving.finish()
+    if digest.hexdigest() != expected:
+        raise BadRequest(messages.IMAGE_DIGEST_MISMATCH.format(tag=tag, got=digest.hexdigest(),
+                                                               expected=expected, size=size))
+    return size
+
+
+def _load_spooled(spool: str, tag: str, size: int, client: docker.APIClient | None,
+                  progress: TextIO | None) -> str:
+    """Hand the verified archive to dockerd (``POST /images/load``); returns the image ID of ``tag``.
+
+    Raises:
+        BadRequest: the archive does not carry ``tag``.
+        DockerError: dockerd refused the archive or is not reachable.
+    """
+    api = _api(client, f"loading {tag}")
+    try:
+        loading = None if progress is None else Progress(f"loading {tag}", size, out=progress,
+                                                         plain_interval=None)
+        with open(spool, "rb") as archive, docker_errors(f"loading {tag}"):
+            _layer_progress(api.load_image(archive, quiet=progress is None), loading)
+        if loading is not None:
+            loading.update(size)
+            loading.finish()
+        with docker_errors(f"loading {tag}"):
+            try:
+                return str(api.inspect_image(tag)["Id"])
+            except docker.errors.ImageNotFound as e:
+                raise BadRequest(f"the archive loaded, but it does not carry {tag}") from e
+    finally:
+        if client is None:
+            api.close()

@@ -23,7 +23,7 @@ System mode (``/``), as root:
 - the session base ``/home/claude`` and its skel, owned by ``claude``.
 - the slice's CPU limit: ``CPUQuota`` = usable CPUs × 90% of this host, in a drop-in of
   ``convocate-sessions.slice`` (``MemoryMax=90%`` is static in the slice); ``systemctl
-  daemon-reload`` if it changed and systemd runs.
+  daemon-reload`` if it changed and systemd runs (:mod:`convocate_agent.installslice`).
 - the state directory ``/var/lib/convocate-agent`` (settings, current image, image spool), with
   the files older versions kept in ``/etc/convocate-agent`` moved there.
 - a check that the listen port is free (or held by the agent itself).
@@ -33,7 +33,8 @@ System mode (``/``), as root:
   are in place; they are static files of the package, not written here.
 - the agent's record store (``/var/lib/convocate-agent/sessions``, ``locks``, ``trash``, owned by
   ``claude``), and the ``session.json`` an agent before issue 14 kept in each home moved into it,
-  once and validated (an invalid one is reported and its session left out).
+  once and validated (an invalid one is reported and its session left out); these session-side
+  steps are :mod:`convocate_agent.installsessions`.
 - counts the sessions it adopts.
 
 Relocated (``CONVOCATE_ROOT``, tests and the demo): the same files under the root, with the
@@ -42,7 +43,6 @@ invoking user's ownership; no account, no systemctl, and the packaged files are 
 
 from __future__ import annotations
 
-import errno
 import grp
 import ipaddress
 import os
@@ -50,8 +50,6 @@ import re
 import secrets
 import string
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import docker
 
@@ -62,9 +60,9 @@ from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.hostsetup import StepReport
 from convocate.common.model import PORT_MAX
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
-from convocate_agent.admission import LIMIT_FRACTION, HostResources
 from convocate_agent.dockererrors import docker_errors
-from convocate_agent.locks import SessionLocks
+from convocate_agent.installsessions import ensure_session_base, ensure_session_env, ensure_session_records
+from convocate_agent.installslice import ensure_slice_dropin
 from convocate_agent.store import SessionStore
 
 AGENT_ID_LENGTH = 8
@@ -158,36 +156,6 @@ class InstallReport(StepReport):
     adopted: int = 0
 
 
-@dataclass(frozen=True)
-class SliceLimits:
-    """The kernel's cap on all sessions together (capacity layer 2, DESIGN §4), as far as the unit cannot say it.
-
-    ``MemoryMax=90%`` stands in the packaged slice itself (systemd.resource-control(5) takes a
-    percentage of physical memory). ``CPUQuota=`` takes a percentage of *one* CPU, so 90% of all of
-    them depends on the host and is written here as a drop-in.
-
-    Attributes:
-        cpu_quota_percent: ``CPUQuota=`` in percent of one CPU (180 = 90% of two CPUs).
-    """
-
-    cpu_quota_percent: int
-
-    @classmethod
-    def for_host(cls, host: HostResources) -> SliceLimits:
-        """90% of the host's usable CPUs (the same 90% as admission control)."""
-        return cls(int(round(host.cpus * LIMIT_FRACTION * 100)))
-
-    def dropin(self) -> str:
-        """The drop-in's text (systemd.resource-control(5): CPUQuota=)."""
-        return (
-            "# Written by `convocate-agent install` for this host: all convocate sessions together get at most\n"
-            "# 90% of its CPUs (CPUQuota = nproc x 90%; MemoryMax=90% is in the slice itself).\n"
-            "# Rewritten on every install, upgrade and dpkg-reconfigure of convocate-agent.\n"
-            "[Slice]\n"
-            f"CPUQuota={self.cpu_quota_percent}%\n"
-        )
-
-
 def check_docker() -> str:
     """Ping dockerd (``DOCKER_HOST``, else ``/var/run/docker.sock``).
 
@@ -205,16 +173,6 @@ def check_docker() -> str:
             return str(client.version().get("Version", "?"))
     finally:
         client.close()
-
-
-def _chown(path: Path, uid: int, gid: int, report: InstallReport) -> None:
-    try:
-        os.chown(path, uid, gid)
-    except PermissionError:
-        report.note(f"cannot give {path} to {uid}:{gid} (not root); sessions may not write their homes")
-    except OSError as e:
-        if e.errno != errno.EPERM:
-            raise
 
 
 def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
@@ -238,25 +196,49 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
         BadRequest: an option is invalid.
     """
     options = options or InstallOptions()
-    if options.shell_host is not None:
-        check_host(options.shell_host, "--shell-host")
-    for value, option in ((options.listen_port, "--listen-port"), (options.shell_port, "--shell-port")):
-        if value is not None:
-            check_port(value, option)
+    _check_options(options)
     system = not paths.relocated
     report = InstallReport()
 
     report.kept(f"Docker {check_docker()} reachable")
     if system:
-        try:
-            grp.getgrnam("docker")
-        except KeyError:
-            raise ConfigError(messages.NO_DOCKER_GROUP) from None
-        hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
-        hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
+        _check_system(paths, report)
     # Files the service (user claude) reads or writes: owned by claude in system mode.
     owner = (uid, gid) if system else (None, None)
+    _ensure_config(paths, options, report, owner, uid, gid, system)
+    ensure_session_base(paths, report, uid, gid, system)
+    _ensure_slice_limits(paths, report, system)
+    _adopt_sessions(paths, report, owner, uid, gid)
+    if system:
+        hostsetup.restart_if_inputs_changed(paths, AGENT_UNIT, paths.agent_run_dir, paths.agent_start_inputs(),
+                                            report)
+    else:
+        report.kept(f"relocated root {paths.root}: system users and units left untouched")
+    return report
 
+
+def _check_options(options: InstallOptions) -> None:
+    """Refuse a bad shell host or port before anything is changed (raises BadRequest)."""
+    if options.shell_host is not None:
+        check_host(options.shell_host, "--shell-host")
+    for value, option in ((options.listen_port, "--listen-port"), (options.shell_port, "--shell-port")):
+        if value is not None:
+            check_port(value, option)
+
+
+def _check_system(paths: Paths, report: InstallReport) -> None:
+    """System mode: the ``docker`` group exists, the ``claude`` account is there, the listen port is free."""
+    try:
+        grp.getgrnam("docker")
+    except KeyError:
+        raise ConfigError(messages.NO_DOCKER_GROUP) from None
+    hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
+    hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
+
+
+def _ensure_config(paths: Paths, options: InstallOptions, report: InstallReport,
+                   owner: tuple[int | None, int | None], uid: int, gid: int, system: bool) -> None:
+    """The config and state directories, the agent ID, the host key, the shell host and the settings."""
     hostsetup.ensure_dir(paths.agent_etc, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
                          report=report, what="config directory")
     hostsetup.ensure_dir(paths.agent_state_dir, mode=0o750 if system else 0o755, uid=owner[0], gid=owner[1],
@@ -268,7 +250,7 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
     _ensure_host_key(paths, report, owner)
     if system:
         _ensure_claude_owns(paths, report, uid, gid)
-        _ensure_session_env(paths, report)
+        ensure_session_env(paths, report)
     if options.shell_host is not None:
         host = check_host(options.shell_host, "--shell-host")
         hostsetup.write_if_changed(paths.shell_host_file, (host + "\n").encode() if host else b"", mode=0o644,
@@ -276,29 +258,24 @@ def install(paths: Paths, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
                                    what=f"shell host ({host or 'none'})")
     _ensure_defaults(paths, options, report)
 
-    _ensure_session_base(paths, report, uid, gid, system)
 
-    limits = SliceLimits.for_host(HostResources.probe())
-    paths.slice_limits_dropin.parent.mkdir(parents=True, exist_ok=True)
-    changed = hostsetup.write_if_changed(
-        paths.slice_limits_dropin, limits.dropin().encode(), mode=0o644, report=report,
-        what=f"slice limit CPUQuota={limits.cpu_quota_percent}%:")
+def _ensure_slice_limits(paths: Paths, report: InstallReport, system: bool) -> None:
+    """The sessions slice's drop-in with this host's limits; systemd reloaded when it changed (system mode)."""
+    changed = ensure_slice_dropin(paths, report)
     if system:
         if changed:
             hostsetup.daemon_reload(paths, report)
         _check_packaged_files(paths, report)
 
-    _ensure_session_records(paths, report, owner, uid, gid)
+
+def _adopt_sessions(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None],
+                    uid: int, gid: int) -> None:
+    """The session records (migrated from older agents), and the count of sessions found, in ``report``."""
+    ensure_session_records(paths, report, owner, uid, gid)
     sessions, broken = SessionStore(paths, uid, gid).load_all()
     report.adopted = len(sessions)
     report.kept(f"adopted {len(sessions)} existing session(s)"
                 + (f"; {len(broken)} unreadable: " + ", ".join(b.uuid for b in broken) if broken else ""))
-    if system:
-        hostsetup.restart_if_inputs_changed(paths, AGENT_UNIT, paths.agent_run_dir, paths.agent_start_inputs(),
-                                            report)
-    else:
-        report.kept(f"relocated root {paths.root}: system users and units left untouched")
-    return report
 
 
 def _ensure_agent_id(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None]) -> None:
@@ -355,18 +332,6 @@ def _ensure_claude_owns(paths: Paths, report: InstallReport, uid: int, gid: int)
             report.changed(f"{path}: given to the service user, which could not read it")
 
 
-def _ensure_session_env(paths: Paths, report: InstallReport) -> None:
-    """Root-only env file of the sessions; the unit's ``LoadCredential=`` needs it to exist."""
-    path = paths.session_env_file
-    if not path.exists():
-        atomic_write(path, b"", mode=0o600, uid=0, gid=0)
-        report.changed(f"session env file {path} created (empty; root-only, for e.g. ANTHROPIC_API_KEY=)")
-    elif hostsetup.fix_owner_mode(path, mode=0o600, uid=0, gid=0):
-        report.changed(f"session env file {path}: made root-only (0600), it holds secrets")
-    else:
-        report.kept(f"session env file {path} kept")
-
-
 def render_defaults(listen_port: int | None = None, shell_port: int | None = None) -> str:
     """``/etc/default/convocate-agent`` as the debconf answers make it (the postinst merges it with ucf).
 
@@ -397,58 +362,6 @@ def _ensure_defaults(paths: Paths, options: InstallOptions, report: InstallRepor
 def listen_port_of(paths: Paths) -> int:
     """The agent's SSH port as ``/etc/default/convocate-agent`` sets it (``CONVOCATE_AGENT_LISTEN=[HOST]:PORT``)."""
     return hostsetup.env_file_port(paths.agent_defaults, "CONVOCATE_AGENT_LISTEN", AGENT_PORT)
-
-
-def _ensure_session_base(paths: Paths, report: InstallReport, uid: int, gid: int, system: bool) -> None:
-    base = paths.session_base
-    if system:
-        hostsetup.ensure_dir(base, mode=0o755, uid=uid, gid=gid, report=report, what="session base")
-    else:
-        base_existed = base.is_dir()
-        base.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if base_existed:
-            report.kept(f"session base {base} kept")
-        else:
-            _chown(base, uid, gid, report)
-            report.changed(f"session base {base} created")
-
-    skel_file = paths.skel_dir / "CLAUDE.md"
-    if skel_file.exists():
-        report.kept(f"skel {skel_file} kept")
-        return
-    paths.skel_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    _chown(paths.skel_dir, uid, gid, report)
-    text = resources.files("convocate_agent").joinpath("skel", "CLAUDE.md").read_bytes()
-    root = os.geteuid() == 0
-    atomic_write(skel_file, text, mode=0o644, uid=uid if root else None, gid=gid if root else None)
-    report.changed(f"skel {skel_file} written")
-
-
-def _ensure_session_records(paths: Paths, report: InstallReport, owner: tuple[int | None, int | None],
-                            uid: int, gid: int) -> None:
-    """The agent's record store, and the metadata of an agent before issue 14 moved into it (once).
-
-    The records, the locks and the trash records live in the state directory, which no session
-    container mounts; older agents kept ``session.json`` in each home, where the session could
-    rewrite it. Each such file is validated (an invalid one is reported and its session left out)
-    and becomes a record owned by the service's user; stale lock files beside the homes go.
-    """
-    for directory, what in ((paths.session_records_dir, "session records"),
-                            (paths.session_locks_dir, "session locks"),
-                            (paths.trash_records_dir, "trash records")):
-        hostsetup.ensure_dir(directory, mode=0o750, uid=owner[0], gid=owner[1], report=report, what=what)
-    record_owner = (owner[0], owner[1]) if owner[0] is not None and owner[1] is not None else None
-    migration = SessionStore(paths, uid, gid, record_owner=record_owner).migrate_legacy()
-    for sid in migration.migrated:
-        report.changed(messages.LEGACY_RECORD_MIGRATED.format(id=sid, path=paths.session_record(sid)))
-    for trash_id in migration.trash_migrated:
-        report.changed(f"trash entry {trash_id}: its session.json moved into {paths.trash_records_dir}")
-    for note in migration.notes:
-        report.changed(note)
-    for _, line in migration.refused:
-        report.note(line)
-    for sid in SessionLocks(paths).sweep_legacy():
-        report.changed(f"stale lock {paths.legacy_lock_file(sid)} of an older agent removed")
 
 
 def _check_packaged_files(paths: Paths, report: InstallReport) -> None:

@@ -18,18 +18,8 @@ from convocate.common.model import SessionMeta
 from convocate.common.paths import Paths
 from convocate.common.protocol import SESSION_ACTIVITY
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
-from convocate_agent.activity import (
-    ACTIVITY_LOG,
-    IDLE,
-    LIMITED,
-    SUPERVISOR_LOG,
-    Activity,
-    append_log,
-    merge_logs,
-    next_activity,
-    read_log_tail,
-    report_line,
-)
+from convocate_agent.activityrules import IDLE, LIMITED, Activity, next_activity
+from convocate_agent.sessionlogs import ACTIVITY_LOG, SUPERVISOR_LOG, append_log, merge_logs, read_log_tail, report_line
 from convocate_agent.settings import Settings
 from convocate_agent.state import SessionState
 

@@ -19,7 +19,8 @@ from convocate.common.timefmt import format_rfc3339, now_ns
 from convocate_agent.locks import SessionLocks
 from convocate_agent.settings import Settings, save_settings
 from convocate_agent.state import SessionState
-from convocate_agent.store import NS_PER_DAY, SessionStore
+from convocate_agent.store import SessionStore
+from convocate_agent.trash import NS_PER_DAY
 
 log = logging.getLogger("convocate_agent.service")  # the name the agent's op log lines had before the split
 

@@ -21,8 +21,10 @@ from convocate.common.model import validate_uuid
 from convocate.common.paths import Paths
 from convocate.common.protocol import SESSION_ATTACHED, SESSION_DETACHED
 from convocate.common.timefmt import now_ns
+from convocate_agent.containerexec import TMUX_SESSION
+from convocate_agent.execpipe import ExecStream
 from convocate_agent.ops_lifecycle import READY_TIMEOUT_S
-from convocate_agent.runtime import TMUX_SESSION, ContainerState, DockerRuntime, ExecStream
+from convocate_agent.runtime import ContainerState, DockerRuntime
 from convocate_agent.state import SessionState
 
 log = logging.getLogger("convocate_agent.service")  # the name the agent's op log lines had before the split

@@ -30,11 +30,13 @@ from convocate.common.protocol import (
     CONTAINER_STOPPED,
 )
 from convocate.common.timefmt import now_ns
-from convocate_agent.activity import EXITED, Activity, ReportSockets
+from convocate_agent.activity import ReportSockets
+from convocate_agent.activityrules import EXITED, Activity
 from convocate_agent.admission import Admission, Reservation
 from convocate_agent.cgroups import CgroupParent
+from convocate_agent.containerspec import SessionSpec
 from convocate_agent.locks import SessionLocks
-from convocate_agent.runtime import ContainerState, DockerRuntime, SessionSpec
+from convocate_agent.runtime import ContainerState, DockerRuntime
 from convocate_agent.settings import Settings
 from convocate_agent.state import SessionState
 from convocate_agent.store import SessionStore

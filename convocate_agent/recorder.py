@@ -7,33 +7,30 @@ The stream goes from the tmux server through dockerd to the agent, never through
 socket the session can write; the files live under ``Paths.recordings_dir``, which no container
 mounts. A session can end or garble its own stream (it owns its tmux); every gap is marked.
 
-Layout (read by :mod:`convocate.common.asciicast` and ``convocate_agent.recordings``):
-``<recordings_dir>/<uuid>/<UTC start, %Y%m%dT%H%M%S.%fZ>.cast``, directories 0700, files 0600.
-Each file starts with the pane's screen at that moment (an ``"o"`` event), so a player starts
-on the right screen.
+The files and their retention are :mod:`convocate_agent.castfile`, the control client's stream
+:mod:`convocate_agent.controlmode`; this module runs a recorder per session. Each file starts
+with the pane's screen at that moment (an ``"o"`` event), so a player starts on the right screen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
-import json
 import logging
 import os
 import re
-import shutil
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from convocate.common.asciicast import FILE_NAME_PATTERN, file_name
+from convocate.common.asciicast import file_name
 from convocate.common.errors import ConvocateError
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
+from convocate_agent.castfile import CastWriter, drop_oldest, file_size, finished_files, purge_recordings
+from convocate_agent.controlmode import ControlParser, screen_event, split_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,181 +46,10 @@ FLUSH_BYTES = 256 * 1024
 #: Bytes asked of the control client's stream per read: every Docker frame already there is taken
 #: in one read and parsed in one pass (the frames are at most 32 KiB; tmux writes a line at a time).
 READ_BYTES = 256 * 1024
-TERM = "xterm-256color"
 MARKER_AGENT_RESTART = "recording resumed after agent restart (output while the agent was down is not recorded)"
 MARKER_GAP = "output not recorded from {start} to {end} (the recorder's tmux client ended: {reason})"
 MARKER_CUT = "recording cut off at {mib} MiB (setting recording_max_mb); resumes at the next start"
 MIB = 1024 * 1024
-
-#: A recording's file name, as convocate.common.asciicast reads it: ``%Y%m%dT%H%M%S.%fZ.cast`` (UTC).
-_OCTAL = re.compile(rb"\\([0-7]{3})")
-_LAYOUT_SIZE = re.compile(r"^[0-9a-f]{4},(\d+)x(\d+),")
-
-
-# --- the control-mode stream (pure) -------------------------------------------------------------
-def unescape(data: bytes) -> bytes:
-    """Undo tmux's escaping in ``%output``: ``\\ooo`` (three octal digits) is one byte.
-
-    tmux (control.c, ``control_append_data``) writes every byte below 0x20 and the backslash as
-    ``\\ooo``; everything else, UTF-8 included, raw.
-    """
-    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), data)
-
-
-def layout_size(layout: str) -> tuple[int, int] | None:
-    """The window size a tmux layout string carries: ``"b25f,80x24,0,0,2"`` → ``(80, 24)``.
-
-    Source: tmux layout-custom.c: ``<checksum %04x>,<W>x<H>,<x>,<y>[,<pane>|{...}|[...]]``.
-    Returns None for anything else.
-    """
-    m = _LAYOUT_SIZE.match(layout)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-class ControlParser:
-    """Turns a tmux control-mode client's stdout into recording events.
-
-    ``feed(chunk)`` takes any slice of the byte stream and returns ``(code, data)`` pairs:
-    ``("o", text)`` for output (all ``%output`` of the chunk joined, decoded with an incremental
-    UTF-8 decoder so a character split across lines or chunks stays whole; bad bytes become
-    U+FFFD), ``("r", "WxH")`` when ``%layout-change`` gives a new size, ``("exit", reason)`` at
-    ``%exit``. Command replies (``%begin`` .. ``%end``/``%error``) and other notifications are
-    skipped.
-    """
-
-    def __init__(self, size: tuple[int, int] | None = None) -> None:
-        self._partial = b""
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._in_block = False
-        self.size = size
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        out: list[tuple[str, str]] = []
-        text: list[str] = []
-
-        def flush_text() -> None:
-            if text:
-                joined = "".join(text)
-                text.clear()
-                if joined:
-                    out.append(("o", joined))
-
-        for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            if self._in_block:
-                if line.startswith((b"%end ", b"%error ")) or line in (b"%end", b"%error"):
-                    self._in_block = False
-                continue
-            if line.startswith(b"%output "):
-                parts = line.split(b" ", 2)
-                text.append(self._decoder.decode(unescape(parts[2]) if len(parts) == 3 else b""))
-            elif line.startswith(b"%begin"):
-                self._in_block = True
-            elif line.startswith(b"%layout-change "):
-                parts = line.decode("ascii", "replace").split(" ")
-                size = layout_size(parts[2]) if len(parts) > 2 else None
-                if size is not None and size != self.size:
-                    flush_text()
-                    self.size = size
-                    out.append(("r", f"{size[0]}x{size[1]}"))
-            elif line.startswith(b"%exit"):
-                flush_text()
-                out.append(("exit", line[6:].decode("utf-8", "replace").strip()))
-        flush_text()
-        return out
-
-
-def screen_event(capture: bytes, cursor: tuple[int, int]) -> str:
-    """The ``"o"`` data that draws a captured pane: clear, home, the lines, cursor to ``(x, y)``.
-
-    Args:
-        capture: ``tmux capture-pane -p -e`` output (one line per row, with SGR escapes).
-        cursor: ``(#{cursor_x}, #{cursor_y})``, 0-based.
-    """
-    lines = capture.decode("utf-8", "replace").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return "\x1b[H\x1b[2J" + "\r\n".join(lines) + f"\x1b[{cursor[1] + 1};{cursor[0] + 1}H"
-
-
-def demux_header(header: bytes) -> tuple[int, int]:
-    """Docker's non-TTY attach framing: 8 bytes, stream (1 stdout, 2 stderr), 3 zero, big-endian length."""
-    stream, length = struct.unpack(">BxxxI", header)
-    return stream, length
-
-
-# --- a file -----------------------------------------------------------------------------------------
-class CastWriter:
-    """One recording file: header at open, buffered event lines, whole lines only on disk.
-
-    Args:
-        path: The new file (created 0600, must not exist).
-        width: Columns at start.
-        height: Rows at start.
-        title: The session's name.
-    """
-
-    def __init__(self, path: Path, width: int, height: int, title: str, start: float) -> None:
-        self.path = path
-        self.start_wall = start
-        self.start_mono = time.monotonic()
-        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._buf: list[str] = []
-        self._buffered = 0
-        self.size = 0
-        header = {"version": 2, "width": max(1, width), "height": max(1, height), "timestamp": round(start, 6),
-                  "env": {"TERM": TERM}, "title": title}
-        self._append(json.dumps(header, ensure_ascii=False))
-        self.flush()
-
-    def now(self) -> float:
-        """Seconds since the header's timestamp (monotonic clock)."""
-        return time.monotonic() - self.start_mono
-
-    def at(self, wall: float) -> float:
-        """A wall-clock time as seconds since the header's timestamp (never below 0)."""
-        return max(0.0, wall - self.start_wall)
-
-    def event(self, code: str, data: str, t: float | None = None) -> None:
-        self._append(json.dumps([round(self.now() if t is None else t, 6), code, data], ensure_ascii=False))
-
-    def _append(self, line: str) -> None:
-        b = line + "\n"
-        self._buf.append(b)
-        self._buffered += len(b)
-
-    @property
-    def pending(self) -> int:
-        return self._buffered
-
-    def flush(self) -> int:
-        """Write the buffered lines (one ``write`` of whole lines); returns the bytes written."""
-        if self.fd is None or not self._buf:
-            return 0
-        data = "".join(self._buf).encode("utf-8", "surrogatepass")
-        self._buf.clear()
-        self._buffered = 0
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.size += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.flush()
-        os.close(self.fd)
-        self.fd = None
-
-    @property
-    def closed(self) -> bool:
-        return self.fd is None
 
 
 # --- the runtime side the recorder needs -------------------------------------------------------------
@@ -279,16 +105,8 @@ class Recorder:
         current = self.writer.size + self.writer.pending
         if current + self._finished_bytes <= self.settings.max_bytes:
             return
-        sizes = [(p, _size(p)) for p in finished_files(self.directory, exclude=self.writer.path)]
-        total = current + sum(s for _, s in sizes)
-        for path, size in sizes:  # oldest first
-            if total <= self.settings.max_bytes:
-                break
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                log.info("session %s: dropped recording %s (over recording_max_mb)", self.session_id, path.name)
-            total -= size
-        self._finished_bytes = total - current
+        self._finished_bytes = drop_oldest(self.directory, self.writer.path, current, self.settings.max_bytes,
+                                           self.session_id)
         if current > self.settings.max_bytes:
             self.writer.event("m", MARKER_CUT.format(mib=self.settings.max_bytes // MIB))
             self.writer.close()
@@ -416,7 +234,7 @@ class Recorder:
         while path.exists():  # two starts in one microsecond
             start += 1e-6
             path = self.directory / file_name(start)
-        self._finished_bytes = sum(_size(p) for p in finished_files(self.directory))
+        self._finished_bytes = sum(file_size(p) for p in finished_files(self.directory))
         self.writer = CastWriter(path, width, height, self.title, start)
         log.info("session %s: recording to %s", self.session_id, path)
 
@@ -424,7 +242,7 @@ class Recorder:
         """Read the client's stdout until it ends; returns why it ended.
 
         Reads up to :data:`READ_BYTES` at a time and takes every whole Docker frame of it in one
-        pass (:func:`demux_header`); a frame cut by the read waits for the next one.
+        pass (:func:`convocate_agent.controlmode.split_frames`); a frame cut by the read waits for the next one.
         """
         reader: asyncio.StreamReader = stream.reader
         buf = bytearray()
@@ -436,13 +254,8 @@ class Recorder:
             if not chunk:
                 return "its stream ended"
             buf += chunk
-            pos = 0
-            while len(buf) - pos >= 8:
-                kind, length = demux_header(bytes(buf[pos:pos + 8]))
-                if len(buf) - pos - 8 < length:
-                    break
-                payload = bytes(buf[pos + 8:pos + 8 + length])
-                pos += 8 + length
+            frames, pos = split_frames(buf)
+            for kind, payload in frames:
                 if kind != 1:
                     log.info("session %s: recorder's tmux client says: %s", self.session_id,
                              payload.decode("utf-8", "replace").strip())
@@ -580,31 +393,8 @@ class RecorderSet:
         """Retention: drop finished files older than ``recording_retention_days`` and the recordings of
         sessions that are neither sessions nor in the trash; returns what was removed."""
         days = int(self._settings().recording_retention_days)
-        removed: list[Path] = []
-        try:
-            names = os.listdir(self.paths.recordings_dir)
-        except FileNotFoundError:
-            return removed
-        keep = self._keep()
-        cutoff = time.time() - days * 86400
-        for name in names:
-            d = self.paths.recordings_dir / name
-            if name not in keep and name not in self.recorders:
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(d)
-                continue
-            if days <= 0:
-                continue
-            rec = self.recorders.get(name)
-            current = rec.writer.path if rec is not None and rec.writer is not None else None
-            for path in finished_files(d, exclude=current):
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime < cutoff:
-                        path.unlink()
-                        removed.append(path)
-        for path in removed:
-            log.info("recordings: removed %s", path)
-        return removed
+        current = {sid: rec.writer.path if rec.writer is not None else None for sid, rec in self.recorders.items()}
+        return purge_recordings(self.paths.recordings_dir, self._keep(), days, current)
 
     async def shutdown(self) -> None:
         """Flush and close every recording (agent shutdown)."""
@@ -613,22 +403,6 @@ class RecorderSet:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-
-
-def finished_files(directory: Path, exclude: Path | None = None) -> list[Path]:
-    """A session's recording files, oldest first, without ``exclude`` (the one being written)."""
-    try:
-        names = sorted(n for n in os.listdir(directory) if FILE_NAME_PATTERN.fullmatch(n))
-    except FileNotFoundError:
-        return []
-    return [directory / n for n in names if exclude is None or directory / n != exclude]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _iso(wall: float) -> str:

@@ -48,7 +48,8 @@ from convocate.common.protocol import (
     read_frame_batches,
 )
 from convocate.common.sshserver import Caller
-from convocate_agent.audit import NOT_RECORDED, AuditLog, check_read_params
+from convocate_agent.audit import NOT_RECORDED, AuditLog
+from convocate_agent.auditread import check_read_params
 from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 

@@ -42,7 +42,7 @@ from convocate_agent.service import AgentService, EventSink, LogEventSink
 from convocate_agent.settings import load_settings
 from convocate_agent.status import EmitterConfig, StatusEmitter
 from convocate_agent.store import SessionStore
-from convocate_agent.transfer import serve_transfer_channel
+from convocate_agent.transferchannel import serve_transfer_channel
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,7 @@ class AgentServer:
             raise ConfigError(f"{paths.agent_id_file} is missing: run `convocate-agent install` first")
         host_key = keys.load_private_key(cfg.host_key)  # type: ignore[arg-type]
         settings = load_settings(paths.agent_settings)
-        runtime = DockerRuntime(agent_id, paths, docker_path_prefix=cfg.docker_path_prefix,
-                                log_socket=cfg.log_socket)
-        try:
-            api = await runtime.ping()
-            log.info("dockerd reachable (API %s)", api)
-        except ConvocateError as e:  # keep serving: ops report Docker errors one by one
-            log.warning("dockerd is not reachable yet: %s", e)
+        runtime = await self._open_docker(agent_id)
         self.service = AgentService(
             paths=paths, agent_id=agent_id, settings=settings, store=SessionStore(paths, cfg.uid, cfg.gid),
             locks=SessionLocks(paths), runtime=runtime, host=self._host(), events=self._events(agent_id),
@@ -193,17 +187,7 @@ class AgentServer:
         await self._enrol_sessions(runtime, agent_id)
         report = await self.service.recover()
         log.info("recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
-        self.recorders = self._recorders(self.service)
-        self.service.attach_parts(recorder=self.recorders)
-        await self.recorders.resume(await self._running_sessions(runtime))
-        state = self.service.state  # kept current by the stream, re-listed at each (re)connect (issue 17)
-        self._watch_task = asyncio.create_task(
-            runtime.watch(self._on_container_event, on_container=state.on_container_event,
-                          on_connected=state.stream_connected, on_disconnected=state.stream_disconnected),
-            name="docker-events")
-        self._purge_task = asyncio.create_task(self._purge_hourly(), name="trash-purge")
-        if self.emitter is not None:
-            self.emitter.start()
+        await self._start_background(self.service, runtime)
         self.listener = SubsystemListener(
             listen=cfg.listen, default_port=AGENT_PORT, host_key=host_key, authorized_keys=cfg.auth_keys,  # type: ignore[arg-type]
             subsystems=SUBSYSTEMS, handler=self.handle_process, server_version=f"convocate-agent_{__version__}",
@@ -216,6 +200,32 @@ class AgentServer:
         except OSError as e:  # only dpkg-reconfigure's restart decision needs it
             log.warning("cannot record what the agent started with in %s: %s", paths.agent_run_dir, e)
         return addresses
+
+    async def _open_docker(self, agent_id: str) -> DockerRuntime:
+        """The Docker runtime; dockerd not answering yet is logged, not fatal (ops report it one by one)."""
+        cfg = self.config
+        runtime = DockerRuntime(agent_id, cfg.paths, docker_path_prefix=cfg.docker_path_prefix,
+                                log_socket=cfg.log_socket)
+        try:
+            api = await runtime.ping()
+            log.info("dockerd reachable (API %s)", api)
+        except ConvocateError as e:  # keep serving: ops report Docker errors one by one
+            log.warning("dockerd is not reachable yet: %s", e)
+        return runtime
+
+    async def _start_background(self, service: AgentService, runtime: DockerRuntime) -> None:
+        """Start the recorders, the Docker event stream, the hourly trash purge and the status emitter."""
+        self.recorders = self._recorders(service)
+        service.attach_parts(recorder=self.recorders)
+        await self.recorders.resume(await self._running_sessions(runtime))
+        state = service.state  # kept current by the stream, re-listed at each (re)connect (issue 17)
+        self._watch_task = asyncio.create_task(
+            runtime.watch(self._on_container_event, on_container=state.on_container_event,
+                          on_connected=state.stream_connected, on_disconnected=state.stream_disconnected),
+            name="docker-events")
+        self._purge_task = asyncio.create_task(self._purge_hourly(), name="trash-purge")
+        if self.emitter is not None:
+            self.emitter.start()
 
     def _host(self) -> HostResources:
         """The host's CPUs and memory as admission counts them (``host_cpus`` replaces the probed CPUs)."""

@@ -52,7 +52,8 @@ from convocate.common.paths import Paths
 from convocate.common.protocol import CONTAINER_STOPPED, Event
 from convocate.common.timefmt import format_rfc3339, now_ns
 from convocate.common.version import PROTOCOL_VERSION, __version__
-from convocate_agent.activity import CRASHED, EXITED, Activity, ReportSockets
+from convocate_agent.activity import ReportSockets
+from convocate_agent.activityrules import CRASHED, EXITED, Activity
 from convocate_agent.admission import Admission, HostResources, Reservation, outside_memory_mb, read_meminfo
 from convocate_agent.audit import AuditLog
 from convocate_agent.cgroups import CgroupParent

@@ -10,18 +10,15 @@ import pytest
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339
 from convocate_agent.activity import (
-    Activity,
     PeerCredentials,
     ReportError,
     ReportSockets,
-    append_log,
     cgroup_container_ids,
-    merge_logs,
-    next_activity,
     parse_report,
     peer_refusal,
-    read_log_tail,
 )
+from convocate_agent.activityrules import Activity, next_activity
+from convocate_agent.sessionlogs import append_log, merge_logs, read_log_tail
 
 SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 

@@ -18,7 +18,7 @@ import pytest
 from convocate.common import keys
 from convocate.common.sshserver import SubsystemListener
 from convocate_agent.attach_relay import TerminalRelay
-from convocate_agent.runtime import ExecPipe
+from convocate_agent.execpipe import ExecPipe
 
 SUBSYSTEM = "relay-test"
 

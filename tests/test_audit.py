@@ -19,7 +19,8 @@ import pytest
 from convocate.common import keys
 from convocate.common.auditchain import GENESIS, canonical, line_hash, parse_record, verify_file
 from convocate.common.sshserver import Caller
-from convocate_agent.audit import AuditLog, read_tail
+from convocate_agent.audit import AuditLog
+from convocate_agent.auditread import read_tail
 from tests.conftest import connect, rpc, rpc_ok
 from tests.test_agent_attach import detach, open_attach
 
@@ -411,7 +412,7 @@ def test_a_bad_last_line_is_left_and_the_next_record_repairs_the_chain(tmp_path:
 
 @pytest.mark.parametrize("page", [1, 2, 3])
 def test_raw_pages_hold_every_line_once_even_a_bad_one_at_a_page_end(tmp_path: Path, page: int):
-    from convocate_agent.audit import read_records
+    from convocate_agent.auditread import read_records
 
     path = tmp_path / "audit.jsonl"
 

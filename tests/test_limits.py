@@ -18,7 +18,7 @@ from convocate.common.model import SessionMeta, SessionView
 from convocate.common.timefmt import format_rfc3339
 from convocate.render import activity_text, sessions_table, until_clock
 from convocate.tui.model import ClusterModel, Row
-from convocate_agent.activity import LIMIT_HORIZON_S, Activity, limit_until, next_activity
+from convocate_agent.activityrules import LIMIT_HORIZON_S, Activity, limit_until, next_activity
 from convocate_agent.settings import Settings
 from tests.harness import REPO
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from convocate_agent import transfer
-from convocate_agent.transfer import MANIFEST_NAME, Manifest, TransferRefused, export_tree, hash_tree, import_tree
+from convocate_agent.transfer import MANIFEST_NAME, Manifest, TransferRefused, hash_tree
+from convocate_agent.transferexport import export_tree
+from convocate_agent.transferimport import import_tree
 
 
 def _home(tmp_path: Path) -> tuple[Path, Path]:
@@ -155,7 +157,7 @@ def test_a_verified_tree_is_placed_across_filesystems_whole(tmp_path: Path) -> N
     import shutil
     import tempfile
 
-    from convocate_agent.transfer import _rename_across
+    from convocate_agent.transferimport import _rename_across
 
     if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
         pytest.skip("/dev/shm is on the same filesystem as the temporary directory here")

@@ -15,7 +15,9 @@ from types import SimpleNamespace
 
 from convocate.common.paths import Paths
 from convocate_agent import recorder as recmod
-from convocate_agent.recorder import CastWriter, ControlParser, Recorder, RecorderSet, RecordingSettings
+from convocate_agent.castfile import CastWriter
+from convocate_agent.controlmode import ControlParser
+from convocate_agent.recorder import Recorder, RecorderSet, RecordingSettings
 
 
 def _frame(payload: bytes, stream: int = 1) -> bytes:

@@ -43,7 +43,7 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
-from convocate_agent.runtime import container_name
+from convocate_agent.containerspec import container_name
 from tests.conftest import connect, rpc, rpc_ok
 from tests.harness import LocalCluster
 from tests.reliability.support import (
