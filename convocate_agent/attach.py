@@ -22,9 +22,9 @@ import time
 import asyncssh
 
 from convocate.common import messages
+from convocate.common.attachheader import HEADER_MAX, AttachHeader, parse_header
 from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
-from convocate.common.model import validate_uuid
 from convocate.common.protocol import (
     ATTACH_EXIT_AGENT_STOPPING,
     ATTACH_EXIT_DETACHED,
@@ -32,68 +32,17 @@ from convocate.common.protocol import (
     LineDecoder,
     LineTooLong,
     Response,
-    decode_object,
     encode_line,
-    json_type,
 )
 from convocate.common.sshserver import Caller
 from convocate_agent.attach_relay import TerminalRelay
 from convocate_agent.attach_trace import HopTrace
 from convocate_agent.audit import attach_ended
 from convocate_agent.execpipe import ExecStream
-from convocate_agent.ops_attach import AttachRequest
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, DataReader, DeadlineReader, RequestTimeout
 from convocate_agent.service import AgentService
 
 log = logging.getLogger(__name__)
-
-#: Longest attach header accepted, in bytes.
-HEADER_MAX = 4096
-#: Largest terminal dimension accepted (tmux's own limit is 10000).
-DIMENSION_MAX = 10000
-
-
-def parse_header(line: bytes) -> AttachRequest:
-    """Decode and check an attach header.
-
-    ``cols``/``rows`` of 0 (or absent) mean 80×24.
-
-    Raises:
-        BadRequest: ``bad attach header: ...`` naming the field.
-    """
-
-    def bad(detail: str) -> BadRequest:
-        return BadRequest(messages.ATTACH_BAD_HEADER.format(detail=detail))
-
-    try:
-        obj = decode_object(line, what="header")
-    except BadRequest as e:
-        raise bad(e.message) from e
-    unknown = sorted(set(obj) - {"id", "cols", "rows", "read_only", "term"})
-    if unknown:
-        raise bad(messages.UNKNOWN_FIELD.format(field=unknown[0]))
-    if "id" not in obj:
-        raise bad(messages.MISSING_FIELD.format(field="id"))
-    try:
-        session_id = validate_uuid(obj["id"])
-    except BadRequest as e:
-        raise bad(e.message) from e
-    size = {}
-    for key, default in (("cols", 80), ("rows", 24)):
-        value = obj.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad(messages.WRONG_TYPE.format(field=key, expected="an integer", got=json_type(value)))
-        if not (0 <= value <= DIMENSION_MAX):
-            raise bad(messages.BAD_RANGE.format(field=key, value=value, low=0, high=DIMENSION_MAX, unit=""))
-        size[key] = value or default
-    read_only = obj.get("read_only", False)
-    if not isinstance(read_only, bool):
-        raise bad(messages.WRONG_TYPE.format(field="read_only", expected="a boolean", got=json_type(read_only)))
-    term = obj.get("term", "xterm-256color")
-    if not isinstance(term, str):
-        raise bad(messages.WRONG_TYPE.format(field="term", expected="a string", got=json_type(term)))
-    return AttachRequest(session_id, size["cols"], size["rows"], read_only, term or "xterm-256color")
-
 
 async def _read_header(stdin: DataReader, timeout: float) -> tuple[bytes | LineTooLong | None, bytes]:
     """Read up to the first newline; returns ``(header, bytes after it)``.
@@ -152,7 +101,7 @@ async def serve_attach_channel(process: asyncssh.SSHServerProcess, service: Agen
 
 
 async def _open_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
-                       reader: DataReader, header_timeout: float) -> tuple[AttachRequest, ExecStream, bytes] | None:
+                       reader: DataReader, header_timeout: float) -> tuple[AttachHeader, ExecStream, bytes] | None:
     """Read the header and open the exec: ``(request, stream, input after the header)``.
 
     Returns None when the channel was answered already (refused, or gone before its header).
@@ -185,7 +134,7 @@ async def _open_attach(process: asyncssh.SSHServerProcess, service: AgentService
 
 
 async def _relay_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
-                        request: AttachRequest, stream: ExecStream, leftover: bytes,
+                        request: AttachHeader, stream: ExecStream, leftover: bytes,
                         pending_size: list[tuple[int, int]]) -> None:
     """Relay the operator's terminal and the exec's until either ends, then clean up (:func:`_end_attach`)."""
     sid = request.session_id
@@ -225,7 +174,7 @@ async def _relay_attach(process: asyncssh.SSHServerProcess, service: AgentServic
 
 
 async def _end_attach(process: asyncssh.SSHServerProcess, service: AgentService, caller: Caller | str,
-                      request: AttachRequest, stream: ExecStream, relay: TerminalRelay, trace: HopTrace | None,
+                      request: AttachHeader, stream: ExecStream, relay: TerminalRelay, trace: HopTrace | None,
                       opened: float, leftover_bytes: int, detached_by_tmux: bool) -> None:
     """Stop the relay, close the exec (detaching tmux's client of a vanished operator), audit, exit."""
     sid, runtime, audit = request.session_id, service.runtime, service.audit

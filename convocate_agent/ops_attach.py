@@ -12,9 +12,9 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from convocate.common.attachheader import AttachHeader
 from convocate.common.errors import ConfigError, NotFound
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.model import validate_uuid
@@ -28,25 +28,6 @@ from convocate_agent.runtime import ContainerState, DockerRuntime
 from convocate_agent.state import SessionState
 
 log = logging.getLogger("convocate_agent.service")  # the name the agent's op log lines had before the split
-
-
-@dataclass(frozen=True)
-class AttachRequest:
-    """A decoded attach header (DESIGN §3, convocate-agent-attach).
-
-    Attributes:
-        session_id: The session UUID.
-        cols: Terminal width; 0 means 80.
-        rows: Terminal height; 0 means 24.
-        read_only: Attach as an observer.
-        term: ``TERM`` of the operator's terminal.
-    """
-
-    session_id: str
-    cols: int = 80
-    rows: int = 24
-    read_only: bool = False
-    term: str = "xterm-256color"
 
 
 class AttachOps:
@@ -72,7 +53,7 @@ class AttachOps:
     _emit: Callable[..., None]
     _require_running: Callable[[str], Awaitable[ContainerState]]
 
-    async def open_attach(self, request: AttachRequest) -> ExecStream:
+    async def open_attach(self, request: AttachHeader) -> ExecStream:
         """Start an attach exec for ``request`` and count the operator as attached.
 
         An attach that comes while the session is starting waits for the start to end (at most

@@ -30,6 +30,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from convocate.common.attachheader import HEADER_MAX, parse_header
 from convocate.common.errors import BadRequest, ConvocateError, ProtocolError
 from convocate.common.model import SessionMeta, new_uuid
 from convocate.common.ops import OPS, decode_params
@@ -46,7 +47,7 @@ from convocate.common.protocol import (
     bounded_text,
     read_frames,
 )
-from convocate_agent.attach import HEADER_MAX, parse_header, serve_attach_channel
+from convocate_agent.attach import serve_attach_channel
 from convocate_agent.rpc import RpcDispatcher, serve_rpc_channel
 from convocate_agent.settings import Settings
 from convocate_agent.store import SessionStore
