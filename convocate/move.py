@@ -38,7 +38,8 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import BadRequest, Conflict, ConvocateError, Locked, NotFound, ProtocolError
 from convocate.common.fsutil import atomic_write
-from convocate.common.ops.params import DeleteParams, GetParams, KillParams, OpParams, OverrideParams, RestartParams
+from convocate.common.ops.base import OpParams
+from convocate.common.ops.params import DeleteParams, GetParams, KillParams, OverrideParams, RestartParams
 from convocate.common.progress import Progress
 from convocate.common.protocol import TRANSFER_SUBSYSTEM, Response, encode_line
 

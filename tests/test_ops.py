@@ -91,7 +91,8 @@ def test_the_op_reference_in_docs_is_the_one_the_definitions_render():
 
 # --- the typed face: one params class and one result type per op (issue 16) --------------------------------
 def test_every_op_has_its_params_class_and_the_class_decodes_what_it_sends():
-    from convocate.common.ops.params import PARAMS, CreateParams, EditParams, SettingsSetParams
+    from convocate.common.ops import PARAMS
+    from convocate.common.ops.params import CreateParams, EditParams, SettingsSetParams
 
     assert list(PARAMS) == list(OPS)
     assert all(cls.OP == name for name, cls in PARAMS.items())

@@ -6,7 +6,7 @@ current, so the reference cannot drift from what the agent decodes and the shell
 
 from __future__ import annotations
 
-from convocate.common.ops.params import PARAMS
+from convocate.common.ops.base import PARAMS
 
 #: What each op does and what it answers, keyed like :data:`~convocate.common.ops.params.OPS`.
 OP_DOCS: dict[str, tuple[str, str]] = {name: (cls.SUMMARY, cls.RESULT.doc) for name, cls in PARAMS.items()}

@@ -1,0 +1,146 @@
+"""The base of every op's params class, its registration, and strict decoding (DESIGN §3).
+
+:func:`op` registers a params dataclass under its op's name in :data:`PARAMS`;
+:func:`decode_params` checks a request against the registered declaration. The classes
+themselves are in :mod:`convocate.common.ops.params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+from convocate.common import messages
+from convocate.common.errors import BadRequest
+from convocate.common.ops import results as r
+from convocate.common.ops.rules import KIND_NAMES, Param, kind_matches
+from convocate.common.protocol import json_type
+
+R = TypeVar("R")
+P = TypeVar("P", bound="OpParams[Any]")
+
+#: Every op's params class, by op name, in the reference's order (filled by :func:`op`).
+PARAMS: dict[str, type[OpParams[Any]]] = {}
+
+
+def wire(param: Param, *, secret: bool = False) -> Any:
+    """A dataclass field for ``param``: required without a default, optional with ``None`` (absent).
+
+    Args:
+        param: The field's rule; its ``name`` must be the field's name (:func:`op` checks).
+        secret: Keep the value out of ``repr`` (a credential's secret must not reach a log or a traceback).
+    """
+    default = dataclasses.MISSING if param.required else None
+    return dataclasses.field(default=default, repr=not secret, metadata={"param": param})
+
+
+class OpParams(Generic[R]):
+    """The base of every op's params class; ``R`` is what the op's result reads as.
+
+    Subclasses are frozen, keyword-only dataclasses decorated with :func:`op`.
+    """
+
+    OP: ClassVar[str]
+    SUMMARY: ClassVar[str]
+    RESULT: ClassVar[r.ResultReader]
+    #: The fields' rules in declaration order; None for an open object (``settings-set``).
+    SPEC: ClassVar[tuple[Param, ...] | None]
+    ORIGINAL: ClassVar[bool]
+    #: The params are an open object its handler checks (``settings-set``): no field rules.
+    OPEN: ClassVar[bool] = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """The request's ``params`` object: every field that is set, under its wire name."""
+        return {f.name: v for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if (v := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def decode(cls: type[P], params: dict[str, Any]) -> P:
+        """Strictly decode a request's ``params`` into this class (see :func:`decode_params`).
+
+        Raises:
+            BadRequest: ``decode params: ...`` naming the first offending field.
+        """
+        return cls(**decode_params(cls.OP, params))
+
+    def read_result(self, result: Any, agent_id: str) -> R:
+        """The response's ``result`` as this op's result type.
+
+        Raises:
+            ProtocolError: the result is not of the op's shape.
+        """
+        return r.read_result(self.RESULT, self.OP, result, agent_id)  # type: ignore[no-any-return]
+
+
+def op(name: str, summary: str, result: r.ResultReader, *, original: bool = False
+       ) -> Callable[[type[P]], type[P]]:
+    """Register a params dataclass as op ``name``'s.
+
+    Args:
+        name: The op's wire name.
+        summary: What it does, for the reference.
+        result: How its result reads (and what the reference says it answers).
+        original: The op is in the original protocol (no "(ext)" mark).
+
+    Raises:
+        AssertionError: at import, a field's name and its Param's differ, or the op is declared twice.
+    """
+    def register(cls: type[P]) -> type[P]:
+        assert name not in PARAMS, f"op {name} declared twice"
+        spec = None if cls.OPEN else tuple(f.metadata["param"] for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        for f, param in zip(dataclasses.fields(cls), spec, strict=True) if spec is not None else ():  # type: ignore[arg-type]
+            assert f.name == param.name, f"{cls.__name__}.{f.name} carries the rule of {param.name!r}"
+        cls.OP, cls.SUMMARY, cls.RESULT, cls.SPEC, cls.ORIGINAL = name, summary, result, spec, original
+        PARAMS[name] = cls
+        return cls
+    return register
+
+
+
+
+def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` against ``op``'s declaration.
+
+    Args:
+        op: The operation name.
+        params: The request's ``params`` object.
+
+    Returns:
+        A new dict holding only the fields present, each checked and
+        normalised (e.g. ``dns_name`` lowercased, ``protocol: ""`` → ``tcp``).
+
+    Raises:
+        BadRequest: ``unknown op: "<op>"``, or ``decode params: ...`` naming
+            the first offending field.
+    """
+    cls = PARAMS.get(op)
+    if cls is None:
+        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
+    spec = cls.SPEC
+    if spec is None:
+        return dict(params)
+    known = {p.name: p for p in spec}
+    for key in params:
+        if key not in known:
+            raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.UNKNOWN_FIELD.format(field=key)))
+    out: dict[str, Any] = {}
+    for p in spec:
+        if p.name not in params:
+            if p.required:
+                raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.MISSING_FIELD.format(field=p.name)))
+            continue
+        out[p.name] = _checked(p, params[p.name])
+    return out
+
+
+def _checked(p: Param, value: Any) -> Any:
+    if not kind_matches(p.kind, value):
+        raise BadRequest(messages.DECODE_PARAMS.format(
+            detail=messages.WRONG_TYPE.format(field=p.name, expected=KIND_NAMES[p.kind], got=json_type(value))))
+    if p.check is None:
+        return value
+    try:
+        return p.check(value)
+    except BadRequest as e:
+        raise BadRequest(messages.DECODE_PARAMS.format(detail=e.message)) from e
