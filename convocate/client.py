@@ -34,9 +34,10 @@ from convocate.common.errors import (
     ProtocolError,
     Unreachable,
 )
+from convocate.common.framing import encode_line, read_frames
 from convocate.common.model import SessionView
 from convocate.common.paths import Paths
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
 from convocate.operator import OperatorClaim, claim
 from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from convocate.common.errors import Unreachable
+from convocate.common.framing import LineTooLong, read_frames
 from convocate.common.paths import Paths
-from convocate.common.protocol import AGENT_STATUS, REPLAY_DONE, LineTooLong, read_frames
+from convocate.common.protocol import AGENT_STATUS, REPLAY_DONE
 from convocate.localstatus import agent_mark  # noqa: F401  (moved there: ls needs it without asyncio)
 
 

@@ -37,11 +37,12 @@ import asyncssh
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, Conflict, ConvocateError, Locked, NotFound, ProtocolError
+from convocate.common.framing import encode_line
 from convocate.common.fsutil import atomic_write
 from convocate.common.ops.base import OpParams
 from convocate.common.ops.params import DeleteParams, GetParams, KillParams, OverrideParams, RestartParams
 from convocate.common.progress import Progress
-from convocate.common.protocol import TRANSFER_SUBSYSTEM, Response, encode_line
+from convocate.common.protocol import TRANSFER_SUBSYSTEM, Response
 
 #: Bytes piped at a time from the source's channel to the target's.
 PIPE_CHUNK = 256 * 1024

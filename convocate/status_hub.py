@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convocate.common.errors import BadRequest, ProtocolError
+from convocate.common.framing import encode_line
 from convocate.common.model import SessionView, validate_dns_name
 from convocate.common.protocol import (
     AGENT_HEARTBEAT,
@@ -30,7 +31,6 @@ from convocate.common.protocol import (
     CONTAINER_STOPPED,
     REPLAY_DONE,
     Event,
-    encode_line,
 )
 from convocate.common.timefmt import format_rfc3339, now_ns
 from convocate.localstatus import AGENT_SESSIONS

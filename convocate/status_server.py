@@ -62,15 +62,11 @@ from convocate.common import keys, startinputs
 from convocate.common.constants import STATUS_PORT
 from convocate.common.daemon import serve_until_signalled
 from convocate.common.errors import BadRequest, ConfigError, ConvocateError, ProtocolError
+from convocate.common.framing import LineTooLong, read_frame_batches
 from convocate.common.fsutil import read_token
 from convocate.common.ops.params import CapacityParams, ListParams, PingParams
 from convocate.common.paths import CLAUDE_USER, Paths
-from convocate.common.protocol import (
-    STATUS_SUBSYSTEM,
-    Event,
-    LineTooLong,
-    read_frame_batches,
-)
+from convocate.common.protocol import STATUS_SUBSYSTEM, Event
 from convocate.common.sshserver import Caller, SubsystemListener, format_address
 from convocate.common.timefmt import now_ns
 from convocate.common.version import __version__

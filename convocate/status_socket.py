@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from convocate.common.errors import BadRequest
-from convocate.common.protocol import decode_object
+from convocate.common.framing import decode_object
 from convocate.status_hub import StatusHub, SubscriberQueue, take_all
 
 #: status-serve's log lines keep the logger name they have always had (its log format prints it).

@@ -51,10 +51,10 @@ from typing import Any
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest
+from convocate.common.framing import LineDecoder, LineTooLong
 from convocate.common.fsutil import atomic_write
 from convocate.common.model import validate_uuid
 from convocate.common.paths import Paths
-from convocate.common.protocol import LineDecoder, LineTooLong
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,8 @@ from convocate.common import messages
 from convocate.common.attachheader import HEADER_MAX, AttachHeader, parse_header
 from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
-from convocate.common.protocol import (
-    ATTACH_EXIT_AGENT_STOPPING,
-    ATTACH_EXIT_DETACHED,
-    ATTACH_EXIT_MOVING,
-    LineDecoder,
-    LineTooLong,
-    Response,
-    encode_line,
-)
+from convocate.common.framing import LineDecoder, LineTooLong, encode_line
+from convocate.common.protocol import ATTACH_EXIT_AGENT_STOPPING, ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING, Response
 from convocate.common.sshserver import Caller
 from convocate_agent.attach_relay import TerminalRelay
 from convocate_agent.attach_trace import HopTrace

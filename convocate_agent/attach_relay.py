@@ -12,7 +12,7 @@ Flow control, both ways, bounded:
   or a pane that does not read, is not taking the bytes), feeding from the SSH channel is paused
   (``SSHProcess.pause_feeding``): asyncssh stops sending window adjusts and the operator is held
   to the channel window. asyncssh 2.24 grants a whole window on the first chunk it delivers after a
-  pause, however much it still holds (the flaw ``convocate.common.protocol.READ_CHUNK`` works
+  pause, however much it still holds (the flaw ``convocate.common.framing.READ_CHUNK`` works
   around for stream readers), so on resume the relay takes *everything* asyncssh holds in one go,
   ignoring the socket's high-water mark while it does, and pauses again afterwards if the socket
   is still full. What the agent holds for one attach is then at most about two channel windows.

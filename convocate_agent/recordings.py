@@ -25,9 +25,9 @@ from typing import Any
 
 from convocate.common import asciicast, messages
 from convocate.common.errors import BadRequest, ConvocateError, NotFound
+from convocate.common.framing import MAX_LINE_BYTES
 from convocate.common.model import is_uuid4
 from convocate.common.paths import Paths
-from convocate.common.protocol import MAX_LINE_BYTES
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.store import SessionStore

@@ -36,17 +36,9 @@ import asyncssh
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
+from convocate.common.framing import MAX_LINE_BYTES, LineDecoder, LineTooLong, encode_line, read_frame_batches
 from convocate.common.ops import PARAMS, decode_params
-from convocate.common.protocol import (
-    MAX_LINE_BYTES,
-    NO_ID,
-    LineDecoder,
-    LineTooLong,
-    Request,
-    Response,
-    encode_line,
-    read_frame_batches,
-)
+from convocate.common.protocol import NO_ID, Request, Response
 from convocate.common.sshserver import Caller
 from convocate_agent.audit import NOT_RECORDED, AuditLog
 from convocate_agent.auditread import check_read_params

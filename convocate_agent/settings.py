@@ -16,9 +16,9 @@ from typing import Any
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
+from convocate.common.framing import json_type
 from convocate.common.fsutil import atomic_write
 from convocate.common.ops import CPUS_MAX, CPUS_MIN, MEMORY_MAX_MB, MEMORY_MIN_MB
-from convocate.common.protocol import json_type
 
 IMAGE_PRUNE_POLICIES = ("unused", "never")
 AGENT_COMMAND_MAX = 1024

@@ -29,14 +29,8 @@ from typing import Any
 import asyncssh
 
 from convocate.common.errors import ConvocateError
-from convocate.common.protocol import (
-    AGENT_HEARTBEAT,
-    AGENT_SHUTDOWN,
-    AGENT_STARTED,
-    STATUS_SUBSYSTEM,
-    Event,
-    encode_line,
-)
+from convocate.common.framing import encode_line
+from convocate.common.protocol import AGENT_HEARTBEAT, AGENT_SHUTDOWN, AGENT_STARTED, STATUS_SUBSYSTEM, Event
 from convocate.common.sshclient import connect_pinned
 
 log = logging.getLogger(__name__)

@@ -70,8 +70,8 @@ def parse_transfer_header(line: bytes) -> dict[str, Any]:
     Raises:
         BadRequest: ``bad transfer header: ...`` naming the field.
     """
+    from convocate.common.framing import decode_object
     from convocate.common.model import SessionMeta, validate_uuid
-    from convocate.common.protocol import decode_object
 
     def bad(detail: str) -> BadRequest:
         return BadRequest(messages.TRANSFER_BAD_HEADER.format(detail=detail))
@@ -111,7 +111,8 @@ async def serve_transfer_channel(process: Any, service: Any, caller: Any) -> Non
     import logging
 
     from convocate.common.errors import ConvocateError, InternalError
-    from convocate.common.protocol import Response, encode_line
+    from convocate.common.framing import encode_line
+    from convocate.common.protocol import Response
 
     log = logging.getLogger("convocate_agent.transfer")  # the name the move log lines had before the split
     loop = asyncio.get_running_loop()

@@ -25,7 +25,8 @@ import docker
 import pytest
 
 from convocate.common import keys
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from tests.harness import LocalCluster, remove_containers
 from tests.systemd_hosts import (
     HOST_IMAGE_LABEL,

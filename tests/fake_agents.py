@@ -20,10 +20,11 @@ from typing import Any
 import asyncssh
 
 from convocate.common import keys
+from convocate.common.framing import encode_line, read_frames
 from convocate.common.fsutil import atomic_write
 from convocate.common.model import SessionMeta, SessionView, new_uuid
 from convocate.common.paths import Paths
-from convocate.common.protocol import RPC_SUBSYSTEM, Request, Response, encode_line, read_frames
+from convocate.common.protocol import RPC_SUBSYSTEM, Request, Response
 from convocate.common.sshserver import Caller, SubsystemListener
 from convocate.common.timefmt import format_rfc3339
 from convocate.registry import register_agent

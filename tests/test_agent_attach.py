@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from convocate.common.protocol import ATTACH_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM
 from tests.conftest import connect, rpc_ok
 
 pytestmark = pytest.mark.docker

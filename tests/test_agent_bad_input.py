@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from convocate.common.protocol import MAX_LINE_BYTES, RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import MAX_LINE_BYTES, encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from tests.conftest import rpc_ok
 
 pytestmark = pytest.mark.docker

@@ -9,7 +9,8 @@ import re
 import docker
 import pytest
 
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from tests.conftest import openssh_args, rpc, rpc_ok, run_openssh
 
 pytestmark = pytest.mark.docker

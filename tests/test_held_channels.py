@@ -19,7 +19,8 @@ import pytest
 from convocate.client import HELD_OPS, AgentClient
 from convocate.common import messages
 from convocate.common.errors import ConvocateError
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from convocate.registry import load_agent
 from convocate_agent.rpc import REQUEST_TIMEOUT_S, RPC_READ_BYTES
 from tests.conftest import connect, make_cluster, openssh_args, run_openssh

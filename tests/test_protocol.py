@@ -6,19 +6,16 @@ import json
 import pytest
 
 from convocate.common.errors import BadRequest, NotFound, ProtocolError
-from convocate.common.protocol import (
+from convocate.common.framing import (
     MAX_LINE_BYTES,
-    NO_ID,
-    Event,
     LineDecoder,
     LineTooLong,
-    Request,
-    Response,
     decode_object,
     encode_line,
     read_frame_batches,
     read_frames,
 )
+from convocate.common.protocol import NO_ID, Event, Request, Response
 
 
 def test_decoder_splits_lines_across_chunks():

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from convocate.common import asciicast, keys, messages
-from convocate.common.protocol import MAX_LINE_BYTES
+from convocate.common.framing import MAX_LINE_BYTES
 from convocate.registry import register_agent
 from convocate.replay import END_TITLE
 from tests.conftest import connect, rpc, rpc_ok

@@ -16,7 +16,8 @@ import asyncssh
 import pytest
 
 from convocate.common import messages
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from convocate.common.sshserver import MAX_CHANNELS
 from tests.conftest import connect, make_cluster, rpc_ok
 from tests.harness import LocalCluster, python

@@ -22,7 +22,8 @@ import dns.resolver
 import pytest
 
 from convocate.common import keys
-from convocate.common.protocol import Event, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import Event
 from convocate.registry import bind_status_key
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster, remove_containers

@@ -13,8 +13,8 @@ from typing import Any
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest
+from convocate.common.framing import decode_object, json_type
 from convocate.common.model import validate_uuid
-from convocate.common.protocol import decode_object, json_type
 
 #: Longest attach header accepted, in bytes.
 HEADER_MAX = 4096

@@ -19,7 +19,8 @@ import asyncssh
 
 from convocate.client import AgentClient
 from convocate.common import keys
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from convocate.common.sshserver import SubsystemListener
 from convocate.registry import load_agent
 from tests.bench.common import Figure, percentile, scratch_cluster

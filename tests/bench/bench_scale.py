@@ -43,7 +43,8 @@ from typing import Any
 
 import asyncssh
 
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from tests.bench.bench_footprint import _baseline_rss, rss_mib
 from tests.bench.bench_recording import _dockerd_pid, _proc_cpu_s
 from tests.bench.common import Figure, median, scratch_cluster

@@ -23,7 +23,8 @@ import time
 import asyncssh
 
 from convocate.common import keys
-from convocate.common.protocol import STATUS_SUBSYSTEM, Event, LineDecoder, encode_line
+from convocate.common.framing import LineDecoder, encode_line
+from convocate.common.protocol import STATUS_SUBSYSTEM, Event
 from convocate.registry import bind_status_key
 from convocate.status_hub import StatusHub, take_all
 from tests.bench.common import Figure, percentile, scratch_cluster

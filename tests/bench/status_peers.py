@@ -24,7 +24,8 @@ from pathlib import Path
 import asyncssh
 
 from convocate.common import keys
-from convocate.common.protocol import READ_CHUNK, REPLAY_DONE
+from convocate.common.framing import READ_CHUNK
+from convocate.common.protocol import REPLAY_DONE
 from convocate.common.sshserver import SubsystemListener, format_address
 
 SINK_SUBSYSTEM = "sink"

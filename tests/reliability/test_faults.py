@@ -42,7 +42,8 @@ import docker
 import pytest
 
 from convocate.common import keys
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from convocate_agent.containerspec import container_name
 from tests.conftest import connect, rpc, rpc_ok
 from tests.harness import LocalCluster

@@ -32,21 +32,11 @@ from hypothesis import strategies as st
 
 from convocate.common.attachheader import HEADER_MAX, parse_header
 from convocate.common.errors import BadRequest, ConvocateError, ProtocolError
+from convocate.common.framing import MAX_LINE_BYTES, LineDecoder, LineTooLong, bounded_text, read_frames
 from convocate.common.model import SessionMeta, new_uuid
 from convocate.common.ops import OPS, decode_params
 from convocate.common.paths import Paths
-from convocate.common.protocol import (
-    ATTACH_SUBSYSTEM,
-    MAX_LINE_BYTES,
-    RPC_SUBSYSTEM,
-    Event,
-    LineDecoder,
-    LineTooLong,
-    Request,
-    Response,
-    bounded_text,
-    read_frames,
-)
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Event, Request, Response
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.rpc import RpcDispatcher, serve_rpc_channel
 from convocate_agent.settings import Settings

@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from convocate.common.framing import encode_line
 from convocate.common.model import new_uuid
-from convocate.common.protocol import RPC_SUBSYSTEM, encode_line
+from convocate.common.protocol import RPC_SUBSYSTEM
 from tests.conftest import connect, rpc_ok
 from tests.harness import LocalCluster
 from tests.reliability.support import (

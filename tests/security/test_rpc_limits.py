@@ -19,7 +19,8 @@ import pytest
 from asyncssh.packet import String
 
 from convocate.common import messages
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from convocate.common.sshserver import MAX_CHANNELS
 from convocate_agent.rpc import REQUEST_TIMEOUT_S
 from tests.conftest import connect, openssh_args, rpc, rpc_ok, run_openssh

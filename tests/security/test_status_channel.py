@@ -27,7 +27,8 @@ import pytest
 from asyncssh.packet import String
 
 from convocate.common import keys
-from convocate.common.protocol import STATUS_SUBSYSTEM, Event, encode_line
+from convocate.common.framing import encode_line
+from convocate.common.protocol import STATUS_SUBSYSTEM, Event
 from convocate.common.timefmt import format_rfc3339
 from convocate.dns import is_ours
 from tests.harness import LocalCluster, remove_containers

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest
+from convocate.common.framing import json_type
 from convocate.common.ops import results as r
 from convocate.common.ops.rules import KIND_NAMES, Param, kind_matches
-from convocate.common.protocol import json_type
 
 R = TypeVar("R")
 P = TypeVar("P", bound="OpParams[Any]")

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from convocate.common.errors import ConvocateError, ProtocolError
+from convocate.common.framing import json_type
 from convocate.common.model import SessionView
-from convocate.common.protocol import json_type
 
 T = TypeVar("T")
 
