@@ -23,7 +23,7 @@ from convocate.common import messages
 from convocate.common.credentials import validate_name
 from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
-from convocate.common.ops import params as op
+from convocate.common.ops import params as rpc
 from convocate.common.ops import results
 from convocate.common.paths import Paths
 from convocate.events import format_message, subscribe
@@ -85,7 +85,7 @@ async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.request(op.TrashParams()) for c in cluster.clients.values()),
+    results = await asyncio.gather(*(c.request(rpc.TrashParams()) for c in cluster.clients.values()),
                                    return_exceptions=True)
     entries = []
     for client, result in zip(cluster.clients.values(), results, strict=False):
@@ -103,14 +103,14 @@ async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.request(op.TrashParams()) for c in cluster.clients.values()),
+    results = await asyncio.gather(*(c.request(rpc.TrashParams()) for c in cluster.clients.values()),
                                    return_exceptions=True)
     owners = [c for c, r in zip(cluster.clients.values(), results, strict=False)
               if isinstance(r, list) and any(e.trash_id == args.trash_id for e in r)]
     if not owners:
         raise NotFound(f'no agent has "{args.trash_id}" in its trash (see `{PROG} trash`)')
     client = owners[0]
-    result = await client.request(op.RestoreParams(trash_id=args.trash_id))
+    result = await client.request(rpc.RestoreParams(trash_id=args.trash_id))
     if args.json:
         _print_json(result.received)
     else:
@@ -189,7 +189,7 @@ async def _cmd_new(args: argparse.Namespace, cluster: Cluster) -> int:
     fields = _lifecycle_fields(args)
     if not fields.get("credential"):
         fields.pop("credential", None)  # the default: an older agent without credentials still answers
-    params = op.CreateParams(name=args.name, **fields, start=not args.no_start)
+    params = rpc.CreateParams(name=args.name, **fields, start=not args.no_start)
     if args.agent or len(cluster.clients) == 1:
         client = cluster.client(args.agent) if args.agent else next(iter(cluster.clients.values()))
         view = await client.request(params)
@@ -215,10 +215,10 @@ async def _attach(cluster: Cluster, ref: SessionRef, *, read_only: bool, start: 
 
         refuse_while_moving(cluster.paths.shell_state_dir, view.meta.uuid, "restart")
         print(f"starting {view.meta.name} ({view.meta.uuid[:8]}) on {ref.client.agent_id} ...", file=sys.stderr)
-        await ref.client.request(op.RestartParams(id=view.meta.uuid))
+        await ref.client.request(rpc.RestartParams(id=view.meta.uuid))
     client = await attach_terminal(ref.client, view.meta.uuid, view.meta.name, read_only=read_only,
                                    relocate=follow_moves(cluster, view.meta.uuid))
-    after = await client.request(op.GetParams(id=view.meta.uuid))
+    after = await client.request(rpc.GetParams(id=view.meta.uuid))
     if after.running:
         print(f"[convocate] detached from {view.meta.name}; it keeps running", file=sys.stderr)
     else:
@@ -239,7 +239,7 @@ def _simple(name: str, verb: str) -> Command:
 
         refuse_while_moving(cluster.paths.shell_state_dir, args.ref, name)
         ref = await cluster.resolve(args.ref)
-        result = await ref.client.request(op.PARAMS[name](id=ref.view.meta.uuid))  # type: ignore[call-arg]
+        result = await ref.client.request(rpc.PARAMS[name](id=ref.view.meta.uuid))  # type: ignore[call-arg]
         if isinstance(result, results.Deleted):
             if args.json:
                 _print_json(result.received)
@@ -261,7 +261,7 @@ def _simple(name: str, verb: str) -> Command:
 
 async def _cmd_clone(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.request(op.CloneParams(source_id=ref.view.meta.uuid, name=args.name))
+    result = await ref.client.request(rpc.CloneParams(source_id=ref.view.meta.uuid, name=args.name))
     _report(args, "cloned into", result, ref.client)
     return 0
 
@@ -273,7 +273,7 @@ async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
         fields["name"] = args.name
     if not fields:
         raise BadRequest("nothing to change: give --name, --port, --protocol, --dns, --cpus, --memory or --credential")
-    result = await ref.client.request(op.EditParams(id=ref.view.meta.uuid, **fields))
+    result = await ref.client.request(rpc.EditParams(id=ref.view.meta.uuid, **fields))
     _report(args, "edited", result, ref.client)
     if ref.view.running and any(k in fields for k in ("port", "protocol", "cpus", "memory_mb", "credential")):
         print(f"{PROG}: port, limits and credential take effect at the next `{PROG} restart`", file=sys.stderr)
@@ -282,7 +282,7 @@ async def _cmd_edit(args: argparse.Namespace, cluster: Cluster) -> int:
 
 async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.request(op.SendParams(id=ref.view.meta.uuid, text=" ".join(args.text),
+    result = await ref.client.request(rpc.SendParams(id=ref.view.meta.uuid, text=" ".join(args.text),
                                                     enter=not args.no_enter))
     if args.json:
         _print_json(result.received)
@@ -291,7 +291,7 @@ async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
 
 async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    result = await ref.client.request(op.CaptureParams(id=ref.view.meta.uuid, lines=args.lines))
+    result = await ref.client.request(rpc.CaptureParams(id=ref.view.meta.uuid, lines=args.lines))
     if args.json:
         _print_json(result.received)
     else:
@@ -301,14 +301,14 @@ async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
 
 async def _cmd_logs(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
-    params = op.LogsParams(id=ref.view.meta.uuid, lines=args.lines)
+    params = rpc.LogsParams(id=ref.view.meta.uuid, lines=args.lines)
     while True:
         result = await ref.client.request(params)
         for line in result.lines:
             print(line, flush=True)
         if not args.follow:
             return 0
-        params = op.LogsParams(id=ref.view.meta.uuid, since=result.last or None)
+        params = rpc.LogsParams(id=ref.view.meta.uuid, since=result.last or None)
         await asyncio.sleep(1.0)
 
 
@@ -320,7 +320,7 @@ async def _cmd_wait(args: argparse.Namespace, cluster: Cluster) -> int:
     deadline = loop.time() + args.timeout if args.timeout else None
 
     async def current() -> str:
-        return (await client.request(op.GetParams(id=sid))).meta.activity
+        return (await client.request(rpc.GetParams(id=sid))).meta.activity
 
     async def watch() -> None:
         if await current() == args.state:
@@ -371,7 +371,7 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
     activity = ref.view.meta.activity
     if activity != "waiting" and not args.force:
         raise Conflict(messages.REPLY_NOT_WAITING.format(name=name, activity=activity or "without activity"))
-    result = await client.request(op.SendParams(id=sid, text=text, enter=True))
+    result = await client.request(rpc.SendParams(id=sid, text=text, enter=True))
     if not args.wait:
         if args.json:
             _print_json(result.received)
@@ -381,7 +381,7 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.timeout
     while True:
-        now = (await client.request(op.GetParams(id=sid))).meta.activity
+        now = (await client.request(rpc.GetParams(id=sid))).meta.activity
         if now != "waiting":
             if args.json:
                 _print_json({**result.received, "activity": now})
@@ -499,7 +499,7 @@ async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
             found = await cluster.resolve(args.ref)  # NotFound when there is no such session either
             # A move whose journal is gone (another shell host, a reinstall) may have left its agent's
             # mark, which refuses restart: with no move to finish here, the copy is the one.
-            await found.client.request(op.OverrideParams(id=found.view.meta.uuid, moving_to=""))
+            await found.client.request(rpc.OverrideParams(id=found.view.meta.uuid, moving_to=""))
             print(f"no interrupted move of {found.view.meta.name} on this shell host; it may start again on "
                   f"{found.client.agent_id}", file=sys.stderr)
             return 0

@@ -16,6 +16,7 @@ import npyscreen
 from convocate.common import messages
 from convocate.common.errors import ConvocateError
 from convocate.common.model import SessionView
+from convocate.common.ops import params as rpc
 from convocate.placement import Choice
 from convocate.tui.fields import LABELS, FieldError, SessionFields, session_params
 from convocate.tui.forms import Dialog, SessionForm, WaitingForm, ask, choose, confirm, notify
@@ -76,15 +77,14 @@ class SessionActions:
         target = agent_id or placed.agent_id
 
         def then(result: Any) -> None:
-            if attach_after and isinstance(result, dict):
-                view = SessionView.from_wire(result, target)
-                self._attach(target, view, False)
+            if attach_after and isinstance(result, SessionView):
+                self._attach(target, result, False)
 
         def otherwise(error: ConvocateError) -> None:
             self._refused(form, target, error)
             self._create(agent_id, form)  # placed again: the agent that refused ranks lower or not at all
 
-        self._op(target, "create", params, description, then, otherwise)
+        self._op(target, rpc.CreateParams(**params), description, then, otherwise)
 
     def _fill_in(self, form: SessionForm, op: str, session_id: str | None = None) -> dict[str, Any] | None:
         """Edit ``form`` until the agent's rules accept every value (each refusal says why); None when cancelled."""
@@ -114,7 +114,7 @@ class SessionActions:
         agent_id, view = picked
         name = ask(self, "Clone", f"Name of the copy of {view.meta.name}:", f"{view.meta.name} copy"[:64])
         if name:
-            self._op(agent_id, "clone", {"source_id": view.meta.uuid, "name": name}, f"clone {view.meta.name}")
+            self._op(agent_id, rpc.CloneParams(source_id=view.meta.uuid, name=name), f"clone {view.meta.name}")
 
     def edit(self) -> None:
         """E: change the selected session; offer a restart when a change needs one."""
@@ -145,13 +145,13 @@ class SessionActions:
         def then(_result: Any) -> None:
             if needs_restart and confirm(
                     self, f"{name}'s port and limits change at its next start. Restart it now?", title="Restart"):
-                self._op(agent_id, "restart", {"id": m.uuid}, f"restart {name}")
+                self._op(agent_id, rpc.RestartParams(id=m.uuid), f"restart {name}")
 
         def otherwise(error: ConvocateError) -> None:
             self._refused(form, agent_id, error)
             self._edit(agent_id, view, form)
 
-        self._op(agent_id, "edit", params, f"edit {m.name}", then, otherwise)
+        self._op(agent_id, rpc.EditParams(**params), f"edit {m.name}", then, otherwise)
 
     def settings(self) -> None:
         """S: view and change an agent's settings."""
@@ -161,7 +161,7 @@ class SessionActions:
         if agent_id is None:
             notify(self, "No agent is reachable.", title="Settings")
             return
-        current = self._blocking(agent_id, "settings-get", {})
+        current = self._blocking(agent_id, rpc.SettingsGetParams())
         if not isinstance(current, dict):
             return
         form = Dialog(name=f"Settings of agent {agent_id}", lines=len(current) + 6, columns=70, parentApp=self)
@@ -176,7 +176,7 @@ class SessionActions:
             if text != str(current[key]):
                 changes[key] = _typed_like(text, current[key])
         if changes:
-            self._op(agent_id, "settings-set", changes, f"settings of {agent_id}")
+            self._op(agent_id, rpc.SettingsSetParams(values=changes), f"settings of {agent_id}")
 
     def next_waiting(self) -> None:
         """W: move to the next session waiting for the operator."""
@@ -224,8 +224,7 @@ class SessionActions:
         text = " ".join((field.value or "").split())
         if not form.accepted or not text:
             return
-        self._op(agent_id, "send", {"id": view.meta.uuid, "text": text, "enter": True},
-                 f"reply to {view.meta.name}")
+        self._op(agent_id, rpc.SendParams(id=view.meta.uuid, text=text, enter=True), f"reply to {view.meta.name}")
 
 
 def _typed_like(text: str, example: Any) -> Any:

@@ -42,6 +42,8 @@ from convocate.client import Cluster
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.model import ACTIVITY_LIMITED, STATE_CONNECTED, SessionView
+from convocate.common.ops.base import PARAMS, OpParams
+from convocate.common.ops.params import OverrideParams, RestartParams
 from convocate.common.paths import Paths
 from convocate.common.timefmt import parse_rfc3339
 from convocate.render import until_clock
@@ -205,27 +207,27 @@ class ConvocateApp(SessionActions, npyscreen.NPSAppManaged):
             return None
         return row.agent_id, row.session
 
-    def _op(self, agent_id: str, op: str, params: dict[str, Any], description: str,
+    def _op(self, agent_id: str, params: OpParams[Any], description: str,
             then: Callable[[Any], None] | None = None,
             otherwise: Callable[[ConvocateError], None] | None = None) -> None:
         """Run an op in the background: ``then(result)`` on success; ``otherwise(error)`` (else a dialog) on failure."""
-        if self._refused_while_moving(op, params):
+        if self._refused_while_moving(params):
             return
         if then is not None:
             self._followups[description] = then
         if otherwise is not None:
             self._fallbacks[description] = otherwise
         self.message = f"{description}..."
-        self.network.call(agent_id, op, params, description)
+        self.network.call(agent_id, params, description)
 
-    def _refused_while_moving(self, op: str, params: dict[str, Any]) -> bool:
-        """Show why ``op`` waits when a move of its session is pending (:func:`convocate.move.refuse_while_moving`)."""
+    def _refused_while_moving(self, params: OpParams[Any]) -> bool:
+        """Show why the op waits when a move of its session is pending (:func:`convocate.move.refuse_while_moving`)."""
         from convocate.move import refuse_while_moving
 
         try:
-            refuse_while_moving(self.cluster.paths.shell_state_dir, str(params.get("id", "")), op)
+            refuse_while_moving(self.cluster.paths.shell_state_dir, str(getattr(params, "id", "") or ""), params.OP)
         except ConvocateError as e:
-            notify(self, str(e), title=op.title(), wide=True)
+            notify(self, str(e), title=params.OP.title(), wide=True)
             return True
         return False
 
@@ -236,7 +238,7 @@ class ConvocateApp(SessionActions, npyscreen.NPSAppManaged):
         agent_id, view = picked
         m = view.meta
         if confirm(self, question.format(name=m.name, id=m.uuid[:8], agent=agent_id), title=verb.title()):
-            self._op(agent_id, op, {"id": m.uuid}, f"{verb} {m.name}")
+            self._op(agent_id, PARAMS[op](id=m.uuid), f"{verb} {m.name}")  # type: ignore[call-arg]
 
     # --- actions ------------------------------------------------------------------------------
     def attach(self, row: Row | None = None) -> None:
@@ -259,22 +261,23 @@ class ConvocateApp(SessionActions, npyscreen.NPSAppManaged):
             if choice == 0:
                 read_only = True
             elif choice == 1:
-                self._blocking(agent_id, "override", {"id": view.meta.uuid})
+                self._blocking(agent_id, OverrideParams(id=view.meta.uuid))
             else:
                 return
         if not view.running:
             if not confirm(self, f"{view.meta.name} is stopped. Start it and attach?", title="Attach"):
                 return
-            if self._blocking(agent_id, "restart", {"id": view.meta.uuid}) is None:
+            if self._blocking(agent_id, RestartParams(id=view.meta.uuid)) is None:
                 return
         self._attach(agent_id, view, read_only)
 
-    def _blocking(self, agent_id: str, op: str, params: dict[str, Any]) -> Any:
+    def _blocking(self, agent_id: str, params: OpParams[Any]) -> Any:
         """Run an op and wait for it, for the steps right before an attach; None on failure (shown)."""
-        if self._refused_while_moving(op, params):
+        if self._refused_while_moving(params):
             return None
+        op = params.OP
         try:
-            return self.network.call(agent_id, op, params, f"{op} {params.get('id', '')[:8]}").result(60)
+            return self.network.call(agent_id, params, f"{op} {(getattr(params, 'id', '') or '')[:8]}").result(60)
         except ConvocateError:
             return None  # the failed notice shows the error
         except Exception as e:  # timeout

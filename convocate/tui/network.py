@@ -21,6 +21,7 @@ from typing import Any
 
 from convocate.client import AgentClient, Cluster
 from convocate.common.errors import ConvocateError
+from convocate.common.ops.base import OpParams
 from convocate.common.ops.params import ListParams, PingParams
 from convocate.common.paths import Paths
 from convocate.events import subscribe
@@ -184,10 +185,10 @@ class Network:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop)
 
-    def call(self, agent_id: str, op: str, params: dict[str, Any], description: str) -> Future[Any]:
-        """Submit one RPC op to an agent."""
+    def call(self, agent_id: str, params: OpParams[Any], description: str) -> Future[Any]:
+        """Submit one RPC op to an agent; its result arrives as the op's result type."""
         client = self.cluster.client(agent_id)
-        return self.submit(description, agent_id, lambda: client.call(op, params))
+        return self.submit(description, agent_id, lambda: client.request(params))
 
     def run_blocking(self, coro: Awaitable[Any]) -> Any:
         """Run a coroutine on the network loop and wait for it (for attach, while the screen is suspended)."""
