@@ -245,14 +245,14 @@ class Recordings:
             "reason": str, "scanned_bytes": int}``, oldest first per session; ``truncated`` when
             ``max_matches``, :data:`GREP_SCAN_MAX_BYTES` or the response's size stopped the search.
 
+        ``until`` before ``since`` was refused when the params were decoded
+        (``RecordingGrepParams.check_together``).
+
         Raises:
-            BadRequest: ``until`` before ``since``.
             NotFound: ``id`` given and the agent has no recordings of it.
         """
         since = parse_rfc3339(params["since"]) / 1e9 if params.get("since") else None
         until = parse_rfc3339(params["until"]) / 1e9 if params.get("until") else None
-        if since is not None and until is not None and until < since:
-            raise BadRequest(messages.GREP_BAD_WINDOW.format(since=params["since"], until=params["until"]))
         ids = [params["id"]] if params.get("id") else await asyncio.to_thread(self.sessions)
         return await asyncio.to_thread(self._grep, re.compile(params["pattern"]), ids, since, until,
                                        params.get("max_matches", GREP_DEFAULT_MATCHES), bool(params.get("id")))

@@ -127,3 +127,12 @@ def test_results_read_into_their_types_and_a_wrong_shape_is_a_protocol_error():
         SendParams(id=SID, text="x").read_result({"uuid": SID, "sent": "1", "enter": False}, "a1")
     with pytest.raises(ProtocolError, match='missing field "uuid"'):
         DeleteParams(id=SID).read_result({}, "a1")
+
+
+def test_a_grep_window_ending_before_it_starts_is_refused_when_decoded():
+    with pytest.raises(BadRequest) as e:
+        decode_params("recording_grep", {"pattern": "x", "since": "2026-12-02T00:00:00Z",
+                                         "until": "2026-12-01T00:00:00.5Z"})
+    assert e.value.message == 'field "until": 2026-12-01T00:00:00.5Z is before "since" 2026-12-02T00:00:00Z'
+    assert decode_params("recording_grep", {"pattern": "x", "since": "2026-12-01T00:00:00Z",
+                                            "until": "2026-12-01T00:00:00Z"})["until"] == "2026-12-01T00:00:00Z"

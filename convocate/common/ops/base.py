@@ -56,6 +56,14 @@ class OpParams(Generic[R]):
                 if (v := getattr(self, f.name)) is not None}
 
     @classmethod
+    def check_together(cls, decoded: dict[str, Any]) -> None:
+        """A rule across fields, run by :func:`decode_params` after each field passed its own; none here.
+
+        Raises:
+            BadRequest: the fields break the rule (the message names them).
+        """
+
+    @classmethod
     def decode(cls: type[P], params: dict[str, Any]) -> P:
         """Strictly decode a request's ``params`` into this class (see :func:`decode_params`).
 
@@ -131,6 +139,7 @@ def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.MISSING_FIELD.format(field=p.name)))
             continue
         out[p.name] = _checked(p, params[p.name])
+    cls.check_together(out)
     return out
 
 

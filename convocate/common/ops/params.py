@@ -19,7 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from convocate.common import credentials, operator_claim
+from convocate.common import credentials, messages, operator_claim
+from convocate.common.errors import BadRequest
 from convocate.common.model import SessionView, validate_uuid
 from convocate.common.ops import results as r
 from convocate.common.ops.base import PARAMS, OpParams, op, wire
@@ -52,6 +53,7 @@ from convocate.common.ops.rules import (
     check_window,
     uuid_param,
 )
+from convocate.common.timefmt import parse_rfc3339
 
 _ID = uuid_param()
 _params = dataclass(frozen=True, kw_only=True)
@@ -314,6 +316,17 @@ class RecordingGrepParams(OpParams[r.GrepResult]):
     max_matches: int | None = wire(Param("max_matches", "integer",
                                          check=check_bounded("max_matches", 1, GREP_MATCHES_MAX),
                                          doc=f"most matches answered, 1-{GREP_MATCHES_MAX} [the agent's default]"))
+
+    @classmethod
+    def check_together(cls, decoded: dict[str, Any]) -> None:
+        """``until`` may not come before ``since``.
+
+        Raises:
+            BadRequest: :data:`messages.GREP_BAD_WINDOW`.
+        """
+        since, until = decoded.get("since"), decoded.get("until")
+        if since and until and parse_rfc3339(until) < parse_rfc3339(since):
+            raise BadRequest(messages.GREP_BAD_WINDOW.format(since=since, until=until))
 
 
 @op("operator_challenge", "a fresh challenge for this connection's operator claim", r.record(r.Challenge))
