@@ -21,6 +21,8 @@ from convocate.common import messages
 from convocate.common.cli import no_permission
 from convocate.common.credentials import Credential, CredentialStore, validate_secret
 from convocate.common.errors import BadRequest, ConvocateError, NotFound
+from convocate.common.ops.base import OpParams
+from convocate.common.ops.params import CredentialDeleteParams, CredentialListParams, CredentialSetParams
 from convocate.common.paths import Paths
 
 #: What :func:`status` says of one agent's copy of one credential.
@@ -64,7 +66,7 @@ class AgentOutcome:
 
     Attributes:
         agent_id: The agent.
-        results: One result per credential or name sent (the op's result), when it answered.
+        results: One result per request sent (the op's result type; None for a tolerated error), when it answered.
         error: Why it did not, or None.
     """
 
@@ -73,18 +75,18 @@ class AgentOutcome:
     error: ConvocateError | None = None
 
 
-async def _each_agent(cluster: Cluster, calls: list[tuple[str, dict[str, Any]]],
+async def _each_agent(cluster: Cluster, calls: list[OpParams[Any]],
                       tolerate: type[ConvocateError] | None = None) -> list[AgentOutcome]:
-    """Run ``calls`` in order on every agent, agents in parallel; an agent stops at its first error.
+    """Send the requests ``calls`` in order to every agent, agents in parallel; an agent stops at its first error.
 
     Args:
         tolerate: An error class that counts as a result (``None`` in ``results``), e.g. NotFound for a delete.
     """
     async def one(client: AgentClient) -> AgentOutcome:
         outcome = AgentOutcome(client.agent_id)
-        for op, params in calls:
+        for params in calls:
             try:
-                outcome.results.append(await client.call(op, params))
+                outcome.results.append(await client.request(params))
             except ConvocateError as e:
                 if tolerate is not None and isinstance(e, tolerate):
                     outcome.results.append(None)
@@ -96,8 +98,8 @@ async def _each_agent(cluster: Cluster, calls: list[tuple[str, dict[str, Any]]],
     return list(await asyncio.gather(*(one(c) for c in sorted(cluster.clients.values(), key=lambda c: c.agent_id))))
 
 
-def _set_calls(credentials: list[Credential]) -> list[tuple[str, dict[str, Any]]]:
-    return [("credential_set", {"name": c.name, "kind": c.kind, "secret": c.secret}) for c in credentials]
+def _set_calls(credentials: list[Credential]) -> list[OpParams[Any]]:
+    return [CredentialSetParams(name=c.name, kind=c.kind, secret=c.secret) for c in credentials]
 
 
 async def set_credential(paths: Paths, cluster: Cluster, name: str, kind: str, secret: str) -> tuple[
@@ -153,7 +155,7 @@ async def remove(paths: Paths, cluster: Cluster, name: str) -> tuple[bool, list[
         had = False
     except PermissionError as e:
         raise no_permission(e, "writing") from e
-    return had, await _each_agent(cluster, [("credential_delete", {"name": name})], tolerate=NotFound)
+    return had, await _each_agent(cluster, [CredentialDeleteParams(name=name)], tolerate=NotFound)
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ async def status(paths: Paths, cluster: Cluster) -> tuple[list[StatusRow], dict[
         shell: dict[str, Credential] | None = {c.name: c for c in shell_store(paths).all()}
     except PermissionError:
         shell, note = None, messages.AUTH_SHELL_UNREADABLE.format(path=paths.shell_credentials_dir)
-    outcomes = await _each_agent(cluster, [("credential_list", {})])
+    outcomes = await _each_agent(cluster, [CredentialListParams()])
     rows: list[StatusRow] = []
     errors: dict[str, ConvocateError] = {}
     for outcome in outcomes:
@@ -222,7 +224,7 @@ async def status(paths: Paths, cluster: Cluster) -> tuple[list[StatusRow], dict[
             errors[outcome.agent_id] = outcome.error
         else:
             listed = outcome.results[0] if outcome.results and isinstance(outcome.results[0], list) else []
-            rows += compare(outcome.agent_id, listed, shell)
+            rows += compare(outcome.agent_id, [c.received for c in listed], shell)
     return rows, errors, note
 
 

@@ -137,15 +137,15 @@ def _add_auth(sub: OneVerb, common: argparse.ArgumentParser) -> None:
                    help="a long-lived OAuth token from `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN)")
     p.add_argument("--from-file", type=Path, help="read the secret from FILE ('-' for stdin)")
     p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=Lazy("_cmd_auth_set"))
+    p.set_defaults(func=Lazy("_cmd_auth_set", module="convocate.authverbs"))
     p = auth_sub.add_parser("push", parents=[common], help="send the stored credentials to every agent again")
     p.add_argument("--name", help="only this credential [all]")
-    p.set_defaults(func=Lazy("_cmd_auth_push"))
+    p.set_defaults(func=Lazy("_cmd_auth_push", module="convocate.authverbs"))
     p = auth_sub.add_parser("status", parents=[common], help="which agent holds which credential")
-    p.set_defaults(func=Lazy("_cmd_auth_status"))
+    p.set_defaults(func=Lazy("_cmd_auth_status", module="convocate.authverbs"))
     p = auth_sub.add_parser("rm", parents=[common], help="remove a credential everywhere")
     p.add_argument("name")
-    p.set_defaults(func=Lazy("_cmd_auth_rm"))
+    p.set_defaults(func=Lazy("_cmd_auth_rm", module="convocate.authverbs"))
 
 
 def _add_listing_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:

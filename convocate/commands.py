@@ -20,7 +20,6 @@ from convocate import operator
 from convocate.cli import PROG
 from convocate.client import AgentClient, Cluster, SessionRef
 from convocate.common import messages
-from convocate.common.credentials import validate_name
 from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.ops import params as rpc
@@ -37,14 +36,14 @@ from convocate.render import (
 Command = Callable[[argparse.Namespace, Cluster], Awaitable[int]]
 
 
-def _print_json(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def _report(args: argparse.Namespace, verb: str, view: SessionView, client: AgentClient) -> None:
     """Print a lifecycle result: the session as the agent sent it with --json, else one line."""
     if args.json:
-        _print_json(wire_with_agent(view.received, client.agent_id))
+        print_json(wire_with_agent(view.received, client.agent_id))
     else:
         print(f"{verb} {session_summary(view)}")
 
@@ -61,7 +60,7 @@ async def _cmd_image_status(args: argparse.Namespace) -> int:
     problem = image_status.problem(paths, tag)
     build = image_status.load(paths.image_build_status)
     if args.json:
-        _print_json({"tag": tag, "ready": problem is None, "build": None if build is None else vars(build),
+        print_json({"tag": tag, "ready": problem is None, "build": None if build is None else vars(build),
                      "problem": problem})
     elif problem is None:
         print(f"session image {tag}: built {build.finished if build else ''}".rstrip())
@@ -74,7 +73,7 @@ async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
     cluster.set_warn(lambda _text: None)  # the reason is printed below, once
     rows = await asyncio.gather(*(operator.whoami(c) for c in cluster.clients.values()))
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     for r in rows:
         if r["error"]:
             print(f"{PROG}: agent {r['agent_id']} unavailable: {r['error']}", file=sys.stderr)
@@ -94,7 +93,7 @@ async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
         elif isinstance(result, list):
             entries += [{**e.received, "agent_id": client.agent_id} for e in result]
     if args.json:
-        _print_json(entries)
+        print_json(entries)
     else:
         print(format_table([(e["trash_id"], e.get("name", "?"), e["agent_id"], e["deleted_at"][:19].replace("T", " "),
                              e["purge_after"][:19].replace("T", " ")) for e in entries],
@@ -112,7 +111,7 @@ async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
     client = owners[0]
     result = await client.request(rpc.RestoreParams(trash_id=args.trash_id))
     if args.json:
-        _print_json(result.received)
+        print_json(result.received)
     else:
         print(f"restored {session_summary(result.session)}"
               + (f"; cleared {', '.join(result.cleared)} (taken by another session)" if result.cleared else ""))
@@ -242,13 +241,13 @@ def _simple(name: str, verb: str) -> Command:
         result = await ref.client.request(rpc.PARAMS[name](id=ref.view.meta.uuid))  # type: ignore[call-arg]
         if isinstance(result, results.Deleted):
             if args.json:
-                _print_json(result.received)
+                print_json(result.received)
             else:
                 print(f"deleted {ref.view.meta.name} ({ref.view.meta.uuid[:8]}) on {ref.client.agent_id}; "
                       f"its home is in the agent's trash as {result.trash or '?'}")
         elif isinstance(result, results.Overridden):
             if args.json:
-                _print_json(result.received)
+                print_json(result.received)
             else:
                 print(f"override {session_summary(result.session)}: detached {result.detached} client(s)"
                       + (f", cleared a stale lock of {result.cleared_lock}" if result.cleared_lock else ""))
@@ -285,7 +284,7 @@ async def _cmd_send(args: argparse.Namespace, cluster: Cluster) -> int:
     result = await ref.client.request(rpc.SendParams(id=ref.view.meta.uuid, text=" ".join(args.text),
                                                     enter=not args.no_enter))
     if args.json:
-        _print_json(result.received)
+        print_json(result.received)
     return 0
 
 
@@ -293,7 +292,7 @@ async def _cmd_capture(args: argparse.Namespace, cluster: Cluster) -> int:
     ref = await cluster.resolve(args.ref)
     result = await ref.client.request(rpc.CaptureParams(id=ref.view.meta.uuid, lines=args.lines))
     if args.json:
-        _print_json(result.received)
+        print_json(result.received)
     else:
         sys.stdout.write(result.text.rstrip("\n") + "\n")  # the pane's unused rows are blank lines
     return 0
@@ -374,7 +373,7 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
     result = await client.request(rpc.SendParams(id=sid, text=text, enter=True))
     if not args.wait:
         if args.json:
-            _print_json(result.received)
+            print_json(result.received)
         else:
             print(messages.REPLY_SENT.format(name=name))
         return 0
@@ -384,7 +383,7 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
         now = (await client.request(rpc.GetParams(id=sid))).meta.activity
         if now != "waiting":
             if args.json:
-                _print_json({**result.received, "activity": now})
+                print_json({**result.received, "activity": now})
             else:
                 print(messages.REPLY_TAKEN.format(name=name, activity=now or "without activity"))
             return 0
@@ -392,95 +391,6 @@ async def _cmd_reply(args: argparse.Namespace, cluster: Cluster) -> int:
             print(f"{PROG}: {messages.REPLY_STILL_WAITING.format(name=name, timeout=args.timeout)}", file=sys.stderr)
             return 124
         await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
-# --- auth (issue 15) ------------------------------------------------------------------
-def _kind(args: argparse.Namespace) -> str:
-    """``api_key`` or ``oauth_token`` from the flags; a value given to either flag is refused unseen."""
-    flags = ("api_key", "oauth_token")  # each flag's dest is the kind it names
-    if args.stray or any(getattr(args, flag) not in (None, True) for flag in flags):
-        raise BadRequest(messages.AUTH_SECRET_IN_ARGV)
-    chosen = [flag for flag in flags if getattr(args, flag) is True]
-    if len(chosen) != 1:
-        raise BadRequest("give exactly one of --api-key and --oauth-token")
-    return chosen[0]
-
-
-async def _cmd_auth_set(args: argparse.Namespace, cluster: Cluster) -> int:
-    from convocate import auth
-
-    kind = _kind(args)
-    name = validate_name(args.name)
-    secret = auth.read_secret(args.from_file, sys.stdin, f"{'API key' if kind == 'api_key' else 'OAuth token'} "
-                                                         f"for credential {name} (not echoed): ")
-    credential, outcomes = await auth.set_credential(cluster.paths, cluster, name, kind, secret)
-    return _auth_sent(args, [credential], outcomes)
-
-
-def _auth_sent(args: argparse.Namespace, credentials: list[Any], outcomes: list[Any]) -> int:
-    from convocate import auth
-
-    if args.json:
-        _print_json({"credentials": [c.summary() for c in credentials],
-                     "agents": [{"agent_id": o.agent_id, "ok": o.error is None,
-                                 **({"error": str(o.error)} if o.error else {"results": o.results})}
-                                for o in outcomes]})
-        failed = sum(o.error is not None for o in outcomes)
-    else:
-        failed = auth.print_outcomes(outcomes, lambda o: "; ".join(
-            messages.AUTH_SET_OK.format(agent=o.agent_id, name=r["name"], kind=r["kind"], fingerprint=r["fingerprint"])
-            for r in o.results))
-    if failed:
-        print(f"{PROG}: " + messages.AUTH_PUSH_HINT.format(failed=failed, total=len(outcomes)), file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _cmd_auth_push(args: argparse.Namespace, cluster: Cluster) -> int:
-    from convocate import auth
-
-    credentials, outcomes = await auth.push(cluster.paths, cluster, validate_name(args.name) if args.name else None)
-    return _auth_sent(args, credentials, outcomes)
-
-
-async def _cmd_auth_status(args: argparse.Namespace, cluster: Cluster) -> int:
-    from convocate import auth
-
-    rows, errors, note = await auth.status(cluster.paths, cluster)
-    if args.json:
-        _print_json({"credentials": [r.to_json() for r in rows],
-                     "errors": {a: str(e) for a, e in sorted(errors.items())}, "note": note})
-    else:
-        print(format_table([(r.agent_id, r.name, r.kind or "-", r.fingerprint or "-", r.state or "-") for r in rows],
-                           ("AGENT", "NAME", "KIND", "FINGERPRINT", "STATE")))
-    if not args.json:
-        for agent_id, error in sorted(errors.items()):
-            print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
-        if note:
-            print(f"{PROG}: {note}", file=sys.stderr)
-    return 1 if errors or any(r.state not in (auth.IN_SYNC, "") for r in rows) else 0
-
-
-async def _cmd_auth_rm(args: argparse.Namespace, cluster: Cluster) -> int:
-    from convocate import auth
-
-    name = validate_name(args.name)
-    had, outcomes = await auth.remove(cluster.paths, cluster, name)
-    if args.json:
-        _print_json({"name": name, "shell": had, "agents": [
-            {"agent_id": o.agent_id, "ok": o.error is None, "removed": bool(o.results and o.results[0]),
-             **({"error": str(o.error)} if o.error else {})} for o in outcomes]})
-        failed = sum(o.error is not None for o in outcomes)
-    else:
-        print(f"shell host: {name} {'removed' if had else 'was not there'}")
-        failed = auth.print_outcomes(outcomes, lambda o: (messages.AUTH_RM_OK if o.results and o.results[0]
-                                                          else messages.AUTH_RM_ABSENT).format(agent=o.agent_id,
-                                                                                               name=name))
-    if failed:
-        print(f"{PROG}: {failed} of {len(outcomes)} agent(s) did not answer; run `{PROG} auth rm {name}` again "
-              "once they do", file=sys.stderr)
-        return 1
-    return 0
-
-
 async def _run(args: argparse.Namespace) -> int:
     cluster = Cluster(Paths.from_env())
     try:
@@ -510,7 +420,7 @@ async def _cmd_move(args: argparse.Namespace, cluster: Cluster) -> int:
         raise BadRequest("move needs --to AGENT (or --to auto)")
     result = await move.move(cluster, args.ref, args.to, state_dir=state_dir, dry_run=args.dry_run)
     if args.json:
-        _print_json(result)
+        print_json(result)
     elif not args.dry_run:
         print(f"{result['name']} ({result['uuid'][:8]}) is now on {result['to']}"
               f"{' and running' if result['running'] else ' (stopped)'}; attach with `{PROG} attach {result['name']}`")
