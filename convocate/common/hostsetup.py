@@ -26,30 +26,14 @@ from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
-from convocate.common.systemd import (  # re-exported: the role install steps call them as hostsetup.X
-    DEBCONF_VARIABLES as DEBCONF_VARIABLES,
-)
-from convocate.common.systemd import (
-    check_port_free as check_port_free,
-)
-from convocate.common.systemd import (
-    child_env as child_env,
-)
-from convocate.common.systemd import (
-    daemon_reload as daemon_reload,
-)
-from convocate.common.systemd import (
-    restart_if_inputs_changed as restart_if_inputs_changed,
-)
-from convocate.common.systemd import (
-    run_command as run_command,
-)
-from convocate.common.systemd import (
-    systemd_running as systemd_running,
-)
-from convocate.common.systemd import (
-    unit_active_since as unit_active_since,
-)
+from convocate.common.systemd import DEBCONF_VARIABLES as DEBCONF_VARIABLES
+from convocate.common.systemd import check_port_free as check_port_free
+from convocate.common.systemd import child_env as child_env
+from convocate.common.systemd import daemon_reload as daemon_reload
+from convocate.common.systemd import restart_if_inputs_changed as restart_if_inputs_changed
+from convocate.common.systemd import run_command as run_command
+from convocate.common.systemd import systemd_running as systemd_running
+from convocate.common.systemd import unit_active_since as unit_active_since
 
 T = TypeVar("T")
 

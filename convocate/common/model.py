@@ -4,7 +4,8 @@ A session is a UUIDv4, a home directory on an agent holding ``session.json``,
 and a container. :class:`SessionMeta` is what ``session.json`` stores;
 :class:`SessionView` adds what only the agent knows at the moment of asking
 (running, attached, state) and is the metadata object on the wire (DESIGN §3).
-All functions here are pure.
+All functions here are pure. The field rules live in :mod:`convocate.common.fields` and are
+re-exported here (``from … import X as X``), since callers across the packages import them from the model.
 """
 
 from __future__ import annotations
@@ -15,69 +16,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from convocate.common.errors import BadRequest
-from convocate.common.fields import (  # re-exported: callers across the packages import them from model
-    AUTO_PORT_LOW as AUTO_PORT_LOW,
-)
-from convocate.common.fields import (
-    CREDENTIAL_NAME_PATTERN as CREDENTIAL_NAME_PATTERN,
-)
-from convocate.common.fields import (
-    DEFAULT_CREDENTIAL as DEFAULT_CREDENTIAL,
-)
-from convocate.common.fields import (
-    DNS_LABEL_MAX as DNS_LABEL_MAX,
-)
-from convocate.common.fields import (
-    DNS_NAME_MAX as DNS_NAME_MAX,
-)
-from convocate.common.fields import (
-    NAME_MAX as NAME_MAX,
-)
-from convocate.common.fields import (
-    PORT_AUTO as PORT_AUTO,
-)
-from convocate.common.fields import (
-    PORT_MAX as PORT_MAX,
-)
-from convocate.common.fields import (
-    PORT_NONE as PORT_NONE,
-)
-from convocate.common.fields import (
-    PROTOCOLS as PROTOCOLS,
-)
-from convocate.common.fields import (
-    is_uuid4 as is_uuid4,
-)
-from convocate.common.fields import (
-    new_uuid as new_uuid,
-)
-from convocate.common.fields import (
-    normalize_dns_name as normalize_dns_name,
-)
-from convocate.common.fields import (
-    parse_trash_id as parse_trash_id,
-)
-from convocate.common.fields import (
-    validate_credential_name as validate_credential_name,
-)
-from convocate.common.fields import (
-    validate_dns_name as validate_dns_name,
-)
-from convocate.common.fields import (
-    validate_name as validate_name,
-)
-from convocate.common.fields import (
-    validate_port as validate_port,
-)
-from convocate.common.fields import (
-    validate_protocol as validate_protocol,
-)
-from convocate.common.fields import (
-    validate_session_credential as validate_session_credential,
-)
-from convocate.common.fields import (
-    validate_uuid as validate_uuid,
-)
+from convocate.common.fields import AUTO_PORT_LOW as AUTO_PORT_LOW
+from convocate.common.fields import CREDENTIAL_NAME_PATTERN as CREDENTIAL_NAME_PATTERN
+from convocate.common.fields import DEFAULT_CREDENTIAL as DEFAULT_CREDENTIAL
+from convocate.common.fields import DNS_LABEL_MAX as DNS_LABEL_MAX
+from convocate.common.fields import DNS_NAME_MAX as DNS_NAME_MAX
+from convocate.common.fields import NAME_MAX as NAME_MAX
+from convocate.common.fields import PORT_AUTO as PORT_AUTO
+from convocate.common.fields import PORT_MAX as PORT_MAX
+from convocate.common.fields import PORT_NONE as PORT_NONE
+from convocate.common.fields import PROTOCOLS as PROTOCOLS
+from convocate.common.fields import is_uuid4 as is_uuid4
+from convocate.common.fields import new_uuid as new_uuid
+from convocate.common.fields import normalize_dns_name as normalize_dns_name
+from convocate.common.fields import parse_trash_id as parse_trash_id
+from convocate.common.fields import validate_credential_name as validate_credential_name
+from convocate.common.fields import validate_dns_name as validate_dns_name
+from convocate.common.fields import validate_name as validate_name
+from convocate.common.fields import validate_port as validate_port
+from convocate.common.fields import validate_protocol as validate_protocol
+from convocate.common.fields import validate_session_credential as validate_session_credential
+from convocate.common.fields import validate_uuid as validate_uuid
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 
 # Session states (DESIGN §4).
