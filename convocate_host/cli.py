@@ -27,13 +27,14 @@ from convocate_host import operator_ca, vm
 from convocate_host import report as reports
 from convocate_host.agenthost import AgentOptions, each_agent, init_agent, update_host
 from convocate_host.migrate import migrate_session
+from convocate_host.opentarget import open_target
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport, report_for
 from convocate_host.rsyslog import FIRST_PORT as LOG_PORT
 from convocate_host.rsyslog import PORT_COUNT
 from convocate_host.shellhost import ShellOptions, init_shell
 from convocate_host.subcommand import add_subcommand, arg
-from convocate_host.target import Target, open_target
+from convocate_host.target import Target
 
 PROG = "convocate-host"
 

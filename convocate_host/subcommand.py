@@ -1,7 +1,7 @@
 """Building ``convocate-host`` subcommands (argparse): every command's parser is made the same way.
 
 A subcommand is its name, a one-line summary, a description, its own arguments in ``--help`` order
-and, for commands that reach a host, the SSH options of :func:`convocate_host.target.add_ssh_options`;
+and, for commands that reach a host, the SSH options of :func:`convocate_host.opentarget.add_ssh_options`;
 :func:`add_subcommand` builds it from that list, so the commands only declare their arguments.
 """
 
@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from convocate_host.target import add_ssh_options
+from convocate_host.opentarget import add_ssh_options
 
 #: One argument of a subcommand: ``add_argument``'s flags and keywords, or a function that adds a group.
 Argument = tuple[tuple[str, ...], dict[str, Any]] | Callable[[argparse.ArgumentParser], None]
@@ -34,7 +34,7 @@ def add_subcommand(sub: argparse._SubParsersAction, name: str, summary: str, des
         description: The paragraph of ``NAME --help``.
         func: The adapter ``main`` calls with the parsed arguments.
         arguments: The command's own arguments, in ``--help`` order.
-        ssh: Whether to add :func:`convocate_host.target.add_ssh_options` (``--host`` commands).
+        ssh: Whether to add :func:`convocate_host.opentarget.add_ssh_options` (``--host`` commands).
 
     Returns:
         The subcommand's parser.
