@@ -27,12 +27,14 @@ from convocate_host import operator_ca, vm
 from convocate_host import report as reports
 from convocate_host.agenthost import AgentOptions, each_agent, init_agent, update_host
 from convocate_host.migrate import migrate_session
+from convocate_host.opentarget import open_target
 from convocate_host.prepare import PrepareOptions, prepare
 from convocate_host.report import LiveReport, report_for
 from convocate_host.rsyslog import FIRST_PORT as LOG_PORT
 from convocate_host.rsyslog import PORT_COUNT
 from convocate_host.shellhost import ShellOptions, init_shell
-from convocate_host.target import Target, add_ssh_options, open_target
+from convocate_host.subcommand import add_subcommand, arg
+from convocate_host.target import Target
 
 PROG = "convocate-host"
 
@@ -83,20 +85,24 @@ def _on_host(args: argparse.Namespace, host: str | None, command: str,
     return _run(run)
 
 
+_DEBS = arg("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
+_SHELL_HOST = arg("--shell-host", help="the shell host [this machine]")
+_STATUS_PORT = arg("--status-port", type=int, default=STATUS_PORT, help="status listener port [%(default)s]")
+
+
 # --- install ---------------------------------------------------------------------------------------
 def _add_install(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("install", help="prepare a vanilla host",
-                       description="Prepare a vanilla Debian 12 / Ubuntu host: apt upgrade, base packages, user "
-                       "claude (UID 1337), UTC, ufw (22 and the role's ports). A remote host is rebooted and "
-                       "waited for when a new kernel needs it; this machine never is.")
-    p.add_argument("--host", help="the host to prepare [this machine]")
-    p.add_argument("--role", choices=["agent", "shell", "both"], default="agent",
-                   help="which ports the firewall opens: agent 222, shell 223 and 6514:6769 [%(default)s]")
-    p.add_argument("--no-upgrade", action="store_true", help="skip apt-get dist-upgrade")
-    p.add_argument("--no-firewall", action="store_true", help="leave ufw alone")
-    p.add_argument("--no-reboot", action="store_true", help="never reboot; say when a reboot is due")
-    add_ssh_options(p)
-    p.set_defaults(func=_cmd_install)
+    add_subcommand(sub, "install", "prepare a vanilla host",
+                    "Prepare a vanilla Debian 12 / Ubuntu host: apt upgrade, base packages, user claude (UID 1337), "
+                    "UTC, ufw (22 and the role's ports). A remote host is rebooted and waited for when a new kernel "
+                    "needs it; this machine never is.", _cmd_install, [
+                        arg("--host", help="the host to prepare [this machine]"),
+                        arg("--role", choices=["agent", "shell", "both"], default="agent",
+                             help="which ports the firewall opens: agent 222, shell 223 and 6514:6769 [%(default)s]"),
+                        arg("--no-upgrade", action="store_true", help="skip apt-get dist-upgrade"),
+                        arg("--no-firewall", action="store_true", help="leave ufw alone"),
+                        arg("--no-reboot", action="store_true", help="never reboot; say when a reboot is due"),
+                    ])
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -110,24 +116,23 @@ def _cmd_install(args: argparse.Namespace) -> int:
 
 # --- init-shell ------------------------------------------------------------------------------------
 def _add_init_shell(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("init-shell", help="set up the shell host",
-                       description="Install the convocate package on the shell host and set up the status "
-                       "listener (tcp/223), the log CA and what the agents' TLS log listeners share (one port "
-                       "each, from tcp/6514, opened in ufw as a range).")
-    p.add_argument("--host", help="the shell host [this machine]")
-    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
-    p.add_argument("--no-image", action="store_true", help="do not build the session image now")
-    p.add_argument("--base-image", default="", help="local base image for the session image [debootstrap]")
-    p.add_argument("--domain", default="convocate.internal", help="the cluster's DNS domain [%(default)s]")
-    p.add_argument("--status-port", type=int, default=STATUS_PORT, help="status listener port [%(default)s]")
-    p.add_argument("--log-port", type=int, default=LOG_PORT,
-                   help=f"first of the {PORT_COUNT} TLS log ports, one per agent [%(default)s]")
-    p.add_argument("--name", action="append", default=[], dest="names",
-                   help="another name or address agents reach the shell host by (its TLS certificate names it); "
-                   "repeatable")
-    p.add_argument("--local-address", help="how agents reach this machine, in local mode [its host name]")
-    add_ssh_options(p)
-    p.set_defaults(func=_cmd_init_shell)
+    add_subcommand(sub, "init-shell", "set up the shell host",
+                    "Install the convocate package on the shell host and set up the status listener (tcp/223), the "
+                    "log CA and what the agents' TLS log listeners share (one port each, from tcp/6514, opened in "
+                    "ufw as a range).", _cmd_init_shell, [
+                        arg("--host", help="the shell host [this machine]"),
+                        _DEBS,
+                        arg("--no-image", action="store_true", help="do not build the session image now"),
+                        arg("--base-image", default="", help="local base image for the session image [debootstrap]"),
+                        arg("--domain", default="convocate.internal", help="the cluster's DNS domain [%(default)s]"),
+                        _STATUS_PORT,
+                        arg("--log-port", type=int, default=LOG_PORT,
+                             help=f"first of the {PORT_COUNT} TLS log ports, one per agent [%(default)s]"),
+                        arg("--name", action="append", default=[], dest="names",
+                             help="another name or address agents reach the shell host by (its TLS certificate "
+                             "names it); repeatable"),
+                        arg("--local-address", help="how agents reach this machine, in local mode [its host name]"),
+                    ])
 
 
 def _cmd_init_shell(args: argparse.Namespace) -> int:
@@ -140,27 +145,27 @@ def _cmd_init_shell(args: argparse.Namespace) -> int:
 
 # --- init-agent ------------------------------------------------------------------------------------
 def _add_init_agent(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("init-agent", help="set up an agent host",
-                       description="Install the convocate-agent package on an agent host and join it to the "
-                       "shell host: peering keys, host keys pinned both ways, registration, log forwarding "
-                       "over TLS, the session image.")
-    p.add_argument("--host", required=True, help="the agent host")
-    p.add_argument("--shell-host", help="the shell host [this machine]")
-    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
-    p.add_argument("--image", default=f"convocate:{__version__}", help="session image tag [%(default)s]")
-    p.add_argument("--address", help="how the shell host reaches the agent [--host]")
-    p.add_argument("--shell-address", help="how the agent reaches the shell host [--shell-host, else this "
-                   "machine's host name]")
-    p.add_argument("--listen-port", type=int, default=AGENT_PORT, help="the agent's SSH port [%(default)s]")
-    p.add_argument("--status-port", type=int, default=STATUS_PORT, help="the shell's status port [%(default)s]")
-    p.add_argument("--log-port", type=int, default=LOG_PORT,
-                   help="first of the shell's TLS log ports, as given to init-shell; the agent gets its own "
-                   "[%(default)s]")
-    p.add_argument("--docker-path-prefix", default="",
-                   help="where the agent host's files appear to its dockerd, for an agent in a container "
-                   "that drives its host's dockerd [none]")
-    add_ssh_options(p)
-    p.set_defaults(func=_cmd_init_agent)
+    add_subcommand(sub, "init-agent", "set up an agent host",
+                    "Install the convocate-agent package on an agent host and join it to the shell host: peering "
+                    "keys, host keys pinned both ways, registration, log forwarding over TLS, the session image.",
+                    _cmd_init_agent, [
+                        arg("--host", required=True, help="the agent host"),
+                        _SHELL_HOST,
+                        _DEBS,
+                        arg("--image", default=f"convocate:{__version__}", help="session image tag [%(default)s]"),
+                        arg("--address", help="how the shell host reaches the agent [--host]"),
+                        arg("--shell-address", help="how the agent reaches the shell host [--shell-host, else "
+                             "this machine's host name]"),
+                        arg("--listen-port", type=int, default=AGENT_PORT, help="the agent's SSH port [%(default)s]"),
+                        arg("--status-port", type=int, default=STATUS_PORT,
+                             help="the shell's status port [%(default)s]"),
+                        arg("--log-port", type=int, default=LOG_PORT,
+                             help="first of the shell's TLS log ports, as given to init-shell; the agent gets its "
+                             "own [%(default)s]"),
+                        arg("--docker-path-prefix", default="",
+                             help="where the agent host's files appear to its dockerd, for an agent in a container "
+                             "that drives its host's dockerd [none]"),
+                    ])
 
 
 def _cmd_init_agent(args: argparse.Namespace) -> int:
@@ -190,30 +195,32 @@ def _cmd_init_agent(args: argparse.Namespace) -> int:
 
 # --- update ----------------------------------------------------------------------------------------
 def _add_update(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("update", help="roll new packages and image",
-                       description="Install the newest .debs of the convocate packages a host has and, on an agent "
-                       "host, send the new session image and make it current. Running sessions keep their "
-                       "image until they are restarted. --all updates every registered agent in turn and "
-                       "stops at the first that does not come back healthy.")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--host", help="the host to update")
-    target.add_argument("--all", action="store_true", help="every agent registered on the shell host")
-    p.add_argument("--drain", action="store_true",
-                   help="with --all: drain each agent before updating it (`convocate drain`: its sessions move to "
-                   "the agents placement picks) and undrain it once it is healthy; stops at an agent whose "
-                   "sessions cannot all move")
-    p.add_argument("--shell-host", help="the shell host (image source, health checks) [this machine]")
-    p.add_argument("--debs", type=Path, default=Path("."), help="directory with the .debs [%(default)s]")
-    p.add_argument("--image", help="session image tag [convocate:<new agent version>; with --claude-code: the "
-                   "tag to build, convocate:<shell's convocate version>-cc<VERSION>]")
-    p.add_argument("--claude-code", metavar="VERSION",
-                   help="roll this Claude Code version (X.Y.Z, or latest: the npm registry's newest) without new "
-                   "packages: the shell host builds the image with it, each agent gets it as its current image; "
-                   "--debs is not used")
-    p.add_argument("--registry", help="npm registry asked for --claude-code latest [$NPM_CONFIG_REGISTRY, else "
-                   "https://registry.npmjs.org]")
-    add_ssh_options(p)
-    p.set_defaults(func=_cmd_update)
+    def host_or_all(p: argparse.ArgumentParser) -> None:
+        target = p.add_mutually_exclusive_group(required=True)
+        target.add_argument("--host", help="the host to update")
+        target.add_argument("--all", action="store_true", help="every agent registered on the shell host")
+
+    add_subcommand(sub, "update", "roll new packages and image",
+                    "Install the newest .debs of the convocate packages a host has and, on an agent host, send the "
+                    "new session image and make it current. Running sessions keep their image until they are "
+                    "restarted. --all updates every registered agent in turn and stops at the first that does not "
+                    "come back healthy.", _cmd_update, [
+                        host_or_all,
+                        arg("--drain", action="store_true",
+                             help="with --all: drain each agent before updating it (`convocate drain`: its sessions "
+                             "move to the agents placement picks) and undrain it once it is healthy; stops at an "
+                             "agent whose sessions cannot all move"),
+                        arg("--shell-host", help="the shell host (image source, health checks) [this machine]"),
+                        _DEBS,
+                        arg("--image", help="session image tag [convocate:<new agent version>; with --claude-code: "
+                             "the tag to build, convocate:<shell's convocate version>-cc<VERSION>]"),
+                        arg("--claude-code", metavar="VERSION",
+                             help="roll this Claude Code version (X.Y.Z, or latest: the npm registry's newest) "
+                             "without new packages: the shell host builds the image with it, each agent gets it as "
+                             "its current image; --debs is not used"),
+                        arg("--registry", help="npm registry asked for --claude-code latest [$NPM_CONFIG_REGISTRY, "
+                             "else https://registry.npmjs.org]"),
+                    ])
 
 
 def _cmd_update_claude_code(args: argparse.Namespace) -> int:
@@ -222,29 +229,22 @@ def _cmd_update_claude_code(args: argparse.Namespace) -> int:
     # "none" builds the tests' stand-in claude (build-image.sh --claude-code none).
     version = "none" if args.claude_code == "none" else claude_pin.resolve(args.claude_code, args.registry)
 
-    async def run() -> int:
-        shell = await _target(args, args.shell_host)
-        shell_report = report_for(shell)
+    async def update(shell: Target, shell_report: LiveReport) -> None:
         if args.claude_code == claude_pin.LATEST:
             shell_report.note(f"Claude Code latest is {version} (npm registry {claude_pin.registry_url(args.registry)})")
-        try:
-            tag = await claude_roll.build_image(shell, version, shell_report, tag=args.image)
-            progress = None if args.json else sys.stderr
+        tag = await claude_roll.build_image(shell, version, shell_report, tag=args.image)
+        progress = None if args.json else sys.stderr
 
-            async def roll(target: Target, report: LiveReport) -> None:
-                await claude_roll.roll_to_agent(shell, target, tag, version, report, shell_report=shell_report,
-                                                progress=None if target is shell else progress)
+        async def roll(target: Target, report: LiveReport) -> None:
+            await claude_roll.roll_to_agent(shell, target, tag, version, report, shell_report=shell_report,
+                                            progress=None if target is shell else progress)
 
-            done = await _on_update_targets(args, shell, shell_report, roll, "update --claude-code",
-                                            "update --claude-code")
-            if args.all and not args.json:
-                print(f"rolled Claude Code {version} ({tag}) to {len(done)} agent(s): {', '.join(done)}")
-        finally:
-            await shell.close()
-        shell_report.finish("update --claude-code")
-        return 0
+        done = await _on_update_targets(args, shell, shell_report, roll, "update --claude-code",
+                                        "update --claude-code")
+        if args.all and not args.json:
+            print(f"rolled Claude Code {version} ({tag}) to {len(done)} agent(s): {', '.join(done)}")
 
-    return _run(run)
+    return _on_host(args, args.shell_host, "update --claude-code", update)
 
 
 async def _on_update_targets(args: argparse.Namespace, shell: Target, shell_report: LiveReport,
@@ -284,77 +284,62 @@ def _cmd_update(args: argparse.Namespace) -> int:
     if args.claude_code:
         return _cmd_update_claude_code(args)
 
-    async def run() -> int:
-        shell = await _target(args, args.shell_host)
-        shell_report = report_for(shell)
-        try:
-            done = await _on_update_targets(
-                args, shell, shell_report,
-                lambda target, report: update_host(shell, target, args.debs, report, image=args.image,
-                                                   shell_report=shell_report), "update", "update --all")
-            if args.all and not args.json:
-                print(f"updated {len(done)} agent(s): {', '.join(done)}")
-        finally:
-            await shell.close()
-        shell_report.finish("update")
-        return 0
+    async def update(shell: Target, shell_report: LiveReport) -> None:
+        done = await _on_update_targets(
+            args, shell, shell_report,
+            lambda target, report: update_host(shell, target, args.debs, report, image=args.image,
+                                               shell_report=shell_report), "update", "update --all")
+        if args.all and not args.json:
+            print(f"updated {len(done)} agent(s): {', '.join(done)}")
 
-    return _run(run)
+    return _on_host(args, args.shell_host, "update", update)
 
 
 # --- migrate-session -------------------------------------------------------------------------------
 def _add_migrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("migrate-session", help="move an orphan session to an agent",
-                       description="Move an orphan session directory (/home/claude/<uuid> on the shell host, "
-                       "claimed by no agent) to an agent, verified entry by entry; the shell's copy is kept "
-                       "in /home/claude/.migrated/.")
-    p.add_argument("--agent", required=True, help="agent ID (as registered on the shell host)")
-    p.add_argument("--session", required=True, help="the session UUID")
-    p.add_argument("--shell-host", help="the shell host [this machine]")
-    add_ssh_options(p)
-    p.set_defaults(func=_cmd_migrate)
+    add_subcommand(sub, "migrate-session", "move an orphan session to an agent",
+                    "Move an orphan session directory (/home/claude/<uuid> on the shell host, claimed by no agent) "
+                    "to an agent, verified entry by entry; the shell's copy is kept in /home/claude/.migrated/.",
+                    _cmd_migrate, [
+                        arg("--agent", required=True, help="agent ID (as registered on the shell host)"),
+                        arg("--session", required=True, help="the session UUID"),
+                        _SHELL_HOST,
+                    ])
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from convocate_host.agenthost import registered_agents
 
-    async def run() -> int:
-        shell = await _target(args, args.shell_host)
-        shell_report = report_for(shell)
+    async def migrate(shell: Target, shell_report: LiveReport) -> None:
+        addresses = dict(await registered_agents(shell))
+        if args.agent not in addresses:
+            raise BadRequest(f"agent {args.agent!r} is not registered on {shell.description} "
+                             f"(registered: {', '.join(sorted(addresses)) or 'none'})")
+        agent = await _target(args, addresses[args.agent])
+        report = report_for(agent)
         try:
-            addresses = dict(await registered_agents(shell))
-            if args.agent not in addresses:
-                raise BadRequest(f"agent {args.agent!r} is not registered on {shell.description} "
-                                 f"(registered: {', '.join(sorted(addresses)) or 'none'})")
-            agent = await _target(args, addresses[args.agent])
-            report = report_for(agent)
-            try:
-                await migrate_session(shell, agent, args.session, args.agent, report, shell_report)
-            finally:
-                await agent.close()
-            report.finish("migrate-session")
+            await migrate_session(shell, agent, args.session, args.agent, report, shell_report)
         finally:
-            await shell.close()
-        shell_report.finish("migrate-session")
-        return 0
+            await agent.close()
+        report.finish("migrate-session")
 
-    return _run(run)
+    return _on_host(args, args.shell_host, "migrate-session", migrate)
 
 
 # --- operator-cert ---------------------------------------------------------------------------------
 def _add_operator_cert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("operator-cert", help="issue an operator certificate",
-                       description="Sign an operator's own SSH public key with the cluster's operator CA "
-                       "(/etc/convocate/operator-ca, root's) into an OpenSSH user certificate whose key ID and "
-                       "principal are NAME; the agents take the operator's connections for NAME. Runs on the "
-                       "shell host as root.")
-    p.add_argument("--name", required=True,
-                   help="the operator's name: 1-32 of a-z, 0-9, '.', '_', '-', starting with a letter")
-    p.add_argument("pubkey", type=Path, metavar="PUBKEY_FILE", help="the operator's public key (e.g. id_ed25519.pub)")
-    p.add_argument("--valid-days", type=int, default=operator_ca.DEFAULT_VALID_DAYS,
-                   help="days the certificate is valid [%(default)s]")
-    p.add_argument("--out", type=Path, help="where to write it [KEY-cert.pub beside the key]")
-    p.set_defaults(func=_cmd_operator_cert)
+    add_subcommand(sub, "operator-cert", "issue an operator certificate",
+                    "Sign an operator's own SSH public key with the cluster's operator CA (/etc/convocate/operator-ca, "
+                    "root's) into an OpenSSH user certificate whose key ID and principal are NAME; the agents take "
+                    "the operator's connections for NAME. Runs on the shell host as root.", _cmd_operator_cert, [
+                        arg("--name", required=True,
+                             help="the operator's name: 1-32 of a-z, 0-9, '.', '_', '-', starting with a letter"),
+                        arg("pubkey", type=Path, metavar="PUBKEY_FILE",
+                             help="the operator's public key (e.g. id_ed25519.pub)"),
+                        arg("--valid-days", type=int, default=operator_ca.DEFAULT_VALID_DAYS,
+                             help="days the certificate is valid [%(default)s]"),
+                        arg("--out", type=Path, help="where to write it [KEY-cert.pub beside the key]"),
+                    ], ssh=False)
 
 
 def _cmd_operator_cert(args: argparse.Namespace) -> int:

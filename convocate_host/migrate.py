@@ -54,6 +54,21 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
             differing copy; the shell's copy is untouched in every such case.
     """
     sid = validate_uuid(session_id, "--session")
+    meta = await _check_orphan(shell, agent, sid, agent_id, report, shell_report)
+    if meta is None:
+        return False
+    await _copy_verified(shell, agent, sid, report)
+    await _install(shell, agent, meta, report, shell_report)
+    return True
+
+
+async def _check_orphan(shell: Target, agent: Target, sid: str, agent_id: str, report: LiveReport,
+                        shell_report: LiveReport) -> SessionMeta | None:
+    """Step 1: the orphan's validated metadata, or None when the session already moved.
+
+    Raises:
+        HostError: a refusal (running container, not a session, already on the agent).
+    """
     source = str(PATHS.session_dir(sid))
     target_dir = str(PATHS.session_dir(sid))
     record = str(PATHS.session_record(sid))
@@ -62,7 +77,7 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
     on_shell = await shell.exists(legacy)
     if on_agent and not on_shell:
         report.kept(f"session {sid} is on agent {agent_id}; the shell host has no copy left")
-        return False
+        return None
     if on_agent:
         raise HostError(f"{agent.description}: session {sid} already exists there; the shell's copy {source} "
                         "was left alone (compare them by hand)")
@@ -85,7 +100,16 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
         shell_report.note("docker is not usable on the shell host: no local container can run the session")
     else:
         shell_report.kept(f"no container runs session {sid} on the shell host")
+    return meta
 
+
+async def _copy_verified(shell: Target, agent: Target, sid: str, report: LiveReport) -> None:
+    """Step 2: copy the session directory into the agent's staging directory and compare manifests.
+
+    Raises:
+        HostError: the copy failed or differs; the staging copy is removed.
+    """
+    source = str(PATHS.session_dir(sid))
     staging = f"{PATHS.staging_dir}/migrate-{sid}"
     await agent.sh('rm -rf -- "$1" && mkdir -p -- "$1"', staging, what="preparing the staging directory")
     sender = await shell.open_process(["tar", "-C", str(PATHS.session_base), "--numeric-owner", "-cf", "-", sid],
@@ -102,6 +126,15 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
         raise HostError(f"the copy of session {sid} on {agent.description} differs from the shell's; it was "
                         "removed and the shell's copy is untouched")
     report.changed(f"session {sid} copied ({sent >> 10} KiB, {len(here.splitlines()) // 2} entries verified)")
+
+
+async def _install(shell: Target, agent: Target, meta: SessionMeta, report: LiveReport,
+                   shell_report: LiveReport) -> None:
+    """Steps 2 (end), 3 and 4: rename the verified copy into place, write the record, move the shell's copy aside."""
+    sid = meta.uuid
+    source = target_dir = str(PATHS.session_dir(sid))
+    staging = f"{PATHS.staging_dir}/migrate-{sid}"
+    record = str(PATHS.session_record(sid))
     await agent.sh('rm -f -- "$1/$4" && mv -- "$1" "$2" && rmdir -- "$3"', f"{staging}/{sid}", target_dir, staging,
                    LEGACY_SESSION_FILE, what="moving the session into place")
     report.changed(f"session {sid} in place at {target_dir}")
@@ -113,4 +146,3 @@ async def migrate_session(shell: Target, agent: Target, session_id: str, agent_i
     await shell.sh('mkdir -p -- "$(dirname -- "$2")" && mv -- "$1" "$2"', source, backup,
                    what="moving the shell's copy aside")
     shell_report.changed(f"the shell's copy moved to {backup} (a backup; remove it when you are satisfied)")
-    return True

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 from convocate.common import messages
 from convocate.common.hostsetup import StepReport
-from convocate_host.target import DryRunTarget, Target
+from convocate_host.dryrun import DryRunTarget
+from convocate_host.target import Target
 
 #: Entry kinds of :attr:`LiveReport.entries`.
 CHANGED, KEPT, NOTE, PLANNED = "changed", "ok", "note", "planned"

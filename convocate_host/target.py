@@ -2,33 +2,30 @@
 
 Every provisioning step is a sequence of commands run as root on a target and of files read or
 written there. :class:`LocalTarget` runs them here (``sudo -n`` unless already root);
-:class:`SSHTarget` runs them on ``--host`` over one asyncssh connection made with the operator's
+:class:`~convocate_host.sshtarget.SSHTarget` runs them on ``--host`` over one asyncssh connection made with the operator's
 own keys, agent and ``known_hosts`` (OpenSSH's files), as ``--user`` through ``sudo -n``
 (sudo(8): ``-n`` fails instead of prompting, so a missing NOPASSWD rule is a clear error, not a
 hung deploy). Both offer the same operations, so a step never knows which one it drives.
 
 Files are written atomically (a temporary file in the same directory, synced, then renamed over
 the target) and only when their bytes, mode or owner differ, which is what makes every step
-idempotent and able to say whether it changed something.
+idempotent and able to say whether it changed something. The SSH target lives in
+:mod:`convocate_host.sshtarget`, the ``--dry-run`` wrapper in :mod:`convocate_host.dryrun`, the
+command-line options and :func:`~convocate_host.opentarget.open_target` in :mod:`convocate_host.opentarget`.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
-import getpass
 import hashlib
 import os
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import asyncssh
 
 from convocate.common import messages
-from convocate.common.errors import ConvocateError, HostKeyMismatch, Unreachable
+from convocate.common.errors import ConvocateError
 
 #: How long a command may run before the step gives up, in seconds (apt upgrades are slow).
 DEFAULT_TIMEOUT_S = 1800.0
@@ -199,7 +196,7 @@ class Target(abc.ABC):
     description: str
     address: str
     local: bool
-    #: True for a :class:`DryRunTarget`: commands not marked ``reads`` are recorded, not run.
+    #: True for a :class:`~convocate_host.dryrun.DryRunTarget`: commands not marked ``reads`` are recorded, not run.
     dry_run: bool = False
 
     @abc.abstractmethod
@@ -224,7 +221,7 @@ class Target(abc.ABC):
             timeout: Seconds before it is abandoned.
             what: What the command is for, for the error message.
             reads: The caller's word that the command only reads (changes nothing on the host): a
-                :class:`DryRunTarget` runs such commands and only records the others. Never guessed
+                :class:`~convocate_host.dryrun.DryRunTarget` runs such commands and only records the others. Never guessed
                 from the command; every call site says so.
 
         Returns:
@@ -402,274 +399,3 @@ class LocalTarget(Target):
             *self._prefix, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         return _LocalProcess(proc, argv)
-
-
-class _SSHProcess(Process):
-    def __init__(self, proc: asyncssh.SSHClientProcess, argv: tuple[str, ...]) -> None:
-        self._proc = proc
-        self._argv = argv
-
-    def write(self, data: bytes) -> None:
-        self._proc.stdin.write(data)
-
-    async def drain(self) -> None:
-        await self._proc.stdin.drain()
-
-    async def close_stdin(self) -> None:
-        self._proc.stdin.write_eof()
-
-    async def read(self, size: int) -> bytes:
-        return await self._proc.stdout.read(size)
-
-    async def wait(self) -> CommandResult:
-        rest, err = await asyncio.gather(self._proc.stdout.read(), self._proc.stderr.read())
-        completed = await self._proc.wait()
-        status = completed.exit_status if completed.exit_status is not None else 255
-        return CommandResult(self._argv, status, rest, err)
-
-    def kill(self) -> None:
-        self._proc.close()
-
-
-class SSHTarget(Target):
-    """Another host, over SSH with the operator's credentials, as ``user`` through ``sudo -n``.
-
-    Use :meth:`connect` to make one.
-
-    Attributes:
-        user: The login user.
-        connection: The open asyncssh connection.
-    """
-
-    local = False
-
-    def __init__(self, address: str, user: str, port: int, connection: asyncssh.SSHClientConnection) -> None:
-        self.address = address
-        self.user = user
-        self.port = port
-        self.connection = connection
-        where = f"[{address}]" if ":" in address else address
-        self.description = f"{user}@{where}" + (f":{port}" if port != 22 else "")
-        self._sudo = user != "root"
-
-    @classmethod
-    async def connect(cls, address: str, *, user: str, port: int = 22, identity: Path | None = None,
-                      known_hosts: Path | None = None) -> SSHTarget:
-        """Log in to ``address`` and check that ``sudo -n`` works there.
-
-        Args:
-            address: Host name or IP address.
-            user: Login user (root, or a user with NOPASSWD sudo).
-            port: SSH port.
-            identity: A private key to use instead of the operator's default keys and agent.
-            known_hosts: A known_hosts file instead of ``~/.ssh/known_hosts``.
-
-        Raises:
-            HostKeyMismatch: the host key is unknown or differs from known_hosts.
-            Unreachable: the host cannot be reached or refused the login.
-            SudoRequired: the user cannot use ``sudo -n``.
-        """
-        options: dict = {"username": user, "connect_timeout": CONNECT_TIMEOUT_S, "keepalive_interval": 30,
-                         "keepalive_count_max": 4}
-        if identity is not None:
-            options.update(client_keys=[str(identity)], agent_path=None)
-        if known_hosts is not None:
-            options["known_hosts"] = str(known_hosts)
-        where = f"{user}@{address}:{port}"
-        try:
-            conn = await asyncssh.connect(address, port, **options)
-        except asyncssh.HostKeyNotVerifiable as e:
-            raise HostKeyMismatch(messages.HOST_SSH_HOST_KEY.format(
-                host=where, known_hosts=known_hosts or "~/.ssh/known_hosts", detail=e.reason)) from e
-        except asyncssh.PermissionDenied as e:
-            raise Unreachable(messages.HOST_SSH_UNREACHABLE.format(host=where, detail=f"login refused: {e.reason}")) \
-                from e
-        except (TimeoutError, OSError, asyncssh.Error) as e:
-            raise Unreachable(messages.HOST_SSH_UNREACHABLE.format(host=where, detail=str(e) or type(e).__name__)) \
-                from e
-        target = cls(address, user, port, conn)
-        if target._sudo:
-            result = await target._exec(["true"], None, 60)
-            if not result.ok:
-                conn.close()
-                raise SudoRequired(messages.HOST_SUDO_REQUIRED.format(host=target.description, user=user,
-                                                                      detail=result.detail()))
-        return target
-
-    def _command(self, argv: Sequence[str]) -> str:
-        return shlex.join((["sudo", "-n", "--"] if self._sudo else []) + list(argv))
-
-    async def _exec(self, argv: Sequence[str], input: bytes | None, timeout: float) -> CommandResult:
-        argv = tuple(argv)
-        try:
-            proc = await self.connection.create_process(self._command(argv), encoding=None)
-            if input:
-                proc.stdin.write(input)
-            proc.stdin.write_eof()  # always: asyncssh sends no EOF for an empty input of its own
-            completed = await proc.wait()
-        except (OSError, asyncssh.Error) as e:
-            raise Unreachable(messages.HOST_SSH_UNREACHABLE.format(host=self.description, detail=str(e))) from e
-        status = completed.exit_status if completed.exit_status is not None else 255
-        return CommandResult(argv, status, bytes(completed.stdout or b""), bytes(completed.stderr or b""))
-
-    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
-        argv = tuple(argv)
-        try:
-            proc = await self.connection.create_process(self._command(argv), encoding=None)
-        except (OSError, asyncssh.Error) as e:
-            raise Unreachable(messages.HOST_SSH_UNREACHABLE.format(host=self.description, detail=str(e))) from e
-        return _SSHProcess(proc, argv)
-
-    async def close(self) -> None:
-        self.connection.close()
-        await self.connection.wait_closed()
-
-
-class _NullProcess(Process):
-    """What a dry run hands out for a stream that would change the host: it takes and gives nothing."""
-
-    def __init__(self, argv: tuple[str, ...]) -> None:
-        self._argv = argv
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
-
-    async def close_stdin(self) -> None:
-        pass
-
-    async def read(self, size: int) -> bytes:
-        return b""
-
-    async def wait(self) -> CommandResult:
-        return CommandResult(self._argv, 0, b"", b"")
-
-    def kill(self) -> None:
-        pass
-
-
-class DryRunTarget(Target):
-    """A target for ``--dry-run``: reads happen, writes are recorded as what would change.
-
-    Commands the call site marks ``reads=True`` (and the file reads of :class:`Target`) run on the
-    wrapped target; every other command, file write, directory creation and stream into a command
-    is recorded in :attr:`planned` (and told to ``on_plan``, the report) and treated as having
-    succeeded with no output. A file this run would have written reads back as written, so later
-    steps see the state the real run would leave.
-
-    Args:
-        inner: The real target.
-
-    Attributes:
-        planned: One line per would-be change, in order.
-        on_plan: Called with each such line (``LiveReport.would``); None to only record.
-    """
-
-    dry_run = True
-
-    def __init__(self, inner: Target) -> None:
-        self.inner = inner
-        self.description = inner.description
-        self.address = inner.address
-        self.local = inner.local
-        self.planned: list[str] = []
-        self.on_plan: Callable[[str], None] | None = None
-        self._written: dict[str, tuple[bytes, FileState]] = {}
-        self._dirs: dict[str, list[str]] = {}
-
-    def _plan(self, line: str) -> None:
-        self.planned.append(line)
-        if self.on_plan is not None:
-            self.on_plan(line)
-
-    async def _exec(self, argv: Sequence[str], input: bytes | None, timeout: float) -> CommandResult:
-        return await self.inner._exec(argv, input, timeout)  # only reached for reads (see run)
-
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
-                  timeout: float = DEFAULT_TIMEOUT_S, what: str | None = None, reads: bool = False) -> CommandResult:
-        """Run ``argv`` on the real target if it only reads, else record it (see :meth:`Target.run`)."""
-        if reads:
-            return await self.inner.run(argv, input=input, check=check, timeout=timeout, what=what, reads=True)
-        self._plan(messages.DRY_RUN_COMMAND.format(command=shlex.join(argv), what=f" ({what})" if what else ""))
-        return CommandResult(tuple(argv), 0, b"", b"")
-
-    async def open_process(self, argv: Sequence[str], *, reads: bool = False) -> Process:
-        if reads:
-            return await self.inner.open_process(argv, reads=True)
-        self._plan(messages.DRY_RUN_STREAM.format(command=shlex.join(argv), what=""))
-        return _NullProcess(tuple(argv))
-
-    async def read_file(self, path: str) -> bytes | None:
-        if path in self._written:
-            return self._written[path][0]
-        return await self.inner.read_file(path)
-
-    async def file_state(self, path: str) -> FileState | None:
-        if path in self._written:
-            return self._written[path][1]
-        return await self.inner.file_state(path)
-
-    async def exists(self, path: str) -> bool:
-        return path in self._written or path in self._dirs or await self.inner.exists(path)
-
-    async def dir_state(self, path: str) -> list[str]:
-        return self._dirs[path] if path in self._dirs else await self.inner.dir_state(path)
-
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root:root",
-                         expect_sha256: str | None = None) -> bool:
-        """Record the write :meth:`Target.write_file` would make; True when it would change the file."""
-        wanted = FileState(mode, owner, hashlib.sha256(data).hexdigest())
-        if await self.file_state(path) == wanted:
-            return False
-        self._written[path] = (data, wanted)
-        self._plan(messages.DRY_RUN_WRITE.format(path=path, size=len(data), mode=mode, owner=owner))
-        return True
-
-    async def ensure_dir(self, path: str, *, mode: int = 0o755, owner: str = "root:root") -> bool:
-        """Record the directory :meth:`Target.ensure_dir` would make or fix; True when it would change."""
-        if await self.dir_state(path) == [f"{mode:o}", owner]:
-            return False
-        self._dirs[path] = [f"{mode:o}", owner]
-        self._plan(messages.DRY_RUN_DIR.format(path=path, mode=mode, owner=owner))
-        return True
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-# --- command line ------------------------------------------------------------------------------------
-#: The ``--host`` value that means this machine (for commands whose host option is required).
-LOCAL = "local"
-
-
-def add_ssh_options(parser: argparse.ArgumentParser) -> None:
-    """The SSH options every ``convocate-host`` command takes (``--user --port --identity --known-hosts``)."""
-    group = parser.add_argument_group("SSH")
-    group.add_argument("--user", default=getpass.getuser(),
-                       help="login user on remote hosts: root or one with NOPASSWD sudo [%(default)s]")
-    group.add_argument("--port", type=int, default=22, help="SSH port of remote hosts [%(default)s]")
-    group.add_argument("--identity", type=Path, help="private key to log in with [your SSH keys and agent]")
-    group.add_argument("--known-hosts", type=Path, help="known_hosts file [~/.ssh/known_hosts]")
-
-
-async def open_target(args: argparse.Namespace, host: str | None, *, local_address: str | None = None) -> Target:
-    """This machine for no host (or ``local``), else an SSH login to ``host`` with the options of :func:`add_ssh_options`.
-
-    With ``args.dry_run`` the target is wrapped in a :class:`DryRunTarget`.
-
-    Raises:
-        SudoRequired: sudo needs a password (here or there).
-        HostKeyMismatch: the host key is not the known one.
-        Unreachable: the host cannot be reached or refused the login.
-    """
-    target: Target
-    if not host or host == LOCAL:
-        local = LocalTarget(local_address)
-        await local.check_sudo()
-        target = local
-    else:
-        target = await SSHTarget.connect(host, user=args.user, port=args.port, identity=args.identity,
-                                         known_hosts=args.known_hosts)
-    return DryRunTarget(target) if getattr(args, "dry_run", False) else target

@@ -22,8 +22,9 @@ import pytest
 
 from convocate.common import messages
 from convocate_host import claude_roll
+from convocate_host.dryrun import DryRunTarget
 from convocate_host.report import LiveReport
-from convocate_host.target import DryRunTarget, LocalTarget
+from convocate_host.target import LocalTarget
 from tests.harness import REPO, python
 from tests.systemd_hosts import DOCKER
 from tests.test_host_cli import convocate_host, host_container, ssh_host  # noqa: F401 (fixtures)

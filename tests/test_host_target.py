@@ -21,15 +21,15 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.errors import ConfigError
+from convocate_host.dryrun import DryRunTarget
 from convocate_host.prepare import kernel_needs_reboot
 from convocate_host.report import LiveReport
+from convocate_host.sshtarget import SSHTarget
 from convocate_host.target import (
     ABSENT,
-    DryRunTarget,
     FileChanged,
     HostError,
     LocalTarget,
-    SSHTarget,
     SudoRequired,
     Target,
 )

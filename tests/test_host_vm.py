@@ -33,8 +33,9 @@ from convocate.common.hostsetup import StepReport
 from convocate.common.paths import Paths
 from convocate_host import cli, vm
 from convocate_host import report as reports
+from convocate_host.dryrun import DryRunTarget
 from convocate_host.report import LiveReport
-from convocate_host.target import CommandResult, DryRunTarget, HostError, LocalTarget
+from convocate_host.target import CommandResult, HostError, LocalTarget
 from convocate_host.vm import create as vm_create
 from convocate_host.vm import preflight
 

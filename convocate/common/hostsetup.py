@@ -1,4 +1,4 @@
-"""What the role install steps share: the ``claude`` account, modes, idempotent writes, systemd.
+"""What the role install steps share: the ``claude`` account, modes, idempotent writes, ``/etc/default`` files.
 
 ``convocate-agent install`` and ``convocate install`` run from the packages' postinst on every
 configure (install, upgrade, ``dpkg-reconfigure``) and by hand. Each must be idempotent: a second
@@ -7,6 +7,8 @@ differs from what is wanted, and record every step in a :class:`StepReport` as c
 
 :func:`ensure_account` and :func:`daemon_reload` act on the live system; the install steps call
 them only when ``Paths.relocated`` is false (tests and the demo run under ``CONVOCATE_ROOT``).
+Commands, listening ports and systemd units live in :mod:`convocate.common.systemd`; the names the
+install steps call are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import grp
 import os
 import pwd
 import shutil
-import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +25,15 @@ from typing import Any, TypeVar
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write
-from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER, Paths
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
+from convocate.common.systemd import DEBCONF_VARIABLES as DEBCONF_VARIABLES
+from convocate.common.systemd import check_port_free as check_port_free
+from convocate.common.systemd import child_env as child_env
+from convocate.common.systemd import daemon_reload as daemon_reload
+from convocate.common.systemd import restart_if_inputs_changed as restart_if_inputs_changed
+from convocate.common.systemd import run_command as run_command
+from convocate.common.systemd import systemd_running as systemd_running
+from convocate.common.systemd import unit_active_since as unit_active_since
 
 T = TypeVar("T")
 
@@ -83,51 +92,6 @@ def print_install_report(prog: str, report: StepReport, as_json: bool, indent: i
     return 0
 
 
-#: What debconf's confmodule puts in a maintainer script's environment. A child that inherits them
-#: believes it runs under a debconf frontend it cannot reach: debootstrap's chroot looped in
-#: pam-auth-update on end of input that way (MACHINE-NOTES). debconf-devel(7), "ENVIRONMENT".
-DEBCONF_VARIABLES = ("DEBIAN_HAS_FRONTEND", "DEBCONF_REDIR", "DEBCONF_OLD_FD_BASE", "DEBCONF_FRONTEND",
-                     "DEBIAN_FRONTEND", "DEBCONF_PRIORITY", "DEBCONF_RECONFIGURE", "DEBCONF_SYSTEMRC")
-
-
-def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a command an install step starts: this one without debconf's variables.
-
-    Args:
-        environ: The environment to start from (default ``os.environ``).
-
-    Returns:
-        A copy without :data:`DEBCONF_VARIABLES`.
-    """
-    env = dict(os.environ if environ is None else environ)
-    for name in DEBCONF_VARIABLES:
-        env.pop(name, None)
-    return env
-
-
-def run_command(args: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
-    """Run a system command; a failure becomes a :class:`ConfigError` naming it.
-
-    Args:
-        args: The command and its arguments (no shell).
-        what: What the command was for, for the message.
-
-    Raises:
-        ConfigError: the command is missing or exited non-zero; the message holds its stderr.
-    """
-    try:
-        result = subprocess.run(list(args), capture_output=True, text=True, check=False, env=child_env(),
-                                stdin=subprocess.DEVNULL)
-    except OSError as e:
-        raise ConfigError(messages.COMMAND_FAILED.format(what=what, command=" ".join(args), status="-",
-                                                         detail=e)) from e
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip() or "no output"
-        raise ConfigError(messages.COMMAND_FAILED.format(what=what, command=" ".join(args),
-                                                         status=result.returncode, detail=detail))
-    return result
-
-
 # --- the claude account -------------------------------------------------------------------------
 def group_command() -> list[str]:
     """addgroup(8) for the group ``claude`` with GID 1337 (run where it is missing)."""
@@ -151,8 +115,16 @@ def user_command(home: str, login_shell: str, *, create_home: bool) -> list[str]
             "convocate sessions", CLAUDE_USER]
 
 
-def _entry(lookup: Callable[[Any], T], key: Any) -> T | None:
-    """The group or passwd entry ``lookup(key)`` finds (grp/pwd), or None where there is none."""
+def account_entry(lookup: Callable[[Any], T], key: Any) -> T | None:
+    """The group or passwd entry ``lookup(key)`` finds, or None where there is none.
+
+    Args:
+        lookup: ``pwd.getpwnam``, ``pwd.getpwuid``, ``grp.getgrnam`` or ``grp.getgrgid``.
+        key: The name or numeric ID to look up.
+
+    Returns:
+        The ``struct_passwd``/``struct_group`` entry, or None where the lookup raises ``KeyError``.
+    """
     try:
         return lookup(key)
     except KeyError:
@@ -179,12 +151,12 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
             addgroup/adduser/usermod failed.
     """
-    group = _entry(grp.getgrnam, CLAUDE_USER)
+    group = account_entry(grp.getgrnam, CLAUDE_USER)
     if group is not None and group.gr_gid != CLAUDE_GID:
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="group", name=CLAUDE_USER, id_name="GID",
                                                               actual=group.gr_gid, wanted=CLAUDE_GID))
     if group is None:
-        other = getattr(_entry(grp.getgrgid, CLAUDE_GID), "gr_name", None)
+        other = getattr(account_entry(grp.getgrgid, CLAUDE_GID), "gr_name", None)
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
                                                                other=other, name=CLAUDE_USER))
@@ -193,7 +165,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
     else:
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
 
-    user = _entry(pwd.getpwnam, CLAUDE_USER)
+    user = account_entry(pwd.getpwnam, CLAUDE_USER)
     if user is not None and user.pw_uid != CLAUDE_UID:
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="UID",
                                                               actual=user.pw_uid, wanted=CLAUDE_UID))
@@ -201,7 +173,7 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="primary GID",
                                                               actual=user.pw_gid, wanted=CLAUDE_GID))
     if user is None:
-        other = getattr(_entry(pwd.getpwuid, CLAUDE_UID), "pw_name", None)
+        other = getattr(account_entry(pwd.getpwuid, CLAUDE_UID), "pw_name", None)
         if other is not None:
             raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
                                                                other=other, name=CLAUDE_USER))
@@ -212,71 +184,6 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         report.changed(f"user {CLAUDE_USER}: login shell {user.pw_shell} -> {login_shell}")
     else:
         report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {user.pw_shell}) kept")
-
-
-def check_port_free(port: int, unit: str, report: StepReport) -> None:
-    """Fail early when another program listens on the TCP port ``unit`` is to listen on.
-
-    The port may be held by ``unit`` itself (a reconfigure or an upgrade of a running service):
-    the owner of the listening socket is looked up in ``/proc/net/tcp{,6}`` and ``/proc/*/fd``
-    (proc(5)) and compared with the unit's ``MainPID``.
-
-    Args:
-        port: The TCP port.
-        unit: The service that will listen there.
-        report: Where the step is recorded.
-
-    Raises:
-        ConfigError: another process listens there; the message names it and says what to do.
-    """
-    inodes = _listening_inodes(port)
-    if not inodes:
-        report.kept(f"TCP port {port} is free for {unit}")
-        return
-    main_pid = _main_pid(unit)
-    owners = _socket_owners(inodes)
-    others = {pid: name for pid, name in owners.items() if pid != main_pid}
-    if owners and not others:
-        report.kept(f"TCP port {port} is held by {unit} itself")
-        return
-    who = ", ".join(f"{name} (PID {pid})" for pid, name in sorted(others.items())) or "another program"
-    raise ConfigError(messages.LISTEN_PORT_IN_USE.format(port=port, who=who, unit=unit))
-
-
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # local_address is HEXIP:HEXPORT; state 0A is LISTEN (include/net/tcp_states.h).
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-                inodes.add(fields[9])
-    return inodes
-
-
-def _socket_owners(inodes: set[str]) -> dict[int, str]:
-    owners: dict[int, str] = {}
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
-                owners[int(proc.name)] = (proc / "comm").read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            continue
-    return owners
-
-
-def _main_pid(unit: str) -> int:
-    result = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit], capture_output=True,
-                            text=True, check=False, env=child_env(), stdin=subprocess.DEVNULL)
-    text = result.stdout.strip()
-    return int(text) if result.returncode == 0 and text.isdigit() else 0
 
 
 def move_state(old: Path, new: Path, report: StepReport) -> None:
@@ -454,74 +361,3 @@ def env_file_port(path: Path, key: str, default: int) -> int:
     except FileNotFoundError:
         pass
     return port
-
-
-# --- systemd ------------------------------------------------------------------------------------------
-def systemd_running(paths: Paths) -> bool:
-    """Whether systemd is the running init (``/run/systemd/system`` exists, sd_booted(3))."""
-    return paths.systemd_runtime_dir.is_dir()
-
-
-def daemon_reload(paths: Paths, report: StepReport) -> None:
-    """``systemctl daemon-reload`` when systemd runs, so changed unit files and drop-ins take effect."""
-    if not systemd_running(paths):
-        report.note("systemd is not running: unit changes take effect at its next start")
-        return
-    run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
-    report.changed("systemd: daemon-reload")
-
-
-def unit_active_since(unit: str) -> float | None:
-    """When ``unit`` last became active (seconds since the epoch), or None if it is not active.
-
-    Reads ``ActiveEnterTimestamp`` with ``systemctl show --timestamp=unix`` (systemd >= 251).
-    """
-    result = subprocess.run(["systemctl", "show", "--timestamp=unix", "--property=ActiveState,ActiveEnterTimestamp",
-                             unit], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        return None
-    props = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
-    stamp = props.get("ActiveEnterTimestamp", "").lstrip("@")
-    if props.get("ActiveState") != "active" or not stamp.isdigit():
-        return None
-    return float(stamp)
-
-
-def restart_if_inputs_changed(paths: Paths, unit: str, run_dir: Path, inputs: Sequence[tuple[str, Path]],
-                              report: StepReport) -> bool:
-    """Restart a running ``unit`` when what it reads at start changed since it started.
-
-    The service records the digest of its start inputs in ``run_dir``
-    (:mod:`convocate.common.startinputs`); a service that recorded none (an older version) is
-    restarted. A stopped service is left to debhelper's start. systemd re-reads the unit files first
-    (``daemon-reload``), so an upgraded unit takes effect.
-
-    Args:
-        paths: The layout (``paths.systemd_runtime_dir`` tells whether systemd runs).
-        unit: The service, e.g. ``convocate-agent.service``.
-        run_dir: Its runtime directory, where it recorded what it started with.
-        inputs: Its start inputs (``Paths.agent_start_inputs()``).
-        report: Where the step is recorded.
-
-    Returns:
-        True if the service was restarted.
-
-    Raises:
-        ConfigError: systemctl failed.
-    """
-    from convocate.common import startinputs
-
-    if not systemd_running(paths):
-        return False
-    active = subprocess.run(["systemctl", "is-active", "--quiet", unit], check=False, env=child_env(),
-                            stdin=subprocess.DEVNULL).returncode == 0
-    if not active:
-        report.kept(f"{unit} is not running; nothing to restart")
-        return False
-    if not startinputs.changed_since_start(run_dir, inputs):
-        report.kept(f"{unit} kept running: nothing it reads at start changed")
-        return False
-    run_command(["systemctl", "daemon-reload"], "reloading systemd's units")
-    run_command(["systemctl", "try-restart", unit], f"restarting {unit}")
-    report.changed(f"{unit} restarted: what it reads at start changed")
-    return True

@@ -7,11 +7,11 @@ whenever it changes; ``session`` channels carrying one of the daemon's
 subsystems. Shell, exec, sftp, port, socket, agent and X11 forwarding, ``env``
 and ``pty-req`` are refused at the protocol level, and every refusal is logged.
 
-Before authentication nobody is trusted (DESIGN §8): :class:`StartupGate`
+Before authentication nobody is trusted (DESIGN §8): :class:`~convocate.common.preauth.StartupGate`
 caps the connections that have not authenticated yet, in total and per
 source address, the way sshd's ``MaxStartups`` / ``PerSourceMaxStartups``
 do; a connection over either cap is closed before the SSH version exchange,
-and :class:`FloodReport` turns a flood of such refusals into one log line.
+and :class:`~convocate.common.preauth.FloodReport` turns a flood of such refusals into one log line.
 An unauthenticated connection lives at most :data:`LOGIN_GRACE_S` seconds
 (sshd's ``LoginGraceTime``), and an authenticated one holds at most
 :data:`MAX_CHANNELS` channels at a time (sshd's ``MaxSessions``).
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import resource
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,23 +38,19 @@ import asyncssh
 
 from convocate.common import keys, messages
 from convocate.common.errors import ConfigError
+from convocate.common.preauth import (
+    FLOOD_QUIET_S,
+    FLOOD_REPORT_S,
+    MAX_STARTUPS,
+    PER_SOURCE_MAX_STARTUPS,
+    FloodReport,
+    StartupGate,
+    source_block,
+)
 from convocate.common.sshclient import CIPHERS
 
 log = logging.getLogger(__name__)
 
-#: Connections that have not authenticated yet, at most, in total: sshd's ``MaxStartups`` in its
-#: single-number form (a hard cap; sshd's random early drop ``start:rate:full`` is not
-#: implemented). 128 is sshd's default ``full`` (100) rounded up: an honest peer authenticates
-#: within milliseconds, so even a shell host whose operators all reconnect at once stays far below.
-MAX_STARTUPS = 128
-#: Of those, at most this many from one source (sshd's ``PerSourceMaxStartups``), so that one
-#: address cannot take every slot: a flood from fewer than ``MAX_STARTUPS / PER_SOURCE_MAX_STARTUPS``
-#: sources leaves room for everyone else.
-PER_SOURCE_MAX_STARTUPS = 32
-#: How sources are grouped for :data:`PER_SOURCE_MAX_STARTUPS`, in prefix bits (sshd's
-#: ``PerSourceNetBlockSize 32:64``): one IPv4 address, or one IPv6 /64 (what one host is given).
-SOURCE_PREFIX_V4 = 32
-SOURCE_PREFIX_V6 = 64
 #: The listening socket's backlog (listen(2); asyncssh's default is 100). asyncio accepts up to
 #: this many connections in one pass of its loop before any of them reaches the caps, so it is
 #: also the burst of descriptors a flood takes for a moment: kept well below the 1024 of a unit
@@ -75,13 +69,6 @@ LOGIN_GRACE_S = 10.0
 #: ``bench_scale`` ramps one connection past this cap; the channel over it is refused at once
 #: (``OPEN_RESOURCE_SHORTAGE``, :data:`messages.TOO_MANY_CHANNELS`), never left hanging.
 MAX_CHANNELS = 1024
-#: A flood's summary is logged once no connection was refused for this many seconds (more than the
-#: 1, 2 and 4 s a refused client's SYN retransmissions come apart, so one burst is one line)...
-FLOOD_QUIET_S = 5.0
-#: ...or after this many seconds of a flood that goes on, and again for each such period.
-FLOOD_REPORT_S = 60.0
-#: Sources named in a flood summary, most refused first.
-FLOOD_TOP_SOURCES = 5
 #: Open files the daemons want at least (``LimitNOFILE=`` in the units is 8192): the
 #: unauthenticated cap plus the documented scale (200 sessions, 200 attached operators) with room.
 WANTED_NOFILE = 4096
@@ -120,120 +107,6 @@ def format_address(addr: tuple[str, int]) -> str:
     """``host:port``, with brackets around an IPv6 host."""
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def source_block(host: str) -> str:
-    """The group a peer address counts in for the per-source cap (see :data:`SOURCE_PREFIX_V6`).
-
-    Args:
-        host: The peer's address as the socket reports it (``127.0.0.2``, ``2001:db8::1``,
-            ``::ffff:192.0.2.1``).
-
-    Returns:
-        ``192.0.2.1`` for IPv4 (an IPv4-mapped IPv6 address counts as its IPv4 address),
-        ``2001:db8::/64`` for IPv6; the text unchanged if it is not an address.
-    """
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if isinstance(addr, ipaddress.IPv4Address):
-        return str(ipaddress.ip_network(f"{addr}/{SOURCE_PREFIX_V4}", strict=False).network_address)
-    return str(ipaddress.ip_network(f"{addr}/{SOURCE_PREFIX_V6}", strict=False))
-
-
-class StartupGate:
-    """Counts unauthenticated connections and says whether one more may start (pure, no sockets).
-
-    The rule is sshd's ``MaxStartups N`` plus ``PerSourceMaxStartups M``: a
-    new connection is refused while ``N`` connections in total, or ``M``
-    from its source group, have not authenticated yet; authenticated
-    connections do not count.
-
-    Args:
-        max_startups: The total cap.
-        per_source: The cap per source group (:func:`source_block`).
-    """
-
-    def __init__(self, max_startups: int = MAX_STARTUPS, per_source: int = PER_SOURCE_MAX_STARTUPS) -> None:
-        self.max_startups = max_startups
-        self.per_source = per_source
-        self.in_flight = 0
-        self._by_source: Counter[str] = Counter()
-
-    def admit(self, source: str) -> str | None:
-        """Count a new connection from ``source`` in, unless a cap is reached.
-
-        Returns:
-            None when admitted (call :meth:`release` once it authenticates or
-            goes away); otherwise which cap refused it, ``"total"`` or ``"per-source"``.
-        """
-        if self.in_flight >= self.max_startups:
-            return "total"
-        if self._by_source[source] >= self.per_source:
-            return "per-source"
-        self.in_flight += 1
-        self._by_source[source] += 1
-        return None
-
-    def release(self, source: str) -> None:
-        """Count out one admitted connection from ``source``."""
-        self.in_flight -= 1
-        self._by_source[source] -= 1
-        if self._by_source[source] <= 0:
-            del self._by_source[source]
-
-    def from_source(self, source: str) -> int:
-        """Unauthenticated connections from ``source`` now."""
-        return self._by_source.get(source, 0)
-
-
-@dataclass
-class FloodReport:
-    """What was refused since the last summary (pure; the listener decides when to log it).
-
-    Attributes:
-        refused: Refused connections by source group.
-        caps: Refusals by the cap that refused them (``total``, ``per-source``, ``accept``).
-        started: ``time.monotonic()`` of the first refusal of this period, or None.
-        last: ``time.monotonic()`` of the latest refusal.
-    """
-
-    refused: Counter[str] = field(default_factory=Counter)
-    caps: Counter[str] = field(default_factory=Counter)
-    started: float | None = None
-    last: float = 0.0
-
-    def note(self, source: str, cap: str, now: float) -> bool:
-        """Count one refusal; True if it starts a new period (the caller schedules the summary)."""
-        first = self.started is None
-        if first:
-            self.started = now
-        self.refused[source] += 1
-        self.caps[cap] += 1
-        self.last = now
-        return first
-
-    def due(self, now: float, quiet: float = FLOOD_QUIET_S, period: float = FLOOD_REPORT_S) -> bool:
-        """Whether the summary should be logged now: quiet for ``quiet`` s, or ``period`` s long."""
-        return self.started is not None and (now - self.last >= quiet or now - self.started >= period)
-
-    def summary(self, now: float, gate: StartupGate) -> str:
-        """The log line for this period, then start a new one."""
-        total = sum(self.refused.values())
-        top = ", ".join(f"{src} {n}" for src, n in self.refused.most_common(FLOOD_TOP_SOURCES))
-        more = len(self.refused) - FLOOD_TOP_SOURCES
-        line = messages.PREAUTH_FLOOD.format(
-            count=total, seconds=now - (self.started or now), sources=len(self.refused),
-            top=top + (f", {more} more" if more > 0 else ""),
-            caps=", ".join(f"{cap} {n}" for cap, n in sorted(self.caps.items())),
-            max_startups=gate.max_startups, per_source=gate.per_source)
-        self.refused.clear()
-        self.caps.clear()
-        self.started = None
-        return line
 
 
 class AuthorizedKeysFile:

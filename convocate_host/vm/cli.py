@@ -14,8 +14,8 @@ from pathlib import Path
 from convocate.common import messages
 from convocate.common.errors import ConfigError
 from convocate.common.paths import Paths
+from convocate_host.opentarget import add_ssh_options, open_target
 from convocate_host.report import report_for
-from convocate_host.target import add_ssh_options, open_target
 from convocate_host.vm.create import create_vm
 from convocate_host.vm.dns import DEFAULT_DOMAIN, read_cluster_domain, register_vm_dns
 from convocate_host.vm.spec import DEFAULT_NETWORK, DEFAULT_POOL_DIR, UBUNTU_CLOUD_IMAGE, VMSpec, make_spec

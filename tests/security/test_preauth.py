@@ -26,13 +26,8 @@ from pathlib import Path
 import pytest
 
 from convocate.common import messages
-from convocate.common.sshserver import (
-    FLOOD_QUIET_S,
-    LOGIN_GRACE_S,
-    MAX_STARTUPS,
-    PER_SOURCE_MAX_STARTUPS,
-    WANTED_NOFILE,
-)
+from convocate.common.preauth import FLOOD_QUIET_S, MAX_STARTUPS, PER_SOURCE_MAX_STARTUPS
+from convocate.common.sshserver import LOGIN_GRACE_S, WANTED_NOFILE
 from tests.conftest import connect, make_cluster, rpc
 from tests.harness import REPO, LocalCluster
 
@@ -213,7 +208,7 @@ def test_the_units_raise_the_open_file_limit(unit: str) -> None:
 
 def test_the_flood_summary_names_the_caps() -> None:
     """The pure part: what the one line says (sources, caps), and that it resets for the next flood."""
-    from convocate.common.sshserver import FloodReport, StartupGate
+    from convocate.common.preauth import FloodReport, StartupGate
 
     gate, report = StartupGate(4, 2), FloodReport()
     admitted = [gate.admit("192.0.2.1") for _ in range(3)] + [gate.admit(f"192.0.2.{i}") for i in (2, 3, 4)]
