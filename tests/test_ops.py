@@ -133,6 +133,7 @@ def test_a_grep_window_ending_before_it_starts_is_refused_when_decoded():
     with pytest.raises(BadRequest) as e:
         decode_params("recording_grep", {"pattern": "x", "since": "2026-12-02T00:00:00Z",
                                          "until": "2026-12-01T00:00:00.5Z"})
-    assert e.value.message == 'field "until": 2026-12-01T00:00:00.5Z is before "since" 2026-12-02T00:00:00Z'
+    assert e.value.message == ('decode params: field "until": 2026-12-01T00:00:00.5Z is before "since" '
+                               '2026-12-02T00:00:00Z')
     assert decode_params("recording_grep", {"pattern": "x", "since": "2026-12-01T00:00:00Z",
                                             "until": "2026-12-01T00:00:00Z"})["until"] == "2026-12-01T00:00:00Z"

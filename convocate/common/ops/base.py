@@ -139,7 +139,10 @@ def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.MISSING_FIELD.format(field=p.name)))
             continue
         out[p.name] = _checked(p, params[p.name])
-    cls.check_together(out)
+    try:
+        cls.check_together(out)
+    except BadRequest as e:
+        raise BadRequest(messages.DECODE_PARAMS.format(detail=e.message)) from e
     return out
 
 
