@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from convocate.client import AgentClient, Cluster
+from convocate.client import AgentClient
+from convocate.cluster import Cluster
 from convocate.common import messages
 from convocate.common.cli import no_permission
 from convocate.common.credentials import Credential, CredentialStore, validate_secret

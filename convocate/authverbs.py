@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from convocate.cli import PROG
-from convocate.client import Cluster
+from convocate.cluster import Cluster
 from convocate.commands import print_json
 from convocate.common import messages
 from convocate.common.credentials import validate_name

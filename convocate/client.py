@@ -19,7 +19,6 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncssh
@@ -28,20 +27,16 @@ from convocate.common import messages
 from convocate.common.cli import no_permission
 from convocate.common.errors import (
     ConfigError,
-    Conflict,
     ConvocateError,
-    NotFound,
     ProtocolError,
     Unreachable,
 )
 from convocate.common.framing import encode_line, read_frames
-from convocate.common.model import SessionView
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
 from convocate.operator import OperatorClaim, claim
-from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed
-from convocate.registry import AgentRecord, load_agent, load_registry
+from convocate.registry import AgentRecord, load_agent
 
 if TYPE_CHECKING:
     from convocate.common.ops import OpParams
@@ -147,13 +142,6 @@ class HeldChannel:
 
 def _warn_stderr(text: str) -> None:
     print(f"convocate: warning: {text}", file=sys.stderr)
-
-
-class AmbiguousReference(ConvocateError):
-    """A session reference matched more than one session."""
-
-    code = "bad_request"
-    exit_code = 2
 
 
 class AgentClient:
@@ -388,121 +376,3 @@ class AgentClient:
         if conn is not None:
             conn.close()
             await conn.wait_closed()
-
-
-@dataclass
-class SessionRef:
-    """A session found in the cluster: which agent holds it, and its metadata."""
-
-    client: AgentClient
-    view: SessionView
-
-
-@dataclass
-class ClusterListing:
-    """Result of listing every agent.
-
-    Attributes:
-        sessions: Every session of every reachable agent, newest access first.
-        errors: Agent ID → the error that kept it out of the listing.
-        orphans: Session directories on this shell host that no agent claims (only known, and
-            listed, when every agent answered).
-    """
-
-    sessions: list[SessionRef]
-    errors: dict[str, ConvocateError]
-    orphans: list[SessionView] = field(default_factory=list)
-
-
-class Cluster:
-    """Every agent registered on this shell host.
-
-    Args:
-        paths: Installation layout (the registry is ``/etc/convocate/agents``).
-
-    Raises:
-        ConfigError: no agent is registered.
-        NoPermission: this account may not read the registry (it is the ``claude`` account's).
-    """
-
-    def __init__(self, paths: Paths, warn: Callable[[str], None] | None = None) -> None:
-        self.paths = paths
-        try:
-            records, self.registry_errors = load_registry(paths)
-        except PermissionError as e:  # /etc/convocate is the claude account's (0750)
-            raise no_permission(e) from e
-        for error in self.registry_errors:
-            log.warning("%s", error)
-        if not records:
-            raise ConfigError(messages.NO_AGENTS.format(path=paths.agents_dir))
-        self.clients = {r.agent_id: AgentClient(r, paths=paths, identify=True, warn=warn) for r in records}
-
-    def set_warn(self, warn: Callable[[str], None]) -> None:
-        """Send the agents' warnings (a refused operator claim) to ``warn`` from now on (the TUI's status line)."""
-        for client in self.clients.values():
-            client.warn = warn
-
-    def client(self, agent_id: str) -> AgentClient:
-        """The client for one agent.
-
-        Raises:
-            NotFound: no such agent is registered.
-        """
-        try:
-            return self.clients[agent_id]
-        except KeyError:
-            raise NotFound(f'agent "{agent_id}" is not registered (known: {", ".join(sorted(self.clients))})') from None
-
-    async def list(self) -> ClusterListing:
-        """``list`` on every agent in parallel."""
-        async def one(client: AgentClient) -> list[SessionRef]:
-            from convocate.common.ops.params import ListParams
-
-            return [SessionRef(client, view) for view in await client.request(ListParams())]
-
-        clients = list(self.clients.values())
-        results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)
-        sessions: list[SessionRef] = []
-        errors: dict[str, ConvocateError] = {}
-        for client, result in zip(clients, results, strict=False):
-            if isinstance(result, ConvocateError):
-                errors[client.agent_id] = result
-            elif isinstance(result, BaseException):
-                errors[client.agent_id] = ProtocolError(f"agent {client.agent_id}: {result}")
-            else:
-                sessions.extend(result)
-        sessions.sort(key=lambda s: s.view.meta.last_accessed, reverse=True)
-        orphans = [] if errors else unclaimed(scan_orphans(self.paths), {s.view.meta.uuid for s in sessions})
-        return ClusterListing(sessions, errors, orphans)
-
-    async def resolve(self, ref: str) -> SessionRef:
-        """Find one session by UUID, unique UUID prefix, or exact name.
-
-        Raises:
-            NotFound: nothing matches (the unreachable agents are named).
-            AmbiguousReference: several sessions match.
-        """
-        listing = await self.list()
-        exact = [s for s in listing.sessions if s.view.meta.uuid == ref]
-        if exact:
-            return exact[0]
-        # A name and a UUID prefix are equals: a session named like another one's UUID prefix
-        # ("fe793004") must not silently win over it (issue 14), nor the prefix over the name.
-        matches = [s for s in listing.sessions
-                   if s.view.meta.name == ref or (len(ref) >= 4 and s.view.meta.uuid.startswith(ref.lower()))]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            shown = ", ".join(f"{m.view.meta.uuid[:8]} ({m.view.meta.name}@{m.client.agent_id})" for m in matches)
-            raise AmbiguousReference(messages.AMBIGUOUS_SESSION.format(ref=ref, count=len(matches), matches=shown))
-        orphan = next((v for v in listing.orphans if ref in (v.meta.uuid, v.meta.name)
-                       or (len(ref) >= 4 and v.meta.uuid.startswith(ref.lower()))), None)
-        if orphan is not None:
-            raise Conflict(MIGRATE_HINT.format(name=orphan.meta.name, id=orphan.meta.uuid[:8], uuid=orphan.meta.uuid))
-        detail = messages.NO_SUCH_SESSION.format(ref=ref)
-        if listing.errors:
-            detail += "; unreachable: " + "; ".join(str(e) for e in listing.errors.values())
-        raise NotFound(detail)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)

@@ -18,9 +18,10 @@ from typing import Any
 
 from convocate import operator
 from convocate.cli import PROG
-from convocate.client import AgentClient, Cluster, SessionRef
+from convocate.client import AgentClient
+from convocate.cluster import Cluster, SessionRef, each_agent
 from convocate.common import messages
-from convocate.common.errors import BadRequest, ConfigError, Conflict, ConvocateError, NotFound, Unreachable
+from convocate.common.errors import BadRequest, ConfigError, Conflict, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.ops import params as rpc
 from convocate.common.ops import results
@@ -84,14 +85,10 @@ async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.request(rpc.TrashParams()) for c in cluster.clients.values()),
-                                   return_exceptions=True)
-    entries = []
-    for client, result in zip(cluster.clients.values(), results, strict=False):
-        if isinstance(result, ConvocateError):
-            print(f"{PROG}: agent {client.agent_id} unavailable: {result}", file=sys.stderr)
-        elif isinstance(result, list):
-            entries += [{**e.received, "agent_id": client.agent_id} for e in result]
+    answers, errors = await each_agent(cluster.clients.values(), lambda c: c.request(rpc.TrashParams()))
+    for agent_id, error in errors.items():
+        print(f"{PROG}: agent {agent_id} unavailable: {error}", file=sys.stderr)
+    entries = [{**e.received, "agent_id": client.agent_id} for client, result in answers for e in result]
     if args.json:
         print_json(entries)
     else:
@@ -102,10 +99,8 @@ async def _cmd_trash(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
-    results = await asyncio.gather(*(c.request(rpc.TrashParams()) for c in cluster.clients.values()),
-                                   return_exceptions=True)
-    owners = [c for c, r in zip(cluster.clients.values(), results, strict=False)
-              if isinstance(r, list) and any(e.trash_id == args.trash_id for e in r)]
+    answers, _ = await each_agent(cluster.clients.values(), lambda c: c.request(rpc.TrashParams()))
+    owners = [c for c, entries in answers if any(e.trash_id == args.trash_id for e in entries)]
     if not owners:
         raise NotFound(f'no agent has "{args.trash_id}" in its trash (see `{PROG} trash`)')
     client = owners[0]

@@ -35,7 +35,7 @@ def _print_json(obj: Any) -> None:
 
 
 def registry(paths: Paths) -> list[AgentRecord]:
-    """The registered agents, sorted by ID, with the same errors as :class:`convocate.client.Cluster`.
+    """The registered agents, sorted by ID, with the same errors as :class:`convocate.cluster.Cluster`.
 
     Raises:
         NoPermission: this account may not read the registry (it is the ``claude`` account's).
@@ -75,7 +75,7 @@ def _run_ssh(paths: Paths, agent_ids: list[str], work: Any) -> Any:
     """Run ``work(cluster)`` on a :class:`Cluster` of just ``agent_ids`` (asyncio and asyncssh load here)."""
     import asyncio
 
-    from convocate.client import Cluster
+    from convocate.cluster import Cluster
 
     async def run() -> Any:
         cluster = Cluster(paths)

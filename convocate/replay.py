@@ -29,7 +29,8 @@ from convocate.common.fsutil import atomic_write
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 
 if TYPE_CHECKING:  # the parser (add_parsers) is built for every verb: no asyncssh for it (issue 17)
-    from convocate.client import AgentClient, Cluster
+    from convocate.client import AgentClient
+    from convocate.cluster import Cluster
     from convocate.common import asciicast
     from convocate.common.ops.params import RecordingGrepParams
     from convocate.common.ops.results import RecordingFile
@@ -109,15 +110,11 @@ async def resolve(cluster: Cluster, ref: str) -> Target:
         return Target(found.client, found.view.meta.uuid, found.view.meta.name)
     except NotFound as not_found:
         error = not_found
-    clients = list(cluster.clients.values())
-    import asyncio  # not at the top: the parser, built for every verb, needs none (issue 17)
-
+    from convocate.cluster import each_agent  # not at the top: the parser, built for every verb, needs none
     from convocate.common.ops.params import TrashParams
 
-    results = await asyncio.gather(*(c.request(TrashParams()) for c in clients), return_exceptions=True)
-    for client, entries in zip(clients, results, strict=False):
-        if not isinstance(entries, list):
-            continue
+    answers, _ = await each_agent(cluster.clients.values(), lambda c: c.request(TrashParams()))
+    for client, entries in answers:
         for e in reversed(entries):  # oldest deletion last: the newest wins
             if ref in (e.uuid, e.name) or (len(ref) >= 4 and e.uuid.startswith(ref)):
                 return Target(client, e.uuid, e.name or e.uuid[:8])
@@ -382,22 +379,16 @@ async def grep(cluster: Cluster, params: RecordingGrepParams,
     Returns:
         ``(matches with "agent_id", oldest first; agent ID -> error; notes of truncated searches)``.
     """
-    clients = [only] if only is not None else list(cluster.clients.values())
-    import asyncio
+    from convocate.cluster import each_agent
 
-    results = await asyncio.gather(*(c.request(params) for c in clients), return_exceptions=True)
+    answers, errors = await each_agent([only] if only is not None else cluster.clients.values(),
+                                       lambda c: c.request(params))
     matches: list[dict[str, Any]] = []
-    errors: dict[str, ConvocateError] = {}
     notes: list[str] = []
-    for client, result in zip(clients, results, strict=False):
-        if isinstance(result, ConvocateError):
-            errors[client.agent_id] = result
-        elif isinstance(result, BaseException):
-            errors[client.agent_id] = ConvocateError(f"{type(result).__name__}: {result}")
-        else:
-            matches += [{**m, "agent_id": client.agent_id} for m in result.matches]
-            if result.truncated:
-                notes.append(messages.GREP_TRUNCATED.format(agent=client.agent_id, reason=result.reason))
+    for client, result in answers:
+        matches += [{**m, "agent_id": client.agent_id} for m in result.matches]
+        if result.truncated:
+            notes.append(messages.GREP_TRUNCATED.format(agent=client.agent_id, reason=result.reason))
     matches.sort(key=lambda m: m["time"])
     return matches, errors, notes
 

@@ -203,7 +203,7 @@ def follow_moves(cluster: Any, session_id: str) -> Relocate:
     agent counts, the one it left included (a move that rolled back restarts it there).
 
     Args:
-        cluster: A :class:`convocate.client.Cluster`.
+        cluster: A :class:`convocate.cluster.Cluster`.
         session_id: The session's UUID.
     """
     async def copies() -> list[Any]:

@@ -23,7 +23,7 @@ import pytest
 import convocate.cli
 import convocate_agent.cli
 import convocate_host.cli
-from convocate.client import AmbiguousReference
+from convocate.cluster import AmbiguousReference
 from convocate.common import errors
 from convocate_host.target import HostError, SudoRequired
 

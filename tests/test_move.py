@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from convocate import move as move_mod
-from convocate.client import Cluster
+from convocate.cluster import Cluster
 from convocate.common import keys
 from convocate.common.errors import Conflict, ConvocateError, NotFound
 from convocate.registry import register_agent

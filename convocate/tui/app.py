@@ -38,7 +38,7 @@ from typing import Any
 import npyscreen
 
 from convocate import image_status
-from convocate.client import Cluster
+from convocate.cluster import Cluster
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.model import ACTIVITY_LIMITED, STATE_CONNECTED, SessionView

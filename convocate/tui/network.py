@@ -19,7 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from convocate.client import AgentClient, Cluster
+from convocate.client import AgentClient
+from convocate.cluster import Cluster
 from convocate.common.errors import ConvocateError
 from convocate.common.ops.base import OpParams
 from convocate.common.ops.params import ListParams, PingParams

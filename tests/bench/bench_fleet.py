@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from convocate.client import Cluster
+from convocate.cluster import Cluster
 from convocate.common.paths import Paths
 from convocate.fleet import ranking
 from convocate.placement import AgentLoad, rank

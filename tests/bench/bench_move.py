@@ -61,7 +61,7 @@ from pathlib import Path
 
 from convocate import fleet, fleet_cli
 from convocate import move as move_mod
-from convocate.client import Cluster
+from convocate.cluster import Cluster
 from convocate.common.errors import ConvocateError
 from tests.bench.common import Figure, median, percentile
 from tests.harness import LocalCluster, remove_containers
