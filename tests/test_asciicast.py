@@ -11,7 +11,8 @@ import pytest
 
 from convocate.common import asciicast
 from convocate.common.asciicast import CastFormatError, Event, LineSplitter, parse_cast, plain_lines, strip_ansi
-from convocate.replay import Player, parse_time
+from convocate.player import Player
+from convocate.replay import parse_time
 
 T0 = 1_795_000_000.0
 
@@ -196,7 +197,7 @@ def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
     import select
     import termios
 
-    from convocate import replay
+    from convocate import player
 
     controller, terminal = pty.openpty()
     try:
@@ -206,17 +207,17 @@ def test_the_terminal_is_restored_when_the_player_fails(monkeypatch):
             assert termios.tcgetattr(terminal)[3] & termios.ECHO == 0  # raw while playing
             raise RuntimeError("player failed")
 
-        monkeypatch.setattr(replay.Player, "play", broken)
+        monkeypatch.setattr(player.Player, "play", broken)
         cast = parse_cast(cast_text([[0, "o", "x"]]), "a")
         with pytest.raises(RuntimeError, match="player failed"):
-            replay.play_in_terminal([cast], "s", in_fd=terminal, out_fd=terminal)
+            player.play_in_terminal([cast], "s", in_fd=terminal, out_fd=terminal)
         assert termios.tcgetattr(terminal) == before
         # A pty hands what was written to its controller side a moment later (the kernel's flip
         # buffer work): read until the end arrives, or nothing more does for 5 s.
         written = b""
-        while not written.endswith(replay._LEAVE.encode()) and select.select([controller], [], [], 5)[0]:
+        while not written.endswith(player._LEAVE.encode()) and select.select([controller], [], [], 5)[0]:
             written += os.read(controller, 65536)
-        assert written.endswith(replay._LEAVE.encode()), written  # alternate screen left, modes reset
+        assert written.endswith(player._LEAVE.encode()), written  # alternate screen left, modes reset
     finally:
         os.close(controller)
         os.close(terminal)

@@ -24,8 +24,8 @@ import pytest
 
 from convocate.common import asciicast, keys, messages
 from convocate.common.framing import MAX_LINE_BYTES
+from convocate.player import END_TITLE
 from convocate.registry import register_agent
-from convocate.replay import END_TITLE
 from tests.conftest import connect, rpc, rpc_ok
 from tests.harness import REPO, LocalCluster, python, remove_containers
 from tests.test_cli import Terminal

@@ -324,7 +324,7 @@ class ConvocateApp(SessionActions, npyscreen.NPSAppManaged):
         if picked is None:
             return
         agent_id, view = picked
-        from convocate import replay
+        from convocate import player, replay
 
         target = replay.Target(self.cluster.client(agent_id), view.meta.uuid, view.meta.name)
         try:
@@ -339,7 +339,7 @@ class ConvocateApp(SessionActions, npyscreen.NPSAppManaged):
         curses.endwin()
         note = ""
         try:
-            note = replay.play_in_terminal(casts, view.meta.name)
+            note = player.play_in_terminal(casts, view.meta.name)
         except ConvocateError as e:
             note = str(e)
         finally:
