@@ -12,11 +12,10 @@ from typing import Any
 
 from convocate.cli import PROG
 from convocate.cluster import Cluster
-from convocate.commands import print_json
 from convocate.common import messages
 from convocate.common.credentials import validate_name
 from convocate.common.errors import BadRequest
-from convocate.render import format_table
+from convocate.render import format_table, print_json
 
 
 def _kind(args: argparse.Namespace) -> str:

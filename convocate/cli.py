@@ -161,7 +161,7 @@ def _add_listing_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=Lazy("_cmd_whoami"))
 
     p = sub.add_parser("events", parents=[common], help="stream events")
-    p.set_defaults(func=Lazy("_cmd_events"), local=True)
+    p.set_defaults(func=Lazy("_cmd_events", module="convocate.localverbs"), local=True)
 
 
 def _add_shell_host_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
@@ -178,12 +178,12 @@ def _add_shell_host_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None
                    help="dnsmasq PID file, signalled when the hosts file changes; '' never signals [%(default)s]")
     p.add_argument("--log-level", default=os.environ.get("CONVOCATE_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity [%(default)s]")
-    p.set_defaults(func=Lazy("_cmd_status_serve"), daemon=True)
+    p.set_defaults(func=Lazy("_cmd_status_serve", module="convocate.localverbs"), daemon=True)
 
     p = sub.add_parser("image-status", parents=[common], help="is the session image built",
                        description="Say whether this shell host's session image is built, being built, or why "
                        "not, and how to build it; exit 78 until it is built.")
-    p.set_defaults(func=Lazy("_cmd_image_status"), local=True)
+    p.set_defaults(func=Lazy("_cmd_image_status", module="convocate.localverbs"), local=True)
 
     p = sub.add_parser("install", parents=[common], help="set up this shell host",
                        description="Idempotent setup of a shell host; the package's postinst runs it with the "
@@ -204,7 +204,7 @@ def _add_shell_host_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None
     p.add_argument("--image-context", type=Path, help="session image build context [/usr/share/convocate/image]")
     p.add_argument("--domain", help="the cluster's DNS domain [keep the current one]")
     p.add_argument("--status-port", help=f"port of the status listener [keep the current one, else {STATUS_PORT}]")
-    p.set_defaults(func=Lazy("_cmd_install"), local=True)
+    p.set_defaults(func=Lazy("_cmd_install", module="convocate.localverbs"), local=True)
 
 
 def _add_session_verbs(sub: OneVerb, common: argparse.ArgumentParser) -> None:
@@ -291,7 +291,7 @@ def _add_trash_and_audit_verbs(sub: OneVerb, common: argparse.ArgumentParser) ->
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--verify", action="store_true", help="check each chain's seq and prev; exit 1 if broken")
     p.add_argument("--file", type=Path, help="read this audit file (- for stdin) instead of the agents")
-    p.set_defaults(func=Lazy("_cmd_audit"), local=True)
+    p.set_defaults(func=Lazy("_cmd_audit", module="convocate.localverbs"), local=True)
 
     p = sub.add_parser("capture", parents=[common], help="print a session's screen")
     p.add_argument("ref")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,24 +19,20 @@ from convocate.cli import PROG
 from convocate.client import AgentClient
 from convocate.cluster import Cluster, SessionRef, each_agent
 from convocate.common import messages
-from convocate.common.errors import BadRequest, ConfigError, Conflict, NotFound, Unreachable
+from convocate.common.errors import BadRequest, Conflict, NotFound, Unreachable
 from convocate.common.model import SessionView
 from convocate.common.ops import params as rpc
 from convocate.common.ops import results
 from convocate.common.paths import Paths
-from convocate.events import format_message, subscribe
-from convocate.localstatus import AGENT_SESSIONS
+from convocate.events import subscribe
 from convocate.render import (
     format_table,
+    print_json,
     session_summary,
     wire_with_agent,
 )
 
 Command = Callable[[argparse.Namespace, Cluster], Awaitable[int]]
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def _report(args: argparse.Namespace, verb: str, view: SessionView, client: AgentClient) -> None:
@@ -49,27 +43,7 @@ def _report(args: argparse.Namespace, verb: str, view: SessionView, client: Agen
         print(f"{verb} {session_summary(view)}")
 
 
-# --- ls and agents: convocate.readverbs (status-serve's copy, else SSH) ---------------------------
-
-
-async def _cmd_image_status(args: argparse.Namespace) -> int:
-    from convocate import image_status
-    from convocate.shell_install import default_image_tag
-
-    paths = Paths.from_env()
-    tag = default_image_tag()
-    problem = image_status.problem(paths, tag)
-    build = image_status.load(paths.image_build_status)
-    if args.json:
-        print_json({"tag": tag, "ready": problem is None, "build": None if build is None else vars(build),
-                     "problem": problem})
-    elif problem is None:
-        print(f"session image {tag}: built {build.finished if build else ''}".rstrip())
-    else:
-        print(problem)
-    return 0 if problem is None else ConfigError.exit_code
-
-
+# --- the cluster's verbs (ls and agents: convocate.readverbs; the host's own: convocate.localverbs) ------
 async def _cmd_whoami(args: argparse.Namespace, cluster: Cluster) -> int:
     cluster.set_warn(lambda _text: None)  # the reason is printed below, once
     rows = await asyncio.gather(*(operator.whoami(c) for c in cluster.clients.values()))
@@ -110,60 +84,6 @@ async def _cmd_restore(args: argparse.Namespace, cluster: Cluster) -> int:
     else:
         print(f"restored {session_summary(result.session)}"
               + (f"; cleared {', '.join(result.cleared)} (taken by another session)" if result.cleared else ""))
-    return 0
-
-
-async def _cmd_audit(args: argparse.Namespace) -> int:
-    from convocate.audit import AuditQuery, run_audit
-
-    query = AuditQuery(session=args.session, operator=args.operator, since=args.since, until=args.until,
-                       agent=args.agent)
-    if args.file is not None:
-        return await run_audit(None, query, verify=args.verify, as_json=args.json, file=args.file)
-    cluster = Cluster(Paths.from_env())
-    try:
-        return await run_audit(cluster, query, verify=args.verify, as_json=args.json, file=None)
-    finally:
-        await cluster.close()
-
-
-async def _cmd_events(args: argparse.Namespace) -> int:
-    async for message in subscribe(Paths.from_env()):
-        if message.get("type") == AGENT_SESSIONS:  # status-serve's copy of each agent's list: for ls, not events
-            continue
-        if args.json:
-            print(json.dumps(message, ensure_ascii=False), flush=True)
-        else:
-            print(format_message(message), flush=True)
-    return 0
-
-
-async def _cmd_install(args: argparse.Namespace) -> int:
-    from convocate.common.hostsetup import print_install_report
-    from convocate.shell_install import ShellInstallOptions, install, render_defaults
-
-    if args.print_defaults:
-        sys.stdout.write(render_defaults(args.status_port, args.base_image))
-        return 0
-
-    options = ShellInstallOptions(build_image=args.image is not False, require_image=args.image is True,
-                                  background_image=args.image_in_background,
-                                  base_image=args.base_image or None,
-                                  claude_code=args.claude_code, image_tag=args.image_tag,
-                                  image_context=args.image_context, domain=args.domain, status_port=args.status_port)
-    return print_install_report(PROG, install(Paths.from_env(), options), args.json, indent=2)
-
-
-def _cmd_status_serve(args: argparse.Namespace) -> int:
-    from convocate.status_server import StatusConfig, StatusServer
-
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    config = StatusConfig(paths=Paths.from_env(), listen=args.listen, domain=args.domain,
-                          dnsmasq_pid_file=args.dnsmasq_pid_file or None)
-
-    asyncio.run(StatusServer(config).serve())
     return 0
 
 

@@ -10,7 +10,6 @@ same either way; ``--json`` adds ``"source"`` to each row: ``"status-serve"`` or
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -22,16 +21,12 @@ from convocate.common.paths import Paths
 from convocate.localstatus import SOURCE_AGENT, SOURCE_STATUS, agent_mark
 from convocate.orphans import scan_orphans, unclaimed
 from convocate.registry import AgentRecord, load_registry
-from convocate.render import capacity_cells, format_table, sessions_table, waiting_table, wire_with_agent
+from convocate.render import capacity_cells, format_table, print_json, sessions_table, waiting_table, wire_with_agent
 
 if TYPE_CHECKING:
     import argparse
 
 PROG = "convocate"
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def registry(paths: Paths) -> list[AgentRecord]:
@@ -114,7 +109,7 @@ def ls(args: argparse.Namespace) -> int:
     if args.waiting:
         orphans = []
     if args.json:
-        _print_json([{**wire_with_agent(v.to_wire(), v.agent_id), "source": src} for v, src in shown]
+        print_json([{**wire_with_agent(v.to_wire(), v.agent_id), "source": src} for v, src in shown]
                     + [{**v.to_wire(), "agent_id": None} for v in orphans])
     elif args.waiting:
         print(waiting_table([v for v, _ in shown]))
@@ -178,7 +173,7 @@ def agents(args: argparse.Namespace) -> int:
     for row in ordered:  # what status-serve knows of the agent's own link to it (tcp/223), if it runs
         row["status_link"] = states.get(row["agent_id"])
     if args.json:
-        _print_json(ordered)
+        print_json(ordered)
     else:
         table = [(r["agent_id"], r["address"], "draining" if (r.get("capacity") or {}).get("draining") else r["status"],
                   str(r.get("version", "-")), *capacity_cells(r))

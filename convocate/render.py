@@ -71,6 +71,13 @@ def session_summary(view: SessionView) -> str:
     return f"{m.name} ({m.uuid[:8]}) on {view.agent_id}, state {view.state}"
 
 
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as the verbs' ``--json`` output: indented, UTF-8 as it is."""
+    import json
+
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
 def wire_with_agent(view_wire: dict[str, Any], agent_id: str) -> dict[str, Any]:
     """A session's wire metadata with the agent it lives on added."""
     return {**view_wire, "agent_id": agent_id}
