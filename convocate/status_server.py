@@ -67,7 +67,8 @@ from convocate.common.fsutil import read_token
 from convocate.common.ops.params import CapacityParams, ListParams, PingParams
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event
-from convocate.common.sshserver import Caller, SubsystemListener, format_address
+from convocate.common.sshpeers import Caller, format_address
+from convocate.common.sshserver import SubsystemListener
 from convocate.common.timefmt import now_ns
 from convocate.common.version import __version__
 from convocate.dns import HostsFile

@@ -27,7 +27,7 @@ from convocate.common.constants import RELAY_CHUNK
 from convocate.common.errors import BadRequest, ConvocateError, InternalError
 from convocate.common.framing import LineDecoder, LineTooLong, encode_line
 from convocate.common.protocol import ATTACH_EXIT_AGENT_STOPPING, ATTACH_EXIT_DETACHED, ATTACH_EXIT_MOVING, Response
-from convocate.common.sshserver import Caller
+from convocate.common.sshpeers import Caller
 from convocate_agent.attach_relay import TerminalRelay
 from convocate_agent.attach_trace import HopTrace
 from convocate_agent.audit import attach_ended

@@ -114,7 +114,7 @@ def _session_of(op: str, params: Any, result: Any) -> str | None:
 
 
 def caller_fields(caller: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """``(operator, via)`` of a :class:`~convocate.common.sshserver.Caller` (or a bare fingerprint string).
+    """``(operator, via)`` of a :class:`~convocate.common.sshpeers.Caller` (or a bare fingerprint string).
 
     ``operator`` is what ``caller.state["operator"]`` holds (the proof of the operator's identity,
     issue 19), else None; ``via`` names the SSH key that opened the connection and where from.

@@ -24,7 +24,7 @@ import asyncssh
 from convocate.common import keys, messages, operator_claim
 from convocate.common.errors import BadRequest, ConvocateError, Forbidden
 from convocate.common.paths import Paths
-from convocate.common.sshserver import Caller
+from convocate.common.sshpeers import Caller
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from convocate.common.errors import BadRequest, ConvocateError, InternalError, P
 from convocate.common.framing import MAX_LINE_BYTES, LineDecoder, LineTooLong, encode_line, read_frame_batches
 from convocate.common.ops import PARAMS, decode_params
 from convocate.common.protocol import NO_ID, Request, Response
-from convocate.common.sshserver import Caller
+from convocate.common.sshpeers import Caller
 from convocate_agent.audit import NOT_RECORDED, AuditLog
 from convocate_agent.auditread import check_read_params
 from convocate_agent.identity import OperatorOps

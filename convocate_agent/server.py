@@ -28,7 +28,8 @@ from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, TRANSFER_SUBSYSTEM
-from convocate.common.sshserver import LOGIN_GRACE_S, Caller, SubsystemListener, format_address
+from convocate.common.sshpeers import Caller, format_address
+from convocate.common.sshserver import LOGIN_GRACE_S, SubsystemListener
 from convocate.common.version import __version__
 from convocate_agent import cgroups
 from convocate_agent.admission import HostResources

@@ -25,7 +25,8 @@ from convocate.common.fsutil import atomic_write
 from convocate.common.model import SessionMeta, SessionView, new_uuid
 from convocate.common.paths import Paths
 from convocate.common.protocol import RPC_SUBSYSTEM, Request, Response
-from convocate.common.sshserver import Caller, SubsystemListener
+from convocate.common.sshpeers import Caller
+from convocate.common.sshserver import SubsystemListener
 from convocate.common.timefmt import format_rfc3339
 from convocate.registry import register_agent
 

@@ -34,7 +34,8 @@ from typing import Any
 import asyncssh
 
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
-from convocate.common.sshserver import Caller, SubsystemListener
+from convocate.common.sshpeers import Caller
+from convocate.common.sshserver import SubsystemListener
 from convocate.common.timefmt import format_rfc3339
 
 VERSION = "0.0.5"

@@ -18,7 +18,7 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.auditchain import GENESIS, canonical, line_hash, parse_record, verify_file
-from convocate.common.sshserver import Caller
+from convocate.common.sshpeers import Caller
 from convocate_agent.audit import AuditLog
 from convocate_agent.auditread import read_tail
 from tests.conftest import connect, rpc, rpc_ok

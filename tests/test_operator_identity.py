@@ -403,7 +403,7 @@ def test_verify_claim_bounds_and_garbage_are_bad_requests():
 
 
 async def test_the_challenge_is_single_use_and_expires(tmp_path: Path):
-    from convocate.common.sshserver import Caller
+    from convocate.common.sshpeers import Caller
 
     now = [1000.0]
     ops = OperatorOps(Paths(tmp_path), AGENT, clock=lambda: now[0])

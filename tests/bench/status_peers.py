@@ -26,7 +26,8 @@ import asyncssh
 from convocate.common import keys
 from convocate.common.framing import READ_CHUNK
 from convocate.common.protocol import REPLAY_DONE
-from convocate.common.sshserver import SubsystemListener, format_address
+from convocate.common.sshpeers import format_address
+from convocate.common.sshserver import SubsystemListener
 
 SINK_SUBSYSTEM = "sink"
 HEARTBEAT = b'"type":"agent.heartbeat"'
