@@ -37,6 +37,7 @@ from convocate.common.model import SessionMeta, new_uuid
 from convocate.common.ops import OPS, decode_params
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Event, Request, Response
+from convocate.common.timefmt import parse_rfc3339
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.rpc import RpcDispatcher, serve_rpc_channel
 from convocate_agent.settings import Settings
@@ -169,8 +170,17 @@ def valid_params(op: str) -> st.SearchStrategy[dict[str, Any]]:
     if spec is None:
         return st.fixed_dictionaries({}, optional=VALID_SETTINGS)
     valid = {**VALID, **VALID_BY_OP.get(op, {})}
-    return st.fixed_dictionaries({p.name: valid[p.name] for p in spec if p.required},
-                                 optional={p.name: valid[p.name] for p in spec if not p.required})
+    params = st.fixed_dictionaries({p.name: valid[p.name] for p in spec if p.required},
+                                   optional={p.name: valid[p.name] for p in spec if not p.required})
+    return params.map(_window_in_order) if op == "recording_grep" else params
+
+
+def _window_in_order(params: dict[str, Any]) -> dict[str, Any]:
+    """``recording_grep``'s ``until`` may not come before its ``since`` (RecordingGrepParams.check_together)."""
+    since, until = params.get("since"), params.get("until")
+    if since and until and parse_rfc3339(until) < parse_rfc3339(since):
+        return {**params, "since": until, "until": since}
+    return params
 
 
 OP_NAMES = st.sampled_from(sorted(OPS))
