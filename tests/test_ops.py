@@ -137,3 +137,12 @@ def test_a_grep_window_ending_before_it_starts_is_refused_when_decoded():
                                '2026-12-02T00:00:00Z')
     assert decode_params("recording_grep", {"pattern": "x", "since": "2026-12-01T00:00:00Z",
                                             "until": "2026-12-01T00:00:00Z"})["until"] == "2026-12-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("op, field", [("audit_read", "until"), ("audit_read", "since"), ("logs", "since"),
+                                       ("recording_grep", "until")])
+def test_a_bad_time_names_its_own_field(op, field):
+    params = {"id": SID} if op == "logs" else {"pattern": "x"} if op == "recording_grep" else {}
+    with pytest.raises(BadRequest) as e:
+        decode_params(op, {**params, field: "yesterday"})
+    assert e.value.message.startswith(f'decode params: field "{field}"'), e.value.message

@@ -47,10 +47,9 @@ from convocate.common.ops.rules import (
     check_grep_pattern,
     check_lines,
     check_recording_file,
+    check_rfc3339,
     check_send_text,
-    check_timestamp,
     check_trash_id,
-    check_window,
     uuid_param,
 )
 from convocate.common.timefmt import parse_rfc3339
@@ -309,9 +308,9 @@ class RecordingGrepParams(OpParams[r.GrepResult]):
                               doc=f"a Python regular expression of at most {GREP_PATTERN_MAX} characters"))
     id: str | None = wire(Param("id", "string", check=lambda v: validate_uuid(v, "id"),
                                 doc="only this session [every session]"))
-    since: str | None = wire(Param("since", "string", check=check_window("since"),
+    since: str | None = wire(Param("since", "string", check=check_rfc3339("since"),
                                    doc="RFC 3339 time: lines at or after it [all]"))
-    until: str | None = wire(Param("until", "string", check=check_window("until"),
+    until: str | None = wire(Param("until", "string", check=check_rfc3339("until"),
                                    doc="RFC 3339 time: lines at or before it [all]"))
     max_matches: int | None = wire(Param("max_matches", "integer",
                                          check=check_bounded("max_matches", 1, GREP_MATCHES_MAX),
@@ -362,7 +361,7 @@ class AuditReadParams(OpParams[r.AuditPage]):
     """``audit_read`` (issue 19, ``convocate_agent.audit.read_records``): filters and the page wanted."""
 
     since: str | None = wire(SINCE)
-    until: str | None = wire(Param("until", "string", check=check_timestamp,
+    until: str | None = wire(Param("until", "string", check=check_rfc3339("until"),
                                    doc="RFC 3339 time: records at or before it [all]"))
     session: str | None = wire(Param("session", "string", check=lambda v: validate_uuid(v, "session"),
                                      doc="only records about this session's UUIDv4 [all]"))

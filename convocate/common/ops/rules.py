@@ -83,15 +83,8 @@ def check_send_text(value: str) -> str:
     return value
 
 
-def check_timestamp(value: str) -> str:
-    try:
-        parse_rfc3339(value)
-    except ValueError as e:
-        raise BadRequest(messages.BAD_TEXT.format(field="since", reason=str(e))) from e
-    return value
-
-
-def check_window(field: str) -> Callable[[str], str]:
+def check_rfc3339(field: str) -> Callable[[str], str]:
+    """The check of an RFC 3339 time in ``field``; its refusal names that field."""
     def check(value: str) -> str:
         try:
             parse_rfc3339(value)
@@ -179,6 +172,6 @@ CREDENTIAL = Param("credential", "string", check=credentials.validate_session_cr
                     doc="the cluster credential the session starts with; `\"\"` the agent's `default` [create: \"\"]")
 CREDENTIAL_NAME = Param("name", "string", required=True, check=credentials.validate_name,
                          doc="credential name: 1-32 of a-z, 0-9, `-`, starting with a letter or digit")
-SINCE = Param("since", "string", check=check_timestamp, doc="RFC 3339 time: only what came at or after it [all]")
+SINCE = Param("since", "string", check=check_rfc3339("since"), doc="RFC 3339 time: only what came at or after it [all]")
 LINES = Param("lines", "integer", check=check_lines, doc=f"0-{CAPTURE_LINES_MAX} lines of history [0]")
 
