@@ -235,7 +235,7 @@ class LogsParams(OpParams[r.Logs]):
     since: str | None = wire(SINCE)
 
 
-@op("trash", "the deleted sessions still in the trash", r.array_of(r.TrashEntry))
+@op("trash", "the deleted sessions still in the trash", r.array_of(r.record(r.TrashEntry)))
 @_params
 class TrashParams(OpParams[list[r.TrashEntry]]):
     """``trash``: no params."""
@@ -263,7 +263,7 @@ class CredentialSetParams(OpParams[r.CredentialSummary]):
                        secret=True)
 
 
-@op("credential_list", "the credentials the agent holds, without secrets", r.array_of(r.CredentialSummary))
+@op("credential_list", "the credentials the agent holds, without secrets", r.array_of(r.record(r.CredentialSummary)))
 @_params
 class CredentialListParams(OpParams[list[r.CredentialSummary]]):
     """``credential_list``: no params."""
@@ -277,7 +277,7 @@ class CredentialDeleteParams(OpParams[r.CredentialDeleted]):
     name: str = wire(CREDENTIAL_NAME)
 
 
-@op("recording_list", "a session's terminal recordings, one file per start", r.array_of(r.RecordingFile))
+@op("recording_list", "a session's terminal recordings, one file per start", r.array_of(r.record(r.RecordingFile)))
 @_params
 class RecordingListParams(OpParams[list[r.RecordingFile]]):
     """``recording_list`` (issue 19): the session (``convocate_agent/recordings.py``)."""

@@ -14,6 +14,7 @@ the wrong JSON type, is a :class:`ProtocolError` naming the op's result and the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -71,25 +72,27 @@ class WireRecord:
         """
         if not isinstance(obj, dict):
             raise ProtocolError(f"{cls.__name__}: expected a JSON object, got {json_type(obj)}")
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
-        for f in _fields(cls):
+        for f, hint in _fields(cls):
             if f.name not in obj:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise ProtocolError(f'{cls.__name__}: missing field "{f.name}"')
                 continue
-            values[f.name] = _read_field(cls.__name__, f.name, hints[f.name], obj[f.name], agent_id)
+            values[f.name] = _read_field(cls.__name__, f.name, hint, obj[f.name], agent_id)
         return cls(**values, received=obj)
 
     @classmethod
     def wire_doc(cls) -> str:
         """The reference's shape: ``{a, b, c}`` and the note."""
-        names = ", ".join(f.name for f in _fields(cls))
+        names = ", ".join(f.name for f, _ in _fields(cls))
         return f"`{{{names}}}`" + (f" {cls.NOTE}" if cls.NOTE else "")
 
 
-def _fields(cls: type) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(cls) if f.name != "received"]
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
+    """A record's wire fields with their resolved annotations, worked out once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls) if f.name != "received")
 
 
 def _read_field(record: str, name: str, hint: Any, value: Any, agent_id: str) -> Any:
@@ -112,23 +115,13 @@ def record(cls: type[WireRecord]) -> ResultReader:
     return ResultReader(cls.from_wire, cls.wire_doc())
 
 
-def array_of(cls: type[WireRecord]) -> ResultReader:
-    """The reader of an array of ``cls`` objects."""
+def array_of(item: ResultReader) -> ResultReader:
+    """The reader of an array whose every element ``item`` reads."""
     def read(result: Any, agent_id: str) -> list[Any]:
         if not isinstance(result, list):
-            raise ProtocolError(f"array of {cls.__name__}: expected a JSON array, got {json_type(result)}")
-        return [cls.from_wire(item, agent_id) for item in result]
-    return ResultReader(read, f"array of {cls.wire_doc()}")
-
-
-def _session(result: Any, agent_id: str) -> SessionView:
-    return SessionView.from_wire(result, agent_id)
-
-
-def _sessions(result: Any, agent_id: str) -> list[SessionView]:
-    if not isinstance(result, list):
-        raise ProtocolError(f"list: expected a JSON array of sessions, got {json_type(result)}")
-    return [SessionView.from_wire(item, agent_id) for item in result]
+            raise ProtocolError(f"expected a JSON array of {item.doc}, got {json_type(result)}")
+        return [item(element, agent_id) for element in result]
+    return ResultReader(read, f"array of {item.doc}")
 
 
 def json_object(doc: str) -> ResultReader:
@@ -141,9 +134,9 @@ def json_object(doc: str) -> ResultReader:
 
 
 #: ``get``, ``create``... answer one session's metadata object.
-SESSION = ResultReader(_session, "session metadata")
+SESSION = ResultReader(SessionView.from_wire, "session metadata")
 #: ``list`` answers an array of them, newest ``last_accessed`` first.
-SESSIONS = ResultReader(_sessions, "array of session metadata")
+SESSIONS = array_of(SESSION)
 
 
 @dataclass(frozen=True)
