@@ -19,11 +19,12 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import asyncssh
 
 from convocate.common import messages
+from convocate.common.attachheader import AttachHeader
 from convocate.common.cli import no_permission
 from convocate.common.errors import (
     ConfigError,
@@ -32,14 +33,12 @@ from convocate.common.errors import (
     Unreachable,
 )
 from convocate.common.framing import encode_line, read_frames
+from convocate.common.ops.base import OpParams, run_op
 from convocate.common.paths import Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
 from convocate.operator import OperatorClaim, claim
 from convocate.registry import AgentRecord, load_agent
-
-if TYPE_CHECKING:
-    from convocate.common.ops import OpParams
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +265,7 @@ class AgentClient:
         Raises:
             ConvocateError: as :meth:`call`; ProtocolError when the result is not of the op's shape.
         """
-        return params.read_result(await self.call(params.OP, params.to_wire()), self.agent_id)
+        return await run_op(self.call, params, self.agent_id)
 
     async def _request(self, op: str, params: dict[str, Any] | None) -> Any:
         """Send ``op`` to an agent of our protocol: a read on the held channel, anything else on a channel of its own.
@@ -337,8 +336,6 @@ class AgentClient:
 
         await compat.check_attach(self, read_only)
         process = await self._open_channel(ATTACH_SUBSYSTEM)
-        from convocate.common.attachheader import AttachHeader
-
         header = AttachHeader(session_id, cols=cols, rows=rows, read_only=read_only, term=term)
         process.stdin.write(encode_line(header.to_wire()))
         return process

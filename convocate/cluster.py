@@ -19,6 +19,7 @@ from convocate.common import messages
 from convocate.common.cli import no_permission
 from convocate.common.errors import ConfigError, Conflict, ConvocateError, NotFound, ProtocolError
 from convocate.common.model import SessionView
+from convocate.common.ops.params import ListParams
 from convocate.common.paths import Paths
 from convocate.orphans import MIGRATE_HINT, scan_orphans, unclaimed
 from convocate.registry import load_registry
@@ -123,8 +124,6 @@ class Cluster:
     async def list(self) -> ClusterListing:
         """``list`` on every agent in parallel."""
         async def one(client: AgentClient) -> list[SessionRef]:
-            from convocate.common.ops.params import ListParams
-
             return [SessionRef(client, view) for view in await client.request(ListParams())]
 
         answers, errors = await each_agent(self.clients.values(), one)

@@ -32,6 +32,7 @@ from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 
 from convocate.common import keys, messages, operator_claim
 from convocate.common.errors import BadRequest, ConvocateError
+from convocate.common.ops.base import run_op
 from convocate.common.ops.params import OperatorChallengeParams, OperatorIdentifyParams, OperatorWhoamiParams
 from convocate.common.paths import Paths
 
@@ -189,13 +190,12 @@ async def claim(call: Call, agent_id: str, paths: Paths, environ: Mapping[str, s
 
 
 async def _identify(call: Call, agent_id: str, source: ClaimSource) -> OperatorClaim:
-    asked = OperatorChallengeParams()
-    challenge = asked.read_result(await call(asked.OP, asked.to_wire()), agent_id)
+    challenge = await run_op(call, OperatorChallengeParams(), agent_id)
     nonce = base64.b64decode(challenge.nonce, validate=True)
     signature = await source.sign(operator_claim.claim_data(agent_id, nonce))
     certificate = source.certificate.export_certificate("openssh").decode("ascii").strip()
     proof = OperatorIdentifyParams(certificate=certificate, signature=base64.b64encode(signature).decode("ascii"))
-    result = proof.read_result(await call(proof.OP, proof.to_wire()), agent_id)
+    result = await run_op(call, proof, agent_id)
     return OperatorClaim(name=result.name, fingerprint=result.fingerprint)
 
 

@@ -8,7 +8,7 @@ themselves are in :mod:`convocate.common.ops.params`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from convocate.common import messages
@@ -79,6 +79,18 @@ class OpParams(Generic[R]):
             ProtocolError: the result is not of the op's shape.
         """
         return r.read_result(self.RESULT, self.OP, result, agent_id)  # type: ignore[no-any-return]
+
+
+async def run_op(call: Callable[[str, dict[str, Any]], Awaitable[Any]], params: OpParams[R], agent_id: str) -> R:
+    """Send ``params`` through ``call`` (an ``(op, params) -> result`` sender) and read the result as its op's type.
+
+    The one way a typed request is sent: ``AgentClient.request`` and the operator claim (which runs on a
+    connection still being set up) both use it.
+
+    Raises:
+        ConvocateError: what ``call`` raises; ProtocolError when the result is not of the op's shape.
+    """
+    return params.read_result(await call(params.OP, params.to_wire()), agent_id)
 
 
 def op(name: str, summary: str, result: r.ResultReader, *, original: bool = False
