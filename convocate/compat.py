@@ -23,6 +23,7 @@ from typing import Any
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, Conflict, ConvocateError, InternalError, Locked, NotFound
+from convocate.common.ops.params import CapacityParams
 
 #: The ops a v0.0.5 agent registers (internal/agentserver/ops.go and cruds.go at v0.0.5).
 PROTOCOL1_OPS = frozenset(
@@ -176,8 +177,6 @@ async def capacity(client: Any, row: dict[str, Any]) -> dict[str, Any] | None:
     if prof.protocol < 2 and "capacity" not in prof.capabilities:
         row["note"] = messages.COMPAT_NO_CAPACITY.format(protocol=prof.protocol)
         return None
-    from convocate.common.ops.params import CapacityParams
-
     return await client.request(CapacityParams())
 
 
