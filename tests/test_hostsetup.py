@@ -89,3 +89,53 @@ def test_start_inputs_digest_changes_with_content_not_with_the_path_it_is_read_t
     a.write_text("CONVOCATE_AGENT_LISTEN=:2222\n")
     assert startinputs.changed_since_start(run, [("defaults", a)])
     assert startinputs.digest([("x", tmp_path / "missing")]) != startinputs.digest([("x", a)])
+
+
+# --- the claude account: which clashes are refused (ensure_account, with account databases of the test's) ---
+def _accounts(monkeypatch, groups: dict[str, int], users: dict[str, tuple[int, int]]) -> list[list[str]]:
+    """Point ensure_account at these groups {name: gid} and users {name: (uid, gid)}; return the commands run."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    def lookup(table: dict, key):
+        if key not in table:
+            raise KeyError(key)
+        return table[key]
+
+    group_by_name = {n: SimpleNamespace(gr_name=n, gr_gid=g) for n, g in groups.items()}
+    user_by_name = {n: SimpleNamespace(pw_name=n, pw_uid=u, pw_gid=g, pw_shell="/bin/sh") for n, (u, g) in users.items()}
+    monkeypatch.setattr(hostsetup, "_GROUP", dataclasses.replace(
+        hostsetup._GROUP, by_name=lambda k: lookup(group_by_name, k),
+        by_id=lambda k: lookup({e.gr_gid: e for e in group_by_name.values()}, k)))
+    monkeypatch.setattr(hostsetup, "_USER", dataclasses.replace(
+        hostsetup._USER, by_name=lambda k: lookup(user_by_name, k),
+        by_id=lambda k: lookup({e.pw_uid: e for e in user_by_name.values()}, k)))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(hostsetup, "run_command", lambda command, what: commands.append(command))
+    return commands
+
+
+@pytest.mark.parametrize(("groups", "users", "refusal"), [
+    ({"claude": 1000}, {}, "group claude exists with GID 1000; convocate needs GID 1337"),
+    ({"games": 1337}, {}, "GID 1337 belongs to group games; convocate needs it for its group claude"),
+    ({"claude": 1337}, {"claude": (1000, 1337)}, "user claude exists with UID 1000; convocate needs UID 1337"),
+    ({"claude": 1337}, {"claude": (1337, 100)},
+     "user claude exists with primary GID 100; convocate needs primary GID 1337"),
+    ({"claude": 1337}, {"mallory": (1337, 1337)}, "UID 1337 belongs to user mallory; convocate needs it"),
+])
+def test_a_claude_account_clash_is_refused_naming_the_account_and_the_id(monkeypatch, tmp_path, groups, users,
+                                                                         refusal):
+    commands = _accounts(monkeypatch, groups, users)
+    with pytest.raises(ConfigError) as caught:
+        hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=StepReport())
+    assert str(caught.value).startswith(refusal)
+    assert not any(command[0] == "adduser" for command in commands)
+
+
+def test_a_missing_claude_account_is_created_and_a_matching_one_kept(monkeypatch, tmp_path):
+    commands, report = _accounts(monkeypatch, {}, {}), StepReport()
+    hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=report)
+    assert [command[0] for command in commands] == ["addgroup", "adduser"] and report.changes == 2
+    commands, report = _accounts(monkeypatch, {"claude": 1337}, {"claude": (1337, 1337)}), StepReport()
+    hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=report)
+    assert commands == [] and report.changes == 0

@@ -69,10 +69,7 @@ def parse_header(line: bytes) -> AttachHeader:
         BadRequest: ``bad attach header: ...`` naming the field: not a JSON object, an unknown or
             missing field, a wrong JSON type, a dimension out of 0-10000.
     """
-    try:
-        obj = decode_object(line, what="header")
-    except BadRequest as e:
-        raise _bad(e.message) from e
+    obj = decode_object(line, what="header", refusal=_bad)
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise _bad(messages.UNKNOWN_FIELD.format(field=unknown[0]))

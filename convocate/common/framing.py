@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from convocate.common import messages
@@ -203,12 +203,15 @@ def encode_line(obj: Any) -> bytes:
     return data + b"\n"
 
 
-def decode_object(line: bytes, what: str = "request") -> dict[str, Any]:
+def decode_object(line: bytes, what: str = "request",
+                  refusal: Callable[[str], Exception] | None = None) -> dict[str, Any]:
     """Parse one line as a JSON object.
 
     Args:
         line: One frame, without its newline.
         what: Word used in the error message.
+        refusal: Makes the exception to raise from the problem's text (the caller's prefix, its
+            error type); ``None`` raises :class:`BadRequest` with the bare text.
 
     Returns:
         The decoded object.
@@ -216,7 +219,17 @@ def decode_object(line: bytes, what: str = "request") -> dict[str, Any]:
     Raises:
         BadRequest: the line is not UTF-8, not JSON, or not an object; the
             message names the problem without a prefix, for the caller to frame.
+        Exception: what ``refusal`` makes, in place of that BadRequest.
     """
+    if refusal is None:
+        return _decode_object(line, what)
+    try:
+        return _decode_object(line, what)
+    except BadRequest as e:
+        raise refusal(e.message) from e
+
+
+def _decode_object(line: bytes, what: str) -> dict[str, Any]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -270,19 +283,15 @@ def bounded_text(text: str, limit: int = ERROR_TEXT_MAX) -> str:
 
 
 def json_type(value: Any) -> str:
-    """Name the JSON type of a decoded value, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    """Name the JSON type of a decoded value, for error messages (JSON Schema's type names)."""
+    for python_type, name in _JSON_TYPE_NAMES:
+        if isinstance(value, python_type):
+            return name
     return type(value).__name__
+
+
+# In this order: bool is a subclass of int.
+_JSON_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+    (list, "array"), (dict, "object"),
+)

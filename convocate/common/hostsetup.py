@@ -151,32 +151,17 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
         ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
             addgroup/adduser/usermod failed.
     """
-    group = account_entry(grp.getgrnam, CLAUDE_USER)
-    if group is not None and group.gr_gid != CLAUDE_GID:
-        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="group", name=CLAUDE_USER, id_name="GID",
-                                                              actual=group.gr_gid, wanted=CLAUDE_GID))
+    group = _existing_account(_GROUP)
     if group is None:
-        other = getattr(account_entry(grp.getgrgid, CLAUDE_GID), "gr_name", None)
-        if other is not None:
-            raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="GID", wanted=CLAUDE_GID, kind="group",
-                                                               other=other, name=CLAUDE_USER))
         run_command(group_command(), f"creating group {CLAUDE_USER}")
         report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
     else:
         report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
 
-    user = account_entry(pwd.getpwnam, CLAUDE_USER)
-    if user is not None and user.pw_uid != CLAUDE_UID:
-        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="UID",
-                                                              actual=user.pw_uid, wanted=CLAUDE_UID))
-    if user is not None and user.pw_gid != CLAUDE_GID:
-        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="primary GID",
-                                                              actual=user.pw_gid, wanted=CLAUDE_GID))
+    user = _existing_account(_USER)
+    if user is not None:
+        _require_id("user", "primary GID", user.pw_gid, CLAUDE_GID)
     if user is None:
-        other = getattr(account_entry(pwd.getpwuid, CLAUDE_UID), "pw_name", None)
-        if other is not None:
-            raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name="UID", wanted=CLAUDE_UID, kind="user",
-                                                               other=other, name=CLAUDE_USER))
         run_command(user_command(str(home), login_shell, create_home=False), f"creating user {CLAUDE_USER}")
         report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {login_shell}) created")
     elif set_shell and user.pw_shell != login_shell:
@@ -185,6 +170,43 @@ def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: Ste
     else:
         report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {user.pw_shell}) kept")
 
+
+@dataclass(frozen=True)
+class _AccountKind:
+    kind: str                # "group" or "user", as the messages say it
+    by_name: Callable[[str], Any]
+    by_id: Callable[[int], Any]
+    id_attr: str             # the entry's ID and name fields
+    name_attr: str
+    id_name: str             # "GID" or "UID"
+    wanted: int
+
+
+_GROUP = _AccountKind("group", grp.getgrnam, grp.getgrgid, "gr_gid", "gr_name", "GID", CLAUDE_GID)
+_USER = _AccountKind("user", pwd.getpwnam, pwd.getpwuid, "pw_uid", "pw_name", "UID", CLAUDE_UID)
+
+
+def _existing_account(kind: _AccountKind) -> Any:
+    """The ``claude`` entry of this kind, or None when there is none and its ID is free.
+
+    Raises:
+        ConfigError: ``claude`` has another ID, or another account has the ID.
+    """
+    entry = account_entry(kind.by_name, CLAUDE_USER)
+    if entry is not None:
+        _require_id(kind.kind, kind.id_name, getattr(entry, kind.id_attr), kind.wanted)
+        return entry
+    other = getattr(account_entry(kind.by_id, kind.wanted), kind.name_attr, None)
+    if other is not None:
+        raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name=kind.id_name, wanted=kind.wanted, kind=kind.kind,
+                                                           other=other, name=CLAUDE_USER))
+    return None
+
+
+def _require_id(kind: str, id_name: str, actual: int, wanted: int) -> None:
+    if actual != wanted:
+        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind=kind, name=CLAUDE_USER, id_name=id_name,
+                                                              actual=actual, wanted=wanted))
 
 def move_state(old: Path, new: Path, report: StepReport) -> None:
     """Move a state file an older version kept in ``/etc`` to its place under ``/var/lib`` (FHS §5.8).

@@ -73,10 +73,7 @@ class Request:
         Raises:
             BadRequest: ``malformed request: ...`` naming what was wrong.
         """
-        try:
-            obj = decode_object(line)
-        except BadRequest as e:
-            raise BadRequest(messages.MALFORMED_REQUEST.format(detail=e.message)) from e
+        obj = decode_object(line, refusal=lambda detail: BadRequest(messages.MALFORMED_REQUEST.format(detail=detail)))
         unknown = sorted(set(obj) - {"op", "params", "id"})
         if unknown:
             raise BadRequest(messages.MALFORMED_REQUEST.format(detail=messages.UNKNOWN_FIELD.format(field=unknown[0])))
@@ -160,10 +157,7 @@ class Response:
         Raises:
             ProtocolError: the line is not a response object.
         """
-        try:
-            obj = decode_object(line, what="response")
-        except BadRequest as e:
-            raise ProtocolError(f"malformed response: {e.message}") from e
+        obj = decode_object(line, what="response", refusal=lambda detail: ProtocolError(f"malformed response: {detail}"))
         ok = obj.get("ok")
         if not isinstance(ok, bool):
             raise ProtocolError('malformed response: field "ok" must be a boolean')
@@ -260,10 +254,7 @@ class Event:
         Raises:
             BadRequest: the line is not an event object.
         """
-        try:
-            obj = decode_object(line, what="event")
-        except BadRequest as e:
-            raise BadRequest(f"malformed event: {e.message}") from e
+        obj = decode_object(line, what="event", refusal=lambda detail: BadRequest(f"malformed event: {detail}"))
         kind, agent = obj.get("type"), obj.get("agent_id")
         if not isinstance(kind, str) or not isinstance(agent, str):
             raise BadRequest('malformed event: an event needs string "type" and "agent_id"')
