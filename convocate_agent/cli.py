@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from convocate.common.cli import ArgumentParser, run_main, usage_line
+from convocate.common.argparser import verb_parser
+from convocate.common.cli import run_main, usage_line
 from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import ConfigError
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
@@ -201,14 +202,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
-    sub = parser.add_subparsers(dest="command", prog=PROG)
-    _add_install(sub)
-    _add_serve(sub)
-    _add_prune_images(sub)
-    _add_load_image(sub)
-    _add_image_info(sub)
-    for name, p in sub.choices.items():
+    parser, verbs = verb_parser(PROG, usage_line(USAGE),
+                                (_add_install, _add_serve, _add_prune_images, _add_load_image, _add_image_info))
+    for name, p in verbs.items():
         p.add_argument("--json", action="store_true",
                        help="print errors as {\"ok\": false, \"code\", \"error\"} on stdout"
                        + ("" if name == "serve" else ", and the result as JSON"))

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from convocate.common.cli import ArgumentParser, run_main, usage_line
+from convocate.common.argparser import verb_parser
+from convocate.common.cli import run_main, usage_line
 from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import BadRequest
 from convocate.common.paths import Paths
@@ -356,16 +357,9 @@ def _cmd_operator_cert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROG, usage=usage_line(USAGE), add_help=False)
-    sub = parser.add_subparsers(dest="command", prog=PROG)
-    _add_install(sub)
-    _add_init_shell(sub)
-    _add_init_agent(sub)
-    _add_update(sub)
-    _add_migrate(sub)
-    _add_operator_cert(sub)
-    vm.add_parser(sub)
-    for p in sub.choices.values():
+    parser, verbs = verb_parser(PROG, usage_line(USAGE), (_add_install, _add_init_shell, _add_init_agent, _add_update,
+                                                          _add_migrate, _add_operator_cert, vm.add_parser))
+    for p in verbs.values():
         p.add_argument("--json", action="store_true",
                        help="print the report (what changed, what was kept) as one JSON object on stdout, and "
                        "errors as {\"ok\": false, \"code\", \"error\"}")

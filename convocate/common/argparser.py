@@ -8,7 +8,8 @@ a command loads only what it needs).
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 from convocate.common.errors import UsageError
 
@@ -28,3 +29,22 @@ class ArgumentParser(argparse.ArgumentParser):
             UsageError: always, with argparse's message and this parser's usage line.
         """
         raise UsageError(message, self.format_usage())
+
+
+def verb_parser(prog: str, usage_line: str,
+                adders: Iterable[Callable[[Any], None]]) -> tuple[ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """A role's command line: one parser whose verbs (``dest="command"``) the adders add, in order.
+
+    Args:
+        prog: The program's name (``convocate-agent``).
+        usage_line: Its usage, without the ``usage:`` prefix argparse adds.
+        adders: Each adds one verb or a group of them to the subparsers action it is given.
+
+    Returns:
+        The parser, and its verbs' parsers by name (for options every verb takes).
+    """
+    parser = ArgumentParser(prog=prog, usage=usage_line, add_help=False)
+    verbs = parser.add_subparsers(dest="command", prog=prog)
+    for add in adders:
+        add(verbs)
+    return parser, verbs.choices
