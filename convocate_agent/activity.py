@@ -54,7 +54,7 @@ from convocate.common.errors import BadRequest
 from convocate.common.framing import LineDecoder, LineTooLong
 from convocate.common.fsutil import atomic_write
 from convocate.common.model import validate_uuid
-from convocate.common.paths import Paths
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ReportSockets:
             Without it only the agent's own process may report.
     """
 
-    def __init__(self, paths: Paths, on_report: Report, *, uid: int = 1337, gid: int = 1337,
+    def __init__(self, paths: Paths, on_report: Report, *, uid: int = CLAUDE_UID, gid: int = CLAUDE_GID,
                  container_of: ContainerOf | None = None) -> None:
         self.paths = paths
         self.on_report = on_report

@@ -8,7 +8,8 @@ socket the session can write; the files live under ``Paths.recordings_dir``, whi
 mounts. A session can end or garble its own stream (it owns its tmux); every gap is marked.
 
 The files and their retention are :mod:`convocate_agent.castfile`, the control client's stream
-:mod:`convocate_agent.controlmode`; this module runs a recorder per session. Each file starts
+:mod:`convocate_agent.controlmode`; this module runs a recorder per session, and
+:mod:`convocate_agent.recorderset` the agent's set of them. Each file starts
 with the pane's screen at that moment (an ``"o"`` event), so a player starts on the right screen.
 """
 
@@ -27,15 +28,13 @@ from typing import Any, Protocol
 
 from convocate.common.asciicast import file_name
 from convocate.common.errors import ConvocateError
-from convocate.common.paths import Paths
+from convocate.common.paths import CLAUDE_GID, CLAUDE_UID
 from convocate.common.timefmt import format_rfc3339
-from convocate_agent.castfile import CastWriter, drop_oldest, file_size, finished_files, purge_recordings
+from convocate_agent.castfile import CastWriter, drop_oldest, file_size, finished_files
 from convocate_agent.controlmode import ControlParser, screen_event, split_frames
 
 log = logging.getLogger(__name__)
 
-#: Seconds between flushes of the buffered events to disk (the brief: at least every second).
-FLUSH_INTERVAL_S = 1.0
 #: Backoff of a recorder whose control client ended while the container runs: 1 s doubling to 30 s.
 RESTART_BACKOFF_S = (1.0, 30.0)
 #: Polling while a just-started container's tmux is not up yet (no file is written meanwhile).
@@ -81,8 +80,8 @@ class Recorder:
     runtime: Any
     settings: RecordingSettings
     first_marker: str = ""
-    uid: int = 1337
-    gid: int = 1337
+    uid: int = CLAUDE_UID
+    gid: int = CLAUDE_GID
     writer: CastWriter | None = None
     cut: bool = False
     stopping: bool = False
@@ -274,137 +273,6 @@ class Recorder:
 
 
 # --- the set ---------------------------------------------------------------------------------------
-class RecordingHook(Protocol):
-    """What the service and the attach relay call (the service never reaches into a recorder)."""
-
-    def input(self, session_id: str, data: bytes) -> None: ...  # pragma: no cover - protocol
-
-
-class RecorderSet:
-    """Every recorder of this agent, owned by the AgentServer.
-
-    Args:
-        paths: Installation layout (``recordings_dir``).
-        runtime: Docker access (``open_control``, ``exec``, ``container``).
-        settings: Returns the agent's current settings (read at each start).
-        title_of: A session's name, for the header's ``title``.
-        keep: The session IDs whose recordings stay (sessions and trash entries); others go at purge.
-        uid: The session user inside containers (the execs run as it).
-        gid: Its group.
-    """
-
-    def __init__(self, paths: Paths, runtime: Any, settings: Callable[[], Any], title_of: Callable[[str], str],
-                 keep: Callable[[], set[str]], *, uid: int = 1337, gid: int = 1337) -> None:
-        self.paths = paths
-        self.uid, self.gid = uid, gid
-        self.runtime = runtime
-        self._settings = settings
-        self._title_of = title_of
-        self._keep = keep
-        self.recorders: dict[str, Recorder] = {}
-        self._running: set[Recorder] = set()  # also the stopping ones a new start replaced
-        self._flusher: asyncio.Task[None] | None = None
-        #: The recorders with buffered events: the flusher visits only these (idle sessions cost nothing).
-        self._pending: set[Recorder] = set()
-        self._wake = asyncio.Event()
-
-    def start(self, session_id: str, marker: str = "") -> Recorder | None:
-        """Start recording a running session (no-op if it is recorded already or ``recording`` is off)."""
-        current = self.recorders.get(session_id)
-        if current is not None and current.task is not None and not current.task.done() and not current.stopping:
-            return current  # a stopping one (its container died) finishes its own file
-        settings = self._settings()
-        if not settings.recording:
-            return None
-        try:
-            title = self._title_of(session_id)
-        except Exception:
-            title = ""
-        rec = Recorder(session_id, title, self.paths.session_recordings_dir(session_id), self.runtime,
-                       RecordingSettings(int(settings.recording_max_mb) * MIB, bool(settings.record_input)),
-                       first_marker=marker, uid=self.uid, gid=self.gid, on_pending=self._note_pending)
-        rec.task = asyncio.create_task(rec.run(), name=f"recorder-{session_id[:8]}")
-        rec.task.add_done_callback(lambda _t, sid=session_id, r=rec: self._ended(sid, r))
-        self.recorders[session_id] = rec
-        self._running.add(rec)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop(), name="recorder-flush")
-        return rec
-
-    def _note_pending(self, rec: Recorder) -> None:
-        self._pending.add(rec)
-        self._wake.set()
-
-    def _ended(self, session_id: str, rec: Recorder) -> None:
-        self._running.discard(rec)
-        self._pending.discard(rec)
-        if self.recorders.get(session_id) is rec:
-            del self.recorders[session_id]
-
-    async def stop(self, session_id: str) -> None:
-        rec = self.recorders.pop(session_id, None)
-        if rec is not None:
-            await self._stop(rec)
-
-    @staticmethod
-    async def _stop(rec: Recorder) -> None:
-        rec.stopping = True
-        if rec.stream is not None:
-            rec.stream.close()  # stdin EOF ends tmux's client
-        if rec.task is not None:
-            rec.task.cancel()
-            await asyncio.gather(rec.task, return_exceptions=True)
-
-    def input(self, session_id: str, data: bytes) -> None:
-        """Record what an operator typed (``"i"``), when the recorder's start had ``record_input`` on."""
-        rec = self.recorders.get(session_id)
-        if rec is not None:
-            rec.input(data)
-
-    def on_container_event(self, action: str, session_id: str, attributes: dict[str, Any]) -> None:
-        """Docker's ``start`` starts a recorder; ``die`` stops it (the stream ends with the container)."""
-        if action == "start":
-            self.start(session_id)
-        elif action == "die":
-            rec = self.recorders.get(session_id)
-            if rec is not None:
-                rec.stopping = True
-
-    async def resume(self, running: list[str]) -> None:
-        """At agent start: a new file, marked as resumed, for each session already running."""
-        for sid in running:
-            self.start(sid, MARKER_AGENT_RESTART)
-
-    async def _flush_loop(self) -> None:
-        """Flush, at most :data:`FLUSH_INTERVAL_S` after its first buffered event, every recorder that has any.
-
-        O(recorders with output) per tick, and no tick at all while every session is quiet: at
-        200 idle sessions the loop sleeps (issue 17).
-        """
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            self._wake.clear()
-            pending, self._pending = self._pending, set()
-            for rec in pending:
-                rec.flush()
-
-    def purge(self) -> list[Path]:
-        """Retention: drop finished files older than ``recording_retention_days`` and the recordings of
-        sessions that are neither sessions nor in the trash; returns what was removed."""
-        days = int(self._settings().recording_retention_days)
-        current = {sid: rec.writer.path if rec.writer is not None else None for sid, rec in self.recorders.items()}
-        return purge_recordings(self.paths.recordings_dir, self._keep(), days, current)
-
-    async def shutdown(self) -> None:
-        """Flush and close every recording (agent shutdown)."""
-        self.recorders.clear()
-        await asyncio.gather(*(self._stop(rec) for rec in list(self._running)))
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-
-
 def _iso(wall: float) -> str:
     return format_rfc3339(round(wall * 1e9))
 

@@ -36,7 +36,7 @@ from convocate_agent.admission import HostResources
 from convocate_agent.attach import serve_attach_channel
 from convocate_agent.audit import AuditLog
 from convocate_agent.locks import SessionLocks
-from convocate_agent.recorder import RecorderSet
+from convocate_agent.recorderset import RecorderSet
 from convocate_agent.rpc import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, RpcDispatcher, serve_rpc_channel
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.service import AgentService, EventSink, LogEventSink

@@ -63,7 +63,7 @@ from convocate_agent.ops_admin import AdminOps
 from convocate_agent.ops_attach import AttachOps
 from convocate_agent.ops_lifecycle import LifecycleOps
 from convocate_agent.ops_names import NameChecks
-from convocate_agent.recorder import RecordingHook
+from convocate_agent.recorderset import RecordingHook
 from convocate_agent.recordings import Recordings
 from convocate_agent.runtime import ContainerState, DockerRuntime
 from convocate_agent.settings import Settings

@@ -15,9 +15,11 @@ from types import SimpleNamespace
 
 from convocate.common.paths import Paths
 from convocate_agent import recorder as recmod
+from convocate_agent import recorderset
 from convocate_agent.castfile import CastWriter
 from convocate_agent.controlmode import ControlParser
-from convocate_agent.recorder import Recorder, RecorderSet, RecordingSettings
+from convocate_agent.recorder import Recorder, RecordingSettings
+from convocate_agent.recorderset import RecorderSet
 
 
 def _frame(payload: bytes, stream: int = 1) -> bytes:
@@ -37,7 +39,7 @@ def _events(path: Path) -> list[list]:
 
 
 async def test_the_flusher_visits_only_recorders_with_events_and_sleeps_while_all_are_quiet(tmp_path, monkeypatch):
-    monkeypatch.setattr(recmod, "FLUSH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(recorderset, "FLUSH_INTERVAL_S", 0.05)
     recorders = RecorderSet(Paths(tmp_path), runtime=None, settings=lambda: None, title_of=str, keep=set)
     flushed: list[str] = []
     quiet = [_recorder(tmp_path, f"quiet-{i}", recorders._note_pending) for i in range(50)]

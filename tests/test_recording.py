@@ -16,7 +16,7 @@ import pytest
 
 from convocate.common.paths import Paths
 from convocate_agent.controlmode import ControlParser, layout_size, screen_event, unescape
-from convocate_agent.recorder import RecorderSet
+from convocate_agent.recorderset import RecorderSet
 from tests.conftest import connect, rpc_ok
 from tests.test_agent_attach import detach, open_attach
 
