@@ -17,22 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convocate.common import messages
+from convocate.common import protocol as ev
 from convocate.common.credentials import resolved_name
 from convocate.common.errors import BadRequest
 from convocate.common.model import ACTIVITY_LIMITED, SessionView
-from convocate.common.protocol import (
-    AGENT_SHUTDOWN,
-    AGENT_STARTED,
-    AGENT_STATUS,
-    CONTAINER_CREATED,
-    CONTAINER_DELETED,
-    CONTAINER_EDITED,
-    CONTAINER_STARTED,
-    CONTAINER_STOPPED,
-    SESSION_ACTIVITY,
-    SESSION_ATTACHED,
-    SESSION_DETACHED,
-)
 from convocate.common.timefmt import parse_rfc3339
 from convocate.orphans import unclaimed
 from convocate.render import until_clock
@@ -197,26 +185,26 @@ class ClusterModel:
         sid = message.get("session_id")
         sessions = self.sessions.setdefault(agent_id, {})
         self.agent(agent_id)
-        if kind == AGENT_STATUS:
+        if kind == ev.AGENT_STATUS:
             self.agents[agent_id].status = data
-        elif kind == AGENT_STARTED:
+        elif kind == ev.AGENT_STARTED:
             self.agents[agent_id].capacity = data.get("capacity") or {}
             self._changed()
             return True
-        elif kind == AGENT_SHUTDOWN:
+        elif kind == ev.AGENT_SHUTDOWN:
             self.agents[agent_id].status = {**self.agents[agent_id].status, "connected": False}
-        elif kind in (CONTAINER_CREATED, CONTAINER_EDITED, CONTAINER_STARTED, CONTAINER_STOPPED) and sid:
+        elif kind in (ev.CONTAINER_CREATED, ev.CONTAINER_EDITED, ev.CONTAINER_STARTED, ev.CONTAINER_STOPPED) and sid:
             try:
                 view = SessionView.from_wire(data, agent_id)
             except BadRequest:
                 return True  # an event without full metadata (an original agent): list again
             old = sessions.get(sid)
-            if kind in (CONTAINER_EDITED,) and old is not None:
+            if kind == ev.CONTAINER_EDITED and old is not None:
                 view = dataclasses.replace(view, running=old.running, attached_count=old.attached_count)
             sessions[sid] = view
-        elif kind == CONTAINER_DELETED and sid:
+        elif kind == ev.CONTAINER_DELETED and sid:
             sessions.pop(sid, None)
-        elif kind == SESSION_ACTIVITY and sid in sessions:
+        elif kind == ev.SESSION_ACTIVITY and sid in sessions:
             old = sessions[sid]
             at = data.get("at")
             try:
@@ -231,7 +219,7 @@ class ClusterModel:
             meta = old.meta.with_changes(activity=str(data.get("activity", "")), activity_detail=str(data.get("detail", "")),
                                          activity_at=at_ns, activity_until=until_ns)
             sessions[sid] = dataclasses.replace(old, meta=meta)
-        elif kind in (SESSION_ATTACHED, SESSION_DETACHED) and sid in sessions:
+        elif kind in (ev.SESSION_ATTACHED, ev.SESSION_DETACHED) and sid in sessions:
             count = data.get("attached_count")
             if isinstance(count, int):
                 sessions[sid] = dataclasses.replace(sessions[sid], attached_count=count)
