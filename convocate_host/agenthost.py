@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convocate.common import messages
+from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.errors import BadRequest
 from convocate.common.paths import CLAUDE_USER, Paths
 from convocate_host import logforward, operator_ca
@@ -85,8 +86,8 @@ class AgentOptions:
     image: str
     shell_address: str
     agent_address: str
-    listen_port: int = 222
-    status_port: int = 223
+    listen_port: int = AGENT_PORT
+    status_port: int = STATUS_PORT
     log_port: int = logforward.LOG_PORT
     docker_path_prefix: str = ""
 

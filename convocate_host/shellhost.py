@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convocate.common import messages
+from convocate.common.constants import STATUS_PORT
 from convocate.common.paths import Paths
 from convocate_host import logforward, operator_ca, rsyslog
 from convocate_host.debs import ensure_package, find_deb
@@ -52,7 +53,7 @@ class ShellOptions:
     build_image: bool = True
     base_image: str = ""
     domain: str = "convocate.internal"
-    status_port: int = 223
+    status_port: int = STATUS_PORT
     names: tuple[str, ...] = field(default_factory=tuple)
     log_port: int = logforward.LOG_PORT
 
