@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convocate import image_build, image_status
-from convocate.common import hostsetup, keys, messages
+from convocate.common import account, hostsetup, keys, messages
 from convocate.common.constants import STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.hostsetup import StepReport
@@ -133,7 +133,7 @@ def install(paths: Paths, options: ShellInstallOptions | None = None) -> StepRep
     report = StepReport()
 
     if system:
-        hostsetup.ensure_account(paths.session_base, str(paths.shell_program), set_shell=True, report=report)
+        account.ensure_account(paths.session_base, str(paths.shell_program), set_shell=True, report=report)
         hostsetup.check_port_free(_status_port_of(paths), STATUS_UNIT, report)
         hostsetup.ensure_dir(paths.session_base, mode=0o755, uid=owner[0], gid=owner[1], report=report, what="home")
         _ensure_login_shell(paths, report)

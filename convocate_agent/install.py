@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import docker
 
-from convocate.common import hostsetup, keys, messages
+from convocate.common import account, hostsetup, keys, messages
 from convocate.common.constants import AGENT_PORT, NOLOGIN, STATUS_PORT
 from convocate.common.errors import BadRequest, ConfigError
 from convocate.common.fsutil import atomic_write, read_token
@@ -232,7 +232,7 @@ def _check_system(paths: Paths, report: InstallReport) -> None:
         grp.getgrnam("docker")
     except KeyError:
         raise ConfigError(messages.NO_DOCKER_GROUP) from None
-    hostsetup.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
+    account.ensure_account(paths.session_base, NOLOGIN, set_shell=False, report=report)
     hostsetup.check_port_free(listen_port_of(paths), AGENT_UNIT, report)
 
 

@@ -25,14 +25,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from convocate.common import hostsetup, messages
+from convocate.common import messages
+from convocate.common.account import GETENT_QUERIES, AccountEntry, AccountLookups, account_steps
 from convocate.common.constants import AGENT_PORT, NOLOGIN, STATUS_PORT
 from convocate.common.errors import Unreachable
-from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
+from convocate.common.paths import CLAUDE_USER
 from convocate_host.debs import APT_ENV
 from convocate_host.report import LiveReport
 from convocate_host.rsyslog import firewall_rule
-from convocate_host.target import HostError, Target
+from convocate_host.target import Target
 
 ROLE_PORTS = {"agent": (f"{AGENT_PORT}/tcp",), "shell": (f"{STATUS_PORT}/tcp", firewall_rule())}
 #: Packages every convocate host gets; alternatives are ``a|b`` (the first is installed).
@@ -138,29 +139,23 @@ async def ensure_packages(target: Target, packages: tuple[str, ...], report: Liv
 
 
 async def ensure_claude(target: Target, report: LiveReport) -> None:
-    """Group and user ``claude`` with GID/UID 1337 (DESIGN §4); other IDs are an error."""
-    group = (await target.run(["getent", "group", CLAUDE_USER], check=False, reads=True)).text.strip()
-    if group:
-        gid = int(group.split(":")[2])
-        if gid != CLAUDE_GID:
-            raise HostError(messages.ACCOUNT_ID_MISMATCH.format(kind="group", name=CLAUDE_USER, id_name="GID",
-                                                                actual=gid, wanted=CLAUDE_GID))
-        report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID})")
-    else:
-        await target.run(hostsetup.group_command(), what=f"creating group {CLAUDE_USER}")
-        report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
-    user = (await target.run(["getent", "passwd", CLAUDE_USER], check=False, reads=True)).text.strip()
-    if user:
-        uid, gid = int(user.split(":")[2]), int(user.split(":")[3])
-        if (uid, gid) != (CLAUDE_UID, CLAUDE_GID):
-            raise HostError(messages.ACCOUNT_ID_MISMATCH.format(kind="user", name=CLAUDE_USER, id_name="UID:GID",
-                                                                actual=f"{uid}:{gid}",
-                                                                wanted=f"{CLAUDE_UID}:{CLAUDE_GID}"))
-        report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID})")
-    else:
-        await target.run(hostsetup.user_command(f"/home/{CLAUDE_USER}", NOLOGIN, create_home=True),
-                         what=f"creating user {CLAUDE_USER}")
-        report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}) created")
+    """Group and user ``claude`` with GID/UID 1337 (:func:`convocate.common.account.account_steps`).
+
+    The target's databases are read with getent(1), the same decision as a package's postinst.
+
+    Raises:
+        ConfigError: an account clash (``claude`` with other IDs, or another account with 1337).
+        HostError: getent or a command failed on the target.
+    """
+    found = [AccountEntry.from_getent((await target.run(["getent", *query], check=False, reads=True)).text)
+             for query in GETENT_QUERIES]
+    for step in account_steps(AccountLookups(*found), f"/home/{CLAUDE_USER}", NOLOGIN, set_shell=False,
+                              create_home=True):
+        if step.command is None:
+            report.kept(step.line)
+        else:
+            await target.run(step.command, what=step.what)
+            report.changed(step.line)
 
 
 async def ensure_utc(target: Target, report: LiveReport) -> None:

@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from convocate.common import hostsetup, startinputs
+from convocate.common.account import AccountEntry, AccountLookups, account_steps
 from convocate.common.errors import ConfigError
 from convocate.common.hostsetup import StepReport, render_env_file, write_if_changed
 
@@ -91,28 +92,18 @@ def test_start_inputs_digest_changes_with_content_not_with_the_path_it_is_read_t
     assert startinputs.digest([("x", tmp_path / "missing")]) != startinputs.digest([("x", a)])
 
 
-# --- the claude account: which clashes are refused (ensure_account, with account databases of the test's) ---
-def _accounts(monkeypatch, groups: dict[str, int], users: dict[str, tuple[int, int]]) -> list[list[str]]:
-    """Point ensure_account at these groups {name: gid} and users {name: (uid, gid)}; return the commands run."""
-    import dataclasses
-    from types import SimpleNamespace
 
-    def lookup(table: dict, key):
-        if key not in table:
-            raise KeyError(key)
-        return table[key]
+# --- the claude account: what is refused, run and kept (convocate.common.account) ------------------
+def _found(groups: dict[str, int], users: dict[str, tuple[int, int]]) -> AccountLookups:
+    """What the databases hold, given groups {name: gid} and users {name: (uid, gid)}."""
+    group_entries = [AccountEntry(name, gid, gid) for name, gid in groups.items()]
+    user_entries = [AccountEntry(name, uid, gid, "/bin/sh") for name, (uid, gid) in users.items()]
 
-    group_by_name = {n: SimpleNamespace(gr_name=n, gr_gid=g) for n, g in groups.items()}
-    user_by_name = {n: SimpleNamespace(pw_name=n, pw_uid=u, pw_gid=g, pw_shell="/bin/sh") for n, (u, g) in users.items()}
-    monkeypatch.setattr(hostsetup, "_GROUP", dataclasses.replace(
-        hostsetup._GROUP, by_name=lambda k: lookup(group_by_name, k),
-        by_id=lambda k: lookup({e.gr_gid: e for e in group_by_name.values()}, k)))
-    monkeypatch.setattr(hostsetup, "_USER", dataclasses.replace(
-        hostsetup._USER, by_name=lambda k: lookup(user_by_name, k),
-        by_id=lambda k: lookup({e.pw_uid: e for e in user_by_name.values()}, k)))
-    commands: list[list[str]] = []
-    monkeypatch.setattr(hostsetup, "run_command", lambda command, what: commands.append(command))
-    return commands
+    def first(entries: list[AccountEntry], match) -> AccountEntry | None:
+        return next((e for e in entries if match(e)), None)
+
+    return AccountLookups(first(group_entries, lambda e: e.name == "claude"), first(group_entries, lambda e: e.id == 1337),
+                          first(user_entries, lambda e: e.name == "claude"), first(user_entries, lambda e: e.id == 1337))
 
 
 @pytest.mark.parametrize(("groups", "users", "refusal"), [
@@ -123,19 +114,30 @@ def _accounts(monkeypatch, groups: dict[str, int], users: dict[str, tuple[int, i
      "user claude exists with primary GID 100; convocate needs primary GID 1337"),
     ({"claude": 1337}, {"mallory": (1337, 1337)}, "UID 1337 belongs to user mallory; convocate needs it"),
 ])
-def test_a_claude_account_clash_is_refused_naming_the_account_and_the_id(monkeypatch, tmp_path, groups, users,
-                                                                         refusal):
-    commands = _accounts(monkeypatch, groups, users)
+def test_a_claude_account_clash_is_refused_naming_the_account_and_the_id(groups, users, refusal):
     with pytest.raises(ConfigError) as caught:
-        hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=StepReport())
+        account_steps(_found(groups, users), "/home/claude", "/usr/sbin/nologin", set_shell=False, create_home=False)
     assert str(caught.value).startswith(refusal)
-    assert not any(command[0] == "adduser" for command in commands)
 
 
-def test_a_missing_claude_account_is_created_and_a_matching_one_kept(monkeypatch, tmp_path):
-    commands, report = _accounts(monkeypatch, {}, {}), StepReport()
-    hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=report)
-    assert [command[0] for command in commands] == ["addgroup", "adduser"] and report.changes == 2
-    commands, report = _accounts(monkeypatch, {"claude": 1337}, {"claude": (1337, 1337)}), StepReport()
-    hostsetup.ensure_account(tmp_path, "/usr/sbin/nologin", set_shell=False, report=report)
-    assert commands == [] and report.changes == 0
+def test_a_missing_claude_account_is_created_a_matching_one_kept_and_a_shell_host_gets_its_shell():
+    steps = account_steps(_found({}, {}), "/home/claude", "/usr/sbin/nologin", set_shell=False, create_home=True)
+    assert [step.command[0] for step in steps] == ["addgroup", "adduser"]
+    assert "--no-create-home" not in steps[1].command
+    assert [step.line for step in steps] == ["group claude (GID 1337) created", "user claude (UID 1337) created"]
+    kept = _found({"claude": 1337}, {"claude": (1337, 1337)})
+    assert [step.command for step in account_steps(kept, "/home/claude", "/usr/sbin/nologin", set_shell=False,
+                                                   create_home=False)] == [None, None]
+    shell = account_steps(kept, "/home/claude", "/usr/bin/convocate", set_shell=True, create_home=False)
+    assert shell[1].command == ["usermod", "--shell", "/usr/bin/convocate", "claude"]
+    assert shell[1].line == "user claude: login shell /bin/sh -> /usr/bin/convocate"
+
+
+def test_getent_lines_are_read_as_group_and_passwd_entries():
+    assert AccountEntry.from_getent("") is None
+    assert AccountEntry.from_getent("claude:x:1337:\n") == AccountEntry("claude", 1337, 1337)
+    assert AccountEntry.from_getent("claude:x:1337:1337:convocate sessions:/home/claude:/usr/sbin/nologin\n") == \
+        AccountEntry("claude", 1337, 1337, "/usr/sbin/nologin")
+    with pytest.raises(ConfigError, match="no group"):
+        AccountEntry.from_getent("claude:x:not-a-number:")
+

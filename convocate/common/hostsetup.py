@@ -1,31 +1,27 @@
-"""What the role install steps share: the ``claude`` account, modes, idempotent writes, ``/etc/default`` files.
+"""What the role install steps share: modes, idempotent writes, ``/etc/default`` files.
 
 ``convocate-agent install`` and ``convocate install`` run from the packages' postinst on every
 configure (install, upgrade, ``dpkg-reconfigure``) and by hand. Each must be idempotent: a second
 run changes nothing and says so. The helpers here change a file, an owner or a mode only when it
 differs from what is wanted, and record every step in a :class:`StepReport` as changed or kept.
 
-:func:`ensure_account` and :func:`daemon_reload` act on the live system; the install steps call
-them only when ``Paths.relocated`` is false (tests and the demo run under ``CONVOCATE_ROOT``).
+:func:`convocate.common.account.ensure_account` (the ``claude`` account) and :func:`daemon_reload`
+act on the live system; the install steps call them only when ``Paths.relocated`` is false (tests and the demo run under ``CONVOCATE_ROOT``).
 Commands, listening ports and systemd units live in :mod:`convocate.common.systemd`; the names the
 install steps call are re-exported here.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from convocate.common import messages
-from convocate.common.errors import BadRequest, ConfigError
+from convocate.common.errors import BadRequest
 from convocate.common.fsutil import atomic_write
-from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, CLAUDE_USER
 from convocate.common.systemd import DEBCONF_VARIABLES as DEBCONF_VARIABLES
 from convocate.common.systemd import check_port_free as check_port_free
 from convocate.common.systemd import child_env as child_env
@@ -34,8 +30,6 @@ from convocate.common.systemd import restart_if_inputs_changed as restart_if_inp
 from convocate.common.systemd import run_command as run_command
 from convocate.common.systemd import systemd_running as systemd_running
 from convocate.common.systemd import unit_active_since as unit_active_since
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -91,122 +85,6 @@ def print_install_report(prog: str, report: StepReport, as_json: bool, indent: i
     print(f"{prog} install: {report.summary()}")
     return 0
 
-
-# --- the claude account -------------------------------------------------------------------------
-def group_command() -> list[str]:
-    """addgroup(8) for the group ``claude`` with GID 1337 (run where it is missing)."""
-    return ["addgroup", "--system", "--gid", str(CLAUDE_GID), CLAUDE_USER]
-
-
-def user_command(home: str, login_shell: str, *, create_home: bool) -> list[str]:
-    """adduser(8) ``--system`` for the user ``claude`` with UID 1337 in the group ``claude``.
-
-    ``--system``: the password is disabled and no subordinate UID/GID range (subuid(5)) is given,
-    which useradd(8) gives every non-system user; the session user never runs user namespaces itself.
-    adduser warns that 1337 lies above ``SYS_UID_MAX``; that is expected.
-
-    Args:
-        home: The home directory (``/home/claude``).
-        login_shell: ``/usr/bin/convocate`` on a shell host, ``/usr/sbin/nologin`` elsewhere.
-        create_home: Make the home directory (convocate-host install) or leave it to the caller.
-    """
-    return ["adduser", "--system", "--uid", str(CLAUDE_UID), "--ingroup", CLAUDE_USER, "--home", home,
-            *([] if create_home else ["--no-create-home"]), "--shell", login_shell, "--gecos",
-            "convocate sessions", CLAUDE_USER]
-
-
-def account_entry(lookup: Callable[[Any], T], key: Any) -> T | None:
-    """The group or passwd entry ``lookup(key)`` finds, or None where there is none.
-
-    Args:
-        lookup: ``pwd.getpwnam``, ``pwd.getpwuid``, ``grp.getgrnam`` or ``grp.getgrgid``.
-        key: The name or numeric ID to look up.
-
-    Returns:
-        The ``struct_passwd``/``struct_group`` entry, or None where the lookup raises ``KeyError``.
-    """
-    try:
-        return lookup(key)
-    except KeyError:
-        return None
-
-
-def ensure_account(home: Path, login_shell: str, *, set_shell: bool, report: StepReport) -> None:
-    """Group and user ``claude`` with GID/UID 1337, created with addgroup(8)/adduser(8) ``--system``.
-
-    The IDs are fixed because session containers run as 1337 on every host (DESIGN §4) and
-    session homes move between hosts. They lie in Debian's range of dynamically allocated
-    accounts (Debian Policy §9.2.2), so a clash with an existing account is refused, never
-    resolved silently (adduser warns that 1337 lies above ``SYS_UID_MAX``; that is expected). The
-    password stays locked: logins are by SSH key only.
-
-    Args:
-        home: The user's home (``/home/claude``); created by the caller, not here.
-        login_shell: Login shell for a new user.
-        set_shell: Also give an existing user ``login_shell`` (the shell host's TUI); else an
-            existing user's shell is left alone.
-        report: Where the steps are recorded.
-
-    Raises:
-        ConfigError: ``claude`` exists with other IDs, or the IDs belong to another account, or
-            addgroup/adduser/usermod failed.
-    """
-    group = _existing_account(_GROUP)
-    if group is None:
-        run_command(group_command(), f"creating group {CLAUDE_USER}")
-        report.changed(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) created")
-    else:
-        report.kept(f"group {CLAUDE_USER} (GID {CLAUDE_GID}) kept")
-
-    user = _existing_account(_USER)
-    if user is not None:
-        _require_id("user", "primary GID", user.pw_gid, CLAUDE_GID)
-    if user is None:
-        run_command(user_command(str(home), login_shell, create_home=False), f"creating user {CLAUDE_USER}")
-        report.changed(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {login_shell}) created")
-    elif set_shell and user.pw_shell != login_shell:
-        run_command(["usermod", "--shell", login_shell, CLAUDE_USER], f"setting the login shell of {CLAUDE_USER}")
-        report.changed(f"user {CLAUDE_USER}: login shell {user.pw_shell} -> {login_shell}")
-    else:
-        report.kept(f"user {CLAUDE_USER} (UID {CLAUDE_UID}, shell {user.pw_shell}) kept")
-
-
-@dataclass(frozen=True)
-class _AccountKind:
-    kind: str                # "group" or "user", as the messages say it
-    by_name: Callable[[str], Any]
-    by_id: Callable[[int], Any]
-    id_attr: str             # the entry's ID and name fields
-    name_attr: str
-    id_name: str             # "GID" or "UID"
-    wanted: int
-
-
-_GROUP = _AccountKind("group", grp.getgrnam, grp.getgrgid, "gr_gid", "gr_name", "GID", CLAUDE_GID)
-_USER = _AccountKind("user", pwd.getpwnam, pwd.getpwuid, "pw_uid", "pw_name", "UID", CLAUDE_UID)
-
-
-def _existing_account(kind: _AccountKind) -> Any:
-    """The ``claude`` entry of this kind, or None when there is none and its ID is free.
-
-    Raises:
-        ConfigError: ``claude`` has another ID, or another account has the ID.
-    """
-    entry = account_entry(kind.by_name, CLAUDE_USER)
-    if entry is not None:
-        _require_id(kind.kind, kind.id_name, getattr(entry, kind.id_attr), kind.wanted)
-        return entry
-    other = getattr(account_entry(kind.by_id, kind.wanted), kind.name_attr, None)
-    if other is not None:
-        raise ConfigError(messages.ACCOUNT_ID_TAKEN.format(id_name=kind.id_name, wanted=kind.wanted, kind=kind.kind,
-                                                           other=other, name=CLAUDE_USER))
-    return None
-
-
-def _require_id(kind: str, id_name: str, actual: int, wanted: int) -> None:
-    if actual != wanted:
-        raise ConfigError(messages.ACCOUNT_ID_MISMATCH.format(kind=kind, name=CLAUDE_USER, id_name=id_name,
-                                                              actual=actual, wanted=wanted))
 
 def move_state(old: Path, new: Path, report: StepReport) -> None:
     """Move a state file an older version kept in ``/etc`` to its place under ``/var/lib`` (FHS §5.8).
