@@ -59,6 +59,8 @@ _AFTER: dict[str, tuple[bool, str] | None] = {
 #: Attempts, and seconds between them, of the re-list after the event stream connects.
 RESYNC_ATTEMPTS = 5
 RESYNC_RETRY_S = 1.0
+#: How old the records directory's mtime must be before it is trusted to change with the next write.
+RACY_MTIME_NS = 1_000_000_000
 
 
 class SessionState:
@@ -101,21 +103,29 @@ class SessionState:
             self.reload()
             return
         mtime = self._records_mtime()
-        if mtime != self._dir_mtime:  # a record added from outside (convocate-host migrate-session), or ours
+        if mtime is None or mtime != self._dir_mtime:  # a record added from outside (migrate-session), or ours
             self._dir_mtime = mtime
             self._adopt_new_records()
 
     def _records_mtime(self) -> int | None:
+        """The records directory's mtime, or None where it cannot show the next change (then every read lists it).
+
+        A directory changed less than :data:`RACY_MTIME_NS` ago may change again within the same
+        timestamp tick (the kernel stamps with its coarse clock, a few ms a tick) and keep its
+        mtime: git's "racily clean" rule, applied here so that a record another process writes just
+        after ours is not missed until the next change.
+        """
         try:
-            return os.stat(self.store.paths.session_records_dir).st_mtime_ns
+            mtime = os.stat(self.store.paths.session_records_dir).st_mtime_ns
         except OSError:
             return None
+        return None if now_ns() - mtime < RACY_MTIME_NS else mtime
 
     def _adopt_new_records(self) -> None:
         """Load the records on disk this state does not know (one listing; the known ones are not read)."""
         with self._lock:
             known = set(self._metas) | set(self._broken) | self._leaving
-        for session_id in set(self.store.session_ids()) - known:
+        for session_id in self.store.session_ids(excluding=known):
             try:
                 meta = self.store.load(session_id)
             except NotFound:

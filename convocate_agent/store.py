@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,9 +112,17 @@ class SessionStore(SessionTrash):
         except FileNotFoundError:
             return False
 
-    def session_ids(self) -> list[str]:
-        """UUIDs of every session: a record with a home."""
-        return [sid for sid in self._record_ids(self.paths.session_records_dir) if self._home_exists(sid)]
+    def session_ids(self, excluding: Collection[str] = ()) -> list[str]:
+        """UUIDs of every session (a record with a home), apart from ``excluding``.
+
+        Args:
+            excluding: Sessions the caller knows already: their homes are not looked at (one
+                ``lstat`` each otherwise; the in-memory state asks after every change of the
+                records directory, so this keeps its reads from touching every home).
+        """
+        skip = set(excluding)
+        return [sid for sid in self._record_ids(self.paths.session_records_dir)
+                if sid not in skip and self._home_exists(sid)]
 
     def exists(self, session_id: str) -> bool:
         return self.paths.session_record(session_id).is_file() and self._home_exists(session_id)

@@ -203,3 +203,28 @@ def test_migrate_legacy_moves_the_trash_metadata_too(store):
     assert store.migrate_legacy().trash_migrated == [entry.name]
     assert [e.meta for e in store.trash_entries()] == [m]
     assert store.restore(entry.name) == m and store.exists(m.uuid)
+
+
+def test_session_ids_skips_the_known_ones_without_looking_at_their_homes(store, monkeypatch):
+    known, new = meta("known"), meta("new")
+    store.create(known)
+    store.create(new)
+    looked_at: list[str] = []
+    real = store._home_exists
+    monkeypatch.setattr(store, "_home_exists", lambda sid: looked_at.append(sid) or real(sid))
+    assert store.session_ids(excluding={known.uuid}) == [new.uuid]
+    assert looked_at == [new.uuid]
+
+
+def test_the_in_memory_state_adopts_a_record_written_by_another_process(store):
+    from convocate_agent.state import SessionState
+
+    state = SessionState(store, runtime=None)
+    first = meta("first")
+    store.create(first)
+    assert [m.uuid for m in state.metas()] == [first.uuid]
+    other = SessionStore(store.paths, UID, GID)  # e.g. convocate-host migrate-session: no listener of ours
+    second = meta("second")
+    other.create(second)
+    assert sorted(m.uuid for m in state.metas()) == sorted([first.uuid, second.uuid])
+    assert state.meta(second.uuid) == second

@@ -4,7 +4,8 @@ Figures, each beside a baseline of the same run:
 
 - read p50/p99 (``get``, ``list``, ``ping`` on channels of their own) while 20 clients create (a third
   started), delete, clone, kill and restart for :data:`DURATION_S`, beside ``ping`` on the same agent
-  with nothing else running;
+  with nothing else running; and ``get``, ``list`` alone beside the ``ping`` requests of the same load
+  (what reading the sessions adds, with the machine's and SSH's share taken out);
 - lifecycle ops per second under that load, beside a direct docker-SDK loop of the same Docker work
   (create + start + stop + remove of a stand-in container, as many as the started creates and
   restarts made), run alone: what dockerd itself takes;
@@ -40,10 +41,10 @@ async def _one(conn, op: str, params: dict) -> tuple[float, dict]:
     return (time.perf_counter() - started) * 1000, response
 
 
-async def _load(cluster, seeds: list[str]) -> tuple[list[float], int, int, float]:
-    """20 clients until the deadline; returns read times (ms), lifecycle ops done, container starts, seconds."""
+async def _load(cluster, seeds: list[str]) -> tuple[dict[str, list[float]], int, int, float]:
+    """20 clients until the deadline; returns read times (ms) by op, lifecycle ops done, container starts, seconds."""
     known = list(seeds)
-    reads: list[float] = []
+    reads: dict[str, list[float]] = {op: [] for op in READ_OPS}
     done = {"life": 0, "starts": 0}
     deadline = time.monotonic() + DURATION_S
 
@@ -67,7 +68,7 @@ async def _load(cluster, seeds: list[str]) -> tuple[list[float], int, int, float
                     continue
                 ms, response = await _one(conn, op, params)
                 if op in READ_OPS:
-                    reads.append(ms)
+                    reads[op].append(ms)
                     continue
                 if response["ok"]:
                     done["life"] += 1
@@ -138,9 +139,15 @@ def run(image: str) -> list[Figure]:
                                   statistics.mean(ping_after) + _write_floor(),
                                   "rpc ping + record write/fsync + 2 dir fsyncs"))
             reads, life, starts, seconds = await _load(cluster, seeds)
+            every_read = [ms for op in READ_OPS for ms in reads[op]]
             for q in (0.5, 0.99):
                 figures.append(Figure(f"read p{int(q * 100)} under 20 clients' lifecycle ops", "ms",
-                                      percentile(reads, q), percentile(ping_alone, q), "rpc ping, nothing else running"))
+                                      percentile(every_read, q), percentile(ping_alone, q),
+                                      "rpc ping, nothing else running"))
+            for op in ("get", "list"):  # what reading the state adds to a request under the same load
+                for q in (0.5, 0.99):
+                    figures.append(Figure(f"{op} p{int(q * 100)} under load", "ms", percentile(reads[op], q),
+                                          percentile(reads["ping"], q), "rpc ping under the same load"))
             figures.append(Figure("lifecycle ops/s under load", "ops/s", life / seconds, None, "", False))
             floor = await asyncio.to_thread(_docker_floor, image, max(1, starts), cluster.root)
             figures.append(Figure("lifecycle: seconds of load run", "s", seconds, floor,
