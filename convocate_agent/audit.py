@@ -40,8 +40,9 @@ from convocate.common import credentials, messages
 from convocate.common.auditchain import AUDIT_APP_NAME, canonical, line_hash
 from convocate.common.errors import BadRequest
 from convocate.common.model import validate_uuid
+from convocate.common.ops.params import AuditReadParams
 from convocate.common.timefmt import format_rfc3339, now_ns
-from convocate_agent.auditread import Tail, check_read_params, read_records, read_tail
+from convocate_agent.auditread import Tail, read_records, read_tail
 
 log = logging.getLogger(__name__)
 #: The journal's ``audit <line>`` records: at INFO whatever ``--log-level`` says (a logger's own level
@@ -306,13 +307,13 @@ class AuditLog:
 
     # --- audit_read ------------------------------------------------------------------------------------
 
-    async def read_op(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def read_op(self, params: AuditReadParams) -> dict[str, Any]:
         """The op ``audit_read``: records in file order, filtered, bounded to fit one response line.
 
         Args:
-            params: Decoded (``convocate.common.ops``): ``since``/``until`` (RFC 3339), ``session``,
-                ``operator`` (a name or a ``SHA256:`` fingerprint), ``after_seq`` (records with a
-                greater ``seq``), ``max`` (1..1000).
+            params: Decoded (``convocate.common.ops``, which checked the ranges): ``since``/``until``
+                (RFC 3339), ``session``, ``operator`` (a name or a ``SHA256:`` fingerprint), ``after_seq``
+                (records with a greater ``seq``), ``max`` (1..1000).
 
         Returns:
             ``{"records": [...], "next_seq": N, "more": bool}``: ``next_seq`` is the ``after_seq`` of the
@@ -320,4 +321,4 @@ class AuditLog:
             are not records (a torn write) come as ``{"invalid_line": "<text>", "line": N}``, so a
             verifier sees them.
         """
-        return await asyncio.to_thread(read_records, self.path, check_read_params(params))
+        return await asyncio.to_thread(read_records, self.path, params)

@@ -2,7 +2,8 @@
 
 The record format and the hash chain are :mod:`convocate.common.auditchain`; the writer is
 :class:`convocate_agent.audit.AuditLog`. An ``audit_read`` answer must fit the RPC's 1 MiB line, so a
-page stops at :data:`READ_MAX` records or :data:`READ_BUDGET` bytes, and lines that are not records
+page stops at ``max`` records (at most :data:`~convocate.common.ops.rules.AUDIT_READ_MAX`) or
+:data:`READ_BUDGET` bytes, and lines that are not records
 (a torn write) are answered as such so that ``convocate audit --verify`` sees them.
 """
 
@@ -14,13 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convocate.common import messages
 from convocate.common.auditchain import GENESIS, iter_lines, line_hash, matches, parse_record
-from convocate.common.errors import BadRequest
+from convocate.common.ops.params import AuditReadParams
 from convocate.common.timefmt import parse_rfc3339
 
-#: Records one ``audit_read`` answer holds at most (its ``max`` default and ceiling).
-READ_MAX = 1000
 #: Bytes of records one ``audit_read`` answer holds at most: the answer must fit the RPC's 1 MiB line.
 READ_BUDGET = 768 * 1024
 #: Bytes read at a time when looking for the last line from the end of the file.
@@ -93,19 +91,20 @@ def read_tail(path: Path) -> Tail:
         os.close(fd)
 
 
-def read_records(path: Path, params: dict[str, Any]) -> dict[str, Any]:
+def read_records(path: Path, params: AuditReadParams) -> dict[str, Any]:
     """:meth:`AuditLog.read_op`'s work (blocking; reads the file from the start).
 
     With ``raw`` each entry is ``{"line": N, "text": "<the line>"}`` instead of the parsed record, every
-    line included and no filter applied: what ``convocate audit --verify`` hashes.
+    line included and no filter applied: what ``convocate audit --verify`` hashes. A filter left out
+    (``None``) lets every record through.
     """
-    after = params.get("after_seq", 0)
-    limit = params.get("max", READ_MAX)
-    raw = params.get("raw", False)
+    after = params.after_seq
+    limit = params.max
+    raw = params.raw
     filters = {} if raw else {
-        "session": params.get("session"), "operator": params.get("operator"),
-        "since_ns": parse_rfc3339(params["since"]) if "since" in params else None,
-        "until_ns": parse_rfc3339(params["until"]) if "until" in params else None,
+        "session": params.session, "operator": params.operator,
+        "since_ns": parse_rfc3339(params.since) if params.since is not None else None,
+        "until_ns": parse_rfc3339(params.until) if params.until is not None else None,
     }
     records: list[Any] = []
     is_record: list[bool] = []
@@ -145,17 +144,3 @@ def read_records(path: Path, params: dict[str, Any]) -> dict[str, Any]:
                 next_seq = last_seq
     return {"records": records, "next_seq": next_seq, "more": more}
 
-
-def check_read_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Range checks of ``audit_read`` beyond the types (``max`` 1..1000, ``after_seq`` >= 0).
-
-    Raises:
-        BadRequest: naming the field.
-    """
-    if "max" in params and not 1 <= params["max"] <= READ_MAX:
-        raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.BAD_RANGE.format(
-            field="max", value=params["max"], low=1, high=READ_MAX, unit="")))
-    if "after_seq" in params and params["after_seq"] < 0:
-        raise BadRequest(messages.DECODE_PARAMS.format(detail=messages.BAD_RANGE.format(
-            field="after_seq", value=params["after_seq"], low=0, high="any", unit="")))
-    return params

@@ -23,6 +23,7 @@ import asyncssh
 
 from convocate.common import keys, messages, operator_claim
 from convocate.common.errors import BadRequest, ConvocateError, Forbidden
+from convocate.common.ops.params import OperatorChallengeParams, OperatorIdentifyParams, OperatorWhoamiParams
 from convocate.common.paths import Paths
 from convocate.common.sshpeers import Caller
 
@@ -56,12 +57,12 @@ class OperatorOps:
         self.agent_id = agent_id
         self.clock = clock
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any], Caller | str], Any]]:
+    def handlers(self) -> dict[str, Callable[[Any, Caller | str], Any]]:
         """Op name -> handler taking ``(params, caller)``, for :class:`convocate_agent.rpc.RpcDispatcher`."""
         return {"operator_challenge": self.challenge, "operator_identify": self.identify,
                 "operator_whoami": self.whoami}
 
-    async def challenge(self, params: dict[str, Any], caller: Caller | str) -> dict[str, str]:
+    async def challenge(self, params: OperatorChallengeParams, caller: Caller | str) -> dict[str, str]:
         """A fresh nonce for this connection; it replaces any earlier one.
 
         Returns:
@@ -98,11 +99,12 @@ class OperatorOps:
         except ConvocateError as e:
             raise Forbidden(messages.OPERATOR_CA_UNREADABLE.format(path=path, detail=e)) from e
 
-    async def identify(self, params: dict[str, Any], caller: Caller | str) -> dict[str, str]:
+    async def identify(self, params: OperatorIdentifyParams, caller: Caller | str) -> dict[str, str]:
         """Check the claim against this connection's challenge; on success the connection is that operator's.
 
         Args:
-            params: ``{"certificate": str, "signature": str}`` (bounded by ``ops.py``).
+            params: The certificate and the signature, each bounded when decoded
+                (:class:`~convocate.common.ops.params.OperatorIdentifyParams`).
 
         Returns:
             ``{"name", "fingerprint"}`` of the operator.
@@ -115,8 +117,7 @@ class OperatorOps:
         try:
             nonce = self._take_nonce(state)
             ca = self._ca()
-            identity = operator_claim.verify_claim(ca, params["certificate"], params["signature"], self.agent_id,
-                                                   nonce)
+            identity = operator_claim.verify_claim(ca, params.certificate, params.signature, self.agent_id, nonce)
         except ConvocateError as e:
             log.info("operator claim refused on connection from %s (key %s): %s", caller.peer, caller, e)
             raise
@@ -126,7 +127,7 @@ class OperatorOps:
                  caller.peer, caller)
         return {"name": identity.name, "fingerprint": identity.fingerprint}
 
-    async def whoami(self, params: dict[str, Any], caller: Caller | str) -> dict[str, Any]:
+    async def whoami(self, params: OperatorWhoamiParams, caller: Caller | str) -> dict[str, Any]:
         """Who this connection is: ``{"operator": {"name", "fingerprint", "key_id", "verified"} | None}``."""
         operator = _state(caller).get(OPERATOR_KEY)
         return {"operator": dict(operator) if operator else None}

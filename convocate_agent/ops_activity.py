@@ -15,6 +15,7 @@ from typing import Any
 from convocate.common import messages
 from convocate.common.errors import ConfigError, ConvocateError, NotFound
 from convocate.common.model import SessionMeta
+from convocate.common.ops.params import LogsParams, SendParams
 from convocate.common.paths import Paths
 from convocate.common.protocol import SESSION_ACTIVITY
 from convocate.common.timefmt import format_rfc3339, now_ns, parse_rfc3339
@@ -47,7 +48,7 @@ class ActivityOps:
     _resuming: set[asyncio.Task[None]]
     # Of the core (AgentService) and of the attach group (AttachOps.send).
     _emit: Callable[..., None]
-    send: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    send: Callable[[SendParams], Awaitable[dict[str, Any]]]
 
     # --- what the agent inside a session reports --------------------------------------------------
     def on_report(self, session_id: str, source: str, event: str, data: dict[str, Any]) -> None:
@@ -144,7 +145,7 @@ class ActivityOps:
             return
         text = self.settings.resume_message
         try:
-            await self.send({"id": session_id, "text": text, "enter": True})
+            await self.send(SendParams(id=session_id, text=text, enter=True))
         except ConvocateError as e:
             log.info("session %s: cannot resume after its limit: %s", session_id, e)
             return
@@ -157,14 +158,17 @@ class ActivityOps:
         except OSError as e:
             log.info("session %s: cannot append to its activity log: %s", session_id, e)
 
-    async def logs(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The session's supervisor, activity and report logs, merged by time (newest last)."""
-        session_id = params["id"]
+    async def logs(self, params: LogsParams) -> dict[str, Any]:
+        """The session's supervisor, activity and report logs, merged by time (newest last).
+
+        ``last`` is the time of the newest line, or with none the ``since`` asked for (``""``: none).
+        """
+        session_id = params.id
         self.state.meta(session_id)
         home = self.paths.session_dir(session_id)
         texts = await asyncio.to_thread(lambda: {name.removesuffix(".log"): read_log_tail(home, name)
                                                  for name in (SUPERVISOR_LOG, ACTIVITY_LOG, "report.log")})
-        since = parse_rfc3339(params["since"]) if params.get("since") else 0
-        lines = merge_logs(texts, since, params.get("lines", 0) or (0 if since else 200))
-        last = lines[-1].split(": ", 1)[1].split(" ", 1)[0] if lines else params.get("since", "")
+        since = parse_rfc3339(params.since) if params.since else 0
+        lines = merge_logs(texts, since, params.lines or (0 if since else 200))
+        last = lines[-1].split(": ", 1)[1].split(" ", 1)[0] if lines else params.since or ""
         return {"uuid": session_id, "lines": lines, "last": last}

@@ -13,6 +13,15 @@ from typing import Any
 from convocate.common.credentials import CredentialStore, resolved_name, summaries
 from convocate.common.errors import DockerError
 from convocate.common.model import SessionMeta, SessionView, parse_trash_id
+from convocate.common.ops.params import (
+    CredentialDeleteParams,
+    CredentialListParams,
+    CredentialSetParams,
+    RestoreParams,
+    SettingsGetParams,
+    SettingsSetParams,
+    TrashParams,
+)
 from convocate.common.paths import Paths
 from convocate.common.protocol import CONTAINER_CREATED, CONTAINER_EDITED
 from convocate.common.timefmt import format_rfc3339, now_ns
@@ -53,45 +62,46 @@ class AdminOps:
     reschedule_resumes: Callable[[], int]
 
     # --- settings ---------------------------------------------------------------------------
-    async def settings_get(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def settings_get(self, params: SettingsGetParams) -> dict[str, Any]:
         return self.settings.to_json()
 
-    async def settings_set(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate a partial update, persist it atomically, and return the new settings."""
-        updated = self.settings.updated(params)
+    async def settings_set(self, params: SettingsSetParams) -> dict[str, Any]:
+        """Validate a partial update (``params.values``), persist it atomically, and return the new settings."""
+        values = params.values
+        updated = self.settings.updated(values)
         await asyncio.to_thread(save_settings, self.paths.agent_settings, updated)
         self.settings = updated
-        log.info("settings changed: %s", ", ".join(sorted(params)) or "nothing")
-        if {"resume_after_limit", "resume_message"} & set(params):
+        log.info("settings changed: %s", ", ".join(sorted(values)) or "nothing")
+        if {"resume_after_limit", "resume_message"} & set(values):
             self.reschedule_resumes()
         return updated.to_json()
 
     # --- credentials (issue 15) ------------------------------------------------------------
-    async def credential_set(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def credential_set(self, params: CredentialSetParams) -> dict[str, Any]:
         """Store (or replace) a credential; new and restarted sessions get it. Never returns the secret."""
-        credential = await asyncio.to_thread(self.credentials.put, params["name"], params["kind"], params["secret"])
+        credential = await asyncio.to_thread(self.credentials.put, params.name, params.kind, params.secret)
         self._fingerprint_cache = None
         log.info("credential %s (%s) set: %s", credential.name, credential.kind, credential.fingerprint)
         await self._announce_credential_change(credential.name)
         return credential.summary()
 
-    async def credential_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def credential_list(self, params: CredentialListParams) -> list[dict[str, Any]]:
         """``[{name, kind, fingerprint, set_at}]`` of every credential this agent holds, by name."""
         return summaries(await asyncio.to_thread(self.credentials.all))
 
-    async def credential_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def credential_delete(self, params: CredentialDeleteParams) -> dict[str, Any]:
         """Remove a credential; sessions started with it keep it until they stop.
 
         Raises:
             NotFound: there is no credential of that name.
         """
         try:
-            await asyncio.to_thread(self.credentials.delete, params["name"])
+            await asyncio.to_thread(self.credentials.delete, params.name)
         finally:
             self._fingerprint_cache = None
-        log.info("credential %s removed", params["name"])
-        await self._announce_credential_change(params["name"])
-        return {"name": params["name"], "deleted": True}
+        log.info("credential %s removed", params.name)
+        await self._announce_credential_change(params.name)
+        return {"name": params.name, "deleted": True}
 
     async def _announce_credential_change(self, name: str) -> None:
         """Publish ``container.edited`` for each session using ``name``, so TUIs mark (or unmark) the stale ones."""
@@ -114,7 +124,7 @@ class AdminOps:
             log.info("purged %s from the trash (retention %d days)", trash_id, self.settings.trash_retention_days)
         return purged
 
-    async def trash(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def trash(self, params: TrashParams) -> list[dict[str, Any]]:
         """Deleted sessions still in the trash, newest first, with when each will be purged."""
         await self.purge_trash()
         retention = self.settings.trash_retention_days * NS_PER_DAY
@@ -128,13 +138,13 @@ class AdminOps:
             out.append(item)
         return out
 
-    async def restore(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def restore(self, params: RestoreParams) -> dict[str, Any]:
         """Bring a deleted session back from the trash, as it was.
 
         A port or DNS name another session took in the meantime is cleared (and named in ``cleared``).
         """
         self._refuse_if_draining()
-        trash_id = params["trash_id"]
+        trash_id = params.trash_id
         session_id, _ = parse_trash_id(trash_id)
         await self.purge_trash()
         with self.locks.hold(session_id, "restore"):

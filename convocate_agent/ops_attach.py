@@ -18,6 +18,7 @@ from convocate.common.attachheader import AttachHeader
 from convocate.common.errors import ConfigError, NotFound
 from convocate.common.fsutil import atomic_write, read_token
 from convocate.common.model import validate_uuid
+from convocate.common.ops.params import CaptureParams, SendParams
 from convocate.common.paths import Paths
 from convocate.common.protocol import SESSION_ATTACHED, SESSION_DETACHED
 from convocate.common.timefmt import now_ns
@@ -123,22 +124,22 @@ class AttachOps:
         self._moving[session_id] = target
 
     # --- the pane -------------------------------------------------------------------
-    async def capture(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def capture(self, params: CaptureParams) -> dict[str, Any]:
         """The session pane's text; ``lines`` > 0 includes that many lines of history."""
-        session_id = params["id"]
+        session_id = params.id
         await self._require_running(session_id)
         args = ["capture-pane", "-p", "-J", "-t", TMUX_SESSION]
-        if params.get("lines", 0) > 0:
-            args += ["-S", f"-{params['lines']}"]
+        if params.lines > 0:
+            args += ["-S", f"-{params.lines}"]
         out = await self.runtime.tmux(session_id, *args)
         return {"uuid": session_id, "text": out.decode("utf-8", "replace")}
 
-    async def send(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def send(self, params: SendParams) -> dict[str, Any]:
         """Type ``text`` into the session (tmux ``send-keys -l``), then Enter if asked."""
-        session_id = params["id"]
+        session_id = params.id
         await self._require_running(session_id)
-        if params["text"]:
-            await self.runtime.tmux(session_id, "send-keys", "-t", TMUX_SESSION, "-l", "--", params["text"])
-        if params.get("enter", False):
+        if params.text:
+            await self.runtime.tmux(session_id, "send-keys", "-t", TMUX_SESSION, "-l", "--", params.text)
+        if params.enter:
             await self.runtime.tmux(session_id, "send-keys", "-t", TMUX_SESSION, "Enter")
-        return {"uuid": session_id, "sent": len(params["text"]), "enter": params.get("enter", False)}
+        return {"uuid": session_id, "sent": len(params.text), "enter": params.enter}

@@ -1,10 +1,10 @@
 """Session lifecycle ops: ``create``, ``edit``, ``clone``, ``delete``, ``kill``, ``restart``, ``background``, ``override``.
 
 Part of :class:`~convocate_agent.service.AgentService` as a mixin (why, in that module's docstring).
-Also here is what those ops check and write on the way: the refusal while the agent drains
-(issue 18), a named credential, and a start's ``credential.env`` (the session env file's lines
-and the session's credential); the DNS name and port checks, which ``restore`` and a move's
-import share, are :mod:`convocate_agent.ops_names`. Each op holds the session's lifecycle lock
+Also here is the refusal while the agent drains (issue 18). What those ops check and write on the
+way is in sibling groups: a named credential and a start's ``credential.env`` in
+:mod:`convocate_agent.ops_sessionenv`; the DNS name and port checks, which ``restore`` and a move's
+import share, in :mod:`convocate_agent.ops_names`. Each op holds the session's lifecycle lock
 for its whole duration.
 """
 
@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from convocate.common import messages
-from convocate.common.credentials import Credential, CredentialStore, render_env_file, resolved_name, session_env
-from convocate.common.errors import AdmissionDenied, ConfigError, Conflict, DockerError, NotFound
+from convocate.common.errors import AdmissionDenied, Conflict, DockerError
 from convocate.common.model import SessionMeta, SessionView, new_uuid
+from convocate.common.ops.params import (
+    BackgroundParams,
+    CloneParams,
+    CreateParams,
+    DeleteParams,
+    EditParams,
+    KillParams,
+    OverrideParams,
+    RestartParams,
+)
 from convocate.common.paths import Paths
 from convocate.common.protocol import (
     CONTAINER_CREATED,
@@ -43,8 +50,6 @@ from convocate_agent.store import SessionStore
 
 log = logging.getLogger("convocate_agent.service")  # the name the agent's op log lines had before the split
 
-#: Name of the systemd credential carrying the session env file (LoadCredential=).
-SESSION_ENV_CREDENTIAL = "session.env"
 #: Seconds a started session may take to accept attaches.
 READY_TIMEOUT_S = 20.0
 
@@ -66,7 +71,6 @@ class LifecycleOps:
     runtime: DockerRuntime
     state: SessionState
     reports: ReportSockets
-    credentials: CredentialStore
     admission: Admission
     cgroup: CgroupParent | None
     uid: int
@@ -82,7 +86,10 @@ class LifecycleOps:
     current_image: Callable[[], str]
     _require_running: Callable[[str], Awaitable[ContainerState]]
     _expect_stop: Callable[[str], None]
-    # Of the names group (NameChecks), the activity group (ActivityOps) and the attach group (AttachOps).
+    # Of the session env group (SessionEnvOps), the names group (NameChecks), the activity group
+    # (ActivityOps) and the attach group (AttachOps).
+    _check_credential: Callable[[str], None]
+    _write_credential_env: Callable[[SessionMeta], str]
     _check_dns: Callable[[str, list[SessionMeta]], None]
     _resolve_port: Callable[[int, str, list[SessionMeta]], int]
     _others: Callable[[str], list[SessionMeta]]
@@ -96,98 +103,26 @@ class LifecycleOps:
         if self.settings.draining:
             raise AdmissionDenied(messages.AGENT_DRAINING.format(agent=self.agent_id))
 
-    # --- a session's credential and env file ------------------------------------------------
-    def _check_credential(self, name: str) -> None:
-        """Refuse a session credential named explicitly that this agent does not hold.
-
-        Raises:
-            NotFound: no credential of that name (``""``, the default, is never refused).
-        """
-        if name and self.credentials.get(name) is None:
-            raise NotFound(messages.CREDENTIAL_NOT_ON_AGENT.format(name=name))
-
-    def _session_credential(self, meta: SessionMeta) -> Credential | None:
-        """The credential a session starts with: its own, else ``default``; None (logged) when there is none."""
-        name = resolved_name(meta.credential)
-        try:
-            credential = self.credentials.get(name)
-        except (ConfigError, OSError) as e:
-            log.warning("session %s: cannot read its credential %s (%s); it starts without one", meta.uuid, name, e)
-            return None
-        if credential is None and meta.credential:
-            log.warning(messages.CREDENTIAL_MISSING_AT_START.format(id=meta.uuid, name=name))
-        return credential
-
-    def _session_environment(self) -> dict[str, str]:
-        """``KEY=VALUE`` lines of the root-only session env file (e.g. ``ANTHROPIC_API_KEY``).
-
-        Under systemd the unit hands the file over with ``LoadCredential=session.env:...``
-        (systemd.exec(5)), so an agent running as an unprivileged user reads it
-        from ``$CREDENTIALS_DIRECTORY``; otherwise it is read from its path.
-        """
-        env: dict[str, str] = {}
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        path = self.paths.session_env_file
-        try:
-            if credentials and (Path(credentials) / SESSION_ENV_CREDENTIAL).is_file():
-                path = Path(credentials) / SESSION_ENV_CREDENTIAL
-            text = path.read_text(encoding="utf-8")
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            return env
-        except OSError as e:  # e.g. a credential systemd could not hand over: start sessions without it
-            log.warning("session env file: cannot read %s (%s); sessions start without it", path, e)
-            return env
-        if mode & 0o077 and not credentials:
-            log.warning("%s is readable by others (mode %o); it holds secrets: chmod 600 it", path, mode & 0o777)
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, _, value = line.partition("=")
-            key = key.strip().removeprefix("export ").strip()
-            if key.isidentifier():
-                env[key] = value.strip().strip('"').strip("'")
-        return env
-
-    def _write_credential_env(self, meta: SessionMeta) -> str:
-        """Write the session's ``credential.env`` for its next container start; returns the fingerprint in it.
-
-        Holds the session env file's lines and the session's credential (convocate.common.credentials);
-        nothing of it goes into Docker's environment, labels or the session's record.
-        """
-        credential = self._session_credential(meta)
-        env, skipped = session_env(self._session_environment(), credential)
-        if skipped:
-            log.warning("session env file: %s not passed to sessions (only Claude Code's, proxy and CA variables "
-                        "are)", ", ".join(sorted(skipped)))
-        self.reports.write_credential_env(meta.uuid, render_env_file(env) if env else None)
-        if credential is not None:
-            log.info("session %s starts with credential %s (%s, %s)", meta.uuid, credential.name, credential.kind,
-                     credential.fingerprint)
-        return credential.fingerprint if credential is not None else ""
-
     # --- ops ------------------------------------------------------------------------
-    async def create(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, params: CreateParams) -> dict[str, Any]:
         """Make a session; start it too when ``start`` is true (admission-checked first)."""
         settings = self.settings
         self._refuse_if_draining()
         session_id = new_uuid()
-        start = params.get("start", False)
+        start = params.start
         with self.locks.hold(session_id, "create"):
             async with self._names_lock:
                 others = self._others(session_id)
-                dns_name = params.get("dns_name", "")
-                self._check_dns(dns_name, others)
-                self._check_credential(params.get("credential", ""))
-                protocol = params.get("protocol", "tcp")
-                port = self._resolve_port(params.get("port", 0), protocol, others)
+                self._check_dns(params.dns_name, others)
+                self._check_credential(params.credential)
+                port = self._resolve_port(params.port, params.protocol, others)
                 now = now_ns()
                 meta = SessionMeta(
-                    uuid=session_id, name=params["name"], created_at=now, last_accessed=now, port=port,
-                    protocol=protocol, dns_name=dns_name, cpus=params.get("cpus", settings.default_cpus),
-                    memory_mb=params.get("memory_mb", settings.default_memory_mb),
-                    credential=params.get("credential", ""),
+                    uuid=session_id, name=params.name, created_at=now, last_accessed=now, port=port,
+                    protocol=params.protocol, dns_name=params.dns_name,
+                    cpus=settings.default_cpus if params.cpus is None else params.cpus,
+                    memory_mb=settings.default_memory_mb if params.memory_mb is None else params.memory_mb,
+                    credential=params.credential,
                 )
                 if start:
                     image = self.current_image()  # fail before anything is made
@@ -264,25 +199,26 @@ class LifecycleOps:
         await self.state.save(meta)
         return meta
 
-    async def edit(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Change name, port, protocol, DNS name, CPUs or memory; limits and ports apply at the next restart."""
-        session_id = params["id"]
+    async def edit(self, params: EditParams) -> dict[str, Any]:
+        """Change name, port, protocol, DNS name, CPUs or memory; limits and ports apply at the next restart.
+
+        A field of ``params`` that is ``None`` (left out) keeps the session's value.
+        """
+        session_id = params.id
         with self.locks.hold(session_id, "edit"):
             async with self._names_lock:
                 meta = self.state.meta(session_id)
                 others = self._others(session_id)
-                changes: dict[str, Any] = {}
-                for key in ("name", "cpus", "memory_mb"):
-                    if key in params:
-                        changes[key] = params[key]
-                if "credential" in params and params["credential"] != meta.credential:
-                    self._check_credential(params["credential"])
-                    changes["credential"] = params["credential"]
-                if "dns_name" in params and params["dns_name"] != meta.dns_name:
-                    self._check_dns(params["dns_name"], others)
-                    changes["dns_name"] = params["dns_name"]
-                protocol = params.get("protocol", meta.protocol)
-                port = params.get("port", meta.port)
+                changes: dict[str, Any] = {key: value for key in ("name", "cpus", "memory_mb")
+                                           if (value := getattr(params, key)) is not None}
+                if params.credential is not None and params.credential != meta.credential:
+                    self._check_credential(params.credential)
+                    changes["credential"] = params.credential
+                if params.dns_name is not None and params.dns_name != meta.dns_name:
+                    self._check_dns(params.dns_name, others)
+                    changes["dns_name"] = params.dns_name
+                protocol = meta.protocol if params.protocol is None else params.protocol
+                port = meta.port if params.port is None else params.port
                 if (port, protocol) != (meta.port, meta.protocol):
                     changes["port"] = self._resolve_port(port, protocol, others)
                     changes["protocol"] = protocol
@@ -292,24 +228,24 @@ class LifecycleOps:
         self._emit(CONTAINER_EDITED, session_id, wire)
         return wire
 
-    async def clone(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def clone(self, params: CloneParams) -> dict[str, Any]:
         """Copy a session's home into a new session (new UUID, no port, no DNS name)."""
         self._refuse_if_draining()
-        source_id = params["source_id"]
+        source_id = params.source_id
         source = self.state.meta(source_id)
         session_id = new_uuid()
         with self.locks.hold(source_id, "clone"), self.locks.hold(session_id, "clone"):
             now = now_ns()
-            meta = SessionMeta(uuid=session_id, name=params["name"], created_at=now, last_accessed=now,
+            meta = SessionMeta(uuid=session_id, name=params.name, created_at=now, last_accessed=now,
                                cpus=source.cpus, memory_mb=source.memory_mb, credential=source.credential)
             await asyncio.to_thread(self.store.clone, source_id, meta)
         wire = self._view(meta, None, False).to_wire()
         self._emit(CONTAINER_CREATED, session_id, wire)
         return wire
 
-    async def delete(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def delete(self, params: DeleteParams) -> dict[str, Any]:
         """Move a stopped session's home to the trash and remove its container."""
-        session_id = params["id"]
+        session_id = params.id
         self.state.meta(session_id)
         with self.locks.hold(session_id, "delete"):
             state = await self.runtime.container(session_id)
@@ -333,9 +269,9 @@ class LifecycleOps:
         self._emit(CONTAINER_DELETED, session_id)
         return {"uuid": session_id, "trash": trashed.name}
 
-    async def kill(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def kill(self, params: KillParams) -> dict[str, Any]:
         """Stop a session's container (SIGTERM, SIGKILL after 10 s). Stopping a stopped session is a no-op."""
-        session_id = params["id"]
+        session_id = params.id
         meta = self.state.meta(session_id)
         with self.locks.hold(session_id, "kill"):
             self._expect_stop(session_id)
@@ -352,9 +288,9 @@ class LifecycleOps:
             self._emit(CONTAINER_STOPPED, session_id, wire)
         return wire
 
-    async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def restart(self, params: RestartParams) -> dict[str, Any]:
         """(Re)start a session's container from the current image; admission-checked."""
-        session_id = params["id"]
+        session_id = params.id
         meta = self.state.meta(session_id)
         if session_id in self._moving:  # the other copy may be the one now (a pending move, issue 18)
             raise Conflict(messages.SESSION_MOVING.format(id=session_id, agent=self._moving[session_id]))
@@ -369,14 +305,14 @@ class LifecycleOps:
         self._emit(CONTAINER_STARTED, session_id, wire)
         return wire
 
-    async def background(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def background(self, params: BackgroundParams) -> dict[str, Any]:
         """Detach every operator from the session; it keeps running."""
-        session_id = params["id"]
+        session_id = params.id
         await self._require_running(session_id)
         await self.runtime.detach_all(session_id)
         return await self._wire(self.state.meta(session_id))
 
-    async def override(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def override(self, params: OverrideParams) -> dict[str, Any]:
         """Take a session over: clear a stale lock, and detach whoever is attached.
 
         With ``moving_to`` (a move, issue 18), those attach channels end with
@@ -385,13 +321,13 @@ class LifecycleOps:
         ``agent_moving_dir``, so also after an agent restart) until the move clears it: ``moving_to``
         ``""`` (its rollback) does only that, detaching nobody; ``delete`` (its end) too.
         """
-        session_id = params["id"]
+        session_id = params.id
         meta = self.state.meta(session_id)
-        if params.get("moving_to") == "":
+        if params.moving_to == "":
             self._set_moving(session_id, None)
             return {"session": await self._wire(meta), "cleared_lock": "", "detached": 0}
-        if params.get("moving_to"):
-            self._set_moving(session_id, params["moving_to"])
+        if params.moving_to:
+            self._set_moving(session_id, params.moving_to)
         cleared = self.locks.clear_stale(session_id)
         detached = 0
         state = await self.runtime.container(session_id)

@@ -27,20 +27,15 @@ from convocate.common import asciicast, messages
 from convocate.common.errors import BadRequest, ConvocateError, NotFound
 from convocate.common.framing import MAX_LINE_BYTES
 from convocate.common.model import is_uuid4
+from convocate.common.ops.params import RecordingGrepParams, RecordingListParams, RecordingReadParams
 from convocate.common.paths import Paths
 from convocate.common.timefmt import format_rfc3339, parse_rfc3339
 from convocate_agent.runtime import DockerRuntime
 from convocate_agent.store import SessionStore
 
-#: Default and largest ``max_bytes`` of ``recording_read``: bytes of the file per response.
-READ_DEFAULT_BYTES = 256 * 1024
-READ_MAX_BYTES = 256 * 1024
 #: Room in a response line for ``data`` once escaped: a control byte becomes ``\\u00XX`` (6 bytes),
 #: so 256 KiB of the worst file could need 1.5 MiB; the agent stops adding lines before this.
 READ_DATA_BUDGET = MAX_LINE_BYTES - 4096
-#: Default and largest ``max_matches`` of ``recording_grep``.
-GREP_DEFAULT_MATCHES = 1000
-GREP_MAX_MATCHES = 10_000
 #: Bytes of recordings one ``recording_grep`` reads at most before it answers with ``truncated``.
 GREP_SCAN_MAX_BYTES = 256 * 1024 * 1024
 #: The longest line (characters) a pattern is matched against: a longer line is cut there, which
@@ -149,7 +144,7 @@ class Recordings:
             return []
 
     # --- ops -------------------------------------------------------------------------------
-    async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list(self, params: RecordingListParams) -> list[dict[str, Any]]:
         """``recording_list {id}``: the session's files, oldest first.
 
         Returns:
@@ -159,14 +154,14 @@ class Recordings:
         Raises:
             NotFound: the agent has no recordings of that session.
         """
-        session_id = params["id"]
+        session_id = params.id
         files = await asyncio.to_thread(self._files, session_id)
         running = bool(files) and await self.running(session_id)
         return [{"file": name, "started": format_rfc3339(asciicast.file_start_ns(name)), "bytes": size,
                  "current": running and i == len(files) - 1}
                 for i, (name, size, _) in enumerate(files)]
 
-    async def read(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def read(self, params: RecordingReadParams) -> dict[str, Any]:
         """``recording_read {id, file, offset, max_bytes}``: whole lines of one file from ``offset``.
 
         Returns:
@@ -180,8 +175,7 @@ class Recordings:
             BadRequest: a bad file name, a symlink or non-regular file, an offset inside a line.
             NotFound: no such session recordings or file.
         """
-        return await asyncio.to_thread(self._read, params["id"], params["file"], params.get("offset", 0),
-                                       params.get("max_bytes", READ_DEFAULT_BYTES))
+        return await asyncio.to_thread(self._read, params.id, params.file, params.offset, params.max_bytes)
 
     def _read(self, session_id: str, name: str, offset: int, max_bytes: int) -> dict[str, Any]:
         fd = self._open_file(session_id, name)
@@ -234,7 +228,7 @@ class Recordings:
                 return length + nl + 1
             length += len(block)
 
-    async def grep(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def grep(self, params: RecordingGrepParams) -> dict[str, Any]:
         """``recording_grep {pattern, id?, since?, until?, max_matches}``: search the plain-text lines.
 
         Lines are those of :func:`convocate.common.asciicast.plain_lines` (ANSI stripped), each cut
@@ -251,11 +245,11 @@ class Recordings:
         Raises:
             NotFound: ``id`` given and the agent has no recordings of it.
         """
-        since = parse_rfc3339(params["since"]) / 1e9 if params.get("since") else None
-        until = parse_rfc3339(params["until"]) / 1e9 if params.get("until") else None
-        ids = [params["id"]] if params.get("id") else await asyncio.to_thread(self.sessions)
-        return await asyncio.to_thread(self._grep, re.compile(params["pattern"]), ids, since, until,
-                                       params.get("max_matches", GREP_DEFAULT_MATCHES), bool(params.get("id")))
+        since = parse_rfc3339(params.since) / 1e9 if params.since else None
+        until = parse_rfc3339(params.until) / 1e9 if params.until else None
+        ids = [params.id] if params.id else await asyncio.to_thread(self.sessions)
+        return await asyncio.to_thread(self._grep, re.compile(params.pattern), ids, since, until,
+                                       params.max_matches, bool(params.id))
 
     def _grep(self, pattern: re.Pattern[str], ids: list[str], since: float | None, until: float | None,
               max_matches: int, strict: bool) -> dict[str, Any]:

@@ -37,11 +37,11 @@ import asyncssh
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
 from convocate.common.framing import MAX_LINE_BYTES, LineDecoder, LineTooLong, encode_line, read_frame_batches
-from convocate.common.ops import PARAMS, decode_params
+from convocate.common.ops import PARAMS, OpParams, decode_request
+from convocate.common.ops.params import AuditReadParams
 from convocate.common.protocol import NO_ID, Request, Response
 from convocate.common.sshpeers import Caller
 from convocate_agent.audit import NOT_RECORDED, AuditLog
-from convocate_agent.auditread import check_read_params
 from convocate_agent.identity import OperatorOps
 from convocate_agent.service import AgentService
 
@@ -69,9 +69,10 @@ RPC_READ_BYTES = 64 << 10
 #: agent (cProfile, docs/benchmarks.md); their failures are still logged at INFO.
 QUIET_OPS = NOT_RECORDED
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: An op's handler: it takes the op's params object (``convocate.common.ops.params``), decoded.
+Handler = Callable[[Any], Awaitable[Any]]
 #: An op that acts on the connection rather than a session: it gets the channel's :class:`Caller` too.
-CallerHandler = Callable[[dict[str, Any], Caller | str], Awaitable[Any]]
+CallerHandler = Callable[[Any, Caller | str], Awaitable[Any]]
 
 
 class RpcDispatcher:
@@ -102,10 +103,9 @@ class RpcDispatcher:
         #: once instead of waiting for a held channel's client (status-serve holds one) to hang up.
         self.idle_channels: set[asyncio.Task[Any]] = set()
 
-    async def _audit_read(self, params: dict[str, Any]) -> Any:
+    async def _audit_read(self, params: AuditReadParams) -> Any:
         if self.audit is None:  # a dispatcher built without a trail (unit tests): it has no records
-            check_read_params(params)
-            return {"records": [], "next_seq": params.get("after_seq", 0), "more": False}
+            return {"records": [], "next_seq": params.after_seq, "more": False}
         return await self.audit.read_op(params)
 
     async def handle_frame(self, frame: bytes | LineTooLong, caller: Caller | str, quiet: bool = False) -> Response:
@@ -131,7 +131,7 @@ class RpcDispatcher:
                 request_id = Request.salvage_id(frame)
                 raise
             request_id, op, params = request.id, request.op, request.params
-            decoded = decode_params(request.op, request.params)
+            decoded: OpParams[Any] = decode_request(request.op, request.params)
             handler = self.handlers.get(request.op)
             caller_handler = self.caller_handlers.get(request.op)
             if handler is not None:

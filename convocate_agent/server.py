@@ -26,6 +26,7 @@ from convocate.common.constants import AGENT_PORT, STATUS_PORT
 from convocate.common.daemon import serve_until_signalled
 from convocate.common.errors import ConfigError, ConvocateError
 from convocate.common.fsutil import read_token
+from convocate.common.ops.params import CapacityParams
 from convocate.common.paths import CLAUDE_GID, CLAUDE_UID, Paths
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, TRANSFER_SUBSYSTEM
 from convocate.common.sshpeers import Caller, format_address
@@ -149,7 +150,7 @@ class AgentServer:
         assert self.service is not None
         data: dict[str, Any] = {"version": __version__, "image": read_token(self.config.paths.current_image_file)}
         try:
-            data["capacity"] = await self.service.capacity({})
+            data["capacity"] = await self.service.capacity(CapacityParams())
         except ConvocateError as e:
             data["capacity"] = {"error": str(e)}
         return data

@@ -14,7 +14,8 @@ The ops live in one module per group, and this one keeps the core (construction,
 views, ``ping``, ``list``, ``get``, ``capacity``, ``recover``, ``on_container_event``):
 
 - :mod:`convocate_agent.ops_lifecycle`: ``create``, ``edit``, ``clone``, ``delete``, ``kill``,
-  ``restart``, ``background``, ``override``, with their drain and credential checks;
+  ``restart``, ``background``, ``override``, with their drain check;
+- :mod:`convocate_agent.ops_sessionenv`: their credential check and a start's ``credential.env``;
 - :mod:`convocate_agent.ops_names`: the DNS name and port checks (lifecycle's, ``restore``'s, a move's);
 - :mod:`convocate_agent.ops_attach`: ``open_attach``/``close_attach``, the move marks, ``capture``, ``send``;
 - :mod:`convocate_agent.ops_activity`: ``on_report``, the activity, the resume after a limit, ``logs``;
@@ -48,6 +49,7 @@ from convocate.common.errors import ConfigError, Conflict, DockerError, NotFound
 from convocate.common.fsutil import read_token
 from convocate.common.model import SessionMeta, SessionView
 from convocate.common.ops import OPS
+from convocate.common.ops.params import CapacityParams, GetParams, ListParams, PingParams
 from convocate.common.paths import Paths
 from convocate.common.protocol import CONTAINER_STOPPED, Event
 from convocate.common.timefmt import format_rfc3339, now_ns
@@ -63,6 +65,7 @@ from convocate_agent.ops_admin import AdminOps
 from convocate_agent.ops_attach import AttachOps
 from convocate_agent.ops_lifecycle import LifecycleOps
 from convocate_agent.ops_names import NameChecks
+from convocate_agent.ops_sessionenv import SessionEnvOps
 from convocate_agent.recorderset import RecordingHook
 from convocate_agent.recordings import Recordings
 from convocate_agent.runtime import ContainerState, DockerRuntime
@@ -86,7 +89,7 @@ class LogEventSink:
         log.info("event %s session=%s", event.type, event.session_id or "-")
 
 
-class AgentService(LifecycleOps, NameChecks, AttachOps, ActivityOps, AdminOps):
+class AgentService(LifecycleOps, SessionEnvOps, NameChecks, AttachOps, ActivityOps, AdminOps):
     """Implements the RPC ops for one agent.
 
     It owns the runtime, the report sockets, the session state and, once attached, the cgroup
@@ -253,7 +256,7 @@ class AgentService(LifecycleOps, NameChecks, AttachOps, ActivityOps, AdminOps):
         return state
 
     # --- reads ------------------------------------------------------------------------
-    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def ping(self, params: PingParams) -> dict[str, Any]:
         return {
             "agent_id": self.agent_id,
             "version": __version__,
@@ -262,7 +265,7 @@ class AgentService(LifecycleOps, NameChecks, AttachOps, ActivityOps, AdminOps):
             "capabilities": sorted(OPS) + ["attach.read_only", "rpc.multi_request"],
         }
 
-    async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list(self, params: ListParams) -> list[dict[str, Any]]:
         """Every session, newest ``last_accessed`` first, from memory (one Docker call while the event stream is down)."""
         containers = await self.state.containers()
         sessions = self.state.metas()
@@ -273,12 +276,12 @@ class AgentService(LifecycleOps, NameChecks, AttachOps, ActivityOps, AdminOps):
         sessions.sort(key=lambda m: m.last_accessed, reverse=True)
         return [self._cached_wire(m, containers.get(m.uuid), m.uuid in locked, fingerprints) for m in sessions]
 
-    async def get(self, params: dict[str, Any]) -> dict[str, Any]:
-        meta = self.state.meta(params["id"])
+    async def get(self, params: GetParams) -> dict[str, Any]:
+        meta = self.state.meta(params.id)
         container = await self.state.container(meta.uuid)
         return self._cached_wire(meta, container, self.locks.is_locked(meta.uuid), self._fingerprints())
 
-    async def capacity(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def capacity(self, params: CapacityParams) -> dict[str, Any]:
         """Host totals, reservations of running sessions, live usage and the 90% limits."""
         running = {sid: Reservation(c.cpus, c.memory_mb) for sid, c in (await self.state.containers()).items()
                    if c.running}

@@ -18,6 +18,7 @@ import pytest
 
 from convocate.common import keys
 from convocate.common.auditchain import GENESIS, canonical, line_hash, parse_record, verify_file
+from convocate.common.ops.params import AuditReadParams
 from convocate.common.sshpeers import Caller
 from convocate_agent.audit import AuditLog
 from convocate_agent.auditread import read_tail
@@ -429,7 +430,7 @@ def test_raw_pages_hold_every_line_once_even_a_bad_one_at_a_page_end(tmp_path: P
     asyncio.run(run())
     seen, cursor = [], 0
     while True:
-        got = read_records(path, {"raw": True, "after_seq": cursor, "max": page})
+        got = read_records(path, AuditReadParams(raw=True, after_seq=cursor, max=page))
         seen += [entry["line"] for entry in got["records"]]
         if not got["more"]:
             break

@@ -24,6 +24,7 @@ import pytest
 
 from convocate.common import messages, operator_claim
 from convocate.common.errors import BadRequest, Forbidden
+from convocate.common.ops.params import OperatorChallengeParams, OperatorIdentifyParams
 from convocate.common.paths import Paths
 from convocate_agent.identity import OperatorOps
 from convocate_host import operator_ca
@@ -410,20 +411,20 @@ async def test_the_challenge_is_single_use_and_expires(tmp_path: Path):
     caller = Caller("SHA256:shell")
     with pytest.raises(Forbidden, match="no operator challenge"):
         ops._take_nonce(caller.state)
-    challenge = await ops.challenge({}, caller)
+    challenge = await ops.challenge(OperatorChallengeParams(), caller)
     assert len(base64.b64decode(challenge["nonce"])) == operator_claim.NONCE_BYTES
     assert ops._take_nonce(caller.state) == base64.b64decode(challenge["nonce"])
     with pytest.raises(Forbidden, match="already used"):
         ops._take_nonce(caller.state)
-    await ops.challenge({}, caller)
+    await ops.challenge(OperatorChallengeParams(), caller)
     now[0] += operator_claim.NONCE_TTL_S
     with pytest.raises(Forbidden, match="expired"):
         ops._take_nonce(caller.state)
     with pytest.raises(BadRequest, match="connection state"):
-        await ops.challenge({}, "a bare string caller")
-    await ops.challenge({}, caller)
+        await ops.challenge(OperatorChallengeParams(), "a bare string caller")
+    await ops.challenge(OperatorChallengeParams(), caller)
     with pytest.raises(Forbidden, match="operator-ca.pub"):  # no CA: refused, naming the file
-        await ops.identify({"certificate": "x", "signature": "y"}, caller)
+        await ops.identify(OperatorIdentifyParams(certificate="x", signature="y"), caller)
 
 
 def test_certificate_default_name_and_bounds(tmp_path: Path):

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from convocate.common.errors import Conflict, Locked
+from convocate.common.ops.params import CreateParams, DeleteParams, EditParams, ListParams
 from convocate.common.paths import Paths
 from convocate_agent.admission import HostResources
 from convocate_agent.locks import SessionLocks
@@ -54,11 +55,11 @@ def service(tmp_path):
 
 def test_list_makes_one_docker_query_for_all_sessions(service):
     async def scenario():
-        made = [await service.create({"name": f"s{i}"}) for i in range(20)]
+        made = [await service.create(CreateParams(name=f"s{i}")) for i in range(20)]
         for m in made[:5]:
             service.runtime.running[m["uuid"]] = ContainerState(m["uuid"], "id", True, "running", "img", 0.5, 100)
         service.runtime.calls.clear()
-        listed = await service.list({})
+        listed = await service.list(ListParams())
         return made, listed
 
     made, listed = asyncio.run(scenario())
@@ -68,16 +69,16 @@ def test_list_makes_one_docker_query_for_all_sessions(service):
 
 
 def test_create_publishes_container_created(service):
-    made = asyncio.run(service.create({"name": "evented"}))
+    made = asyncio.run(service.create(CreateParams(name="evented")))
     [event] = service.events.events
     assert event.type == "container.created" and event.session_id == made["uuid"] and event.data["name"] == "evented"
 
 
 def test_delete_refuses_a_locked_session(service):
     async def scenario():
-        made = await service.create({"name": "busy"})
+        made = await service.create(CreateParams(name="busy"))
         with service.locks.hold(made["uuid"], "restart"):
-            await service.delete({"id": made["uuid"]})
+            await service.delete(DeleteParams(id=made["uuid"]))
 
     with pytest.raises(Locked, match=r"locked by pid \d+ \(restart\)"):
         asyncio.run(scenario())
@@ -85,9 +86,9 @@ def test_delete_refuses_a_locked_session(service):
 
 def test_auto_ports_skip_those_in_use(service):
     async def scenario():
-        a = await service.create({"name": "a", "port": -1})
-        b = await service.create({"name": "b", "port": -1})
-        c = await service.create({"name": "c", "port": -1, "protocol": "udp"})
+        a = await service.create(CreateParams(name="a", port=-1))
+        b = await service.create(CreateParams(name="b", port=-1))
+        c = await service.create(CreateParams(name="c", port=-1, protocol="udp"))
         return a, b, c
 
     a, b, c = asyncio.run(scenario())
@@ -96,9 +97,9 @@ def test_auto_ports_skip_those_in_use(service):
 
 def test_edit_to_a_port_of_another_session_is_a_conflict(service):
     async def scenario():
-        a = await service.create({"name": "a", "port": -1})
-        b = await service.create({"name": "b"})
-        await service.edit({"id": b["uuid"], "port": a["port"]})
+        a = await service.create(CreateParams(name="a", port=-1))
+        b = await service.create(CreateParams(name="b"))
+        await service.edit(EditParams(id=b["uuid"], port=a["port"]))
 
     with pytest.raises(Conflict, match="is already used by session"):
         asyncio.run(scenario())

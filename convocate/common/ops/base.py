@@ -1,13 +1,15 @@
 """The base of every op's params class, its registration, and strict decoding (DESIGN §3).
 
 :func:`op` registers a params dataclass under its op's name in :data:`PARAMS`;
-:func:`decode_params` checks a request against the registered declaration. The classes
-themselves are in :mod:`convocate.common.ops.params`.
+:func:`decode_params` checks a request against the registered declaration and
+:func:`decode_request` turns it into the op's params object, what the agent's handler takes. The
+classes themselves are in :mod:`convocate.common.ops.params`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -25,20 +27,25 @@ PARAMS: dict[str, type[OpParams[Any]]] = {}
 
 
 def wire(param: Param, *, secret: bool = False) -> Any:
-    """A dataclass field for ``param``: required without a default, optional with ``None`` (absent).
+    """A dataclass field for ``param``: required without a default, optional with ``param.default``.
+
+    An optional field left out reads as ``param.default``: what the agent takes an absent field for
+    (``None`` where absence is a meaning of its own, e.g. ``edit``'s "keep"). Only the fields given
+    when the object was made are sent (:meth:`OpParams.to_wire`), so a default never reaches the wire.
 
     Args:
         param: The field's rule; its ``name`` must be the field's name (:func:`op` checks).
         secret: Keep the value out of ``repr`` (a credential's secret must not reach a log or a traceback).
     """
-    default = dataclasses.MISSING if param.required else None
+    default = dataclasses.MISSING if param.required else param.default
     return dataclasses.field(default=default, repr=not secret, metadata={"param": param})
 
 
 class OpParams(Generic[R]):
     """The base of every op's params class; ``R`` is what the op's result reads as.
 
-    Subclasses are frozen, keyword-only dataclasses decorated with :func:`op`.
+    Subclasses are frozen, keyword-only dataclasses decorated with :func:`op`. A sender may give an
+    optional field as ``None``: absent, as if left out.
     """
 
     OP: ClassVar[str]
@@ -50,10 +57,17 @@ class OpParams(Generic[R]):
     #: The params are an open object its handler checks (``settings-set``): no field rules.
     OPEN: ClassVar[bool] = False
 
+    #: The names of the fields given when the object was made (set by the ``__init__`` :func:`op` wraps).
+    _given: frozenset[str]
+
     def to_wire(self) -> dict[str, Any]:
-        """The request's ``params`` object: every field that is set, under its wire name."""
+        """The request's ``params`` object: every field given and not ``None``, under its wire name.
+
+        A field left out (which reads as its default) is not sent: the request is the JSON object a
+        client of the original protocol writes by hand, and the agent applies its default.
+        """
         return {f.name: v for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                if (v := getattr(self, f.name)) is not None}
+                if f.name in self._given and (v := getattr(self, f.name)) is not None}
 
     @classmethod
     def check_together(cls, decoded: dict[str, Any]) -> None:
@@ -112,11 +126,39 @@ def op(name: str, summary: str, result: r.ResultReader, *, original: bool = Fals
         for f, param in zip(dataclasses.fields(cls), spec, strict=True) if spec is not None else ():  # type: ignore[arg-type]
             assert f.name == param.name, f"{cls.__name__}.{f.name} carries the rule of {param.name!r}"
         cls.OP, cls.SUMMARY, cls.RESULT, cls.SPEC, cls.ORIGINAL = name, summary, result, spec, original
+        cls.__init__ = _noting_given(cls.__init__)  # type: ignore[method-assign]
         PARAMS[name] = cls
         return cls
     return register
 
 
+def _noting_given(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` (a dataclass's keyword-only ``__init__``), also keeping which fields were given."""
+    @functools.wraps(init)
+    def __init__(self: OpParams[Any], **fields: Any) -> None:
+        init(self, **fields)
+        object.__setattr__(self, "_given", frozenset(fields))  # the dataclass is frozen
+    return __init__
+
+
+def decode_request(op: str, params: dict[str, Any]) -> OpParams[Any]:
+    """A request's ``params`` as ``op``'s params object, what the agent's handler of ``op`` takes.
+
+    Args:
+        op: The operation name.
+        params: The request's ``params`` object.
+
+    Returns:
+        An instance of ``PARAMS[op]``: each field present checked and normalised (:func:`decode_params`),
+        each field absent at its default.
+
+    Raises:
+        BadRequest: ``unknown op: "<op>"``, or ``decode params: ...`` naming the first offending field.
+    """
+    cls = PARAMS.get(op)
+    if cls is None:
+        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
+    return cls.decode(params)
 
 
 def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ whose message starts with ``decode params:`` and names the field.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from convocate.common import credentials, messages, operator_claim
@@ -25,11 +25,13 @@ from convocate.common.model import SessionView, validate_uuid
 from convocate.common.ops import results as r
 from convocate.common.ops.base import PARAMS, OpParams, op, wire
 from convocate.common.ops.rules import (
+    AUDIT_READ_MAX,
     CAPTURE_LINES_MAX,
     CPUS,
     CREDENTIAL,
     CREDENTIAL_NAME,
     DNS,
+    GREP_MATCHES_DEFAULT,
     GREP_MATCHES_MAX,
     GREP_PATTERN_MAX,
     LINES,
@@ -38,6 +40,7 @@ from convocate.common.ops.rules import (
     NEW_NAME,
     PORT,
     PROTOCOL,
+    RECORDING_READ_DEFAULT,
     RECORDING_READ_MAX,
     SEND_TEXT_MAX,
     SINCE,
@@ -82,23 +85,28 @@ class GetParams(OpParams[SessionView]):
     r.SESSION, original=True)
 @_params
 class CreateParams(OpParams[SessionView]):
-    """``create``: the new session's name and, optionally, its port, DNS name, limits and credential."""
+    """``create``: the new session's name and, optionally, its port, DNS name, limits and credential.
+
+    ``cpus`` and ``memory_mb`` left out (``None``) are the agent's ``default_cpus`` and
+    ``default_memory_mb`` at the time of the create.
+    """
 
     name: str = wire(NEW_NAME)
-    port: int | None = wire(PORT)
-    protocol: str | None = wire(PROTOCOL)
-    dns_name: str | None = wire(DNS)
-    cpus: float | None = wire(CPUS)
-    memory_mb: int | None = wire(MEMORY)
-    start: bool | None = wire(Param("start", "boolean", doc="start the container too, admission-checked first [false]"))
-    credential: str | None = wire(CREDENTIAL)
+    port: int = wire(replace(PORT, default=0))
+    protocol: str = wire(replace(PROTOCOL, default="tcp"))
+    dns_name: str = wire(replace(DNS, default=""))
+    cpus: float | None = wire(CPUS)  # None: the agent's default_cpus
+    memory_mb: int | None = wire(MEMORY)  # None: the agent's default_memory_mb
+    start: bool = wire(Param("start", "boolean", doc="start the container too, admission-checked first [false]",
+                             default=False))
+    credential: str = wire(replace(CREDENTIAL, default=""))
 
 
 @op("edit", "change a stopped or running session's record; a field left out keeps its value; limits apply "
     "from its next start", r.SESSION, original=True)
 @_params
 class EditParams(OpParams[SessionView]):
-    """``edit``: the session and the fields to change."""
+    """``edit``: the session and the fields to change; a field left out (``None``) keeps its value."""
 
     id: str = wire(_ID)
     name: str | None = wire(NAME)
@@ -204,7 +212,7 @@ class CaptureParams(OpParams[r.Captured]):
     """``capture``: the session and how much history."""
 
     id: str = wire(_ID)
-    lines: int | None = wire(LINES)
+    lines: int = wire(LINES)
 
 
 @op("send", "type text into the session (tmux send-keys)", r.record(r.Sent))
@@ -215,7 +223,7 @@ class SendParams(OpParams[r.Sent]):
     id: str = wire(_ID)
     text: str = wire(Param("text", "string", required=True, check=check_send_text,
                            doc=f"UTF-8 text, at most {SEND_TEXT_MAX} bytes, no NUL"))
-    enter: bool | None = wire(Param("enter", "boolean", doc="press Enter after the text [false]"))
+    enter: bool = wire(Param("enter", "boolean", doc="press Enter after the text [false]", default=False))
 
 
 @op("capacity", "host totals, reservations, live usage and the 90% limits", r.json_object("capacity object"))
@@ -230,8 +238,8 @@ class LogsParams(OpParams[r.Logs]):
     """``logs``: the session, how many lines and from when."""
 
     id: str = wire(_ID)
-    lines: int | None = wire(Param("lines", "integer", check=check_lines,
-                                   doc=f"the last 0-{CAPTURE_LINES_MAX} lines; 0: 200, or all since `since` [0]"))
+    lines: int = wire(Param("lines", "integer", check=check_lines,
+                            doc=f"the last 0-{CAPTURE_LINES_MAX} lines; 0: 200, or all since `since` [0]", default=0))
     since: str | None = wire(SINCE)
 
 
@@ -293,10 +301,11 @@ class RecordingReadParams(OpParams[r.RecordingPage]):
     id: str = wire(_ID)
     file: str = wire(Param("file", "string", required=True, check=check_recording_file,
                            doc="a file `recording_list` named"))
-    offset: int | None = wire(Param("offset", "integer", check=check_bounded("offset", 0, 2**53),
-                                    doc="byte offset in the file [0]"))
-    max_bytes: int | None = wire(Param("max_bytes", "integer", check=check_bounded("max_bytes", 1, RECORDING_READ_MAX),
-                                       doc=f"most bytes answered, 1-{RECORDING_READ_MAX} [the agent's page size]"))
+    offset: int = wire(Param("offset", "integer", check=check_bounded("offset", 0, 2**53),
+                             doc="byte offset in the file [0]", default=0))
+    max_bytes: int = wire(Param("max_bytes", "integer", check=check_bounded("max_bytes", 1, RECORDING_READ_MAX),
+                                doc=f"most bytes answered, 1-{RECORDING_READ_MAX} [the agent's page size]",
+                                default=RECORDING_READ_DEFAULT))
 
 
 @op("recording_grep", "search the recordings' text", r.record(r.GrepResult))
@@ -312,9 +321,9 @@ class RecordingGrepParams(OpParams[r.GrepResult]):
                                    doc="RFC 3339 time: lines at or after it [all]"))
     until: str | None = wire(Param("until", "string", check=check_rfc3339("until"),
                                    doc="RFC 3339 time: lines at or before it [all]"))
-    max_matches: int | None = wire(Param("max_matches", "integer",
-                                         check=check_bounded("max_matches", 1, GREP_MATCHES_MAX),
-                                         doc=f"most matches answered, 1-{GREP_MATCHES_MAX} [the agent's default]"))
+    max_matches: int = wire(Param("max_matches", "integer", check=check_bounded("max_matches", 1, GREP_MATCHES_MAX),
+                                  doc=f"most matches answered, 1-{GREP_MATCHES_MAX} [the agent's default]",
+                                  default=GREP_MATCHES_DEFAULT))
 
     @classmethod
     def check_together(cls, decoded: dict[str, Any]) -> None:
@@ -367,10 +376,29 @@ class AuditReadParams(OpParams[r.AuditPage]):
                                      doc="only records about this session's UUIDv4 [all]"))
     operator: str | None = wire(Param("operator", "string",
                                       doc="only this verified operator, by name or `SHA256:` fingerprint [all]"))
-    after_seq: int | None = wire(Param("after_seq", "integer",
-                                       doc="the page after the record of this sequence number [the first]"))
-    max: int | None = wire(Param("max", "integer", doc="most records in the page [the agent's page size]"))
-    raw: bool | None = wire(Param("raw", "boolean", doc="the records as the file holds them, for `--verify` [false]"))
+    after_seq: int = wire(Param("after_seq", "integer",
+                                doc="the page after the record of this sequence number [the first]", default=0))
+    max: int = wire(Param("max", "integer", doc="most records in the page [the agent's page size]",
+                          default=AUDIT_READ_MAX))
+    raw: bool = wire(Param("raw", "boolean", doc="the records as the file holds them, for `--verify` [false]",
+                           default=False))
+
+    @classmethod
+    def check_together(cls, decoded: dict[str, Any]) -> None:
+        """The ranges of ``max`` (1 to :data:`AUDIT_READ_MAX`) and ``after_seq`` (>= 0), once both are integers.
+
+        Run after every field's own check, as the agent's range check of ``audit_read`` always was: a
+        request with a field of the wrong type is refused for that first.
+
+        Raises:
+            BadRequest: :data:`messages.BAD_RANGE` naming the field.
+        """
+        if "max" in decoded and not 1 <= decoded["max"] <= AUDIT_READ_MAX:
+            raise BadRequest(messages.BAD_RANGE.format(field="max", value=decoded["max"], low=1, high=AUDIT_READ_MAX,
+                                                       unit=""))
+        if "after_seq" in decoded and decoded["after_seq"] < 0:
+            raise BadRequest(messages.BAD_RANGE.format(field="after_seq", value=decoded["after_seq"], low=0,
+                                                       high="any", unit=""))
 
 
 #: Every op and its parameters, as the agent decodes them; ``None`` marks an op whose params are an open

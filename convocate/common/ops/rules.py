@@ -27,10 +27,15 @@ from convocate.common.timefmt import parse_rfc3339
 SEND_TEXT_MAX = 64 * 1024
 #: Largest ``lines`` accepted by ``capture`` (the image keeps 100000 lines of history).
 CAPTURE_LINES_MAX = 100_000
-#: Largest ``max_bytes`` of ``recording_read`` (bytes of the file per response, issue 19).
+#: Largest ``max_bytes`` of ``recording_read`` (bytes of the file per response, issue 19), and its default.
 RECORDING_READ_MAX = 256 * 1024
+RECORDING_READ_DEFAULT = 256 * 1024
 #: Largest ``max_matches`` of ``recording_grep``, and its longest pattern (characters).
 GREP_MATCHES_MAX = 10_000
+#: ``recording_grep``'s ``max_matches`` when left out.
+GREP_MATCHES_DEFAULT = 1000
+#: Records one ``audit_read`` answer holds at most: its ``max`` default and ceiling.
+AUDIT_READ_MAX = 1000
 GREP_PATTERN_MAX = 1000
 #: Bounds of a per-session CPU limit, in cores.
 CPUS_MIN, CPUS_MAX = 0.01, 1024.0
@@ -136,6 +141,9 @@ class Param:
         required: Whether the field must be present.
         check: Validator/normaliser applied to a present value; raises BadRequest.
         doc: What it means and its rule, and what its absence means, for the op reference (docs/ops.md).
+        default: What an optional field left out reads as (on the agent, what the op does without it);
+            ``None``: absent is a meaning of its own, which the handler reads (``edit``'s "keep",
+            ``create``'s limits from the agent's settings).
     """
 
     name: str
@@ -143,6 +151,7 @@ class Param:
     required: bool = False
     check: Callable[[Any], Any] | None = None
     doc: str = ""
+    default: Any = None
 
 
 def check_agent_id(value: str) -> str:
@@ -173,5 +182,5 @@ CREDENTIAL = Param("credential", "string", check=credentials.validate_session_cr
 CREDENTIAL_NAME = Param("name", "string", required=True, check=credentials.validate_name,
                          doc="credential name: 1-32 of a-z, 0-9, `-`, starting with a letter or digit")
 SINCE = Param("since", "string", check=check_rfc3339("since"), doc="RFC 3339 time: only what came at or after it [all]")
-LINES = Param("lines", "integer", check=check_lines, doc=f"0-{CAPTURE_LINES_MAX} lines of history [0]")
+LINES = Param("lines", "integer", check=check_lines, doc=f"0-{CAPTURE_LINES_MAX} lines of history [0]", default=0)
 
