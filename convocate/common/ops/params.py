@@ -6,11 +6,12 @@ summary and how its result reads (:mod:`convocate.common.ops.results`). From tho
 :data:`OPS` (what the agent decodes), :data:`PARAMS` (what the agent dispatches and the shell sends)
 and the op reference, ``docs/ops.md``.
 
-On the wire nothing changes: :meth:`OpParams.to_wire` sends only the fields set (``None`` is
-"absent", and the agent applies its default), so a request built from a class is the same JSON
-object a client of the original protocol writes by hand. Decoding is strict: an unknown field, a
-wrong JSON type, a missing required field or a value that breaks its rule is a :class:`BadRequest`
-whose message starts with ``decode params:`` and names the field.
+On the wire nothing changes: :meth:`OpParams.to_wire` sends only the fields given (``None`` is
+"absent"; a field left out reads as its Param's ``default``, what the agent does without it), so a
+request built from a class is the same JSON object a client of the original protocol writes by
+hand. The agent's handlers take the decoded object (``decode_request``). Decoding is strict: an
+unknown field, a wrong JSON type, a missing required field or a value that breaks its rule is a
+:class:`BadRequest` whose message starts with ``decode params:`` and names the field.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from convocate.common.ops.rules import (
     SINCE,
     Param,
     check_agent_id,
+    check_audit_page,
     check_bounded,
     check_grep_pattern,
     check_lines,
@@ -385,21 +387,8 @@ class AuditReadParams(OpParams[r.AuditPage]):
 
     @classmethod
     def check_together(cls, decoded: dict[str, Any]) -> None:
-        """The ranges of ``max`` (1 to :data:`AUDIT_READ_MAX`) and ``after_seq`` (>= 0), once both are integers.
-
-        Run after every field's own check, as the agent's range check of ``audit_read`` always was: a
-        request with a field of the wrong type is refused for that first.
-
-        Raises:
-            BadRequest: :data:`messages.BAD_RANGE` naming the field.
-        """
-        if "max" in decoded and not 1 <= decoded["max"] <= AUDIT_READ_MAX:
-            raise BadRequest(messages.BAD_RANGE.format(field="max", value=decoded["max"], low=1, high=AUDIT_READ_MAX,
-                                                       unit=""))
-        if "after_seq" in decoded and decoded["after_seq"] < 0:
-            raise BadRequest(messages.BAD_RANGE.format(field="after_seq", value=decoded["after_seq"], low=0,
-                                                       high="any", unit=""))
-
+        """``max`` and ``after_seq`` in range, once every field passed its own check (:func:`check_audit_page`)."""
+        check_audit_page(decoded)
 
 #: Every op and its parameters, as the agent decodes them; ``None`` marks an op whose params are an open
 #: object validated by its handler (``settings-set``).

@@ -131,6 +131,24 @@ def check_trash_id(value: str) -> str:
     return value
 
 
+
+def check_audit_page(decoded: dict[str, Any]) -> None:
+    """``audit_read``'s ranges: ``max`` 1 to :data:`AUDIT_READ_MAX`, ``after_seq`` >= 0 (in that order).
+
+    A rule across fields (``AuditReadParams.check_together``), not each field's check, so that it runs
+    after every field's type and rule, as the agent's own check did: a request wrong in several ways
+    is refused for the same field as before.
+
+    Raises:
+        BadRequest: :data:`messages.BAD_RANGE` naming the field.
+    """
+    if "max" in decoded and not 1 <= decoded["max"] <= AUDIT_READ_MAX:
+        raise BadRequest(messages.BAD_RANGE.format(field="max", value=decoded["max"], low=1, high=AUDIT_READ_MAX,
+                                                   unit=""))
+    if "after_seq" in decoded and decoded["after_seq"] < 0:
+        raise BadRequest(messages.BAD_RANGE.format(field="after_seq", value=decoded["after_seq"], low=0, high="any",
+                                                   unit=""))
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of an op.
