@@ -1,8 +1,8 @@
 """The agent's operations on sessions: what each RPC op does.
 
 :class:`AgentService` ties the session store, the lifecycle locks, the Docker
-runtime, admission control and the event sink together. Every method takes
-already-decoded params (see :mod:`convocate.common.ops`) and returns a
+runtime, admission control and the event sink together. Every op method takes
+its op's decoded params object (:mod:`convocate.common.ops.params`) and returns a
 JSON-ready result or raises a :class:`~convocate.common.errors.ConvocateError`.
 Lifecycle ops hold the session's lock for their whole duration.
 
