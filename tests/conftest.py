@@ -16,7 +16,8 @@ import datetime
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,18 @@ def _sweep_stale_test_containers(tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def make_cluster(root: Path, image: str, **options: Any) -> Iterator[LocalCluster]:
-    """A running agent under ``root`` until the generator is closed (``options`` go to :class:`LocalCluster`)."""
+    """A running agent under ``root`` until the generator is closed (``options`` go to :class:`LocalCluster`).
+
+    With ``status=True`` its ``convocate status-serve`` runs too; both are stopped at the end, and the
+    containers of ``root`` removed.
+    """
     cluster = LocalCluster(root=root, image=image, **options)
     cluster.install()
     cluster.start()
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop_all()
         remove_containers(root)
 
 
@@ -190,6 +195,22 @@ async def rpc_ok(conn: asyncssh.SSHClientConnection, op: str, params: dict[str, 
     response = await rpc(conn, op, params)
     assert response["ok"], response
     return response.get("result")
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 20.0, interval: float = 0.1) -> object:
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, and return that.
+
+    Raises:
+        AssertionError: ``timeout`` seconds passed first (the message names ``what``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 def openssh_args(cluster: LocalCluster, tmp_path: Path, key_path: Path | None = None) -> list[str]:

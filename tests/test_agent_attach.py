@@ -62,6 +62,19 @@ async def open_attach(conn, sid, *, cols=100, rows=30, read_only=False, after_he
     return process, Screen(process)
 
 
+async def at_prompt(conn, sid, **header):
+    """:func:`open_attach` (``header`` as there), then wait for the session's prompt; returns (process, screen)."""
+    process, screen = await open_attach(conn, sid, **header)
+    await screen.wait_for(b"> ")
+    return process, screen
+
+
+async def leave(process, screen: Screen) -> None:
+    """Detach as a person would, then read the channel to its end."""
+    await detach(process)
+    await screen.drain_to_eof()
+
+
 def tmux_clients(docker_client, sid):
     container = docker_client.containers.get(f"convocate-session-{sid}")
     code, out = container.exec_run(["tmux", "list-clients", "-F",
@@ -95,8 +108,7 @@ async def wait_clients(docker_client, sid, count, timeout=5.0):
 
 
 async def test_typing_reaches_the_session_and_output_comes_back(ssh, session, docker_client):
-    process, screen = await open_attach(ssh, session)
-    await screen.wait_for(b"> ")
+    process, screen = await at_prompt(ssh, session)
     process.stdin.write(b"typed over ssh\r")
     await screen.wait_for(b"echo: typed over ssh")
     assert tmux_clients(docker_client, session) == ["100x30 0"]
@@ -114,13 +126,11 @@ async def test_typing_reaches_the_session_and_output_comes_back(ssh, session, do
 async def test_bytes_sent_with_the_header_are_not_lost(ssh, session):
     process, screen = await open_attach(ssh, session, after_header=b"right after the header\r")
     await screen.wait_for(b"echo: right after the header")
-    await detach(process)
-    await screen.drain_to_eof()
+    await leave(process, screen)
 
 
 async def test_window_change_resizes_the_tmux_client(ssh, session, docker_client):
-    process, screen = await open_attach(ssh, session, cols=90, rows=25)
-    await screen.wait_for(b"> ")
+    process, screen = await at_prompt(ssh, session, cols=90, rows=25)
     assert tmux_clients(docker_client, session) == ["90x25 0"]
     process.change_terminal_size(132, 43)
     for _ in range(100):
@@ -128,16 +138,13 @@ async def test_window_change_resizes_the_tmux_client(ssh, session, docker_client
             break
         await asyncio.sleep(0.05)
     assert tmux_clients(docker_client, session) == ["132x43 0"]
-    await detach(process)
-    await screen.drain_to_eof()
+    await leave(process, screen)
 
 
 async def test_zero_size_means_80x24(ssh, session, docker_client):
-    process, screen = await open_attach(ssh, session, cols=0, rows=0)
-    await screen.wait_for(b"> ")
+    process, screen = await at_prompt(ssh, session, cols=0, rows=0)
     assert tmux_clients(docker_client, session) == ["80x24 0"]
-    await detach(process)
-    await screen.drain_to_eof()
+    await leave(process, screen)
 
 
 async def test_an_observer_sees_output_but_cannot_type(ssh, session, docker_client):
@@ -152,8 +159,7 @@ async def test_an_observer_sees_output_but_cannot_type(ssh, session, docker_clie
     screen = (await rpc_ok(ssh, "capture", {"id": session, "lines": 200}))["text"]
     assert "echo: from the writer" in screen and "from the observer" not in screen
     for process, scr in ((observer, observer_screen), (writer, writer_screen)):
-        await detach(process)
-        await scr.drain_to_eof()
+        await leave(process, scr)
 
 
 async def test_background_detaches_every_operator(ssh, session, docker_client):
@@ -169,8 +175,7 @@ async def test_background_detaches_every_operator(ssh, session, docker_client):
 
 async def test_override_detaches_the_other_operator(ssh, session, cluster):
     async with connect(cluster) as other:
-        process, screen = await open_attach(other, session)
-        await screen.wait_for(b"> ")
+        process, screen = await at_prompt(other, session)
         result = await rpc_ok(ssh, "override", {"id": session})
         assert result["detached"] == 1
         await screen.drain_to_eof()
@@ -178,8 +183,7 @@ async def test_override_detaches_the_other_operator(ssh, session, cluster):
 
 async def test_a_vanished_operator_leaves_no_tmux_client_behind(cluster, session, docker_client):
     async with connect(cluster) as conn:
-        process, screen = await open_attach(conn, session)
-        await screen.wait_for(b"> ")
+        process, screen = await at_prompt(conn, session)
         assert len(tmux_clients(docker_client, session)) == 1
         conn.abort()  # the operator's network goes away; no detach key
     await wait_clients(docker_client, session, 0)

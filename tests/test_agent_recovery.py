@@ -12,18 +12,22 @@ import pytest
 from convocate.common.model import new_uuid
 from convocate_agent.locks import process_start_time
 from tests.conftest import connect, rpc_ok
-from tests.test_agent_attach import detach, open_attach, tmux_clients, wait_clients
+from tests.test_agent_attach import at_prompt, leave, tmux_clients, wait_clients
 
 pytestmark = pytest.mark.docker
+
+
+async def _attached_to_new(conn, name: str):
+    """Create and start session ``name`` (0.2 CPUs, 200 MB), attach to it; returns (id, process, screen) at the prompt."""
+    made = await rpc_ok(conn, "create", {"name": name, "cpus": 0.2, "memory_mb": 200, "start": True})
+    process, screen = await at_prompt(conn, made["uuid"])
+    return made["uuid"], process, screen
 
 
 async def test_a_killed_agent_restarts_clean(fresh_cluster, docker_client):
     cluster = fresh_cluster
     async with connect(cluster) as conn:
-        made = await rpc_ok(conn, "create", {"name": "survivor", "cpus": 0.2, "memory_mb": 200, "start": True})
-        sid = made["uuid"]
-        process, screen = await open_attach(conn, sid)
-        await screen.wait_for(b"> ")
+        sid, process, screen = await _attached_to_new(conn, "survivor")
         assert len(tmux_clients(docker_client, sid)) == 1
 
         # What a crash in the middle of ops leaves: a lock held by the agent itself, a half-built home.
@@ -48,21 +52,16 @@ async def test_a_killed_agent_restarts_clean(fresh_cluster, docker_client):
     async with connect(cluster) as conn:
         again = await rpc_ok(conn, "get", {"id": sid})
         assert again["running"] and again["state"] == "R" and again["name"] == "survivor"
-        process, screen = await open_attach(conn, sid)
-        await screen.wait_for(b"> ")
+        process, screen = await at_prompt(conn, sid)
         process.stdin.write(b"still here\r")
         await screen.wait_for(b"echo: still here")
-        await detach(process)
-        await screen.drain_to_eof()
+        await leave(process, screen)
 
 
 async def test_sigterm_stops_the_agent_promptly_and_leaves_sessions_running(fresh_cluster, docker_client):
     cluster = fresh_cluster
     async with connect(cluster) as conn:
-        made = await rpc_ok(conn, "create", {"name": "stays", "cpus": 0.2, "memory_mb": 200, "start": True})
-        sid = made["uuid"]
-        process, screen = await open_attach(conn, sid)
-        await screen.wait_for(b"> ")
+        sid, _, screen = await _attached_to_new(conn, "stays")
         loop = asyncio.get_running_loop()
         started = loop.time()
         status = await asyncio.to_thread(cluster.stop, signal.SIGTERM)

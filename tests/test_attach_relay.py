@@ -91,12 +91,25 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+@contextlib.asynccontextmanager
+async def relayed(tmp_path, *, nonblocking: bool = True):
+    """A :class:`Rig`, a client connection to it and one channel on it.
+
+    Yields:
+        ``(rig, process, relay, docker_end)``: the rig, the client's process on the channel, the
+        channel's relay and Docker's end of its socket pair (made non-blocking unless told not to).
+    """
+    async with Rig(tmp_path) as rig, rig.connect() as conn:
+        process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
+        relay, docker_end = await rig.relays.get()
+        if nonblocking:
+            docker_end.setblocking(False)
+        yield rig, process, relay, docker_end
+
+
 def test_bytes_go_both_ways_and_the_input_is_recorded(tmp_path):
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            relay, docker_end = await rig.relays.get()
-            docker_end.setblocking(False)
+        async with relayed(tmp_path) as (rig, process, relay, docker_end):
             process.stdin.write(b"typed")
             assert await recv_exactly(docker_end, 5) == b"typed"
             await asyncio.get_running_loop().sock_sendall(docker_end, b"screen")
@@ -109,10 +122,7 @@ def test_bytes_go_both_ways_and_the_input_is_recorded(tmp_path):
 
 def test_the_clients_eof_is_not_a_half_close_towards_docker(tmp_path):
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            _, docker_end = await rig.relays.get()
-            docker_end.setblocking(False)
+        async with relayed(tmp_path) as (_, process, _, docker_end):
             process.stdin.write(b"last words")
             process.stdin.write_eof()
             assert await recv_exactly(docker_end, 10) == b"last words"
@@ -127,9 +137,7 @@ def test_the_clients_eof_is_not_a_half_close_towards_docker(tmp_path):
 
 def test_docker_ending_the_stream_ends_the_channel_with_status_0(tmp_path):
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            _, docker_end = await rig.relays.get()
+        async with relayed(tmp_path, nonblocking=False) as (_, process, _, docker_end):
             docker_end.sendall(b"[detached (from session main)]\r\n")
             docker_end.close()  # tmux's client exited: the exec's stream ends
             out = await asyncio.wait_for(process.stdout.read(), 10)
@@ -153,10 +161,7 @@ def test_a_vanished_client_ends_the_relay_as_not_detached(tmp_path):
 
 def test_window_changes_resize_in_order_and_never_reach_docker_as_bytes(tmp_path):
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            _, docker_end = await rig.relays.get()
-            docker_end.setblocking(False)
+        async with relayed(tmp_path) as (rig, process, _, docker_end):
             for size in ((100, 30), (120, 40), (90, 20)):
                 process.change_terminal_size(*size)
             process.stdin.write(b"k")
@@ -177,10 +182,7 @@ def test_a_client_that_stops_reading_pauses_reading_from_docker(tmp_path):
     (a few MiB), however much Docker offers; without the pause it would take it all.
     """
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            relay, docker_end = await rig.relays.get()
-            docker_end.setblocking(False)
+        async with relayed(tmp_path) as (_, _, relay, docker_end):
             loop = asyncio.get_running_loop()
             block, offered = b"y" * 65536, 0
             while offered < 64 << 20:
@@ -202,10 +204,7 @@ def test_a_pane_that_does_not_read_holds_the_client_back(tmp_path):
     (attach_relay's module doc); the relay takes all it holds on a resume instead.
     """
     async def scenario():
-        async with Rig(tmp_path) as rig, rig.connect() as conn:
-            process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
-            relay, docker_end = await rig.relays.get()
-            docker_end.setblocking(False)
+        async with relayed(tmp_path) as (_, process, relay, docker_end):
             loop = asyncio.get_running_loop()
             block, sent = b"p" * 65536, 0
             for _ in range(40):  # Docker takes a little now and then (each take resumes the relay)

@@ -23,7 +23,7 @@ from convocate.common.sshpeers import Caller
 from convocate_agent.audit import AuditLog
 from convocate_agent.auditread import read_tail
 from tests.conftest import connect, rpc, rpc_ok
-from tests.test_agent_attach import detach, open_attach
+from tests.test_agent_attach import at_prompt, leave, open_attach
 
 SECRET = "sk-ant-api03-audit-" + "z" * 40
 
@@ -73,12 +73,10 @@ async def test_every_kind_of_op_is_recorded_with_its_outcome_and_polling_is_not(
         unknown = await rpc(ssh, "format-disk", {"secret": SECRET})
         assert unknown["code"] == "bad_request"
 
-        process, screen = await open_attach(ssh, sid)
-        await screen.wait_for(b"> ")
+        process, screen = await at_prompt(ssh, sid)
         process.stdin.write(b"typed in\r")
         await screen.wait_for(b"echo: typed in")
-        await detach(process)
-        await screen.drain_to_eof()
+        await leave(process, screen)
         watcher, view = await open_attach(ssh, sid, read_only=True)
         await view.wait_for(b"> ")
         watcher.close()  # the operator goes away without detaching
@@ -279,8 +277,7 @@ async def test_the_chain_continues_across_a_kill_9_and_a_torn_last_line_is_repor
     # attach's end says why it ended.
     async with connect(cluster) as conn:
         made = await rpc_ok(conn, "create", {"name": "stopping", "cpus": 0.1, "memory_mb": 160, "start": True})
-        process, screen = await open_attach(conn, made["uuid"])
-        await screen.wait_for(b"> ")
+        process, screen = await at_prompt(conn, made["uuid"])
         cluster.stop()
     cluster.start(same_port=True)
     async with connect(cluster) as conn:
@@ -389,17 +386,22 @@ def test_params_longer_than_any_valid_request_are_kept_as_their_size_and_hash():
     assert garbage["truncated"] is True and garbage["bytes"] > PARAMS_MAX and len(garbage["sha256"]) == 64
 
 
+async def _two_kills_then(path: Path, tail: bytes) -> AuditLog:
+    """Two ``kill`` records in a new log at ``path``, then ``tail`` written after them raw; the log opened again."""
+    first = AuditLog(path, "ab12cd34")
+    await first.append({"op": "kill"})
+    await first.append({"op": "kill"})
+    with path.open("ab") as f:
+        f.write(tail)
+    return AuditLog(path, "ab12cd34")
+
+
 @pytest.mark.parametrize("tail", [b'{"seq":3,"op":"ki', b"not a record\n"], ids=["torn", "whole-but-bad"])
 def test_a_bad_last_line_is_left_and_the_next_record_repairs_the_chain(tmp_path: Path, tail: bytes):
     path = tmp_path / "audit.jsonl"
 
     async def run() -> None:
-        first = AuditLog(path, "ab12cd34")
-        await first.append({"op": "kill"})
-        await first.append({"op": "kill"})
-        with path.open("ab") as f:
-            f.write(tail)
-        again = AuditLog(path, "ab12cd34")
+        again = await _two_kills_then(path, tail)
         assert (await again.append({"op": "restart"}))["repaired"] is True
         assert "repaired" not in await again.append({"op": "restart"})
 
@@ -418,12 +420,7 @@ def test_raw_pages_hold_every_line_once_even_a_bad_one_at_a_page_end(tmp_path: P
     path = tmp_path / "audit.jsonl"
 
     async def run() -> None:
-        audit = AuditLog(path, "ab12cd34")
-        await audit.append({"op": "kill"})
-        await audit.append({"op": "kill"})
-        with path.open("ab") as f:
-            f.write(b"torn")
-        audit = AuditLog(path, "ab12cd34")
+        audit = await _two_kills_then(path, b"torn")
         await audit.append({"op": "kill"})
         await audit.append({"op": "kill"})
 

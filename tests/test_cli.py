@@ -10,6 +10,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -252,12 +253,17 @@ class Terminal:
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def terminal(cluster):
-    term = Terminal(cluster.env)
-    yield term
-    term.close()
+    with Terminal(cluster.env) as term:
+        yield term
 
 
 def test_attach_types_into_the_session_and_detach_returns_to_the_shell(cluster, terminal):

@@ -9,11 +9,13 @@ logged ("rpc channel from ... done: N request(s)").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import asyncssh
 import pytest
 
 from convocate.client import HELD_OPS, AgentClient
@@ -98,15 +100,22 @@ async def test_a_held_channel_outlives_the_request_timeout_between_requests(clus
             process.close()
 
 
-async def test_a_silent_held_channel_is_closed_at_the_idle_limit(short_idle: LocalCluster) -> None:
-    async with connect(short_idle) as conn:
+@contextlib.asynccontextmanager
+async def _pinged_channel(cluster: LocalCluster) -> AsyncIterator[asyncssh.SSHClientProcess]:
+    """An RPC channel to ``cluster``'s agent that has answered one ping (id 1); closed when the block ends."""
+    async with connect(cluster) as conn:
         process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
         try:
             process.stdin.write(encode_line({"op": "ping", "params": {}, "id": 1}))
             assert json.loads(await asyncio.wait_for(process.stdout.readline(), 30))["id"] == 1
-            out = await asyncio.wait_for(process.stdout.read(), 60)  # then silence: the agent closes it
+            yield process
         finally:
             process.close()
+
+
+async def test_a_silent_held_channel_is_closed_at_the_idle_limit(short_idle: LocalCluster) -> None:
+    async with _pinged_channel(short_idle) as process:
+        out = await asyncio.wait_for(process.stdout.read(), 60)  # then silence: the agent closes it
     detail = messages.RPC_IDLE_TIMEOUT.format(seconds=IDLE_S)
     assert json.loads(out) == {"ok": False, "code": "bad_request",
                                "error": messages.MALFORMED_REQUEST.format(detail=detail)}, out
@@ -114,15 +123,9 @@ async def test_a_silent_held_channel_is_closed_at_the_idle_limit(short_idle: Loc
 
 async def test_a_partial_line_on_a_held_channel_still_has_only_the_request_timeout(short_idle: LocalCluster) -> None:
     """The idle limit is for silence; a started line is bounded by REQUEST_TIMEOUT_S, not by the idle limit."""
-    async with connect(short_idle) as conn:
-        process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None)
-        try:
-            process.stdin.write(encode_line({"op": "ping", "params": {}, "id": 1}))
-            assert json.loads(await asyncio.wait_for(process.stdout.readline(), 30))["id"] == 1
-            process.stdin.write(b'{"op": "ping", "par')
-            out = await asyncio.wait_for(process.stdout.read(), REQUEST_TIMEOUT_S + 30)
-        finally:
-            process.close()
+    async with _pinged_channel(short_idle) as process:
+        process.stdin.write(b'{"op": "ping", "par')
+        out = await asyncio.wait_for(process.stdout.read(), REQUEST_TIMEOUT_S + 30)
     detail = messages.RPC_REQUEST_TIMEOUT.format(seconds=REQUEST_TIMEOUT_S)
     assert json.loads(out)["error"] == messages.MALFORMED_REQUEST.format(detail=detail), out
 

@@ -611,6 +611,20 @@ async def test_image_download_is_kept_only_when_sha256sums_agrees(tmp_path: Path
 
 
 # --- the command line ----------------------------------------------------------------------------------------
+def _shell_host_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    """A shell host's root under ``tmp_path``: the DNS hosts file (holding :data:`STATUS_LINE`) and the domain
+    ``lab.example``; ``CONVOCATE_ROOT`` points at it and create-vm's lock is ``tmp_path/create-vm.lock``."""
+    root = tmp_path / "root"
+    paths = Paths(root)
+    paths.dnsmasq_hosts.parent.mkdir(parents=True)
+    paths.dnsmasq_hosts.write_text(f"{STATUS_LINE}\n")
+    paths.shell_domain_file.parent.mkdir(parents=True)
+    paths.shell_domain_file.write_text("lab.example\n")
+    monkeypatch.setenv("CONVOCATE_ROOT", str(root))
+    monkeypatch.setattr(vm_create, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
+    return paths
+
+
 def test_parser_and_spec_from_args(ssh_key: str, tmp_path: Path) -> None:
     key = tmp_path / "id_ed25519.pub"
     key.write_text(ssh_key + "\n")
@@ -633,14 +647,7 @@ def test_command_line_creates_the_vm_and_registers_its_dns_name(ssh_key: str, ba
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``create-vm --hypervisor local --shell-host local`` as the operator types it (the test driver as libvirt)."""
-    root = tmp_path / "root"
-    paths = Paths(root)
-    paths.dnsmasq_hosts.parent.mkdir(parents=True)
-    paths.dnsmasq_hosts.write_text(f"{STATUS_LINE}\n")
-    paths.shell_domain_file.parent.mkdir(parents=True)
-    paths.shell_domain_file.write_text("lab.example\n")
-    monkeypatch.setenv("CONVOCATE_ROOT", str(root))
-    monkeypatch.setattr(vm_create, "LOCK_PATH", str(tmp_path / "create-vm.lock"))
+    paths = _shell_host_root(tmp_path, monkeypatch)
     key = tmp_path / "id_ed25519.pub"
     key.write_text(ssh_key + "\n")
     pool = tmp_path / "pool"
@@ -796,15 +803,8 @@ def test_command_line_dry_run_changes_nothing_and_lists_the_domain_disks_seed_an
         ssh_key: str, base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """``create-vm --dry-run --shell-host local`` as the operator types it: every file, the lock and the DNS stay."""
-    root = tmp_path / "root"
-    paths = Paths(root)
-    paths.dnsmasq_hosts.parent.mkdir(parents=True)
-    paths.dnsmasq_hosts.write_text(f"{STATUS_LINE}\n")
-    paths.shell_domain_file.parent.mkdir(parents=True)
-    paths.shell_domain_file.write_text("lab.example\n")
-    monkeypatch.setenv("CONVOCATE_ROOT", str(root))
+    paths = _shell_host_root(tmp_path, monkeypatch)
     lock = tmp_path / "create-vm.lock"
-    monkeypatch.setattr(vm_create, "LOCK_PATH", str(lock))
     argv = _create_vm_args(tmp_path, base_image, ssh_key, "--shell-host", "local", "--dry-run")
     uri = argv[argv.index("--uri") + 1]
     domains = virsh_session(uri, "list --all --name")

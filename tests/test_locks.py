@@ -10,6 +10,14 @@ from convocate.common.paths import Paths
 from convocate_agent.locks import SessionLocks, process_start_time
 
 SID = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
+OTHER_SID = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"  # a lock whose holder lives (the test runner's parent)
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
 
 
 @pytest.fixture
@@ -32,9 +40,7 @@ def test_hold_writes_the_pid_and_removes_the_file(locks):
 
 
 def test_a_dead_holder_is_stale_and_taken_over(locks):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    locks.paths.lock_file(SID).write_text(f"{dead.pid}\nrestart 1\n")
+    locks.paths.lock_file(SID).write_text(f"{dead_pid()}\nrestart 1\n")
     assert not locks.is_locked(SID)
     with locks.hold(SID, "kill"):
         assert locks.holder(SID).op == "kill"
@@ -53,13 +59,10 @@ def test_a_plain_pid_lock_from_another_tool_is_honoured(locks):
 
 
 def test_sweep_removes_only_stale_locks(locks):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    other = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
-    locks.paths.lock_file(SID).write_text(f"{dead.pid}\n")
-    locks.paths.lock_file(other).write_text(f"{os.getppid()}\n")
+    locks.paths.lock_file(SID).write_text(f"{dead_pid()}\n")
+    locks.paths.lock_file(OTHER_SID).write_text(f"{os.getppid()}\n")
     assert locks.sweep() == [SID]
-    assert locks.paths.lock_file(other).exists()
+    assert locks.paths.lock_file(OTHER_SID).exists()
 
 
 def test_locks_live_outside_the_session_base_and_stale_legacy_ones_are_swept(locks):
@@ -67,11 +70,8 @@ def test_locks_live_outside_the_session_base_and_stale_legacy_ones_are_swept(loc
     with locks.hold(SID, "create"):
         assert locks.paths.lock_file(SID).parent == locks.paths.session_locks_dir
         assert [n for n in os.listdir(locks.paths.session_base) if n.endswith(".lock")] == []
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    live = "0e5a3a59-4a8f-4c1b-9f5e-0d6b1c2a3b4c"
-    locks.paths.legacy_lock_file(SID).write_text(f"{dead.pid}\ncreate\n")
-    locks.paths.legacy_lock_file(live).write_text(f"{os.getppid()}\n")
+    locks.paths.legacy_lock_file(SID).write_text(f"{dead_pid()}\ncreate\n")
+    locks.paths.legacy_lock_file(OTHER_SID).write_text(f"{os.getppid()}\n")
     assert locks.sweep_legacy() == [SID]
-    assert not locks.paths.legacy_lock_file(SID).exists() and locks.paths.legacy_lock_file(live).exists()
-    assert not locks.is_locked(live)  # only the agent's own lock directory counts
+    assert not locks.paths.legacy_lock_file(SID).exists() and locks.paths.legacy_lock_file(OTHER_SID).exists()
+    assert not locks.is_locked(OTHER_SID)  # only the agent's own lock directory counts

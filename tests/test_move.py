@@ -6,11 +6,12 @@ stopped container so the target can make its own of the same name (convocate_age
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
@@ -43,12 +44,27 @@ def pair(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterat
             gen.close()
 
 
-async def _with_cluster(a: LocalCluster, fn):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def _shell(a: LocalCluster) -> AsyncIterator[Cluster]:
+    """The shell host's :class:`Cluster` of ``a``'s registry (both agents), closed when the block ends."""
     cluster = Cluster(a.paths)
     try:
-        return await fn(cluster)
+        yield cluster
     finally:
         await cluster.close()
+
+
+async def _create(cluster: Cluster, agent: LocalCluster, name: str, *, dns_name: str | None = None,
+                  **more: object) -> dict:
+    """Create session ``name`` on ``agent`` with 0.2 CPUs and 256 MB, and ``dns_name`` and ``more`` if given.
+
+    Returns:
+        The agent's record of the new session.
+    """
+    params: dict[str, object] = {"name": name}
+    if dns_name is not None:
+        params["dns_name"] = dns_name
+    return await cluster.client(agent.agent_id).call("create", params | {"cpus": 0.2, "memory_mb": 256} | more)
 
 
 def _containers(docker_client: docker.DockerClient, session_id: str) -> list[tuple[str, str]]:
@@ -71,9 +87,8 @@ def _seed(agent: LocalCluster, session_id: str) -> dict[str, dict[str, str]]:
 async def test_a_stopped_session_moves_byte_identical_with_its_recording(pair, tmp_path: Path) -> None:
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
-        made = await cluster.client(a.agent_id).call("create", {"name": "mv-stopped", "dns_name": "mv-stopped",
-                                                                "cpus": 0.2, "memory_mb": 256})
+    async with _shell(a) as cluster:
+        made = await _create(cluster, a, "mv-stopped", dns_name="mv-stopped")
         sid = made["uuid"]
         before = _seed(a, sid)
         err = io.StringIO()
@@ -93,15 +108,12 @@ async def test_a_stopped_session_moves_byte_identical_with_its_recording(pair, t
         assert "moving" in err.getvalue()
         await cluster.client(b.agent_id).call("delete", {"id": sid})
 
-    await _with_cluster(a, run)
-
 
 async def test_a_running_session_moves_and_runs_on_the_target(pair, tmp_path: Path, docker_client) -> None:
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
-        made = await cluster.client(a.agent_id).call("create", {"name": "mv-running", "dns_name": "mv-running",
-                                                                "cpus": 0.2, "memory_mb": 256, "start": True})
+    async with _shell(a) as cluster:
+        made = await _create(cluster, a, "mv-running", dns_name="mv-running", start=True)
         sid, port = made["uuid"], made.get("port")
         before = _seed(a, sid)
         result = await move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path, progress_out=io.StringIO())
@@ -115,19 +127,15 @@ async def test_a_running_session_moves_and_runs_on_the_target(pair, tmp_path: Pa
         await cluster.client(b.agent_id).call("kill", {"id": sid})
         await cluster.client(b.agent_id).call("delete", {"id": sid})
 
-    await _with_cluster(a, run)
-
 
 async def test_a_refused_import_rolls_back_and_the_source_runs_again(pair, tmp_path: Path, docker_client) -> None:
     """Failure before the target has a copy: its DNS name is taken there, so the import is refused."""
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
-        made = await cluster.client(a.agent_id).call("create", {"name": "mv-clash", "dns_name": "mv-clash",
-                                                                "cpus": 0.2, "memory_mb": 256, "start": True})
+    async with _shell(a) as cluster:
+        made = await _create(cluster, a, "mv-clash", dns_name="mv-clash", start=True)
         sid = made["uuid"]
-        blocker = await cluster.client(b.agent_id).call("create", {"name": "blocker", "dns_name": "mv-clash",
-                                                                   "cpus": 0.2, "memory_mb": 256})
+        blocker = await _create(cluster, b, "blocker", dns_name="mv-clash")
         with pytest.raises(Conflict):
             await move_mod.move(cluster, sid, b.agent_id, state_dir=tmp_path, progress_out=io.StringIO())
         got = await cluster.client(a.agent_id).call("get", {"id": sid})
@@ -141,15 +149,13 @@ async def test_a_refused_import_rolls_back_and_the_source_runs_again(pair, tmp_p
         await cluster.client(a.agent_id).call("kill", {"id": sid})
         await cluster.client(a.agent_id).call("delete", {"id": sid})
 
-    await _with_cluster(a, run)
-
 
 async def test_an_interrupted_move_after_the_import_is_finished_by_resume(pair, tmp_path: Path) -> None:
     """The shell died after the target verified its copy but before the journal said so."""
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
-        made = await cluster.client(a.agent_id).call("create", {"name": "mv-resume", "cpus": 0.2, "memory_mb": 256})
+    async with _shell(a) as cluster:
+        made = await _create(cluster, a, "mv-resume")
         sid = made["uuid"]
         source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
         journal = move_mod.MoveJournal(sid, "mv-resume", a.agent_id, b.agent_id, False, "stopped", 0.0)
@@ -162,8 +168,6 @@ async def test_an_interrupted_move_after_the_import_is_finished_by_resume(pair, 
         assert (await target.call("get", {"id": sid}))["name"] == "mv-resume"
         assert move_mod.read_journal(tmp_path, sid) is None
         await target.call("delete", {"id": sid})
-
-    await _with_cluster(a, run)
 
 
 def test_dry_run_prints_the_plan_and_does_nothing(pair) -> None:
@@ -188,9 +192,8 @@ async def test_killing_the_target_mid_transfer_leaves_the_source_copy_the_only_o
 
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
-        made = await cluster.client(a.agent_id).call("create", {"name": "mv-kill", "cpus": 0.2, "memory_mb": 256,
-                                                                "start": True})
+    async with _shell(a) as cluster:
+        made = await _create(cluster, a, "mv-kill", start=True)
         sid = made["uuid"]
         with open(a.paths.session_dir(sid) / "big.sparse", "wb") as f:
             f.truncate(400 << 20)  # read back as zeros: 400 MiB on the wire
@@ -219,8 +222,6 @@ async def test_killing_the_target_mid_transfer_leaves_the_source_copy_the_only_o
         await cluster.client(a.agent_id).call("kill", {"id": sid})
         await cluster.client(a.agent_id).call("delete", {"id": sid})
 
-    await _with_cluster(a, run)
-
 
 def _running_copies(docker_client: docker.DockerClient, session_id: str) -> list[str]:
     """The agents whose container of the session runs (a move must never make it two)."""
@@ -230,8 +231,7 @@ def _running_copies(docker_client: docker.DockerClient, session_id: str) -> list
 async def _stopped_for_move(cluster: Cluster, a: LocalCluster, b: LocalCluster, name: str,
                             state_dir: Path) -> tuple[str, move_mod.MoveJournal]:
     """A running session on ``a``, taken through a move's steps 1-2 (planned, stopped) as move does."""
-    made = await cluster.client(a.agent_id).call("create", {"name": name, "cpus": 0.2, "memory_mb": 256,
-                                                            "start": True})
+    made = await _create(cluster, a, name, start=True)
     sid = made["uuid"]
     journal = move_mod.MoveJournal(sid, name, a.agent_id, b.agent_id, True, "planned", 0.0)
     move_mod.write_journal(state_dir, journal)
@@ -247,7 +247,7 @@ async def test_a_shell_killed_before_the_transfer_is_rolled_back_by_resume(pair,
     """Step 2 done, step 3 never begun: the source copy is the one, and it runs again."""
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+    async with _shell(a) as cluster:
         sid, journal = await _stopped_for_move(cluster, a, b, "mv-before", tmp_path)
         assert _running_copies(docker_client, sid) == []
         where = await move_mod.finish(cluster, move_mod.read_journal(tmp_path, sid), tmp_path, lambda s: None)
@@ -258,8 +258,6 @@ async def test_a_shell_killed_before_the_transfer_is_rolled_back_by_resume(pair,
             await cluster.client(b.agent_id).call("get", {"id": sid})
         await cluster.client(a.agent_id).call("kill", {"id": sid})
         await cluster.client(a.agent_id).call("delete", {"id": sid})
-
-    await _with_cluster(a, run)
 
 
 async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_source_in_the_trash(
@@ -272,7 +270,7 @@ async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_so
     a, b = pair
     state_dir = a.paths.shell_state_dir  # where the CLI keeps its journals
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+    async with _shell(a) as cluster:
         sid, journal = await _stopped_for_move(cluster, a, b, "mv-started", state_dir)
         source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
         await move_mod.transfer(source, target, sid, io.StringIO())
@@ -300,8 +298,6 @@ async def test_a_shell_killed_after_the_start_on_the_target_finishes_with_the_so
         await target.call("kill", {"id": sid})
         await target.call("delete", {"id": sid})
 
-    await _with_cluster(a, run)
-
 
 async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_until_it_is_back(
         pair, tmp_path: Path, docker_client) -> None:
@@ -312,7 +308,7 @@ async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_u
 
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+    async with _shell(a) as cluster:
         sid, journal = await _stopped_for_move(cluster, a, b, "mv-trash", tmp_path)
         source, target = cluster.client(a.agent_id), cluster.client(b.agent_id)
         await move_mod.transfer(source, target, sid, io.StringIO())
@@ -337,8 +333,6 @@ async def test_the_source_agent_killed_during_the_trash_keeps_the_move_pending_u
         assert _running_copies(docker_client, sid) == [b.agent_id]
         await target.call("kill", {"id": sid})
         await target.call("delete", {"id": sid})
-
-    await _with_cluster(a, run)
 
 
 def test_an_attached_operator_is_detached_by_the_move_and_attached_again_on_the_target(pair, tmp_path: Path) -> None:
@@ -399,7 +393,7 @@ async def test_resume_without_a_journal_clears_a_left_move_mark(pair) -> None:
 
     a, b = pair
 
-    async def run(cluster: Cluster):  # type: ignore[no-untyped-def]
+    async with _shell(a) as cluster:
         source = cluster.client(a.agent_id)
         made = await source.call("create", {"name": "mv-left", "cpus": 0.2, "memory_mb": 256})
         sid = made["uuid"]
@@ -411,5 +405,3 @@ async def test_resume_without_a_journal_clears_a_left_move_mark(pair) -> None:
         assert (await source.call("restart", {"id": sid}))["running"] is True
         await source.call("kill", {"id": sid})
         await source.call("delete", {"id": sid})
-
-    await _with_cluster(a, run)

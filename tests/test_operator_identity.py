@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -115,6 +116,25 @@ def issue(cluster: LocalCluster, name: str, pubkey: Path, *extra: str) -> subpro
     return cluster.run_role("convocate_host", "operator-cert", "--name", name, str(pubkey), *extra)
 
 
+def certified(cluster: LocalCluster, op: Operator) -> Operator:
+    """``op`` with a certificate for their own name (:func:`issue`) and both loaded into their ssh-agent."""
+    issue(cluster, op.name, op.key.with_suffix(".pub"))
+    op.add()
+    return op
+
+
+@contextlib.contextmanager
+def agent_ca_missing(cluster: LocalCluster) -> Iterator[Path]:
+    """The agent's ``operator-ca.pub`` moved aside for the block, put back after; yields its path."""
+    ca_file = cluster.paths.agent_operator_ca
+    kept = ca_file.with_name("operator-ca.pub.kept")
+    ca_file.rename(kept)
+    try:
+        yield ca_file
+    finally:
+        kept.rename(ca_file)
+
+
 def whoami(cluster: LocalCluster, env: dict[str, str]) -> tuple[list[dict], subprocess.CompletedProcess]:
     result = subprocess.run([python(), "-m", "convocate", "whoami", "--json"], env=env, cwd=REPO, text=True,
                             capture_output=True, timeout=60)
@@ -193,18 +213,11 @@ def test_a_refused_claim_is_one_warning_and_the_command_works(ca_cluster: LocalC
                                                               operators: dict[str, Operator]):
     """The agent lacks its operator-ca.pub: `convocate ls` warns once, naming the file, and succeeds."""
     cluster = ca_cluster
-    alice = operators["alice"]
-    issue(cluster, "alice", alice.key.with_suffix(".pub"))
-    alice.add()
-    ca_file = cluster.paths.agent_operator_ca
-    kept = ca_file.with_name("operator-ca.pub.kept")
-    ca_file.rename(kept)
-    try:
+    alice = certified(cluster, operators["alice"])
+    with agent_ca_missing(cluster) as ca_file:
         ls = subprocess.run([python(), "-m", "convocate", "ls"], env=alice.env(cluster), cwd=REPO, text=True,
                             capture_output=True, timeout=60)
         rows, _ = whoami(cluster, alice.env(cluster))
-    finally:
-        kept.rename(ca_file)
     assert ls.returncode == 0, ls.stderr
     warnings = [line for line in ls.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and str(ca_file) in warnings[0], ls.stderr
@@ -450,14 +463,8 @@ def test_the_tui_shows_a_refused_claim_on_its_status_line(ca_cluster: LocalClust
     from tests.test_tui import TUI
 
     cluster = ca_cluster
-    alice = operators["alice"]
-    issue(cluster, "alice", alice.key.with_suffix(".pub"))
-    alice.add()
-    ca_file = cluster.paths.agent_operator_ca
-    kept = ca_file.with_name("operator-ca.pub.kept")
-    ca_file.rename(kept)
-    term = TUI(alice.env(cluster))
-    try:
+    alice = certified(cluster, operators["alice"])
+    with agent_ca_missing(cluster), TUI(alice.env(cluster)) as term:
         term.open(cols=200)
         term.wait_for(f"agent {cluster.agent_id}: operator identity refused")
         screen = term.screen()
@@ -465,9 +472,6 @@ def test_the_tui_shows_a_refused_claim_on_its_status_line(ca_cluster: LocalClust
         assert "ACCESSED" in screen
         term.keys("q")
         term.wait_for("EXIT=0")
-    finally:
-        term.close()
-        kept.rename(ca_file)
 
 
 async def test_the_client_claim_never_raises(tmp_path: Path):
@@ -506,8 +510,7 @@ def test_the_audit_names_the_operator_who_did_each_action(ca_cluster: LocalClust
     """alice creates a session and types into it, bob kills and deletes it; the trail says who did which."""
     cluster = ca_cluster
     for op in operators.values():
-        issue(cluster, op.name, op.key.with_suffix(".pub"))
-        op.add()
+        certified(cluster, op)
     alice, bob = operators["alice"], operators["bob"]
     made = _cli(alice, cluster, "new", "audited-by-name", "--cpus", "0.1", "--memory", "128", "--json")
     assert made.returncode == 0, made.stderr

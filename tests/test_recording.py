@@ -17,7 +17,7 @@ import pytest
 from convocate.common.paths import Paths
 from convocate_agent.controlmode import ControlParser, layout_size, screen_event, unescape
 from convocate_agent.recorderset import RecorderSet
-from tests.conftest import connect, rpc_ok
+from tests.conftest import connect, rpc_ok, wait_for
 from tests.test_agent_attach import detach, open_attach
 
 HOME_ENV = {"HOME": "/home/claude"}
@@ -96,14 +96,8 @@ def texts(cluster, sid: str, code: str = "o") -> str:
 
 
 async def until(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        await asyncio.sleep(0.2)
+    """:func:`tests.conftest.wait_for` polling every 0.2 s, off the event loop."""
+    return await asyncio.to_thread(wait_for, predicate, what, timeout, 0.2)
 
 
 async def call(cluster, op, params):

@@ -26,8 +26,8 @@ from convocate.common import asciicast, keys, messages
 from convocate.common.framing import MAX_LINE_BYTES
 from convocate.player import END_TITLE
 from convocate.registry import register_agent
-from tests.conftest import connect, rpc, rpc_ok
-from tests.harness import REPO, LocalCluster, python, remove_containers
+from tests.conftest import connect, make_cluster, rpc, rpc_ok
+from tests.harness import REPO, LocalCluster, python
 from tests.test_cli import Terminal
 from tests.test_tui import TUI
 
@@ -38,12 +38,7 @@ T0 = 1_795_000_000.0  # 2026-11-18T...Z
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, session_image: str) -> Iterator[LocalCluster]:
-    c = LocalCluster(root=tmp_path_factory.mktemp("replay"), image=session_image, status=True)
-    c.install()
-    c.start()
-    yield c
-    c.stop_all()
-    remove_containers(c.root)
+    yield from make_cluster(tmp_path_factory.mktemp("replay"), session_image, status=True)
 
 
 def cli(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:

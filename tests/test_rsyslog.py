@@ -32,6 +32,7 @@ from convocate.common import syslog as common_syslog
 from convocate.common.errors import ConfigError
 from convocate.common.paths import Paths
 from convocate_host import pki, rsyslog
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 LOGROTATE_FILE = REPO / "packaging" / "logrotate" / "convocate-agent-logs"
@@ -42,17 +43,6 @@ SESSION = "7f9df71a-dcaf-4e56-bb1d-6e1fe44e9a91"
 BASE_IMAGE = "convocate-base:bookworm"
 TEST_LABEL = {"convocate.test": "rsyslog"}
 WAIT_S = 20.0
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def docker_datagram(line: str, *, session: str = SESSION, severity: int = 6) -> bytes:

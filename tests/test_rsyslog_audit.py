@@ -22,7 +22,8 @@ from convocate.common.paths import CLAUDE_UID
 from convocate_agent.audit import AuditLog
 from convocate_host import rsyslog
 from tests import test_rsyslog
-from tests.test_rsyslog import AGENT, REPO, Cluster, docker_datagram, wait_for
+from tests.conftest import wait_for
+from tests.test_rsyslog import AGENT, REPO, Cluster, docker_datagram
 
 # The two real rsyslogd of test_rsyslog, as fixtures of this module too.
 short_root = test_rsyslog.short_root

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import connect, rpc_ok
-from tests.harness import REPO, LocalCluster, python, remove_containers
+from tests.conftest import connect, make_cluster, rpc_ok
+from tests.harness import REPO, python
 from tests.test_status import Subscriber
 
 pytestmark = pytest.mark.docker
@@ -17,12 +17,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, session_image):
-    c = LocalCluster(root=tmp_path_factory.mktemp("activity"), image=session_image, status=True)
-    c.install()
-    c.start()
-    yield c
-    c.stop_all()
-    remove_containers(c.root)
+    yield from make_cluster(tmp_path_factory.mktemp("activity"), session_image, status=True)
 
 
 def activity(kind: str, sid: str, detail: str | None = None):
@@ -41,6 +36,13 @@ async def started(ssh, name: str, cpus: float = 0.1, memory_mb: int = 160) -> st
             return made["uuid"]
         await asyncio.sleep(0.05)
     raise AssertionError("the stand-in did not start")
+
+
+def kill_and_delete(cluster, names) -> None:
+    """``convocate kill NAME`` then ``convocate delete NAME``, for each of ``names`` in turn."""
+    for name in names:
+        cluster.run_role("convocate", "kill", name)
+        cluster.run_role("convocate", "delete", name)
 
 
 async def test_activity_follows_hooks_and_mcp_tools(cluster):
@@ -151,8 +153,7 @@ def test_the_tui_marks_a_waiting_session_and_jumps_to_it(cluster):
     # live (once, in CI, its report never came within the 60 s below). It gets room; the others stay small.
     for name, cpus, memory in (("calm-one", "0.1", "100"), ("asker", "0.5", "256"), ("calm-two", "0.1", "100")):
         cluster.run_role("convocate", "new", name, "--cpus", cpus, "--memory", memory)
-    tui = TUI(cluster.env)
-    try:
+    with TUI(cluster.env) as tui:
         tui.open(cols=170)  # room for the question after the row
         tui.wait_state("asker", "R")
         for name in ("calm-one", "asker", "calm-two"):
@@ -167,9 +168,5 @@ def test_the_tui_marks_a_waiting_session_and_jumps_to_it(cluster):
         tui.wait_for("> /ask Shall I push?")
         tui.keys("C-b", "d")
         tui.wait_for("detached from asker")
-    finally:
-        tui.close()
-    for name in ("calm-one", "asker", "calm-two"):
-        cluster.run_role("convocate", "kill", name)
-        cluster.run_role("convocate", "delete", name)
+    kill_and_delete(cluster, ("calm-one", "asker", "calm-two"))
 

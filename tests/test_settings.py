@@ -19,6 +19,11 @@ def test_partial_update_round_trips_through_the_file(tmp_path):
     assert load_settings(path) == s and isinstance(s.default_cpus, float)
 
 
+def _work_dirs(fragment: str, *values: str) -> list[tuple[dict, str]]:
+    """Cases of a bad ``work_dir`` (one per value), each refused with ``fragment`` in the message."""
+    return [({"work_dir": value}, fragment) for value in values]
+
+
 @pytest.mark.parametrize("changes, fragment", [
     ({"nope": 1}, 'unknown field "nope"'),
     ({"default_cpus": "1"}, "must be a number"),
@@ -33,17 +38,10 @@ def test_partial_update_round_trips_through_the_file(tmp_path):
     ({"skip_permissions": 1}, 'field "skip_permissions" must be a boolean'),
     ({"skip_permissions": "true"}, "must be a boolean"),
     ({"work_dir": 5}, 'field "work_dir" must be a string'),
-    ({"work_dir": "work"}, "absolute, normalised path"),
-    ({"work_dir": "/home/claude/work/"}, "absolute, normalised path"),
-    ({"work_dir": "/home/claude//work"}, "absolute, normalised path"),
-    ({"work_dir": "/home/claude/./work"}, "absolute, normalised path"),
-    ({"work_dir": "/home/claude/../etc"}, "absolute, normalised path"),
-    ({"work_dir": "/home/claude/a/.."}, "absolute, normalised path"),
-    ({"work_dir": "//home/claude/work"}, "/home/claude or a directory below it"),
-    ({"work_dir": "/home/claudette"}, "/home/claude or a directory below it"),
-    ({"work_dir": "/etc"}, "/home/claude or a directory below it"),
-    ({"work_dir": "/home/claude/a\x00b"}, "NUL or other control characters"),
-    ({"work_dir": "/home/claude/a\nb"}, "NUL or other control characters"),
+    *_work_dirs("absolute, normalised path", "work", "/home/claude/work/", "/home/claude//work",
+                "/home/claude/./work", "/home/claude/../etc", "/home/claude/a/.."),
+    *_work_dirs("/home/claude or a directory below it", "//home/claude/work", "/home/claudette", "/etc"),
+    *_work_dirs("NUL or other control characters", "/home/claude/a\x00b", "/home/claude/a\nb"),
     ({"work_dir": "/home/claude/\udc80"}, "valid UTF-8"),
     ({"work_dir": "/home/claude/" + "é" * 122}, "at most 255 bytes"),  # 13 + 244 bytes
 ])

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from convocate.common import messages
-from tests.harness import REPO, LocalCluster, python, remove_containers
+from tests.conftest import make_cluster
+from tests.harness import REPO, LocalCluster, python
 from tests.test_cli import Terminal
 
 pytestmark = pytest.mark.docker
@@ -17,12 +18,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, session_image):
-    c = LocalCluster(root=tmp_path_factory.mktemp("tui"), image=session_image, status=True)
-    c.install()
-    c.start()
-    yield c
-    c.stop_all()
-    remove_containers(c.root)
+    yield from make_cluster(tmp_path_factory.mktemp("tui"), session_image, status=True)
 
 
 def cli(cluster, *args):
@@ -91,9 +87,8 @@ class TUI(Terminal):
 
 @pytest.fixture
 def tui(cluster):
-    term = TUI(cluster.env)
-    yield term
-    term.close()
+    with TUI(cluster.env) as term:
+        yield term
 
 
 def test_table_shows_sessions_with_their_states_and_live_events(cluster, tui):

@@ -21,7 +21,8 @@ import pytest
 
 from convocate.common.paths import Paths
 from convocate_host import pki, rsyslog
-from tests.test_rsyslog import GTLS_DRIVER, RSYSLOGD, Rsyslogd, _write, frame, free_port, tls_send, wait_for
+from tests.conftest import wait_for
+from tests.test_rsyslog import GTLS_DRIVER, RSYSLOGD, Rsyslogd, _write, frame, free_port, tls_send
 
 AGENT_A = "aaaa1111"
 AGENT_B = "bbbb2222"

@@ -20,8 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import connect, rpc, rpc_ok
-from tests.harness import LocalCluster, remove_containers
+from tests.conftest import connect, make_cluster, rpc, rpc_ok
 from tests.systemd_hosts import DOCKER
 from tests.test_status import Subscriber, event
 
@@ -32,12 +31,7 @@ CPUS, MEMORY_MB = 0.25, 128
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, session_image):
-    c = LocalCluster(root=tmp_path_factory.mktemp("sec-record"), image=session_image, status=True)
-    c.install()
-    c.start()
-    yield c
-    c.stop_all()
-    remove_containers(c.root)
+    yield from make_cluster(tmp_path_factory.mktemp("sec-record"), session_image, status=True)
 
 
 def in_session(sid: str, script: str) -> str:
