@@ -36,7 +36,16 @@ import asyncssh
 
 from convocate.common import messages
 from convocate.common.errors import BadRequest, ConvocateError, InternalError, ProtocolError
-from convocate.common.framing import MAX_LINE_BYTES, LineDecoder, LineTooLong, encode_line, read_frame_batches
+from convocate.common.framing import (
+    MAX_LINE_BYTES,
+    EncodedObject,
+    LineDecoder,
+    LineTooLong,
+    encode_line,
+    encode_value,
+    finish_line,
+    read_frame_batches,
+)
 from convocate.common.ops import PARAMS, OpParams, decode_request
 from convocate.common.ops.params import AuditReadParams
 from convocate.common.protocol import NO_ID, Request, Response
@@ -260,12 +269,12 @@ def _render(response: Response) -> bytes:
     large to echo back is the client's (``bad_request``, sent without the id).
     """
     try:
-        return encode_line(response.to_wire())
+        return _encode(response)
     except ProtocolError as e:
         too_long = e
     if response.id is not NO_ID:
         try:
-            encode_line(replace(response, id=NO_ID).to_wire())
+            _encode(replace(response, id=NO_ID))
         except ProtocolError:
             pass
         else:  # the echo alone is what does not fit
@@ -276,6 +285,30 @@ def _render(response: Response) -> bytes:
         return encode_line(failure.to_wire())
     except ProtocolError:
         return encode_line(replace(failure, id=NO_ID).to_wire())
+
+
+#: How every success line with an array result begins (``Response.to_wire``: ``ok``, then ``result``).
+_ARRAY_RESULT_HEAD = b'{"ok":true,"result":['
+
+
+def _encode(response: Response) -> bytes:
+    """``encode_line(response.to_wire())``, byte for byte.
+
+    A result that is an array of :class:`~convocate.common.framing.EncodedObject` (``list``'s session
+    views, kept by ``convocate_agent.state``) is not encoded again: its elements' kept bytes are joined
+    into the line, as the encoder would have written them (``[``, the elements, ``,`` between, ``]``).
+    Encoding 500 views took 4-7 ms of a ``list``'s answer (docs/benchmarks.md); the join takes ~0.1 ms.
+
+    Raises:
+        ProtocolError: the line exceeds :data:`MAX_LINE_BYTES`.
+    """
+    result = response.result
+    if response.ok and type(result) is list and result and all(type(item) is EncodedObject for item in result):
+        parts = [item.encoded() for item in result]
+        envelope = encode_value(Response.success([], response.id).to_wire())  # `{"ok":true,"result":[]...}`
+        if envelope is not None and envelope.startswith(_ARRAY_RESULT_HEAD) and all(p is not None for p in parts):
+            return finish_line(b"".join((_ARRAY_RESULT_HEAD, b",".join(parts), envelope[len(_ARRAY_RESULT_HEAD):])))  # type: ignore[arg-type]
+    return encode_line(response.to_wire())
 
 
 async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: Caller | str,

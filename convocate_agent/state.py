@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from convocate.common import messages
 from convocate.common.errors import ConfigError, NotFound
+from convocate.common.framing import EncodedObject
 from convocate.common.model import SessionMeta, validate_uuid
 from convocate.common.timefmt import now_ns
 from convocate_agent.runtime import (
@@ -84,7 +85,7 @@ class SessionState:
         self._live = False  # the container map follows the event stream
         self._resync: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
-        self._wire: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._wire: dict[str, tuple[tuple[Any, ...], EncodedObject]] = {}
         store.add_listener(self._on_store)
 
     # --- metadata -----------------------------------------------------------------------
@@ -323,11 +324,23 @@ class SessionState:
 
     # --- wire views --------------------------------------------------------------------
     def cached_wire(self, key: tuple[Any, ...], session_id: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The session's wire view for ``key`` (what it is derived from), built only when ``key`` changed."""
+        """The session's wire view for ``key`` (what it is derived from), built only when ``key`` changed.
+
+        Args:
+            key: Every input of the view (the caller's to make complete: a view is served while its key
+                compares equal).
+            session_id: The session.
+            build: Makes the view; called only on a miss.
+
+        Returns:
+            An :class:`~convocate.common.framing.EncodedObject`, the same object while ``key`` holds: its
+            JSON is encoded once, and a ``list`` answer joins those bytes (``convocate_agent.rpc``). It
+            must not be changed.
+        """
         cached = self._wire.get(session_id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        wire = build()
+        wire = EncodedObject(build())
         self._wire[session_id] = (key, wire)
         return wire
 

@@ -192,15 +192,59 @@ def encode_line(obj: Any) -> bytes:
     Raises:
         ProtocolError: the rendering exceeds :data:`MAX_LINE_BYTES`.
     """
-    try:
-        data = _ENCODER.encode(obj).encode("utf-8")
-    except UnicodeEncodeError:
+    data = encode_value(obj)
+    if data is None:
         # A lone surrogate (from a "\ud800" escape a peer sent) has no UTF-8 form; escaped,
         # it is still JSON (RFC 8259 §7), so the line can carry it back.
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return finish_line(data)
+
+
+def encode_value(obj: Any) -> bytes | None:
+    """``obj`` as :func:`encode_line` renders it within a line: compact JSON in UTF-8, no newline.
+
+    Args:
+        obj: A JSON-serialisable value.
+
+    Returns:
+        The bytes, or None when a string in ``obj`` holds a lone surrogate (no UTF-8 form:
+        :func:`encode_line` then escapes the whole line as ASCII).
+    """
+    try:
+        return _ENCODER.encode(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+def finish_line(data: bytes) -> bytes:
+    """One rendered JSON value (:func:`encode_value`'s bytes, or a join of them) as a line.
+
+    Raises:
+        ProtocolError: ``data`` exceeds :data:`MAX_LINE_BYTES`.
+    """
     if len(data) > MAX_LINE_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit")
     return data + b"\n"
+
+
+class EncodedObject(dict):  # type: ignore[type-arg]
+    """A JSON object (a dict) that keeps its :func:`encode_value` bytes once asked for them.
+
+    For a value sent unchanged many times (the agent's session views, issue 17): a line
+    that carries it can join the kept bytes instead of encoding the object again. Whoever
+    builds one must not change it afterwards; a changed value is a new object.
+    """
+
+    __slots__ = ("_encoded",)
+    _encoded: bytes | None
+
+    def encoded(self) -> bytes | None:
+        """The object's :func:`encode_value` bytes, made on the first call (None: a lone surrogate)."""
+        try:
+            return self._encoded
+        except AttributeError:
+            self._encoded = encode_value(self)
+            return self._encoded
 
 
 def decode_object(line: bytes, what: str = "request",
