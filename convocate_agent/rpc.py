@@ -302,13 +302,25 @@ def _encode(response: Response) -> bytes:
     Raises:
         ProtocolError: the line exceeds :data:`MAX_LINE_BYTES`.
     """
-    result = response.result
-    if response.ok and type(result) is list and result and all(type(item) is EncodedObject for item in result):
-        parts = [item.encoded() for item in result]
-        envelope = encode_value(Response.success([], response.id).to_wire())  # `{"ok":true,"result":[]...}`
-        if envelope is not None and envelope.startswith(_ARRAY_RESULT_HEAD) and all(p is not None for p in parts):
-            return finish_line(b"".join((_ARRAY_RESULT_HEAD, b",".join(parts), envelope[len(_ARRAY_RESULT_HEAD):])))  # type: ignore[arg-type]
+    parts = _kept_encodings(response.result) if response.ok else None
+    if parts is not None:
+        envelope = encode_value(Response.success([], response.id).to_wire())  # {"ok":true,"result":[]...}
+        if envelope is not None and envelope.startswith(_ARRAY_RESULT_HEAD):
+            return finish_line(b"".join((_ARRAY_RESULT_HEAD, b",".join(parts), envelope[len(_ARRAY_RESULT_HEAD):])))
     return encode_line(response.to_wire())
+
+
+def _kept_encodings(result: Any) -> list[bytes] | None:
+    """The kept bytes of each element of a non-empty array of :class:`EncodedObject`, else None."""
+    if type(result) is not list or not result:
+        return None
+    parts: list[bytes] = []
+    for item in result:
+        encoded = item.encoded() if type(item) is EncodedObject else None
+        if encoded is None:  # not a kept object, or one with a lone surrogate (the line goes out as ASCII)
+            return None
+        parts.append(encoded)
+    return parts
 
 
 async def serve_rpc_channel(process: asyncssh.SSHServerProcess, dispatcher: RpcDispatcher, caller: Caller | str,
