@@ -18,6 +18,7 @@ from convocate.common.attachheader import AttachHeader
 from convocate.common.errors import InternalError, ProtocolError
 from convocate.common.framing import MAX_LINE_BYTES, EncodedObject, encode_line
 from convocate.common.model import SessionMeta, SessionView
+from convocate.common.ops.params import ListParams
 from convocate.common.paths import Paths
 from convocate.common.protocol import NO_ID, Response
 from convocate_agent.admission import HostResources
@@ -242,8 +243,8 @@ def test_a_deleted_session_leaves_the_list(service):
 def test_an_unchanged_session_is_served_from_the_same_kept_view(service):
     async def scenario():
         a, _ = await two_sessions(service)
-        first = (await service.list({}))
-        second = (await service.list({}))
+        first = await service.list(ListParams())
+        second = await service.list(ListParams())
         assert all(type(v) is EncodedObject for v in first)
         assert [id(v) for v in first] == [id(v) for v in second]
 
