@@ -174,9 +174,15 @@ class SessionState:
             return list(self._metas.values())
 
     def broken(self) -> dict[str, str]:
-        """UUID → reason of the sessions whose record could not be used."""
-        self._ensure_loaded()
-        return dict(self._broken)
+        """UUID → reason of the sessions whose record could not be used.
+
+        As the last :meth:`metas` or :meth:`meta` found the records directory: ``list`` asks right after
+        :meth:`metas`, so a directory that just changed is listed once per ``list``, not twice.
+        """
+        if not self._loaded:
+            self.reload()
+        with self._lock:
+            return dict(self._broken)
 
     def _put(self, meta: SessionMeta) -> bool:
         with self._lock:

@@ -99,12 +99,13 @@ class SessionStore(SessionTrash):
             listener(kind, session_id, meta)
 
     # --- reading -------------------------------------------------------------------
-    def _record_ids(self, directory: Path) -> list[str]:
+    def _record_ids(self, directory: Path, skip: Collection[str] = ()) -> list[str]:
+        """UUIDs of the records in ``directory``, sorted, apart from ``skip`` (dropped before the UUID check)."""
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             return []
-        return sorted(n[:-5] for n in names if n.endswith(".json") and is_uuid4(n[:-5]))
+        return sorted(n[:-5] for n in names if n.endswith(".json") and n[:-5] not in skip and is_uuid4(n[:-5]))
 
     def _home_exists(self, session_id: str) -> bool:
         try:
@@ -120,9 +121,8 @@ class SessionStore(SessionTrash):
                 ``lstat`` each otherwise; the in-memory state asks after every change of the
                 records directory, so this keeps its reads from touching every home).
         """
-        skip = set(excluding)
-        return [sid for sid in self._record_ids(self.paths.session_records_dir)
-                if sid not in skip and self._home_exists(sid)]
+        return [sid for sid in self._record_ids(self.paths.session_records_dir, set(excluding))
+                if self._home_exists(sid)]
 
     def exists(self, session_id: str) -> bool:
         return self.paths.session_record(session_id).is_file() and self._home_exists(session_id)

@@ -296,3 +296,21 @@ def test_a_joined_line_over_the_limit_is_the_same_error():
         plain(response)
     expected = encode_line(Response.failure(InternalError(f"result too large: {too_long.value}"), 9).to_wire())
     assert _render(response) == expected
+
+
+def test_records_written_from_outside_are_listed_and_a_broken_one_is_logged_at_once(service, caplog):
+    async def scenario():
+        a, b = await two_sessions(service)
+        paths = service.paths
+        good, bad = "1b4e28ba-2fa1-41d2-883f-0016d3cca427", "6fa459ea-ee8a-4ca4-894e-db77e160355e"
+        for sid in (good, bad):
+            paths.session_dir(sid).mkdir(parents=True)
+        record = service.state.meta(a).with_changes(uuid=good, name="from outside").to_json()
+        paths.session_record(good).write_text(json.dumps(record))
+        paths.session_record(bad).write_text("{not json")
+        with caplog.at_level("WARNING", logger="convocate_agent.service"):
+            listed_now = await listed(service)
+        assert set(listed_now) == {a, b, good} and listed_now[good]["name"] == "from outside"
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"skipping session {bad}"]
+
+    asyncio.run(scenario())
