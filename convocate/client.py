@@ -35,7 +35,7 @@ from convocate.common.errors import (
 from convocate.common.framing import encode_line, read_frames
 from convocate.common.ops.base import OpParams, run_op
 from convocate.common.paths import Paths
-from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM, Request, Response
+from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_MAX_PKTSIZE, RPC_SUBSYSTEM, Request, Response
 from convocate.common.sshclient import CONNECT_TIMEOUT_S, connect_pinned
 from convocate.operator import OperatorClaim, claim
 from convocate.registry import AgentRecord, load_agent
@@ -350,8 +350,9 @@ class AgentClient:
             Unreachable: no connection, or the agent refused the channel.
         """
         conn = conn or await self.connect()
+        options = {"max_pktsize": RPC_MAX_PKTSIZE} if subsystem == RPC_SUBSYSTEM else {}
         try:
-            process = await conn.create_process(subsystem=subsystem, encoding=None)
+            process = await conn.create_process(subsystem=subsystem, encoding=None, **options)
         except (OSError, asyncssh.Error) as e:
             await self._drop()
             raise self._unreachable(e) from e

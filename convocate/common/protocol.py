@@ -31,6 +31,12 @@ STATUS_SUBSYSTEM = "convocate-status"
 #: A session's home moving between agents, through the shell (issue 18; convocate_agent/transfer.py).
 TRANSFER_SUBSYSTEM = "convocate-agent-transfer"
 
+#: Largest SSH packet, in bytes, a client lets the agent send it on an RPC channel (the channel's
+#: ``max_pktsize``, RFC 4254 §5.1). asyncssh's default, 32 KiB, cuts a ``list`` of 500 (187 kB) into
+#: six packets, each some Python work at both ends; 256 KiB took 0.55 ms off that list's p50 and more
+#: than half off its p99 (docs/benchmarks.md). The window stays asyncssh's (2 MiB).
+RPC_MAX_PKTSIZE = 256 << 10
+
 #: Exit statuses of an attach channel (the SSH ``exit-status`` request, RFC 4254 §6.10): 0 when
 #: tmux's client ended (the operator detached, or the session is over); 75 (EX_TEMPFAIL) when the
 #: agent is stopping under the operator, who may attach again; 3 when the operator was detached

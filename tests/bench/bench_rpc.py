@@ -4,7 +4,8 @@ Two ways of driving it. Channel per call: one connection, one new channel
 per request, the original clients' way (DESIGN §2). Held channel: one channel
 kept open, one request line with an ``id`` at a time, the answer line read
 before the next is sent (``convocate_agent.rpc``; what ``AgentClient`` does
-for its reads), measured both raw and through ``AgentClient.call``. The floors
+for its reads), measured both raw and through ``AgentClient.call``; every
+channel, the floors' too, with the clients' ``RPC_MAX_PKTSIZE``. The floors
 are a bare asyncssh echo subsystem served by the same listener code, driven
 the same two ways, so the difference is what the agent's request handling
 costs. ``list`` of 500 (some 190 kB) is also set against the same listener
@@ -25,7 +26,7 @@ import asyncssh
 from convocate.client import AgentClient
 from convocate.common import keys
 from convocate.common.framing import encode_line
-from convocate.common.protocol import RPC_SUBSYSTEM
+from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
 from convocate.common.sshserver import SubsystemListener
 from convocate.registry import load_agent
 from tests.bench.common import Figure, percentile, scratch_cluster
@@ -36,7 +37,7 @@ ROUNDS = 300
 
 async def _ask(conn: asyncssh.SSHClientConnection, subsystem: str, line: bytes) -> bytes:
     """One request on a new channel: the line, EOF, everything the channel answers."""
-    process = await conn.create_process(subsystem=subsystem, encoding=None)
+    process = await conn.create_process(subsystem=subsystem, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
     process.stdin.write(line)
     process.stdin.write_eof()
     out = await process.stdout.read()
@@ -56,7 +57,7 @@ async def _round_trips(conn: asyncssh.SSHClientConnection, subsystem: str, line:
 
 async def _held_round_trips(conn: asyncssh.SSHClientConnection, subsystem: str, op: str, rounds: int) -> list[float]:
     """``rounds`` requests on one channel, each answered before the next is written."""
-    process = await conn.create_process(subsystem=subsystem, encoding=None)
+    process = await conn.create_process(subsystem=subsystem, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
     times = []
     try:
         for i in range(rounds):
