@@ -3,8 +3,9 @@
 Every convocate subsystem carries lines of at most :data:`MAX_LINE_BYTES`. :class:`LineDecoder`
 splits a byte stream into lines without touching a socket; :func:`read_frames` drives it from any
 reader with an ``async read(n)``; :func:`encode_line` and :func:`decode_object` are the one JSON
-encoder and decoder of the wire (no NaN or Infinity: RFC 8259 has none). The messages carried in
-those lines are :mod:`convocate.common.protocol`'s.
+encoder and decoder of the wire (no NaN or Infinity: RFC 8259 has none); :func:`encode_value` is that
+encoder's rendering of a value inside a line, which :class:`EncodedObject` keeps for a dict sent many
+times. The messages carried in those lines are :mod:`convocate.common.protocol`'s.
 """
 
 from __future__ import annotations
