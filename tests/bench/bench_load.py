@@ -5,7 +5,9 @@ Figures, each beside a baseline of the same run:
 - read p50/p99 (``get``, ``list``, ``ping`` on channels of their own) while 20 clients create (a third
   started), delete, clone, kill and restart for :data:`DURATION_S`, beside ``ping`` on the same agent
   with nothing else running; and ``get``, ``list`` alone beside the ``ping`` requests of the same load
-  (what reading the sessions adds, with the machine's and SSH's share taken out);
+  (what reading the sessions adds, with the machine's and SSH's share taken out); and the same
+  reads in turn on one held channel of one more client, as the TUI and the CLI read, beside a held
+  channel's ``ping`` with nothing else running;
 - lifecycle ops per second under that load, beside a direct docker-SDK loop of the same Docker work
   (create + start + stop + remove of a stand-in container, as many as the started creates and
   restarts made), run alone: what dockerd itself takes;
@@ -25,7 +27,9 @@ from pathlib import Path
 
 import docker
 
+from convocate.common.framing import encode_line
 from convocate.common.fsutil import atomic_write, fsync_dir
+from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
 from tests.bench.common import Figure, percentile, scratch_cluster
 from tests.conftest import connect, rpc, rpc_ok
 
@@ -85,6 +89,26 @@ async def _load(cluster, seeds: list[str]) -> tuple[dict[str, list[float]], int,
     return reads, done["life"], done["starts"], time.monotonic() - started
 
 
+async def _held(cluster, requests: list[tuple[str, dict]], *, rounds: int = 0, until: float = 0.0) -> list[float]:
+    """Round trips (ms) of ``requests`` in turn on one held RPC channel, each answered before the next is
+    written: how the TUI and the CLI read (``convocate.client.HELD_OPS``). Stops after ``rounds``, or
+    at ``until`` (``time.monotonic``)."""
+    times: list[float] = []
+    async with connect(cluster) as conn:
+        process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
+        try:
+            while len(times) < rounds or time.monotonic() < until:
+                op, params = requests[len(times) % len(requests)]
+                started = time.perf_counter()
+                process.stdin.write(encode_line({"op": op, "params": params, "id": len(times)}))
+                answer = await process.stdout.readline()
+                times.append((time.perf_counter() - started) * 1000)
+                assert answer.startswith(b'{"ok":true'), answer
+        finally:
+            process.close()
+    return times
+
+
 def _docker_floor(image: str, count: int, root: Path) -> float:
     """Seconds dockerd takes for ``count`` create + start + stop + remove of the image, one after the other."""
     client = docker.from_env()
@@ -133,12 +157,17 @@ def run(image: str) -> list[Figure]:
                     creates.append(ms)
                 ping_after = [(await _one(conn, "ping", {}))[0] for _ in range(100)]
                 seeds = [s["uuid"] for s in await rpc_ok(conn, "list")][:20]
+                watched = (await rpc_ok(conn, "create", {"name": "watched"}))["uuid"]  # no load client knows it
+            held_alone = await _held(cluster, [("ping", {})], rounds=200)
             figures.append(Figure("create without start, mean", "ms", statistics.mean(creates),
                                   statistics.mean(ping_after), "rpc ping on the same connection"))
             figures.append(Figure("create without start, mean", "ms", statistics.mean(creates),
                                   statistics.mean(ping_after) + _write_floor(),
                                   "rpc ping + record write/fsync + 2 dir fsyncs"))
+            held_reads = asyncio.create_task(_held(cluster, [("get", {"id": watched}), ("list", {}), ("ping", {})],
+                                                   until=time.monotonic() + DURATION_S))
             reads, life, starts, seconds = await _load(cluster, seeds)
+            held = await held_reads
             every_read = [ms for op in READ_OPS for ms in reads[op]]
             for q in (0.5, 0.99):
                 figures.append(Figure(f"read p{int(q * 100)} under 20 clients' lifecycle ops", "ms",
@@ -148,6 +177,9 @@ def run(image: str) -> list[Figure]:
                 for q in (0.5, 0.99):
                     figures.append(Figure(f"{op} p{int(q * 100)} under load", "ms", percentile(reads[op], q),
                                           percentile(reads["ping"], q), "rpc ping under the same load"))
+            for q in (0.5, 0.99):
+                figures.append(Figure(f"read p{int(q * 100)} on a held channel under load", "ms", percentile(held, q),
+                                      percentile(held_alone, q), "ping on a held channel, nothing else running"))
             figures.append(Figure("lifecycle ops/s under load", "ops/s", life / seconds, None, "", False))
             floor = await asyncio.to_thread(_docker_floor, image, max(1, starts), cluster.root)
             figures.append(Figure("lifecycle: seconds of load run", "s", seconds, floor,
