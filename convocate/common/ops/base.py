@@ -155,10 +155,7 @@ def decode_request(op: str, params: dict[str, Any]) -> OpParams[Any]:
     Raises:
         BadRequest: ``unknown op: "<op>"``, or ``decode params: ...`` naming the first offending field.
     """
-    cls = PARAMS.get(op)
-    if cls is None:
-        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
-    return cls.decode(params)
+    return _registered(op).decode(params)
 
 
 def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -176,9 +173,7 @@ def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
         BadRequest: ``unknown op: "<op>"``, or ``decode params: ...`` naming
             the first offending field.
     """
-    cls = PARAMS.get(op)
-    if cls is None:
-        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
+    cls = _registered(op)
     spec = cls.SPEC
     if spec is None:
         return dict(params)
@@ -198,6 +193,18 @@ def decode_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
     except BadRequest as e:
         raise BadRequest(messages.DECODE_PARAMS.format(detail=e.message)) from e
     return out
+
+
+def _registered(op: str) -> type[OpParams[Any]]:
+    """``op``'s params class.
+
+    Raises:
+        BadRequest: ``unknown op: "<op>"``.
+    """
+    cls = PARAMS.get(op)
+    if cls is None:
+        raise BadRequest(messages.UNKNOWN_OP.format(op=op))
+    return cls
 
 
 def _checked(p: Param, value: Any) -> Any:

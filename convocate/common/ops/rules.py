@@ -32,11 +32,11 @@ RECORDING_READ_MAX = 256 * 1024
 RECORDING_READ_DEFAULT = 256 * 1024
 #: Largest ``max_matches`` of ``recording_grep``, and its longest pattern (characters).
 GREP_MATCHES_MAX = 10_000
+GREP_PATTERN_MAX = 1000
 #: ``recording_grep``'s ``max_matches`` when left out.
 GREP_MATCHES_DEFAULT = 1000
 #: Records one ``audit_read`` answer holds at most: its ``max`` default and ceiling.
 AUDIT_READ_MAX = 1000
-GREP_PATTERN_MAX = 1000
 #: Bounds of a per-session CPU limit, in cores.
 CPUS_MIN, CPUS_MAX = 0.01, 1024.0
 #: Bounds of a per-session memory limit, in MiB. Docker refuses less than 6 MiB.
@@ -131,7 +131,6 @@ def check_trash_id(value: str) -> str:
     return value
 
 
-
 def check_audit_page(decoded: dict[str, Any]) -> None:
     """``audit_read``'s ranges: ``max`` 1 to :data:`AUDIT_READ_MAX`, ``after_seq`` >= 0 (in that order).
 
@@ -142,12 +141,12 @@ def check_audit_page(decoded: dict[str, Any]) -> None:
     Raises:
         BadRequest: :data:`messages.BAD_RANGE` naming the field.
     """
-    if "max" in decoded and not 1 <= decoded["max"] <= AUDIT_READ_MAX:
-        raise BadRequest(messages.BAD_RANGE.format(field="max", value=decoded["max"], low=1, high=AUDIT_READ_MAX,
-                                                   unit=""))
+    if "max" in decoded:
+        check_bounded("max", 1, AUDIT_READ_MAX)(decoded["max"])
     if "after_seq" in decoded and decoded["after_seq"] < 0:
         raise BadRequest(messages.BAD_RANGE.format(field="after_seq", value=decoded["after_seq"], low=0, high="any",
                                                    unit=""))
+
 
 @dataclass(frozen=True)
 class Param:
