@@ -30,10 +30,8 @@ from types import SimpleNamespace
 
 import docker
 
-from convocate.common.framing import encode_line
 from convocate.common.fsutil import atomic_write, fsync_dir
-from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
-from tests.bench.common import Figure, percentile, scratch_cluster
+from tests.bench.common import Figure, held_round_trips, percentile, scratch_cluster
 from tests.conftest import connect, rpc, rpc_ok
 
 CLIENTS = 20
@@ -93,23 +91,9 @@ async def _load(cluster, seeds: list[str]) -> tuple[dict[str, list[float]], int,
 
 
 async def _held(cluster, requests: list[tuple[str, dict]], *, rounds: int = 0, until: float = 0.0) -> list[float]:
-    """Round trips (ms) of ``requests`` in turn on one held RPC channel, each answered before the next is
-    written: how the TUI and the CLI read (``convocate.client.HELD_OPS``). Stops after ``rounds``, or
-    at ``until`` (``time.monotonic``)."""
-    times: list[float] = []
+    """:func:`~tests.bench.common.held_round_trips` of ``requests`` on a connection of its own; every answer a success."""
     async with connect(cluster) as conn:
-        process = await conn.create_process(subsystem=RPC_SUBSYSTEM, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
-        try:
-            while len(times) < rounds or time.monotonic() < until:
-                op, params = requests[len(times) % len(requests)]
-                started = time.perf_counter()
-                process.stdin.write(encode_line({"op": op, "params": params, "id": len(times)}))
-                answer = await process.stdout.readline()
-                times.append((time.perf_counter() - started) * 1000)
-                assert answer.startswith(b'{"ok":true'), answer
-        finally:
-            process.close()
-    return times
+        return await held_round_trips(conn, requests, rounds=rounds, until=until, answer_prefix=b'{"ok":true')
 
 
 def _held_process(port: int, host_key: str, client_key: str, requests: list[tuple[str, dict]], rounds: int,

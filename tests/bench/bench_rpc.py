@@ -29,7 +29,7 @@ from convocate.common.framing import encode_line
 from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
 from convocate.common.sshserver import SubsystemListener
 from convocate.registry import load_agent
-from tests.bench.common import Figure, percentile, scratch_cluster
+from tests.bench.common import Figure, held_round_trips, percentile, scratch_cluster
 from tests.conftest import connect, rpc_ok
 
 ROUNDS = 300
@@ -52,23 +52,6 @@ async def _round_trips(conn: asyncssh.SSHClientConnection, subsystem: str, line:
         out = await _ask(conn, subsystem, line)
         times.append((time.perf_counter() - started) * 1000)
         assert out, "empty answer"
-    return times
-
-
-async def _held_round_trips(conn: asyncssh.SSHClientConnection, subsystem: str, op: str, rounds: int) -> list[float]:
-    """``rounds`` requests on one channel, each answered before the next is written."""
-    process = await conn.create_process(subsystem=subsystem, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
-    times = []
-    try:
-        for i in range(rounds):
-            line = encode_line({"op": op, "params": {}, "id": i})
-            started = time.perf_counter()
-            process.stdin.write(line)
-            out = await process.stdout.readline()
-            times.append((time.perf_counter() - started) * 1000)
-            assert out.startswith(b"{") and out.endswith(b"\n"), out
-    finally:
-        process.close()
     return times
 
 
@@ -129,8 +112,8 @@ async def _echo_floors(conn: asyncssh.SSHClientConnection, rounds: int) -> tuple
     """The echo's round trips: a channel per call, and on one held channel."""
     await _round_trips(conn, "echo", b'{"op":"ping","params":{}}\n', 20)  # warm up
     per_call = await _round_trips(conn, "echo", b'{"op":"ping","params":{}}\n', rounds)
-    await _held_round_trips(conn, "echo", "ping", 50)
-    held = await _held_round_trips(conn, "echo", "ping", rounds * 3)
+    await held_round_trips(conn, [("ping", {})], subsystem="echo", rounds=50)
+    held = await held_round_trips(conn, [("ping", {})], subsystem="echo", rounds=rounds * 3)
     return per_call, held
 
 
@@ -143,8 +126,8 @@ async def _pings(conn: asyncssh.SSHClientConnection, cluster, floor: list[float]
     for q in (0.5, 0.99):
         figures.append(Figure(f"rpc ping p{int(q * 100)}", "ms", percentile(times, q),
                               percentile(floor, q), "asyncssh echo subsystem"))
-    await _held_round_trips(conn, RPC_SUBSYSTEM, "ping", 50)
-    times = await _held_round_trips(conn, RPC_SUBSYSTEM, "ping", rounds * 3)
+    await held_round_trips(conn, [("ping", {})], subsystem=RPC_SUBSYSTEM, rounds=50)
+    times = await held_round_trips(conn, [("ping", {})], subsystem=RPC_SUBSYSTEM, rounds=rounds * 3)
     for q in (0.5, 0.99):
         figures.append(Figure(f"rpc ping (held channel) p{int(q * 100)}", "ms", percentile(times, q),
                               percentile(held_floor, q), "asyncssh echo subsystem, held channel"))
@@ -177,7 +160,7 @@ async def _lists(conn: asyncssh.SSHClientConnection, floor_server: _Floor, floor
             figures.append(Figure(f"rpc list of {size} p{int(q * 100)}", "ms", percentile(times, q),
                                   percentile(floor, q), "asyncssh echo subsystem"))
         if size == 10:
-            times = await _held_round_trips(conn, RPC_SUBSYSTEM, "list", rounds)
+            times = await held_round_trips(conn, [("list", {})], subsystem=RPC_SUBSYSTEM, rounds=rounds)
             for q in (0.5, 0.99):
                 figures.append(Figure(f"rpc list of 10 (held) p{int(q * 100)}", "ms",
                                       percentile(times, q), percentile(held_floor, q),

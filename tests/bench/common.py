@@ -7,10 +7,16 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import asyncssh
+
+from convocate.common.framing import encode_line
+from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
 from tests.harness import LocalCluster, remove_containers
 
 
@@ -76,3 +82,28 @@ def scratch_cluster(image: str, **kwargs) -> Iterator[LocalCluster]:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"bench: kept {root} (logs: agent.log, status.log)", file=sys.stderr)
+
+
+async def held_round_trips(conn: asyncssh.SSHClientConnection, requests: list[tuple[str, dict[str, Any]]], *,
+                           subsystem: str = RPC_SUBSYSTEM, rounds: int = 0, until: float = 0.0,
+                           answer_prefix: bytes = b"{") -> list[float]:
+    """Round trips (ms) of ``requests`` (``(op, params)``, in turn) on one held channel, each answered before
+    the next is written, as the TUI and the CLI read (``convocate.client.HELD_OPS``).
+
+    Stops after ``rounds``, or at ``until`` (``time.monotonic``). Each answer must be a line starting
+    with ``answer_prefix``.
+    """
+    process = await conn.create_process(subsystem=subsystem, encoding=None, max_pktsize=RPC_MAX_PKTSIZE)
+    times: list[float] = []
+    try:
+        while len(times) < rounds or time.monotonic() < until:
+            op, params = requests[len(times) % len(requests)]
+            line = encode_line({"op": op, "params": params, "id": len(times)})
+            started = time.perf_counter()
+            process.stdin.write(line)
+            answer = await process.stdout.readline()
+            times.append((time.perf_counter() - started) * 1000)
+            assert answer.startswith(answer_prefix) and answer.endswith(b"\n"), answer
+    finally:
+        process.close()
+    return times
