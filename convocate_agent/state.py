@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -60,8 +61,13 @@ _AFTER: dict[str, tuple[bool, str] | None] = {
 #: Attempts, and seconds between them, of the re-list after the event stream connects.
 RESYNC_ATTEMPTS = 5
 RESYNC_RETRY_S = 1.0
-#: How old the records directory's mtime must be before it is trusted to change with the next write.
-RACY_MTIME_NS = 1_000_000_000
+#: How long after the records directory's mtime a listing must start to be trusted until the mtime
+#: changes: two ticks of the kernel's coarse clock, which stamps mtimes (clock_getres(2) of
+#: CLOCK_REALTIME_COARSE, clockid 5 in linux/time.h, which Python names from 3.13 on: 4 ms at HZ=250),
+#: and at least 10 ms.
+RACY_MTIME_NS = max(10_000_000, 2 * round(time.clock_getres(getattr(time, "CLOCK_REALTIME_COARSE", 5)) * 1e9))
+#: The same for a file system that stamps whole seconds (an mtime with no sub-second part): FAT's 2 s.
+RACY_WHOLE_SECONDS_NS = 2_000_000_000
 
 
 class SessionState:
@@ -79,7 +85,8 @@ class SessionState:
         self._metas: dict[str, SessionMeta] = {}
         self._broken: dict[str, str] = {}
         self._loaded = False
-        self._dir_mtime: int | None = None  # the records dir as last seen: a change there not made by us is read
+        self._dir_mtime: int | None = None  # the records dir as last listed: a change there not made by us is read
+        self._dir_settled = False  # that listing started long enough after that mtime to be trusted
         self._leaving: set[str] = set()  # sessions being deleted: a late activity write must not recreate them
         self._containers: dict[str, tuple[ContainerState | None, int]] = {}  # sid → (state or gone, stamp ns)
         self._live = False  # the container map follows the event stream
@@ -91,7 +98,7 @@ class SessionState:
     # --- metadata -----------------------------------------------------------------------
     def reload(self) -> None:
         """(Re)load every record from disk: at the agent's start, after recovery touched the records."""
-        self._dir_mtime = self._records_mtime()
+        self._listing(self._records_mtime())
         good, broken = self.store.load_all()
         with self._lock:
             self._metas = {m.uuid: m for m in good}
@@ -104,23 +111,30 @@ class SessionState:
             self.reload()
             return
         mtime = self._records_mtime()
-        if mtime is None or mtime != self._dir_mtime:  # a record added from outside (migrate-session), or ours
-            self._dir_mtime = mtime
-            self._adopt_new_records()
+        if mtime is not None and mtime == self._dir_mtime and self._dir_settled:
+            return
+        self._listing(mtime)  # a record added from outside (migrate-session), or ours
+        self._adopt_new_records()
 
     def _records_mtime(self) -> int | None:
-        """The records directory's mtime, or None where it cannot show the next change (then every read lists it).
-
-        A directory changed less than :data:`RACY_MTIME_NS` ago may change again within the same
-        timestamp tick (the kernel stamps with its coarse clock, a few ms a tick) and keep its
-        mtime: git's "racily clean" rule, applied here so that a record another process writes just
-        after ours is not missed until the next change.
-        """
+        """The records directory's mtime (ns), or None where it cannot be read (then every read lists it)."""
         try:
-            mtime = os.stat(self.store.paths.session_records_dir).st_mtime_ns
+            return os.stat(self.store.paths.session_records_dir).st_mtime_ns
         except OSError:
             return None
-        return None if now_ns() - mtime < RACY_MTIME_NS else mtime
+
+    def _listing(self, mtime: int | None) -> None:
+        """Note a listing of the records directory that starts now, after its mtime read ``mtime``.
+
+        Git's "racily clean" rule: a record another process writes within the same timestamp tick
+        as the directory's last change leaves the mtime as it was, so only a listing that started
+        :data:`RACY_MTIME_NS` after that mtime (the kernel's clock was then past its tick) is
+        trusted until the mtime changes; an earlier one is repeated at the next read. So a busy
+        directory costs at most two listings per change, not one per read.
+        """
+        margin = RACY_MTIME_NS if mtime is None or mtime % 1_000_000_000 else RACY_WHOLE_SECONDS_NS
+        self._dir_mtime = mtime
+        self._dir_settled = mtime is not None and now_ns() - mtime >= margin
 
     def _adopt_new_records(self) -> None:
         """Load the records on disk this state does not know (one listing; the known ones are not read)."""

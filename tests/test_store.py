@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -228,3 +229,41 @@ def test_the_in_memory_state_adopts_a_record_written_by_another_process(store):
     other.create(second)
     assert sorted(m.uuid for m in state.metas()) == sorted([first.uuid, second.uuid])
     assert state.meta(second.uuid) == second
+
+
+def _records_mtime(store, mtime_ns: int) -> None:
+    os.utime(store.paths.session_records_dir, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_record_written_in_the_same_mtime_tick_as_the_last_listing_is_still_adopted(store):
+    """Git's racily-clean rule: a listing that started within RACY_MTIME_NS of the directory's mtime is
+    repeated even when the mtime did not change (another process's write landed in the same tick)."""
+    from convocate_agent.state import SessionState
+
+    state = SessionState(store, runtime=None)
+    store.create(meta("first"))
+    tick = time.time_ns() + 10**9  # the listing below starts before this mtime: within any tick's margin
+    _records_mtime(store, tick)
+    assert len(state.metas()) == 1
+    second = meta("second")
+    SessionStore(store.paths, UID, GID).create(second)  # no listener of ours
+    _records_mtime(store, tick)  # as if stamped in the same tick
+    assert state.meta(second.uuid) == second
+
+
+def test_a_settled_records_directory_is_not_listed_again_until_it_changes(store, monkeypatch):
+    from convocate_agent.state import SessionState
+
+    state = SessionState(store, runtime=None)
+    store.create(meta("first"))
+    _records_mtime(store, time.time_ns() - 10**9)  # changed a second ago: past any tick
+    assert len(state.metas()) == 1
+    listings: list[int] = []
+    real = store.session_ids
+    monkeypatch.setattr(store, "session_ids", lambda **kw: listings.append(1) or real(**kw))
+    for _ in range(5):
+        assert len(state.metas()) == 1
+    assert listings == []
+    third = meta("third")
+    SessionStore(store.paths, UID, GID).create(third)  # the mtime moves on: listed once, adopted
+    assert state.meta(third.uuid) == third and len(listings) == 1
