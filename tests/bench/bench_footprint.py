@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.common import Figure, scratch_cluster
-from tests.conftest import connect, rpc_ok
+from tests.bench.common import Figure, connect, scratch_cluster
+from tests.conftest import rpc_ok
 from tests.harness import REPO, python
 
 

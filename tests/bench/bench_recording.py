@@ -25,8 +25,8 @@ from pathlib import Path
 import docker
 
 from tests.bench.bench_sessions import UID, _wait_no_clients, _wait_tmux, relay_throughput
-from tests.bench.common import Figure, median, scratch_cluster
-from tests.conftest import connect, rpc_ok
+from tests.bench.common import Figure, connect, median, scratch_cluster
+from tests.conftest import rpc_ok
 
 CPUS = 0.8
 MEMORY_MB = 1024

@@ -27,10 +27,11 @@ from convocate.client import AgentClient
 from convocate.common import keys
 from convocate.common.framing import encode_line
 from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
+from convocate.common.sshclient import CIPHERS
 from convocate.common.sshserver import SubsystemListener
 from convocate.registry import load_agent
-from tests.bench.common import Figure, held_round_trips, percentile, scratch_cluster
-from tests.conftest import connect, rpc_ok
+from tests.bench.common import Figure, connect, held_round_trips, percentile, scratch_cluster
+from tests.conftest import rpc_ok
 
 ROUNDS = 300
 
@@ -99,7 +100,8 @@ class _Floor:
         (_, port), = await listener.start()
         self.conn = conn = await asyncssh.connect("127.0.0.1", port, username="claude", client_keys=[client_key],
                                                   known_hosts=([host_key.convert_to_public()], [], []),
-                                                  agent_path=None, config=None, encoding=None)
+                                                  agent_path=None, config=None, encoding=None,
+                                                  encryption_algs=list(CIPHERS))
         try:
             yield conn
         finally:

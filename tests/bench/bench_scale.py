@@ -47,8 +47,8 @@ from convocate.common.framing import encode_line
 from convocate.common.protocol import ATTACH_SUBSYSTEM, RPC_SUBSYSTEM
 from tests.bench.bench_footprint import _baseline_rss, rss_mib
 from tests.bench.bench_recording import _dockerd_pid, _proc_cpu_s
-from tests.bench.common import Figure, median, scratch_cluster
-from tests.conftest import connect, rpc_ok
+from tests.bench.common import Figure, connect, median, scratch_cluster
+from tests.conftest import rpc_ok
 
 CPUS = 0.05
 MEMORY_MB = 64

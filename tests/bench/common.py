@@ -17,7 +17,9 @@ import asyncssh
 
 from convocate.common.framing import encode_line
 from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
-from tests.harness import LocalCluster, remove_containers
+from convocate.common.sshclient import CIPHERS
+from tests.conftest import connect as _connect
+from tests.harness import REPO, LocalCluster, remove_containers
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def connect(cluster: LocalCluster, key: asyncssh.SSHKey | None = None,
+            **options: Any) -> contextlib.AbstractAsyncContextManager[asyncssh.SSHClientConnection]:
+    """:func:`tests.conftest.connect` offering the ciphers convocate's own clients offer
+    (:data:`convocate.common.sshclient.CIPHERS`, AES-GCM first), so that a benchmark's SSH link negotiates
+    what the operators' CLI and TUI and the agents negotiate, not asyncssh's default order
+    (chacha20-poly1305 first, about three times the cost per packet here; SSH takes the client's first
+    choice the server has, RFC 4253 section 7.1)."""
+    return _connect(cluster, key, encryption_algs=list(CIPHERS), **options)
 
 
 @contextlib.contextmanager
@@ -107,3 +119,63 @@ async def held_round_trips(conn: asyncssh.SSHClientConnection, requests: list[tu
     finally:
         process.close()
     return times
+
+
+AGENT_UNIT = REPO / "packaging" / "systemd" / "convocate-agent.service"
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def unit_cpu_weight(unit: Path = AGENT_UNIT) -> int:
+    """The ``CPUWeight=`` of a packaged systemd unit (systemd.resource-control(5); 100 when it sets none)."""
+    weights = [line.split("=", 1)[1].strip() for line in unit.read_text().splitlines()
+               if line.startswith("CPUWeight=")]
+    return int(weights[-1]) if weights else 100
+
+
+@contextlib.contextmanager
+def cpu_weighted(name: str, weight: int) -> Iterator[Path | None]:
+    """A CPU cgroup of its own with ``weight``, as systemd gives a unit its ``CPUWeight=``.
+
+    Write a PID to the yielded ``cgroup.procs`` to move that process (all its threads) in. cgroup v2:
+    ``cpu.weight`` is the weight itself; cgroup v1: ``cpu.shares`` is ``weight * 1024 / 100``, systemd's
+    own conversion (its ``cgroup_cpu_weight_to_shares``). The group is removed afterwards; a process still
+    in it goes back to the root group first. Yields None, and says so on stderr, where no group can be
+    made (not root, no CPU controller): the processes then keep the default weight.
+    """
+    unified = (CGROUP_FS / "cgroup.controllers").exists()
+    parent = CGROUP_FS if unified else CGROUP_FS / "cpu"
+    group = parent / f"convocate-bench-{name}"
+    try:
+        if unified and "cpu" not in (CGROUP_FS / "cgroup.subtree_control").read_text().split():
+            (CGROUP_FS / "cgroup.subtree_control").write_text("+cpu")
+        group.mkdir()
+        if unified:
+            (group / "cpu.weight").write_text(str(weight))
+        else:
+            (group / "cpu.shares").write_text(str(weight * 1024 // 100))
+    except OSError as e:
+        print(f"bench: no CPU cgroup {group} ({e}); its processes keep the default weight", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        yield None
+        return
+    try:
+        yield group / "cgroup.procs"
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):  # it may have exited meanwhile
+                (parent / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+def join_cgroup(procs: Path | None, pid: int) -> None:
+    """Move process ``pid`` into the group of :func:`cpu_weighted` (nothing when there is none)."""
+    if procs is not None:
+        procs.write_text(str(pid))
+
+
+def thread_schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """A thread's ``(ms on a CPU, ms runnable but waiting for one)`` so far, from ``/proc/PID/task/TID/schedstat``
+    (the kernel's sched-stats: run time and run-queue delay, in ns). ``tid`` defaults to the main thread."""
+    fields = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()
+    return int(fields[0]) / 1e6, int(fields[1]) / 1e6
