@@ -278,11 +278,13 @@ cmd_demo() {
 
 # --- bench ----------------------------------------------------------------------------------
 bench_sshd() {  # OpenSSH's sshd for bench_move's tar | ssh baselines: unpacked from its .deb, nothing installed
-    local dir="$CACHE/openssh-server"
-    if [ ! -x "$dir/usr/sbin/sshd" ]; then
+    local dir="$CACHE/openssh-server" libs
+    libs="$dir/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
+    if [ ! -x "$dir/usr/sbin/sshd" ] || [ ! -e "$libs/libwrap.so.0" ]; then
         rm -rf "$dir" && mkdir -p "$dir"
-        if ! (cd "$dir" && apt-get download -q openssh-server >/dev/null 2>&1 \
-              && dpkg-deb -x openssh-server_*.deb . && rm -f openssh-server_*.deb); then
+        # libwrap0: the one library of sshd's that a machine without openssh-server may lack
+        if ! (cd "$dir" && apt-get download -q openssh-server libwrap0 >/dev/null 2>&1 \
+              && for deb in ./*.deb; do dpkg-deb -x "$deb" .; done && rm -f ./*.deb); then
             say "cannot fetch openssh-server's .deb (apt-get download): the move baselines are left out"
             return
         fi
@@ -291,7 +293,7 @@ bench_sshd() {  # OpenSSH's sshd for bench_move's tar | ssh baselines: unpacked 
         say "adding the system user sshd (sshd's privilege separation user) for the move baselines"
         as_root useradd --system --no-create-home --home-dir /run/sshd --shell /usr/sbin/nologin sshd
     fi
-    export CONVOCATE_BENCH_SSHD="$dir/usr/sbin/sshd"
+    export CONVOCATE_BENCH_SSHD="$dir/usr/sbin/sshd" CONVOCATE_BENCH_SSHD_LIBS="$libs"
 }
 
 cmd_bench() {

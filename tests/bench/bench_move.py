@@ -76,8 +76,10 @@ SMALL_ROUNDS = 3
 HOME_FILES = 4
 CPUS, MEMORY_MB = 0.2, 200
 POLL_S = 0.05
-#: The sshd of the baselines: ./build.sh bench unpacks one from openssh-server's .deb (nothing installed).
+#: The sshd of the baselines: ./build.sh bench unpacks one from openssh-server's .deb (nothing installed),
+#: with the one library of its own a machine without openssh-server lacks (libwrap0's) in ``SSHD_LIBS``.
 SSHD = os.environ.get("CONVOCATE_BENCH_SSHD", "/usr/sbin/sshd")
+SSHD_LIBS = os.environ.get("CONVOCATE_BENCH_SSHD_LIBS", "")
 PRIVSEP_DIR = Path("/run/sshd")
 TWO_HOPS = "ssh 'tar -c' | ssh 'tar -x', two hops (source -> shell -> target)"
 
@@ -235,7 +237,9 @@ def throwaway_sshd() -> Iterator[Sshd | None]:
             (d / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {host_key}\n")
             with open(d / "sshd.log", "ab") as log:
                 sshd.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                                env={**os.environ, "LD_LIBRARY_PATH": SSHD_LIBS} if SSHD_LIBS
+                                                else None)
             if _sshd_answers(sshd):
                 break
             _stop(sshd.process)
