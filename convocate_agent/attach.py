@@ -182,7 +182,7 @@ async def _end_attach(process: asyncssh.SSHServerProcess, service: AgentService,
     if not detached_by_tmux:
         # The operator vanished: tmux's client would stay attached forever.
         with contextlib.suppress(ConvocateError):
-            if await runtime.detach_exec_client(sid, stream.exec_id):
+            if await runtime.detach_exec_clients(sid, [stream.exec_id]):
                 log.info("attach %s: detached the tmux client of a vanished operator", sid)
     service.close_attach(sid)
     log.info("detach caller=%s session=%s (%s)", caller, sid, "detached" if detached_by_tmux else "channel closed")

@@ -74,6 +74,9 @@ from convocate_agent.state import SessionState
 from convocate_agent.store import SessionStore
 
 log = logging.getLogger(__name__)
+#: Sessions whose stale attaches :meth:`AgentService.recover` sweeps at once: half the Docker
+#: runtime's 16 worker threads, so that the event stream and the start's other calls still get one.
+RECOVER_SWEEPS = 8
 
 
 class EventSink(Protocol):
@@ -375,6 +378,7 @@ class AgentService(LifecycleOps, SessionEnvOps, NameChecks, AttachOps, ActivityO
             await self.reports.ensure(meta.uuid)
             self.reports.write_credential_env(meta.uuid, None)  # left by a start this agent did not finish
         report["resumes_planned"] = self.reschedule_resumes()
+        running: list[str] = []
         for sid, state in containers.items():
             if not self.store.exists(sid):
                 if state.running:
@@ -385,8 +389,24 @@ class AgentService(LifecycleOps, SessionEnvOps, NameChecks, AttachOps, ActivityO
                     report["orphan_containers_removed"] += 1
                 continue
             if state.running:
-                report["running"] += 1
-                for exec_id in await self.runtime.stale_attach_execs(sid):
-                    if await self.runtime.detach_exec_client(sid, exec_id):
-                        report["stale_attaches"] += 1
+                running.append(sid)
+        report["running"] = len(running)
+        report["stale_attaches"] = await self._detach_stale_attaches(running)
         return report
+
+    async def _detach_stale_attaches(self, session_ids: list[str]) -> int:
+        """Detach the tmux clients a previous agent's attaches left in these sessions; returns how many.
+
+        Sessions are swept :data:`RECOVER_SWEEPS` at a time, each with one ``tmux list-clients``:
+        one after the other, an agent restarted after many attaches had ended under it took
+        ~1.5 s per stale client before it listened (97 s for 20 sessions with 4 each,
+        docs/benchmarks.md).
+        """
+        sweeps = asyncio.Semaphore(RECOVER_SWEEPS)
+
+        async def sweep(session_id: str) -> int:
+            async with sweeps:
+                stale = await self.runtime.stale_attach_execs(session_id)
+                return await self.runtime.detach_exec_clients(session_id, stale) if stale else 0
+
+        return sum(await asyncio.gather(*(sweep(sid) for sid in session_ids)))

@@ -58,6 +58,23 @@ async def test_a_killed_agent_restarts_clean(fresh_cluster, docker_client):
         await leave(process, screen)
 
 
+async def test_a_restart_detaches_every_tmux_client_the_killed_agent_left_in_every_session(fresh_cluster,
+                                                                                           docker_client):
+    """Several stale attaches in one session (one ``tmux list-clients`` for them all), several sessions (swept
+    at once): every client goes, and the start-up log counts them."""
+    cluster = fresh_cluster
+    async with connect(cluster) as conn:
+        two, _, _ = await _attached_to_new(conn, "two attaches")
+        await at_prompt(conn, two)
+        one, _, _ = await _attached_to_new(conn, "one attach")
+        assert len(tmux_clients(docker_client, two)) == 2 and len(tmux_clients(docker_client, one)) == 1
+        cluster.stop(signal.SIGKILL)
+    cluster.start()
+    await wait_clients(docker_client, two, 0)
+    await wait_clients(docker_client, one, 0)
+    assert "stale_attaches=3" in cluster.log_text()
+
+
 async def test_sigterm_stops_the_agent_promptly_and_leaves_sessions_running(fresh_cluster, docker_client):
     cluster = fresh_cluster
     async with connect(cluster) as conn:

@@ -273,8 +273,8 @@ class FakeRuntime:
     async def resize_exec(self, exec_id: str, cols: int, rows: int) -> None:
         self._check("resize")
 
-    async def detach_exec_client(self, session_id: str, exec_id: str) -> bool:
-        return False
+    async def detach_exec_clients(self, session_id: str, exec_ids: Any) -> int:
+        return 0
 
     async def stale_attach_execs(self, session_id: str) -> list[str]:
         return []
