@@ -399,8 +399,8 @@ class AgentService(LifecycleOps, SessionEnvOps, NameChecks, AttachOps, ActivityO
 
         Sessions are swept :data:`RECOVER_SWEEPS` at a time, each with one ``tmux list-clients``:
         one after the other, an agent restarted after many attaches had ended under it took
-        ~1.5 s per stale client before it listened (97 s for 20 sessions with 4 each,
-        docs/benchmarks.md).
+        ~1.1 s per stale client before it listened (43.6 s for 10 sessions of 0.05 CPUs with 4
+        each; 6.8 s swept this way, docs/benchmarks.md).
         """
         sweeps = asyncio.Semaphore(RECOVER_SWEEPS)
 
