@@ -176,6 +176,7 @@ def run(image: str) -> list[Figure]:
             cpu_weighted(f"{cluster.root.name}-agent", weight) as agent_group, \
             cpu_weighted(f"{cluster.root.name}-reader", weight) as reader_group:
         join_cgroup(agent_group, cluster.process.pid)
+        weighted = f"CPUWeight {weight}" if agent_group and reader_group else "the default CPU weight (no cgroup)"
 
         async def measure() -> None:
             async with connect(cluster) as conn:
@@ -216,13 +217,13 @@ def run(image: str) -> list[Figure]:
                     figures.append(Figure(f"{op} p{int(q * 100)} under load", "ms", percentile(reads[op], q),
                                           percentile(reads["ping"], q), "rpc ping under the same load"))
             for where, times in (("reader at the default CPU weight", held),
-                                 (f"reader at CPUWeight {weight} (as on the shell host)", held_weighted)):
+                                 (f"reader at {weighted} (as on the shell host)", held_weighted)):
                 for q in (0.5, 0.99):
                     figures.append(Figure(f"read p{int(q * 100)} on a held channel under load, {where}", "ms",
                                           percentile(times, q), percentile(held_alone, q),
                                           "ping on a held channel, nothing else running"))
             for i, what in enumerate(("on a CPU", "runnable, waiting for a CPU")):
-                figures.append(Figure(f"agent loop thread under load (CPUWeight {weight}): {what}", "ms/s",
+                figures.append(Figure(f"agent loop thread under load ({weighted}): {what}", "ms/s",
                                       (loop_after[i] - loop_before[i]) / seconds))
             figures.append(Figure("agent loop thread's CPU per request under load", "ms",
                                   (loop_after[0] - loop_before[0]) / done["requests"], None,
