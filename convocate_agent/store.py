@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +99,14 @@ class SessionStore(SessionTrash):
             listener(kind, session_id, meta)
 
     # --- reading -------------------------------------------------------------------
-    def _record_ids(self, directory: Path, skip: Collection[str] = ()) -> list[str]:
+    def _record_ids(self, directory: Path, skip: Set[str] = frozenset()) -> list[str]:
         """UUIDs of the records in ``directory``, sorted, apart from ``skip`` (dropped before the UUID check)."""
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             return []
-        return sorted(n[:-5] for n in names if n.endswith(".json") and n[:-5] not in skip and is_uuid4(n[:-5]))
+        stems = (n[:-5] for n in names if n.endswith(".json"))
+        return sorted(sid for sid in stems if sid not in skip and is_uuid4(sid))
 
     def _home_exists(self, session_id: str) -> bool:
         try:
@@ -113,7 +114,7 @@ class SessionStore(SessionTrash):
         except FileNotFoundError:
             return False
 
-    def session_ids(self, excluding: Collection[str] = ()) -> list[str]:
+    def session_ids(self, excluding: Set[str] = frozenset()) -> list[str]:
         """UUIDs of every session (a record with a home), apart from ``excluding``.
 
         Args:
@@ -121,7 +122,7 @@ class SessionStore(SessionTrash):
                 ``lstat`` each otherwise; the in-memory state asks after every change of the
                 records directory, so this keeps its reads from touching every home).
         """
-        return [sid for sid in self._record_ids(self.paths.session_records_dir, set(excluding))
+        return [sid for sid in self._record_ids(self.paths.session_records_dir, excluding)
                 if self._home_exists(sid)]
 
     def exists(self, session_id: str) -> bool:
