@@ -27,10 +27,9 @@ from convocate.client import AgentClient
 from convocate.common import keys
 from convocate.common.framing import encode_line
 from convocate.common.protocol import RPC_MAX_PKTSIZE, RPC_SUBSYSTEM
-from convocate.common.sshclient import CIPHERS
 from convocate.common.sshserver import SubsystemListener
 from convocate.registry import load_agent
-from tests.bench.common import Figure, connect, held_round_trips, percentile, scratch_cluster
+from tests.bench.common import Figure, connect, connect_loopback, held_round_trips, percentile, scratch_cluster
 from tests.conftest import rpc_ok
 
 ROUNDS = 300
@@ -98,10 +97,7 @@ class _Floor:
                                      handler=lambda p, c: asyncio.ensure_future(self._serve(p)),
                                      server_version="echo-floor")
         (_, port), = await listener.start()
-        self.conn = conn = await asyncssh.connect("127.0.0.1", port, username="claude", client_keys=[client_key],
-                                                  known_hosts=([host_key.convert_to_public()], [], []),
-                                                  agent_path=None, config=None, encoding=None,
-                                                  encryption_algs=list(CIPHERS))
+        self.conn = conn = await connect_loopback(port, host_key, client_key)
         try:
             yield conn
         finally:

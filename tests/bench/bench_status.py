@@ -26,10 +26,9 @@ import asyncssh
 from convocate.common import keys
 from convocate.common.framing import LineDecoder, encode_line
 from convocate.common.protocol import STATUS_SUBSYSTEM, Event
-from convocate.common.sshclient import CIPHERS
 from convocate.registry import bind_status_key
 from convocate.status_hub import StatusHub, take_all
-from tests.bench.common import Figure, connect, percentile, scratch_cluster
+from tests.bench.common import Figure, connect, connect_loopback, percentile, scratch_cluster
 from tests.bench.status_peers import SINK_SUBSYSTEM
 from tests.conftest import rpc_ok
 from tests.harness import REPO, python
@@ -74,9 +73,7 @@ async def _open_pushers(port: int, host_key: asyncssh.SSHKey, client_key: asyncs
     """One SSH connection and one ``subsystem`` channel per agent, opened before the clock starts."""
 
     async def one() -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess]:
-        conn = await asyncssh.connect("127.0.0.1", port, username="claude", client_keys=[client_key],
-                                      known_hosts=([host_key.convert_to_public()], [], []), agent_path=None,
-                                      config=None, encoding=None, encryption_algs=list(CIPHERS))
+        conn = await connect_loopback(port, host_key, client_key)
         return conn, await conn.create_process(subsystem=subsystem, encoding=None)
 
     return list(await asyncio.gather(*(one() for _ in range(AGENTS))))

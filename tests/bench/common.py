@@ -73,6 +73,15 @@ def connect(cluster: LocalCluster, key: asyncssh.SSHKey | None = None,
     return _connect(cluster, key, encryption_algs=list(CIPHERS), **options)
 
 
+async def connect_loopback(port: int, host_key: asyncssh.SSHKey,
+                           client_key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
+    """An SSH connection to one of the benchmark's own listeners on loopback (a floor, a sink), pinning
+    ``host_key`` and offering the ciphers of :func:`connect`."""
+    return await asyncssh.connect("127.0.0.1", port, username="claude", client_keys=[client_key],
+                                  known_hosts=([host_key.convert_to_public()], [], []), agent_path=None,
+                                  config=None, encoding=None, encryption_algs=list(CIPHERS))
+
+
 @contextlib.contextmanager
 def scratch_cluster(image: str, **kwargs) -> Iterator[LocalCluster]:
     """A local cluster under a temporary root, torn down afterwards (containers included).
